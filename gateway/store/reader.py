@@ -1,0 +1,152 @@
+"""LogStore: read-only DuckDB views over the call log, importable without the server.
+
+>>> store = LogStore.open("./shadowtune-data")
+>>> store.sql("SELECT variant, count(*) AS n FROM calls GROUP BY variant")
+
+Views:
+
+* ``calls`` — every call (`CALLS_SCHEMA`), final Parquet files plus the WAL tail that
+  the writers have not flushed yet, so a row is visible as soon as its call is done.
+* ``events`` — outcome events (`EVENTS_SCHEMA`), same rules.
+* ``outcomes`` — events aggregated per call (thumbs, rating, choice, flags,
+  regenerations, latest relabel).
+* ``calls_with_outcomes`` — ``calls`` left-joined with ``outcomes``.
+
+The snapshot of files is taken when the store is opened and by `refresh`; a query
+that races with compaction is retried once on a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from gateway.store import layout
+from gateway.store.layout import LogStoreError
+from gateway.store.rows import parse_lines, to_table
+from gateway.store.schema import TABLES
+
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
+
+OUTCOMES_SQL = """
+SELECT
+  call_id,
+  count(*) FILTER (WHERE kind = 'thumbs' AND value = 'up') AS thumbs_up,
+  count(*) FILTER (WHERE kind = 'thumbs' AND value = 'down') AS thumbs_down,
+  avg(value_num) FILTER (WHERE kind = 'rating') AS rating,
+  arg_max(value, ts) FILTER (WHERE kind = 'choice') AS choice,
+  count(*) FILTER (WHERE kind = 'flag') AS flags,
+  count(*) FILTER (WHERE kind = 'regeneration') > 0 AS regenerated,
+  arg_max(value, ts) FILTER (WHERE kind = 'relabel') AS relabel,
+  count(*) FILTER (WHERE kind = 'exclude') > 0 AS excluded,
+  count(*) AS n_events
+FROM events GROUP BY call_id
+"""
+
+
+class LogStore:
+    """Read-only access to a call log directory (or object-store URI)."""
+
+    def __init__(self, log_dir: str, *, wal_dir: str | None = None) -> None:
+        self.log_dir = log_dir
+        self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
+        self.con = duckdb.connect(":memory:")
+        self.refresh()
+
+    @classmethod
+    def open(cls, log_dir: str, *, wal_dir: str | None = None) -> LogStore:
+        """Open a store; `LogStoreError` when it does not exist or has an unknown schema."""
+        fs, root = layout.filesystem(log_dir)
+        if fs.get_file_info(root).type == layout.pafs.FileType.NotFound:
+            raise LogStoreError(f"no call log at {log_dir} (start the gateway or pass --log-dir)")
+        layout.check_version(log_dir)
+        return cls(log_dir, wal_dir=wal_dir)
+
+    def refresh(self) -> None:
+        """Take a new snapshot of the files (Parquet and unflushed WAL)."""
+        live_stems = layout.wal_stems(self.wal_dir)
+        tails = self._read_tail(live_stems)
+        for table, schema in TABLES.items():
+            files = [
+                p for p, _day, _size in layout.parquet_files(self.log_dir, table) if layout.stem_of(p) not in live_stems
+            ]
+            tail = tails[table]
+            self.con.register(f"_{table}_tail", tail)
+            if files and layout.is_remote(self.log_dir):
+                import pyarrow.dataset as ds
+
+                fs, _ = layout.filesystem(self.log_dir)
+                self.con.register(f"_{table}_files", ds.dataset(files, schema=schema, filesystem=fs, format="parquet"))
+                source = f"SELECT * FROM _{table}_files"
+            elif files:
+                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                source = f"SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+            else:
+                source = None
+            body = f"{source} UNION ALL BY NAME SELECT * FROM _{table}_tail" if source else f"SELECT * FROM _{table}_tail"
+            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+        self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
+        self.con.execute(
+            "CREATE OR REPLACE VIEW calls_with_outcomes AS "
+            "SELECT c.*, o.* EXCLUDE (call_id) FROM calls c LEFT JOIN outcomes o USING (call_id)"
+        )
+
+    def _read_tail(self, live_stems: set[str]) -> dict[str, pa.Table]:
+        records: list[dict[str, Any]] = []
+        for stem in sorted(live_stems):
+            with contextlib.suppress(FileNotFoundError):
+                with open(os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX), "rb") as f:
+                    records.extend(parse_lines(f.read())[0])
+        out = {}
+        for table in TABLES:
+            out[table] = to_table(table, [r for r in records if r.get("_t") == table])
+        return out
+
+    # -- queries ------------------------------------------------------------------------
+    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read-only query; rows as dicts."""
+        cur = self._execute(query, params)
+        cols = [d[0] for d in cur.description or ()]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def arrow(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """Run a read-only query; an Arrow table."""
+        return self._execute(query, params).to_arrow_table()
+
+    def _execute(self, query: str, params: list[Any] | dict[str, Any] | None) -> duckdb.DuckDBPyConnection:
+        check_read_only(query)
+        try:
+            return self.con.execute(query, params)
+        except duckdb.IOException:
+            self.refresh()  # a file went away under us (compaction, retention): new snapshot, once
+            return self.con.execute(query, params)
+        except duckdb.Error as exc:
+            raise LogStoreError(str(exc).splitlines()[0]) from exc
+
+    def count(self, table: str = "calls") -> int:
+        return int(self.sql(f"SELECT count(*) AS n FROM {table}")[0]["n"])
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_read_only(query: str) -> None:
+    """`LogStoreError` unless every statement in ``query`` only reads."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise LogStoreError(str(exc).splitlines()[0]) from exc
+    for st in statements:
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in _READ_ONLY_TYPES:
+            raise LogStoreError(f"the call log is read-only here: {kind} statements are not allowed")

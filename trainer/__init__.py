@@ -1,0 +1,1 @@
+"""Shadowtune trainer: datasets from the call log, fine-tuning, registry and serving."""
