@@ -194,13 +194,18 @@ def _ts(us: Any) -> dt.datetime:
     return dt.datetime.fromisoformat(str(us))
 
 
-def to_table(table: str, records: Iterable[dict[str, Any]]) -> pa.Table:
+def derive(table: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a WAL record with its derived columns filled (see the module docstring)."""
+    return _derive_call(dict(rec)) if table == "calls" else rec
+
+
+def to_table(table: str, records: Iterable[dict[str, Any]], *, derived: bool = False) -> pa.Table:
     """Build an Arrow table of ``table``'s schema from WAL records (derived columns filled)."""
     schema = TABLES[table]
     cols: dict[str, list[Any]] = {name: [] for name in schema.names}
     for rec in records:
-        if table == "calls":
-            rec = _derive_call(dict(rec))
+        if not derived:
+            rec = derive(table, rec)
         for name, col in cols.items():
             if name == "ts":
                 col.append(_ts(rec["ts"]))

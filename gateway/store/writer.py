@@ -33,13 +33,14 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gateway.store import layout
-from gateway.store.rows import group_by_table_and_date, parse_lines, to_table
+from gateway.store.rows import derive, group_by_table_and_date, parse_lines, to_table
 
 log = logging.getLogger("shadowtune.store")
 
@@ -96,6 +97,8 @@ class LogWriter:
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
         self._last_compact = time.monotonic()
+        self.listeners: list[Callable[[str, list[dict[str, Any]]], None]] = []
+        """Called in the writer thread with each batch of flushed (derived) records: telemetry hooks in here."""
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -290,10 +293,19 @@ class LogWriter:
             self.stats.corrupt_records += corrupt
             log.warning("call log: skipped %d corrupt record(s) in %s", corrupt, os.path.basename(seg))
         stem = os.path.basename(seg)[: -len(layout.WAL_SUFFIX)]
+        done: list[tuple[str, list[dict[str, Any]]]] = []
         for table, day, recs in group_by_table_and_date(records):
-            layout.write_parquet(self.log_dir, table, day, stem, to_table(table, recs))
+            rows = [derive(table, r) for r in recs]
+            layout.write_parquet(self.log_dir, table, day, stem, to_table(table, rows, derived=True))
             self.stats.parquet_files += 1
+            done.append((table, rows))
         os.unlink(seg)
+        for table, rows in done:
+            for listener in self.listeners:
+                try:
+                    listener(table, rows)
+                except Exception as exc:  # a listener must never stop the log
+                    log.warning("call log listener %r failed: %r", listener, exc)
         self.stats.flushed_rows += len(records)
         return len(records)
 

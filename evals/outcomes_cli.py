@@ -1,0 +1,244 @@
+"""CLI for slow evals: ``shadowtune eval outcomes`` and the ``shadowtune controller`` group.
+
+``outcomes`` is meant to be added to the ``eval`` group (``eval_group.add_command(outcomes)``);
+``controller`` is a group of its own (entry point ``shadowtune.commands``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from typing import Any
+
+import click
+import orjson
+
+from evals.controller import (
+    AdminClient,
+    CanaryController,
+    CanaryPolicy,
+    ControllerError,
+    read_decisions,
+    read_state,
+    set_paused,
+)
+from evals.outcomes import OutcomesError, outcomes_report
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """``7d``, ``12h``, ``30m``, ``2w`` ago, or an ISO date/time (UTC if no zone); epoch seconds."""
+    now = time.time() if now is None else now
+    m = _DURATION.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration (7d, 12h, 30m) nor an ISO date") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+def _log_dir_option(f: Any) -> Any:
+    return click.option(
+        "--log-dir",
+        envvar="SHADOWTUNE_LOG_DIR",
+        default="./shadowtune-data",
+        show_default=True,
+        help="Call log directory (env SHADOWTUNE_LOG_DIR).",
+    )(f)
+
+
+@click.command("outcomes")
+@click.option("--route", required=True, help="Route to report on.")
+@click.option("--since", default="7d", show_default=True, help="Start: a duration ago (7d, 12h) or an ISO date.")
+@click.option("--until", "until_", default=None, help="End (exclusive), same forms as --since; default now.")
+@click.option("--by", type=click.Choice(["day"]), default=None, help="Break the report down by UTC day.")
+@click.option("--expected-share", type=float, default=None, help="Candidate share in percent, for the SRM check.")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Error rate of the intervals and tests.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@_log_dir_option
+def outcomes(
+    route: str,
+    since: str,
+    until_: str | None,
+    by: str | None,
+    expected_share: float | None,
+    alpha: float,
+    as_json: bool,
+    log_dir: str,
+) -> None:
+    """Per-variant outcome rates of served calls, with candidate-minus-baseline sequential tests."""
+    from gateway.store import LogStore, LogStoreError
+
+    now = time.time()
+    try:
+        with LogStore.open(log_dir) as store:
+            report = outcomes_report(
+                store, route, parse_since(since, now=now),
+                parse_since(until_, now=now) if until_ else None,
+                by_day=by == "day",
+                expected_share=expected_share / 100 if expected_share is not None else None,
+                alpha=alpha,
+            )
+    except (LogStoreError, OutcomesError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not report["periods"]:
+        click.echo(f"No served calls for route {route!r} since {report['since']}.")
+        return
+    for period in report["periods"]:
+        click.echo(_format_period(route, period, report, alpha))
+
+
+_RATES = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate", "flag_rate")
+
+
+def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], alpha: float) -> str:
+    title = f"route {route}: " + (period["day"] or f"since {report['since']}")
+    lines = [title, f"{'':24}{'baseline':>26}{'candidate':>26}"]
+    variants = period["variants"]
+    names = ["calls"] + [k for k in next(iter(variants.values())) if k not in ("calls", "units")]
+
+    def cell(v: dict[str, Any] | None, name: str) -> str:
+        if v is None or name not in v or v[name] is None:
+            return "-"
+        x = v[name]
+        if name == "calls":
+            return str(x)
+        if not isinstance(x, dict):
+            return f"{x:.4g}"
+        if x["value"] is None:
+            return "-"
+        if name in _RATES:
+            lo, hi = x["ci"]
+            return f"{100 * x['value']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+        return f"{x['value']:.4g} (n={x['n']})"
+
+    for name in names:
+        lines.append(f"  {name:22}{cell(variants.get('baseline'), name):>26}{cell(variants.get('candidate'), name):>26}")
+    if period.get("differences"):
+        lines.append(f"  candidate - baseline (always-valid {100 * (1 - alpha):g}% CI, mSPRT p):")
+        for d in period["differences"]:
+            lo, hi = d["ci"]
+            ci = f"[{lo:+.4g}, {hi:+.4g}]" if lo is not None and hi is not None else "[n/a]"
+            lines.append(f"    {d['metric']:22}{d['diff']:+12.4g} {ci:>28}  p={d['p_value']:.3g}  {d['verdict']}")
+    if "srm" in period:
+        s = period["srm"]
+        obs = f"{100 * s['observed_share']:.2f}%" if s["observed_share"] is not None else "n/a"
+        flag = "MISMATCH" if s["mismatch"] else "ok"
+        lines.append(
+            f"  split: expected {100 * s['expected_share']:g}%, observed {obs} of "
+            f"{s['units']['baseline'] + s['units']['candidate']} units, chi2 {s['chi2']:.3g}, "
+            f"p {s['p_value']:.3g}: {flag}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@click.group("controller")
+def controller() -> None:
+    """Canary controller: promote or roll back a candidate from outcome statistics."""
+
+
+@controller.command("run")
+@click.option("--route", required=True, help="Route to control.")
+@click.option("--once", is_flag=True, help="Check once and exit.")
+@click.option("--url", envvar="SHADOWTUNE_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="Gateway base URL (env SHADOWTUNE_URL).")
+@click.option("--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", default=None,
+              help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Policy file (YAML or JSON); defaults apply without one.")
+@click.option("--json", "as_json", is_flag=True, help="Print each decision as JSON.")
+@_log_dir_option
+def run(route: str, once: bool, url: str, admin_token: str | None, policy_file: str | None, as_json: bool,
+        log_dir: str) -> None:
+    """Check the route's canary every interval; roll back, advance or wait."""
+    try:
+        policy = CanaryPolicy.from_file(policy_file, route) if policy_file else CanaryPolicy(route=route)
+        with AdminClient(url, admin_token) as admin:
+            ctl = CanaryController(policy, admin, log_dir, route)
+            if once:
+                _echo_decision(ctl.check(), as_json)
+                return
+            while True:
+                try:
+                    _echo_decision(ctl.check(), as_json)
+                except ControllerError as exc:
+                    click.echo(f"Error: {exc}", err=True)
+                time.sleep(policy.check_interval_s)
+    except ControllerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _echo_decision(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(record).decode())
+        return
+    applied = "" if record.get("applied", True) else " (not applied)"
+    if record.get("error"):
+        applied = f" (not applied: {record['error']})"
+    click.echo(f"{record['action']}{applied}: {record.get('reason', '')}")
+
+
+@controller.command("pause")
+@click.argument("route")
+@click.option("--reason", default=None, help="Why, for the decision log.")
+@_log_dir_option
+def pause(route: str, reason: str | None, log_dir: str) -> None:
+    """Pause the controller for ROUTE (it keeps checking but never acts)."""
+    try:
+        set_paused(log_dir, route, True, reason=reason)
+    except (ControllerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Controller paused for route {route}.")
+
+
+@controller.command("resume")
+@click.argument("route")
+@_log_dir_option
+def resume(route: str, log_dir: str) -> None:
+    """Resume the controller for ROUTE."""
+    try:
+        set_paused(log_dir, route, False)
+    except (ControllerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Controller resumed for route {route}.")
+
+
+@controller.command("status")
+@click.argument("route")
+@click.option("-n", "--count", default=5, show_default=True, help="Recent decisions to show.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@_log_dir_option
+def status(route: str, count: int, as_json: bool, log_dir: str) -> None:
+    """The controller's state for ROUTE and its recent decisions."""
+    try:
+        state = read_state(log_dir, route)
+    except ControllerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    decisions = read_decisions(log_dir, route, limit=count)
+    if as_json:
+        click.echo(orjson.dumps({"route": route, "state": state, "decisions": decisions},
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"route {route}: {'PAUSED' if state.get('paused') else 'active'}"
+               + (f" (by {state['paused_by']}: {state.get('paused_reason') or 'no reason'})"
+                  if state.get("paused") else ""))
+    if state.get("last_action"):
+        click.echo(f"last check: {_when(state.get('last_check_at'))}, {state['last_action']}")
+    for rec in decisions:
+        click.echo(f"  {_when(rec.get('ts'))}  {rec.get('action')}: {rec.get('reason') or ''}")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")

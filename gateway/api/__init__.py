@@ -1,0 +1,1 @@
+"""Thin FastAPI routers for everything off the hot path."""

@@ -1,0 +1,159 @@
+"""The gateway application: the hot path in front, FastAPI for everything else.
+
+``create_app(settings)`` returns an ASGI callable. ``POST /v1/chat/completions`` and
+``POST /v1/embeddings`` go straight to `HotPath` (a plain ASGI handler); every other
+request goes to a FastAPI app (models, health, admin, feedback, metrics, review page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import __version__
+from gateway.auth import Authenticator
+from gateway.config import Settings
+from gateway.errors import GatewayError, InvalidRequest, error_body, error_dict
+from gateway.hotpath import PATHS, HotPath, Receive, Scope, Send
+from gateway.routing.state import RouteStateStore
+from gateway.shadow import ShadowRunner
+from gateway.store import layout
+from gateway.store.writer import LogWriter
+
+log = logging.getLogger("shadowtune")
+
+
+@dataclass
+class Context:
+    """What the routers share; built once per worker by `create_app`."""
+
+    settings: Settings
+    writer: LogWriter
+    routes: RouteStateStore
+    auth: Authenticator
+    shadow: ShadowRunner
+    hot: HotPath
+    telemetry: Any = None
+
+
+class GatewayApp:
+    """ASGI entry: dispatches the hot paths, delegates the rest to FastAPI."""
+
+    def __init__(self, ctx: Context, api: FastAPI) -> None:
+        self.ctx = ctx
+        self.api = api
+        self.hot = ctx.hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = PATHS.get(scope["path"])
+            if endpoint is not None:
+                await self.hot(scope, receive, send, endpoint)
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    store = settings.store
+    writer = LogWriter(
+        store.log_dir,
+        wal_dir=store.wal_dir,
+        flush_interval=store.flush_interval,
+        max_pending=store.max_pending,
+        max_backlog_bytes=store.max_backlog_mb * 2**20,
+        compact_interval=store.compact_interval,
+        retention_days=store.retention_days,
+    )
+    key_dir = layout.local_path(store.log_dir) if not layout.is_remote(store.log_dir) else "."
+    auth = Authenticator(key_dir, settings.server.auth)
+    routes = RouteStateStore(settings)
+    shadow = ShadowRunner(settings.shadow.max_in_flight, settings.shadow.queue_size)
+    hot = HotPath(settings, writer, routes, auth, shadow)
+    ctx = Context(settings=settings, writer=writer, routes=routes, auth=auth, shadow=shadow, hot=hot)
+
+    from gateway import telemetry
+
+    ctx.telemetry = telemetry.Telemetry(settings.telemetry, ctx)
+    writer.listeners.append(ctx.telemetry.on_records)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(writer.start)
+        if auth.open:
+            log.warning("client authentication is OFF (open mode): create a key with 'shadowtune keys create'")
+        poller = asyncio.get_running_loop().create_task(_poll_routes(routes))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            await hot.close()
+            await asyncio.to_thread(writer.close)
+            ctx.telemetry.shutdown()
+
+    api = FastAPI(title="Shadowtune", version=__version__, lifespan=lifespan)
+    api.state.ctx = ctx
+    _install_error_handlers(api)
+    from gateway.api import admin, health, models
+
+    api.include_router(models.router)
+    api.include_router(admin.router)
+    api.include_router(health.router)
+    with contextlib.suppress(ImportError):
+        from gateway.api import feedback
+
+        api.include_router(feedback.router)
+    with contextlib.suppress(ImportError):
+        from gateway.web import review
+
+        api.include_router(review.router)
+    return GatewayApp(ctx, api)
+
+
+async def _poll_routes(routes: RouteStateStore) -> None:
+    while True:
+        await asyncio.sleep(routes.poll_interval)
+        try:
+            if await asyncio.to_thread(routes.reload):
+                log.info("route state version %d loaded", routes.snapshot.version)
+        except Exception as exc:  # keep polling whatever happens
+            log.error("route state poll failed: %r", exc)
+
+
+def _install_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> Response:
+        return Response(exc.body(), status_code=exc.status, media_type="application/json")
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        err = InvalidRequest(str(first.get("msg")), param=".".join(loc) or None)
+        return Response(err.body(), status_code=400, media_type="application/json")
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        body = error_body(str(exc.detail), type_, code=code)
+        return Response(body, status_code=exc.status_code, media_type="application/json")
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return Response(
+            error_body("internal error", "server_error"), status_code=500, media_type="application/json"
+        )
+
+
+__all__ = ["Context", "GatewayApp", "create_app", "error_dict"]

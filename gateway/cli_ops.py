@@ -1,0 +1,374 @@
+"""Operator commands: ``logs`` (read the call log in place), ``routes`` (steer a running
+gateway through its admin API) and ``feedback`` (post an outcome signal)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from typing import Any
+
+import click
+
+from gateway.cli import default_log_dir
+
+_log_dir = click.option(
+    "--log-dir", default=default_log_dir, show_default="./shadowtune-data", help="Call log directory or URI."
+)
+_json = click.option("--json", "as_json", is_flag=True, help="JSON output.")
+
+
+def _store(log_dir: str) -> Any:
+    from gateway.store import LogStore, LogStoreError
+
+    try:
+        return LogStore.open(log_dir)
+    except LogStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=1, default=str))
+
+
+def parse_since(value: str | None) -> dt.datetime | None:
+    """``7d``, ``24h``, ``30m``, ``90s`` (ago) or an ISO date/time."""
+    if not value:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", value.strip())
+    if m:
+        n, unit = float(m.group(1)), m.group(2)
+        seconds = n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use 7d, 24h, 30m or an ISO date") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+# -- logs ----------------------------------------------------------------------------------
+@click.group()
+def logs() -> None:
+    """Read the call log in place (works while the gateway runs)."""
+
+
+@logs.command("path")
+@_log_dir
+def logs_path(log_dir: str) -> None:
+    """Print the call log's location."""
+    click.echo(os.path.abspath(log_dir) if "://" not in log_dir else log_dir)
+
+
+@logs.command("status")
+@_log_dir
+@_json
+def logs_status(log_dir: str, as_json: bool) -> None:
+    """Rows, files, bytes, oldest/newest call and writer lag."""
+    from gateway.store import layout
+
+    store = _store(log_dir)
+    out: dict[str, Any] = {"log_dir": log_dir}
+    for table in ("calls", "events"):
+        files = layout.parquet_files(log_dir, table)
+        out[table] = {"rows": store.count(table), "files": len(files), "bytes": sum(s for _, _, s in files)}
+    row = store.sql("SELECT min(ts) AS oldest, max(ts) AS newest FROM calls")[0]
+    out["oldest"], out["newest"] = row["oldest"], row["newest"]
+    wal_dir = store.wal_dir
+    segs = [os.path.join(wal_dir, n) for n in os.listdir(wal_dir) if n.endswith(layout.WAL_SUFFIX)] if os.path.isdir(wal_dir) else []
+    out["wal"] = {"segments": len(segs), "bytes": sum(os.path.getsize(s) for s in segs if os.path.exists(s))}
+    oldest_seg = min((os.path.getmtime(s) for s in segs if os.path.getsize(s) > 0), default=None)
+    out["writer_lag_s"] = round(dt.datetime.now().timestamp() - oldest_seg, 3) if oldest_seg else 0.0
+    if as_json:
+        _echo_json(out)
+        return
+    for table in ("calls", "events"):
+        t = out[table]
+        click.echo(f"{table:<7} {t['rows']:>10} rows  {t['files']:>5} files  {t['bytes'] / 1e6:8.2f} MB")
+    click.echo(f"oldest  {out['oldest']}\nnewest  {out['newest']}")
+    click.echo(f"wal     {out['wal']['segments']} segment(s), {out['wal']['bytes']} bytes, lag {out['writer_lag_s']} s")
+
+
+@logs.command("list")
+@_log_dir
+@_json
+@click.option("--route", help="Only this route.")
+@click.option("--variant", type=click.Choice(["baseline", "candidate"]))
+@click.option("--status", "status_", help="HTTP status, or 'error' / 'ok'.")
+@click.option("--since", help="7d, 24h, 30m or an ISO date.")
+@click.option("--until", help="ISO date/time.")
+@click.option("--user", help="Only this user.")
+@click.option("-q", "--query", help="Text search in request and response.")
+@click.option("-n", "--count", default=20, show_default=True, help="How many (0: all).")
+def logs_list(
+    log_dir: str,
+    as_json: bool,
+    route: str | None,
+    variant: str | None,
+    status_: str | None,
+    since: str | None,
+    until: str | None,
+    user: str | None,
+    query: str | None,
+    count: int,
+) -> None:
+    """List calls, newest first."""
+    where, params = [], []
+    if route:
+        where.append("route = ?")
+        params.append(route)
+    if variant:
+        where.append("variant = ?")
+        params.append(variant)
+    if status_ == "error":
+        where.append("(status >= 400 OR error_type IS NOT NULL)")
+    elif status_ == "ok":
+        where.append("status < 400")
+    elif status_:
+        where.append("status = ?")
+        params.append(int(status_))
+    if since:
+        where.append("ts >= ?")
+        params.append(parse_since(since))
+    if until:
+        where.append("ts < ?")
+        params.append(parse_since(until))
+    if user:
+        where.append('"user" = ?')
+        params.append(user)
+    if query:
+        where.append("(request ILIKE ? OR response ILIKE ?)")
+        params += [f"%{query}%"] * 2
+    sql = (
+        "SELECT call_id, ts, route, variant, served, mode, status, latency_ms, input_tokens, output_tokens, "
+        "output_text, error_type FROM calls"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY ts DESC, call_id DESC"
+        + (f" LIMIT {int(count)}" if count else "")
+    )
+    rows = _store(log_dir).sql(sql, params)
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        text = (r["output_text"] or r["error_type"] or "").replace("\n", " ")[:60]
+        lat = f"{r['latency_ms']:.0f}ms" if r["latency_ms"] is not None else "-"
+        served = "" if r["served"] else " (not served)"
+        click.echo(f"{r['call_id']}  {r['ts']:%Y-%m-%d %H:%M:%S}  {r['route']}/{r['variant']}{served}  {r['status']}  {lat}  {text}")
+
+
+@logs.command("show")
+@click.argument("call_id")
+@_log_dir
+@_json
+def logs_show(call_id: str, log_dir: str, as_json: bool) -> None:
+    """Show one call (by call id or the response's chatcmpl- id) as a conversation."""
+    rows = _store(log_dir).sql(
+        "SELECT * FROM calls_with_outcomes WHERE call_id = ? OR response_id = ? ORDER BY served DESC LIMIT 1",
+        [call_id, call_id],
+    )
+    if not rows:
+        raise click.ClickException(f"no call {call_id!r} in {log_dir}")
+    row = rows[0]
+    if as_json:
+        _echo_json(row)
+        return
+    click.echo(f"{row['call_id']}  {row['ts']}  route={row['route']} variant={row['variant']} mode={row['mode']}")
+    click.echo(f"status={row['status']} latency={row['latency_ms']}ms tokens={row['input_tokens']}/{row['output_tokens']}")
+    try:
+        req = json.loads(row["request"] or "{}")
+    except ValueError:
+        req = {}
+    for m in req.get("messages") or ():
+        content = m.get("content")
+        if not isinstance(content, str):
+            content = json.dumps(content)
+        click.echo(click.style(f"\n[{m.get('role')}]", bold=True) + f"\n{content}")
+    try:
+        resp = json.loads(row["response"] or "{}")
+    except ValueError:
+        resp = {}
+    for ch in resp.get("choices") or ():
+        msg = ch.get("message") or {}
+        click.echo(click.style(f"\n[assistant #{ch.get('index', 0)}]", bold=True) + f"\n{msg.get('content') or ''}")
+        for tc in msg.get("tool_calls") or ():
+            fn = tc.get("function") or {}
+            click.echo(f"  -> tool {fn.get('name')}({fn.get('arguments')})")
+    if row.get("error_message"):
+        click.echo(click.style(f"\n[error {row['error_type']}]", fg="red") + f"\n{row['error_message']}")
+
+
+@logs.command("sql")
+@click.argument("query")
+@_log_dir
+@_json
+def logs_sql(query: str, log_dir: str, as_json: bool) -> None:
+    """Run a read-only SQL query (views: calls, events, outcomes, calls_with_outcomes)."""
+    from gateway.store import LogStoreError
+
+    try:
+        rows = _store(log_dir).sql(query)
+    except LogStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("(no rows)")
+        return
+    cols = list(rows[0])
+    click.echo("\t".join(cols))
+    for r in rows:
+        click.echo("\t".join("" if r[c] is None else str(r[c]) for c in cols))
+
+
+@logs.command("export")
+@_log_dir
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="jsonl", show_default=True)
+@click.option("--out", "out_path", required=True, help="Output file.")
+@click.option("--table", default="calls", type=click.Choice(["calls", "events", "calls_with_outcomes"]))
+@click.option("--since", help="7d, 24h or an ISO date.")
+@click.option("--route", help="Only this route.")
+def logs_export(log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None) -> None:
+    """Export calls (or events) to Parquet or JSON Lines."""
+    where, params = [], []
+    if since:
+        where.append("ts >= ?")
+        params.append(parse_since(since))
+    if route and table != "events":
+        where.append("route = ?")
+        params.append(route)
+    sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts"
+    data = _store(log_dir).arrow(sql, params)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(data, out_path, compression="zstd")
+    else:
+        with open(out_path, "w") as f:
+            for row in data.to_pylist():
+                f.write(json.dumps(row, default=str) + "\n")
+    click.echo(f"{data.num_rows} rows -> {out_path}", err=True)
+
+
+@logs.command("compact")
+@_log_dir
+def logs_compact(log_dir: str) -> None:
+    """Merge each day's small Parquet files."""
+    from gateway.store import layout
+
+    removed = layout.compact(log_dir, layout.default_wal_dir(log_dir))
+    click.echo(f"compacted {removed} file(s)")
+
+
+@logs.command("prune")
+@_log_dir
+@click.option("--before", required=True, help="Delete days before this date (YYYY-MM-DD) or age (30d).")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def logs_prune(log_dir: str, before: str, yes: bool) -> None:
+    """Delete the log's partitions older than a date (retention)."""
+    from gateway.store import layout
+
+    cutoff = parse_since(before)
+    assert cutoff is not None
+    if not yes:
+        click.confirm(f"delete every call and event before {cutoff.date()} in {log_dir}?", abort=True)
+    n = layout.prune(log_dir, cutoff.date())
+    click.echo(f"deleted {n} file(s)")
+
+
+# -- routes (admin API) --------------------------------------------------------------------
+def _admin_opts(f: Any) -> Any:
+    f = click.option("--url", default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"), show_default="http://127.0.0.1:8000", help="Running gateway.")(f)
+    f = click.option("--admin-token", default=lambda: os.environ.get("SHADOWTUNE_ADMIN_TOKEN"), help="Admin token (env SHADOWTUNE_ADMIN_TOKEN).")(f)
+    return f
+
+
+def _admin(method: str, url: str, token: str | None, path: str, body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from None
+    data = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    if resp.status_code >= 400:
+        err = data.get("error") or {}
+        param = f" ({err['param']})" if err.get("param") else ""
+        raise click.ClickException(f"{resp.status_code}: {err.get('message') or resp.text}{param}")
+    return data
+
+
+@click.group()
+def routes() -> None:
+    """Steer traffic splits of a running gateway (no restart)."""
+
+
+@routes.command("list")
+@_admin_opts
+@_json
+def routes_list(url: str, admin_token: str | None, as_json: bool) -> None:
+    """List routes and their modes."""
+    data = _admin("GET", url, admin_token, "/admin/routes")
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(f"version {data['version']}")
+    for r in data["data"]:
+        share = f" share={r['share']}%" if r["mode"] == "canary" else ""
+        click.echo(f"{r['route']:<20} {r['mode']:<8} baseline={r['baseline']} candidate={r['candidate']}{share}")
+
+
+@routes.command("show")
+@click.argument("route")
+@_admin_opts
+def routes_show(route: str, url: str, admin_token: str | None) -> None:
+    """Show one route's state."""
+    _echo_json(_admin("GET", url, admin_token, f"/admin/routes/{route}"))
+
+
+@routes.command("set")
+@click.argument("route")
+@click.option("--mode", type=click.Choice(["off", "shadow", "canary", "primary"]))
+@click.option("--share", type=float, help="Canary share in percent (0-100).")
+@click.option("--candidate", help="Candidate upstream.")
+@click.option("--baseline", help="Baseline upstream.")
+@click.option("--shadow-rate", type=float, help="Fraction mirrored in shadow (0-1).")
+@click.option("--sticky-key", help="user, session, client_key or header:<name>.")
+@click.option("--salt", help="Canary hash salt.")
+@click.option("--reason", help="Why (kept in the audit history).")
+@_admin_opts
+def routes_set(route: str, url: str, admin_token: str | None, reason: str | None, **changes: Any) -> None:
+    """Change a route's split, e.g. --mode canary --share 10 --reason 'ticket 123'."""
+    body = {k: v for k, v in changes.items() if v is not None}
+    if not body:
+        raise click.UsageError("nothing to change")
+    body["reason"] = reason
+    body["actor"] = os.environ.get("USER") or "cli"
+    _echo_json(_admin("PATCH", url, admin_token, f"/admin/routes/{route}", body))
+
+
+@routes.command("history")
+@click.argument("route", required=False)
+@_admin_opts
+@_json
+@click.option("-n", "--count", default=50, show_default=True)
+def routes_history(route: str | None, url: str, admin_token: str | None, as_json: bool, count: int) -> None:
+    """Audit history of route changes (who, when, why, before, after)."""
+    path = f"/admin/routes/{route}/history?limit={count}" if route else f"/admin/history?limit={count}"
+    rows = _admin("GET", url, admin_token, path)["data"]
+    if as_json:
+        _echo_json(rows)
+        return
+    for h in rows:
+        when = dt.datetime.fromtimestamp(h["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        before = h.get("before") or {}
+        after = h.get("after") or {}
+        changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+        what = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items() if k != "route")
+        click.echo(f"v{h['version']}  {when}  {h.get('route') or h.get('upstream')}  by {h['actor']}  {what}  ({h.get('reason') or ''})")
+
+
+COMMANDS = [logs, routes]

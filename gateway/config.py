@@ -1,0 +1,282 @@
+"""Settings: one object, built once at start-up and passed in (``create_app(settings)``).
+
+Sources, highest priority first: command-line flags, ``SHADOWTUNE_*`` environment
+variables (``__`` separates nested names: ``SHADOWTUNE_SERVER__PORT=9000``), the config
+file (YAML or TOML, ``--config`` or ``SHADOWTUNE_CONFIG``), the defaults below. Every
+field's docstring is its documentation: ``shadowtune config show`` and the README's
+settings reference are generated from them.
+
+Live route splits are state, not config: the ``routes`` section gives each route's
+starting state; the admin API changes it at run time (``gateway.routing.state``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+OPENAI_COMPATIBLE = {"openai", "azure", "vllm", "ollama", "openai_compatible", "together", "groq", "fireworks"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class UpstreamConfig(_Section):
+    """One model Shadowtune can call."""
+
+    base_url: str | None = None
+    """Base URL of an OpenAI-compatible API (``https://api.openai.com/v1``, a vLLM server's ``/v1``).
+    Set for OpenAI-compatible providers, which take the fast direct path."""
+    provider: str = "openai"
+    """``openai``, ``azure``, ``vllm``, ``ollama``, ``openai_compatible`` (fast path), or any litellm
+    provider (``anthropic``, ``bedrock``, ``vertex_ai``, ``gemini``, ``mistral``, ...), called through litellm."""
+    model: str | None = None
+    """Model id sent upstream; defaults to the upstream's name."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the provider key (the key itself never goes in config)."""
+    timeout: float = 120.0
+    """Seconds to wait for the upstream's next byte before answering 504."""
+    retries: int = 2
+    """Retries of 429/5xx answers and connection failures, before the first byte only."""
+    price_in: float | None = None
+    """USD per million input tokens, for the log's cost estimate."""
+    price_out: float | None = None
+    """USD per million output tokens, for the log's cost estimate."""
+    family: str | None = None
+    """Model family (``gpt``, ``claude``, ``llama``...), used by the judge's self-preference guard."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers sent upstream (e.g. ``api-version`` for Azure)."""
+
+    @property
+    def fast_path(self) -> bool:
+        return self.base_url is not None and self.provider in OPENAI_COMPATIBLE
+
+
+class RouteConfig(_Section):
+    """A model name clients send, and the starting state of its traffic split."""
+
+    baseline: str
+    """Upstream that serves the route: the prompted production model."""
+    candidate: str | None = None
+    """Upstream of the fine-tuned candidate (optional)."""
+    mode: Literal["off", "shadow", "canary", "primary"] = "off"
+    """``off``: baseline only; ``shadow``: candidate answers in the background; ``canary``: a sticky share
+    of users is served by the candidate; ``primary``: the candidate serves everyone."""
+    share: float = 0.0
+    """Canary share in percent (0-100, 0.01 steps)."""
+    shadow_rate: float = 1.0
+    """Fraction (0-1) of requests mirrored to the other variant in shadow (and reverse-shadow in primary)."""
+    sticky_key: str = "user"
+    """What keeps a user in one arm: ``user`` (the request's ``user`` field), ``session``
+    (``x-shadowtune-session``), ``client_key``, or ``header:<name>``."""
+    salt: str = ""
+    """Salt of the canary hash; change it to reshuffle users."""
+    store_bodies: bool = True
+    """False keeps request and response bodies out of the log for this route."""
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    workers: int = 1
+    """Worker processes (each with its own log files)."""
+    auth: Literal["auto", "keys", "open"] = "auto"
+    """``keys``: callers need a key from ``shadowtune keys create``; ``open``: no client auth (local use);
+    ``auto``: ``keys`` once a key exists, else ``open``."""
+    admin_token: SecretStr | None = None
+    """Bearer token of the admin API (``/admin/...``). Without it the admin API answers only on loopback."""
+    max_body_bytes: int = 8 * 2**20
+    """Largest request body accepted (413 above)."""
+    upstream_key_env: str | None = None
+    """Zero-config: environment variable holding the key for ``--upstream``; without it, in open mode,
+    the caller's own bearer key is forwarded."""
+    passthrough_url: str | None = None
+    """Zero-config: forward every model name unchanged to this OpenAI-compatible URL."""
+
+
+class RedactConfig(_Section):
+    emails: bool = False
+    """Replace e-mail addresses with ``[EMAIL]`` before rows are written."""
+    cards: bool = False
+    """Replace payment-card numbers with ``[CARD]`` before rows are written."""
+    patterns: list[str] = Field(default_factory=list)
+    """Extra regular expressions replaced with ``[REDACTED]``."""
+
+
+class StoreConfig(_Section):
+    log_dir: str = "./shadowtune-data"
+    """Directory (or ``s3://bucket/prefix`` URI) of the call log."""
+    wal_dir: str | None = None
+    """Local directory for the write-ahead log (default ``<log_dir>/wal``; required for object stores)."""
+    flush_interval: float = 1.0
+    """Seconds between Parquet flushes."""
+    max_pending: int = 100_000
+    """Records held in memory while the WAL cannot be written; beyond it they are dropped and counted."""
+    max_backlog_mb: int = 256
+    """Unflushed bytes above which ``/readyz`` reports the store degraded."""
+    retention_days: int | None = None
+    """Delete partitions older than this many days (none: keep everything)."""
+    compact_interval: float = 600.0
+    """Seconds between compactions of small Parquet files (0: never)."""
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    """Redaction applied before rows are written."""
+
+
+class ShadowConfig(_Section):
+    max_in_flight: int = 64
+    """Shadow calls running at once (per worker); more are queued."""
+    queue_size: int = 256
+    """Shadow calls waiting (per worker); beyond it they are skipped and counted."""
+
+
+class TelemetryConfig(_Section):
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP endpoint (``http://collector:4318``); none: no export."""
+    service_name: str = "shadowtune-gateway"
+    """``service.name`` resource attribute."""
+    capture_content: bool = False
+    """Put prompt and completion text in spans (off: text stays out of telemetry)."""
+    prometheus: bool = True
+    """Serve Prometheus metrics at ``/metrics``."""
+
+
+class SignalsConfig(_Section):
+    custom_metrics: list[dict[str, Any]] = Field(default_factory=list)
+    """Named feedback metrics: ``{name, type: bool|float, higher_is_better, min, max}``."""
+    rating_min: float = 1
+    """Lowest accepted rating."""
+    rating_max: float = 5
+    """Highest accepted rating."""
+    regeneration_window_s: float = 600
+    """A conversation sent again within this many seconds marks the earlier call regenerated."""
+    detect_rephrase: bool = False
+    """Also count an immediate rephrasing of the last user turn as a regeneration."""
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+class Settings(BaseSettings):
+    """All of Shadowtune's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOWTUNE_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
+    )
+    _file_data: ClassVar[dict[str, Any]] = {}
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    """HTTP server and client authentication."""
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    """Named upstream models."""
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    """Model names clients send, each with its baseline (and candidate)."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """The call log."""
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    """Bounds of background shadow work."""
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """OpenTelemetry and Prometheus."""
+    signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    """Outcome signals (feedback, regenerations)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls, cls._file_data)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _names(cls, v: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
+        for name, up in v.items():
+            if not up.fast_path and up.provider in OPENAI_COMPATIBLE:
+                raise ValueError(f"upstream {name!r}: provider {up.provider!r} needs a base_url")
+        return v
+
+    @model_validator(mode="after")
+    def _routes_name_known_upstreams(self) -> Settings:
+        for name, route in self.routes.items():
+            for role in ("baseline", "candidate"):
+                ref = getattr(route, role)
+                if ref is not None and ref not in self.upstreams:
+                    raise ValueError(f"route {name!r}: {role} {ref!r} is not a configured upstream")
+        return self
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from a file (YAML or TOML), the environment and ``overrides`` (CLI flags)."""
+        path = path or os.environ.get("SHADOWTUNE_CONFIG")
+        data = read_config_file(path) if path else {}
+        cls._file_data = data
+        try:
+            return cls(**_nest(overrides))
+        finally:
+            cls._file_data = {}
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    text = p.read_text()
+    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: the config file must be a mapping")
+    return data
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"server__port": 1}`` -> ``{"server": {"port": 1}}``; None values are left out."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def reference_markdown() -> str:
+    """The settings reference (README), generated from the docstrings above."""
+    lines = ["| setting | env | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            doc = " ".join((field.description or "").split())
+            env = "SHADOWTUNE_" + key.replace(".", "__").upper()
+            lines.append(f"| `{key}` | `{env}` | `{default!r}` | {doc} |")
+
+    walk(Settings, "")
+    return "\n".join(lines)

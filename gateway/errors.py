@@ -1,0 +1,98 @@
+"""Errors the gateway answers with, all in OpenAI's shape.
+
+::
+
+    GatewayError                 (status, type, code, param)
+    ├── InvalidRequest           400 invalid_request_error
+    │   └── PayloadTooLarge      413 invalid_request_error
+    ├── Unauthorized             401 authentication_error
+    ├── Forbidden                403 permission_error
+    ├── NotFound                 404 invalid_request_error (code model_not_found, ...)
+    ├── RateLimited              429 rate_limit_error
+    ├── Overloaded               503 overloaded_error
+    ├── UpstreamError            502 upstream_error (connection failures, bad upstream answers)
+    └── UpstreamTimeout          504 timeout_error
+
+Services raise; `error_body` is the one place that builds the body
+``{"error": {"message", "type", "param", "code"}}`` (``code`` a string or null).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, param=self.param, code=self.code)
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class Overloaded(GatewayError):
+    status = 503
+    type = "overloaded_error"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    """The OpenAI error body, as bytes."""
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def error_dict(exc: GatewayError) -> dict[str, Any]:
+    return {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}

@@ -1,0 +1,559 @@
+"""The request path of ``/v1/chat/completions`` and ``/v1/embeddings``, as a plain ASGI handler.
+
+This is the code every production call runs through, so it stays lean: no framework
+layers, one JSON parse of the body, the body forwarded as bytes (re-serialised only when
+the upstream model id differs from the name the client sent), a streamed answer relayed
+chunk by chunk as it arrives, and one ``write()`` to the call log's WAL per call. Work
+that can wait — assembling streamed answers, token counts, costs, telemetry — happens
+in batches in the log writer's thread.
+
+Per request: authenticate, parse, resolve the route's live state, pick the serving
+variant (`gateway.routing.modes`), call it (falling back to the baseline when a
+candidate fails before the first byte), relay, log, then hand the shadow call, if
+any, to the bounded `ShadowRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from gateway.auth import Authenticator
+from gateway.config import Settings, UpstreamConfig
+from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
+from gateway.routing.modes import Plan, plan_for
+from gateway.routing.state import RouteState, RouteStateStore
+from gateway.shadow import ShadowRunner
+from gateway.store.ids import new_id
+from gateway.store.writer import LogWriter
+from gateway.upstream import litellm as litellm_upstream
+from gateway.upstream.openai_compat import OpenAICompatClient
+from gateway.upstream.reply import UpstreamReply
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+PATHS = {
+    "/v1/chat/completions": "chat.completions",
+    "/chat/completions": "chat.completions",
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+}
+UPSTREAM_PATH = {"chat.completions": "/chat/completions", "embeddings": "/embeddings"}
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+PASSTHROUGH = "_passthrough"
+
+
+class Redactor:
+    """Pattern redaction applied to bodies before they reach the log."""
+
+    EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+    CARD = r"\b(?:\d[ -]?){13,19}\b"
+
+    def __init__(self, emails: bool, cards: bool, patterns: list[str]) -> None:
+        self.rules = [(re.compile(p), "[REDACTED]") for p in patterns]
+        if emails:
+            self.rules.append((re.compile(self.EMAIL), "[EMAIL]"))
+        if cards:
+            self.rules.append((re.compile(self.CARD), "[CARD]"))
+
+    def __call__(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        for rx, repl in self.rules:
+            text = rx.sub(repl, text)
+        return text
+
+
+class Attempt:
+    """One upstream call's timings and outcome, for its log row."""
+
+    __slots__ = ("call_id", "error", "first_byte", "reply", "started", "status", "t_headers", "upstream", "variant")
+
+    def __init__(self, call_id: str, variant: str, upstream: str) -> None:
+        self.call_id = call_id
+        self.variant = variant
+        self.upstream = upstream
+        self.started = time.perf_counter()
+        self.t_headers = 0.0
+        self.first_byte: float | None = None
+        self.reply: UpstreamReply | None = None
+        self.status = 0
+        self.error: GatewayError | None = None
+
+
+class HotPath:
+    def __init__(
+        self,
+        settings: Settings,
+        writer: LogWriter,
+        routes: RouteStateStore,
+        auth: Authenticator,
+        shadow: ShadowRunner,
+    ) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.routes = routes
+        self.auth = auth
+        self.shadow = shadow
+        self.client = OpenAICompatClient()
+        self.max_body = settings.server.max_body_bytes
+        r = settings.store.redact
+        self.redact = Redactor(r.emails, r.cards, r.patterns) if (r.emails or r.cards or r.patterns) else None
+        passthrough = settings.server.passthrough_url
+        self.passthrough: UpstreamConfig | None = (
+            UpstreamConfig(base_url=passthrough, api_key_env=settings.server.upstream_key_env)
+            if passthrough
+            else None
+        )
+
+    # -- ASGI entry ---------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
+        t0 = time.perf_counter()
+        ts = time.time_ns() // 1000
+        call_id = new_id("call")
+        headers = dict(scope["headers"])
+        rec: dict[str, Any] = {"call_id": call_id, "ts": ts, "endpoint": endpoint, "served": True}
+        try:
+            rec["client_key"] = self.auth.check(headers.get(b"authorization"))
+            body = await _read_body(receive, self.max_body)
+            req = _parse(body, endpoint)
+        except GatewayError as exc:
+            await self._fail(send, rec, exc, t0)
+            return
+        rec["request"] = body.decode()
+        model = req["model"]
+        stream = bool(req.get("stream")) and endpoint == "chat.completions"
+        rec["stream"] = stream
+        _annotate(rec, req, headers)
+        snapshot = self.routes.snapshot
+        state = snapshot.routes.get(model)
+        if state is None:
+            if self.passthrough is None:
+                exc = NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
+                await self._fail(send, rec, exc, t0)
+                return
+            state = RouteState(route=model, baseline=PASSTHROUGH)
+        rec["route"] = model
+        rec["route_version"] = snapshot.version
+        rec["mode"] = state.mode
+        if not state.store_bodies:
+            rec["request"] = None
+        plan = plan_for(state, _sticky(state, rec, req, headers), random.random())
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
+        try:
+            await self._serve(send, rec, req, body, endpoint, stream, state, plan, snapshot.upstreams, t0)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not watcher.done() or task is None:
+                raise  # cancelled from outside (shutdown), not by a client disconnect
+            task.uncancel()
+            if "latency_ms" not in rec:  # the client went away before the answer was complete
+                rec["status"] = 499
+                rec["error_type"] = "client_disconnected"
+                rec["error_message"] = "the client closed the connection before the answer was complete"
+                self._finish(rec, t0, time.perf_counter() - t0, None)
+            return
+        finally:
+            watcher.cancel()
+        if plan.shadow is not None:
+            self._submit_shadow(rec, req, body, endpoint, stream, state, plan.shadow, snapshot.upstreams)
+
+    # -- serving ------------------------------------------------------------------------
+    async def _serve(
+        self,
+        send: Send,
+        rec: dict[str, Any],
+        req: dict[str, Any],
+        body: bytes,
+        endpoint: str,
+        stream: bool,
+        state: RouteState,
+        plan: Plan,
+        upstreams: dict[str, UpstreamConfig],
+        t0: float,
+    ) -> None:
+        variant = plan.serve
+        name = state.candidate if variant == "candidate" else state.baseline
+        attempt = Attempt(rec["call_id"], variant, name or "")
+        await self._open(attempt, req, body, endpoint, name, upstreams)
+        if variant == "candidate" and _should_fall_back(attempt):
+            # the candidate failed before the first byte: log that attempt, serve the baseline
+            failed = dict(rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False)
+            self._log_attempt(failed, attempt, t0, body=None)
+            if attempt.reply is not None:
+                attempt.reply.close()
+            attempt = Attempt(rec["call_id"], "baseline", state.baseline)
+            await self._open(attempt, req, body, endpoint, state.baseline, upstreams)
+        rec["variant"] = attempt.variant
+        self._upstream_fields(rec, attempt.upstream, upstreams, req)
+        reply = attempt.reply
+        if reply is None:
+            assert attempt.error is not None
+            await self._fail(send, rec, attempt.error, t0, attempt)
+            return
+        if stream and reply.is_stream and reply.status < 400:
+            await self._relay_stream(send, rec, attempt, reply, t0, state.store_bodies)
+            return
+        try:
+            data = await reply.read()
+        except GatewayError as exc:
+            await self._fail(send, rec, exc, t0, attempt)
+            return
+        upstream_s = time.perf_counter() - attempt.started
+        status = reply.status
+        if status >= 400:
+            rec["error_type"], rec["error_message"] = _upstream_error(data)
+            data = _as_openai_error(data, status)
+        rec["status"] = status
+        if state.store_bodies:
+            rec["response"] = data.decode("utf-8", "replace")
+        self._finish(rec, t0, upstream_s, None)
+        headers = [
+            _JSON,
+            (b"x-request-id", rec["call_id"].encode()),
+            (b"x-shadowtune-overhead-ms", f"{rec['overhead_ms']:.3f}".encode()),
+            *reply.headers,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _relay_stream(
+        self, send: Send, rec: dict[str, Any], attempt: Attempt, reply: UpstreamReply, t0: float, bodies: bool
+    ) -> None:
+        overhead_ms = ((time.perf_counter() - t0) - (attempt.t_headers - attempt.started)) * 1000
+        headers = [
+            *_SSE_HEADERS,
+            (b"x-request-id", rec["call_id"].encode()),
+            (b"x-shadowtune-overhead-ms", f"{overhead_ms:.3f}".encode()),
+            *reply.headers,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        parts: list[bytes] = []
+        first: float | None = None
+        rec["status"] = 200
+        assert reply.chunks is not None
+        try:
+            async for chunk in reply.chunks:
+                if first is None:
+                    first = time.perf_counter()
+                parts.append(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except GatewayError as exc:
+            # a stream that fails midway: one SSE error event, then a clean close
+            event = b"data: " + exc.body() + b"\n\n"
+            parts.append(event)
+            rec["status"] = exc.status
+            rec["error_type"], rec["error_message"] = exc.type, exc.message
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        except asyncio.CancelledError:
+            if bodies:  # keep what the client saw before it went away
+                rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
+            if first is not None:
+                rec["ttft_ms"] = (first - t0) * 1000
+            raise
+        upstream_s = time.perf_counter() - attempt.started
+        if bodies:
+            rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
+        self._finish(rec, t0, upstream_s, first)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _open(
+        self,
+        attempt: Attempt,
+        req: dict[str, Any],
+        body: bytes,
+        endpoint: str,
+        name: str | None,
+        upstreams: dict[str, UpstreamConfig],
+    ) -> None:
+        """Start the upstream call; leaves ``attempt.reply`` or ``attempt.error`` set."""
+        try:
+            upstream = self._upstream(name, upstreams)
+            model = upstream.model or (req["model"] if name == PASSTHROUGH else name)
+            if upstream.fast_path:
+                if model != req["model"]:
+                    body = orjson.dumps({**req, "model": model})
+                reply = await self.client.send(upstream, UPSTREAM_PATH[endpoint], body, None)
+            else:
+                reply = await litellm_upstream.send(upstream, endpoint, {**req, "model": model})
+            attempt.reply = reply
+            attempt.status = reply.status
+        except GatewayError as exc:
+            attempt.error = exc
+            attempt.status = exc.status
+        attempt.t_headers = time.perf_counter()
+
+    def _upstream(self, name: str | None, upstreams: dict[str, UpstreamConfig]) -> UpstreamConfig:
+        if name == PASSTHROUGH and self.passthrough is not None:
+            return self.passthrough
+        try:
+            return upstreams[name]  # type: ignore[index]
+        except KeyError:
+            raise UpstreamError(f"route points at unknown upstream {name!r}", code="upstream_not_configured") from None
+
+    def _upstream_fields(
+        self, rec: dict[str, Any], name: str, upstreams: dict[str, UpstreamConfig], req: dict[str, Any]
+    ) -> None:
+        up = self.passthrough if name == PASSTHROUGH else upstreams.get(name)
+        rec["upstream"] = "passthrough" if name == PASSTHROUGH else name
+        if up is not None:
+            rec["upstream_model"] = up.model or (req["model"] if name == PASSTHROUGH else name)
+            rec["provider"] = up.provider
+            rec["price_in"] = up.price_in
+            rec["price_out"] = up.price_out
+
+    # -- shadow -------------------------------------------------------------------------
+    def _submit_shadow(
+        self,
+        rec: dict[str, Any],
+        req: dict[str, Any],
+        body: bytes,
+        endpoint: str,
+        stream: bool,
+        state: RouteState,
+        variant: str,
+        upstreams: dict[str, UpstreamConfig],
+    ) -> None:
+        name = state.candidate if variant == "candidate" else state.baseline
+        parent = rec["call_id"]
+        base = {
+            k: rec.get(k)
+            for k in ("ts", "endpoint", "route", "route_version", "mode", "client_key", "user", "session_id", "tags")
+        }
+        base["request"] = rec.get("request")
+        base["stream"] = stream
+
+        async def job() -> None:
+            t0 = time.perf_counter()
+            row = dict(base, call_id=new_id("call"), parent_call_id=parent, served=False, variant=variant)
+            row["ts"] = time.time_ns() // 1000
+            attempt = Attempt(row["call_id"], variant, name or "")
+            await self._open(attempt, req, body, endpoint, name, upstreams)
+            self._upstream_fields(row, attempt.upstream, upstreams, req)
+            self._log_attempt(row, attempt, t0, body=await _drain(attempt), store_body=state.store_bodies)
+
+        self.shadow.submit(state.route, job)
+
+    # -- logging ------------------------------------------------------------------------
+    def _log_attempt(
+        self,
+        row: dict[str, Any],
+        attempt: Attempt,
+        t0: float,
+        *,
+        body: tuple[bytes, float | None] | None,
+        store_body: bool = True,
+    ) -> None:
+        """Log a call the user did not see (a shadow call, a failed candidate before fallback)."""
+        row["variant"] = attempt.variant
+        reply = attempt.reply
+        if attempt.error is not None:
+            row["status"] = attempt.error.status
+            row["error_type"], row["error_message"] = attempt.error.type, attempt.error.message
+        elif reply is not None:
+            row["status"] = reply.status
+            if body is not None:
+                data, first = body
+                if attempt.error is None and reply.status >= 400:
+                    row["error_type"], row["error_message"] = _upstream_error(data)
+                if store_body:
+                    row["response_sse" if reply.is_stream else "response"] = data.decode("utf-8", "replace")
+                if first is not None:
+                    row["ttft_ms"] = (first - attempt.started) * 1000
+        self._finish(row, t0, time.perf_counter() - attempt.started, None)
+
+    def _finish(self, rec: dict[str, Any], t0: float, upstream_s: float, first: float | None) -> None:
+        now = time.perf_counter()
+        latency = now - t0
+        rec["latency_ms"] = latency * 1000
+        rec["upstream_ms"] = upstream_s * 1000
+        rec["overhead_ms"] = max(0.0, latency - upstream_s) * 1000
+        if first is not None:
+            rec["ttft_ms"] = (first - t0) * 1000
+        if self.redact is not None:
+            for key in ("request", "response", "response_sse", "output_text"):
+                if rec.get(key):
+                    rec[key] = self.redact(rec[key])
+        self.writer.append("calls", rec)
+
+    async def _fail(
+        self, send: Send, rec: dict[str, Any], exc: GatewayError, t0: float, attempt: Attempt | None = None
+    ) -> None:
+        rec["status"] = exc.status
+        rec["error_type"] = exc.type
+        rec["error_message"] = exc.message
+        if attempt is not None and attempt.reply is not None:
+            attempt.reply.close()
+        upstream_s = (time.perf_counter() - attempt.started) if attempt is not None else 0.0
+        self._finish(rec, t0, upstream_s, None)
+        await send_error(send, exc, rec["call_id"])
+
+    async def close(self) -> None:
+        await self.shadow.drain()
+        await self.client.close()
+
+
+# -- helpers --------------------------------------------------------------------------------
+async def send_error(send: Send, exc: GatewayError, call_id: str | None = None) -> None:
+    headers = [_JSON]
+    if call_id:
+        headers.append((b"x-request-id", call_id.encode()))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": exc.body()})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body over the {limit}-byte limit")
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over the {limit}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _parse(body: bytes, endpoint: str) -> dict[str, Any]:
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(req, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a string", param="model")
+    if endpoint == "chat.completions":
+        messages = req.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise InvalidRequest(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}].role")
+        stream = req.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise InvalidRequest("'stream' must be a boolean", param="stream")
+        n = req.get("n")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise InvalidRequest("'n' must be a positive integer", param="n")
+    elif "input" not in req:
+        raise InvalidRequest("'input' is required", param="input")
+    return req
+
+
+def _annotate(rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]) -> None:
+    user = req.get("user")
+    rec["user"] = user if isinstance(user, str) else None
+    meta = req.get("metadata") if isinstance(req.get("metadata"), dict) else {}
+    session = headers.get(b"x-shadowtune-session")
+    rec["session_id"] = session.decode("latin-1") if session else meta.get("session_id")
+    tags: list[str] = []
+    raw = headers.get(b"x-shadowtune-tags")
+    if raw:
+        tags.extend(t.strip() for t in raw.decode("latin-1").split(",") if t.strip())
+    mt = meta.get("tags")
+    if isinstance(mt, str):
+        tags.extend(t.strip() for t in mt.split(",") if t.strip())
+    elif isinstance(mt, list):
+        tags.extend(str(t) for t in mt)
+    rec["tags"] = tags or None
+    regen = headers.get(b"x-shadowtune-regenerate-of")
+    if regen:
+        rec["regenerate_of"] = regen.decode("latin-1")
+    tp = headers.get(b"traceparent")
+    if tp:
+        rec["traceparent"] = tp.decode("latin-1")
+
+
+def _sticky(state: RouteState, rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
+    key = state.sticky_key
+    if key == "user":
+        return rec.get("user")
+    if key == "session":
+        return rec.get("session_id")
+    if key == "client_key":
+        return rec.get("client_key")
+    value = headers.get(key[len("header:") :].lower().encode())
+    return value.decode("latin-1") if value else None
+
+
+def _should_fall_back(attempt: Attempt) -> bool:
+    return attempt.reply is None or attempt.status >= 500 or attempt.status == 429
+
+
+def _upstream_error(data: bytes) -> tuple[str, str]:
+    try:
+        err = orjson.loads(data).get("error")
+        if isinstance(err, dict):
+            return str(err.get("type") or "upstream_error"), str(err.get("message") or "")
+        if isinstance(err, str):
+            return "upstream_error", err
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return "upstream_error", data[:500].decode("utf-8", "replace")
+
+
+def _as_openai_error(data: bytes, status: int) -> bytes:
+    """Pass an upstream error through; wrap it in OpenAI's shape if it is not already."""
+    try:
+        parsed = orjson.loads(data)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            return data
+    except orjson.JSONDecodeError:
+        pass
+    from gateway.errors import error_body
+
+    text = data[:2000].decode("utf-8", "replace") or f"upstream answered {status}"
+    return error_body(text, "upstream_error", code=str(status))
+
+
+async def _drain(attempt: Attempt) -> tuple[bytes, float | None] | None:
+    reply = attempt.reply
+    if reply is None:
+        return None
+    parts: list[bytes] = []
+    first: float | None = None
+    try:
+        if reply.chunks is not None:
+            async for chunk in reply.chunks:
+                if first is None:
+                    first = time.perf_counter()
+                parts.append(chunk)
+        elif reply.body is not None:
+            parts.append(reply.body)
+    except GatewayError as exc:
+        attempt.error = exc
+    return b"".join(parts), first
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
+    """Cancel the request's task when its client goes away (which cancels the upstream call)."""
+    with contextlib.suppress(Exception):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if task is not None and not task.done():
+            task.cancel()

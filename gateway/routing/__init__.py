@@ -1,0 +1,1 @@
+"""Traffic modes: which variant serves a request, which one runs in the background."""

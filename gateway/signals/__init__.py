@@ -1,0 +1,1 @@
+"""Outcome signals: explicit feedback (`feedback`) and regenerations detected from the log (`regeneration`)."""

@@ -1,0 +1,284 @@
+"""Explicit feedback: a client's ``{call_id, kind, value, comment?, user?}`` as an ``events`` record.
+
+`validate_feedback` is pure (no I/O): it checks one feedback body and returns the record
+to hand to ``LogWriter.append("events", record)``, or raises `FeedbackError` naming the
+bad field, in which case nothing may be stored. The API router turns that error into a
+400 ``invalid_request_error`` with ``param``.
+
+Kinds and how they are stored (``value`` is text, ``value_num`` a number):
+
+=============  ================================================  ====================
+kind           value accepted                                    stored as
+=============  ================================================  ====================
+``thumbs``     ``"up"`` / ``"down"`` (also ``true``/``false``)   ``up``/``down``, 1/0
+``rating``     a number in the declared range (default 1–5)      text, the number
+``choice``     ``"a"`` / ``"b"``, or the id of the chosen call   the choice, NULL
+``flag``       omitted, ``true``, or a short reason              reason or NULL, 1
+custom name    bool or float, as declared by a `CustomMetric`    text, the number
+=============  ================================================  ====================
+
+Feedback may arrive before its call is flushed (or even before it is logged): events
+are joined to calls by ``call_id`` (or the response's ``chatcmpl-`` id) at read time.
+`orphan_feedback` lists events that still match no call after a join window, so they are
+reported rather than silently lost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.store.ids import new_id
+
+BUILTIN_KINDS = ("thumbs", "rating", "choice", "flag")
+"""Kinds every client may send."""
+
+RESERVED_KINDS = ("regeneration", "relabel", "exclude")
+"""Kinds the gateway records itself (detector, review page); never accepted as feedback."""
+
+FIELDS = ("call_id", "kind", "value", "comment", "user", "data")
+MAX_ID = 200
+MAX_VALUE = 200
+MAX_COMMENT = 10_000
+MAX_USER = 256
+
+
+class FeedbackError(ValueError):
+    """A feedback body that cannot be stored; ``param`` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class CustomMetric(BaseModel):
+    """A named outcome metric clients may report (``signals.custom_metrics`` in the config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    """The feedback ``kind`` that carries it, e.g. ``task_completed``."""
+    type: Literal["bool", "float"] = "float"
+    """``bool`` (stored as 1/0) or ``float``."""
+    higher_is_better: bool = True
+    """Direction used when comparing variants."""
+    min: float | None = None
+    """Smallest accepted value (float metrics)."""
+    max: float | None = None
+    """Largest accepted value (float metrics)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> CustomMetric:
+        if self.name in BUILTIN_KINDS or self.name in RESERVED_KINDS:
+            raise ValueError(f"custom metric name {self.name!r} clashes with a built-in feedback kind")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"custom metric {self.name!r}: min {self.min} is greater than max {self.max}")
+        return self
+
+
+def validate_feedback(
+    body: Any,
+    *,
+    custom_metrics: Iterable[CustomMetric] = (),
+    rating_range: tuple[float, float] = (1.0, 5.0),
+    source: str = "api",
+    user: str | None = None,
+    now_us: int | None = None,
+) -> dict[str, Any]:
+    """Check one feedback body; return the ``events`` record to append.
+
+    Args:
+        body: the decoded JSON body ``{call_id, kind, value, comment?, user?, data?}``.
+        custom_metrics: the metrics declared in config; their names are extra kinds.
+        rating_range: inclusive ``(low, high)`` bounds of ``rating``.
+        source: ``api``, ``cli`` or ``review``; stored in ``source``.
+        user: the authenticated user, used when the body names none.
+        now_us: the event time (epoch microseconds); now when omitted.
+
+    Raises:
+        FeedbackError: unknown kind, value out of range, or a malformed body.
+    """
+    if not isinstance(body, Mapping):
+        raise FeedbackError("the feedback body must be a JSON object", None)
+    unknown = sorted(str(k) for k in body if k not in FIELDS)
+    if unknown:
+        raise FeedbackError(f"unrecognized feedback field: {unknown[0]!r}", unknown[0])
+
+    call_id = _short_text(body.get("call_id"), "call_id", MAX_ID, required=True)
+    assert call_id is not None
+    if any(ch.isspace() for ch in call_id):
+        raise FeedbackError("call_id must not contain whitespace", "call_id")
+    kind = _short_text(body.get("kind"), "kind", 64, required=True)
+    assert kind is not None
+    comment = _short_text(body.get("comment"), "comment", MAX_COMMENT)
+    body_user = _short_text(body.get("user"), "user", MAX_USER)
+    data = body.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise FeedbackError("data must be a JSON object", "data")
+
+    metrics = {m.name: m for m in custom_metrics}
+    raw = body.get("value")
+    extra: dict[str, Any] = {}
+    if kind == "thumbs":
+        value, value_num = _thumbs(raw)
+    elif kind == "rating":
+        value, value_num = _rating(raw, rating_range)
+    elif kind == "choice":
+        value, value_num = _choice(raw)
+    elif kind == "flag":
+        value, value_num = _flag(raw)
+    elif kind in metrics:
+        metric = metrics[kind]
+        value, value_num = _custom(raw, metric)
+        extra = {"metric_type": metric.type, "higher_is_better": metric.higher_is_better}
+    elif kind in RESERVED_KINDS:
+        raise FeedbackError(f"kind {kind!r} is recorded by the gateway, not sent as feedback", "kind")
+    else:
+        known = ", ".join([*BUILTIN_KINDS, *sorted(metrics)])
+        raise FeedbackError(f"unknown feedback kind {kind!r} (expected one of: {known})", "kind")
+
+    if data or extra:
+        merged = {**(data or {}), **extra}
+        try:
+            data_text: str | None = orjson.dumps(merged).decode()
+        except TypeError as exc:
+            raise FeedbackError(f"data is not serialisable: {exc}", "data") from exc
+    else:
+        data_text = None
+    return {
+        "event_id": new_id("evt"),
+        "call_id": call_id,
+        "ts": now_us if now_us is not None else time.time_ns() // 1000,
+        "kind": kind,
+        "value": value,
+        "value_num": value_num,
+        "comment": comment,
+        "user": body_user if body_user is not None else user,
+        "source": source,
+        "data": data_text,
+    }
+
+
+def _short_text(raw: Any, param: str, limit: int, *, required: bool = False) -> str | None:
+    if raw is None:
+        if required:
+            raise FeedbackError(f"missing required field: {param}", param)
+        return None
+    if not isinstance(raw, str):
+        raise FeedbackError(f"{param} must be a string", param)
+    if required and not raw.strip():
+        raise FeedbackError(f"{param} must not be empty", param)
+    if len(raw) > limit:
+        raise FeedbackError(f"{param} is too long ({len(raw)} characters, at most {limit})", param)
+    return raw
+
+
+def _number(raw: Any, what: str) -> float:
+    if isinstance(raw, bool):
+        raise FeedbackError(f"{what} must be a number, not a boolean", "value")
+    if isinstance(raw, int | float):
+        num = float(raw)
+    elif isinstance(raw, str):
+        try:
+            num = float(raw.strip())
+        except ValueError:
+            raise FeedbackError(f"{what} must be a number, got {raw[:40]!r}", "value") from None
+    else:
+        raise FeedbackError(f"{what} must be a number", "value")
+    if not math.isfinite(num):
+        raise FeedbackError(f"{what} must be a finite number", "value")
+    return num
+
+
+def _num_text(num: float) -> str:
+    return str(int(num)) if num.is_integer() else repr(num)
+
+
+def _thumbs(raw: Any) -> tuple[str, float]:
+    if raw is True or (isinstance(raw, str) and raw.strip().lower() == "up"):
+        return "up", 1.0
+    if raw is False or (isinstance(raw, str) and raw.strip().lower() == "down"):
+        return "down", 0.0
+    raise FeedbackError('thumbs value must be "up" or "down"', "value")
+
+
+def _rating(raw: Any, rating_range: tuple[float, float]) -> tuple[str, float]:
+    if raw is None:
+        raise FeedbackError("rating needs a value", "value")
+    num = _number(raw, "rating")
+    low, high = rating_range
+    if not low <= num <= high:
+        raise FeedbackError(f"rating {_num_text(num)} is out of range [{_num_text(low)}, {_num_text(high)}]", "value")
+    return _num_text(num), num
+
+
+def _choice(raw: Any) -> tuple[str, None]:
+    if not isinstance(raw, str) or not raw.strip():
+        raise FeedbackError('choice value must be "a", "b" or the id of the chosen call', "value")
+    text = raw.strip()
+    if text.lower() in ("a", "b"):
+        return text.lower(), None
+    if len(text) > MAX_ID or any(ch.isspace() for ch in text):
+        raise FeedbackError('choice value must be "a", "b" or the id of the chosen call', "value")
+    return text, None
+
+
+def _flag(raw: Any) -> tuple[str | None, float]:
+    if raw is None or raw is True:
+        return None, 1.0
+    if isinstance(raw, str) and raw.strip():
+        if len(raw) > MAX_VALUE:
+            raise FeedbackError(f"flag reason is too long (at most {MAX_VALUE} characters)", "value")
+        return raw.strip(), 1.0
+    raise FeedbackError("flag value must be omitted, true, or a short reason", "value")
+
+
+def _custom(raw: Any, metric: CustomMetric) -> tuple[str, float]:
+    if metric.type == "bool":
+        if raw is True or raw == 1 or (isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes")):
+            return "true", 1.0
+        if raw is False or raw == 0 or (isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no")):
+            return "false", 0.0
+        raise FeedbackError(f"{metric.name} is a boolean metric: value must be true or false", "value")
+    if raw is None:
+        raise FeedbackError(f"{metric.name} needs a value", "value")
+    num = _number(raw, metric.name)
+    if metric.min is not None and num < metric.min:
+        raise FeedbackError(f"{metric.name} {_num_text(num)} is below its minimum {_num_text(metric.min)}", "value")
+    if metric.max is not None and num > metric.max:
+        raise FeedbackError(f"{metric.name} {_num_text(num)} is above its maximum {_num_text(metric.max)}", "value")
+    return _num_text(num), num
+
+
+def orphan_feedback(store: Any, window_s: float, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Feedback events older than ``window_s`` whose ``call_id`` matches no logged call.
+
+    A call is matched by its ``call_id`` or its response id (``chatcmpl-...``). ``store``
+    is a `gateway.store.LogStore`; refresh it first to see the newest rows. Events the
+    gateway wrote itself (``source = 'detector'``) are never orphans and are skipped.
+    Oldest first: ``{event_id, call_id, ts, kind, value, source, user, age_s}``.
+    """
+    now_s = time.time() if now is None else now
+    cutoff_us = int((now_s - window_s) * 1_000_000)
+    rows: list[dict[str, Any]] = store.sql(
+        """
+        SELECT e.event_id, e.call_id, e.ts, e.kind, e.value, e.source, e.user,
+               epoch_us(e.ts) AS ts_us
+        FROM events e
+        WHERE epoch_us(e.ts) < $cutoff
+          AND coalesce(e.source, '') <> 'detector'
+          AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.call_id = e.call_id)
+          AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.response_id = e.call_id)
+        ORDER BY e.ts, e.event_id
+        """,
+        {"cutoff": cutoff_us},
+    )
+    for row in rows:
+        row["age_s"] = now_s - row.pop("ts_us") / 1e6
+    return rows

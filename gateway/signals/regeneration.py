@@ -1,0 +1,230 @@
+"""Regenerations, detected from the call log (so it works across workers and replicas).
+
+A served call A is marked *regenerated* when the user asked again instead of using its
+answer. Three rules, in this order of precedence:
+
+``explicit``
+    a later served call carries ``regenerate_of = A`` (the client's
+    ``x-shadowtune-regenerate-of`` header, holding A's call id or response id).
+``retry``
+    a later served call B on the same route from the same conversation: the same sticky
+    key (``user``, else ``session_id``, else ``client_key``) and the same messages up to
+    and including the last user turn, sent within ``window_s`` of A. Only the call just
+    before B is marked (A, B, C in a row mark A and B). A B whose messages *continue* A's
+    (A's messages after the last user turn are a strict prefix of B's: a tool-call loop)
+    is not a retry.
+``rephrase`` (off by default)
+    within ``rephrase_window_s`` the same user edits and resends the last message (same
+    history before the last user turn, a different last user message) or asks again
+    right after A's answer (B's history is A's messages plus one assistant message), and
+    the two user messages are similar (`difflib` ratio at least ``rephrase_similarity``).
+
+Each mark is one ``events`` row: ``kind = 'regeneration'``, ``source = 'detector'``,
+``value`` the rule, ``value_num`` 1, ``ts`` the time of the later call and ``data``
+``{"by": <later call id>, "gap_s": ...}``. Detection is idempotent: a call that already
+has a ``regeneration`` event is never marked again, so the detector can run every few
+minutes over an overlapping period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.store.ids import new_id
+
+_RULE_ORDER = {"explicit": 0, "retry": 1, "rephrase": 2}
+_STICKY = (("u", "user"), ("s", "session_id"), ("k", "client_key"))
+
+
+@dataclass(frozen=True)
+class _Turn:
+    call_id: str
+    ts_us: int
+    key: tuple[str, str]  # (route, sticky key)
+    prefix: str  # hash of messages up to and including the last user turn
+    history: str  # hash of messages before the last user turn
+    history_trimmed: str | None  # ... minus one trailing assistant message, if there is one
+    full: str  # hash of all messages
+    tail: tuple[str, ...]  # hashes of the messages after the last user turn
+    last_user: str
+    ok: bool  # answered without an error
+
+
+def detect_regenerations(
+    store: Any,
+    since: dt.datetime | float,
+    window_s: float,
+    rephrase: bool = False,
+    *,
+    until: dt.datetime | float | None = None,
+    rephrase_window_s: float = 120.0,
+    rephrase_similarity: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Regeneration events for served calls made from ``since`` on (see the module docstring).
+
+    ``store`` is a `gateway.store.LogStore` (refresh it to see the newest rows);
+    ``since`` and ``until`` are datetimes or epoch seconds. Calls up to ``window_s``
+    before ``since`` are read too, so a call just before ``since`` can be marked by a
+    retry just after it. Returns the records to append; writes nothing.
+    """
+    since_us = _epoch_us(since)
+    until_us = _epoch_us(until) if until is not None else None
+    lookback = max(window_s, rephrase_window_s if rephrase else 0.0)
+    rows = store.sql(
+        """
+        SELECT call_id, response_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
+               request, regenerate_of, status, error_type
+        FROM calls
+        WHERE served AND epoch_us(ts) >= $lo AND ($hi IS NULL OR epoch_us(ts) < $hi)
+        ORDER BY ts, call_id
+        """,
+        {"lo": since_us - int(lookback * 1e6), "hi": until_us},
+    )
+    marked = {
+        r["call_id"] for r in store.sql("SELECT DISTINCT call_id FROM events WHERE kind = 'regeneration'")
+    }
+    found: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def mark(rule: str, earlier: str, later: str, later_ts: int, gap_us: int | None) -> None:
+        if earlier in marked or earlier == later:
+            return
+        rank = _RULE_ORDER[rule]
+        if earlier in found and found[earlier][0] <= rank:
+            return
+        data: dict[str, Any] = {"by": later}
+        if gap_us is not None:
+            data["gap_s"] = round(gap_us / 1e6, 3)
+        found[earlier] = (
+            rank,
+            {
+                "event_id": new_id("evt"),
+                "call_id": earlier,
+                "ts": later_ts,
+                "kind": "regeneration",
+                "value": rule,
+                "value_num": 1.0,
+                "comment": None,
+                "user": None,
+                "source": "detector",
+                "data": orjson.dumps(data).decode(),
+            },
+        )
+
+    by_response = {r["response_id"]: r["call_id"] for r in rows if r["response_id"]}
+    ts_of = {r["call_id"]: r["ts_us"] for r in rows}
+    for r in rows:
+        target = r["regenerate_of"]
+        if target and r["ts_us"] >= since_us:
+            target = by_response.get(target, target)
+            gap = r["ts_us"] - ts_of[target] if target in ts_of else None
+            mark("explicit", target, r["call_id"], r["ts_us"], gap)
+
+    turns = [t for t in (_turn(r) for r in rows) if t is not None]
+    window_us = int(window_s * 1e6)
+    for group in _group(turns, lambda t: (t.key, t.prefix)).values():
+        for a, b in zip(group, group[1:], strict=False):
+            if b.ts_us < since_us or b.ts_us - a.ts_us > window_us:
+                continue
+            if len(b.tail) > len(a.tail) and b.tail[: len(a.tail)] == a.tail:
+                continue  # B continues A (tool-call loop), it does not retry it
+            mark("retry", a.call_id, b.call_id, b.ts_us, b.ts_us - a.ts_us)
+
+    if rephrase:
+        rwin = int(rephrase_window_s * 1e6)
+        for group in _group(turns, lambda t: t.key).values():
+            for i, b in enumerate(group):
+                if b.ts_us < since_us:
+                    continue
+                for a in reversed(group[:i]):
+                    if b.ts_us - a.ts_us > rwin:
+                        break
+                    if _is_rephrase(a, b, rephrase_similarity):
+                        mark("rephrase", a.call_id, b.call_id, b.ts_us, b.ts_us - a.ts_us)
+                        break
+    return [rec for _, rec in sorted(found.values(), key=lambda x: (x[1]["ts"], x[1]["call_id"]))]
+
+
+def record_regenerations(writer: Any, events: Iterable[dict[str, Any]]) -> int:
+    """Append detected events through a `gateway.store.LogWriter`; returns how many."""
+    n = 0
+    for rec in events:
+        writer.append("events", dict(rec))
+        n += 1
+    return n
+
+
+def _is_rephrase(a: _Turn, b: _Turn, threshold: float) -> bool:
+    if not a.ok or a.last_user == b.last_user:
+        return False
+    edited = b.history == a.history
+    followed_up = b.history_trimmed is not None and b.history_trimmed == a.full
+    if not (edited or followed_up):
+        return False
+    return difflib.SequenceMatcher(None, a.last_user, b.last_user).ratio() >= threshold
+
+
+def _group(turns: list[_Turn], key: Any) -> dict[Any, list[_Turn]]:
+    groups: dict[Any, list[_Turn]] = defaultdict(list)
+    for t in turns:
+        groups[key(t)].append(t)
+    return groups
+
+
+def _turn(row: dict[str, Any]) -> _Turn | None:
+    sticky = next((f"{tag}:{row[col]}" for tag, col in _STICKY if row[col]), None)
+    if sticky is None or not row["request"]:
+        return None
+    try:
+        request = orjson.loads(row["request"])
+    except orjson.JSONDecodeError:
+        return None
+    messages = request.get("messages") if isinstance(request, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=None)
+    if last is None:
+        return None
+    history = messages[:last]
+    trimmed = history[:-1] if history and isinstance(history[-1], dict) and history[-1].get("role") == "assistant" else None
+    status = row["status"]
+    return _Turn(
+        call_id=row["call_id"],
+        ts_us=row["ts_us"],
+        key=(row["route"] or "", sticky),
+        prefix=_hash(messages[: last + 1]),
+        history=_hash(history),
+        history_trimmed=_hash(trimmed) if trimmed is not None else None,
+        full=_hash(messages),
+        tail=tuple(_hash(m) for m in messages[last + 1 :]),
+        last_user=_text(messages[last]),
+        ok=not row["error_type"] and (status is None or status < 400),
+    )
+
+
+def _hash(value: Any) -> str:
+    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _epoch_us(value: dt.datetime | float) -> int:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp() * 1_000_000)
+    return int(value * 1_000_000)

@@ -1,0 +1,82 @@
+"""Providers that are not OpenAI-compatible (Anthropic, Bedrock, Vertex, Gemini, Mistral, ...).
+
+litellm is imported on first use only, so the fast path never pays for it; it is in the
+``providers`` extra (``pip install 'shadowtune[providers]'``). Answers are turned back into
+OpenAI's wire format: a ``chat.completion`` body or an SSE stream of chunks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.config import UpstreamConfig
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
+from gateway.upstream.reply import UpstreamReply
+
+_litellm: Any = None
+
+
+def _load() -> Any:
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        try:
+            import litellm
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise UpstreamError(
+                "this upstream needs litellm: pip install 'shadowtune[providers]'", code="litellm_missing"
+            ) from exc
+        litellm.drop_params = False
+        litellm.suppress_debug_info = True
+        _litellm = litellm
+    return _litellm
+
+
+async def send(upstream: UpstreamConfig, endpoint: str, request: dict[str, Any]) -> UpstreamReply:
+    litellm = _load()
+    params = dict(request)
+    params["model"] = f"{upstream.provider}/{upstream.model}"
+    if upstream.api_key_env:
+        params["api_key"] = os.environ.get(upstream.api_key_env)
+    if upstream.base_url:
+        params["api_base"] = upstream.base_url
+    params["timeout"] = upstream.timeout
+    params["num_retries"] = upstream.retries
+    if upstream.headers:
+        params["extra_headers"] = upstream.headers
+    try:
+        if endpoint == "embeddings":
+            result = await litellm.aembedding(**params)
+        else:
+            result = await litellm.acompletion(**params)
+    except Exception as exc:
+        raise _map_error(exc) from exc
+    if request.get("stream") and endpoint != "embeddings":
+        return UpstreamReply(status=200, content_type="text/event-stream", chunks=_sse(result))
+    return UpstreamReply(status=200, content_type="application/json", body=orjson.dumps(result.model_dump()))
+
+
+async def _sse(stream: Any) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n"
+    except Exception as exc:
+        raise _map_error(exc) from exc
+    yield b"data: [DONE]\n\n"
+
+
+def _map_error(exc: Exception) -> GatewayError:
+    status = getattr(exc, "status_code", None)
+    message = str(getattr(exc, "message", None) or exc)
+    name = exc.__class__.__name__
+    if "Timeout" in name:
+        return UpstreamTimeout(message)
+    if isinstance(status, int) and 400 <= status < 500:
+        err = InvalidRequest(message, code=name)
+        err.status = status
+        return err
+    return UpstreamError(message, code=name)
