@@ -244,22 +244,52 @@ def decide(policy: CanaryPolicy, obs: Observation) -> Decision:
     summary = "; ".join(c.describe() for c in checks)
     if obs.srm_p is not None and obs.srm_p < policy.srm_alpha:
         return Decision(
-            "wait", share, share, "canary",
-            f"wait at {share:g}%: sample ratio mismatch (p {obs.srm_p:.3g} < {policy.srm_alpha:g}); {summary}", checks,
+            "wait",
+            share,
+            share,
+            "canary",
+            f"wait at {share:g}%: sample ratio mismatch (p {obs.srm_p:.3g} < {policy.srm_alpha:g}); "
+            + summary,
+            checks,
         )
     pending = [c.metric for c in checks if c.status != "not_worse"]
     if pending:
-        return Decision("wait", share, share, "canary", f"wait at {share:g}%: not yet shown not worse on "
-                        f"{', '.join(pending)}; {summary}", checks)
+        return Decision(
+            "wait",
+            share,
+            share,
+            "canary",
+            f"wait at {share:g}%: not yet shown not worse on {', '.join(pending)}; {summary}",
+            checks,
+        )
     if obs.step_calls[1] < policy.min_step_samples:
-        return Decision("wait", share, share, "canary", f"wait at {share:g}%: {obs.step_calls[1]} candidate calls "
-                        f"at this step, need {policy.min_step_samples}; {summary}", checks)
+        return Decision(
+            "wait",
+            share,
+            share,
+            "canary",
+            f"wait at {share:g}%: {obs.step_calls[1]} candidate calls "
+            f"at this step, need {policy.min_step_samples}; {summary}",
+            checks,
+        )
     nxt = policy.next_share(share)
     if nxt is None:
-        return Decision("advance", share, 100.0, "primary", f"promote {share:g}% -> primary: not worse on every "
-                        f"guardrail; {summary}", checks)
-    return Decision("advance", share, nxt, "canary", f"advance {share:g}% -> {nxt:g}%: not worse on every "
-                    f"guardrail; {summary}", checks)
+        return Decision(
+            "advance",
+            share,
+            100.0,
+            "primary",
+            f"promote {share:g}% -> primary: not worse on every guardrail; {summary}",
+            checks,
+        )
+    return Decision(
+        "advance",
+        share,
+        nxt,
+        "canary",
+        f"advance {share:g}% -> {nxt:g}%: not worse on every guardrail; {summary}",
+        checks,
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -279,7 +309,9 @@ class AdminClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self._client = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
 
     def get_route(self, route: str) -> dict[str, Any]:
         return self._request("GET", route)
@@ -344,14 +376,31 @@ def write_state(log_dir: str, route: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def set_paused(log_dir: str, route: str, paused: bool, *, actor: str = "operator", reason: str | None = None) -> dict[str, Any]:
+def set_paused(
+    log_dir: str, route: str, paused: bool, *, actor: str = "operator", reason: str | None = None
+) -> dict[str, Any]:
     """Pause or resume the controller for a route; returns the new state."""
     state = read_state(log_dir, route)
-    state.update({"route": route, "paused": paused, "paused_by": actor if paused else None,
-                  "paused_reason": reason if paused else None, "paused_at": time.time() if paused else None})
+    state.update(
+        {
+            "route": route,
+            "paused": paused,
+            "paused_by": actor if paused else None,
+            "paused_reason": reason if paused else None,
+            "paused_at": time.time() if paused else None,
+        }
+    )
     write_state(log_dir, route, state)
-    record_decision(log_dir, {"ts": time.time(), "route": route, "action": "pause" if paused else "resume",
-                              "actor": actor, "reason": reason})
+    record_decision(
+        log_dir,
+        {
+            "ts": time.time(),
+            "route": route,
+            "action": "pause" if paused else "resume",
+            "actor": actor,
+            "reason": reason,
+        },
+    )
     return state
 
 
@@ -421,8 +470,12 @@ class CanaryController:
         info = self.admin.get_route(self.route)
         share = float(info.get("share") or 0.0)
         mode = str(info.get("mode") or "off")
-        record.update(candidate=info.get("candidate"), baseline=info.get("baseline"),
-                      route_version=info.get("version"), mode=mode)
+        record.update(
+            candidate=info.get("candidate"),
+            baseline=info.get("baseline"),
+            route_version=info.get("version"),
+            mode=mode,
+        )
         if info.get("paused"):
             record.update(action="paused", reason="route paused in the gateway", share_from=share)
             record_decision(self.log_dir, record)
@@ -430,27 +483,35 @@ class CanaryController:
         if mode != "canary":
             state.update(route=self.route, canary_started_at=None, step_started_at=None, step_share=None)
             write_state(self.log_dir, self.route, state)
-            decision = decide(self.policy, Observation(mode, share, ArmStats("baseline"), ArmStats("candidate")))
+            decision = decide(
+                self.policy, Observation(mode, share, ArmStats("baseline"), ArmStats("candidate"))
+            )
             record.update(decision.to_dict())
             record_decision(self.log_dir, record)
             return record
 
         if state.get("candidate") != info.get("candidate") or not state.get("canary_started_at"):
-            state.update(candidate=info.get("candidate"), canary_started_at=now, step_started_at=now, step_share=share)
+            state.update(
+                candidate=info.get("candidate"), canary_started_at=now, step_started_at=now, step_share=share
+            )
         elif state.get("step_share") != share:
             state.update(step_started_at=now, step_share=share)
         obs = self._observe(mode, share, state["canary_started_at"], state["step_started_at"], now)
         decision = decide(self.policy, obs)
         record.update(decision.to_dict())
         record.update(
-            canary_started_at=state["canary_started_at"], step_started_at=state["step_started_at"],
-            srm_p=obs.srm_p, step_calls=list(obs.step_calls),
+            canary_started_at=state["canary_started_at"],
+            step_started_at=state["step_started_at"],
+            srm_p=obs.srm_p,
+            step_calls=list(obs.step_calls),
             arms={a.variant: {"calls": a.calls, "units": a.units} for a in (obs.baseline, obs.candidate)},
         )
         record["applied"] = False
         if decision.action in ("rollback", "advance"):
             try:
-                self.admin.set_route(self.route, mode=decision.mode_to, share=decision.share_to, reason=decision.reason)
+                self.admin.set_route(
+                    self.route, mode=decision.mode_to, share=decision.share_to, reason=decision.reason
+                )
             except ControllerError as exc:
                 record["error"] = str(exc)
                 log.error("controller %s: %s not applied: %s", self.route, decision.action, exc)
@@ -465,11 +526,20 @@ class CanaryController:
         log.info("controller %s: %s", self.route, decision.reason)
         return record
 
-    def _observe(self, mode: str, share: float, canary_since: float, step_since: float, now: float) -> Observation:
-        store = self._open_store(self.log_dir)
+    def _observe(
+        self, mode: str, share: float, canary_since: float, step_since: float, now: float
+    ) -> Observation:
+        from gateway.store import LogStoreError
+
+        try:
+            store = self._open_store(self.log_dir)
+        except LogStoreError as exc:
+            raise ControllerError(str(exc)) from exc
         try:
             groups, specs = query_arm_stats(store, self.route, canary_since, now + 1)
             step_groups, _ = query_arm_stats(store, self.route, step_since, now + 1)
+        except LogStoreError as exc:
+            raise ControllerError(str(exc)) from exc
         finally:
             store.close()
         arms = groups.get(None, {})
@@ -489,7 +559,7 @@ class CanaryController:
         )
 
     def run(self, *, once: bool = False, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Check every ``policy.check_interval_s`` seconds (once with ``once``); admin errors are logged and retried."""
+        """Check every ``policy.check_interval_s`` seconds (or ``once``); errors are logged, then retried."""
         while True:
             try:
                 self.check()
@@ -500,4 +570,3 @@ class CanaryController:
             if once:
                 return
             sleep(self.policy.check_interval_s)
-

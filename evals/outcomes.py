@@ -30,7 +30,7 @@ and stays valid for the composite null ``theta <= theta0`` (used for non-inferio
 and for "significantly worse"). Inverting ``Lambda < 1/alpha`` gives the always-valid
 confidence sequence ``x ± sqrt(V (V + tau^2) / tau^2 * (2 log(1/alpha) + log((V + tau^2)/V)))``.
 ``tau`` sets the effect size the test is most sensitive to; by default
-``tau = tau_rel * pooled standard deviation``. For rates the variance uses
+``tau = tau_rel * pooled standard deviation`` (``tau_rel`` 0.25). For rates the variance uses
 ``p~ = (k + 1) / (n + 2)`` so that an arm with no events still has a variance.
 Calls are treated as independent; heavy users make that optimistic.
 
@@ -198,19 +198,25 @@ def msprt_p_value(
     return 1.0 if log_lr <= 0 else math.exp(-log_lr)
 
 
-def confidence_sequence(estimate: float, variance: float, tau: float, alpha: float = 0.05) -> tuple[float, float]:
+def confidence_sequence(
+    estimate: float, variance: float, tau: float, alpha: float = 0.05
+) -> tuple[float, float]:
     """Always-valid ``1 - alpha`` confidence interval for the difference (normal mixture)."""
     if variance <= 0 or tau <= 0:
         return estimate, estimate
     t2 = tau * tau
-    half = math.sqrt(variance * (variance + t2) / t2 * (2 * math.log(1 / alpha) + math.log((variance + t2) / variance)))
+    half = math.sqrt(
+        variance * (variance + t2) / t2 * (2 * math.log(1 / alpha) + math.log((variance + t2) / variance))
+    )
     return estimate - half, estimate + half
 
 
 def srm_check(n_baseline: int, n_candidate: int, expected_share: float) -> tuple[float, float]:
     """Chi-square statistic and p-value of the split against ``expected_share`` (candidate, 0-1)."""
     if not 0 < expected_share < 1:
-        raise OutcomesError(f"expected candidate share must be strictly between 0 and 1, got {expected_share}")
+        raise OutcomesError(
+            f"expected candidate share must be strictly between 0 and 1, got {expected_share}"
+        )
     total = n_baseline + n_candidate
     if total == 0:
         return 0.0, 1.0
@@ -227,7 +233,7 @@ def diff_and_variance(baseline: MetricStats, candidate: MetricStats) -> tuple[fl
     return diff, variance
 
 
-def default_tau(baseline: MetricStats, candidate: MetricStats, tau_rel: float = 0.1) -> float:
+def default_tau(baseline: MetricStats, candidate: MetricStats, tau_rel: float = 0.25) -> float:
     """``tau_rel`` times the pooled standard deviation (the mixing scale when none is given)."""
     n = baseline.n + candidate.n
     pooled = (baseline.var * baseline.n + candidate.var * candidate.n) / n if n else 0.0
@@ -242,13 +248,22 @@ def compare_metric(
     higher_is_better: bool,
     alpha: float = 0.05,
     tau: float | None = None,
-    tau_rel: float = 0.1,
+    tau_rel: float = 0.25,
 ) -> Comparison:
     diff, variance = diff_and_variance(baseline, candidate)
     tau_ = tau if tau is not None else default_tau(baseline, candidate, tau_rel)
     if baseline.n == 0 or candidate.n == 0:
         return Comparison(
-            name, diff, variance, tau_, 1.0, (-math.inf, math.inf), higher_is_better, baseline.n, candidate.n, alpha
+            name,
+            diff,
+            variance,
+            tau_,
+            1.0,
+            (-math.inf, math.inf),
+            higher_is_better,
+            baseline.n,
+            candidate.n,
+            alpha,
         )
     return Comparison(
         metric=name,
@@ -270,17 +285,22 @@ def compare_arms(
     *,
     specs: dict[str, MetricSpec] | None = None,
     alpha: float = 0.05,
-    tau_rel: float = 0.1,
+    tau_rel: float = 0.25,
 ) -> list[Comparison]:
     """Candidate-minus-baseline comparisons for every metric both arms have."""
     specs = specs or METRICS
     out = []
     for name, spec in specs.items():
-        if name in baseline.metrics and name in candidate.metrics:
+        b, c = baseline.metrics.get(name), candidate.metrics.get(name)
+        if b is not None and c is not None and b.n > 0 and c.n > 0:
             out.append(
                 compare_metric(
-                    name, baseline.metrics[name], candidate.metrics[name],
-                    higher_is_better=spec.higher_is_better, alpha=alpha, tau_rel=tau_rel,
+                    name,
+                    b,
+                    c,
+                    higher_is_better=spec.higher_is_better,
+                    alpha=alpha,
+                    tau_rel=tau_rel,
                 )
             )
     return out
@@ -348,7 +368,8 @@ per_call AS (
     AND value_num IS NOT NULL
   GROUP BY ALL
 )
-SELECT dayn, variant, kind, count(*) AS n, avg(v) AS mean, var_samp(v) AS var, bool_and(coalesce(hib, true)) AS hib
+SELECT dayn, variant, kind, count(*) AS n, avg(v) AS mean, var_samp(v) AS var,
+       bool_and(coalesce(hib, true)) AS hib
 FROM per_call GROUP BY ALL ORDER BY ALL
 """
 )
@@ -410,16 +431,21 @@ def outcomes_report(
     by_day: bool = False,
     expected_share: float | None = None,
     alpha: float = 0.05,
-    tau_rel: float = 0.1,
+    tau_rel: float = 0.25,
 ) -> dict[str, Any]:
     """The ``shadowtune eval outcomes`` report as JSON-ready data (one period per day with ``by_day``)."""
     groups, specs = query_arm_stats(store, route, since, until, by_day=by_day)
     periods = []
     for day in sorted(groups, key=lambda d: d or ""):
         arms = groups[day]
-        period: dict[str, Any] = {"day": day, "variants": {v: arm_summary(a, specs, alpha) for v, a in arms.items()}}
+        period: dict[str, Any] = {
+            "day": day,
+            "variants": {v: arm_summary(a, specs, alpha) for v, a in arms.items()},
+        }
         if "baseline" in arms and "candidate" in arms:
-            comps = compare_arms(arms["baseline"], arms["candidate"], specs=specs, alpha=alpha, tau_rel=tau_rel)
+            comps = compare_arms(
+                arms["baseline"], arms["candidate"], specs=specs, alpha=alpha, tau_rel=tau_rel
+            )
             period["differences"] = [comparison_summary(c) for c in comps]
         if expected_share is not None:
             b = arms.get("baseline", ArmStats("baseline")).units

@@ -56,11 +56,17 @@ def _log_dir_option(f: Any) -> Any:
 
 @click.command("outcomes")
 @click.option("--route", required=True, help="Route to report on.")
-@click.option("--since", default="7d", show_default=True, help="Start: a duration ago (7d, 12h) or an ISO date.")
+@click.option(
+    "--since", default="7d", show_default=True, help="Start: a duration ago (7d, 12h) or an ISO date."
+)
 @click.option("--until", "until_", default=None, help="End (exclusive), same forms as --since; default now.")
 @click.option("--by", type=click.Choice(["day"]), default=None, help="Break the report down by UTC day.")
-@click.option("--expected-share", type=float, default=None, help="Candidate share in percent, for the SRM check.")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="Error rate of the intervals and tests.")
+@click.option(
+    "--expected-share", type=float, default=None, help="Candidate share in percent, for the SRM check."
+)
+@click.option(
+    "--alpha", type=float, default=0.05, show_default=True, help="Error rate of the intervals and tests."
+)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @_log_dir_option
 def outcomes(
@@ -80,7 +86,9 @@ def outcomes(
     try:
         with LogStore.open(log_dir) as store:
             report = outcomes_report(
-                store, route, parse_since(since, now=now),
+                store,
+                route,
+                parse_since(since, now=now),
                 parse_since(until_, now=now) if until_ else None,
                 by_day=by == "day",
                 expected_share=expected_share / 100 if expected_share is not None else None,
@@ -123,13 +131,18 @@ def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], a
         return f"{x['value']:.4g} (n={x['n']})"
 
     for name in names:
-        lines.append(f"  {name:22}{cell(variants.get('baseline'), name):>26}{cell(variants.get('candidate'), name):>26}")
+        lines.append(
+            f"  {name:22}{cell(variants.get('baseline'), name):>26}"
+            f"{cell(variants.get('candidate'), name):>26}"
+        )
     if period.get("differences"):
         lines.append(f"  candidate - baseline (always-valid {100 * (1 - alpha):g}% CI, mSPRT p):")
         for d in period["differences"]:
             lo, hi = d["ci"]
             ci = f"[{lo:+.4g}, {hi:+.4g}]" if lo is not None and hi is not None else "[n/a]"
-            lines.append(f"    {d['metric']:22}{d['diff']:+12.4g} {ci:>28}  p={d['p_value']:.3g}  {d['verdict']}")
+            lines.append(
+                f"    {d['metric']:22}{d['diff']:+12.4g} {ci:>28}  p={d['p_value']:.3g}  {d['verdict']}"
+            )
     if "srm" in period:
         s = period["srm"]
         obs = f"{100 * s['observed_share']:.2f}%" if s["observed_share"] is not None else "n/a"
@@ -150,16 +163,37 @@ def controller() -> None:
 @controller.command("run")
 @click.option("--route", required=True, help="Route to control.")
 @click.option("--once", is_flag=True, help="Check once and exit.")
-@click.option("--url", envvar="SHADOWTUNE_URL", default="http://127.0.0.1:8080", show_default=True,
-              help="Gateway base URL (env SHADOWTUNE_URL).")
-@click.option("--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", default=None,
-              help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN).")
-@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Policy file (YAML or JSON); defaults apply without one.")
+@click.option(
+    "--url",
+    envvar="SHADOWTUNE_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Gateway base URL (env SHADOWTUNE_URL).",
+)
+@click.option(
+    "--admin-token",
+    envvar="SHADOWTUNE_ADMIN_TOKEN",
+    default=None,
+    help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN).",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Policy file (YAML or JSON); defaults apply without one.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print each decision as JSON.")
 @_log_dir_option
-def run(route: str, once: bool, url: str, admin_token: str | None, policy_file: str | None, as_json: bool,
-        log_dir: str) -> None:
+def run(
+    route: str,
+    once: bool,
+    url: str,
+    admin_token: str | None,
+    policy_file: str | None,
+    as_json: bool,
+    log_dir: str,
+) -> None:
     """Check the route's canary every interval; roll back, advance or wait."""
     try:
         policy = CanaryPolicy.from_file(policy_file, route) if policy_file else CanaryPolicy(route=route)
@@ -226,12 +260,20 @@ def status(route: str, count: int, as_json: bool, log_dir: str) -> None:
         raise click.ClickException(str(exc)) from exc
     decisions = read_decisions(log_dir, route, limit=count)
     if as_json:
-        click.echo(orjson.dumps({"route": route, "state": state, "decisions": decisions},
-                                option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {"route": route, "state": state, "decisions": decisions}, option=orjson.OPT_INDENT_2
+            ).decode()
+        )
         return
-    click.echo(f"route {route}: {'PAUSED' if state.get('paused') else 'active'}"
-               + (f" (by {state['paused_by']}: {state.get('paused_reason') or 'no reason'})"
-                  if state.get("paused") else ""))
+    click.echo(
+        f"route {route}: {'PAUSED' if state.get('paused') else 'active'}"
+        + (
+            f" (by {state['paused_by']}: {state.get('paused_reason') or 'no reason'})"
+            if state.get("paused")
+            else ""
+        )
+    )
     if state.get("last_action"):
         click.echo(f"last check: {_when(state.get('last_check_at'))}, {state['last_action']}")
     for rec in decisions:

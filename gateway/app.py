@@ -43,6 +43,7 @@ class Context:
     shadow: ShadowRunner
     hot: HotPath
     telemetry: Any = None
+    custom_metrics: Any = ()
 
 
 class GatewayApp:
@@ -62,7 +63,8 @@ class GatewayApp:
         await self.api(scope, receive, send)
 
 
-def create_app(settings: Settings) -> GatewayApp:
+def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers: Any = ()) -> GatewayApp:
+    """Build the gateway; ``span_exporter`` / ``metric_readers`` add OpenTelemetry sinks (tests use in-memory ones)."""
     store = settings.store
     writer = LogWriter(
         store.log_dir,
@@ -79,10 +81,15 @@ def create_app(settings: Settings) -> GatewayApp:
     shadow = ShadowRunner(settings.shadow.max_in_flight, settings.shadow.queue_size)
     hot = HotPath(settings, writer, routes, auth, shadow)
     ctx = Context(settings=settings, writer=writer, routes=routes, auth=auth, shadow=shadow, hot=hot)
+    from gateway.api.feedback import custom_metrics
+
+    ctx.custom_metrics = custom_metrics(settings.signals.custom_metrics)
 
     from gateway import telemetry
 
-    ctx.telemetry = telemetry.Telemetry(settings.telemetry, ctx)
+    ctx.telemetry = telemetry.Telemetry(
+        settings.telemetry, ctx, span_exporter=span_exporter, metric_readers=metric_readers
+    )
     writer.listeners.append(ctx.telemetry.on_records)
 
     @contextlib.asynccontextmanager
@@ -90,11 +97,15 @@ def create_app(settings: Settings) -> GatewayApp:
         await asyncio.to_thread(writer.start)
         if auth.open:
             log.warning("client authentication is OFF (open mode): create a key with 'shadowtune keys create'")
-        poller = asyncio.get_running_loop().create_task(_poll_routes(routes))
+        loop = asyncio.get_running_loop()
+        background = [loop.create_task(_poll_routes(routes))]
+        if settings.signals.detect_interval_s > 0:
+            background.append(loop.create_task(_detect_regenerations(settings, writer)))
         try:
             yield
         finally:
-            poller.cancel()
+            for task in background:
+                task.cancel()
             await hot.close()
             await asyncio.to_thread(writer.close)
             ctx.telemetry.shutdown()
@@ -107,10 +118,9 @@ def create_app(settings: Settings) -> GatewayApp:
     api.include_router(models.router)
     api.include_router(admin.router)
     api.include_router(health.router)
-    with contextlib.suppress(ImportError):
-        from gateway.api import feedback
+    from gateway.api import feedback
 
-        api.include_router(feedback.router)
+    api.include_router(feedback.router)
     with contextlib.suppress(ImportError):
         from gateway.web import review
 
@@ -126,6 +136,48 @@ async def _poll_routes(routes: RouteStateStore) -> None:
                 log.info("route state version %d loaded", routes.snapshot.version)
         except Exception as exc:  # keep polling whatever happens
             log.error("route state poll failed: %r", exc)
+
+
+async def _detect_regenerations(settings: Settings, writer: LogWriter) -> None:
+    """Mark regenerated calls from the log, in one worker/replica at a time (flock leader)."""
+    import fcntl
+    import os
+    import time
+
+    from gateway.signals.regeneration import detect_regenerations, record_regenerations
+    from gateway.store import LogStore
+
+    signals = settings.signals
+    log_dir = layout.local_path(settings.store.log_dir)
+
+    def run_once() -> int:
+        os.makedirs(log_dir, exist_ok=True)
+        fd = os.open(os.path.join(log_dir, "signals.lock"), os.O_CREAT | os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            store = LogStore.open(settings.store.log_dir, wal_dir=settings.store.wal_dir)
+            try:
+                since = time.time() - 2 * signals.regeneration_window_s - signals.detect_interval_s
+                events = detect_regenerations(
+                    store, since, signals.regeneration_window_s, rephrase=signals.detect_rephrase
+                )
+                return record_regenerations(writer, events)
+            finally:
+                store.close()
+        finally:
+            os.close(fd)
+
+    while True:
+        await asyncio.sleep(signals.detect_interval_s)
+        try:
+            n = await asyncio.to_thread(run_once)
+            if n:
+                log.info("marked %d regenerated call(s)", n)
+        except Exception as exc:  # keep detecting whatever happens
+            log.warning("regeneration detection failed: %r", exc)
 
 
 def _install_error_handlers(api: FastAPI) -> None:

@@ -31,7 +31,7 @@ class KeyFile:
         try:
             with open(self.path) as f:
                 return list(json.load(f)["keys"])
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no key file (yet): no keys
             return []
 
     def _save(self, keys: list[dict[str, Any]]) -> None:
@@ -86,7 +86,7 @@ class Authenticator:
         self._checked = now
         try:
             mtime = os.stat(self.file.path).st_mtime_ns
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no key file (yet): no keys
             mtime = None
         if mtime == self._mtime and not force:
             return

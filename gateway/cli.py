@@ -18,11 +18,7 @@ import click
 
 from gateway import __version__
 
-DEFAULT_LOG_DIR = "./shadowtune-data"
-
-
-def default_log_dir() -> str:
-    return os.environ.get("SHADOWTUNE_LOG_DIR") or os.environ.get("SHADOWTUNE_STORE__LOG_DIR") or DEFAULT_LOG_DIR
+from gateway.store.layout import DEFAULT_LOG_DIR, default_log_dir
 
 
 class _Root(click.Group):
@@ -44,10 +40,15 @@ class _Root(click.Group):
         try:
             loaded: click.Command = ep.load()
         except ImportError as exc:
-            raise click.ClickException(
+            message = (
                 f"'{name}' needs an optional part of Shadowtune that is not installed ({exc}); "
                 "try: pip install 'shadowtune[train,evals]'"
-            ) from exc
+            )
+
+            def unavailable() -> None:
+                raise click.ClickException(message)
+
+            return click.Command(name, callback=unavailable, short_help="(not installed)", help=message)
         return loaded
 
 
@@ -110,6 +111,8 @@ def serve(
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,
+        server_header=False,
         log_level=log_level,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=10,

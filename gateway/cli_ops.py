@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from gateway.cli import default_log_dir
+from gateway.store.layout import default_log_dir
 
 _log_dir = click.option(
     "--log-dir", default=default_log_dir, show_default="./shadowtune-data", help="Call log directory or URI."

@@ -160,6 +160,8 @@ class SignalsConfig(_Section):
     """A conversation sent again within this many seconds marks the earlier call regenerated."""
     detect_rephrase: bool = False
     """Also count an immediate rephrasing of the last user turn as a regeneration."""
+    detect_interval_s: float = 30
+    """Seconds between regeneration detection runs over the log (0: off; one worker/replica runs it)."""
 
 
 class _FileSource(PydanticBaseSettingsSource):

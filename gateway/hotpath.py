@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import re
 import time
@@ -32,6 +33,7 @@ from gateway.routing.modes import Plan, plan_for
 from gateway.routing.state import RouteState, RouteStateStore
 from gateway.shadow import ShadowRunner
 from gateway.store.ids import new_id
+from gateway.store.rows import assemble_stream
 from gateway.store.writer import LogWriter
 from gateway.upstream import litellm as litellm_upstream
 from gateway.upstream.openai_compat import OpenAICompatClient
@@ -51,13 +53,15 @@ UPSTREAM_PATH = {"chat.completions": "/chat/completions", "embeddings": "/embedd
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 PASSTHROUGH = "_passthrough"
+# open mode, zero-config: the caller's own key goes to the passthrough upstream (never to the log)
+_CALLER_AUTH: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("caller_auth", default=None)
 
 
 class Redactor:
     """Pattern redaction applied to bodies before they reach the log."""
 
     EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
-    CARD = r"\b(?:\d[ -]?){13,19}\b"
+    CARD = r"\b\d(?:[ -]?\d){12,18}\b"
 
     def __init__(self, emails: bool, cards: bool, patterns: list[str]) -> None:
         self.rules = [(re.compile(p), "[REDACTED]") for p in patterns]
@@ -125,6 +129,7 @@ class HotPath:
         rec: dict[str, Any] = {"call_id": call_id, "ts": ts, "endpoint": endpoint, "served": True}
         try:
             rec["client_key"] = self.auth.check(headers.get(b"authorization"))
+            _CALLER_AUTH.set(headers.get(b"authorization") if rec["client_key"] is None else None)
             body = await _read_body(receive, self.max_body)
             req = _parse(body, endpoint)
         except GatewayError as exc:
@@ -167,6 +172,8 @@ class HotPath:
             watcher.cancel()
         if plan.shadow is not None:
             self._submit_shadow(rec, req, body, endpoint, stream, state, plan.shadow, snapshot.upstreams)
+        elif state.mode in ("shadow", "primary") and state.candidate is not None:
+            self.shadow.skip(state.route, "sampled")  # left out by the route's shadow_rate
 
     # -- serving ------------------------------------------------------------------------
     async def _serve(
@@ -189,6 +196,7 @@ class HotPath:
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
             failed = dict(rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False)
+            self._upstream_fields(failed, attempt.upstream, upstreams, req)
             self._log_attempt(failed, attempt, t0, body=None)
             if attempt.reply is not None:
                 attempt.reply.close()
@@ -283,7 +291,8 @@ class HotPath:
             if upstream.fast_path:
                 if model != req["model"]:
                     body = orjson.dumps({**req, "model": model})
-                reply = await self.client.send(upstream, UPSTREAM_PATH[endpoint], body, None)
+                caller = _CALLER_AUTH.get() if name == PASSTHROUGH else None
+                reply = await self.client.send(upstream, UPSTREAM_PATH[endpoint], body, caller)
             else:
                 reply = await litellm_upstream.send(upstream, endpoint, {**req, "model": model})
             attempt.reply = reply
@@ -330,6 +339,8 @@ class HotPath:
             k: rec.get(k)
             for k in ("ts", "endpoint", "route", "route_version", "mode", "client_key", "user", "session_id", "tags")
         }
+        if "traceparent" in rec:  # the shadow span's link must find the served span in the caller's trace
+            base["traceparent"] = rec["traceparent"]
         base["request"] = rec.get("request")
         base["stream"] = stream
 
@@ -362,6 +373,8 @@ class HotPath:
             row["error_type"], row["error_message"] = attempt.error.type, attempt.error.message
         elif reply is not None:
             row["status"] = reply.status
+            if body is None and reply.status >= 400:  # a failed attempt whose body was not read (fallback)
+                row["error_type"], row["error_message"] = "upstream_error", f"upstream answered {reply.status}"
             if body is not None:
                 data, first = body
                 if attempt.error is None and reply.status >= 400:
@@ -381,6 +394,8 @@ class HotPath:
         if first is not None:
             rec["ttft_ms"] = (first - t0) * 1000
         if self.redact is not None:
+            if rec.get("response_sse"):  # redact the assembled answer: a pattern can span chunks
+                rec["response"] = orjson.dumps(assemble_stream(rec.pop("response_sse"))).decode()
             for key in ("request", "response", "response_sse", "output_text"):
                 if rec.get(key):
                     rec[key] = self.redact(rec[key])

@@ -51,7 +51,23 @@ class Snapshot:
     updated_at: float = field(default_factory=time.time)
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "baseline": (str,),
+    "candidate": (str, type(None)),
+    "mode": (str,),
+    "share": (int, float),
+    "shadow_rate": (int, float),
+    "sticky_key": (str,),
+    "salt": (str,),
+    "store_bodies": (bool,),
+}
+
+
 def validate(state: RouteState, upstreams: dict[str, UpstreamConfig]) -> None:
+    for name, types in _TYPES.items():
+        value = getattr(state, name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise InvalidRequest(f"{name} has the wrong type ({type(value).__name__})", param=name)
     if state.mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}", param="mode")
     if not 0 <= state.share <= 100:
@@ -94,7 +110,7 @@ class RouteStateStore:
         """Load the state file if it changed; True when a new version was swapped in."""
         try:
             mtime = os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
         if mtime == self._mtime:
             return False

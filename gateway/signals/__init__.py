@@ -1,1 +1,1 @@
-"""Outcome signals: explicit feedback (`feedback`) and regenerations detected from the log (`regeneration`)."""
+"""Outcome signals: explicit feedback (`feedback`) and regenerations found in the log (`regeneration`)."""

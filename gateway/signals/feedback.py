@@ -11,7 +11,7 @@ Kinds and how they are stored (``value`` is text, ``value_num`` a number):
 kind           value accepted                                    stored as
 =============  ================================================  ====================
 ``thumbs``     ``"up"`` / ``"down"`` (also ``true``/``false``)   ``up``/``down``, 1/0
-``rating``     a number in the declared range (default 1–5)      text, the number
+``rating``     a number in the declared range (default 1-5)      text, the number
 ``choice``     ``"a"`` / ``"b"``, or the id of the chosen call   the choice, NULL
 ``flag``       omitted, ``true``, or a short reason              reason or NULL, 1
 custom name    bool or float, as declared by a `CustomMetric`    text, the number
@@ -125,6 +125,8 @@ def validate_feedback(
     metrics = {m.name: m for m in custom_metrics}
     raw = body.get("value")
     extra: dict[str, Any] = {}
+    value: str | None
+    value_num: float | None
     if kind == "thumbs":
         value, value_num = _thumbs(raw)
     elif kind == "rating":
@@ -214,7 +216,9 @@ def _rating(raw: Any, rating_range: tuple[float, float]) -> tuple[str, float]:
     num = _number(raw, "rating")
     low, high = rating_range
     if not low <= num <= high:
-        raise FeedbackError(f"rating {_num_text(num)} is out of range [{_num_text(low)}, {_num_text(high)}]", "value")
+        raise FeedbackError(
+            f"rating {_num_text(num)} is out of range [{_num_text(low)}, {_num_text(high)}]", "value"
+        )
     return _num_text(num), num
 
 
@@ -250,9 +254,13 @@ def _custom(raw: Any, metric: CustomMetric) -> tuple[str, float]:
         raise FeedbackError(f"{metric.name} needs a value", "value")
     num = _number(raw, metric.name)
     if metric.min is not None and num < metric.min:
-        raise FeedbackError(f"{metric.name} {_num_text(num)} is below its minimum {_num_text(metric.min)}", "value")
+        raise FeedbackError(
+            f"{metric.name} {_num_text(num)} is below its minimum {_num_text(metric.min)}", "value"
+        )
     if metric.max is not None and num > metric.max:
-        raise FeedbackError(f"{metric.name} {_num_text(num)} is above its maximum {_num_text(metric.max)}", "value")
+        raise FeedbackError(
+            f"{metric.name} {_num_text(num)} is above its maximum {_num_text(metric.max)}", "value"
+        )
     return _num_text(num), num
 
 

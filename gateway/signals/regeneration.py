@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import hashlib
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def detect_regenerations(
     turns = [t for t in (_turn(r) for r in rows) if t is not None]
     window_us = int(window_s * 1e6)
     for group in _group(turns, lambda t: (t.key, t.prefix)).values():
-        for a, b in zip(group, group[1:], strict=False):
+        for a, b in itertools.pairwise(group):
             if b.ts_us < since_us or b.ts_us - a.ts_us > window_us:
                 continue
             if len(b.tail) > len(a.tail) and b.tail[: len(a.tail)] == a.tail:
@@ -189,11 +190,17 @@ def _turn(row: dict[str, Any]) -> _Turn | None:
     messages = request.get("messages") if isinstance(request, dict) else None
     if not isinstance(messages, list) or not messages:
         return None
-    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=None)
+    last = max(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=None
+    )
     if last is None:
         return None
     history = messages[:last]
-    trimmed = history[:-1] if history and isinstance(history[-1], dict) and history[-1].get("role") == "assistant" else None
+    trimmed = (
+        history[:-1]
+        if history and isinstance(history[-1], dict) and history[-1].get("role") == "assistant"
+        else None
+    )
     status = row["status"]
     return _Turn(
         call_id=row["call_id"],
@@ -218,7 +225,9 @@ def _text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 

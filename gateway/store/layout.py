@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from gateway.store.schema import SCHEMA_VERSION, TABLES
 
+DEFAULT_LOG_DIR = "./shadowtune-data"
 WAL_SUFFIX = ".wal.ndjson"
 STORE_FILE = "store.json"
 COMPACT_TARGET_ROWS = 1_000_000
@@ -42,6 +43,11 @@ COMPACT_TARGET_ROWS = 1_000_000
 
 class LogStoreError(Exception):
     """The call log cannot be opened, read or written as asked."""
+
+
+def default_log_dir() -> str:
+    """``--log-dir``'s default for every command: ``$SHADOWTUNE_LOG_DIR``, else the one ``serve`` uses."""
+    return os.environ.get("SHADOWTUNE_LOG_DIR") or os.environ.get("SHADOWTUNE_STORE__LOG_DIR") or DEFAULT_LOG_DIR
 
 
 def is_remote(log_dir: str) -> bool:

@@ -8,6 +8,7 @@ Views:
 * ``calls`` — every call (`CALLS_SCHEMA`), final Parquet files plus the WAL tail that
   the writers have not flushed yet, so a row is visible as soon as its call is done.
 * ``events`` — outcome events (`EVENTS_SCHEMA`), same rules.
+* ``events_resolved`` — ``events`` with ``chatcmpl-`` ids resolved to call ids.
 * ``outcomes`` — events aggregated per call (thumbs, rating, choice, flags,
   regenerations, latest relabel).
 * ``calls_with_outcomes`` — ``calls`` left-joined with ``outcomes``.
@@ -24,6 +25,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from gateway.store import layout
 from gateway.store.layout import LogStoreError
@@ -31,6 +33,15 @@ from gateway.store.rows import parse_lines, to_table
 from gateway.store.schema import TABLES
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
+
+# Feedback may name a call by its x-request-id (call_id) or by the response's chatcmpl- id.
+EVENTS_RESOLVED_SQL = """
+SELECT e.* REPLACE (coalesce(m.call_id, e.call_id) AS call_id)
+FROM events e
+LEFT JOIN (SELECT any_value(call_id) AS call_id, response_id FROM calls
+           WHERE served AND response_id IS NOT NULL GROUP BY response_id) m
+  ON e.call_id = m.response_id
+"""
 
 OUTCOMES_SQL = """
 SELECT
@@ -44,7 +55,7 @@ SELECT
   arg_max(value, ts) FILTER (WHERE kind = 'relabel') AS relabel,
   count(*) FILTER (WHERE kind = 'exclude') > 0 AS excluded,
   count(*) AS n_events
-FROM events GROUP BY call_id
+FROM events_resolved GROUP BY call_id
 """
 
 
@@ -61,7 +72,7 @@ class LogStore:
     def open(cls, log_dir: str, *, wal_dir: str | None = None) -> LogStore:
         """Open a store; `LogStoreError` when it does not exist or has an unknown schema."""
         fs, root = layout.filesystem(log_dir)
-        if fs.get_file_info(root).type == layout.pafs.FileType.NotFound:
+        if fs.get_file_info(root).type == pafs.FileType.NotFound:
             raise LogStoreError(f"no call log at {log_dir} (start the gateway or pass --log-dir)")
         layout.check_version(log_dir)
         return cls(log_dir, wal_dir=wal_dir)
@@ -89,6 +100,7 @@ class LogStore:
                 source = None
             body = f"{source} UNION ALL BY NAME SELECT * FROM _{table}_tail" if source else f"SELECT * FROM _{table}_tail"
             self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+        self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
         self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
         self.con.execute(
             "CREATE OR REPLACE VIEW calls_with_outcomes AS "

@@ -165,6 +165,7 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
             resp = None
     if isinstance(resp, dict):
         rec.setdefault("response_id", resp.get("id"))
+        rec["_response_model"] = resp.get("model")  # not a column: for telemetry
         choices = resp.get("choices") or ()
         if choices and isinstance(choices[0], dict):
             first = choices[0]

@@ -219,6 +219,10 @@ class LogWriter:
         with self._lock:
             if self._fd is None:
                 try:
+                    os.makedirs(self.wal_dir, exist_ok=True)  # the log may be back after a failed start
+                    if self._lock_fd is None:
+                        self._lock_fd = os.open(os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR)
+                        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     self._open_segment()
                 except OSError as exc:
                     self.stats.last_error = f"WAL open failed: {exc}"

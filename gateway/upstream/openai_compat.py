@@ -33,6 +33,8 @@ _DROP_HEADERS = frozenset(
         "set-cookie",
     }
 )
+# the gateway's own x-request-id (the call id) must stay the only one the caller sees
+_RENAME_HEADERS = {"x-request-id": "x-upstream-request-id"}
 
 
 class OpenAICompatClient:
@@ -88,7 +90,7 @@ class OpenAICompatClient:
                 status=resp.status,
                 content_type=resp.headers.get("Content-Type", "application/json"),
                 headers=[
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    (_RENAME_HEADERS.get(k.lower(), k.lower()).encode("latin-1"), v.encode("latin-1"))
                     for k, v in resp.headers.items()
                     if k.lower() not in _DROP_HEADERS
                 ],

@@ -11,6 +11,12 @@ Behaviour is scripted by the model name the gateway sends upstream:
 * ``stall``: streams two chunks, then hangs (for timeouts and disconnects).
 * ``break``: streams two chunks, then drops the connection.
 * ``len-<n>``: answers ``n`` characters.
+* ``reject-<status>``: answers that status with an OpenAI error naming ``param`` and ``code``.
+* ``html-<status>``: answers that status with a non-JSON (HTML) body.
+
+A request field ``x_reply_extra`` (an object) is merged into the answer (every chunk when
+streamed), to check that unknown response fields come back unchanged. ``extra_headers``
+are added to every chat answer (e.g. a provider's own ``x-request-id``).
 
 Every request is recorded in ``FakeUpstream.requests`` (path, headers, JSON body).
 """
@@ -31,6 +37,7 @@ class FakeUpstream:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.cancelled = 0
+        self.extra_headers: dict[str, str] = {}
         self._flaky_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -87,7 +94,12 @@ class FakeUpstream:
             for i, x in enumerate(inputs)
         ]
         return web.json_response(
-            {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": 3, "total_tokens": 3},
+            }
         )
 
     def _record(self, request: web.Request, body: Any) -> None:
@@ -103,9 +115,19 @@ class FakeUpstream:
         last = _last_user(body.get("messages") or [])
         self.in_flight += 1
         try:
+            if model.startswith("reject-"):
+                status = int(model.split("-", 1)[1])
+                return web.json_response(
+                    {"error": {"message": f"rejected {status}", "type": "invalid_request_error", "param": "messages", "code": "scripted_reject"}},
+                    status=status,
+                )
+            if model.startswith("html-"):
+                return web.Response(status=int(model.split("-", 1)[1]), text="<html>bad gateway</html>", content_type="text/html")
             if model.startswith("error-"):
                 status = int(model.split("-", 1)[1])
-                return _error(status, f"scripted {status}", "rate_limit_error" if status == 429 else "server_error")
+                return _error(
+                    status, f"scripted {status}", "rate_limit_error" if status == 429 else "server_error"
+                )
             if model.startswith("flaky-"):
                 key = f"{model}:{last}"
                 if key not in self._flaky_seen:
@@ -118,39 +140,87 @@ class FakeUpstream:
                 text = "x" * int(model.split("-", 1)[1])
             if body.get("stream"):
                 return await self._stream(request, body, model, text)
-            return web.json_response(_completion(body, model, text))
+            out = _completion(body, model, text)
+            if isinstance(body.get("x_reply_extra"), dict):
+                out.update(body["x_reply_extra"])
+            return web.json_response(out, headers=self.extra_headers)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], model: str, text: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str, text: str
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **self.extra_headers})
         await resp.prepare(request)
         cid = f"chatcmpl-{time.time_ns()}"
         n = int(body.get("n") or 1)
 
+        extra = body.get("x_reply_extra") if isinstance(body.get("x_reply_extra"), dict) else {}
+
         async def emit(obj: dict[str, Any]) -> None:
+            obj = {**obj, **extra}
             await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
         def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {"id": cid, "object": "chat.completion.chunk", "created": 1, "model": model, "choices": choices}
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": choices,
+            }
 
         for i in range(n):
-            await emit(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+            await emit(
+                chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            )
         if body.get("tools") and body.get("tool_choice") != "none":
             name = body["tools"][0]["function"]["name"]
             args = json.dumps({"q": _last_user(body["messages"])})
-            await emit(chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}]}, "finish_reason": None}]))
+            await emit(
+                chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": 0,
+                                        "id": "call_1",
+                                        "type": "function",
+                                        "function": {"name": name, "arguments": ""},
+                                    }
+                                ]
+                            },
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
             for part in (args[: len(args) // 2], args[len(args) // 2 :]):
-                await emit(chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, "finish_reason": None}]))
+                await emit(
+                    chunk(
+                        [
+                            {
+                                "index": 0,
+                                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                )
             await emit(chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]))
         else:
             pieces = [text[i : i + 4] for i in range(0, len(text), 4)] or [""]
             for k, piece in enumerate(pieces):
                 for i in range(n):
-                    await emit(chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}]))
+                    c: dict[str, Any] = {"index": i, "delta": {"content": piece}, "finish_reason": None}
+                    if body.get("logprobs"):
+                        c["logprobs"] = {"content": [{"token": piece, "logprob": -0.1, "bytes": list(piece.encode()), "top_logprobs": []}]}
+                    await emit(chunk([c]))
                 if model == "stall" and k == 1:
                     await asyncio.sleep(3600)
                 if model == "break" and k == 1:
@@ -161,7 +231,11 @@ class FakeUpstream:
             for i in range(n):
                 await emit(chunk([{"index": i, "delta": {}, "finish_reason": "stop"}]))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 7, "completion_tokens": len(text.split()) * n, "total_tokens": 7 + len(text.split()) * n}
+            usage = {
+                "prompt_tokens": 7,
+                "completion_tokens": len(text.split()) * n,
+                "total_tokens": 7 + len(text.split()) * n,
+            }
             await emit({**chunk([]), "usage": usage})
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -187,14 +261,25 @@ def _completion(body: dict[str, Any], model: str, text: str) -> dict[str, Any]:
             msg = {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps({"q": _last_user(body["messages"])})}}],
+                "tool_calls": [
+                    {
+                        "id": f"call_{i}",
+                        "type": "function",
+                        "function": {
+                            "name": name,
+                            "arguments": json.dumps({"q": _last_user(body["messages"])}),
+                        },
+                    }
+                ],
             }
             finish = "tool_calls"
         elif (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
             msg["content"] = json.dumps({"answer": text})
         choice: dict[str, Any] = {"index": i, "message": msg, "finish_reason": finish}
         if body.get("logprobs"):
-            choice["logprobs"] = {"content": [{"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}]}
+            choice["logprobs"] = {
+                "content": [{"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}]
+            }
         choices.append(choice)
     out = {
         "id": f"chatcmpl-{time.time_ns()}",
@@ -202,7 +287,11 @@ def _completion(body: dict[str, Any], model: str, text: str) -> dict[str, Any]:
         "created": 1,
         "model": model,
         "choices": choices,
-        "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()) * n, "total_tokens": 7 + len(text.split()) * n},
+        "usage": {
+            "prompt_tokens": 7,
+            "completion_tokens": len(text.split()) * n,
+            "total_tokens": 7 + len(text.split()) * n,
+        },
         "system_fingerprint": "fp_fake",
     }
     if "seed" in body:
@@ -211,4 +300,6 @@ def _completion(body: dict[str, Any], model: str, text: str) -> dict[str, Any]:
 
 
 def _error(status: int, message: str, type_: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": type_, "param": None, "code": None}}, status=status)
+    return web.json_response(
+        {"error": {"message": message, "type": type_, "param": None, "code": None}}, status=status
+    )

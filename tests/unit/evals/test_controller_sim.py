@@ -39,7 +39,9 @@ class _Acc:
             return
         self.errors += int(rng.binomial(m, arm.errors))
         self.down += int(rng.binomial(m, arm.thumbs_down))
-        mean = rng.normal(arm.latency, arm.latency_sd / math.sqrt(m))  # exact sufficient statistics of m normals
+        mean = rng.normal(
+            arm.latency, arm.latency_sd / math.sqrt(m)
+        )  # exact sufficient statistics of m normals
         ss = arm.latency_sd**2 * rng.chisquare(m - 1) if m > 1 else 0.0
         n = self.n + m
         delta = mean - self.lat_mean
@@ -49,11 +51,16 @@ class _Acc:
 
     def stats(self, variant: str) -> ArmStats:
         var = self.lat_ss / (self.n - 1) if self.n > 1 else 0.0
-        return ArmStats(variant, calls=self.n, units=self.n, metrics={
-            "error_rate": MetricStats.rate(self.errors, self.n),
-            "thumbs_down_rate": MetricStats.rate(self.down, self.n),
-            "latency_ms": MetricStats(self.n, self.lat_mean, var),
-        })
+        return ArmStats(
+            variant,
+            calls=self.n,
+            units=self.n,
+            metrics={
+                "error_rate": MetricStats.rate(self.errors, self.n),
+                "thumbs_down_rate": MetricStats.rate(self.down, self.n),
+                "latency_ms": MetricStats(self.n, self.lat_mean, var),
+            },
+        )
 
 
 POLICY = CanaryPolicy(
@@ -83,7 +90,9 @@ def simulate(rng, candidate: Arm, *, policy=POLICY, traffic=4000, max_checks=60)
         step_b += traffic - m_c
         step_c += m_c
         srm_p = srm_check(step_b, step_c, share / 100)[1] if share < 100 else None
-        obs = Observation("canary", share, base.stats("baseline"), cand.stats("candidate"), (step_b, step_c), srm_p)
+        obs = Observation(
+            "canary", share, base.stats("baseline"), cand.stats("candidate"), (step_b, step_c), srm_p
+        )
         d = decide(policy, obs)
         if d.action == "rollback":
             return "rollback", shares, check, d
@@ -124,7 +133,9 @@ def test_an_equal_candidate_advances_through_every_step_to_primary():
 def test_a_candidate_worse_than_the_margin_never_advances_past_the_first_steps():
     rng = np.random.default_rng(14)
     # 3 points more thumbs down is exactly at the margin: non-inferiority must not be shown
-    outcomes = [simulate(rng, Arm(errors=0.02, thumbs_down=0.13, latency=800.0), max_checks=30) for _ in range(30)]
+    outcomes = [
+        simulate(rng, Arm(errors=0.02, thumbs_down=0.13, latency=800.0), max_checks=30) for _ in range(30)
+    ]
     assert sum(o[0] == "primary" for o in outcomes) <= 2
 
 
@@ -160,7 +171,9 @@ def test_decision_waits_while_the_split_fails_the_srm_check():
     acc_b, acc_c = _Acc(), _Acc()
     acc_b.add(rng, BASE, 50_000)
     acc_c.add(rng, BASE, 50_000)
-    obs = Observation("canary", 25.0, acc_b.stats("baseline"), acc_c.stats("candidate"), (50_000, 50_000), 1e-9)
+    obs = Observation(
+        "canary", 25.0, acc_b.stats("baseline"), acc_c.stats("candidate"), (50_000, 50_000), 1e-9
+    )
     d = decide(POLICY, obs)
     assert d.action == "wait" and "sample ratio mismatch" in d.reason
     ok = decide(POLICY, Observation("canary", 25.0, obs.baseline, obs.candidate, (50_000, 50_000), 0.5))

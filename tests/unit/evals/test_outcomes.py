@@ -49,18 +49,28 @@ def mixture_lr(x, v, tau, theta0, one_sided):
 class TestMsprt:
     @pytest.mark.parametrize(
         ("x", "v", "tau", "theta0"),
-        [(0.01, 1e-4, 0.02, 0.0), (-0.03, 4e-4, 0.05, 0.0), (0.0, 1e-3, 0.1, -0.02), (0.002, 2.5e-5, 0.01, 0.0)],
+        [
+            (0.01, 1e-4, 0.02, 0.0),
+            (-0.03, 4e-4, 0.05, 0.0),
+            (0.0, 1e-3, 0.1, -0.02),
+            (0.002, 2.5e-5, 0.01, 0.0),
+        ],
     )
     def test_closed_forms_equal_the_mixture_integral(self, x, v, tau, theta0):
         two = mixture_lr(x, v, tau, theta0, one_sided=False)
         assert math.exp(msprt_log_lr(x, v, tau, theta0=theta0)) == pytest.approx(two, rel=1e-6)
         one = mixture_lr(x, v, tau, theta0, one_sided=True)
-        assert math.exp(msprt_log_lr(x, v, tau, theta0=theta0, alternative="greater")) == pytest.approx(one, rel=1e-6)
+        assert math.exp(msprt_log_lr(x, v, tau, theta0=theta0, alternative="greater")) == pytest.approx(
+            one, rel=1e-6
+        )
         neg = mixture_lr(-x, v, tau, -theta0, one_sided=True)
-        assert math.exp(msprt_log_lr(x, v, tau, theta0=theta0, alternative="less")) == pytest.approx(neg, rel=1e-6)
+        assert math.exp(msprt_log_lr(x, v, tau, theta0=theta0, alternative="less")) == pytest.approx(
+            neg, rel=1e-6
+        )
 
     def test_known_value(self):
-        # V = 1e-4, tau = 0.02, x = 0.05: Lambda = sqrt(1/5) * exp(4e-4 * 25e-4 / (2e-4 * 5e-4)) = e^10 / sqrt(5)
+        # V = 1e-4, tau = 0.02, x = 0.05:
+        # Lambda = sqrt(1/5) * exp(4e-4 * 25e-4 / (2e-4 * 5e-4)) = e^10 / sqrt(5)
         assert msprt_p_value(0.05, 1e-4, 0.02) == pytest.approx(math.sqrt(5) * math.exp(-10), rel=1e-12)
         assert msprt_p_value(0.0, 1e-4, 0.02) == 1.0
 
@@ -128,36 +138,107 @@ def write_log(log):
                 cid = f"call_{i:05d}"
                 ts = (T0 + day * 86400 + j) * 1_000_000
                 err = variant == "candidate" and j % 10 == 0  # 10% errors in the candidate
-                calls.append({
-                    "call_id": cid, "ts": ts, "route": "chat", "variant": variant, "served": True,
-                    "mode": "canary", "user": f"u{j}", "status": 500 if err else 200,
-                    "error_type": "upstream_error" if err else None,
-                    "latency_ms": float(100 + j) if variant == "baseline" else float(200 + j),
-                    "cost_usd": 0.002 if variant == "baseline" else 0.0005,
-                    "response": orjson.dumps({"id": f"chatcmpl-{cid}", "choices": []}).decode(),
-                })
+                calls.append(
+                    {
+                        "call_id": cid,
+                        "ts": ts,
+                        "route": "chat",
+                        "variant": variant,
+                        "served": True,
+                        "mode": "canary",
+                        "user": f"u{j}",
+                        "status": 500 if err else 200,
+                        "error_type": "upstream_error" if err else None,
+                        "latency_ms": float(100 + j) if variant == "baseline" else float(200 + j),
+                        "cost_usd": 0.002 if variant == "baseline" else 0.0005,
+                        "response": orjson.dumps({"id": f"chatcmpl-{cid}", "choices": []}).decode(),
+                    }
+                )
                 if j % 4 == 0:  # 25% thumbs up; via the response id for the candidate
                     target = cid if variant == "baseline" else f"chatcmpl-{cid}"
-                    events.append({"event_id": f"evt_{i}u", "call_id": target, "ts": ts + 1, "kind": "thumbs",
-                                   "value": "up", "value_num": 1.0})
+                    events.append(
+                        {
+                            "event_id": f"evt_{i}u",
+                            "call_id": target,
+                            "ts": ts + 1,
+                            "kind": "thumbs",
+                            "value": "up",
+                            "value_num": 1.0,
+                        }
+                    )
                 if j % 5 == 1:
-                    events.append({"event_id": f"evt_{i}d", "call_id": cid, "ts": ts + 2, "kind": "thumbs",
-                                   "value": "down", "value_num": 0.0})
-                    events.append({"event_id": f"evt_{i}r", "call_id": cid, "ts": ts + 3, "kind": "regeneration",
-                                   "value": "retry", "value_num": 1.0, "source": "detector"})
+                    events.append(
+                        {
+                            "event_id": f"evt_{i}d",
+                            "call_id": cid,
+                            "ts": ts + 2,
+                            "kind": "thumbs",
+                            "value": "down",
+                            "value_num": 0.0,
+                        }
+                    )
+                    events.append(
+                        {
+                            "event_id": f"evt_{i}r",
+                            "call_id": cid,
+                            "ts": ts + 3,
+                            "kind": "regeneration",
+                            "value": "retry",
+                            "value_num": 1.0,
+                            "source": "detector",
+                        }
+                    )
                 if j < 10:
-                    events.append({"event_id": f"evt_{i}s", "call_id": cid, "ts": ts + 1, "kind": "rating",
-                                   "value": str(j % 5 + 1), "value_num": float(j % 5 + 1)})
-                    events.append({"event_id": f"evt_{i}x", "call_id": cid, "ts": ts + 1, "kind": "edit_distance",
-                                   "value": "0.5", "value_num": 0.5,
-                                   "data": '{"metric_type": "float", "higher_is_better": false}'})
+                    events.append(
+                        {
+                            "event_id": f"evt_{i}s",
+                            "call_id": cid,
+                            "ts": ts + 1,
+                            "kind": "rating",
+                            "value": str(j % 5 + 1),
+                            "value_num": float(j % 5 + 1),
+                        }
+                    )
+                    events.append(
+                        {
+                            "event_id": f"evt_{i}x",
+                            "call_id": cid,
+                            "ts": ts + 1,
+                            "kind": "edit_distance",
+                            "value": "0.5",
+                            "value_num": 0.5,
+                            "data": '{"metric_type": "float", "higher_is_better": false}',
+                        }
+                    )
     # noise that must not count: an unserved shadow call, another route, a call before the period
-    calls.append({"call_id": "call_shadow", "ts": T0 * 1_000_000, "route": "chat", "variant": "candidate",
-                  "served": False, "status": 500})
-    calls.append({"call_id": "call_other", "ts": T0 * 1_000_000, "route": "other", "variant": "candidate",
-                  "served": True})
-    calls.append({"call_id": "call_old", "ts": (T0 - 86400) * 1_000_000, "route": "chat", "variant": "candidate",
-                  "served": True})
+    calls.append(
+        {
+            "call_id": "call_shadow",
+            "ts": T0 * 1_000_000,
+            "route": "chat",
+            "variant": "candidate",
+            "served": False,
+            "status": 500,
+        }
+    )
+    calls.append(
+        {
+            "call_id": "call_other",
+            "ts": T0 * 1_000_000,
+            "route": "other",
+            "variant": "candidate",
+            "served": True,
+        }
+    )
+    calls.append(
+        {
+            "call_id": "call_old",
+            "ts": (T0 - 86400) * 1_000_000,
+            "route": "chat",
+            "variant": "candidate",
+            "served": True,
+        }
+    )
     with LogWriter(log) as w:
         for c in calls:
             w.append("calls", c)
@@ -186,7 +267,9 @@ def test_report_counts_only_served_calls_of_the_route_in_the_period(store):
     assert base["regeneration_rate"]["count"] == 26
     assert base["rating"]["value"] == pytest.approx(3.0) and base["rating"]["n"] == 20
     assert base["edit_distance"]["value"] == pytest.approx(0.5)
-    assert cand["latency_p50_ms"] == pytest.approx(float(np.median([200 + j for j in [*range(50), *range(30)]])))
+    assert cand["latency_p50_ms"] == pytest.approx(
+        float(np.median([200 + j for j in [*range(50), *range(30)]]))
+    )
     assert base["cost_per_1k_calls_usd"] == pytest.approx(2.0)
     diffs = {d["metric"]: d for d in period["differences"]}
     assert diffs["error_rate"]["diff"] == pytest.approx(0.1)

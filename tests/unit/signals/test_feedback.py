@@ -23,22 +23,44 @@ def check(body, **kw):
 
 class TestAccepted:
     @pytest.mark.parametrize(
-        ("value", "text", "num"), [("up", "up", 1.0), ("DOWN", "down", 0.0), (True, "up", 1.0), (False, "down", 0.0)]
+        ("value", "text", "num"),
+        [("up", "up", 1.0), ("DOWN", "down", 0.0), (True, "up", 1.0), (False, "down", 0.0)],
     )
     def test_thumbs_are_stored_as_up_or_down_and_one_or_zero(self, value, text, num):
         rec = check({"call_id": "call_1", "kind": "thumbs", "value": value})
         assert (rec["kind"], rec["value"], rec["value_num"]) == ("thumbs", text, num)
 
     def test_record_has_every_events_column_and_a_sortable_event_id(self):
-        rec = check({"call_id": "call_1", "kind": "rating", "value": 4, "comment": "ok", "user": "u1"}, now_us=5)
-        assert set(rec) == {"event_id", "call_id", "ts", "kind", "value", "value_num", "comment", "user", "source", "data"}
+        rec = check(
+            {"call_id": "call_1", "kind": "rating", "value": 4, "comment": "ok", "user": "u1"}, now_us=5
+        )
+        assert set(rec) == {
+            "event_id",
+            "call_id",
+            "ts",
+            "kind",
+            "value",
+            "value_num",
+            "comment",
+            "user",
+            "source",
+            "data",
+        }
         assert rec["event_id"].startswith("evt_") and len(rec["event_id"]) == 30
         assert (rec["ts"], rec["value"], rec["value_num"], rec["comment"], rec["user"], rec["source"]) == (
-            5, "4", 4.0, "ok", "u1", "api"
+            5,
+            "4",
+            4.0,
+            "ok",
+            "u1",
+            "api",
         )
 
     def test_rating_range_is_configurable_and_inclusive(self):
-        assert check({"call_id": "c", "kind": "rating", "value": "10"}, rating_range=(0, 10))["value_num"] == 10.0
+        assert (
+            check({"call_id": "c", "kind": "rating", "value": "10"}, rating_range=(0, 10))["value_num"]
+            == 10.0
+        )
         assert check({"call_id": "c", "kind": "rating", "value": 2.5})["value"] == "2.5"
 
     def test_choice_accepts_a_b_or_a_call_id(self):
@@ -102,10 +124,20 @@ def test_orphan_feedback_reports_only_old_events_matching_no_call(tmp_path):
     now = time.time()
     old, fresh = int((now - 3600) * 1e6), int((now - 5) * 1e6)
     with LogWriter(log) as w:
-        w.append("calls", {"call_id": "call_A", "ts": old, "route": "r", "served": True,
-                           "response": orjson.dumps({"id": "chatcmpl-A", "choices": []}).decode()})
+        w.append(
+            "calls",
+            {
+                "call_id": "call_A",
+                "ts": old,
+                "route": "r",
+                "served": True,
+                "response": orjson.dumps({"id": "chatcmpl-A", "choices": []}).decode(),
+            },
+        )
         for call_id, ts in [("call_A", old), ("chatcmpl-A", old), ("call_gone", old), ("call_late", fresh)]:
-            w.append("events", validate_feedback({"call_id": call_id, "kind": "thumbs", "value": "up"}, now_us=ts))
+            w.append(
+                "events", validate_feedback({"call_id": call_id, "kind": "thumbs", "value": "up"}, now_us=ts)
+            )
     with LogStore.open(log) as store:
         orphans = orphan_feedback(store, window_s=600, now=now)
     assert [o["call_id"] for o in orphans] == ["call_gone"]

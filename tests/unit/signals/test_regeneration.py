@@ -32,12 +32,20 @@ class Traffic:
     def call(self, t, messages, *, user="u1", served=True, route="chat", **extra):
         self.n += 1
         cid = f"call_{self.n:05d}"
-        self.calls.append({
-            "call_id": cid, "ts": int((T0 + t) * 1e6), "route": route, "user": user, "served": served,
-            "variant": "baseline", "status": 200,
-            "request": orjson.dumps({"model": "m", "messages": messages}).decode(),
-            "response": orjson.dumps({"id": f"chatcmpl-{cid}", "choices": []}).decode(), **extra,
-        })
+        self.calls.append(
+            {
+                "call_id": cid,
+                "ts": int((T0 + t) * 1e6),
+                "route": route,
+                "user": user,
+                "served": served,
+                "variant": "baseline",
+                "status": 200,
+                "request": orjson.dumps({"model": "m", "messages": messages}).decode(),
+                "response": orjson.dumps({"id": f"chatcmpl-{cid}", "choices": []}).decode(),
+                **extra,
+            }
+        )
         return cid
 
     def write(self, log):
@@ -88,7 +96,9 @@ def test_generated_traffic_marks_exactly_the_regenerated_calls(log):
     events = detect(log)
     assert {e["call_id"]: e["value"] for e in events} == tr.expected
     assert len(tr.expected) >= 8
-    assert all(e["kind"] == "regeneration" and e["source"] == "detector" and e["value_num"] == 1.0 for e in events)
+    assert all(
+        e["kind"] == "regeneration" and e["source"] == "detector" and e["value_num"] == 1.0 for e in events
+    )
 
 
 def test_detection_is_idempotent_once_events_are_written(log):
@@ -102,7 +112,9 @@ def test_detection_is_idempotent_once_events_are_written(log):
         assert record_regenerations(w, events) == 1
     assert detect(log) == []
     with LogStore.open(log) as store:
-        assert store.sql("SELECT regenerated FROM outcomes WHERE call_id = ?", [first]) == [{"regenerated": True}]
+        assert store.sql("SELECT regenerated FROM outcomes WHERE call_id = ?", [first]) == [
+            {"regenerated": True}
+        ]
 
 
 def test_sticky_key_falls_back_to_session_then_client_key(log):
@@ -144,10 +156,16 @@ def test_rephrase_is_off_by_default_and_detects_edits_and_follow_ups_when_on(log
     edited = tr.call(0, msgs("what is the capital of france"))
     tr.call(20, msgs("what is the capital city of France?"))
     asked = tr.call(0, msgs("how do I sort a list in python"), user="u2")
-    tr.call(30, msgs("how do I sort a list in python", "use sorted()", "how do I sort a list in python in reverse"),
-            user="u2")
+    tr.call(
+        30,
+        msgs("how do I sort a list in python", "use sorted()", "how do I sort a list in python in reverse"),
+        user="u2",
+    )
     tr.call(0, msgs("tell me a joke"), user="u3")
     tr.call(30, msgs("tell me a joke", "knock knock", "what is the GDP of Peru"), user="u3")  # new topic
     tr.write(log)
     assert detect(log) == []
-    assert {e["call_id"]: e["value"] for e in detect(log, rephrase=True)} == {edited: "rephrase", asked: "rephrase"}
+    assert {e["call_id"]: e["value"] for e in detect(log, rephrase=True)} == {
+        edited: "rephrase",
+        asked: "rephrase",
+    }

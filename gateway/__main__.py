@@ -1,0 +1,5 @@
+"""python -m gateway: the shadowtune command."""
+
+from gateway.cli import main
+
+main()

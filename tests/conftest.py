@@ -1,0 +1,77 @@
+"""Shared fixtures: a fake upstream provider (a real HTTP server), settings over tmp_path,
+and the gateway served in-process on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import Settings
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.servers import GatewayServer
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("SHADOWTUNE_CONFIG", "SHADOWTUNE_LOG_DIR", "SHADOWTUNE_ADMIN_TOKEN", "SHADOWTUNE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    up = FakeUpstream().start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "log")
+
+
+@pytest.fixture
+def make_settings(log_dir: str, fake_upstream: FakeUpstream) -> Callable[..., Settings]:
+    """Settings with the fake upstream as passthrough (any model name) unless routes are given.
+
+    ``make_settings(routes={...}, upstreams={...}, server={...})``; upstream entries without
+    ``base_url`` get the fake upstream's.
+    """
+
+    def make(**sections: Any) -> Settings:
+        data: dict[str, Any] = {
+            "server": {"auth": "open", "passthrough_url": fake_upstream.base_url},
+            "store": {"log_dir": log_dir, "flush_interval": 0.2},
+        }
+        for key, value in sections.items():
+            if key == "upstreams":
+                value = {n: {"base_url": fake_upstream.base_url, **u} for n, u in value.items()}
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return Settings.model_validate(data)
+
+    return make
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., GatewayServer]]:
+    servers: list[GatewayServer] = []
+
+    def start(settings: Settings, **app_kwargs: Any) -> GatewayServer:
+        gw = GatewayServer(settings, **app_kwargs).start()
+        servers.append(gw)
+        return gw
+
+    yield start
+    for gw in servers:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(make_settings: Callable[..., Settings], start_gateway: Callable[..., GatewayServer]) -> GatewayServer:
+    """The gateway in passthrough (zero-config) mode in front of the fake upstream."""
+    return start_gateway(make_settings())
