@@ -57,7 +57,9 @@ def _require() -> None:
         import scipy  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DriftError(f"drift checks need the evals extra: pip install 'shadowtune[evals]' ({exc.name})") from exc
+        raise DriftError(
+            f"drift checks need the evals extra: pip install 'shadowtune[evals]' ({exc.name})"
+        ) from exc
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -72,9 +74,13 @@ class Sample:
 
 
 def sample_from_messages(
-    messages: Sequence[Mapping[str, Any]], *, tools: bool = False, output: str | None = None, source_id: str | None = None
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: bool = False,
+    output: str | None = None,
+    source_id: str | None = None,
 ) -> Sample:
-    """A `Sample` from chat messages: user and tool contents (system prompts are route config, not traffic)."""
+    """A `Sample` from chat messages: user and tool contents (system prompts are config, not traffic)."""
     parts = []
     for msg in messages:
         if not isinstance(msg, Mapping):
@@ -91,7 +97,9 @@ def sample_from_messages(
     return Sample("\n".join(parts), tools, output, source_id)
 
 
-def sample_from_call(request: str | None, output_text: str | None, response: str | None, call_id: str) -> Sample:
+def sample_from_call(
+    request: str | None, output_text: str | None, response: str | None, call_id: str
+) -> Sample:
     try:
         req = json.loads(request or "{}")
     except json.JSONDecodeError:
@@ -115,7 +123,9 @@ ORDER BY hash(call_id) LIMIT $limit
 """
 
 
-def load_window(store: LogStore, route: str, since: dt.datetime, until: dt.datetime, *, limit: int = 5000) -> list[Sample]:
+def load_window(
+    store: LogStore, route: str, since: dt.datetime, until: dt.datetime, *, limit: int = 5000
+) -> list[Sample]:
     """Served calls of ``route`` in ``[since, until)`` (a deterministic pseudo-random sample of ``limit``)."""
     rows = store.sql(WINDOW_SQL, {"route": route, "since": since, "until": until, "limit": limit})
     return [sample_from_call(r["request"], r["output_text"], r["response"], r["call_id"]) for r in rows]
@@ -127,7 +137,9 @@ def load_dataset_reference(log_dir: str, name: str) -> list[Sample]:
 
     examples = read_dataset(log_dir, name, split="train", fallback_all=True)
     return [
-        sample_from_messages(e.messages, tools=bool(e.meta.get("tools")), output=e.reference, source_id=e.example_id)
+        sample_from_messages(
+            e.messages, tools=bool(e.meta.get("tools")), output=e.reference, source_id=e.example_id
+        )
         for e in examples
     ]
 
@@ -199,7 +211,7 @@ class DriftReport:
 
 
 def drift_scores(report: DriftReport | Mapping[str, Any]) -> dict[str, float]:
-    """A flat ``{metric_name: value}`` view of a report, for OpenTelemetry gauges (route goes in attributes)."""
+    """A flat ``{metric_name: value}`` view of a report, for OpenTelemetry gauges (route as an attribute)."""
     data = report.to_dict() if isinstance(report, DriftReport) else dict(report)
     out = {
         "drift.detected": float(bool(data["drifted"])),
@@ -250,15 +262,16 @@ _SCRIPTS = (
     ("el", (0x0370, 0x03FF)),
     ("th", (0x0E00, 0x0E7F)),
 )
-_STOPWORDS = {
-    "en": "the and is are to of in for with you my this that it on please can what how".split(),
-    "es": "el la los las es son de que y en por para con una un mi está cómo qué".split(),
-    "fr": "le la les est sont de des et en pour avec une un mon je vous ce qui comment".split(),
-    "de": "der die das ist sind und zu von mit für ein eine ich sie nicht wie was bitte".split(),
-    "pt": "o a os as é são de que e em para com uma um meu não você como".split(),
-    "it": "il lo la gli le è sono di che e per con una un mio non come sei".split(),
-    "nl": "de het een is zijn en van voor met ik je niet wat hoe".split(),
+_STOPWORD_TEXT = {
+    "en": "the and is are to of in for with you my this that it on please can what how",
+    "es": "el la los las es son de que y en por para con una un mi está cómo qué",
+    "fr": "le la les est sont de des et en pour avec une un mon je vous ce qui comment",
+    "de": "der die das ist sind und zu von mit für ein eine ich sie nicht wie was bitte",
+    "pt": "o a os as é são de que e em para com uma um meu não você como",
+    "it": "il lo la gli le è sono di che e per con una un mio non come sei",
+    "nl": "de het een is zijn en van voor met ik je niet wat hoe",
 }
+_STOPWORDS = {lang: frozenset(words.split()) for lang, words in _STOPWORD_TEXT.items()}
 
 
 def detect_language(text: str) -> str:
@@ -293,7 +306,9 @@ def count_numbers(text: str) -> int:
 
 
 # -- statistics ----------------------------------------------------------------------------
-def _ks(name: str, ref: Sequence[float], cur: Sequence[float], cur_examples: Sequence[str], n_examples: int) -> Check:
+def _ks(
+    name: str, ref: Sequence[float], cur: Sequence[float], cur_examples: Sequence[str], n_examples: int
+) -> Check:
     from scipy import stats
 
     res = stats.ks_2samp(ref, cur)
@@ -306,7 +321,12 @@ def _ks(name: str, ref: Sequence[float], cur: Sequence[float], cur_examples: Seq
         0.0,
         "p_value",
         float(res.pvalue),
-        details={"median_reference": ref_med, "median_current": cur_med, "n_reference": len(ref), "n_current": len(cur)},
+        details={
+            "median_reference": ref_med,
+            "median_current": cur_med,
+            "n_reference": len(ref),
+            "n_current": len(cur),
+        },
         examples=[cur_examples[i] for i in order[:n_examples]],
     )
 
@@ -316,7 +336,9 @@ def _median(xs: Sequence[float]) -> float:
     return float(s[len(s) // 2]) if s else 0.0
 
 
-def _chi2(name: str, ref: Sequence[str], cur: Sequence[str], cur_examples: Sequence[str], n_examples: int) -> Check:
+def _chi2(
+    name: str, ref: Sequence[str], cur: Sequence[str], cur_examples: Sequence[str], n_examples: int
+) -> Check:
     from scipy import stats
 
     rc, cc = Counter(ref), Counter(cur)
@@ -337,10 +359,11 @@ def _chi2(name: str, ref: Sequence[str], cur: Sequence[str], cur_examples: Seque
             groups["other"] = rare
         else:
             groups[keep[-1]] = groups[keep[-1]] + rare
-    table = [[sum(rc[k] for k in ks) for ks in groups.values()], [sum(cc[k] for k in ks) for ks in groups.values()]]
-    shares = {
-        g: {"reference": table[0][i] / n_r, "current": table[1][i] / n_c} for i, g in enumerate(groups)
-    }
+    table = [
+        [sum(rc[k] for k in ks) for ks in groups.values()],
+        [sum(cc[k] for k in ks) for ks in groups.values()],
+    ]
+    shares = {g: {"reference": table[0][i] / n_r, "current": table[1][i] / n_c} for i, g in enumerate(groups)}
     details: dict[str, Any] = {"shares": shares, "n_reference": n_r, "n_current": n_c}
     if len(groups) < 2:
         return Check(name, "chi2", 0.0, 0.0, "p_value", 1.0, details=details)
@@ -350,10 +373,21 @@ def _chi2(name: str, ref: Sequence[str], cur: Sequence[str], cur_examples: Seque
     examples = [t for t, label in zip(cur_examples, cur, strict=True) if label in members][:n_examples]
     details["over_represented"] = over
     details["dof"] = int(res.dof)
-    return Check(name, "chi2", float(res.statistic), 0.0, "p_value", float(res.pvalue), details=details, examples=examples)
+    return Check(
+        name,
+        "chi2",
+        float(res.statistic),
+        0.0,
+        "p_value",
+        float(res.pvalue),
+        details=details,
+        examples=examples,
+    )
 
 
-def _fisher(name: str, ref: Sequence[bool], cur: Sequence[bool], cur_examples: Sequence[str], n_examples: int) -> Check:
+def _fisher(
+    name: str, ref: Sequence[bool], cur: Sequence[bool], cur_examples: Sequence[str], n_examples: int
+) -> Check:
     from scipy import stats
 
     a, b = sum(ref), len(ref) - sum(ref)
@@ -405,7 +439,9 @@ def _cv_auc(a: Sequence[str], b: Sequence[str], folds: int, seed: int) -> tuple[
     return float(roc_auc_score(y, proba)), proba, vec, x
 
 
-def _calibrate(reference: Sequence[str], n_r: int, n_c: int, config: DriftConfig, rounds: int, cache_dir: Path | None) -> list[float]:
+def _calibrate(
+    reference: Sequence[str], n_r: int, n_c: int, config: DriftConfig, rounds: int, cache_dir: Path | None
+) -> list[float]:
     import numpy as np
 
     digest = hashlib.sha256()
@@ -434,7 +470,11 @@ def _calibrate(reference: Sequence[str], n_r: int, n_c: int, config: DriftConfig
 
 
 def domain_classifier(
-    reference: Sequence[str], current: Sequence[str], config: DriftConfig, alpha: float, cache_dir: Path | None = None
+    reference: Sequence[str],
+    current: Sequence[str],
+    config: DriftConfig,
+    alpha: float,
+    cache_dir: Path | None = None,
 ) -> Check:
     """The classifier check at level ``alpha`` (threshold calibrated on ``reference``)."""
     import numpy as np
@@ -492,25 +532,33 @@ def domain_classifier(
 
 
 # -- the check -----------------------------------------------------------------------------
-def _output_checks(reference: Sequence[Sample], current: Sequence[Sample], config: DriftConfig) -> list[Check]:
+def _output_checks(
+    reference: Sequence[Sample], current: Sequence[Sample], config: DriftConfig
+) -> list[Check]:
     ref_out = [s.output for s in reference if s.output is not None]
     cur_out = [s.output for s in current if s.output is not None]
     if len(ref_out) < config.min_samples or len(cur_out) < config.min_samples:
         return []
-    checks = [_ks("output_length", [len(o) for o in ref_out], [len(o) for o in cur_out], cur_out, config.examples)]
+    checks = [
+        _ks("output_length", [len(o) for o in ref_out], [len(o) for o in cur_out], cur_out, config.examples)
+    ]
 
     def objects(outs: Sequence[str]) -> list[dict[str, Any] | None]:
         parsed = [parse_json(o) for o in outs]
         return [dict(flatten(v)) if ok and isinstance(v, dict) else None for ok, v in parsed]
 
     ref_obj, cur_obj = objects(ref_out), objects(cur_out)
-    if sum(o is not None for o in ref_obj) < 0.5 * len(ref_obj) or sum(o is not None for o in cur_obj) < 0.5 * len(cur_obj):
+    if sum(o is not None for o in ref_obj) < 0.5 * len(ref_obj) or sum(
+        o is not None for o in cur_obj
+    ) < 0.5 * len(cur_obj):
         return checks
     freq: Counter[str] = Counter()
     for objs in (ref_obj, cur_obj):
         for o in objs:
             freq.update((o or {}).keys())
-    fields = [f for f, n in freq.most_common() if n >= 0.1 * (len(ref_obj) + len(cur_obj))][: config.max_output_fields]
+    fields = [f for f, n in freq.most_common() if n >= 0.1 * (len(ref_obj) + len(cur_obj))][
+        : config.max_output_fields
+    ]
     for f in fields:
         rv = [(o or {}).get(f, "<missing>") for o in ref_obj]
         cv = [(o or {}).get(f, "<missing>") for o in cur_obj]
@@ -519,7 +567,9 @@ def _output_checks(reference: Sequence[Sample], current: Sequence[Sample], confi
         if len(nums_r) >= 0.9 * len(rv) and len(nums_c) >= 0.9 * len(cv) and len(set(nums_r + nums_c)) > 10:
             checks.append(_ks(f"output.{f}", nums_r, nums_c, [str(v) for v in nums_c], config.examples))
         else:
-            checks.append(_chi2(f"output.{f}", [str(v) for v in rv], [str(v) for v in cv], cur_out, config.examples))
+            checks.append(
+                _chi2(f"output.{f}", [str(v) for v in rv], [str(v) for v in cv], cur_out, config.examples)
+            )
     return checks
 
 
@@ -546,9 +596,17 @@ def check_drift(
     n = config.examples
     features = [
         _ks("prompt_length", [len(t) for t in ref_text], [len(t) for t in cur_text], cur_text, n),
-        _chi2("language", [detect_language(t) for t in ref_text], [detect_language(t) for t in cur_text], cur_text, n),
+        _chi2(
+            "language",
+            [detect_language(t) for t in ref_text],
+            [detect_language(t) for t in cur_text],
+            cur_text,
+            n,
+        ),
         _fisher("tool_use", [s.tools for s in reference], [s.tools for s in current], cur_text, n),
-        _ks("numbers", [count_numbers(t) for t in ref_text], [count_numbers(t) for t in cur_text], cur_text, n),
+        _ks(
+            "numbers", [count_numbers(t) for t in ref_text], [count_numbers(t) for t in cur_text], cur_text, n
+        ),
         _chi2("years", [latest_year(t) for t in ref_text], [latest_year(t) for t in cur_text], cur_text, n),
     ]
     skipped: dict[str, str] = {}
@@ -558,7 +616,9 @@ def check_drift(
     features.extend(_output_checks(reference, current, config))
     checks: list[Check] = []
     try:
-        clf = domain_classifier(ref_text, cur_text, config, config.alpha / 2, Path(cache_dir) if cache_dir else None)
+        clf = domain_classifier(
+            ref_text, cur_text, config, config.alpha / 2, Path(cache_dir) if cache_dir else None
+        )
         checks.append(clf)
         alpha_feature = config.alpha / 2 / len(features)
     except DriftError as exc:

@@ -59,7 +59,9 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return [dict(m) for m in value or () if isinstance(m, Mapping)]
 
 
-def read_dataset(log_dir: str, name: str, *, split: str | None = "test", fallback_all: bool = False) -> list[Example]:
+def read_dataset(
+    log_dir: str, name: str, *, split: str | None = "test", fallback_all: bool = False
+) -> list[Example]:
     """Rows of ``<log_dir>/datasets/<name>/`` in ``split`` (all rows when ``split`` is None)."""
     import duckdb
 
@@ -88,7 +90,9 @@ def read_dataset(log_dir: str, name: str, *, split: str | None = "test", fallbac
     for i, r in enumerate(records):
         msgs, ref = _split_reference(_messages(r["messages"]))
         ident = r.get("example_id") or r.get("id") or r.get("call_id") or f"{name}-{i}"
-        meta = {k: v for k, v in r.items() if k not in ("messages",) and isinstance(v, str | int | float | bool)}
+        meta = {
+            k: v for k, v in r.items() if k not in ("messages",) and isinstance(v, str | int | float | bool)
+        }
         if r.get("tools"):
             meta["tools"] = True
         out.append(Example(str(ident), msgs, ref, meta))
@@ -184,11 +188,22 @@ class GoldenReport:
     rows: list[dict[str, Any]]
 
     def summary(self) -> dict[str, Any]:
-        return {"model": self.model, "source": self.source, "n": self.n, "failed": self.failed, "metrics": self.metrics}
+        return {
+            "model": self.model,
+            "source": self.source,
+            "n": self.n,
+            "failed": self.failed,
+            "metrics": self.metrics,
+        }
 
 
 def score(
-    examples: Sequence[Example], outputs: Sequence[str | None], metric_names: Sequence[str], *, model: str, source: str
+    examples: Sequence[Example],
+    outputs: Sequence[str | None],
+    metric_names: Sequence[str],
+    *,
+    model: str,
+    source: str,
 ) -> GoldenReport:
     """Score answers already in hand (a call that failed scores as an empty answer)."""
     refs = [e.reference for e in examples]

@@ -91,7 +91,9 @@ class PriceTable:
 
     def lookup(self, model: str) -> tuple[float, float] | None:
         name = model.rsplit("/", 1)[-1]
-        best = max((k for k in self.prices if name.startswith(k) or model.startswith(k)), key=len, default=None)
+        best = max(
+            (k for k in self.prices if name.startswith(k) or model.startswith(k)), key=len, default=None
+        )
         return self.prices[best] if best is not None else None
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
@@ -196,7 +198,9 @@ class ChatClient:
         self._http: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
 
-    def cache_key(self, model: str, messages: Sequence[Mapping[str, Any]], tag: str, params: Mapping[str, Any]) -> str:
+    def cache_key(
+        self, model: str, messages: Sequence[Mapping[str, Any]], tag: str, params: Mapping[str, Any]
+    ) -> str:
         return ResponseCache.key(model, messages, tag, params)
 
     async def __aenter__(self) -> ChatClient:
@@ -230,7 +234,16 @@ class ChatClient:
         usage = data.get("usage") or {}
         in_tok = int(usage.get("prompt_tokens") or estimate_tokens(messages))
         out_tok = int(usage.get("completion_tokens") or len(content) // 4)
-        self.cache.put(key, {"model": model, "tag": tag, "content": content, "input_tokens": in_tok, "output_tokens": out_tok})
+        self.cache.put(
+            key,
+            {
+                "model": model,
+                "tag": tag,
+                "content": content,
+                "input_tokens": in_tok,
+                "output_tokens": out_tok,
+            },
+        )
         return Completion(content, in_tok, out_tok, False)
 
     async def _post(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +263,7 @@ class ChatClient:
                     except ValueError as exc:
                         raise JudgeError(f"{model}: response is not JSON", judge=model) from exc
                     return data
-                if resp.status_code not in (408, 409, 429) and resp.status_code < 500 or last:
+                if (resp.status_code not in (408, 409, 429) and resp.status_code < 500) or last:
                     raise JudgeError(
                         f"{model}: HTTP {resp.status_code}: {_error_message(resp)}",
                         judge=model,
@@ -288,7 +301,18 @@ _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("xai", ("grok",)),
     ("amazon", ("nova", "titan")),
 )
-_PROVIDER_TOKENS = {"openai", "anthropic", "bedrock", "vertex", "vertex_ai", "azure", "ft", "models", "hf", "local"}
+_PROVIDER_TOKENS = {
+    "openai",
+    "anthropic",
+    "bedrock",
+    "vertex",
+    "vertex_ai",
+    "azure",
+    "ft",
+    "models",
+    "hf",
+    "local",
+}
 
 
 def model_family(model: str, overrides: Mapping[str, str] | None = None) -> str:
@@ -388,11 +412,17 @@ Reply with one JSON object and nothing else:
 def build_messages(prompt: str, answer_a: str, answer_b: str, criteria: Criteria) -> list[dict[str, str]]:
     """The judge's messages for one order: answer A is shown first."""
     schema = ""
-    parts = [f"<request>\n{prompt}\n</request>", f"<answer_a>\n{answer_a}\n</answer_a>", f"<answer_b>\n{answer_b}\n</answer_b>"]
+    parts = [
+        f"<request>\n{prompt}\n</request>",
+        f"<answer_a>\n{answer_a}\n</answer_a>",
+        f"<answer_b>\n{answer_b}\n</answer_b>",
+    ]
     if criteria.checks:
         schema = ' "criteria": {"<name>": {"A": true|false, "B": true|false}, ...},'
         listing = "\n".join(f"- {c.name}: {c.description}" for c in criteria.checks)
-        parts.append(f"<criteria>\nFor each criterion, say whether each answer passes.\n{listing}\n</criteria>")
+        parts.append(
+            f"<criteria>\nFor each criterion, say whether each answer passes.\n{listing}\n</criteria>"
+        )
     system = SYSTEM_PROMPT.format(rubric=criteria.rubric, criteria_schema=schema)
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
@@ -591,7 +621,13 @@ def _consistency(items: Sequence[ItemVerdict], judge: str | None = None) -> dict
                 flags.append(ok)
     k = sum(flags)
     n = len(flags)
-    return {"rate": k / n if n else None, "consistent": k, "inconsistent": n - k, "n": n, "ci": list(wilson_interval(k, n))}
+    return {
+        "rate": k / n if n else None,
+        "consistent": k,
+        "inconsistent": n - k,
+        "n": n,
+        "ci": list(wilson_interval(k, n)),
+    }
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -614,7 +650,7 @@ class _Call:
 
 def plan_calls(pairs: Sequence[Pair], options: JudgeOptions) -> list[_Call]:
     """Every judge call a run needs (identical answers need none)."""
-    calls = []
+    calls: list[_Call] = []
     for pair in pairs:
         if _identical(pair.baseline, pair.candidate):
             continue
@@ -623,7 +659,11 @@ def plan_calls(pairs: Sequence[Pair], options: JudgeOptions) -> list[_Call]:
         if options.both_orders:
             orders.append("baseline_first" if first == "candidate_first" else "candidate_first")
         for order in orders:
-            a, b = (pair.candidate, pair.baseline) if order == "candidate_first" else (pair.baseline, pair.candidate)
+            a, b = (
+                (pair.candidate, pair.baseline)
+                if order == "candidate_first"
+                else (pair.baseline, pair.candidate)
+            )
             msgs = build_messages(pair.prompt, a, b, options.criteria)
             calls.extend(_Call(pair, judge, order, msgs) for judge in options.judges)
     return calls
@@ -681,7 +721,9 @@ async def _ask(call: _Call, client: ChatClient, options: JudgeOptions) -> Judgem
         return j
     j.winner_position, j.reason, j.criteria, j.cached = winner, reason, crit, comp.cached
     j.input_tokens, j.output_tokens = comp.input_tokens, comp.output_tokens
-    j.cost_usd = 0.0 if comp.cached else options.prices.cost(call.judge, comp.input_tokens, comp.output_tokens)
+    j.cost_usd = (
+        0.0 if comp.cached else options.prices.cost(call.judge, comp.input_tokens, comp.output_tokens)
+    )
     if winner == "tie":
         j.outcome = "tie"
     else:

@@ -30,7 +30,9 @@ from typing import Any
 
 from evals.errors import MetricError
 
-MetricFn = Callable[[Sequence[str | None], Sequence[str | None], Sequence[Mapping[str, Any]]], dict[str, float]]
+MetricFn = Callable[
+    [Sequence[str | None], Sequence[str | None], Sequence[Mapping[str, Any]]], dict[str, float]
+]
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z0-9_-]*\s*\n(.*?)\n?```\s*$", re.S)
 _WS = re.compile(r"\s+")
@@ -79,7 +81,7 @@ def json_valid(text: str | None) -> bool:
 
 
 def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``path = value`` pairs of a JSON value: ``a.b`` for objects, ``a[0].b`` for lists of objects, ``a[]`` for scalars."""
+    """``path = value`` pairs: ``a.b`` in objects, ``a[0].b`` in lists of objects, ``a[]`` for scalars."""
     out: list[tuple[str, Any]] = []
     if isinstance(obj, dict):
         for key, value in obj.items():
@@ -140,7 +142,9 @@ def field_counts(prediction: Any, reference: Any) -> dict[str, FieldCounts]:
 
 
 def json_fields(
-    predictions: Sequence[str | None], references: Sequence[str | None], _examples: Sequence[Mapping[str, Any]] = ()
+    predictions: Sequence[str | None],
+    references: Sequence[str | None],
+    _examples: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, float]:
     """Micro precision / recall / F1 over ``path = value`` pairs, and per-field F1 (``f1.<path>``)."""
     total = FieldCounts()
@@ -185,7 +189,9 @@ def _label(text: str | None) -> str:
 
 
 def classification(
-    predictions: Sequence[str | None], references: Sequence[str | None], _examples: Sequence[Mapping[str, Any]] = ()
+    predictions: Sequence[str | None],
+    references: Sequence[str | None],
+    _examples: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of normalised labels (examples without a reference are skipped)."""
     pairs = [(_label(p), _label(r)) for p, r in zip(predictions, references, strict=True) if r is not None]
@@ -195,14 +201,18 @@ def classification(
 
 
 def _exact_match(
-    predictions: Sequence[str | None], references: Sequence[str | None], _examples: Sequence[Mapping[str, Any]] = ()
+    predictions: Sequence[str | None],
+    references: Sequence[str | None],
+    _examples: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, float]:
     scored = [exact_match(p, r) for p, r in zip(predictions, references, strict=True) if r is not None]
     return {"exact_match": sum(scored) / len(scored) if scored else 0.0}
 
 
 def _json_valid(
-    predictions: Sequence[str | None], _references: Sequence[str | None], _examples: Sequence[Mapping[str, Any]] = ()
+    predictions: Sequence[str | None],
+    _references: Sequence[str | None],
+    _examples: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, float]:
     return {"json_valid": sum(json_valid(p) for p in predictions) / len(predictions) if predictions else 0.0}
 
@@ -232,7 +242,9 @@ def load_metric(spec: str) -> MetricFn:
     name = attr
 
     def per_example(
-        predictions: Sequence[str | None], references: Sequence[str | None], examples: Sequence[Mapping[str, Any]] = ()
+        predictions: Sequence[str | None],
+        references: Sequence[str | None],
+        examples: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, float]:
         sums: dict[str, float] = {}
         exs = list(examples) or [{} for _ in predictions]
@@ -241,7 +253,9 @@ def load_metric(spec: str) -> MetricFn:
             items = value.items() if isinstance(value, Mapping) else [(name, value)]
             for key, v in items:
                 if not isinstance(v, int | float):
-                    raise MetricError(f"metric {spec} returned {type(v).__name__} for {key!r}, expected a number")
+                    raise MetricError(
+                        f"metric {spec} returned {type(v).__name__} for {key!r}, expected a number"
+                    )
                 sums[key] = sums.get(key, 0.0) + float(v)
         n = len(predictions)
         return {k: v / n for k, v in sums.items()} if n else {}

@@ -54,7 +54,9 @@ class FakeJudge:
         model = str(body.get("model"))
         user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         if model == "judge-down":
-            return JSONResponse({"error": {"message": "overloaded", "type": "server_error", "code": None}}, 503)
+            return JSONResponse(
+                {"error": {"message": "overloaded", "type": "server_error", "code": None}}, 503
+            )
         if model == "echo":
             content = user
         elif model == "shout":
@@ -63,7 +65,14 @@ class FakeJudge:
             content = self.verdict(model, user)
         else:
             return JSONResponse(
-                {"error": {"message": f"unknown model {model}", "type": "invalid_request_error", "code": None}}, 404
+                {
+                    "error": {
+                        "message": f"unknown model {model}",
+                        "type": "invalid_request_error",
+                        "code": None,
+                    }
+                },
+                404,
             )
         prompt_chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
         return JSONResponse(
@@ -72,7 +81,13 @@ class FakeJudge:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
                 "usage": {
                     "prompt_tokens": prompt_chars // 4,
                     "completion_tokens": len(content) // 4,
@@ -97,7 +112,10 @@ class FakeJudge:
             winner = "tie"
         else:
             winner = "A" if len_a > len_b else "B" if len_b > len_a else "tie"
-        out: dict[str, Any] = {"reason": f"{model} picks {winner} (lengths {len_a} vs {len_b})", "winner": winner}
+        out: dict[str, Any] = {
+            "reason": f"{model} picks {winner} (lengths {len_a} vs {len_b})",
+            "winner": winner,
+        }
         names = _CRITERIA.findall(user.split("<criteria>", 1)[1]) if "<criteria>" in user else []
         if names:
             out["criteria"] = {n: {"A": len_a >= len_b, "B": len_b >= len_a} for n in names}
@@ -112,7 +130,9 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", loop="asyncio", http="h11", ws="none")
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", loop="asyncio", http="h11", ws="none"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

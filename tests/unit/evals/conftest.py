@@ -19,8 +19,3 @@ def fake_judge() -> Iterator[tuple[FakeJudge, str]]:
     provider = FakeJudge()
     with ServerThread(provider.app) as server:
         yield provider, server.url
-
-
-@pytest.fixture
-def log_dir(tmp_path) -> str:
-    return str(tmp_path / "log")

@@ -37,7 +37,9 @@ def call_row(
         "id": "chatcmpl-x",
         "object": "chat.completion",
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(answer) // 4},
     }
     return {
@@ -65,7 +67,7 @@ def write_shadow_pairs(
     baseline_model: str = "gpt-4o-mini",
     candidate_model: str = "qwen2.5-0.5b-lora",
 ) -> list[str]:
-    """Write ``(prompt, baseline_answer, candidate_answer)`` as served baseline rows with shadow candidates."""
+    """Write ``(prompt, baseline_answer, candidate_answer)`` as served baselines with shadow candidates."""
     ids = []
     with LogWriter(log_dir) as w:
         t = now_us() - HOUR_US
@@ -106,11 +108,16 @@ def prompt_text(rng: random.Random, *, year: int = 2023, topics: dict[str, list[
     a, b = rng.sample(words, 2)
     name = rng.choice(NAMES)
     style = rng.randrange(4)
-    date = f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {year}" if rng.random() < 0.5 else f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    date = (
+        f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {year}"
+        if rng.random() < 0.5
+        else f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    )
     if style == 0:
         return f"Hi, this is {name}. I have a question about my {a} from {date}. The {b} is not right."
     if style == 1:
-        return f"Please summarise the {a} notes for {name}, dated {date}, and mention the {b} (ref {rng.randint(100, 999)})."
+        ref = rng.randint(100, 999)
+        return f"Please summarise the {a} notes for {name}, dated {date}, and mention the {b} (ref {ref})."
     if style == 2:
         return f"Can you help {name} with the {a}? It started on {date} and the {b} keeps failing."
     return f"Extract the {a} details: customer {name}, date {date}, {b} number {rng.randint(1000, 9999)}."
@@ -133,3 +140,54 @@ def write_traffic(log_dir: str, route: str, prompts: Sequence[str], *, start_us:
             ts = start_us + (spread_us * i) // max(1, len(prompts))
             answer = json.dumps({"topic": p.split()[0].lower(), "year": 2023})
             w.append("calls", call_row(route=route, prompt=p, answer=answer, ts=ts))
+
+
+# -- pipeline steps for trigger tests (plugged in as module:function, like the trainer's will be) --
+def build_dataset_step(ctx: Any) -> str:
+    return f"{ctx.route}-{ctx.run_id[-6:].lower()}"
+
+
+def train_step(ctx: Any) -> dict[str, str]:
+    return {"model": f"tiny-{ctx.results['build_dataset']}"}
+
+
+def evaluate_wins_step(ctx: Any) -> dict[str, Any]:
+    return {"wins": True, "win_rate": 0.7}
+
+
+def evaluate_loses_step(ctx: Any) -> dict[str, Any]:
+    return {"wins": False, "win_rate": 0.3}
+
+
+def register_step(ctx: Any) -> str:
+    return str(ctx.results["train"]["model"]) + "@v1"
+
+
+def deploy_step(ctx: Any) -> dict[str, str]:
+    return {"candidate": str(ctx.results["register"]), "mode": "shadow"}
+
+
+def failing_train_step(ctx: Any) -> None:
+    raise RuntimeError("out of memory")
+
+
+def write_dataset(log_dir: str, name: str, rows: Sequence[tuple[str, str, str]]) -> None:
+    """``(user, assistant, split)`` rows as a trainer-style dataset: Parquet with messages and split."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(log_dir, "datasets", name)
+    os.makedirs(folder, exist_ok=True)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "example_id": f"{name}-{i}",
+                "messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}],
+                "split": s,
+            }
+            for i, (u, a, s) in enumerate(rows)
+        ]
+    )
+    pq.write_table(table, os.path.join(folder, "part-0.parquet"))

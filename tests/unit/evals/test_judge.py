@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from evals_traffic import write_shadow_pairs
 
 from evals.errors import FamilyGuardError, JudgeError
 from evals.judge import (
@@ -19,7 +20,6 @@ from evals.judge import (
     parse_verdict,
     shadow_pairs,
 )
-from evals_traffic import write_shadow_pairs
 from gateway.store import LogStore
 
 
@@ -41,7 +41,9 @@ def client(url: str, tmp_path=None) -> ChatClient:
 
 def test_position_biased_judge_wins_about_half_under_randomized_order(fake_judge):
     _, url = fake_judge
-    report = judge(make_pairs(100, candidate_longer=100), JudgeOptions(judges=("judge-first",), seed=7), client(url))
+    report = judge(
+        make_pairs(100, candidate_longer=100), JudgeOptions(judges=("judge-first",), seed=7), client(url)
+    )
     s = report.summary()
     print(f"\nposition-1 judge, one order: win rate {s['win_rate']:.2f}, loss rate {s['loss_rate']:.2f}")
     assert s["n_judged"] == 100
@@ -100,12 +102,16 @@ def test_family_guard_refuses_a_judge_of_a_contestants_family(fake_judge):
         judge(pairs, JudgeOptions(judges=("gpt-4.1",)), client(url))
     assert err.value.conflicts == [("gpt-4.1", "gpt-4o-mini", "openai")]
     with pytest.raises(FamilyGuardError):
-        judge(pairs, JudgeOptions(judges=("judge-long",), family_overrides={"judge-long": "qwen"}), client(url))
+        judge(
+            pairs, JudgeOptions(judges=("judge-long",), family_overrides={"judge-long": "qwen"}), client(url)
+        )
 
 
 def test_family_guard_override_runs_and_flags_the_report(fake_judge):
     _, url = fake_judge
-    opts = JudgeOptions(judges=("judge-long",), family_overrides={"judge-long": "qwen"}, allow_same_family=True)
+    opts = JudgeOptions(
+        judges=("judge-long",), family_overrides={"judge-long": "qwen"}, allow_same_family=True
+    )
     s = judge(make_pairs(4, candidate_longer=4), opts, client(url)).summary()
     assert s["wins"] == 4
     assert any("qwen" in f and "override" in f for f in s["flags"])
@@ -153,7 +159,9 @@ def test_rerun_is_answered_from_the_cache_and_costs_nothing(fake_judge, tmp_path
 def test_rubric_criteria_come_from_a_file_and_are_scored_per_variant(fake_judge, tmp_path):
     provider, url = fake_judge
     path = tmp_path / "rubric.yaml"
-    path.write_text("rubric: Prefer complete answers.\ncriteria:\n  - name: complete\n    description: Says why.\n")
+    path.write_text(
+        "rubric: Prefer complete answers.\ncriteria:\n  - name: complete\n    description: Says why.\n"
+    )
     criteria = Criteria.from_file(path)
     assert criteria.rubric == "Prefer complete answers." and criteria.checks[0].name == "complete"
     opts = JudgeOptions(judges=("judge-long",), criteria=criteria)
@@ -197,5 +205,8 @@ def test_shadow_pairs_join_baseline_rows_with_their_shadow_candidates(log_dir):
     with LogStore.open(log_dir) as store:
         pairs = shadow_pairs(store, "support")
     assert [p.call_id for p in pairs] == ids
-    assert [(p.prompt, p.baseline, p.candidate) for p in pairs] == [("user: q1", "b1", "c1"), ("user: q2", "b2", "c2")]
+    assert [(p.prompt, p.baseline, p.candidate) for p in pairs] == [
+        ("user: q1", "b1", "c1"),
+        ("user: q2", "b2", "c2"),
+    ]
     assert pairs[0].baseline_model == "gpt-4o-mini" and pairs[0].candidate_model == "qwen2.5-0.5b-lora"

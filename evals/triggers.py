@@ -1,0 +1,491 @@
+"""Retraining triggers: when a route's traffic or outcomes say so, start a new training round.
+
+A `TriggerPolicy` per route fires on any of:
+
+* **drift**: the last ``drift_windows`` stored drift reports of the route (made since the
+  last training) all found drift;
+* **new data**: at least ``new_examples`` served, successful calls since the last training;
+* **guardrail**: the JSON file that slow evals write (``guardrail_file``) says a guardrail
+  is breached: ``{"breached": true}`` at the top level, or an entry of ``guardrails`` (or
+  ``checks``) with ``"breached": true``; a file older than the last training is ignored.
+
+A firing runs the `Pipeline`: build dataset -> train -> fast eval -> register -> deploy.
+Every step is a plain callable ``step(ctx: PipelineContext) -> Any``, named in the policy
+as ``module:function`` (the trainer provides them); deploy defaults to the gateway admin
+API (``PATCH /admin/routes/{route}``, ``mode: shadow``: a new model never reaches users
+straight away). When the fast eval's result has ``wins`` false, the run stops there.
+
+Files, under ``<log_dir>/triggers/``::
+
+    policies.yaml            the policies (or policies.json)
+    state.json               per route: last training time, model, dataset, run
+    runs/<run_id>.json       every run: reasons, signals, each step's result; rewritten after each step
+    <route>.lock             held while a run is in progress
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import importlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from evals.drift import load_reports
+from evals.errors import TriggerError
+from gateway.store import LogStore
+from gateway.store.ids import new_id
+
+STEPS = ("build_dataset", "train", "evaluate", "register", "deploy")
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    """When to retrain one route, and which callables do the work."""
+
+    route: str
+    drift_windows: int | None = 3
+    """Fire after this many drifted reports in a row (None: never on drift)."""
+    new_examples: int | None = 1000
+    """Fire after this many new served calls since the last training (None: never on volume)."""
+    guardrail_file: str | None = None
+    """JSON written by slow evals; relative paths are under the log dir."""
+    steps: Mapping[str, str] = field(default_factory=dict)
+    """Step name -> ``module:function``."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Passed to every step (backend, base model, judges...)."""
+    enabled: bool = True
+
+
+def policies_path(log_dir: str) -> Path:
+    base = Path(log_dir) / "triggers"
+    for name in ("policies.yaml", "policies.yml", "policies.json"):
+        if (base / name).exists():
+            return base / name
+    return base / "policies.yaml"
+
+
+def load_policies(path: str | os.PathLike[str]) -> dict[str, TriggerPolicy]:
+    """Read ``{routes: {<route>: {drift_windows, new_examples, guardrail_file, steps, params}}}``."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise TriggerError(f"cannot read trigger policies {p}: {exc}") from exc
+    routes = (data or {}).get("routes") if isinstance(data, Mapping) else None
+    if not isinstance(routes, Mapping):
+        raise TriggerError(f"{p}: expected `routes:` mapping route names to policies")
+    known = {f.name for f in dataclasses.fields(TriggerPolicy)} - {"route"}
+    out = {}
+    for route, spec in routes.items():
+        spec = dict(spec or {})
+        unknown = set(spec) - known
+        if unknown:
+            raise TriggerError(f"{p}: route {route}: unknown keys {', '.join(sorted(unknown))}")
+        bad = set(spec.get("steps") or {}) - set(STEPS)
+        if bad:
+            raise TriggerError(
+                f"{p}: route {route}: unknown steps {', '.join(sorted(bad))} (steps: {', '.join(STEPS)})"
+            )
+        out[str(route)] = TriggerPolicy(route=str(route), **spec)
+    return out
+
+
+# -- state ---------------------------------------------------------------------------------
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat()
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_state(log_dir: str) -> dict[str, dict[str, Any]]:
+    path = Path(log_dir) / "triggers" / "state.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TriggerError(f"cannot read trigger state {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _update_state(log_dir: str, route: str, **values: Any) -> None:
+    state = load_state(log_dir)
+    state.setdefault(route, {}).update(values)
+    _write_json(Path(log_dir) / "triggers" / "state.json", state)
+
+
+def load_runs(log_dir: str, route: str | None = None) -> list[dict[str, Any]]:
+    """Recorded runs, oldest first."""
+    out = []
+    for p in sorted((Path(log_dir) / "triggers" / "runs").glob("trig_*.json")):
+        try:
+            run = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if route is None or run.get("route") == route:
+            out.append(run)
+    return out
+
+
+# -- evaluation ----------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """Whether a route's policy fires now, and the signals behind it."""
+
+    route: str
+    fire: bool
+    reasons: list[str]
+    signals: dict[str, Any]
+
+
+def _drift_streak(log_dir: str, route: str, since: dt.datetime | None) -> int:
+    streak = 0
+    for rep in reversed(load_reports(log_dir, route)):
+        created = _parse_time(rep.get("created_at"))
+        if since is not None and (created is None or created <= since):
+            break
+        if not rep.get("drifted"):
+            break
+        streak += 1
+    return streak
+
+
+def _new_examples(store: LogStore, route: str, since: dt.datetime | None) -> int:
+    rows = store.sql(
+        "SELECT count(*) AS n FROM calls WHERE route = $route AND served AND coalesce(status, 200) < 400 "
+        "AND ts > $since",
+        {"route": route, "since": since or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)},
+    )
+    return int(rows[0]["n"])
+
+
+def _guardrail(log_dir: str, path: str | None, since: dt.datetime | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    p = Path(path) if os.path.isabs(path) else Path(log_dir) / path
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"file": str(p), "breached": False, "missing": True}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TriggerError(f"cannot read guardrail file {p}: {exc}") from exc
+    written = (
+        _parse_time(data.get("created_at") or data.get("updated_at")) if isinstance(data, dict) else None
+    )
+    if written is None:
+        written = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC)
+    entries = []
+    if isinstance(data, dict):
+        entries = [e for e in (data.get("guardrails") or data.get("checks") or []) if isinstance(e, dict)]
+    breached = [str(e.get("name", "?")) for e in entries if e.get("breached")]
+    top = isinstance(data, dict) and bool(data.get("breached"))
+    stale = since is not None and written <= since
+    return {
+        "file": str(p),
+        "breached": (top or bool(breached)) and not stale,
+        "names": breached,
+        "stale": stale,
+    }
+
+
+def evaluate(policy: TriggerPolicy, log_dir: str, store: LogStore | None = None) -> Evaluation:
+    """Read the signals of ``policy``'s route and say whether it fires."""
+    state = load_state(log_dir).get(policy.route, {})
+    since = _parse_time(state.get("last_training_at"))
+    reasons: list[str] = []
+    signals: dict[str, Any] = {"last_training_at": state.get("last_training_at")}
+    if policy.drift_windows:
+        streak = _drift_streak(log_dir, policy.route, since)
+        signals["drift_streak"] = streak
+        if streak >= policy.drift_windows:
+            reasons.append(f"drift in {streak} windows in a row (policy: {policy.drift_windows})")
+    if policy.new_examples:
+        own = store is None
+        st = store or LogStore.open(log_dir)
+        try:
+            n = _new_examples(st, policy.route, since)
+        finally:
+            if own:
+                st.close()
+        signals["new_examples"] = n
+        if n >= policy.new_examples:
+            reasons.append(f"{n} new examples since the last training (policy: {policy.new_examples})")
+    guard = _guardrail(log_dir, policy.guardrail_file, since)
+    if guard is not None:
+        signals["guardrail"] = guard
+        if guard["breached"]:
+            names = ", ".join(guard["names"]) or "slow-eval guardrail"
+            reasons.append(f"guardrail breached: {names}")
+    return Evaluation(policy.route, bool(reasons) and policy.enabled, reasons, signals)
+
+
+# -- pipeline ------------------------------------------------------------------------------
+@dataclass
+class PipelineContext:
+    """What a step sees: the route, its policy, why we run, and the earlier steps' results."""
+
+    route: str
+    policy: TriggerPolicy
+    log_dir: str
+    run_id: str
+    reason: str
+    since: dt.datetime | None
+    """Last training time: data after it is new."""
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+Step = Callable[[PipelineContext], Any]
+
+
+def _not_connected(name: str) -> Step:
+    def step(ctx: PipelineContext) -> Any:
+        raise TriggerError(
+            f"no {name} step configured for route {ctx.route}: set steps.{name} to module:function"
+        )
+
+    step.__qualname__ = f"not_connected({name})"
+    return step
+
+
+def load_step(spec: str) -> Step:
+    """A step callable from ``module:function``."""
+    module, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise TriggerError(f"cannot load step {spec}: {exc}") from exc
+    if not callable(fn):
+        raise TriggerError(f"step {spec} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+class AdminDeploy:
+    """Deploy step: make the registered model the route's candidate in shadow mode via the admin API."""
+
+    def __init__(self, url: str = DEFAULT_ADMIN_URL, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def __call__(self, ctx: PipelineContext) -> dict[str, Any]:
+        name = ctx.results.get("register") or ctx.results.get("train")
+        if isinstance(name, Mapping):
+            name = name.get("name") or name.get("model")
+        if not name:
+            raise TriggerError("nothing to deploy: register returned no model name", step="deploy")
+        body = {"candidate": str(name), "mode": "shadow", "reason": f"trigger {ctx.run_id}: {ctx.reason}"}
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            resp = httpx.patch(
+                f"{self.url}/admin/routes/{ctx.route}", json=body, headers=headers, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise TriggerError(
+                f"cannot reach the gateway admin API at {self.url}: {exc!r}", step="deploy"
+            ) from exc
+        if resp.status_code >= 400:
+            raise TriggerError(
+                f"admin API refused the deploy: HTTP {resp.status_code}: {resp.text[:200]}", step="deploy"
+            )
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = resp.text[:200]
+        return {"candidate": str(name), "mode": "shadow", "admin_response": answer}
+
+
+@dataclass
+class Pipeline:
+    """The five steps, in order."""
+
+    build_dataset: Step
+    train: Step
+    evaluate: Step
+    register: Step
+    deploy: Step
+
+    @classmethod
+    def from_policy(
+        cls,
+        policy: TriggerPolicy,
+        *,
+        admin_url: str = DEFAULT_ADMIN_URL,
+        admin_token: str | None = None,
+        overrides: Mapping[str, Step] | None = None,
+    ) -> Pipeline:
+        steps: dict[str, Step] = {name: _not_connected(name) for name in STEPS}
+        steps["deploy"] = AdminDeploy(admin_url, admin_token)
+        steps.update({name: load_step(spec) for name, spec in policy.steps.items()})
+        steps.update(overrides or {})
+        return cls(**steps)
+
+    def describe(self) -> list[dict[str, str]]:
+        out = []
+        for name in STEPS:
+            fn = getattr(self, name)
+            target = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+            if isinstance(fn, AdminDeploy):
+                target = f"PATCH {fn.url}/admin/routes/<route> (mode shadow)"
+            out.append({"step": name, "target": target})
+        return out
+
+
+@contextlib.contextmanager
+def _route_lock(log_dir: str, route: str) -> Iterator[None]:
+    path = Path(log_dir) / "triggers" / f"{route}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise TriggerError(f"a trigger run for route {route} is already in progress") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+def _wins(result: Any) -> bool:
+    if isinstance(result, Mapping):
+        return bool(result.get("wins", result.get("candidate_wins", False)))
+    return bool(getattr(result, "wins", result))
+
+
+def run(
+    policy: TriggerPolicy,
+    log_dir: str,
+    pipeline: Pipeline,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    store: LogStore | None = None,
+) -> dict[str, Any]:
+    """Evaluate the policy and, when it fires (or ``force``), run the pipeline; returns the run record.
+
+    A dry run or a policy that does not fire writes nothing and returns ``status``
+    ``dry_run`` or ``not_triggered`` with the signals and the steps that would run.
+    """
+    ev = evaluate(policy, log_dir, store)
+    reasons = list(ev.reasons) or (["forced by operator"] if force else [])
+    record: dict[str, Any] = {
+        "route": policy.route,
+        "reasons": reasons,
+        "forced": force and not ev.fire,
+        "signals": ev.signals,
+        "steps": [],
+    }
+    if dry_run or not (ev.fire or force):
+        record["status"] = "dry_run" if dry_run else "not_triggered"
+        record["would_run"] = ev.fire or force
+        record["plan"] = pipeline.describe()
+        return record
+    run_id = new_id("trig")
+    started = _now()
+    record.update(run_id=run_id, started_at=_iso(started), status="running")
+    path = Path(log_dir) / "triggers" / "runs" / f"{run_id}.json"
+    since = _parse_time(ev.signals.get("last_training_at"))
+    ctx = PipelineContext(policy.route, policy, log_dir, run_id, "; ".join(reasons), since)
+    with _route_lock(log_dir, policy.route):
+        _write_json(path, record)
+        for name in STEPS:
+            entry: dict[str, Any] = {"step": name, "started_at": _iso(_now()), "status": "running"}
+            record["steps"].append(entry)
+            _write_json(path, record)
+            try:
+                result = getattr(pipeline, name)(ctx)
+            except Exception as exc:  # a step is user code: record whatever it raised
+                entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=_iso(_now()))
+                record["status"] = "failed"
+                break
+            ctx.results[name] = result
+            entry.update(status="ok", result=_jsonable(result), finished_at=_iso(_now()))
+            if name == "train":
+                _update_state(log_dir, policy.route, last_training_at=_iso(started), last_run_id=run_id)
+            if name == "evaluate" and not _wins(result):
+                record["status"] = "rejected"
+                break
+        else:
+            record["status"] = "deployed"
+            deployed = ctx.results.get("deploy") or {}
+            _update_state(
+                log_dir,
+                policy.route,
+                last_deployed_model=deployed.get("candidate")
+                if isinstance(deployed, Mapping)
+                else str(deployed),
+                last_deployed_at=_iso(_now()),
+            )
+        record["finished_at"] = _iso(_now())
+        _write_json(path, record)
+    _update_state(
+        log_dir, policy.route, last_run_id=run_id, last_run_status=record["status"], last_reason=ctx.reason
+    )
+    return record
+
+
+def status(log_dir: str, policies: Mapping[str, TriggerPolicy]) -> list[dict[str, Any]]:
+    """Per route: policy, state, whether it would fire now, and its last run."""
+    state = load_state(log_dir)
+    routes = sorted(set(policies) | set(state))
+    out = []
+    store = LogStore.open(log_dir) if any(p.new_examples for p in policies.values()) else None
+    try:
+        for route in routes:
+            policy = policies.get(route)
+            runs = load_runs(log_dir, route)
+            entry: dict[str, Any] = {
+                "route": route,
+                "policy": dataclasses.asdict(policy) if policy else None,
+                "state": state.get(route, {}),
+                "runs": len(runs),
+                "last_run": runs[-1] if runs else None,
+            }
+            if policy is not None:
+                ev = evaluate(policy, log_dir, store)
+                entry.update(would_fire=ev.fire, reasons=ev.reasons, signals=ev.signals)
+            out.append(entry)
+    finally:
+        if store is not None:
+            store.close()
+    return out
