@@ -30,17 +30,16 @@ from gateway.store import LogStore, LogWriter
 from gateway.store.ids import new_id
 
 DASHBOARD = """
-SELECT date_trunc('day', ts) AS day, route, variant,
+SELECT date_trunc('day', ts) AS day, variant,
        count(*) AS calls,
-       avg(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS error_rate,
-       quantile_cont(latency_ms, 0.95) AS p95_ms
-FROM calls WHERE served GROUP BY ALL ORDER BY ALL
+       avg(CASE WHEN status >= 400 THEN 1.0 ELSE 0.0 END) AS error_rate
+FROM calls WHERE route = 'route-1' AND served GROUP BY ALL ORDER BY ALL
 """
 
 
 def realistic_record(i: int) -> dict:
-    user_text = ("Please extract the order number and the delivery date from this message: " * 8)[:900]
-    answer = json.dumps({"order": f"A-{i:08d}", "date": "2024-03-14", "notes": "x" * 400})
+    user_text = ("Please extract the order number and the delivery date from this message: " * 8)[:560]
+    answer = json.dumps({"order": f"A-{i:08d}", "date": "2024-03-14", "notes": "x" * 120})
     request = json.dumps(
         {
             "model": "support-bot",
@@ -74,7 +73,7 @@ def realistic_record(i: int) -> dict:
         "price_out": 10.0,
     }
     if i % 2:
-        pieces = [answer[k : k + 16] for k in range(0, len(answer), 16)]
+        pieces = [answer[k : k + 12] for k in range(0, len(answer), 12)]
         chunks = [
             'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":%s}}]}\n\n'
             % json.dumps(p)
@@ -142,7 +141,7 @@ def generate(log_dir: str, n: int) -> None:
           SELECT 1::SMALLINT AS schema_version,
                  'call_' || lpad(i::VARCHAR, 26, '0') AS call_id,
                  NULL::VARCHAR AS parent_call_id,
-                 (TIMESTAMPTZ '2026-10-01 00:00:00+00' + to_microseconds((i * 2592000000000 // {n})::BIGINT)) AS ts,
+                 (TIMESTAMPTZ '2026-10-01 00:00:00+00' + to_microseconds((i::HUGEINT * 2592000000000 // {n})::BIGINT)) AS ts,
                  'chat.completions' AS endpoint,
                  'route-' || (i % 5)::VARCHAR AS route,
                  CASE WHEN i % 10 = 0 THEN 'candidate' ELSE 'baseline' END AS variant,

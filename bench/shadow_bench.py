@@ -75,7 +75,9 @@ class Bench:
         import yaml
 
         up = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "_upstream"], stdout=subprocess.PIPE, start_new_session=True
+            [sys.executable, os.path.abspath(__file__), "_upstream"],
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
         self.procs.append(up)
         assert up.stdout is not None
@@ -99,8 +101,20 @@ class Bench:
         gw_port = _free_port()
         self.gateway = f"http://127.0.0.1:{gw_port}"
         gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", path, "--port", str(gw_port),
-             "--workers", "1", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                path,
+                "--port",
+                str(gw_port),
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+            ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -124,7 +138,9 @@ class Bench:
     def route(self, **changes: Any) -> None:
         import httpx
 
-        r = httpx.patch(self.gateway + "/admin/routes/bot", json={**changes, "reason": "shadow bench"}, timeout=10)
+        r = httpx.patch(
+            self.gateway + "/admin/routes/bot", json={**changes, "reason": "shadow bench"}, timeout=10
+        )
         r.raise_for_status()
 
     def shadow_status(self) -> dict[str, Any]:
@@ -154,7 +170,11 @@ class Bench:
             nonlocal failures
             i = 0
             while time.perf_counter() < stop_at:
-                body = {"model": "bot", "messages": [{"role": "user", "content": f"question {n}-{i}"}], "user": f"u{n}"}
+                body = {
+                    "model": "bot",
+                    "messages": [{"role": "user", "content": f"question {n}-{i}"}],
+                    "user": f"u{n}",
+                }
                 t0 = time.perf_counter()
                 async with session.post(url, json=body) as resp:
                     await resp.read()
@@ -188,12 +208,18 @@ def _skipped(status: dict[str, Any]) -> dict[str, int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per phase and round")
     p.add_argument("--rounds", type=int, default=2, help="off/shadow rounds, alternated")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent closed-loop users")
-    p.add_argument("--delay", type=float, default=0.05, help="upstream answer delay (s), baseline and candidate")
-    p.add_argument("--slow-delay", type=float, default=0.25, help="slow candidate's delay (s), for the skip phase")
+    p.add_argument(
+        "--delay", type=float, default=0.05, help="upstream answer delay (s), baseline and candidate"
+    )
+    p.add_argument(
+        "--slow-delay", type=float, default=0.25, help="slow candidate's delay (s), for the skip phase"
+    )
     p.add_argument("--max-in-flight", type=int, default=16, help="shadow.max_in_flight")
     p.add_argument("--queue-size", type=int, default=32, help="shadow.queue_size")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first")
@@ -232,10 +258,16 @@ def main() -> None:
         f"{args.rounds} round(s) x {args.duration:g} s per mode, one worker, loopback"
     )
     print(f"{'mode':<22}{'requests':>10}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
-    rows = [("off", results["off"], failures["off"], total), ("shadow 100%", results["shadow"], failures["shadow"], total)]
-    rows.append((f"shadow, slow candidate", slow_lat, slow_failed, args.duration))
+    rows = [
+        ("off", results["off"], failures["off"], total),
+        ("shadow 100%", results["shadow"], failures["shadow"], total),
+    ]
+    rows.append(("shadow, slow candidate", slow_lat, slow_failed, args.duration))
     for name, lat, failed, secs in rows:
-        print(f"{name:<22}{len(lat):>10}{len(lat) / secs:>9.0f}{_pct(lat, 0.5):>10.2f}{_pct(lat, 0.99):>10.2f}{failed:>8}")
+        print(
+            f"{name:<22}{len(lat):>10}{len(lat) / secs:>9.0f}"
+            f"{_pct(lat, 0.5):>10.2f}{_pct(lat, 0.99):>10.2f}{failed:>8}"
+        )
     p50 = _pct(results["shadow"], 0.5) / _pct(results["off"], 0.5)
     p99 = _pct(results["shadow"], 0.99) / _pct(results["off"], 0.99)
     print(f"\nshadow / off:  p50 x{p50:.3f}   p99 x{p99:.3f}   (target: p99 within 10 %, x1.100)")

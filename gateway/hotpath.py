@@ -374,7 +374,8 @@ class HotPath:
         elif reply is not None:
             row["status"] = reply.status
             if body is None and reply.status >= 400:  # a failed attempt whose body was not read (fallback)
-                row["error_type"], row["error_message"] = "upstream_error", f"upstream answered {reply.status}"
+                row["error_type"] = "upstream_error"
+                row["error_message"] = f"upstream answered {reply.status}"
             if body is not None:
                 data, first = body
                 if attempt.error is None and reply.status >= 400:

@@ -54,44 +54,98 @@ def parse_lines(data: bytes, *, strict_tail: bool = False) -> tuple[list[dict[st
     return records, corrupt
 
 
+def _sse_payloads(sse: str) -> list[Any]:
+    """The JSON objects of an SSE text, parsed in one ``orjson.loads`` when the stream is
+    plain ``data: {...}`` events (the common case), line by line otherwise."""
+    body = sse.replace("data: [DONE]", "").strip()
+    if body.startswith("data: "):
+        try:
+            parsed = orjson.loads("[" + body[6:].replace("\n\ndata: ", ",") + "]")
+            if isinstance(parsed, list):
+                return parsed
+        except orjson.JSONDecodeError:
+            pass
+    out = []
+    for line in sse.splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload or payload == "[DONE]":
+            continue
+        try:
+            out.append(orjson.loads(payload))
+        except orjson.JSONDecodeError:
+            continue
+    return out
+
+
 def assemble_stream(sse: str) -> dict[str, Any]:
     """Rebuild a ``chat.completion`` object from the SSE text of a streamed completion.
 
     Concatenates content and tool-call argument deltas per choice, keeps the finish
-    reasons, the usage chunk (``stream_options.include_usage``) and logprobs.
+    reasons, the usage chunk (``stream_options.include_usage``) and logprobs. The common
+    case — one choice, text deltas only — takes a fast path.
     """
+    chunks = [c for c in _sse_payloads(sse) if isinstance(c, dict)]
+    if '"tool_calls"' not in sse and '"error"' not in sse and '"index":1' not in sse and '"index": 1' not in sse:
+        fast = _assemble_text_stream(chunks)
+        if fast is not None:
+            return fast
     base: dict[str, Any] = {}
-    choices: dict[int, dict[str, Any]] = {}
     usage = None
     error = None
-    for block in sse.split("\n\n"):
-        for line in block.split("\n"):
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if not payload or payload == "[DONE]":
-                continue
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(chunk, dict):
-                continue
+    texts: list[str] = []
+    role = None
+    finish = None
+    simple = True
+    for chunk in chunks:
+        if "error" in chunk:
+            error = chunk["error"]
+            continue
+        if not base:
+            base = chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not choices:
+            continue
+        if len(choices) > 1:
+            simple = False
+            break
+        ch = choices[0]
+        delta = ch.get("delta") or {}
+        if ch.get("index", 0) != 0 or "tool_calls" in delta or ch.get("logprobs") or delta.get("refusal"):
+            simple = False
+            break
+        piece = delta.get("content")
+        if piece:
+            texts.append(piece)
+        if delta.get("role"):
+            role = delta["role"]
+        if ch.get("finish_reason"):
+            finish = ch["finish_reason"]
+    if simple:
+        choice_list = (
+            [{"index": 0, "message": {"role": role or "assistant", "content": "".join(texts) or None}, "finish_reason": finish}]
+            if texts or role or finish
+            else []
+        )
+    else:
+        merged: dict[int, dict[str, Any]] = {}
+        for chunk in chunks:
             if "error" in chunk:
-                error = chunk["error"]
                 continue
-            if not base:
-                base = {k: chunk.get(k) for k in ("id", "model", "created", "system_fingerprint")}
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for ch in chunk.get("choices") or ():
-                _merge_choice(choices, ch)
+                _merge_choice(merged, ch)
+        choice_list = [_finish_choice(merged[i]) for i in sorted(merged)]
     out: dict[str, Any] = {
         "id": base.get("id"),
         "object": "chat.completion",
         "created": base.get("created"),
         "model": base.get("model"),
-        "choices": [_finish_choice(choices[i]) for i in sorted(choices)],
+        "choices": choice_list,
     }
     if base.get("system_fingerprint"):
         out["system_fingerprint"] = base["system_fingerprint"]
@@ -99,6 +153,38 @@ def assemble_stream(sse: str) -> dict[str, Any]:
         out["usage"] = usage
     if error is not None:
         out["error"] = error
+    return out
+
+
+def _assemble_text_stream(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One choice of plain text deltas (most streams): comprehensions only; None if not that shape."""
+    try:
+        with_choices = [c["choices"][0] for c in chunks if c.get("choices")]
+        deltas = [ch["delta"] for ch in with_choices]
+        if any(ch.get("logprobs") or ch.get("index", 0) for ch in with_choices) or any(
+            "refusal" in d and d["refusal"] for d in deltas
+        ):
+            return None
+        text = "".join([d.get("content") or "" for d in deltas])
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    base = chunks[0] if chunks else {}
+    finish = next((ch["finish_reason"] for ch in reversed(with_choices) if ch.get("finish_reason")), None)
+    role = next((d["role"] for d in deltas if d.get("role")), "assistant")
+    out: dict[str, Any] = {
+        "id": base.get("id"),
+        "object": "chat.completion",
+        "created": base.get("created"),
+        "model": base.get("model"),
+        "choices": [{"index": 0, "message": {"role": role, "content": text or None}, "finish_reason": finish}]
+        if with_choices
+        else [],
+    }
+    if base.get("system_fingerprint"):
+        out["system_fingerprint"] = base["system_fingerprint"]
+    usage = next((c["usage"] for c in reversed(chunks) if c.get("usage")), None)
+    if usage is not None:
+        out["usage"] = usage
     return out
 
 
@@ -195,6 +281,16 @@ def _ts(us: Any) -> dt.datetime:
     return dt.datetime.fromisoformat(str(us))
 
 
+def _ts_us(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1_000_000)
+    return int(dt.datetime.fromisoformat(str(value)).timestamp() * 1_000_000)
+
+
 def derive(table: str, rec: dict[str, Any]) -> dict[str, Any]:
     """A copy of a WAL record with its derived columns filled (see the module docstring)."""
     return _derive_call(dict(rec)) if table == "calls" else rec
@@ -203,17 +299,15 @@ def derive(table: str, rec: dict[str, Any]) -> dict[str, Any]:
 def to_table(table: str, records: Iterable[dict[str, Any]], *, derived: bool = False) -> pa.Table:
     """Build an Arrow table of ``table``'s schema from WAL records (derived columns filled)."""
     schema = TABLES[table]
-    cols: dict[str, list[Any]] = {name: [] for name in schema.names}
-    for rec in records:
-        if not derived:
-            rec = derive(table, rec)
-        for name, col in cols.items():
-            if name == "ts":
-                col.append(_ts(rec["ts"]))
-            elif name == "schema_version":
-                col.append(rec.get(name, SCHEMA_VERSION))
-            else:
-                col.append(rec.get(name))
+    rows = list(records) if derived else [derive(table, r) for r in records]
+    cols: dict[str, Any] = {}
+    for name in schema.names:
+        if name == "ts":
+            cols[name] = [_ts_us(r["ts"]) for r in rows]
+        elif name == "schema_version":
+            cols[name] = [r.get(name, SCHEMA_VERSION) for r in rows]
+        else:
+            cols[name] = [r.get(name) for r in rows]
     return pa.Table.from_pydict(cols, schema=schema)
 
 
