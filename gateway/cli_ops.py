@@ -371,4 +371,45 @@ def routes_history(route: str | None, url: str, admin_token: str | None, as_json
         click.echo(f"v{h['version']}  {when}  {h.get('route') or h.get('upstream')}  by {h['actor']}  {what}  ({h.get('reason') or ''})")
 
 
-COMMANDS = [logs, routes]
+# -- feedback ------------------------------------------------------------------------------
+@click.group()
+def feedback() -> None:
+    """Outcome signals posted against a call."""
+
+
+@feedback.command("add")
+@click.argument("call_id")
+@click.argument("kind")
+@click.argument("value")
+@click.option("--comment", help="Free text.")
+@click.option("--user", help="Who gave the feedback.")
+@click.option("--url", default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"), show_default="http://127.0.0.1:8000")
+@click.option("--api-key", default=lambda: os.environ.get("SHADOWTUNE_API_KEY"), help="Client key (env SHADOWTUNE_API_KEY).")
+def feedback_add(
+    call_id: str, kind: str, value: str, comment: str | None, user: str | None, url: str, api_key: str | None
+) -> None:
+    """Record feedback, e.g. `feedback add call_01J... thumbs down` or `... rating 4`."""
+    import httpx
+
+    parsed: Any = value
+    if kind in ("rating",) or kind not in ("thumbs", "choice", "flag"):
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = {"true": True, "false": False}.get(value.lower(), value)
+    body = {"call_id": call_id, "kind": kind, "value": parsed, "comment": comment, "user": user}
+    body = {k: v for k, v in body.items() if v is not None}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = httpx.post(url.rstrip("/") + "/v1/feedback", json=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from None
+    data = resp.json()
+    if resp.status_code >= 400:
+        err = data.get("error") or {}
+        param = f" ({err['param']})" if err.get("param") else ""
+        raise click.ClickException(f"{resp.status_code}: {err.get('message')}{param}")
+    click.echo(data["id"])
+
+
+COMMANDS = [logs, routes, feedback]

@@ -152,9 +152,9 @@ class TelemetryConfig(_Section):
 class SignalsConfig(_Section):
     custom_metrics: list[dict[str, Any]] = Field(default_factory=list)
     """Named feedback metrics: ``{name, type: bool|float, higher_is_better, min, max}``."""
-    rating_min: float = 1
+    rating_min: float = 1.0
     """Lowest accepted rating."""
-    rating_max: float = 5
+    rating_max: float = 5.0
     """Highest accepted rating."""
     regeneration_window_s: float = 600
     """A conversation sent again within this many seconds marks the earlier call regenerated."""
@@ -275,10 +275,14 @@ def reference_markdown() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, key + ".")
                 continue
-            default = field.get_default(call_default_factory=True)
-            doc = " ".join((field.description or "").split())
-            env = "SHADOWTUNE_" + key.replace(".", "__").upper()
-            lines.append(f"| `{key}` | `{env}` | `{default!r}` | {doc} |")
+            item = {"upstreams": UpstreamConfig, "routes": RouteConfig}.get(key)
+            if item is not None:
+                walk(item, f"{key}.<name>.")
+                continue
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            doc = " ".join((field.description or "").split()).replace("``", "`")
+            env = "SHADOWTUNE_" + key.replace(".", "__").replace("<NAME>", "<name>").upper()
+            lines.append(f"| `{key}` | `{env}` | `{default}` | {doc} |")
 
     walk(Settings, "")
     return "\n".join(lines)

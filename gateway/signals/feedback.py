@@ -199,6 +199,7 @@ def _number(raw: Any, what: str) -> float:
 
 
 def _num_text(num: float) -> str:
+    num = float(num)  # config bounds may be ints
     return str(int(num)) if num.is_integer() else repr(num)
 
 
