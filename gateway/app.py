@@ -75,8 +75,7 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
         compact_interval=store.compact_interval,
         retention_days=store.retention_days,
     )
-    key_dir = layout.local_path(store.log_dir) if not layout.is_remote(store.log_dir) else "."
-    auth = Authenticator(key_dir, settings.server.auth)
+    auth = Authenticator(store.state_path, settings.server.auth)
     routes = RouteStateStore(settings)
     shadow = ShadowRunner(settings.shadow.max_in_flight, settings.shadow.queue_size)
     hot = HotPath(settings, writer, routes, auth, shadow)
@@ -148,7 +147,7 @@ async def _detect_regenerations(settings: Settings, writer: LogWriter) -> None:
     from gateway.store import LogStore
 
     signals = settings.signals
-    log_dir = layout.local_path(settings.store.log_dir)
+    log_dir = settings.store.state_path
 
     def run_once() -> int:
         os.makedirs(log_dir, exist_ok=True)

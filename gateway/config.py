@@ -113,10 +113,15 @@ class RedactConfig(_Section):
 
 
 class StoreConfig(_Section):
+    """Where and how the call log is written."""
+
     log_dir: str = "./shadowtune-data"
     """Directory (or ``s3://bucket/prefix`` URI) of the call log."""
     wal_dir: str | None = None
     """Local directory for the write-ahead log (default ``<log_dir>/wal``; required for object stores)."""
+    state_dir: str | None = None
+    """Directory of the live route state and client keys (default: the log directory; required, and shared
+    by all replicas, when the log is in object storage)."""
     flush_interval: float = 1.0
     """Seconds between Parquet flushes."""
     max_pending: int = 100_000
@@ -129,6 +134,14 @@ class StoreConfig(_Section):
     """Seconds between compactions of small Parquet files (0: never)."""
     redact: RedactConfig = Field(default_factory=RedactConfig)
     """Redaction applied before rows are written."""
+
+    @property
+    def state_path(self) -> str:
+        if self.state_dir:
+            return self.state_dir
+        if "://" in self.log_dir and not self.log_dir.startswith("file://"):
+            return os.path.abspath("shadowtune-state")
+        return self.log_dir.removeprefix("file://")
 
 
 class ShadowConfig(_Section):

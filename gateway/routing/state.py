@@ -91,7 +91,7 @@ class RouteStateStore:
     """The state file, its history, and the in-memory snapshot of one worker."""
 
     def __init__(self, settings: Settings, *, poll_interval: float = 0.5) -> None:
-        self.dir = os.path.join(_local(settings.store.log_dir), "routes")
+        self.dir = os.path.join(settings.store.state_path, "routes")
         self.path = os.path.join(self.dir, "state.json")
         self.history_path = os.path.join(self.dir, "history.jsonl")
         self.poll_interval = poll_interval
@@ -247,7 +247,3 @@ def _from_config(name: str, rc: RouteConfig) -> RouteState:
         salt=rc.salt,
         store_bodies=rc.store_bodies,
     )
-
-
-def _local(log_dir: str) -> str:
-    return log_dir[len("file://") :] if log_dir.startswith("file://") else log_dir
