@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import __version__
+from gateway import __version__, jobs
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import GatewayError, InvalidRequest, error_body, error_dict
@@ -96,10 +96,7 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
         await asyncio.to_thread(writer.start)
         if auth.open:
             log.warning("client authentication is OFF (open mode): create a key with 'shadowtune keys create'")
-        loop = asyncio.get_running_loop()
-        background = [loop.create_task(_poll_routes(routes))]
-        if settings.signals.detect_interval_s > 0:
-            background.append(loop.create_task(_detect_regenerations(settings, writer)))
+        background = jobs.start(ctx)
         try:
             yield
         finally:
@@ -125,58 +122,6 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
 
         api.include_router(review.router)
     return GatewayApp(ctx, api)
-
-
-async def _poll_routes(routes: RouteStateStore) -> None:
-    while True:
-        await asyncio.sleep(routes.poll_interval)
-        try:
-            if await asyncio.to_thread(routes.reload):
-                log.info("route state version %d loaded", routes.snapshot.version)
-        except Exception as exc:  # keep polling whatever happens
-            log.error("route state poll failed: %r", exc)
-
-
-async def _detect_regenerations(settings: Settings, writer: LogWriter) -> None:
-    """Mark regenerated calls from the log, in one worker/replica at a time (flock leader)."""
-    import fcntl
-    import os
-    import time
-
-    from gateway.signals.regeneration import detect_regenerations, record_regenerations
-    from gateway.store import LogStore
-
-    signals = settings.signals
-    log_dir = settings.store.state_path
-
-    def run_once() -> int:
-        os.makedirs(log_dir, exist_ok=True)
-        fd = os.open(os.path.join(log_dir, "signals.lock"), os.O_CREAT | os.O_RDWR)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return 0
-            store = LogStore.open(settings.store.log_dir, wal_dir=settings.store.wal_dir)
-            try:
-                since = time.time() - 2 * signals.regeneration_window_s - signals.detect_interval_s
-                events = detect_regenerations(
-                    store, since, signals.regeneration_window_s, rephrase=signals.detect_rephrase
-                )
-                return record_regenerations(writer, events)
-            finally:
-                store.close()
-        finally:
-            os.close(fd)
-
-    while True:
-        await asyncio.sleep(signals.detect_interval_s)
-        try:
-            n = await asyncio.to_thread(run_once)
-            if n:
-                log.info("marked %d regenerated call(s)", n)
-        except Exception as exc:  # keep detecting whatever happens
-            log.warning("regeneration detection failed: %r", exc)
 
 
 def _install_error_handlers(api: FastAPI) -> None:

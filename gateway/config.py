@@ -177,6 +177,26 @@ class SignalsConfig(_Section):
     """Seconds between regeneration detection runs over the log (0: off; one worker/replica runs it)."""
 
 
+class DriftCheckConfig(_Section):
+    """A drift check the gateway runs on a schedule (``shadowtune drift check``; needs the ``evals`` extra)."""
+
+    route: str
+    """Route whose live traffic is checked."""
+    reference: str = "window"
+    """``window`` (the period before ``current``), ``window:7d``, or ``dataset:NAME`` (what the model learned from)."""
+    current: str = "24h"
+    """The live window compared with the reference."""
+    every_s: float = 3600
+    """Seconds between runs."""
+    timeout_s: float = 600
+    """A run taking longer is stopped."""
+
+
+class DriftConfig(_Section):
+    checks: list[DriftCheckConfig] = Field(default_factory=list)
+    """Scheduled drift checks; scores are exported as OpenTelemetry metrics and span events."""
+
+
 class _FileSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
         super().__init__(settings_cls)
@@ -211,6 +231,8 @@ class Settings(BaseSettings):
     """OpenTelemetry and Prometheus."""
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     """Outcome signals (feedback, regenerations)."""
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Scheduled drift checks."""
 
     @classmethod
     def settings_customise_sources(

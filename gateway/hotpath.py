@@ -412,7 +412,7 @@ class HotPath:
             attempt.reply.close()
         upstream_s = (time.perf_counter() - attempt.started) if attempt is not None else 0.0
         self._finish(rec, t0, upstream_s, None)
-        await send_error(send, exc, rec["call_id"])
+        await send_error(send, exc, rec["call_id"], rec["overhead_ms"])
 
     async def close(self) -> None:
         await self.shadow.drain()
@@ -420,10 +420,14 @@ class HotPath:
 
 
 # -- helpers --------------------------------------------------------------------------------
-async def send_error(send: Send, exc: GatewayError, call_id: str | None = None) -> None:
+async def send_error(
+    send: Send, exc: GatewayError, call_id: str | None = None, overhead_ms: float | None = None
+) -> None:
     headers = [_JSON]
     if call_id:
         headers.append((b"x-request-id", call_id.encode()))
+    if overhead_ms is not None:
+        headers.append((b"x-shadowtune-overhead-ms", f"{overhead_ms:.3f}".encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": exc.body()})
 

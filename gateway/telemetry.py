@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -152,7 +152,16 @@ class Telemetry:
         m.create_observable_counter("shadowtune.shadow.skipped", [self._shadow_skipped], unit="{call}")
         m.create_observable_gauge("shadowtune.log.backlog", [self._log_backlog], unit="By")
         m.create_observable_counter("shadowtune.log.dropped", [self._log_dropped], unit="{record}")
-        self.drift = m.create_histogram("shadowtune.drift.score", unit="1", description="Drift check scores")
+        self._drift: dict[str, dict[str, Any]] = {}
+        m.create_observable_gauge(
+            "shadowtune.drift.statistic", [self._drift_obs("statistic")], description="Latest drift check statistic"
+        )
+        m.create_observable_gauge(
+            "shadowtune.drift.threshold", [self._drift_obs("threshold")], description="Its alarm threshold"
+        )
+        m.create_observable_gauge(
+            "shadowtune.drift.detected", [self._drift_obs("drifted")], description="1 when the check fired"
+        )
 
     # -- observable callbacks -----------------------------------------------------------
     def _shadow_depth(self, _: CallbackOptions) -> list[Observation]:
@@ -304,10 +313,39 @@ class Telemetry:
             span.add_event("gen_ai.first_token", timestamp=start_ns + int(rec["ttft_ms"] * 1e6))
         span.end(end_time=end_ns)
 
-    def drift_scores(self, route: str, scores: dict[str, float]) -> None:
-        """Export drift check scores (called by whoever runs the checks)."""
-        for name, value in scores.items():
-            self.drift.record(value, {"shadowtune.route": route, "shadowtune.drift.check": name})
+    def _drift_obs(self, field: str) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(_: CallbackOptions) -> list[Observation]:
+            out = []
+            for route, report in list(self._drift.items()):
+                for check in report.get("checks", ()):
+                    value = check.get(field)
+                    if value is not None:
+                        attrs = {"shadowtune.route": route, "shadowtune.drift.check": str(check.get("name"))}
+                        out.append(Observation(float(value), attrs))
+            return out
+
+        return observe
+
+    def record_drift(self, route: str, report: dict[str, Any]) -> None:
+        """Keep a drift report's scores as gauges, and record the check as a span with one event per check."""
+        self._drift[route] = report
+        if self.tracer_provider is None:
+            return
+        span = self.tracer.start_span(
+            f"drift check {route}",
+            attributes={"shadowtune.route": route, "shadowtune.drift.detected": bool(report.get("drifted"))},
+        )
+        for check in report.get("checks", ()):
+            span.add_event(
+                "shadowtune.drift.check",
+                {
+                    "shadowtune.drift.check": str(check.get("name")),
+                    "shadowtune.drift.statistic": float(check.get("statistic") or 0.0),
+                    "shadowtune.drift.threshold": float(check.get("threshold") or 0.0),
+                    "shadowtune.drift.detected": bool(check.get("drifted")),
+                },
+            )
+        span.end()
 
     def prometheus(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -221,7 +221,8 @@ class LogWriter:
                 try:
                     os.makedirs(self.wal_dir, exist_ok=True)  # the log may be back after a failed start
                     if self._lock_fd is None:
-                        self._lock_fd = os.open(os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR)
+                        lock_path = os.path.join(self.wal_dir, f"{self.writer_id}.lock")
+                        self._lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
                         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     self._open_segment()
                 except OSError as exc:

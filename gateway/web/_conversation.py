@@ -46,7 +46,7 @@ def _tool_calls(raw: Any) -> list[dict[str, str]]:
     for tc in raw if isinstance(raw, list) else ():
         if not isinstance(tc, dict):
             continue
-        fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
+        fn: dict[str, Any] = tc["function"] if isinstance(tc.get("function"), dict) else {}
         args = fn.get("arguments", "")
         parsed = _loads(args) if isinstance(args, str) else args
         pretty = json.dumps(parsed, indent=2, ensure_ascii=False) if parsed is not None else str(args)
@@ -94,7 +94,10 @@ def answer(call: dict[str, Any]) -> dict[str, Any]:
         if isinstance(first, dict) and isinstance(first.get("message"), dict):
             message = first["message"]
     content = _content_text(message.get("content")) if message else ""
-    return {"content": content or call.get("output_text") or "", "tool_calls": _tool_calls(message.get("tool_calls"))}
+    return {
+        "content": content or call.get("output_text") or "",
+        "tool_calls": _tool_calls(message.get("tool_calls")),
+    }
 
 
 def last_user_text(request_json: str | None, limit: int = 140) -> str:

@@ -122,7 +122,9 @@ _CALL_COLUMNS = """
 
 def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
     """The call, its family (the served call and its shadow/fallback siblings) and its events."""
-    rows = store.sql(f"SELECT {_CALL_COLUMNS} FROM calls_with_outcomes c WHERE c.call_id = $id", {"id": call_id})
+    rows = store.sql(
+        f"SELECT {_CALL_COLUMNS} FROM calls_with_outcomes c WHERE c.call_id = $id", {"id": call_id}
+    )
     if not rows:
         return None
     call = rows[0]

@@ -124,7 +124,7 @@ def _usd(value: float | None) -> str:
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(_HERE / "templates"),
-    autoescape=True,
+    autoescape=False,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
@@ -299,7 +299,9 @@ async def relabel(call_id: str, request: Request) -> Response:
     if not answer.strip():
         raise InvalidRequest("the relabelled answer must not be empty", param="answer")
     if len(answer) > MAX_RELABEL:
-        raise InvalidRequest(f"the relabelled answer is too long (at most {MAX_RELABEL} characters)", param="answer")
+        raise InvalidRequest(
+            f"the relabelled answer is too long (at most {MAX_RELABEL} characters)", param="answer"
+        )
     request.app.state.ctx.writer.append("events", _event(call_id, "relabel", answer, reviewer))
     return _back(call_id, "relabel")
 
