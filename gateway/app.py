@@ -117,10 +117,9 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
     from gateway.api import feedback
 
     api.include_router(feedback.router)
-    with contextlib.suppress(ImportError):
-        from gateway.web import review
+    from gateway.web import review
 
-        api.include_router(review.router)
+    api.include_router(review.router)
     return GatewayApp(ctx, api)
 
 

@@ -124,7 +124,7 @@ def _usd(value: float | None) -> str:
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(_HERE / "templates"),
-    autoescape=False,
+    autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
