@@ -26,7 +26,6 @@ from gateway.errors import GatewayError, InvalidRequest, error_body, error_dict
 from gateway.hotpath import PATHS, HotPath, Receive, Scope, Send
 from gateway.routing.state import RouteStateStore
 from gateway.shadow import ShadowRunner
-from gateway.store import layout
 from gateway.store.writer import LogWriter
 
 log = logging.getLogger("shadowtune")

@@ -1,4 +1,4 @@
-"""The direct path to OpenAI-compatible upstreams: aiohttp with pooled keep-alive connections.
+"""The direct path to OpenAI-compatible upstreams: pooled keep-alive HTTP/1.1 (`gateway.upstream.http1`).
 
 Retries (429, 5xx, connection failures) happen only before the first byte reaches the
 caller, with bounded exponential back-off that honours a short ``Retry-After``.
@@ -7,6 +7,7 @@ caller, with bounded exponential back-off that honours a short ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -16,29 +17,33 @@ import aiohttp
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream.http1 import Http1Pool, UpstreamClosed, UpstreamIdle
 from gateway.upstream.reply import UpstreamReply
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 4.0
 _DROP_HEADERS = frozenset(
     {
-        "content-length",
-        "transfer-encoding",
-        "content-encoding",
-        "connection",
-        "keep-alive",
-        "server",
-        "date",
-        "content-type",
-        "set-cookie",
+        b"content-length",
+        b"transfer-encoding",
+        b"content-encoding",
+        b"connection",
+        b"keep-alive",
+        b"server",
+        b"date",
+        b"content-type",
+        b"set-cookie",
     }
 )
 # the gateway's own x-request-id (the call id) must stay the only one the caller sees
-_RENAME_HEADERS = {"x-request-id": "x-upstream-request-id"}
+_RENAME_HEADERS = {b"x-request-id": b"x-upstream-request-id"}
 
 
 class OpenAICompatClient:
+    """The hot path's upstream client (`Http1Pool`); an aiohttp session for the few other calls."""
+
     def __init__(self) -> None:
+        self.pool = Http1Pool()
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -51,6 +56,7 @@ class OpenAICompatClient:
         return self._session
 
     async def close(self) -> None:
+        self.pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -66,63 +72,53 @@ class OpenAICompatClient:
             headers["Authorization"] = f"Bearer {key}"
         elif caller_auth:
             headers["Authorization"] = caller_auth.decode("latin-1")
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, upstream.timeout), sock_read=upstream.timeout)
         waited = 0.0
         attempt = 0
         while True:
             try:
-                resp = await self.session.post(url, data=body, headers=headers, timeout=timeout)
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                status, resp_headers, chunks, conn = await self.pool.post(
+                    url, body, headers, upstream.timeout, min(10.0, upstream.timeout)
+                )
+            except UpstreamIdle as exc:
                 raise UpstreamTimeout(f"upstream {url} did not answer within {upstream.timeout:g}s") from exc
-            except aiohttp.ClientError as exc:
+            except (OSError, UpstreamClosed, ValueError) as exc:
                 if attempt < upstream.retries:
                     waited += await _backoff(attempt, None)
                     attempt += 1
                     continue
                 raise UpstreamError(f"cannot reach upstream {url}: {exc.__class__.__name__}: {exc}") from exc
-            if resp.status in RETRY_STATUSES and attempt < upstream.retries:
-                retry_after = resp.headers.get("Retry-After")
-                resp.release()
+            if status in RETRY_STATUSES and attempt < upstream.retries:
+                conn.close()
+                retry_after = next((v.decode() for k, v in resp_headers if k == b"retry-after"), None)
                 waited += await _backoff(attempt, retry_after)
                 attempt += 1
                 continue
+            content_type = next((v.decode("latin-1") for k, v in resp_headers if k == b"content-type"), "")
             return UpstreamReply(
-                status=resp.status,
-                content_type=resp.headers.get("Content-Type", "application/json"),
-                headers=[
-                    (_RENAME_HEADERS.get(k.lower(), k.lower()).encode("latin-1"), v.encode("latin-1"))
-                    for k, v in resp.headers.items()
-                    if k.lower() not in _DROP_HEADERS
-                ],
-                chunks=_iter_body(resp, url, upstream.timeout),
+                status=status,
+                content_type=content_type or "application/json",
+                headers=[(_RENAME_HEADERS.get(k, k), v) for k, v in resp_headers if k not in _DROP_HEADERS],
+                chunks=_mapped(chunks, url, upstream.timeout),
                 waited_s=waited,
-                _close=resp.close,
+                _close=conn.close,
             )
 
 
-async def _iter_body(resp: aiohttp.ClientResponse, url: str, timeout: float) -> AsyncIterator[bytes]:
+async def _mapped(chunks: AsyncIterator[bytes], url: str, timeout: float) -> AsyncIterator[bytes]:
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in chunks:
             yield chunk
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        resp.close()
+    except UpstreamIdle as exc:
         raise UpstreamTimeout(f"upstream {url} stalled for more than {timeout:g}s") from exc
-    except aiohttp.ClientError as exc:
-        resp.close()
-        raise UpstreamError(f"upstream {url} broke off: {exc.__class__.__name__}: {exc}") from exc
-    except BaseException:  # cancelled (client gone) or closed early: never reuse a half-read connection
-        resp.close()
-        raise
-    resp.release()
+    except UpstreamClosed as exc:
+        raise UpstreamError(f"upstream {url} broke off: {exc}") from exc
 
 
 async def _backoff(attempt: int, retry_after: str | None) -> float:
     delay = min(MAX_BACKOFF_S, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
     if retry_after:
-        try:
+        with contextlib.suppress(ValueError):
             delay = min(MAX_BACKOFF_S, max(delay, float(retry_after)))
-        except ValueError:
-            pass
     start = time.perf_counter()
     await asyncio.sleep(delay)
     return time.perf_counter() - start

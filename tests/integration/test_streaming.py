@@ -16,7 +16,10 @@ MESSAGES = [{"role": "user", "content": "stream me please"}]
 TOOLS = [
     {
         "type": "function",
-        "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
     }
 ]
 
@@ -65,7 +68,9 @@ def test_sync_stream_is_relayed_and_assembled_in_the_log(gateway, log_dir):
 
 
 async def test_async_stream_with_include_usage_ends_with_a_usage_chunk(gateway, fake_upstream, log_dir):
-    async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="sk-test", max_retries=0, timeout=10) as client:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key="sk-test", max_retries=0, timeout=10
+    ) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="echo-usage", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
@@ -73,7 +78,10 @@ async def test_async_stream_with_include_usage_ends_with_a_usage_chunk(gateway, 
     assert fake_upstream.requests[-1]["body"]["stream_options"] == {"include_usage": True}
     assert chunks[-1].choices == []
     assert chunks[-1].usage.prompt_tokens == 7
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo-usage: stream me please"
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == "echo-usage: stream me please"
+    )
     r = row(gateway, log_dir, raw.headers["x-request-id"])
     assert (r["input_tokens"], r["output_tokens"]) == (7, chunks[-1].usage.completion_tokens)
     assert response(r)["usage"]["total_tokens"] == chunks[-1].usage.total_tokens
@@ -161,7 +169,10 @@ def test_the_sdk_raises_on_a_stream_failing_midway(gateway):
 
 def test_an_upstream_stalling_midway_times_out_with_an_error_event(make_settings, start_gateway, log_dir):
     gw = start_gateway(
-        make_settings(upstreams={"staller": {"model": "stall", "timeout": 0.5, "retries": 0}}, routes={"st": {"baseline": "staller"}})
+        make_settings(
+            upstreams={"staller": {"model": "stall", "timeout": 0.5, "retries": 0}},
+            routes={"st": {"baseline": "staller"}},
+        )
     )
     body = {"model": "st", "messages": MESSAGES, "stream": True}
     with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, timeout=10) as resp:
@@ -193,7 +204,10 @@ def test_a_client_disconnect_midstream_cancels_the_upstream_call_and_a_healthy_c
     with httpx.stream("POST", gateway.base_url + "/chat/completions", json=body, timeout=10) as resp:
         call_id = resp.headers["x-request-id"]
         received = resp.iter_raw()  # keep a reference: a collected generator closes the stream
-        assert next(received).startswith(b"data: ")
+        seen = b""
+        while b"stal" not in seen:  # the first text delta has been relayed (and so logged)
+            seen += next(received)
+        assert seen.startswith(b"data: ")
         assert wait_until(lambda: fake_upstream.in_flight == 1)
         assert fake_upstream.cancelled == 0
     # leaving the block closes the connection mid-stream

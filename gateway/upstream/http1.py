@@ -1,0 +1,292 @@
+"""A lean HTTP/1.1 client for the hot path: asyncio protocols, httptools parsing, keep-alive pools.
+
+Why not aiohttp or httpx here: on every production call, their request and response object
+layers cost more CPU than the rest of the gateway together (measured with
+``../shared/bench/peers.sh``; see ``docs/benchmarks.md``). This client does the one thing the
+hot path needs: POST a JSON body to an upstream and hand back the status, the headers and an
+async iterator of body chunks, as they arrive.
+
+* One pool of idle connections per (scheme, host, port); a request takes one or opens one.
+* A pooled connection the server closed while idle is detected (nothing received, connection
+  lost) and the request is sent again once on a fresh connection; nothing was answered, so this
+  is safe for a POST.
+* Timeouts are idle timeouts: ``timeout`` seconds without a byte from the upstream.
+* Back-pressure: reading from the upstream pauses while 64 chunks wait for a slow client.
+* No proxies (``HTTPS_PROXY``) and no compressed answers (no ``Accept-Encoding`` is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+_MAX_IDLE_PER_HOST = 256
+_PAUSE_AT = 64
+
+
+class UpstreamClosed(Exception):
+    """The connection ended before a complete answer (``.answered``: whether any byte came back)."""
+
+    def __init__(self, message: str, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class UpstreamIdle(Exception):
+    """No byte from the upstream for ``timeout`` seconds."""
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = (
+        "_chunks", "_done", "_ev", "_has_length", "_headers_fut", "_idle_handle", "_last", "_loop",
+        "_paused", "_timeout", "answered", "closed", "headers", "keep_alive", "key", "parser", "status",
+        "transport",
+    )  # fmt: skip
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
+        self._loop = loop
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._has_length = False
+        self._headers_fut: asyncio.Future[None] | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._ev: asyncio.Future[None] | None = None
+        self._done = False
+        self.answered = False
+        self.keep_alive = True
+        self._paused = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._timeout = 0.0
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        self._last = self._loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamClosed(f"malformed answer from the upstream: {exc}", True))
+            self.close()
+            return
+        if len(self._chunks) >= _PAUSE_AT and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._done:
+            return
+        if self._headers_fut is not None and self._headers_fut.done() and not self._has_length:
+            self._done = True  # a body delimited by the end of the connection
+            self._wake()
+            return
+        reason = exc or "by the server"
+        self._fail(UpstreamClosed(f"connection to the upstream closed ({reason})", self.answered))
+
+    # -- httptools callbacks --------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in (b"content-length", b"transfer-encoding"):
+            self._has_length = True
+        self.headers.append((lname, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        fut = self._headers_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self._done = True
+        self._wake()
+
+    # -- driving one exchange -------------------------------------------------------------
+    def _wake(self) -> None:
+        ev = self._ev
+        if ev is not None and not ev.done():
+            ev.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        for fut in (self._headers_fut, self._ev):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    def _arm_idle(self) -> None:
+        self._idle_handle = self._loop.call_at(self._last + self._timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self._done or self.closed:
+            return
+        if self._loop.time() - self._last >= self._timeout:
+            self._fail(UpstreamIdle(f"no answer from the upstream for {self._timeout:g}s"))
+            self.close()
+        else:
+            self._arm_idle()
+
+    async def request(self, head: bytes, body: bytes, timeout: float) -> None:
+        """Send a request; returns when the status line and headers are in."""
+        self._headers_fut = self._loop.create_future()
+        self._timeout = timeout
+        self._last = self._loop.time()
+        self._arm_idle()
+        assert self.transport is not None
+        self.transport.write(head + body)
+        await self._headers_fut
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The answer's body, chunk by chunk; leaves the connection reusable or closed."""
+        chunks = self._chunks
+        try:
+            while True:
+                while chunks:
+                    chunk = chunks.popleft()
+                    if self._paused and len(chunks) < _PAUSE_AT // 2 and self.transport is not None:
+                        self._paused = False
+                        self.transport.resume_reading()
+                    yield chunk
+                if self._done:
+                    break
+                self._ev = self._loop.create_future()
+                await self._ev
+                self._ev = None
+        except BaseException:
+            self.close()  # never reuse a half-read connection
+            raise
+        self.finish()
+
+    def finish(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        if not self._done:
+            self.close()
+
+    def close(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Http1Pool:
+    """Keep-alive connection pools for every upstream the hot path talks to."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._heads: dict[tuple[str, str, int], tuple[bytes, bytes]] = {}
+
+    async def _connect(self, key: tuple[str, str, int]) -> _Conn:
+        loop = asyncio.get_running_loop()
+        scheme, host, port = key
+        ctx = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            ctx = self._ssl
+        _, conn = await loop.create_connection(lambda: _Conn(loop, key), host, port, ssl=ctx)
+        return conn
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.closed or not conn.keep_alive:
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) < _MAX_IDLE_PER_HOST:
+            conn._reset()
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float, connect_timeout: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], _Conn]:
+        """POST ``body``; returns (status, headers, body chunks, connection) once the headers are in."""
+        key, path, host_header = _target(url)
+        head = _head(path, host_header, headers, len(body))
+        for attempt in (0, 1):
+            idle = self._idle.get(key)
+            while idle and idle[-1].closed:
+                idle.pop()
+            reused = bool(idle)
+            if idle:
+                conn = idle.pop()
+            else:
+                try:
+                    conn = await asyncio.wait_for(self._connect(key), connect_timeout)
+                except TimeoutError:
+                    raise UpstreamIdle(f"could not connect within {connect_timeout:g}s") from None
+            try:
+                await conn.request(head, body, timeout)
+            except UpstreamClosed as exc:
+                conn.close()
+                if reused and not exc.answered and attempt == 0:
+                    continue  # the server had closed this idle connection: send again, fresh
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return conn.status, conn.headers, self._body(conn), conn
+        raise AssertionError("unreachable")
+
+    async def _body(self, conn: _Conn) -> AsyncIterator[bytes]:
+        async for chunk in conn.body():
+            yield chunk
+        self._release(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+_TARGETS: dict[str, tuple[tuple[str, str, int], str, str]] = {}
+
+
+def _target(url: str) -> tuple[tuple[str, str, int], str, str]:
+    cached = _TARGETS.get(url)
+    if cached is not None:
+        return cached
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    if scheme not in ("http", "https"):
+        raise ValueError(f"unsupported URL scheme {scheme!r} in {url}")
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if scheme == "https" else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
+    host_header = host if default_port else f"{host}:{port}"
+    out = ((scheme, host, port), path, host_header)
+    if len(_TARGETS) < 1024:
+        _TARGETS[url] = out
+    return out
+
+
+def _head(path: str, host: str, headers: dict[str, str], length: int) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {length}"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
