@@ -74,12 +74,11 @@ def realistic_record(i: int) -> dict:
     }
     if i % 2:
         pieces = [answer[k : k + 12] for k in range(0, len(answer), 12)]
-        chunks = [
-            'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":%s}}]}\n\n'
-            % json.dumps(p)
-            for p in pieces
-        ]
-        chunks.append('data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":250,"completion_tokens":120}}\n\n')
+        head = 'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,'
+        chunks = [head + '"delta":{"content":' + json.dumps(p) + "}}]}\n\n" for p in pieces]
+        chunks.append(
+            'data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":250,"completion_tokens":120}}\n\n'
+        )
         rec["stream"] = True
         rec["response_sse"] = "".join(chunks) + "data: [DONE]\n\n"
     else:
@@ -88,7 +87,9 @@ def realistic_record(i: int) -> dict:
                 "id": "chatcmpl-1",
                 "object": "chat.completion",
                 "model": "gpt-4o",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+                ],
                 "usage": {"prompt_tokens": 250, "completion_tokens": 120},
             }
         )
@@ -202,7 +203,9 @@ def main() -> None:
     w = out["write"]
     print(f"write path ({w['rows']} calls of ~{w['record_bytes']} B, half streamed):")
     print(f"  request-path cost of append:  median {w['append_us_median']} µs/call (target <= 50)")
-    print(f"  sustained rows/s to Parquet:  {w['sustained_rows_s']:,} (target >= 20,000); appends alone {w['append_only_rows_s']:,}/s")
+    print(
+        f"  sustained rows/s to Parquet:  {w['sustained_rows_s']:,} (target >= 20,000); appends alone {w['append_only_rows_s']:,}/s"
+    )
     print(f"  rows in store after close:    {w['rows_in_store']:,}")
     for n in (int(x) for x in args.query_rows.split(",") if x):
         q = bench_query(n)

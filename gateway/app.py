@@ -59,7 +59,7 @@ class GatewayApp:
             if endpoint is not None:
                 await self.hot(scope, receive, send, endpoint)
                 return
-        await self.api(scope, receive, send)
+        await self.api(scope, receive, send)  # type: ignore[arg-type]
 
 
 def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers: Any = ()) -> GatewayApp:
@@ -94,7 +94,9 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(writer.start)
         if auth.open:
-            log.warning("client authentication is OFF (open mode): create a key with 'shadowtune keys create'")
+            log.warning(
+                "client authentication is OFF (open mode): create a key with 'shadowtune keys create'"
+            )
         background = jobs.start(ctx)
         try:
             yield

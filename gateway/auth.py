@@ -47,7 +47,9 @@ class KeyFile:
         if any(k["name"] == name and not k.get("revoked") for k in keys):
             raise ValueError(f"a key named {name!r} already exists")
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        keys.append({"name": name, "hash": _hash(key), "prefix": key[:10], "created": time.time(), "revoked": None})
+        keys.append(
+            {"name": name, "hash": _hash(key), "prefix": key[:10], "created": time.time(), "revoked": None}
+        )
         self._save(keys)
         return key
 

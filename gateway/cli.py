@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from gateway import __version__
-
 from gateway.store.layout import DEFAULT_LOG_DIR, default_log_dir
 
 
@@ -60,7 +59,13 @@ def main() -> None:
 
 # -- serve ---------------------------------------------------------------------------------
 @main.command()
-@click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML or TOML config file.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML or TOML config file.",
+)
 @click.option("--upstream", help="Zero-config: forward every model name to this OpenAI-compatible base URL.")
 @click.option("--upstream-key-env", help="Environment variable holding the key for --upstream.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
@@ -68,7 +73,9 @@ def main() -> None:
 @click.option("--workers", type=int, help="Worker processes (default 1).")
 @click.option("--log-dir", help=f"Call log directory or s3:// URI (default {DEFAULT_LOG_DIR}).")
 @click.option("--open", "open_mode", is_flag=True, default=None, help="No client authentication (local use).")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def serve(
     config_path: str | None,
     upstream: str | None,
@@ -94,7 +101,9 @@ def serve(
         server__auth="open" if open_mode else None,
     )
     if not settings.routes and not settings.server.passthrough_url:
-        raise click.UsageError("nothing to serve: give --upstream URL or a config file with routes (--config)")
+        raise click.UsageError(
+            "nothing to serve: give --upstream URL or a config file with routes (--config)"
+        )
     os.environ["_SHADOWTUNE_SETTINGS"] = _dump(settings)
     srv = settings.server
     click.echo(
@@ -156,7 +165,9 @@ def keys() -> None:
 
 
 def _log_dir_option(f: Any) -> Any:
-    return click.option("--log-dir", default=default_log_dir, show_default="./shadowtune-data", help="Call log directory.")(f)
+    return click.option(
+        "--log-dir", default=default_log_dir, show_default="./shadowtune-data", help="Call log directory."
+    )(f)
 
 
 @keys.command("create")

@@ -76,7 +76,11 @@ def logs_status(log_dir: str, as_json: bool) -> None:
     row = store.sql("SELECT min(ts) AS oldest, max(ts) AS newest FROM calls")[0]
     out["oldest"], out["newest"] = row["oldest"], row["newest"]
     wal_dir = store.wal_dir
-    segs = [os.path.join(wal_dir, n) for n in os.listdir(wal_dir) if n.endswith(layout.WAL_SUFFIX)] if os.path.isdir(wal_dir) else []
+    segs = (
+        [os.path.join(wal_dir, n) for n in os.listdir(wal_dir) if n.endswith(layout.WAL_SUFFIX)]
+        if os.path.isdir(wal_dir)
+        else []
+    )
     out["wal"] = {"segments": len(segs), "bytes": sum(os.path.getsize(s) for s in segs if os.path.exists(s))}
     oldest_seg = min((os.path.getmtime(s) for s in segs if os.path.getsize(s) > 0), default=None)
     out["writer_lag_s"] = round(dt.datetime.now().timestamp() - oldest_seg, 3) if oldest_seg else 0.0
@@ -87,7 +91,9 @@ def logs_status(log_dir: str, as_json: bool) -> None:
         t = out[table]
         click.echo(f"{table:<7} {t['rows']:>10} rows  {t['files']:>5} files  {t['bytes'] / 1e6:8.2f} MB")
     click.echo(f"oldest  {out['oldest']}\nnewest  {out['newest']}")
-    click.echo(f"wal     {out['wal']['segments']} segment(s), {out['wal']['bytes']} bytes, lag {out['writer_lag_s']} s")
+    click.echo(
+        f"wal     {out['wal']['segments']} segment(s), {out['wal']['bytes']} bytes, lag {out['writer_lag_s']} s"
+    )
 
 
 @logs.command("list")
@@ -114,7 +120,8 @@ def logs_list(
     count: int,
 ) -> None:
     """List calls, newest first."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if route:
         where.append("route = ?")
         params.append(route)
@@ -155,7 +162,9 @@ def logs_list(
         text = (r["output_text"] or r["error_type"] or "").replace("\n", " ")[:60]
         lat = f"{r['latency_ms']:.0f}ms" if r["latency_ms"] is not None else "-"
         served = "" if r["served"] else " (not served)"
-        click.echo(f"{r['call_id']}  {r['ts']:%Y-%m-%d %H:%M:%S}  {r['route']}/{r['variant']}{served}  {r['status']}  {lat}  {text}")
+        click.echo(
+            f"{r['call_id']}  {r['ts']:%Y-%m-%d %H:%M:%S}  {r['route']}/{r['variant']}{served}  {r['status']}  {lat}  {text}"
+        )
 
 
 @logs.command("show")
@@ -174,8 +183,12 @@ def logs_show(call_id: str, log_dir: str, as_json: bool) -> None:
     if as_json:
         _echo_json(row)
         return
-    click.echo(f"{row['call_id']}  {row['ts']}  route={row['route']} variant={row['variant']} mode={row['mode']}")
-    click.echo(f"status={row['status']} latency={row['latency_ms']}ms tokens={row['input_tokens']}/{row['output_tokens']}")
+    click.echo(
+        f"{row['call_id']}  {row['ts']}  route={row['route']} variant={row['variant']} mode={row['mode']}"
+    )
+    click.echo(
+        f"status={row['status']} latency={row['latency_ms']}ms tokens={row['input_tokens']}/{row['output_tokens']}"
+    )
     try:
         req = json.loads(row["request"] or "{}")
     except ValueError:
@@ -191,7 +204,9 @@ def logs_show(call_id: str, log_dir: str, as_json: bool) -> None:
         resp = {}
     for ch in resp.get("choices") or ():
         msg = ch.get("message") or {}
-        click.echo(click.style(f"\n[assistant #{ch.get('index', 0)}]", bold=True) + f"\n{msg.get('content') or ''}")
+        click.echo(
+            click.style(f"\n[assistant #{ch.get('index', 0)}]", bold=True) + f"\n{msg.get('content') or ''}"
+        )
         for tc in msg.get("tool_calls") or ():
             fn = tc.get("function") or {}
             click.echo(f"  -> tool {fn.get('name')}({fn.get('arguments')})")
@@ -230,9 +245,12 @@ def logs_sql(query: str, log_dir: str, as_json: bool) -> None:
 @click.option("--table", default="calls", type=click.Choice(["calls", "events", "calls_with_outcomes"]))
 @click.option("--since", help="7d, 24h or an ISO date.")
 @click.option("--route", help="Only this route.")
-def logs_export(log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None) -> None:
+def logs_export(
+    log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None
+) -> None:
     """Export calls (or events) to Parquet or JSON Lines."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if since:
         where.append("ts >= ?")
         params.append(parse_since(since))
@@ -280,8 +298,17 @@ def logs_prune(log_dir: str, before: str, yes: bool) -> None:
 
 # -- routes (admin API) --------------------------------------------------------------------
 def _admin_opts(f: Any) -> Any:
-    f = click.option("--url", default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"), show_default="http://127.0.0.1:8000", help="Running gateway.")(f)
-    f = click.option("--admin-token", default=lambda: os.environ.get("SHADOWTUNE_ADMIN_TOKEN"), help="Admin token (env SHADOWTUNE_ADMIN_TOKEN).")(f)
+    f = click.option(
+        "--url",
+        default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"),
+        show_default="http://127.0.0.1:8000",
+        help="Running gateway.",
+    )(f)
+    f = click.option(
+        "--admin-token",
+        default=lambda: os.environ.get("SHADOWTUNE_ADMIN_TOKEN"),
+        help="Admin token (env SHADOWTUNE_ADMIN_TOKEN).",
+    )(f)
     return f
 
 
@@ -318,7 +345,9 @@ def routes_list(url: str, admin_token: str | None, as_json: bool) -> None:
     click.echo(f"version {data['version']}")
     for r in data["data"]:
         share = f" share={r['share']}%" if r["mode"] == "canary" else ""
-        click.echo(f"{r['route']:<20} {r['mode']:<8} baseline={r['baseline']} candidate={r['candidate']}{share}")
+        click.echo(
+            f"{r['route']:<20} {r['mode']:<8} baseline={r['baseline']} candidate={r['candidate']}{share}"
+        )
 
 
 @routes.command("show")
@@ -368,7 +397,9 @@ def routes_history(route: str | None, url: str, admin_token: str | None, as_json
         after = h.get("after") or {}
         changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
         what = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items() if k != "route")
-        click.echo(f"v{h['version']}  {when}  {h.get('route') or h.get('upstream')}  by {h['actor']}  {what}  ({h.get('reason') or ''})")
+        click.echo(
+            f"v{h['version']}  {when}  {h.get('route') or h.get('upstream')}  by {h['actor']}  {what}  ({h.get('reason') or ''})"
+        )
 
 
 # -- feedback ------------------------------------------------------------------------------
@@ -383,8 +414,16 @@ def feedback() -> None:
 @click.argument("value")
 @click.option("--comment", help="Free text.")
 @click.option("--user", help="Who gave the feedback.")
-@click.option("--url", default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"), show_default="http://127.0.0.1:8000")
-@click.option("--api-key", default=lambda: os.environ.get("SHADOWTUNE_API_KEY"), help="Client key (env SHADOWTUNE_API_KEY).")
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"),
+    show_default="http://127.0.0.1:8000",
+)
+@click.option(
+    "--api-key",
+    default=lambda: os.environ.get("SHADOWTUNE_API_KEY"),
+    help="Client key (env SHADOWTUNE_API_KEY).",
+)
 def feedback_add(
     call_id: str, kind: str, value: str, comment: str | None, user: str | None, url: str, api_key: str | None
 ) -> None:

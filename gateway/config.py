@@ -21,7 +21,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-OPENAI_COMPATIBLE = {"openai", "azure", "vllm", "ollama", "openai_compatible", "together", "groq", "fireworks"}
+OPENAI_COMPATIBLE = {
+    "openai",
+    "azure",
+    "vllm",
+    "ollama",
+    "openai_compatible",
+    "together",
+    "groq",
+    "fireworks",
+}
 
 
 class _Section(BaseModel):
@@ -310,11 +319,14 @@ def reference_markdown() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, key + ".")
                 continue
-            item = {"upstreams": UpstreamConfig, "routes": RouteConfig}.get(key)
+            sections: dict[str, type[BaseModel]] = {"upstreams": UpstreamConfig, "routes": RouteConfig}
+            item = sections.get(key)
             if item is not None:
                 walk(item, f"{key}.<name>.")
                 continue
-            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default = (
+                "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            )
             doc = " ".join((field.description or "").split()).replace("``", "`")
             env = "SHADOWTUNE_" + key.replace(".", "__").replace("<NAME>", "<name>").upper()
             lines.append(f"| `{key}` | `{env}` | `{default}` | {doc} |")

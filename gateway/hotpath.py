@@ -81,7 +81,17 @@ class Redactor:
 class Attempt:
     """One upstream call's timings and outcome, for its log row."""
 
-    __slots__ = ("call_id", "error", "first_byte", "reply", "started", "status", "t_headers", "upstream", "variant")
+    __slots__ = (
+        "call_id",
+        "error",
+        "first_byte",
+        "reply",
+        "started",
+        "status",
+        "t_headers",
+        "upstream",
+        "variant",
+    )
 
     def __init__(self, call_id: str, variant: str, upstream: str) -> None:
         self.call_id = call_id
@@ -144,8 +154,10 @@ class HotPath:
         state = snapshot.routes.get(model)
         if state is None:
             if self.passthrough is None:
-                exc = NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
-                await self._fail(send, rec, exc, t0)
+                missing = NotFound(
+                    f"The model '{model}' does not exist", param="model", code="model_not_found"
+                )
+                await self._fail(send, rec, missing, t0)
                 return
             state = RouteState(route=model, baseline=PASSTHROUGH)
         rec["route"] = model
@@ -308,7 +320,9 @@ class HotPath:
         try:
             return upstreams[name]  # type: ignore[index]
         except KeyError:
-            raise UpstreamError(f"route points at unknown upstream {name!r}", code="upstream_not_configured") from None
+            raise UpstreamError(
+                f"route points at unknown upstream {name!r}", code="upstream_not_configured"
+            ) from None
 
     def _upstream_fields(
         self, rec: dict[str, Any], name: str, upstreams: dict[str, UpstreamConfig], req: dict[str, Any]
@@ -337,7 +351,17 @@ class HotPath:
         parent = rec["call_id"]
         base = {
             k: rec.get(k)
-            for k in ("ts", "endpoint", "route", "route_version", "mode", "client_key", "user", "session_id", "tags")
+            for k in (
+                "ts",
+                "endpoint",
+                "route",
+                "route_version",
+                "mode",
+                "client_key",
+                "user",
+                "session_id",
+                "tags",
+            )
         }
         if "traceparent" in rec:  # the shadow span's link must find the served span in the caller's trace
             base["traceparent"] = rec["traceparent"]
@@ -471,7 +495,9 @@ def _parse(body: bytes, endpoint: str) -> dict[str, Any]:
             raise InvalidRequest("'messages' must be a non-empty array", param="messages")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise InvalidRequest(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}].role")
+                raise InvalidRequest(
+                    f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}].role"
+                )
         stream = req.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream")
@@ -486,7 +512,8 @@ def _parse(body: bytes, endpoint: str) -> dict[str, Any]:
 def _annotate(rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]) -> None:
     user = req.get("user")
     rec["user"] = user if isinstance(user, str) else None
-    meta = req.get("metadata") if isinstance(req.get("metadata"), dict) else {}
+    raw_meta = req.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     session = headers.get(b"x-shadowtune-session")
     rec["session_id"] = session.decode("latin-1") if session else meta.get("session_id")
     tags: list[str] = []
@@ -507,7 +534,9 @@ def _annotate(rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, byt
         rec["traceparent"] = tp.decode("latin-1")
 
 
-def _sticky(state: RouteState, rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
+def _sticky(
+    state: RouteState, rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]
+) -> str | None:
     key = state.sticky_key
     if key == "user":
         return rec.get("user")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -28,9 +29,11 @@ def start(ctx: Any) -> list[asyncio.Task[None]]:
     tasks = [loop.create_task(poll_routes(ctx.routes))]
     settings = ctx.settings
     if settings.signals.detect_interval_s > 0:
-        tasks.append(loop.create_task(_every(settings.signals.detect_interval_s, lambda: detect_regenerations(ctx))))
+        tasks.append(
+            loop.create_task(_every(settings.signals.detect_interval_s, lambda: detect_regenerations(ctx)))
+        )
     for check in settings.drift.checks:
-        tasks.append(loop.create_task(_every(check.every_s, lambda c=check: run_drift_check(ctx, c))))
+        tasks.append(loop.create_task(_every(check.every_s, functools.partial(run_drift_check, ctx, check))))
     return tasks
 
 

@@ -71,5 +71,7 @@ class ShadowRunner:
             "in_flight": self.in_flight,
             "queued": self.depth,
             "started": self.started,
-            "skipped": [{"route": r, "reason": why, "count": n} for (r, why), n in sorted(self.skipped.items())],
+            "skipped": [
+                {"route": r, "reason": why, "count": n} for (r, why), n in sorted(self.skipped.items())
+            ],
         }

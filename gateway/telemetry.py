@@ -129,8 +129,12 @@ class Telemetry:
 
     def _instruments(self) -> None:
         m = self.meter_provider.get_meter("shadowtune.gateway", __version__)
-        self.calls = m.create_counter("shadowtune.calls", unit="{call}", description="Upstream calls by route and variant")
-        self.errors = m.create_counter("shadowtune.errors", unit="{call}", description="Calls that ended in an error")
+        self.calls = m.create_counter(
+            "shadowtune.calls", unit="{call}", description="Upstream calls by route and variant"
+        )
+        self.errors = m.create_counter(
+            "shadowtune.errors", unit="{call}", description="Calls that ended in an error"
+        )
         self.duration = m.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -145,7 +149,9 @@ class Telemetry:
         )
         # Summed per batch: a counter, not the per-call gen_ai.client.token.usage histogram,
         # whose SDK cost per point is a large share of the gateway's CPU.
-        self.tokens = m.create_counter("shadowtune.tokens", unit="{token}", description="Tokens used, by gen_ai.token.type")
+        self.tokens = m.create_counter(
+            "shadowtune.tokens", unit="{token}", description="Tokens used, by gen_ai.token.type"
+        )
         self.cost = m.create_counter("shadowtune.cost", unit="USD", description="Estimated cost of calls")
         m.create_observable_gauge("shadowtune.shadow.queue_depth", [self._shadow_depth], unit="{call}")
         m.create_observable_gauge("shadowtune.shadow.in_flight", [self._shadow_in_flight], unit="{call}")
@@ -154,7 +160,9 @@ class Telemetry:
         m.create_observable_counter("shadowtune.log.dropped", [self._log_dropped], unit="{record}")
         self._drift: dict[str, dict[str, Any]] = {}
         m.create_observable_gauge(
-            "shadowtune.drift.statistic", [self._drift_obs("statistic")], description="Latest drift check statistic"
+            "shadowtune.drift.statistic",
+            [self._drift_obs("statistic")],
+            description="Latest drift check statistic",
         )
         m.create_observable_gauge(
             "shadowtune.drift.threshold", [self._drift_obs("threshold")], description="Its alarm threshold"
@@ -228,10 +236,10 @@ class Telemetry:
                 log.warning("telemetry for %s failed: %r", rec.get("call_id"), exc)
         for key, n in tokens.items():
             self.tokens.add(n, self._metric_attrs(key))
-        for (*key, status), n in calls.items():
-            self.calls.add(n, {**self._metric_attrs(tuple(key)), "http.response.status_code": status})
-        for (*key, err), n in errors.items():
-            self.errors.add(n, {**self._metric_attrs(tuple(key)), "error.type": err})
+        for ckey, n in calls.items():
+            self.calls.add(n, {**self._metric_attrs(ckey[:-1]), "http.response.status_code": ckey[-1]})
+        for ekey, n in errors.items():
+            self.errors.add(n, {**self._metric_attrs(ekey[:-1]), "error.type": ekey[-1]})
         for key, usd in cost.items():
             self.cost.add(usd, self._metric_attrs(key))
 
@@ -280,7 +288,9 @@ class Telemetry:
         return attrs
 
     def _span(self, rec: dict[str, Any], attrs: dict[str, Any]) -> None:
-        start_ns = int(rec["ts"].timestamp() * 1e9) if hasattr(rec["ts"], "timestamp") else int(rec["ts"]) * 1000
+        start_ns = (
+            int(rec["ts"].timestamp() * 1e9) if hasattr(rec["ts"], "timestamp") else int(rec["ts"]) * 1000
+        )
         end_ns = start_ns + int((rec.get("latency_ms") or 0) * 1e6)
         caller = parse_traceparent(rec.get("traceparent"))
         parent_ctx = trace.set_span_in_context(NonRecordingSpan(caller)) if caller else None
@@ -288,8 +298,12 @@ class Telemetry:
         if rec.get("parent_call_id"):
             parent_id = rec["parent_call_id"]
             trace_id = caller.trace_id if caller else trace_id_of(parent_id)
-            parent_sc = SpanContext(trace_id, span_id_of(parent_id), is_remote=True, trace_flags=TraceFlags(1))
-            links.append(Link(parent_sc, {"shadowtune.link": "shadow_of" if not rec.get("served") else "parent"}))
+            parent_sc = SpanContext(
+                trace_id, span_id_of(parent_id), is_remote=True, trace_flags=TraceFlags(1)
+            )
+            links.append(
+                Link(parent_sc, {"shadowtune.link": "shadow_of" if not rec.get("served") else "parent"})
+            )
             trace_id_own = trace_id_of(rec["call_id"])
         else:
             trace_id_own = trace_id_of(rec["call_id"])

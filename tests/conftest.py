@@ -72,6 +72,8 @@ def start_gateway() -> Iterator[Callable[..., GatewayServer]]:
 
 
 @pytest.fixture
-def gateway(make_settings: Callable[..., Settings], start_gateway: Callable[..., GatewayServer]) -> GatewayServer:
+def gateway(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., GatewayServer]
+) -> GatewayServer:
     """The gateway in passthrough (zero-config) mode in front of the fake upstream."""
     return start_gateway(make_settings())

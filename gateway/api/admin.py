@@ -107,7 +107,11 @@ async def put_upstream(name: str, request: Request) -> dict[str, Any]:
 async def status(request: Request) -> dict[str, Any]:
     _admin(request)
     ctx = request.app.state.ctx
-    return {"store": ctx.writer.status(), "shadow": ctx.shadow.status(), "routes_version": ctx.routes.snapshot.version}
+    return {
+        "store": ctx.writer.status(),
+        "shadow": ctx.shadow.status(),
+        "routes_version": ctx.routes.snapshot.version,
+    }
 
 
 @router.post("/flush")

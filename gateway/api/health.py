@@ -23,7 +23,9 @@ async def readyz(request: Request) -> Response:
     ready = bool(status["healthy"])
     body = {
         "status": "ok" if ready else "degraded",
-        "store": {k: status[k] for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "last_error")},
+        "store": {
+            k: status[k] for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "last_error")
+        },
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 

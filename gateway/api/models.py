@@ -19,7 +19,10 @@ async def list_models(request: Request) -> dict[str, Any]:
     passthrough = ctx.hot.passthrough
     if passthrough is not None and not snap.routes:
         return await _upstream_models(ctx, passthrough, auth)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "shadowtune"} for name in sorted(snap.routes)]
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "shadowtune"}
+        for name in sorted(snap.routes)
+    ]
     return {"object": "list", "data": data}
 
 
@@ -40,10 +43,16 @@ async def _upstream_models(ctx: Any, upstream: Any, auth: bytes | None) -> dict[
     from gateway.errors import UpstreamError
 
     key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
-    headers = {"Authorization": f"Bearer {key}"} if key else ({"Authorization": auth.decode()} if auth and ctx.auth.open else {})
+    headers = (
+        {"Authorization": f"Bearer {key}"}
+        if key
+        else ({"Authorization": auth.decode()} if auth and ctx.auth.open else {})
+    )
     try:
         async with ctx.hot.client.session.get(
-            upstream.base_url.rstrip("/") + "/models", headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+            upstream.base_url.rstrip("/") + "/models",
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=30),
         ) as resp:
             data: dict[str, Any] = await resp.json(content_type=None)
             if resp.status >= 400:

@@ -84,7 +84,9 @@ def validate(state: RouteState, upstreams: dict[str, UpstreamConfig]) -> None:
         raise InvalidRequest(f"mode {state.mode!r} needs a candidate", param="candidate")
     key = state.sticky_key
     if key not in ("user", "session", "client_key") and not (key.startswith("header:") and len(key) > 7):
-        raise InvalidRequest("sticky_key must be user, session, client_key or header:<name>", param="sticky_key")
+        raise InvalidRequest(
+            "sticky_key must be user, session, client_key or header:<name>", param="sticky_key"
+        )
 
 
 class RouteStateStore:
@@ -147,7 +149,9 @@ class RouteStateStore:
         allowed = set(RouteState.__dataclass_fields__) - {"route"}
         unknown = set(changes) - allowed
         if unknown:
-            raise InvalidRequest(f"unknown route field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+            raise InvalidRequest(
+                f"unknown route field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0]
+            )
         with self._locked():
             self.reload()
             before = self.snapshot.routes.get(route)
@@ -167,7 +171,13 @@ class RouteStateStore:
             routes[route] = after
             self._write(routes, self.snapshot.upstreams)
             self._history(
-                {"route": route, "actor": actor, "reason": reason, "before": before_dict, "after": after.public()}
+                {
+                    "route": route,
+                    "actor": actor,
+                    "reason": reason,
+                    "before": before_dict,
+                    "after": after.public(),
+                }
             )
             return after
 

@@ -47,7 +47,9 @@ class LogStoreError(Exception):
 
 def default_log_dir() -> str:
     """``--log-dir``'s default for every command: ``$SHADOWTUNE_LOG_DIR``, else the one ``serve`` uses."""
-    return os.environ.get("SHADOWTUNE_LOG_DIR") or os.environ.get("SHADOWTUNE_STORE__LOG_DIR") or DEFAULT_LOG_DIR
+    return (
+        os.environ.get("SHADOWTUNE_LOG_DIR") or os.environ.get("SHADOWTUNE_STORE__LOG_DIR") or DEFAULT_LOG_DIR
+    )
 
 
 def is_remote(log_dir: str) -> bool:
@@ -193,7 +195,9 @@ def compact(log_dir: str, wal_dir: str, *, min_files: int = 2) -> int:
                 if stem_of(path) not in live:
                     by_day[day].append(path)
             for day, paths in by_day.items():
-                small = [p for p in paths if pq.ParquetFile(_open(fs, p)).metadata.num_rows < COMPACT_TARGET_ROWS]
+                small = [
+                    p for p in paths if pq.ParquetFile(_open(fs, p)).metadata.num_rows < COMPACT_TARGET_ROWS
+                ]
                 if len(small) < min_files:
                     continue
                 merged = pa.concat_tables(

@@ -83,7 +83,9 @@ class LogStore:
         tails = self._read_tail(live_stems)
         for table, schema in TABLES.items():
             files = [
-                p for p, _day, _size in layout.parquet_files(self.log_dir, table) if layout.stem_of(p) not in live_stems
+                p
+                for p, _day, _size in layout.parquet_files(self.log_dir, table)
+                if layout.stem_of(p) not in live_stems
             ]
             tail = tails[table]
             self.con.register(f"_{table}_tail", tail)
@@ -91,14 +93,20 @@ class LogStore:
                 import pyarrow.dataset as ds
 
                 fs, _ = layout.filesystem(self.log_dir)
-                self.con.register(f"_{table}_files", ds.dataset(files, schema=schema, filesystem=fs, format="parquet"))
+                self.con.register(
+                    f"_{table}_files", ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
+                )
                 source = f"SELECT * FROM _{table}_files"
             elif files:
                 listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 source = f"SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
             else:
                 source = None
-            body = f"{source} UNION ALL BY NAME SELECT * FROM _{table}_tail" if source else f"SELECT * FROM _{table}_tail"
+            body = (
+                f"{source} UNION ALL BY NAME SELECT * FROM _{table}_tail"
+                if source
+                else f"SELECT * FROM _{table}_tail"
+            )
             self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
         self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
         self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
@@ -110,9 +118,11 @@ class LogStore:
     def _read_tail(self, live_stems: set[str]) -> dict[str, pa.Table]:
         records: list[dict[str, Any]] = []
         for stem in sorted(live_stems):
-            with contextlib.suppress(FileNotFoundError):
-                with open(os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX), "rb") as f:
-                    records.extend(parse_lines(f.read())[0])
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX), "rb") as f,
+            ):
+                records.extend(parse_lines(f.read())[0])
         out = {}
         for table in TABLES:
             out[table] = to_table(table, [r for r in records if r.get("_t") == table])

@@ -87,7 +87,12 @@ def assemble_stream(sse: str) -> dict[str, Any]:
     case — one choice, text deltas only — takes a fast path.
     """
     chunks = [c for c in _sse_payloads(sse) if isinstance(c, dict)]
-    if '"tool_calls"' not in sse and '"error"' not in sse and '"index":1' not in sse and '"index": 1' not in sse:
+    if (
+        '"tool_calls"' not in sse
+        and '"error"' not in sse
+        and '"index":1' not in sse
+        and '"index": 1' not in sse
+    ):
         fast = _assemble_text_stream(chunks)
         if fast is not None:
             return fast
@@ -126,7 +131,13 @@ def assemble_stream(sse: str) -> dict[str, Any]:
             finish = ch["finish_reason"]
     if simple:
         choice_list = (
-            [{"index": 0, "message": {"role": role or "assistant", "content": "".join(texts) or None}, "finish_reason": finish}]
+            [
+                {
+                    "index": 0,
+                    "message": {"role": role or "assistant", "content": "".join(texts) or None},
+                    "finish_reason": finish,
+                }
+            ]
             if texts or role or finish
             else []
         )
@@ -311,7 +322,9 @@ def to_table(table: str, records: Iterable[dict[str, Any]], *, derived: bool = F
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-def group_by_table_and_date(records: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+def group_by_table_and_date(
+    records: Iterable[dict[str, Any]],
+) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
     """Yield ``(table, "YYYY-MM-DD", records)`` groups, the unit of a Parquet file."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:

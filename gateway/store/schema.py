@@ -67,7 +67,9 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("event_id", pa.string(), nullable=False),
         pa.field("call_id", pa.string(), nullable=False),
         pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # thumbs|rating|choice|flag|regeneration|relabel|<custom>
+        pa.field(
+            "kind", pa.string(), nullable=False
+        ),  # thumbs|rating|choice|flag|regeneration|relabel|<custom>
         pa.field("value", pa.string()),  # textual value: "up", "down", "a", "b", the relabelled answer, ...
         pa.field("value_num", pa.float64()),  # numeric value: 1/0 for thumbs, the rating, a custom metric
         pa.field("comment", pa.string()),

@@ -106,7 +106,9 @@ class LogWriter:
         try:
             os.makedirs(self.wal_dir, exist_ok=True)
             layout.ensure_store(self.log_dir)
-            self._lock_fd = os.open(os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR)
+            self._lock_fd = os.open(
+                os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR
+            )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.replay()
             self._open_segment()
@@ -155,7 +157,9 @@ class LogWriter:
             self._drop("queue_full", 1)
             return
         if not self._pending:
-            log.error("call log: %s; holding records in memory (max %d)", self.stats.last_error, self.max_pending)
+            log.error(
+                "call log: %s; holding records in memory (max %d)", self.stats.last_error, self.max_pending
+            )
         self._pending.append(line)
         self._wake.set()
 

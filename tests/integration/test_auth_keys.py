@@ -27,7 +27,9 @@ def keyed(make_settings, start_gateway, log_dir):
 
 def test_a_missing_key_is_401(keyed, fake_upstream, log_dir):
     gw, _ = keyed
-    resp = httpx.post(gw.base_url + "/chat/completions", json={"model": "echo", "messages": MESSAGES}, timeout=10)
+    resp = httpx.post(
+        gw.base_url + "/chat/completions", json={"model": "echo", "messages": MESSAGES}, timeout=10
+    )
     assert resp.status_code == 401
     err = resp.json()["error"]
     assert (err["type"], err["code"], err["param"]) == ("authentication_error", "missing_api_key", None)
@@ -116,9 +118,16 @@ def test_key_names_are_unique_and_only_hashes_are_stored(log_dir):
     assert keys.create("carol") != key  # a revoked name can be issued again
 
 
-def test_the_provider_key_comes_from_the_named_environment_variable(make_settings, start_gateway, fake_upstream, monkeypatch):
+def test_the_provider_key_comes_from_the_named_environment_variable(
+    make_settings, start_gateway, fake_upstream, monkeypatch
+):
     monkeypatch.setenv("FAKE_PROVIDER_KEY", "sk-provider-secret-123")
-    gw = start_gateway(make_settings(upstreams={"up": {"model": "echo-p", "api_key_env": "FAKE_PROVIDER_KEY"}}, routes={"p": {"baseline": "up"}}))
+    gw = start_gateway(
+        make_settings(
+            upstreams={"up": {"model": "echo-p", "api_key_env": "FAKE_PROVIDER_KEY"}},
+            routes={"p": {"baseline": "up"}},
+        )
+    )
     with client_for(gw, "sk-caller-key") as client:
         client.chat.completions.create(model="p", messages=MESSAGES)
     assert fake_upstream.requests[-1]["headers"]["Authorization"] == "Bearer sk-provider-secret-123"
@@ -130,7 +139,9 @@ def test_zero_config_open_mode_forwards_the_callers_own_key_upstream(gateway, fa
     assert fake_upstream.requests[-1]["headers"].get("Authorization") == "Bearer sk-callers-own-openai-key"
 
 
-def test_zero_config_with_a_key_env_sends_that_key_not_the_callers(make_settings, start_gateway, fake_upstream, monkeypatch):
+def test_zero_config_with_a_key_env_sends_that_key_not_the_callers(
+    make_settings, start_gateway, fake_upstream, monkeypatch
+):
     monkeypatch.setenv("ZC_KEY", "sk-zero-config-key")
     gw = start_gateway(make_settings(server={"upstream_key_env": "ZC_KEY"}))
     with client_for(gw, "sk-callers-own-key") as client:

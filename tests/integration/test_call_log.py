@@ -40,7 +40,9 @@ def all_log_bytes(log_dir: str) -> bytes:
     return b"\n".join(out)
 
 
-def test_every_call_is_logged_exactly_once_streamed_or_not_failed_or_not(make_settings, start_gateway, log_dir):
+def test_every_call_is_logged_exactly_once_streamed_or_not_failed_or_not(
+    make_settings, start_gateway, log_dir
+):
     settings = make_settings()
     gw = start_gateway(settings)
     expected: dict[str, tuple[int, bool]] = {}
@@ -49,10 +51,20 @@ def test_every_call_is_logged_exactly_once_streamed_or_not_failed_or_not(make_se
         expected[resp.headers["x-request-id"]] = (resp.status_code, stream)
 
     sent(post(gw, {"model": "echo-1", "messages": MESSAGES}), False)
-    with httpx.stream("POST", gw.base_url + "/chat/completions", json={"model": "echo-2", "messages": MESSAGES, "stream": True}, timeout=10) as resp:
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/chat/completions",
+        json={"model": "echo-2", "messages": MESSAGES, "stream": True},
+        timeout=10,
+    ) as resp:
         resp.read()
         sent(resp, True)
-    with httpx.stream("POST", gw.base_url + "/chat/completions", json={"model": "break", "messages": MESSAGES, "stream": True}, timeout=10) as resp:
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/chat/completions",
+        json={"model": "break", "messages": MESSAGES, "stream": True},
+        timeout=10,
+    ) as resp:
         resp.read()
         sent(resp, True)
     sent(post(gw, {"model": "reject-400", "messages": MESSAGES}), False)
@@ -89,7 +101,9 @@ def test_a_call_is_visible_to_readers_before_the_writer_flushes(make_settings, s
     resp = post(gw, {"model": "echo-tail", "messages": MESSAGES})
     assert not list(Path(log_dir).rglob("*.parquet"))
     with LogStore.open(log_dir) as store:
-        found = store.sql("SELECT output_text, status FROM calls WHERE call_id = ?", [resp.headers["x-request-id"]])
+        found = store.sql(
+            "SELECT output_text, status FROM calls WHERE call_id = ?", [resp.headers["x-request-id"]]
+        )
     assert found == [{"output_text": "echo-tail: hello log", "status": 200}]
 
 
@@ -116,9 +130,13 @@ def test_secrets_never_reach_the_log(make_settings, start_gateway, fake_upstream
     with client_for(gw, client_key) as client:
         client.chat.completions.create(model="bot", messages=MESSAGES)
         list(client.chat.completions.create(model="bot", messages=MESSAGES, stream=True))
-        with_error = client.chat.completions.with_raw_response.create(model="bot", messages=MESSAGES, user="u1")
+        with_error = client.chat.completions.with_raw_response.create(
+            model="bot", messages=MESSAGES, user="u1"
+        )
     assert fake_upstream.requests[-1]["headers"]["Authorization"] == f"Bearer {provider_key}"  # it was used
-    wrong = post(gw, {"model": "bot", "messages": MESSAGES}, headers={"Authorization": "Bearer sk-st-wrong-SECRET-key"})
+    wrong = post(
+        gw, {"model": "bot", "messages": MESSAGES}, headers={"Authorization": "Bearer sk-st-wrong-SECRET-key"}
+    )
     assert wrong.status_code == 401
     logged = rows(gw, log_dir)
     assert len(logged) == 4
@@ -139,7 +157,9 @@ def test_the_callers_key_forwarded_in_open_mode_is_not_logged(gateway, fake_upst
     assert b"sk-open-mode-SECRET-1" not in all_log_bytes(log_dir)
 
 
-def test_emails_cards_and_custom_patterns_are_redacted_before_the_log(make_settings, start_gateway, fake_upstream, log_dir):
+def test_emails_cards_and_custom_patterns_are_redacted_before_the_log(
+    make_settings, start_gateway, fake_upstream, log_dir
+):
     gw = start_gateway(
         make_settings(store={"redact": {"emails": True, "cards": True, "patterns": [r"ACCT-\d{6}"]}})
     )
@@ -147,7 +167,9 @@ def test_emails_cards_and_custom_patterns_are_redacted_before_the_log(make_setti
     messages = [{"role": "user", "content": secret}]
     with client_for(gw) as client:
         raw = client.chat.completions.with_raw_response.create(model="echo-r", messages=messages)
-        stream = client.chat.completions.with_raw_response.create(model="echo-r", messages=messages, stream=True)
+        stream = client.chat.completions.with_raw_response.create(
+            model="echo-r", messages=messages, stream=True
+        )
         streamed = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
     # the user and the provider see the real text: redaction is for the log only
     assert raw.parse().choices[0].message.content == f"echo-r: {secret}"
@@ -165,7 +187,9 @@ def test_emails_cards_and_custom_patterns_are_redacted_before_the_log(make_setti
         assert needle not in data
 
 
-def test_a_route_with_store_bodies_off_logs_no_bodies_but_still_logs_the_call(make_settings, start_gateway, log_dir):
+def test_a_route_with_store_bodies_off_logs_no_bodies_but_still_logs_the_call(
+    make_settings, start_gateway, log_dir
+):
     gw = start_gateway(
         make_settings(
             upstreams={"up": {"model": "echo-private"}, "up2": {"model": "echo-public"}},
@@ -175,7 +199,9 @@ def test_a_route_with_store_bodies_off_logs_no_bodies_but_still_logs_the_call(ma
     messages = [{"role": "user", "content": "medical-details-XYZ"}]
     with client_for(gw) as client:
         plain = client.chat.completions.with_raw_response.create(model="private", messages=messages)
-        streamed = client.chat.completions.with_raw_response.create(model="private", messages=messages, stream=True)
+        streamed = client.chat.completions.with_raw_response.create(
+            model="private", messages=messages, stream=True
+        )
         list(streamed.parse())
         public = client.chat.completions.with_raw_response.create(model="public", messages=messages)
     assert plain.parse().choices[0].message.content == "echo-private: medical-details-XYZ"
@@ -184,7 +210,9 @@ def test_a_route_with_store_bodies_off_logs_no_bodies_but_still_logs_the_call(ma
         assert (r["request"], r["response"], r["output_text"]) == (None, None, None)
         assert (r["status"], r["stream"], r["route"]) == (200, stream, "private")
         assert r["latency_ms"] is not None
-    assert row(gw, log_dir, public.headers["x-request-id"])["output_text"] == "echo-public: medical-details-XYZ"
+    assert (
+        row(gw, log_dir, public.headers["x-request-id"])["output_text"] == "echo-public: medical-details-XYZ"
+    )
     private = rows(gw, log_dir, "route = 'private'")
     assert len(private) == 2
     assert "medical-details-XYZ" not in json.dumps(private, default=str)

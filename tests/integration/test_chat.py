@@ -100,7 +100,9 @@ def test_every_request_field_known_or_unknown_reaches_the_upstream_unchanged(gat
     assert body == {"model": "echo-fields", "messages": MESSAGES, **params, **unknown}
 
 
-def test_a_route_rewrites_only_the_model_and_keeps_every_other_field(make_settings, start_gateway, fake_upstream):
+def test_a_route_rewrites_only_the_model_and_keeps_every_other_field(
+    make_settings, start_gateway, fake_upstream
+):
     gw = start_gateway(
         make_settings(upstreams={"up": {"model": "echo-upstream-id"}}, routes={"bot": {"baseline": "up"}})
     )
@@ -167,7 +169,11 @@ def test_tools_and_tool_choice_are_forwarded_and_the_tool_call_is_logged(gateway
             "json_schema": {
                 "name": "answer",
                 "strict": True,
-                "schema": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+                "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "string"}},
+                    "required": ["answer"],
+                },
             },
         },
     ],
@@ -195,7 +201,9 @@ def test_n_greater_than_one_returns_every_choice_and_logs_them(gateway, log_dir)
 
 def test_logprobs_are_forwarded_and_returned(gateway, fake_upstream):
     with sync_client(gateway) as client:
-        completion = client.chat.completions.create(model="echo-lp", messages=MESSAGES, logprobs=True, top_logprobs=2)
+        completion = client.chat.completions.create(
+            model="echo-lp", messages=MESSAGES, logprobs=True, top_logprobs=2
+        )
     assert completion.choices[0].logprobs.content[0].logprob == pytest.approx(-0.1)
     body = fake_upstream.requests[-1]["body"]
     assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
@@ -226,7 +234,9 @@ def test_user_metadata_and_session_headers_are_logged(gateway, log_dir):
 
 
 def test_the_unprefixed_path_is_served_too(gateway, log_dir):
-    resp = httpx.post(gateway.url + "/chat/completions", json={"model": "echo-np", "messages": MESSAGES}, timeout=10)
+    resp = httpx.post(
+        gateway.url + "/chat/completions", json={"model": "echo-np", "messages": MESSAGES}, timeout=10
+    )
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "echo-np: ping"
     assert row(gateway, log_dir, resp.headers["x-request-id"])["status"] == 200

@@ -14,7 +14,9 @@ from tests.support.calllog import request, rows
 async def test_concurrent_calls_come_back_to_their_own_callers_and_are_each_logged_once(gateway, log_dir):
     nonces = [uuid.uuid4().hex for _ in range(100)]
 
-    async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="sk-test", max_retries=0, timeout=30) as client:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key="sk-test", max_retries=0, timeout=30
+    ) as client:
 
         async def call(i: int, nonce: str) -> tuple[str, str]:
             messages = [{"role": "user", "content": nonce}]
@@ -24,7 +26,9 @@ async def test_concurrent_calls_come_back_to_their_own_callers_and_are_each_logg
                 )
                 text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
             else:
-                raw = await client.chat.completions.with_raw_response.create(model="echo-c", messages=messages)
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="echo-c", messages=messages
+                )
                 text = raw.parse().choices[0].message.content
             return raw.headers["x-request-id"], text
 

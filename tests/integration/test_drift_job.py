@@ -20,15 +20,25 @@ def _gauges(reader):
 
 def test_a_year_shift_fires_the_scheduled_check_and_reaches_telemetry(make_settings, start_gateway, log_dir):
     now = now_us()
-    write_traffic(log_dir, "bot", traffic(300, seed=1, year=2023), start_us=now - 30 * HOUR_US, spread_us=5 * HOUR_US)
-    write_traffic(log_dir, "bot", traffic(300, seed=2, year=2024), start_us=now - 4 * HOUR_US, spread_us=3 * HOUR_US)
-    settings = make_settings(drift={"checks": [{"route": "bot", "reference": "window:24h", "current": "6h", "every_s": 3600}]})
+    write_traffic(
+        log_dir, "bot", traffic(300, seed=1, year=2023), start_us=now - 30 * HOUR_US, spread_us=5 * HOUR_US
+    )
+    write_traffic(
+        log_dir, "bot", traffic(300, seed=2, year=2024), start_us=now - 4 * HOUR_US, spread_us=3 * HOUR_US
+    )
+    settings = make_settings(
+        drift={"checks": [{"route": "bot", "reference": "window:24h", "current": "6h", "every_s": 3600}]}
+    )
     reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
     gw = start_gateway(settings, metric_readers=[reader], span_exporter=spans)
     report = jobs.run_drift_check(gw.ctx, settings.drift.checks[0])
     assert report is not None and report["drifted"] is True
     gauges = _gauges(reader)
-    fired = {check for (name, check), value in gauges.items() if name == "shadowtune.drift.detected" and value == 1.0}
+    fired = {
+        check
+        for (name, check), value in gauges.items()
+        if name == "shadowtune.drift.detected" and value == 1.0
+    }
     assert fired, gauges
     drift_spans = [s for s in spans.get_finished_spans() if s.name == "drift check bot"]
     assert drift_spans and drift_spans[0].attributes["shadowtune.drift.detected"] is True
@@ -38,8 +48,12 @@ def test_a_year_shift_fires_the_scheduled_check_and_reaches_telemetry(make_setti
 
 def test_without_drift_nothing_fires(make_settings, start_gateway, log_dir):
     now = now_us()
-    write_traffic(log_dir, "bot", traffic(300, seed=1, year=2023), start_us=now - 30 * HOUR_US, spread_us=5 * HOUR_US)
-    write_traffic(log_dir, "bot", traffic(300, seed=3, year=2023), start_us=now - 4 * HOUR_US, spread_us=3 * HOUR_US)
+    write_traffic(
+        log_dir, "bot", traffic(300, seed=1, year=2023), start_us=now - 30 * HOUR_US, spread_us=5 * HOUR_US
+    )
+    write_traffic(
+        log_dir, "bot", traffic(300, seed=3, year=2023), start_us=now - 4 * HOUR_US, spread_us=3 * HOUR_US
+    )
     settings = make_settings(drift={"checks": [{"route": "bot", "reference": "window:24h", "current": "6h"}]})
     reader = InMemoryMetricReader()
     gw = start_gateway(settings, metric_readers=[reader])

@@ -22,7 +22,12 @@ def test_embeddings_are_forwarded_answered_and_logged(gateway, fake_upstream, lo
     assert [d.embedding for d in result.data] == [[1.0, 0.5, -0.5], [3.0, 0.5, -0.5]]
     sent = fake_upstream.requests[-1]
     assert sent["path"] == "/v1/embeddings"
-    assert sent["body"] == {"model": "emb-small", "input": ["a", "bbb"], "encoding_format": "float", "x_dims_hint": 3}
+    assert sent["body"] == {
+        "model": "emb-small",
+        "input": ["a", "bbb"],
+        "encoding_format": "float",
+        "x_dims_hint": 3,
+    }
     r = row(gateway, log_dir, raw.headers["x-request-id"])
     assert r["endpoint"] == "embeddings"
     assert (r["status"], r["route"], r["stream"]) == (200, "emb-small", False)
@@ -32,7 +37,11 @@ def test_embeddings_are_forwarded_answered_and_logged(gateway, fake_upstream, lo
 
 
 def test_embeddings_through_a_route_use_the_upstream_model_id(make_settings, start_gateway, fake_upstream):
-    gw = start_gateway(make_settings(upstreams={"emb": {"model": "text-embedding-x"}}, routes={"embedder": {"baseline": "emb"}}))
+    gw = start_gateway(
+        make_settings(
+            upstreams={"emb": {"model": "text-embedding-x"}}, routes={"embedder": {"baseline": "emb"}}
+        )
+    )
     with client_for(gw) as client:
         result = client.embeddings.create(model="embedder", input="hello")
     assert result.data[0].embedding[0] == 5.0

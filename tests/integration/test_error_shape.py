@@ -67,7 +67,9 @@ def error_of(resp: httpx.Response) -> dict:
         "not-utf8",
     ],
 )
-def test_malformed_or_invalid_chat_requests_are_400_never_422_or_500(gateway, fake_upstream, log_dir, content, param):
+def test_malformed_or_invalid_chat_requests_are_400_never_422_or_500(
+    gateway, fake_upstream, log_dir, content, param
+):
     resp = post(gateway, content=content, headers={"content-type": "application/json"})
     assert resp.status_code == 400
     err = error_of(resp)
@@ -95,7 +97,11 @@ def test_the_sdk_sees_a_bad_request_error_with_its_param(gateway):
 
 def test_an_unknown_model_is_404_model_not_found(make_settings, start_gateway, fake_upstream, log_dir):
     gw = start_gateway(
-        make_settings(server={"passthrough_url": None}, upstreams={"up": {"model": "echo-x"}}, routes={"bot": {"baseline": "up"}})
+        make_settings(
+            server={"passthrough_url": None},
+            upstreams={"up": {"model": "echo-x"}},
+            routes={"bot": {"baseline": "up"}},
+        )
     )
     with client_for(gw) as client, pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.with_raw_response.create(model="no-such-model", messages=MESSAGES)
@@ -108,7 +114,10 @@ def test_an_unknown_model_is_404_model_not_found(make_settings, start_gateway, f
     assert (r["status"], r["route"]) == (404, None)
 
     with client_for(gw) as client:  # the configured route still answers
-        assert client.chat.completions.create(model="bot", messages=MESSAGES).choices[0].message.content == "echo-x: hi"
+        assert (
+            client.chat.completions.create(model="bot", messages=MESSAGES).choices[0].message.content
+            == "echo-x: hi"
+        )
 
 
 def test_a_body_over_the_limit_is_413(make_settings, start_gateway, fake_upstream, log_dir):
@@ -138,7 +147,12 @@ def test_a_body_over_the_limit_is_413(make_settings, start_gateway, fake_upstrea
 
 @pytest.mark.parametrize(
     ("status", "exc_class"),
-    [(400, openai.BadRequestError), (403, openai.PermissionDeniedError), (404, openai.NotFoundError), (422, openai.UnprocessableEntityError)],
+    [
+        (400, openai.BadRequestError),
+        (403, openai.PermissionDeniedError),
+        (404, openai.NotFoundError),
+        (422, openai.UnprocessableEntityError),
+    ],
 )
 def test_an_upstream_4xx_passes_through_with_its_status_and_body_and_is_not_retried(
     gateway, fake_upstream, log_dir, status, exc_class
@@ -151,7 +165,11 @@ def test_an_upstream_4xx_passes_through_with_its_status_and_body_and_is_not_retr
     assert exc.body["message"] == f"rejected {status}"
     assert len(fake_upstream.requests) == 1
     r = row(gateway, log_dir, exc.response.headers["x-request-id"])
-    assert (r["status"], r["error_type"], r["error_message"]) == (status, "invalid_request_error", f"rejected {status}")
+    assert (r["status"], r["error_type"], r["error_message"]) == (
+        status,
+        "invalid_request_error",
+        f"rejected {status}",
+    )
 
 
 def test_an_upstream_error_that_is_not_json_is_wrapped_in_openais_shape(gateway, log_dir):
@@ -185,8 +203,14 @@ def test_a_streamed_call_is_retried_before_the_first_byte(gateway, fake_upstream
     assert len(fake_upstream.requests) == 2
 
 
-def test_retries_are_bounded_and_the_last_upstream_error_is_returned(make_settings, start_gateway, fake_upstream, log_dir):
-    gw = start_gateway(make_settings(upstreams={"down": {"model": "error-503", "retries": 2}}, routes={"r": {"baseline": "down"}}))
+def test_retries_are_bounded_and_the_last_upstream_error_is_returned(
+    make_settings, start_gateway, fake_upstream, log_dir
+):
+    gw = start_gateway(
+        make_settings(
+            upstreams={"down": {"model": "error-503", "retries": 2}}, routes={"r": {"baseline": "down"}}
+        )
+    )
     with client_for(gw) as client, pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="r", messages=MESSAGES)
     assert info.value.status_code == 503
@@ -204,9 +228,14 @@ def test_an_upstream_rate_limit_that_persists_reaches_the_caller_as_429(gateway,
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_an_upstream_slower_than_its_timeout_is_504(make_settings, start_gateway, fake_upstream, log_dir, stream):
+def test_an_upstream_slower_than_its_timeout_is_504(
+    make_settings, start_gateway, fake_upstream, log_dir, stream
+):
     gw = start_gateway(
-        make_settings(upstreams={"slow": {"model": "slow-2", "timeout": 0.3, "retries": 0}}, routes={"r": {"baseline": "slow"}})
+        make_settings(
+            upstreams={"slow": {"model": "slow-2", "timeout": 0.3, "retries": 0}},
+            routes={"r": {"baseline": "slow"}},
+        )
     )
     resp = post(gw, json={"model": "r", "messages": MESSAGES, "stream": stream})
     assert resp.status_code == 504
@@ -245,3 +274,21 @@ def test_errors_outside_the_hot_path_have_the_same_shape(gateway):
     resp = httpx.get(gateway.base_url + "/chat/completions", timeout=TIMEOUT)
     assert 400 <= resp.status_code < 500
     error_of(resp)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "echo"},  # rejected by the gateway
+        {"model": "reject-400", "messages": MESSAGES},  # rejected by the upstream
+        {"model": "error-500", "messages": MESSAGES},  # failed upstream after retries
+    ],
+    ids=["gateway-400", "upstream-400", "upstream-500"],
+)
+def test_error_answers_carry_the_request_id_and_overhead_headers(gateway, log_dir, body):
+    resp = post(gateway, json=body)
+    assert resp.status_code >= 400
+    assert resp.headers.get_list("x-request-id") == [resp.headers["x-request-id"]]
+    assert resp.headers["x-request-id"].startswith("call_")
+    assert float(resp.headers["x-shadowtune-overhead-ms"]) >= 0
+    assert row(gateway, log_dir, resp.headers["x-request-id"])["status"] == resp.status_code

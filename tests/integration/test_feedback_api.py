@@ -18,12 +18,16 @@ def _call(gw):
 
 def test_feedback_by_call_id_and_by_response_id_is_joined_to_the_call(gateway, log_dir):
     call_id, response_id = _call(gateway)
-    r1 = httpx.post(gateway.url + "/v1/feedback", json={"call_id": call_id, "kind": "thumbs", "value": "down"})
+    r1 = httpx.post(
+        gateway.url + "/v1/feedback", json={"call_id": call_id, "kind": "thumbs", "value": "down"}
+    )
     r2 = httpx.post(gateway.url + "/v1/feedback", json={"call_id": response_id, "kind": "rating", "value": 4})
     assert r1.status_code == 200 and r1.json()["id"].startswith("evt_")
     assert r2.status_code == 200
     gateway.flush()
-    row = LogStore.open(log_dir).sql("SELECT thumbs_down, rating FROM calls_with_outcomes WHERE call_id = ?", [call_id])
+    row = LogStore.open(log_dir).sql(
+        "SELECT thumbs_down, rating FROM calls_with_outcomes WHERE call_id = ?", [call_id]
+    )
     assert row == [{"thumbs_down": 1, "rating": 4.0}]
 
 
@@ -54,4 +58,6 @@ def test_cli_feedback_add_posts_to_the_gateway(gateway, log_dir):
     bad = CliRunner().invoke(main, ["feedback", "add", call_id, "rating", "99", "--url", gateway.url])
     assert bad.exit_code != 0 and "value" in bad.output
     gateway.flush()
-    assert LogStore.open(log_dir).sql("SELECT thumbs_up FROM outcomes WHERE call_id = ?", [call_id]) == [{"thumbs_up": 1}]
+    assert LogStore.open(log_dir).sql("SELECT thumbs_up FROM outcomes WHERE call_id = ?", [call_id]) == [
+        {"thumbs_up": 1}
+    ]

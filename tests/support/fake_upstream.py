@@ -118,11 +118,19 @@ class FakeUpstream:
             if model.startswith("reject-"):
                 status = int(model.split("-", 1)[1])
                 return web.json_response(
-                    {"error": {"message": f"rejected {status}", "type": "invalid_request_error", "param": "messages", "code": "scripted_reject"}},
+                    {
+                        "error": {
+                            "message": f"rejected {status}",
+                            "type": "invalid_request_error",
+                            "param": "messages",
+                            "code": "scripted_reject",
+                        }
+                    },
                     status=status,
                 )
             if model.startswith("html-"):
-                return web.Response(status=int(model.split("-", 1)[1]), text="<html>bad gateway</html>", content_type="text/html")
+                status = int(model.split("-", 1)[1])
+                return web.Response(status=status, text="<html>bad gateway</html>", content_type="text/html")
             if model.startswith("error-"):
                 status = int(model.split("-", 1)[1])
                 return _error(
@@ -219,7 +227,9 @@ class FakeUpstream:
                 for i in range(n):
                     c: dict[str, Any] = {"index": i, "delta": {"content": piece}, "finish_reason": None}
                     if body.get("logprobs"):
-                        c["logprobs"] = {"content": [{"token": piece, "logprob": -0.1, "bytes": list(piece.encode()), "top_logprobs": []}]}
+                        token = {"token": piece, "logprob": -0.1, "bytes": list(piece.encode())}
+                        token["top_logprobs"] = []
+                        c["logprobs"] = {"content": [token]}
                     await emit(chunk([c]))
                 if model == "stall" and k == 1:
                     await asyncio.sleep(3600)

@@ -22,26 +22,99 @@ DAY_US = 86_400 * 1_000_000
 def completion(text: str | None, tool: bool = False) -> str:
     msg: dict = {"role": "assistant", "content": text}
     if tool:
-        msg["tool_calls"] = [{"id": "t1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]
+        msg["tool_calls"] = [
+            {"id": "t1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+        ]
     return json.dumps(
-        {"id": f"chatcmpl-{text}", "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+        {
+            "id": f"chatcmpl-{text}",
+            "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+        }
     )
 
 
 def request(content: str) -> str:
-    return json.dumps({"model": "bot", "messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": content}]})
+    return json.dumps(
+        {
+            "model": "bot",
+            "messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": content}],
+        }
+    )
 
 
 @pytest.fixture
 def populated(log_dir) -> str:
     with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
-        w.append("calls", {"call_id": "call_A", "ts": NOW_US - 3, "route": "bot", "variant": "baseline", "served": True, "status": 200, "user": "u1", "latency_ms": 12.5, "request": request("where is my parcel"), "response": completion("in transit")})
+        w.append(
+            "calls",
+            {
+                "call_id": "call_A",
+                "ts": NOW_US - 3,
+                "route": "bot",
+                "variant": "baseline",
+                "served": True,
+                "status": 200,
+                "user": "u1",
+                "latency_ms": 12.5,
+                "request": request("where is my parcel"),
+                "response": completion("in transit"),
+            },
+        )
         w.flush()
-        w.append("calls", {"call_id": "call_B", "ts": NOW_US - 2, "route": "bot", "variant": "candidate", "served": False, "status": 200, "user": "u2", "request": request("refund please"), "response": completion(None, tool=True)})
-        w.append("calls", {"call_id": "call_C", "ts": NOW_US - 1, "route": "other", "variant": "baseline", "served": True, "status": 502, "error_type": "upstream_error", "error_message": "cannot reach upstream", "request": request("hello")})
+        w.append(
+            "calls",
+            {
+                "call_id": "call_B",
+                "ts": NOW_US - 2,
+                "route": "bot",
+                "variant": "candidate",
+                "served": False,
+                "status": 200,
+                "user": "u2",
+                "request": request("refund please"),
+                "response": completion(None, tool=True),
+            },
+        )
+        w.append(
+            "calls",
+            {
+                "call_id": "call_C",
+                "ts": NOW_US - 1,
+                "route": "other",
+                "variant": "baseline",
+                "served": True,
+                "status": 502,
+                "error_type": "upstream_error",
+                "error_message": "cannot reach upstream",
+                "request": request("hello"),
+            },
+        )
         w.flush()
-        w.append("calls", {"call_id": "call_OLD", "ts": NOW_US - 40 * DAY_US, "route": "bot", "variant": "baseline", "served": True, "status": 200, "request": request("old"), "response": completion("ancient")})
-        w.append("events", {"event_id": "ev_1", "call_id": "call_A", "ts": NOW_US, "kind": "thumbs", "value": "up", "value_num": 1})
+        w.append(
+            "calls",
+            {
+                "call_id": "call_OLD",
+                "ts": NOW_US - 40 * DAY_US,
+                "route": "bot",
+                "variant": "baseline",
+                "served": True,
+                "status": 200,
+                "request": request("old"),
+                "response": completion("ancient"),
+            },
+        )
+        w.append(
+            "events",
+            {
+                "event_id": "ev_1",
+                "call_id": "call_A",
+                "ts": NOW_US,
+                "kind": "thumbs",
+                "value": "up",
+                "value_num": 1,
+            },
+        )
     return log_dir
 
 
@@ -126,13 +199,22 @@ class TestLogs:
         assert "no call 'call_nope'" in out
 
     def test_sql(self, populated):
-        rows = as_json("logs", "sql", "SELECT route, count(*) AS n FROM calls GROUP BY route ORDER BY route", "--log-dir", populated)
+        rows = as_json(
+            "logs",
+            "sql",
+            "SELECT route, count(*) AS n FROM calls GROUP BY route ORDER BY route",
+            "--log-dir",
+            populated,
+        )
         assert rows == [{"route": "bot", "n": 3}, {"route": "other", "n": 1}]
         text = run("logs", "sql", "SELECT call_id FROM calls WHERE status = 502", "--log-dir", populated)
         assert text.splitlines() == ["call_id", "call_C"]
         assert "(no rows)" in run("logs", "sql", "SELECT * FROM calls WHERE false", "--log-dir", populated)
 
-    @pytest.mark.parametrize("query", ["DELETE FROM calls", "DROP VIEW calls", "COPY calls TO 'x.csv'", "SELECT 1; DELETE FROM calls"])
+    @pytest.mark.parametrize(
+        "query",
+        ["DELETE FROM calls", "DROP VIEW calls", "COPY calls TO 'x.csv'", "SELECT 1; DELETE FROM calls"],
+    )
     def test_sql_refuses_writes(self, populated, query):
         out = run("logs", "sql", query, "--log-dir", populated, code=1)
         assert "read-only" in out
@@ -145,11 +227,24 @@ class TestLogs:
 
     def test_export_jsonl_and_parquet(self, populated, tmp_path):
         out = tmp_path / "calls.jsonl"
-        run("logs", "export", "--log-dir", populated, "--format", "jsonl", "--out", str(out), "--route", "bot")
+        run(
+            "logs", "export", "--log-dir", populated, "--format", "jsonl", "--out", str(out), "--route", "bot"
+        )
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["call_id"] for r in rows] == ["call_OLD", "call_A", "call_B"]
         pq_out = tmp_path / "calls.parquet"
-        run("logs", "export", "--log-dir", populated, "--format", "parquet", "--out", str(pq_out), "--since", "7d")
+        run(
+            "logs",
+            "export",
+            "--log-dir",
+            populated,
+            "--format",
+            "parquet",
+            "--out",
+            str(pq_out),
+            "--since",
+            "7d",
+        )
         assert sorted(pq.read_table(pq_out).column("call_id").to_pylist()) == ["call_A", "call_B", "call_C"]
         ev = tmp_path / "events.jsonl"
         run("logs", "export", "--log-dir", populated, "--table", "events", "--out", str(ev))

@@ -31,9 +31,15 @@ def test_compaction_merges_small_files_and_keeps_every_row_exactly_once(log_dir)
             for i in range(batch * 5, batch * 5 + 5):
                 w.append("calls", call(i))
             w.flush()
-        w.append("events", {"event_id": "e1", "call_id": "call_0001", "ts": NOW_US, "kind": "thumbs", "value": "up"})
+        w.append(
+            "events",
+            {"event_id": "e1", "call_id": "call_0001", "ts": NOW_US, "kind": "thumbs", "value": "up"},
+        )
         w.flush()
-        w.append("events", {"event_id": "e2", "call_id": "call_0002", "ts": NOW_US, "kind": "thumbs", "value": "down"})
+        w.append(
+            "events",
+            {"event_id": "e2", "call_id": "call_0002", "ts": NOW_US, "kind": "thumbs", "value": "down"},
+        )
         w.flush()
         assert len(parquet(log_dir)) == 4
         removed = layout.compact(log_dir, w.wal_dir)
@@ -82,7 +88,9 @@ def test_prune_deletes_whole_days_before_the_cutoff_only(log_dir):
         w.append("calls", call(1, ts=old))
         w.append("calls", call(2, ts=old + DAY_US))
         w.append("calls", call(3))
-        w.append("events", {"event_id": "e1", "call_id": "call_0001", "ts": old, "kind": "thumbs", "value": "up"})
+        w.append(
+            "events", {"event_id": "e1", "call_id": "call_0001", "ts": old, "kind": "thumbs", "value": "up"}
+        )
     cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=39, hours=12)).date()
     deleted = layout.prune(log_dir, cutoff)
     assert deleted >= 2

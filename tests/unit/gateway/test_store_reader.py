@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -15,26 +16,89 @@ NOW_US = time.time_ns() // 1000
 @pytest.fixture
 def store(log_dir):
     with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
-        w.append("calls", {"call_id": "call_1", "ts": NOW_US, "route": "bot", "variant": "baseline", "served": True, "status": 200, "response": '{"id": "chatcmpl-1", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'})
-        w.append("calls", {"call_id": "call_2", "ts": NOW_US + 1, "route": "bot", "variant": "candidate", "served": False, "status": 500, "error_type": "server_error"})
+        w.append(
+            "calls",
+            {
+                "call_id": "call_1",
+                "ts": NOW_US,
+                "route": "bot",
+                "variant": "baseline",
+                "served": True,
+                "status": 200,
+                "response": json.dumps(
+                    {
+                        "id": "chatcmpl-1",
+                        "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+                    }
+                ),
+            },
+        )
+        w.append(
+            "calls",
+            {
+                "call_id": "call_2",
+                "ts": NOW_US + 1,
+                "route": "bot",
+                "variant": "candidate",
+                "served": False,
+                "status": 500,
+                "error_type": "server_error",
+            },
+        )
         w.flush()
-        w.append("events", {"event_id": "e1", "call_id": "call_1", "ts": NOW_US + 2, "kind": "thumbs", "value": "up", "value_num": 1})
-        w.append("events", {"event_id": "e2", "call_id": "call_1", "ts": NOW_US + 3, "kind": "rating", "value_num": 4})
-        w.append("events", {"event_id": "e3", "call_id": "chatcmpl-1", "ts": NOW_US + 4, "kind": "thumbs", "value": "up", "value_num": 1})
+        w.append(
+            "events",
+            {
+                "event_id": "e1",
+                "call_id": "call_1",
+                "ts": NOW_US + 2,
+                "kind": "thumbs",
+                "value": "up",
+                "value_num": 1,
+            },
+        )
+        w.append(
+            "events",
+            {"event_id": "e2", "call_id": "call_1", "ts": NOW_US + 3, "kind": "rating", "value_num": 4},
+        )
+        w.append(
+            "events",
+            {
+                "event_id": "e3",
+                "call_id": "chatcmpl-1",
+                "ts": NOW_US + 4,
+                "kind": "thumbs",
+                "value": "up",
+                "value_num": 1,
+            },
+        )
     with LogStore.open(log_dir) as s:
         yield s
 
 
 def test_the_calls_view_has_derived_columns(store):
-    rows = store.sql("SELECT call_id, output_text, finish_reason, response_id, input_tokens, output_tokens FROM calls ORDER BY call_id")
-    assert rows[0] == {"call_id": "call_1", "output_text": "hi", "finish_reason": "stop", "response_id": "chatcmpl-1", "input_tokens": 3, "output_tokens": 1}
+    rows = store.sql(
+        "SELECT call_id, output_text, finish_reason, response_id, input_tokens, output_tokens"
+        " FROM calls ORDER BY call_id"
+    )
+    assert rows[0] == {
+        "call_id": "call_1",
+        "output_text": "hi",
+        "finish_reason": "stop",
+        "response_id": "chatcmpl-1",
+        "input_tokens": 3,
+        "output_tokens": 1,
+    }
     assert rows[1]["output_text"] is None
 
 
 def test_outcomes_are_joined_to_calls(store):
     row = store.sql("SELECT thumbs_up, rating, n_events FROM calls_with_outcomes WHERE call_id = 'call_1'")[0]
     assert row == {"thumbs_up": 2, "rating": 4.0, "n_events": 3}
-    assert store.sql("SELECT n_events FROM calls_with_outcomes WHERE call_id = 'call_2'") == [{"n_events": None}]
+    assert store.sql("SELECT n_events FROM calls_with_outcomes WHERE call_id = 'call_2'") == [
+        {"n_events": None}
+    ]
 
 
 def test_arrow_and_parameters(store):

@@ -15,7 +15,14 @@ def sse(*chunks) -> str:
 
 
 def chunk(choices, **kw):
-    return {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 5, "model": "m", "choices": choices, **kw}
+    return {
+        "id": "chatcmpl-9",
+        "object": "chat.completion.chunk",
+        "created": 5,
+        "model": "m",
+        "choices": choices,
+        **kw,
+    }
 
 
 def test_parse_lines_counts_corrupt_lines_and_handles_the_tail():
@@ -29,13 +36,56 @@ def test_parse_lines_counts_corrupt_lines_and_handles_the_tail():
 
 def test_streamed_text_tool_calls_usage_and_logprobs_are_assembled():
     text = sse(
-        chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}, {"index": 1, "delta": {"role": "assistant"}}], system_fingerprint="fp"),
-        chunk([{"index": 0, "delta": {"content": "Hel"}, "logprobs": {"content": [{"token": "Hel", "logprob": -1}]}}]),
-        chunk([{"index": 0, "delta": {"content": "lo"}, "logprobs": {"content": [{"token": "lo", "logprob": -2}]}}]),
-        chunk([{"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]),
+        chunk(
+            [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}},
+                {"index": 1, "delta": {"role": "assistant"}},
+            ],
+            system_fingerprint="fp",
+        ),
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"content": "Hel"},
+                    "logprobs": {"content": [{"token": "Hel", "logprob": -1}]},
+                }
+            ]
+        ),
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"content": "lo"},
+                    "logprobs": {"content": [{"token": "lo", "logprob": -2}]},
+                }
+            ]
+        ),
+        chunk(
+            [
+                {
+                    "index": 1,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_a",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": ""},
+                            }
+                        ]
+                    },
+                }
+            ]
+        ),
         chunk([{"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"x"'}}]}}]),
         chunk([{"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}}]),
-        chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}, {"index": 1, "delta": {}, "finish_reason": "tool_calls"}]),
+        chunk(
+            [
+                {"index": 0, "delta": {}, "finish_reason": "stop"},
+                {"index": 1, "delta": {}, "finish_reason": "tool_calls"},
+            ]
+        ),
         chunk([], usage={"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}),
     )
     out = assemble_stream(text)
@@ -46,12 +96,14 @@ def test_streamed_text_tool_calls_usage_and_logprobs_are_assembled():
     assert first["message"] == {"role": "assistant", "content": "Hello"}
     assert first["finish_reason"] == "stop"
     assert [t["token"] for t in first["logprobs"]["content"]] == ["Hel", "lo"]
-    assert second["message"]["tool_calls"] == [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]
+    assert second["message"]["tool_calls"] == [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    ]
     assert second["finish_reason"] == "tool_calls"
 
 
 def test_an_error_event_is_kept_in_the_assembled_response():
-    text = sse(chunk([{"index": 0, "delta": {"content": "par"}}])) .replace("data: [DONE]\n\n", "")
+    text = sse(chunk([{"index": 0, "delta": {"content": "par"}}])).replace("data: [DONE]\n\n", "")
     text += 'data: {"error": {"message": "broke", "type": "upstream_error", "param": null, "code": null}}\n\n'
     out = assemble_stream(text)
     assert out["choices"][0]["message"]["content"] == "par"
@@ -63,7 +115,10 @@ def test_derived_columns_and_cost():
         "_t": "calls",
         "call_id": "c",
         "ts": 1_700_000_000_000_000,
-        "response_sse": sse(chunk([{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]), chunk([], usage={"prompt_tokens": 1000, "completion_tokens": 500})),
+        "response_sse": sse(
+            chunk([{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]),
+            chunk([], usage={"prompt_tokens": 1000, "completion_tokens": 500}),
+        ),
         "price_in": 2.0,
         "price_out": 8.0,
     }

@@ -71,13 +71,18 @@ class TestWritePath:
         writer.append("calls", call(1, output_text="tail"))
         assert not list(Path(log_dir).rglob("*.parquet"))
         with LogStore.open(log_dir) as store:
-            assert store.sql("SELECT call_id, output_text FROM calls") == [{"call_id": "call_0001", "output_text": "tail"}]
+            assert store.sql("SELECT call_id, output_text FROM calls") == [
+                {"call_id": "call_0001", "output_text": "tail"}
+            ]
 
     def test_close_flushes_everything_and_releases_the_lock(self, log_dir):
         w = LogWriter(log_dir, flush_interval=3600, compact_interval=0)
         w.start()
         w.append("calls", call(1))
-        w.append("events", {"event_id": "ev_1", "call_id": "call_0001", "ts": NOW_US, "kind": "thumbs", "value": "up"})
+        w.append(
+            "events",
+            {"event_id": "ev_1", "call_id": "call_0001", "ts": NOW_US, "kind": "thumbs", "value": "up"},
+        )
         w.close()
         assert segments(log_dir) == []
         assert not list(Path(log_dir, "wal").glob("*.lock"))
@@ -119,7 +124,13 @@ class TestReplay:
         day = time.strftime("%Y-%m-%d", time.gmtime(NOW_US / 1e6))
         stem = seg.name[: -len(layout.WAL_SUFFIX)]
         # the Parquet file was written and renamed, but the process died before deleting the segment
-        layout.write_parquet(log_dir, "calls", day, stem, to_table("calls", [derive("calls", {**r, "_t": "calls"}) for r in records], derived=True))
+        layout.write_parquet(
+            log_dir,
+            "calls",
+            day,
+            stem,
+            to_table("calls", [derive("calls", {**r, "_t": "calls"}) for r in records], derived=True),
+        )
         assert ids(log_dir) == ["call_0001", "call_0002"]  # readers see the segment, not both
         with LogWriter(log_dir, flush_interval=3600, compact_interval=0):
             pass
@@ -171,7 +182,9 @@ class TestReplay:
             "    if i == 20: w.flush()\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n"
         )
-        proc = subprocess.run([sys.executable, "-c", script, log_dir], cwd=os.getcwd(), timeout=60, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, log_dir], cwd=os.getcwd(), timeout=60, check=False
+        )
         assert proc.returncode == -9
         assert segments(log_dir)  # the unflushed tail is still in the WAL
         with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
@@ -207,7 +220,9 @@ class TestSchemaVersion:
 
 
 class TestDiskTrouble:
-    def test_an_unwritable_directory_is_reported_held_in_memory_and_flushed_when_it_comes_back(self, tmp_path, caplog):
+    def test_an_unwritable_directory_is_reported_held_in_memory_and_flushed_when_it_comes_back(
+        self, tmp_path, caplog
+    ):
         blocker = tmp_path / "blocked"
         blocker.write_text("a file where the log's parent directory should be")
         log_dir = str(blocker / "log")
