@@ -182,7 +182,9 @@ class HotPath:
             return
         finally:
             watcher.cancel()
-        if plan.shadow is not None:
+        if plan.shadow is not None and plan.shadow == rec.get("variant"):
+            self.shadow.skip(state.route, "fallback")  # the fallback already asked that variant
+        elif plan.shadow is not None:
             self._submit_shadow(rec, req, body, endpoint, stream, state, plan.shadow, snapshot.upstreams)
         elif state.mode in ("shadow", "primary") and state.candidate is not None:
             self.shadow.skip(state.route, "sampled")  # left out by the route's shadow_rate
@@ -207,7 +209,7 @@ class HotPath:
         await self._open(attempt, req, body, endpoint, name, upstreams)
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
-            failed = dict(rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False)
+            failed = dict(rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False, attempt="fallback")
             self._upstream_fields(failed, attempt.upstream, upstreams, req)
             self._log_attempt(failed, attempt, t0, body=None)
             if attempt.reply is not None:
@@ -370,7 +372,9 @@ class HotPath:
 
         async def job() -> None:
             t0 = time.perf_counter()
-            row = dict(base, call_id=new_id("call"), parent_call_id=parent, served=False, variant=variant)
+            row = dict(
+                base, call_id=new_id("call"), parent_call_id=parent, served=False, variant=variant, attempt="shadow"
+            )
             row["ts"] = time.time_ns() // 1000
             attempt = Attempt(row["call_id"], variant, name or "")
             await self._open(attempt, req, body, endpoint, name, upstreams)
@@ -392,22 +396,22 @@ class HotPath:
         """Log a call the user did not see (a shadow call, a failed candidate before fallback)."""
         row["variant"] = attempt.variant
         reply = attempt.reply
-        if attempt.error is not None:
-            row["status"] = attempt.error.status
-            row["error_type"], row["error_message"] = attempt.error.type, attempt.error.message
-        elif reply is not None:
+        if reply is not None:
             row["status"] = reply.status
             if body is None and reply.status >= 400:  # a failed attempt whose body was not read (fallback)
                 row["error_type"] = "upstream_error"
                 row["error_message"] = f"upstream answered {reply.status}"
-            if body is not None:
+            if body is not None:  # kept even when the stream broke off midway: what came is logged
                 data, first = body
-                if attempt.error is None and reply.status >= 400:
+                if reply.status >= 400:
                     row["error_type"], row["error_message"] = _upstream_error(data)
                 if store_body:
                     row["response_sse" if reply.is_stream else "response"] = data.decode("utf-8", "replace")
                 if first is not None:
                     row["ttft_ms"] = (first - attempt.started) * 1000
+        if attempt.error is not None:
+            row["status"] = attempt.error.status
+            row["error_type"], row["error_message"] = attempt.error.type, attempt.error.message
         self._finish(row, t0, time.perf_counter() - attempt.started, None)
 
     def _finish(self, rec: dict[str, Any], t0: float, upstream_s: float, first: float | None) -> None:

@@ -302,7 +302,7 @@ class Telemetry:
                 trace_id, span_id_of(parent_id), is_remote=True, trace_flags=TraceFlags(1)
             )
             links.append(
-                Link(parent_sc, {"shadowtune.link": "shadow_of" if not rec.get("served") else "parent"})
+                Link(parent_sc, {"shadowtune.link": f"{rec.get('attempt') or 'shadow'}_of"})
             )
             trace_id_own = trace_id_of(rec["call_id"])
         else:

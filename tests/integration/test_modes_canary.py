@@ -219,3 +219,21 @@ def test_route_changes_take_effect_without_a_restart(make_settings, start_gatewa
         ("canary", "baseline", v2),
         ("canary", "candidate", v2 + 1),
     ]
+
+
+def test_primary_fallback_does_not_ask_the_baseline_twice(make_settings, start_gateway, fake_upstream, log_dir):
+    settings = make_settings(
+        upstreams={"base": {"model": "echo-base"}, "cand": {"model": "error-500", "retries": 0}},
+        routes={"bot": {"baseline": "base", "candidate": "cand", "mode": "primary", "shadow_rate": 1.0}},
+    )
+    gw = start_gateway(settings)
+    from openai import OpenAI
+
+    reply = OpenAI(base_url=gw.base_url, api_key="x", max_retries=0).chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "hi"}], user="u1"
+    )
+    assert reply.choices[0].message.content == "echo-base: hi"
+    gw.flush()
+    baseline_calls = [r for r in fake_upstream.requests if r["body"]["model"] == "echo-base"]
+    assert len(baseline_calls) == 1
+    assert ("bot", "fallback") in gw.ctx.shadow.skipped
