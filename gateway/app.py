@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway import __version__, jobs
 from gateway.auth import Authenticator
 from gateway.config import Settings
-from gateway.errors import GatewayError, InvalidRequest, error_body, error_dict
-from gateway.hotpath import PATHS, HotPath, Receive, Scope, Send
+from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, error_body, error_dict
+from gateway.hotpath import PATHS, HotPath, Receive, Scope, Send, send_error
 from gateway.routing.state import RouteStateStore
 from gateway.shadow import ShadowRunner
+from gateway.store.ids import new_id
 from gateway.store.writer import LogWriter
 
 log = logging.getLogger("shadowtune")
@@ -54,12 +56,35 @@ class GatewayApp:
         self.hot = ctx.hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = PATHS.get(scope["path"])
-            if endpoint is not None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # type: ignore[arg-type]
+            return
+        endpoint = PATHS.get(scope["path"])
+        if endpoint is not None:
+            if scope["method"] == "POST":
                 await self.hot(scope, receive, send, endpoint)
                 return
-        await self.api(scope, receive, send)  # type: ignore[arg-type]
+            if scope["method"] != "OPTIONS":
+                err = MethodNotAllowed(
+                    f"{scope['method']} is not allowed here; use POST", code="method_not_allowed"
+                )
+                await send_error(send, err, new_id("req"), 0.0, extra_headers=[(b"allow", b"POST")])
+                return
+        t0 = time.perf_counter()
+        call_id = new_id("req").encode()
+
+        async def send_with_ids(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                overhead = f"{(time.perf_counter() - t0) * 1000:.3f}".encode()
+                headers = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", call_id),
+                    (b"x-shadowtune-overhead-ms", overhead),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.api(scope, receive, send_with_ids)  # type: ignore[arg-type]
 
 
 def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers: Any = ()) -> GatewayApp:

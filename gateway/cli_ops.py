@@ -56,9 +56,11 @@ def logs() -> None:
 
 @logs.command("path")
 @_log_dir
-def logs_path(log_dir: str) -> None:
+@_json
+def logs_path(log_dir: str, as_json: bool) -> None:
     """Print the call log's location."""
-    click.echo(os.path.abspath(log_dir) if "://" not in log_dir else log_dir)
+    path = os.path.abspath(log_dir) if "://" not in log_dir else log_dir
+    click.echo(json.dumps({"log_dir": path}) if as_json else path)
 
 
 @logs.command("status")
@@ -245,8 +247,9 @@ def logs_sql(query: str, log_dir: str, as_json: bool) -> None:
 @click.option("--table", default="calls", type=click.Choice(["calls", "events", "calls_with_outcomes"]))
 @click.option("--since", help="7d, 24h or an ISO date.")
 @click.option("--route", help="Only this route.")
+@_json
 def logs_export(
-    log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None
+    log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None, as_json: bool
 ) -> None:
     """Export calls (or events) to Parquet or JSON Lines."""
     where: list[str] = []
@@ -267,24 +270,29 @@ def logs_export(
         with open(out_path, "w") as f:
             for row in data.to_pylist():
                 f.write(json.dumps(row, default=str) + "\n")
-    click.echo(f"{data.num_rows} rows -> {out_path}", err=True)
+    if as_json:
+        _echo_json({"rows": data.num_rows, "out": out_path, "format": fmt})
+    else:
+        click.echo(f"{data.num_rows} rows -> {out_path}", err=True)
 
 
 @logs.command("compact")
 @_log_dir
-def logs_compact(log_dir: str) -> None:
+@_json
+def logs_compact(log_dir: str, as_json: bool) -> None:
     """Merge each day's small Parquet files."""
     from gateway.store import layout
 
     removed = layout.compact(log_dir, layout.default_wal_dir(log_dir))
-    click.echo(f"compacted {removed} file(s)")
+    click.echo(json.dumps({"compacted_files": removed}) if as_json else f"compacted {removed} file(s)")
 
 
 @logs.command("prune")
 @_log_dir
 @click.option("--before", required=True, help="Delete days before this date (YYYY-MM-DD) or age (30d).")
 @click.option("--yes", is_flag=True, help="Do not ask.")
-def logs_prune(log_dir: str, before: str, yes: bool) -> None:
+@_json
+def logs_prune(log_dir: str, before: str, yes: bool, as_json: bool) -> None:
     """Delete the log's partitions older than a date (retention)."""
     from gateway.store import layout
 
@@ -293,7 +301,9 @@ def logs_prune(log_dir: str, before: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"delete every call and event before {cutoff.date()} in {log_dir}?", abort=True)
     n = layout.prune(log_dir, cutoff.date())
-    click.echo(f"deleted {n} file(s)")
+    click.echo(
+        json.dumps({"deleted_files": n, "before": str(cutoff.date())}) if as_json else f"deleted {n} file(s)"
+    )
 
 
 # -- routes (admin API) --------------------------------------------------------------------

@@ -8,6 +8,7 @@
     ├── Unauthorized             401 authentication_error
     ├── Forbidden                403 permission_error
     ├── NotFound                 404 invalid_request_error (code model_not_found, ...)
+    ├── MethodNotAllowed         405 invalid_request_error
     ├── RateLimited              429 rate_limit_error
     ├── Overloaded               503 overloaded_error
     ├── UpstreamError            502 upstream_error (connection failures, bad upstream answers)
@@ -65,6 +66,12 @@ class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class RateLimited(GatewayError):

@@ -209,7 +209,9 @@ class HotPath:
         await self._open(attempt, req, body, endpoint, name, upstreams)
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
-            failed = dict(rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False, attempt="fallback")
+            failed = dict(
+                rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False, attempt="fallback"
+            )
             self._upstream_fields(failed, attempt.upstream, upstreams, req)
             self._log_attempt(failed, attempt, t0, body=None)
             if attempt.reply is not None:
@@ -373,7 +375,12 @@ class HotPath:
         async def job() -> None:
             t0 = time.perf_counter()
             row = dict(
-                base, call_id=new_id("call"), parent_call_id=parent, served=False, variant=variant, attempt="shadow"
+                base,
+                call_id=new_id("call"),
+                parent_call_id=parent,
+                served=False,
+                variant=variant,
+                attempt="shadow",
             )
             row["ts"] = time.time_ns() // 1000
             attempt = Attempt(row["call_id"], variant, name or "")
@@ -449,9 +456,13 @@ class HotPath:
 
 # -- helpers --------------------------------------------------------------------------------
 async def send_error(
-    send: Send, exc: GatewayError, call_id: str | None = None, overhead_ms: float | None = None
+    send: Send,
+    exc: GatewayError,
+    call_id: str | None = None,
+    overhead_ms: float | None = None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    headers = [_JSON]
+    headers = [_JSON, *(extra_headers or ())]
     if call_id:
         headers.append((b"x-request-id", call_id.encode()))
     if overhead_ms is not None:

@@ -301,9 +301,7 @@ class Telemetry:
             parent_sc = SpanContext(
                 trace_id, span_id_of(parent_id), is_remote=True, trace_flags=TraceFlags(1)
             )
-            links.append(
-                Link(parent_sc, {"shadowtune.link": f"{rec.get('attempt') or 'shadow'}_of"})
-            )
+            links.append(Link(parent_sc, {"shadowtune.link": f"{rec.get('attempt') or 'shadow'}_of"}))
             trace_id_own = trace_id_of(rec["call_id"])
         else:
             trace_id_own = trace_id_of(rec["call_id"])

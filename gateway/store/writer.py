@@ -89,6 +89,7 @@ class LogWriter:
         self._fd: int | None = None
         self._seq = 0
         self._seg_bytes = 0
+        self._seg_records = 0
         self._closed: deque[str] = deque()  # closed segments waiting for conversion
         self._pending: deque[bytes] = deque()  # lines the WAL could not take yet
         self._lock_fd: int | None = None
@@ -146,6 +147,7 @@ class LogWriter:
                 try:
                     os.write(self._fd, line)
                     self._seg_bytes += len(line)
+                    self._seg_records += 1
                     return
                 except OSError as exc:
                     self.stats.wal_errors += 1
@@ -214,6 +216,7 @@ class LogWriter:
         return os.path.join(self.wal_dir, f"{self.writer_id}.{seq:08d}{layout.WAL_SUFFIX}")
 
     def _open_segment(self) -> None:
+        self._seg_records = 0
         self._seq += 1
         self._fd = os.open(self._segment_path(self._seq), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
         self._seg_bytes = 0
@@ -232,6 +235,16 @@ class LogWriter:
                 except OSError as exc:
                     self.stats.last_error = f"WAL open failed: {exc}"
                     return
+            if self._segment_deleted():
+                # someone removed the WAL (the log directory) under us: what it held is gone
+                self._drop("wal_deleted", self._seg_records)
+                os.close(self._fd)
+                self._fd = None
+                if self._lock_fd is not None:  # the lock file went with the directory
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+                self._seg_bytes = self._seg_records = 0
+                return
             self._drain_pending_locked()
             if self._seg_bytes == 0 or self._fd is None:
                 return
@@ -244,6 +257,14 @@ class LogWriter:
             os.close(old_fd)
             self._closed.append(old_path)
 
+    def _segment_deleted(self) -> bool:
+        if self._fd is None:
+            return False
+        try:
+            return os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return True
+
     def _drain_pending_locked(self) -> None:
         while self._pending and self._fd is not None:
             line = self._pending[0]
@@ -253,6 +274,7 @@ class LogWriter:
                 self.stats.last_error = f"WAL write failed: {exc}"
                 return
             self._seg_bytes += len(line)
+            self._seg_records += 1
             self._pending.popleft()
         if not self._pending:
             self.stats.last_error = None if self.stats.flush_errors == 0 else self.stats.last_error
@@ -285,6 +307,10 @@ class LogWriter:
                 seg = self._closed[0]
                 try:
                     rows += self._convert_segment(seg, strict_tail=True)
+                except FileNotFoundError:
+                    self._drop("wal_segment_deleted", 1)  # a closed segment removed before its conversion
+                    self._closed.popleft()
+                    continue
                 except OSError as exc:
                     self.stats.flush_errors += 1
                     self._error(f"cannot write Parquet for {os.path.basename(seg)}: {exc}")

@@ -292,3 +292,21 @@ def test_error_answers_carry_the_request_id_and_overhead_headers(gateway, log_di
     assert resp.headers["x-request-id"].startswith("call_")
     assert float(resp.headers["x-shadowtune-overhead-ms"]) >= 0
     assert row(gateway, log_dir, resp.headers["x-request-id"])["status"] == resp.status_code
+
+
+def test_wrong_method_on_a_proxied_path_is_a_405_in_openai_shape(gateway):
+    import httpx as _httpx
+
+    r = _httpx.get(gateway.base_url + "/chat/completions")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_every_response_carries_a_request_id_and_the_overhead(gateway):
+    import httpx as _httpx
+
+    for path in ("/healthz", "/readyz", "/v1/models", "/no-such-page"):
+        r = _httpx.get(gateway.url + path)
+        assert r.headers["x-request-id"], path
+        assert float(r.headers["x-shadowtune-overhead-ms"]) >= 0, path

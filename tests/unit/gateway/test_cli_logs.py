@@ -337,3 +337,30 @@ class TestConfig:
         assert "| `store.log_dir` | `SHADOWTUNE_STORE__LOG_DIR`" in out
         assert "| `server.max_body_bytes` |" in out
         assert "Largest request body accepted" in out
+
+
+def test_every_logs_command_speaks_json(tmp_path):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from gateway.store import LogWriter
+
+    log_dir = str(tmp_path / "log")
+    with LogWriter(log_dir) as w:
+        w.append("calls", {"call_id": "call_1", "ts": 1_700_000_000_000_000, "route": "r", "status": 200})
+    runner = CliRunner()
+    for args in (
+        ["logs", "path"],
+        ["logs", "status"],
+        ["logs", "list"],
+        ["logs", "show", "call_1"],
+        ["logs", "sql", "SELECT count(*) AS n FROM calls"],
+        ["logs", "export", "--out", str(tmp_path / "x.jsonl")],
+        ["logs", "compact"],
+        ["logs", "prune", "--before", "2000-01-01", "--yes"],
+    ):
+        result = runner.invoke(main, [*args, "--log-dir", log_dir, "--json"])
+        assert result.exit_code == 0, (args, result.output)
+        _json.loads(result.stdout)

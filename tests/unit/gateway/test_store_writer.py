@@ -279,3 +279,25 @@ class TestDiskTrouble:
             assert w.status()["backlog_bytes"] > 200
             w.flush()
             assert w.healthy is True
+
+
+def test_a_log_directory_deleted_while_running_is_counted_and_the_writer_carries_on(tmp_path):
+    import shutil
+
+    from gateway.store import LogStore, LogWriter
+
+    log_dir = str(tmp_path / "log")
+    w = LogWriter(log_dir, flush_interval=3600)
+    w.start()
+    try:
+        for i in range(3):
+            w.append("calls", {"call_id": f"call_a{i}", "ts": 1_700_000_000_000_000, "status": 200})
+        shutil.rmtree(log_dir)
+        w.flush()  # notices the deleted segment
+        assert w.stats.dropped.get("wal_deleted") == 3
+        w.append("calls", {"call_id": "call_b", "ts": 1_700_000_000_000_000, "status": 200})
+        w.flush()  # the directory is recreated and new records land in Parquet again
+        w.flush()
+    finally:
+        w.close()
+    assert [r["call_id"] for r in LogStore.open(log_dir).sql("SELECT call_id FROM calls")] == ["call_b"]
