@@ -235,7 +235,7 @@ class LogWriter:
                 except OSError as exc:
                     self.stats.last_error = f"WAL open failed: {exc}"
                     return
-            if self._segment_deleted():
+            if self._fd is not None and self._segment_deleted():
                 # someone removed the WAL (the log directory) under us: what it held is gone
                 self._drop("wal_deleted", self._seg_records)
                 os.close(self._fd)
@@ -258,8 +258,7 @@ class LogWriter:
             self._closed.append(old_path)
 
     def _segment_deleted(self) -> bool:
-        if self._fd is None:
-            return False
+        assert self._fd is not None
         try:
             return os.fstat(self._fd).st_nlink == 0
         except OSError:
