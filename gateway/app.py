@@ -45,6 +45,7 @@ class Context:
     hot: HotPath
     telemetry: Any = None
     custom_metrics: Any = ()
+    port: int | None = None  # the bound port, when known (tests bind port 0)
 
 
 class GatewayApp:

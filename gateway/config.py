@@ -206,6 +206,24 @@ class DriftConfig(_Section):
     """Scheduled drift checks; scores are exported as OpenTelemetry metrics and span events."""
 
 
+class ControllerRouteConfig(_Section):
+    """A canary controller the gateway runs for a route (``shadowtune controller run --once``; ``evals`` extra)."""
+
+    route: str
+    """Route whose canary is promoted or rolled back."""
+    policy: str | None = None
+    """Policy file (guardrails, margins, alpha, ramp steps); defaults apply without one."""
+    every_s: float = 300
+    """Seconds between checks."""
+    timeout_s: float = 120
+    """A check taking longer is stopped."""
+
+
+class ControllerConfig(_Section):
+    routes: list[ControllerRouteConfig] = Field(default_factory=list)
+    """Routes whose canary the gateway controls itself (one leader among workers and replicas)."""
+
+
 class _FileSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
         super().__init__(settings_cls)
@@ -242,6 +260,8 @@ class Settings(BaseSettings):
     """Outcome signals (feedback, regenerations)."""
     drift: DriftConfig = Field(default_factory=DriftConfig)
     """Scheduled drift checks."""
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    """Canary controllers run by the gateway."""
 
     @classmethod
     def settings_customise_sources(

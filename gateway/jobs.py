@@ -4,7 +4,10 @@
 * regeneration detection over the log (one leader at a time, ``flock``);
 * scheduled drift checks (one leader at a time): runs ``shadowtune drift check --json`` as a
   subprocess — the gateway never imports ``evals`` — stores the report through that command and
-  exports its scores to OpenTelemetry (`Telemetry.record_drift`).
+  exports its scores to OpenTelemetry (`Telemetry.record_drift`);
+* canary controllers (one leader at a time): ``shadowtune controller run --once`` against this
+  gateway's own admin API; each decision goes to the route's audit history (through the API),
+  ``<log_dir>/controller/decisions.jsonl`` and telemetry (`Telemetry.record_decision`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def start(ctx: Any) -> list[asyncio.Task[None]]:
         tasks.append(
             loop.create_task(_every(settings.signals.detect_interval_s, lambda: detect_regenerations(ctx)))
         )
+    for ctl in settings.controller.routes:
+        tasks.append(loop.create_task(_every(ctl.every_s, functools.partial(run_controller, ctx, ctl))))
     for check in settings.drift.checks:
         tasks.append(loop.create_task(_every(check.every_s, functools.partial(run_drift_check, ctx, check))))
     return tasks
@@ -114,3 +119,35 @@ def run_drift_check(ctx: Any, check: Any) -> dict[str, Any] | None:
         names = [c["name"] for c in report.get("checks", ()) if c.get("drifted")]
         log.warning("drift on route %s: %s", check.route, ", ".join(names))
     return report
+
+
+def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
+    """One controller check for a route; returns its decisions (None if not the leader)."""
+    import subprocess
+
+    settings = ctx.settings
+    server = settings.server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    env = dict(os.environ)
+    if server.admin_token is not None:
+        env["SHADOWTUNE_ADMIN_TOKEN"] = server.admin_token.get_secret_value()
+    with leader(settings.store.state_path, f"controller-{ctl.route}") as is_leader:
+        if not is_leader:
+            return None
+        cmd = [
+            sys.executable, "-m", "gateway", "controller", "run", "--once", "--json",
+            "--route", ctl.route, "--url", f"http://{host}:{ctx.port or server.port}",
+            "--log-dir", settings.store.log_dir,
+        ]  # fmt: skip
+        if ctl.policy:
+            cmd += ["--policy", ctl.policy]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ctl.timeout_s, env=env)
+    if proc.returncode != 0:
+        log.warning("controller for %s failed: %s", ctl.route, proc.stderr.strip()[-500:])
+        return None
+    decisions = [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
+    for decision in decisions:
+        ctx.telemetry.record_decision(ctl.route, decision)
+        if decision.get("action") not in (None, "wait"):
+            log.warning("controller %s on %s: %s", decision.get("action"), ctl.route, decision.get("reason"))
+    return decisions

@@ -158,6 +158,11 @@ class Telemetry:
         m.create_observable_counter("shadowtune.shadow.skipped", [self._shadow_skipped], unit="{call}")
         m.create_observable_gauge("shadowtune.log.backlog", [self._log_backlog], unit="By")
         m.create_observable_counter("shadowtune.log.dropped", [self._log_dropped], unit="{record}")
+        self.controller = m.create_counter(
+            "shadowtune.controller.decisions",
+            unit="{decision}",
+            description="Canary controller decisions by action",
+        )
         self._drift: dict[str, dict[str, Any]] = {}
         m.create_observable_gauge(
             "shadowtune.drift.statistic",
@@ -337,6 +342,18 @@ class Telemetry:
             return out
 
         return observe
+
+    def record_decision(self, route: str, decision: dict[str, Any]) -> None:
+        """A canary controller decision: a counter by action, and a span with the numbers behind it."""
+        action = str(decision.get("action") or "unknown")
+        self.controller.add(1, {"shadowtune.route": route, "shadowtune.controller.action": action})
+        if self.tracer_provider is None:
+            return
+        attrs: dict[str, Any] = {"shadowtune.route": route, "shadowtune.controller.action": action}
+        for key in ("share_from", "share_to", "mode_to", "reason"):
+            if decision.get(key) is not None:
+                attrs[f"shadowtune.controller.{key}"] = decision[key]
+        self.tracer.start_span(f"canary decision {route}", attributes=attrs).end()
 
     def record_drift(self, route: str, report: dict[str, Any]) -> None:
         """Keep a drift report's scores as gauges, and record the check as a span with one event per check."""

@@ -46,6 +46,7 @@ class GatewayServer:
                 raise RuntimeError("gateway did not start")
             time.sleep(0.01)
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.ctx.port = self.port
         return self
 
     @property
