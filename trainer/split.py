@@ -27,10 +27,16 @@ DEFAULT_SALT = "shadowtune-split-v1"
 
 def input_key(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None) -> str:
     """Canonical text of an input: what two calls must share to count as the same input."""
-    slim = [{k: m[k] for k in ("role", "content", "name", "tool_calls", "tool_call_id") if m.get(k) is not None}
-            for m in messages]
-    return json.dumps({"messages": slim, "tools": list(tools or [])}, sort_keys=True, ensure_ascii=False,
-                      separators=(",", ":"))
+    slim = [
+        {k: m[k] for k in ("role", "content", "name", "tool_calls", "tool_call_id") if m.get(k) is not None}
+        for m in messages
+    ]
+    return json.dumps(
+        {"messages": slim, "tools": list(tools or [])},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def input_hash(key: str) -> str:

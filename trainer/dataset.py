@@ -1,0 +1,787 @@
+"""Datasets from the call log: labelled examples, versioned, with a stable test split.
+
+`build_dataset` turns the served baseline calls of one route into supervised examples:
+
+1. **Source.** Calls with ``variant = 'baseline'`` and ``served`` on the route, in the time
+   window, read with their outcomes (``calls_with_outcomes``). The query and its parameters
+   go into the manifest.
+2. **Exclusions.** A call with an ``exclude`` event is dropped (``dataset exclude``).
+3. **Golden set.** Hand-picked call ids (or a tag) become the ``golden`` split: kept whatever
+   the filters say, never trained on, and no train or test example duplicates one.
+4. **Filters.** Calls that failed (unless relabelled), then the optional quality filters
+   (thumbs up only, a rating floor, no flags, not regenerated, an SQL predicate). Relabelled
+   calls pass the quality filters: a hard case is corrected, not dropped. Each filter step
+   is checked by `trainer._coverage.region_warnings`, and a filter that removes a region of
+   the input space rather than random noise is reported in the manifest and on stderr.
+5. **Labels.** The latest ``relabel`` event's text when there is one, else the served
+   answer (the whole assistant message, tool calls included).
+6. **Redaction** of every message and label (`trainer._redact`).
+7. **Duplicates.** Exact duplicates (same input) and near duplicates (see `trainer._dedup`)
+   are reduced to one example: golden first, then a relabelled one, then the earliest.
+   Keeping the earliest makes a rebuild with more traffic keep the same survivors.
+8. **Split** by hashing the input (`trainer.split`): unchanged when the dataset is rebuilt.
+
+Preference pairs (for DPO) come from the same calls: a relabel (the correction over the
+served answer), a regeneration (the later answer over the one the user asked again for,
+when the input is the same), and a choice between two choices of one response (``a`` /
+``b``) or between two calls (the chosen call's id).
+
+Layout, next to the log (``<log_dir>/datasets/``)::
+
+    <name>/v<N>/examples.parquet     one row per example (split: train | test | golden)
+    <name>/v<N>/preferences.parquet  one row per preference pair (same split rule)
+    <name>/v<N>/manifest.json        source query, filters, counts, split sizes, warnings, content hash
+
+A version directory is written in full under a temporary name and renamed into place, so
+a reader never sees half a version, and two builds never take the same number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gateway.store import LogStore, LogStoreError, LogWriter
+from gateway.store.ids import new_id
+from gateway.store.layout import is_remote, local_path
+from trainer._coverage import region_warnings
+from trainer._dedup import near_duplicate_clusters
+from trainer._redact import Redactor, resolve_redactor
+from trainer.errors import DatasetError
+from trainer.split import DEFAULT_SALT, DEFAULT_TEST_FRACTION, assign_split, input_hash, input_key
+
+MANIFEST_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+
+EXAMPLES_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("call_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC")),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("input_hash", pa.string(), nullable=False),
+        pa.field("messages", pa.string(), nullable=False),  # JSON list of the request's messages
+        pa.field("tools", pa.string()),  # JSON list, or NULL
+        pa.field("completion", pa.string(), nullable=False),  # JSON assistant message: the label
+        pa.field("label_source", pa.string(), nullable=False),  # served | relabel
+    ]
+)
+PREFERENCES_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("call_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("input_hash", pa.string(), nullable=False),
+        pa.field("messages", pa.string(), nullable=False),
+        pa.field("tools", pa.string()),
+        pa.field("chosen", pa.string(), nullable=False),  # JSON assistant message
+        pa.field("rejected", pa.string(), nullable=False),  # JSON assistant message
+        pa.field("source", pa.string(), nullable=False),  # relabel | regeneration | choice
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Optional quality filters; each one is checked for removing a region of the input space."""
+
+    thumbs_up_only: bool = False
+    """Keep only calls with a thumbs up and no thumbs down."""
+    min_rating: float | None = None
+    """Keep only calls rated at least this (unrated calls are dropped)."""
+    no_flags: bool = False
+    """Drop calls that were flagged."""
+    no_regenerated: bool = False
+    """Drop calls the user asked again for."""
+    where: str | None = None
+    """An SQL predicate over ``calls_with_outcomes`` that kept calls must satisfy."""
+
+    def active(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, False)}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: the request's messages (and tools) and the assistant message to learn."""
+
+    example_id: str
+    call_id: str
+    split: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    completion: dict[str, Any]
+    label_source: str
+    input_hash: str
+    ts: dt.datetime | None = None
+
+    @property
+    def answer(self) -> str:
+        """The label's text (empty for a tool-call-only answer)."""
+        return str(self.completion.get("content") or "")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """An input with a preferred and a rejected assistant message."""
+
+    pair_id: str
+    call_id: str
+    split: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    chosen: dict[str, Any]
+    rejected: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """A built dataset version on disk."""
+
+    name: str
+    version: int
+    path: str
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def splits(self) -> dict[str, int]:
+        return dict(self.manifest["splits"])
+
+    def examples(self, split: str | None = None) -> list[Example]:
+        """The examples, optionally of one split, in a stable order."""
+        table = pq.read_table(os.path.join(self.path, "examples.parquet"))
+        out = []
+        for r in table.to_pylist():
+            if split is not None and r["split"] != split:
+                continue
+            out.append(
+                Example(
+                    example_id=r["example_id"],
+                    call_id=r["call_id"],
+                    split=r["split"],
+                    messages=json.loads(r["messages"]),
+                    tools=json.loads(r["tools"]) if r["tools"] else None,
+                    completion=json.loads(r["completion"]),
+                    label_source=r["label_source"],
+                    input_hash=r["input_hash"],
+                    ts=r["ts"],
+                )
+            )
+        return out
+
+    def preferences(self, split: str | None = None) -> list[PreferencePair]:
+        """The preference pairs, optionally of one split."""
+        path = os.path.join(self.path, "preferences.parquet")
+        out = []
+        for r in pq.read_table(path).to_pylist():
+            if split is not None and r["split"] != split:
+                continue
+            out.append(
+                PreferencePair(
+                    pair_id=r["pair_id"],
+                    call_id=r["call_id"],
+                    split=r["split"],
+                    messages=json.loads(r["messages"]),
+                    tools=json.loads(r["tools"]) if r["tools"] else None,
+                    chosen=json.loads(r["chosen"]),
+                    rejected=json.loads(r["rejected"]),
+                    source=r["source"],
+                )
+            )
+        return out
+
+
+# -- locations -------------------------------------------------------------------------------
+def datasets_root(log_dir: str) -> str:
+    """``<log_dir>/datasets``; datasets need a local log directory."""
+    if is_remote(log_dir):
+        raise DatasetError(f"datasets are stored next to a local call log; {log_dir} is remote")
+    return os.path.join(local_path(log_dir), "datasets")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise DatasetError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
+
+
+def _versions(log_dir: str, name: str) -> list[int]:
+    folder = os.path.join(datasets_root(log_dir), name)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[1:]) for n in names if n.startswith("v") and n[1:].isdigit())
+
+
+def load_dataset(log_dir: str, name: str, version: int | None = None) -> DatasetVersion:
+    """A dataset version (the latest when ``version`` is None); `DatasetError` when there is none.
+
+    ``name`` may also be written ``name@v3``.
+    """
+    if "@" in name and version is None:
+        name, _, v = name.partition("@")
+        version = int(v.lstrip("v")) if v.lstrip("v").isdigit() else None
+        if version is None:
+            raise DatasetError(f"invalid dataset version in {name}@{v}: use NAME@vN")
+    _check_name(name)
+    versions = _versions(log_dir, name)
+    if not versions:
+        raise DatasetError(
+            f"no dataset named {name!r} under {datasets_root(log_dir)} (run `shadowtune dataset build`)"
+        )
+    if version is None:
+        version = versions[-1]
+    elif version not in versions:
+        raise DatasetError(
+            f"dataset {name!r} has no version v{version} (versions: {', '.join(f'v{v}' for v in versions)})"
+        )
+    path = os.path.join(datasets_root(log_dir), name, f"v{version}")
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    return DatasetVersion(name=name, version=version, path=path, manifest=manifest)
+
+
+def list_datasets(log_dir: str) -> list[DatasetVersion]:
+    """Every version of every dataset, by name then version."""
+    root = datasets_root(log_dir)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [load_dataset(log_dir, n, v) for n in names if _NAME.match(n) for v in _versions(log_dir, n)]
+
+
+# -- events written from the CLI -------------------------------------------------------------
+def _event(
+    log_dir: str, call_id: str, kind: str, value: str | None, *, user: str | None, comment: str | None
+) -> str:
+    with LogStore.open(log_dir) as store:
+        if not store.sql("SELECT 1 FROM calls WHERE call_id = ? LIMIT 1", [call_id]):
+            raise DatasetError(f"no call {call_id} in the log at {log_dir}")
+    event_id = new_id("evt")
+    record = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "call_id": call_id,
+        "ts": int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000),
+        "kind": kind,
+        "value": value,
+        "comment": comment,
+        "user": user,
+        "source": "cli",
+    }
+    with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as writer:
+        writer.append("events", record)
+    return event_id
+
+
+def relabel(
+    log_dir: str, call_id: str, answer: str, *, user: str | None = None, comment: str | None = None
+) -> str:
+    """Record a corrected answer for a call (a ``relabel`` event); returns the event id."""
+    return _event(log_dir, call_id, "relabel", answer, user=user, comment=comment)
+
+
+def exclude(log_dir: str, call_id: str, *, user: str | None = None, reason: str | None = None) -> str:
+    """Keep a call out of every dataset built from now on (an ``exclude`` event); returns the event id."""
+    return _event(log_dir, call_id, "exclude", None, user=user, comment=reason)
+
+
+# -- build -------------------------------------------------------------------------------------
+def parse_time(value: str | dt.datetime | None, *, now: dt.datetime | None = None) -> dt.datetime | None:
+    """An aware datetime from an ISO date/time or a relative age (``30m``, ``24h``, ``7d``, ``2w``)."""
+    if value is None or isinstance(value, dt.datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+    m = _RELATIVE.match(value.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{unit: int(m.group(1))})
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise DatasetError(f"invalid time {value!r}: use an ISO date or an age such as 7d") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@dataclass
+class _Call:
+    call_id: str
+    ts: dt.datetime
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    served: dict[str, Any] | None  # the served assistant message
+    response: dict[str, Any] | None
+    row: dict[str, Any]
+    key: str = ""
+
+    @property
+    def relabelled(self) -> bool:
+        return self.row.get("relabel") is not None
+
+
+_SOURCE_COLUMNS = (
+    "call_id, ts, route, status, error_type, tags, request, response, output_text, regenerate_of, "
+    "response_id, thumbs_up, thumbs_down, rating, choice, flags, regenerated, relabel, excluded"
+)
+
+
+def _source_query(
+    route: str | None, since: dt.datetime | None, until: dt.datetime | None
+) -> tuple[str, list[Any]]:
+    where = [
+        "variant = 'baseline'",
+        "coalesce(served, true)",
+        "coalesce(endpoint, 'chat.completions') LIKE 'chat%'",
+    ]
+    params: list[Any] = []
+    if route is not None:
+        where.append("route = ?")
+        params.append(route)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        params.append(until)
+    query = (
+        f"SELECT {_SOURCE_COLUMNS} FROM calls_with_outcomes WHERE {' AND '.join(where)} ORDER BY ts, call_id"
+    )
+    return query, params
+
+
+def _parse_call(row: dict[str, Any]) -> _Call | None:
+    try:
+        request = json.loads(row["request"]) if row["request"] else None
+        response = json.loads(row["response"]) if row["response"] else None
+    except json.JSONDecodeError:
+        return None
+    if (
+        not isinstance(request, dict)
+        or not isinstance(request.get("messages"), list)
+        or not request["messages"]
+    ):
+        return None
+    served = None
+    if isinstance(response, dict) and response.get("choices"):
+        msg = (response["choices"][0] or {}).get("message")
+        if isinstance(msg, dict):
+            served = _assistant(msg)
+    if served is None and row.get("output_text") is not None:
+        served = {"role": "assistant", "content": row["output_text"]}
+    tools = request.get("tools") or None
+    call = _Call(row["call_id"], row["ts"], request["messages"], tools, served, response, row)
+    call.key = input_key(call.messages, call.tools)
+    return call
+
+
+def _assistant(msg: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": "assistant", "content": msg.get("content")}
+    if msg.get("tool_calls"):
+        out["tool_calls"] = msg["tool_calls"]
+    return out
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    status = row.get("status")
+    return (status is None or 200 <= status < 300) and not row.get("error_type")
+
+
+def build_dataset(
+    log_dir: str,
+    name: str,
+    *,
+    route: str | None = None,
+    since: str | dt.datetime | None = None,
+    until: str | dt.datetime | None = None,
+    filters: Filters | None = None,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    salt: str = DEFAULT_SALT,
+    golden_call_ids: Iterable[str] = (),
+    golden_tag: str | None = None,
+    near_dup_threshold: float | None = 0.9,
+    redact: str | Redactor | None = "secrets",
+    warn: bool = True,
+) -> DatasetVersion:
+    """Build the next version of dataset ``name`` from the log (see the module docstring).
+
+    Args:
+        log_dir: the call log directory; the dataset goes to ``<log_dir>/datasets/<name>/v<N>``.
+        name: dataset name (letters, digits, ``.``, ``_``, ``-``).
+        route: only calls of this route (all routes when None).
+        since: only calls at or after this time (ISO time or an age such as ``7d``).
+        until: only calls before this time.
+        filters: optional quality filters.
+        test_fraction: share of inputs in the test split, in ``[0, 1)``.
+        salt: the split's salt; keep the default to keep the split across versions.
+        golden_call_ids: calls that make the golden split.
+        golden_tag: calls with this tag also make the golden split.
+        near_dup_threshold: Jaccard similarity from which two inputs are near duplicates (None: exact only).
+        redact: ``none``, ``secrets``, ``pii``, ``module:function`` or a callable.
+        warn: print the manifest's warnings to stderr.
+
+    Raises:
+        DatasetError: no call matches, a bad filter, name, redactor or time.
+    """
+    _check_name(name)
+    filters = filters or Filters()
+    if not 0.0 <= test_fraction < 1.0:
+        raise DatasetError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    try:
+        redactor = resolve_redactor(redact)
+    except (ValueError, ImportError) as exc:
+        raise DatasetError(str(exc)) from exc
+    since_t, until_t = parse_time(since), parse_time(until)
+    query, params = _source_query(route, since_t, until_t)
+    try:
+        with LogStore.open(log_dir) as store:
+            rows = store.sql(query, params)
+            where_ids = _where_ids(store, query, params, filters.where) if filters.where else None
+    except LogStoreError as exc:
+        raise DatasetError(str(exc)) from exc
+    if not rows:
+        raise DatasetError(
+            f"no served baseline calls{f' on route {route!r}' if route else ''} in that period"
+        )
+
+    counts: dict[str, int] = {"calls": len(rows)}
+    warnings: list[str] = []
+    removed_by: dict[str, int] = {}
+    calls = [c for c in (_parse_call(r) for r in rows) if c is not None]
+    removed_by["no_body"] = len(rows) - len(calls)
+    by_id = {c.call_id: c for c in calls}
+
+    kept = [c for c in calls if not c.row.get("excluded")]
+    removed_by["excluded"] = len(calls) - len(kept)
+    golden_ids = set(golden_call_ids)
+    if golden_tag:
+        golden_ids |= {c.call_id for c in kept if golden_tag in (c.row.get("tags") or [])}
+    golden = [c for c in kept if c.call_id in golden_ids]
+    missing_golden = golden_ids - {c.call_id for c in golden}
+    if missing_golden:
+        warnings.append(
+            f"{len(missing_golden)} golden call(s) not found among the source calls (or excluded)"
+        )
+    pool = [c for c in kept if c.call_id not in golden_ids]
+
+    steps: list[tuple[str, Any]] = [
+        ("errors", lambda c: c.relabelled or (_ok(c.row) and c.served is not None))
+    ]
+    if filters.thumbs_up_only:
+        steps.append(
+            (
+                "thumbs_up_only",
+                lambda c: c.relabelled or ((c.row["thumbs_up"] or 0) > 0 and not c.row["thumbs_down"]),
+            )
+        )
+    if filters.min_rating is not None:
+        floor = filters.min_rating
+        steps.append(
+            (
+                "min_rating",
+                lambda c: c.relabelled or (c.row["rating"] is not None and c.row["rating"] >= floor),
+            )
+        )
+    if filters.no_flags:
+        steps.append(("no_flags", lambda c: c.relabelled or not c.row["flags"]))
+    if filters.no_regenerated:
+        steps.append(("no_regenerated", lambda c: c.relabelled or not c.row["regenerated"]))
+    if where_ids is not None:
+        steps.append(("where", lambda c: c.call_id in where_ids))
+    for step, keep in steps:
+        after = [c for c in pool if keep(c)]
+        removed = {c.call_id for c in pool} - {c.call_id for c in after}
+        removed_by[step] = len(removed)
+        for rw in region_warnings(step, [(c.call_id, c.messages, c.tools) for c in pool], removed):
+            warnings.append(rw.message())
+        pool = after
+
+    examples: dict[str, Example] = {}
+    for split_name, group in (("golden", golden), ("pool", pool)):
+        for c in group:
+            label = _label(c)
+            if label is None:
+                continue
+            msgs = [_redact_message(m, redactor) for m in c.messages]
+            key = input_key(msgs, c.tools)
+            examples[c.call_id] = Example(
+                example_id=c.call_id,
+                call_id=c.call_id,
+                split="golden" if split_name == "golden" else assign_split(key, test_fraction, salt),
+                messages=msgs,
+                tools=c.tools,
+                completion=_redact_message(label, redactor),
+                label_source="relabel" if c.relabelled else "served",
+                input_hash=input_hash(key),
+                ts=c.ts,
+            )
+    survivors, exact, near = _dedup(list(examples.values()), near_dup_threshold)
+    removed_by["exact_duplicates"] = exact
+    removed_by["near_duplicates"] = near
+    final = sorted(survivors, key=lambda e: (e.ts or dt.datetime.min.replace(tzinfo=dt.UTC), e.example_id))
+    pairs = _preferences(
+        calls,
+        by_id,
+        redactor,
+        test_fraction,
+        salt,
+        excluded={c.call_id for c in calls} - {c.call_id for c in kept},
+    )
+    golden_inputs = {e.input_hash for e in final if e.split == "golden"}
+    pairs = [p for p in pairs if _hash_of(p) not in golden_inputs]
+
+    splits = {s: sum(1 for e in final if e.split == s) for s in ("train", "test", "golden")}
+    counts.update(
+        examples=len(final),
+        relabelled=sum(1 for e in final if e.label_source == "relabel"),
+        preference_pairs=len(pairs),
+    )
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "name": name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "source": {
+            "log_dir": os.path.abspath(local_path(log_dir)),
+            "route": route,
+            "since": since_t.isoformat() if since_t else None,
+            "until": until_t.isoformat() if until_t else None,
+            "query": query,
+            "params": [p.isoformat() if isinstance(p, dt.datetime) else p for p in params],
+            "filters": filters.active(),
+            "golden": sorted(golden_ids),
+            "golden_tag": golden_tag,
+            "last_call_ts": max(c.ts for c in calls).isoformat() if calls else None,
+        },
+        "split": {"method": "sha256(salt, input)", "salt": salt, "test_fraction": test_fraction},
+        "dedup": {"near_dup_threshold": near_dup_threshold},
+        "redaction": redact
+        if isinstance(redact, str) or redact is None
+        else getattr(redact, "__name__", "custom"),
+        "counts": counts,
+        "removed": removed_by,
+        "splits": splits,
+        "preference_splits": {s: sum(1 for p in pairs if p.split == s) for s in ("train", "test", "golden")},
+        "warnings": warnings,
+    }
+    dv = _write_version(log_dir, name, final, pairs, manifest)
+    if warn:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return dv
+
+
+def _where_ids(store: LogStore, query: str, params: list[Any], predicate: str) -> set[str]:
+    inner = query.replace(f"SELECT {_SOURCE_COLUMNS} FROM", "SELECT call_id FROM", 1).rsplit(" ORDER BY", 1)[
+        0
+    ]
+    try:
+        return {r["call_id"] for r in store.sql(f"{inner} AND ({predicate})", params)}
+    except LogStoreError as exc:
+        raise DatasetError(f"invalid --where predicate: {exc}") from exc
+
+
+def _label(c: _Call) -> dict[str, Any] | None:
+    if c.relabelled:
+        return {"role": "assistant", "content": c.row["relabel"]}
+    return c.served
+
+
+def _redact_message(m: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    out = dict(m)
+    content = out.get("content")
+    if isinstance(content, str):
+        out["content"] = redactor(content)
+    elif isinstance(content, list):
+        out["content"] = [
+            {**part, "text": redactor(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    return out
+
+
+def _dedup(examples: list[Example], threshold: float | None) -> tuple[list[Example], int, int]:
+    def priority(e: Example) -> tuple[Any, ...]:
+        return (
+            e.split != "golden",
+            e.label_source != "relabel",
+            e.ts or dt.datetime.min.replace(tzinfo=dt.UTC),
+            e.example_id,
+        )
+
+    by_input: dict[str, list[Example]] = {}
+    for e in examples:
+        by_input.setdefault(e.input_hash, []).append(e)
+    unique = [min(group, key=priority) for group in by_input.values()]
+    exact = len(examples) - len(unique)
+    if threshold is None:
+        return unique, exact, 0
+    clusters = near_duplicate_clusters([(e.example_id, e.messages, e.tools) for e in unique], threshold)
+    by_id = {e.example_id: e for e in unique}
+    dropped: set[str] = set()
+    for cluster in clusters:
+        best = min((by_id[i] for i in cluster), key=priority)
+        dropped |= {i for i in cluster if i != best.example_id}
+    return [e for e in unique if e.example_id not in dropped], exact, len(dropped)
+
+
+def _hash_of(p: PreferencePair) -> str:
+    return input_hash(input_key(p.messages, p.tools))
+
+
+def _preferences(
+    calls: Sequence[_Call],
+    by_id: dict[str, _Call],
+    redactor: Redactor,
+    test_fraction: float,
+    salt: str,
+    excluded: set[str],
+) -> list[PreferencePair]:
+    by_response = {c.row.get("response_id"): c for c in calls if c.row.get("response_id")}
+    raw: list[tuple[_Call, dict[str, Any], dict[str, Any], str]] = []
+    for c in calls:
+        if c.call_id in excluded:
+            continue
+        if c.relabelled and c.served is not None and c.served.get("content") != c.row["relabel"]:
+            raw.append((c, {"role": "assistant", "content": c.row["relabel"]}, c.served, "relabel"))
+        later_id = c.row.get("regenerate_of")
+        if later_id:
+            earlier = by_id.get(later_id) or by_response.get(later_id)
+            if (
+                earlier is not None
+                and earlier.call_id not in excluded
+                and earlier.key == c.key
+                and earlier.served is not None
+                and c.served is not None
+                and _ok(c.row)
+                and not c.row.get("regenerated")
+                and not c.row.get("thumbs_down")
+                and earlier.served != c.served
+            ):
+                raw.append((earlier, c.served, earlier.served, "regeneration"))
+        choice = c.row.get("choice")
+        if choice in ("a", "b") and c.response and len(c.response.get("choices") or []) >= 2:
+            options = [_assistant((ch or {}).get("message") or {}) for ch in c.response["choices"][:2]]
+            idx = 0 if choice == "a" else 1
+            if options[0] != options[1]:
+                raw.append((c, options[idx], options[1 - idx], "choice"))
+        elif choice and choice not in ("a", "b"):
+            other = by_id.get(choice) or by_response.get(choice)
+            if (
+                other is not None
+                and other.call_id != c.call_id
+                and other.key == c.key
+                and other.served
+                and c.served
+            ) and other.served != c.served:
+                raw.append((c, other.served, c.served, "choice"))
+    pairs = []
+    seen: set[tuple[str, str]] = set()
+    for c, chosen, rejected, source in raw:
+        if (c.call_id, source) in seen:
+            continue
+        seen.add((c.call_id, source))
+        msgs = [_redact_message(m, redactor) for m in c.messages]
+        key = input_key(msgs, c.tools)
+        pairs.append(
+            PreferencePair(
+                pair_id=f"{c.call_id}:{source}",
+                call_id=c.call_id,
+                split=assign_split(key, test_fraction, salt),
+                messages=msgs,
+                tools=c.tools,
+                chosen=_redact_message(chosen, redactor),
+                rejected=_redact_message(rejected, redactor),
+                source=source,
+            )
+        )
+    return pairs
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _write_version(
+    log_dir: str, name: str, examples: list[Example], pairs: list[PreferencePair], manifest: dict[str, Any]
+) -> DatasetVersion:
+    ex_rows: list[dict[str, Any]] = [
+        {
+            "example_id": e.example_id,
+            "call_id": e.call_id,
+            "ts": e.ts,
+            "split": e.split,
+            "input_hash": e.input_hash,
+            "messages": _dumps(e.messages),
+            "tools": _dumps(e.tools) if e.tools else None,
+            "completion": _dumps(e.completion),
+            "label_source": e.label_source,
+        }
+        for e in examples
+    ]
+    pair_rows: list[dict[str, Any]] = [
+        {
+            "pair_id": p.pair_id,
+            "call_id": p.call_id,
+            "split": p.split,
+            "input_hash": _hash_of(p),
+            "messages": _dumps(p.messages),
+            "tools": _dumps(p.tools) if p.tools else None,
+            "chosen": _dumps(p.chosen),
+            "rejected": _dumps(p.rejected),
+            "source": p.source,
+        }
+        for p in pairs
+    ]
+    digest = hashlib.sha256()
+    for r in ex_rows:
+        digest.update(_dumps({k: v for k, v in r.items() if k != "ts"}).encode() + b"\n")
+    for r in pair_rows:
+        digest.update(_dumps(r).encode() + b"\n")
+    manifest["content_hash"] = "sha256:" + digest.hexdigest()
+    folder = os.path.join(datasets_root(log_dir), name)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}")
+    os.makedirs(tmp)
+    try:
+        pq.write_table(
+            pa.Table.from_pylist(ex_rows, schema=EXAMPLES_SCHEMA), os.path.join(tmp, "examples.parquet")
+        )
+        pq.write_table(
+            pa.Table.from_pylist(pair_rows, schema=PREFERENCES_SCHEMA),
+            os.path.join(tmp, "preferences.parquet"),
+        )
+        version = (_versions(log_dir, name) or [0])[-1] + 1
+        while True:
+            manifest["version"] = version
+            with open(os.path.join(tmp, "manifest.json"), "w") as f:
+                json.dump(manifest, f, indent=2, sort_keys=True)
+            final = os.path.join(folder, f"v{version}")
+            try:
+                os.rename(tmp, final)  # fails when another build took this number first
+                break
+            except OSError:
+                if not os.path.exists(final):
+                    raise
+                version += 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return DatasetVersion(name=name, version=version, path=final, manifest=manifest)

@@ -1,0 +1,442 @@
+"""Serving a model version: a small OpenAI-compatible server for development and CPU.
+
+`ChatModel` loads a base model with transformers (and a LoRA adapter with peft), renders
+requests with the tokenizer's chat template and generates greedily or by sampling.
+`create_app` wraps one `ChatModel` in an ASGI app (Starlette) with the endpoints a client
+of the gateway needs:
+
+* ``GET /v1/models``: the one model, under its served name (the version, e.g. ``extract-lora-v1``);
+* ``POST /v1/chat/completions``: ``messages``, ``max_tokens`` / ``max_completion_tokens``,
+  ``temperature``, ``top_p``, ``stop``, ``seed``, ``stream`` (SSE chunks, then ``[DONE]``;
+  ``stream_options.include_usage`` adds a usage chunk). One choice per request;
+* ``GET /health``.
+
+Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``. Requests are
+generated one at a time (a lock): this server is for development, evaluation and CPU, not
+for production traffic; for that, see `trainer.vllm`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.errors import ServeError, TrainingError, missing_train_extra
+from trainer.registry import ModelVersion
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def _flatten_content(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Messages as plain ``{"role", "content"}`` text, which every chat template accepts.
+
+    Content parts are joined; an assistant turn that only calls tools becomes the JSON of
+    its tool calls; a ``developer`` message becomes a ``system`` one.
+    """
+    out = []
+    for m in messages:
+        role = "system" if m.get("role") == "developer" else str(m.get("role"))
+        text = _flatten_content(m.get("content"))
+        if not text and m.get("tool_calls"):
+            text = json.dumps(m["tool_calls"])
+        out.append({"role": role, "content": text})
+    return out
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ChatModel:
+    """A causal LM (plus an optional LoRA adapter) that answers chat messages."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        base_model: str,
+        adapter_path: str | None = None,
+        *,
+        name: str | None = None,
+        device: str | None = None,
+    ) -> ChatModel:
+        """Load ``base_model`` (a path or hub id) and, when given, the adapter at ``adapter_path``."""
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise missing_train_extra(exc) from exc
+        device = pick_device(device)
+        tok_source = adapter_path if adapter_path and _has_tokenizer(adapter_path) else base_model
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_source)
+            dtype = (
+                torch.bfloat16
+                if device.startswith("cuda") and torch.cuda.is_bf16_supported()
+                else torch.float32
+            )
+            model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+            if adapter_path:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, adapter_path)
+        except (OSError, ValueError) as exc:
+            raise ServeError(
+                f"cannot load {base_model}{f' with {adapter_path}' if adapter_path else ''}: {exc}"
+            ) from exc
+        if not tokenizer.chat_template:
+            raise ServeError(f"{tok_source} has no chat template; use an instruction-tuned base model")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.to(device)
+        model.eval()
+        return cls(model, tokenizer, name or base_model)
+
+    @classmethod
+    def from_version(cls, mv: ModelVersion, *, device: str | None = None) -> ChatModel:
+        if mv.kind == "hosted" or mv.hosted_model:
+            raise ServeError(
+                f"{mv.version} is hosted by {mv.provider}: call the provider, there is nothing to serve"
+            )
+        if mv.status != "ready":
+            raise ServeError(f"{mv.version} is {mv.status}, not ready")
+        return cls.load(mv.base_model, mv.adapter_path, name=mv.version, device=device)
+
+    def _inputs(self, messages: list[dict[str, Any]]) -> Any:
+        enc = self.tokenizer.apply_chat_template(
+            template_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return {k: v.to(self.model.device) for k, v in enc.items()}
+
+    def _gen_kwargs(
+        self, max_tokens: int, temperature: float, top_p: float, seed: int | None
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if temperature > 0:
+            import torch
+
+            if seed is not None:
+                torch.manual_seed(seed)
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        """Generate one answer (greedy when ``temperature`` is 0)."""
+        import torch
+
+        inputs = self._inputs(messages)
+        n_prompt = int(inputs["input_ids"].shape[1])
+        with self._lock, torch.no_grad():
+            out = self.model.generate(**inputs, **self._gen_kwargs(max_tokens, temperature, top_p, seed))
+        new = out[0][n_prompt:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        finish = "stop" if len(new) < max_tokens or int(new[-1]) == self.tokenizer.eos_token_id else "length"
+        text, stopped = _apply_stop(text, stop)
+        return Completion(text, n_prompt, len(new), "stop" if stopped else finish)
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str | Completion]:
+        """Yield text deltas as they are generated, then the `Completion` (full text, counts, finish reason)."""
+        from transformers import TextIteratorStreamer
+
+        inputs = self._inputs(messages)
+        n_prompt = int(inputs["input_ids"].shape[1])
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300
+        )
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            import torch
+
+            try:
+                with self._lock, torch.no_grad():
+                    result["out"] = self.model.generate(
+                        **inputs, streamer=streamer, **self._gen_kwargs(max_tokens, temperature, top_p, seed)
+                    )
+            except Exception as exc:  # surfaced to the client as a stream error event
+                result["error"] = exc
+                streamer.end()  # type: ignore[no-untyped-call]
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        text = ""
+        sent = 0
+        stopped = False
+        for delta in streamer:
+            text += delta
+            cut, hit = _apply_stop(text, stop)
+            if hit:
+                stopped = True
+                if len(cut) > sent:
+                    yield cut[sent:]
+                text = cut
+                break
+            safe = len(text) - _held_back(text, stop)  # hold back a possible start of a stop sequence
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if not stopped and len(text) > sent:
+            yield text[sent:]
+        thread.join()
+        if "error" in result:
+            raise ServeError(f"generation failed: {result['error']}")
+        new = result["out"][0][n_prompt:]
+        finish = (
+            "stop"
+            if stopped or len(new) < max_tokens or int(new[-1]) == self.tokenizer.eos_token_id
+            else "length"
+        )
+        yield Completion(text, n_prompt, len(new), finish)
+
+
+def _has_tokenizer(path: str) -> bool:
+    import os
+
+    return os.path.exists(os.path.join(path, "tokenizer_config.json"))
+
+
+def _apply_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stop or () if s and s in text]
+    if not cuts:
+        return text, False
+    return text[: min(cuts)], True
+
+
+def _held_back(text: str, stop: list[str] | None) -> int:
+    longest = 0
+    for s in stop or ():
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                longest = max(longest, k)
+                break
+    return longest
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+class _BadRequest(Exception):
+    def __init__(
+        self, message: str, param: str | None = None, status: int = 400, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.param = param
+        self.status = status
+        self.code = code
+
+
+def _error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _parse(body: Any, served: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise _BadRequest("messages must be a non-empty list of message objects", "messages")
+    model = body.get("model")
+    if model not in (served, None):
+        raise _BadRequest(
+            f"the model '{model}' does not exist; this server serves '{served}'",
+            "model",
+            404,
+            "model_not_found",
+        )
+    if (body.get("n") or 1) != 1:
+        raise _BadRequest("this server returns one choice per request (n=1)", "n")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise _BadRequest("max_tokens must be a positive integer", "max_tokens")
+    temperature = body.get("temperature")
+    temperature = 1.0 if temperature is None else temperature
+    if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+        raise _BadRequest("temperature must be between 0 and 2", "temperature")
+    top_p = body.get("top_p")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise _BadRequest("stop must be a string or a list of strings", "stop")
+    return {
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": float(temperature),
+        "top_p": float(1.0 if top_p is None else top_p),
+        "stop": stop,
+        "seed": body.get("seed"),
+    }
+
+
+def create_app(model: ChatModel) -> Any:
+    """The ASGI app serving ``model`` under ``model.name``."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    created = int(time.time())
+
+    async def models(request: Request) -> Response:
+        card = {"id": model.name, "object": "model", "created": created, "owned_by": "shadowtune"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": model.name})
+
+    async def chat(request: Request) -> Response:
+        try:
+            try:
+                body = json.loads(await request.body())
+            except json.JSONDecodeError:
+                raise _BadRequest("the request body is not valid JSON") from None
+            args = _parse(body, model.name)
+        except _BadRequest as exc:
+            type_ = "not_found_error" if exc.status == 404 else "invalid_request_error"
+            return JSONResponse(_error_body(str(exc), type_, exc.param, exc.code), status_code=exc.status)
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        now = int(time.time())
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                iterate_in_threadpool(_sse(model, args, cid, now, include_usage)),
+                media_type="text/event-stream",
+            )
+        try:
+            done: Completion = await run_in_threadpool(lambda: model.complete(**args))
+        except Exception as exc:
+            return JSONResponse(_error_body(f"generation failed: {exc}", "server_error"), status_code=500)
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": now,
+                "model": model.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": done.text},
+                        "finish_reason": done.finish_reason,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(done),
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
+
+
+def _usage(done: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _sse(model: ChatModel, args: dict[str, Any], cid: str, now: int, include_usage: bool) -> Iterator[str]:
+    def chunk(
+        delta: dict[str, Any], finish: str | None = None, usage: Any = None, choices: bool = True
+    ) -> str:
+        body: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": now,
+            "model": model.name,
+        }
+        body["choices"] = (
+            [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []
+        )
+        if include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        for item in model.stream(**args):
+            if isinstance(item, Completion):
+                yield chunk({}, item.finish_reason)
+                if include_usage:
+                    yield chunk({}, usage=_usage(item), choices=False)
+            else:
+                yield chunk({"content": item})
+    except Exception as exc:  # one error event, then the end of the stream
+        yield f"data: {json.dumps(_error_body(f'generation failed: {exc}', 'server_error'))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def serve_version(
+    log_dir: str, version: str, *, host: str = "127.0.0.1", port: int = 8001, device: str | None = None
+) -> None:
+    """Load a registered version and serve it until interrupted (``shadowtune models serve``)."""
+    from trainer.registry import Registry
+
+    mv = Registry(log_dir).get(version)
+    model = ChatModel.from_version(mv, device=device)
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - uvicorn is a core dependency
+        raise TrainingError(str(exc)) from exc
+    uvicorn.run(create_app(model), host=host, port=port, log_level="info")
