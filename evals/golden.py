@@ -59,16 +59,32 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return [dict(m) for m in value or () if isinstance(m, Mapping)]
 
 
+def _version_folder(root: Path, name: str) -> Path:
+    """``<root>/<name>/v<N>`` for ``name@vN`` or the latest version; ``<root>/<name>`` if unversioned."""
+    base, _, version = name.partition("@")
+    folder = root / base
+    if version:
+        return folder / f"v{version.lstrip('v')}"
+    versions = sorted(
+        (int(p.name[1:]) for p in folder.glob("v*") if p.is_dir() and p.name[1:].isdigit()), reverse=True
+    )
+    return folder / f"v{versions[0]}" if versions else folder
+
+
 def read_dataset(
     log_dir: str, name: str, *, split: str | None = "test", fallback_all: bool = False
 ) -> list[Example]:
     """Rows of ``<log_dir>/datasets/<name>/`` in ``split`` (all rows when ``split`` is None)."""
     import duckdb
 
-    folder = Path(log_dir) / "datasets" / name
-    if not any(folder.rglob("*.parquet")):
+    folder = _version_folder(Path(log_dir) / "datasets", name)
+    examples = folder / "examples.parquet"
+    if examples.exists():  # the trainer's layout: <name>/v<N>/examples.parquet (+ preferences, manifest)
+        glob = str(examples).replace("'", "''")
+    elif any(folder.rglob("*.parquet")):
+        glob = str(folder / "**" / "*.parquet").replace("'", "''")
+    else:
         raise SourceError(f"no dataset {name!r}: no Parquet files under {folder}")
-    glob = str(folder / "**" / "*.parquet").replace("'", "''")
     con = duckdb.connect(":memory:")
     try:
         rel = con.sql(f"SELECT * FROM read_parquet('{glob}', union_by_name = true)")

@@ -42,7 +42,7 @@ import httpx
 import yaml
 
 from evals.errors import FamilyGuardError, JudgeError, SourceError
-from evals.metrics import wilson_interval
+from evals.outcomes import wilson_interval
 from gateway.store import LogStore
 from gateway.store.ids import new_id
 

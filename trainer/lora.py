@@ -197,6 +197,10 @@ def train_lora(
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+        if not progress:  # without progress bars, transformers prints every log dict to stdout
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         metrics: dict[str, Any] = dict(mv.metrics) if resume else {}
         if test and "eval_loss_before" not in metrics:
             metrics["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])

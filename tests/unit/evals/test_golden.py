@@ -55,3 +55,19 @@ def test_score_counts_failed_calls_as_empty_answers(tmp_path):
     p.write_text("\n".join(json.dumps({"input": str(i), "expected": str(i)}) for i in range(4)))
     report = score(read_golden(p), ["0", "1", None, "x"], ["exact_match"], model="m", source="golden")
     assert report.failed == 1 and report.metrics == {"exact_match": {"exact_match": 0.5}}
+
+
+def test_a_trainer_dataset_reads_its_latest_version_and_only_its_examples(tmp_path):
+    from evals.golden import read_dataset
+    from tests.support.tiny_model import log_extraction_task
+    from trainer.dataset import build_dataset
+
+    log_dir = str(tmp_path / "log")
+    log_extraction_task(log_dir, 60)
+    v1 = build_dataset(log_dir, "orders", warn=False)
+    log_extraction_task(log_dir, 60, seed=7, start_us=1_700_000_100_000_000)
+    v2 = build_dataset(log_dir, "orders", warn=False)
+    assert (v1.version, v2.version) == (1, 2)
+    assert v2.splits["test"] != v1.splits["test"]
+    assert len(read_dataset(log_dir, "orders", split="test")) == v2.splits["test"]
+    assert len(read_dataset(log_dir, "orders@v1", split="test")) == v1.splits["test"]

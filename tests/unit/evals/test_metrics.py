@@ -20,8 +20,8 @@ from evals.metrics import (
     load_metric,
     macro_f1,
     parse_json,
-    wilson_interval,
 )
+from evals.outcomes import wilson_interval
 
 
 def test_exact_match_ignores_case_and_whitespace_unless_told_not_to():

@@ -1,0 +1,210 @@
+"""Built-in retraining pipeline steps, backed by the trainer (``shadowtune[train]``).
+
+Name them in a trigger policy (``<log_dir>/triggers/policies.yaml``)::
+
+    routes:
+      orders:
+        drift_windows: 2
+        steps:
+          build_dataset: evals.steps:build_dataset
+          train: evals.steps:train
+          evaluate: evals.steps:evaluate
+          register: evals.steps:register
+          deploy: evals.steps:deploy
+        params:
+          base_model: /models/qwen2.5-0.5b     # local path or hub id available offline
+          dataset: orders-auto                  # dataset name (default <route>-auto)
+          hyperparameters: {epochs: 3}
+          min_exact_match: 0.0                  # the new model must beat the current one AND this
+          serve: dev                            # dev: start `shadowtune models serve` for the version
+          serve_url: null                       # or the URL of an OpenAI-compatible server that serves it
+          gateway_url: http://127.0.0.1:8000
+
+The fast eval scores exact match on the dataset's fixed test split (never trained on) for
+the new version and for the current model — the route's present candidate when it is a
+registered version, else the untrained base model — and wins only when the new one is
+strictly better. Deploying registers the served model as an upstream and makes it the
+route's candidate in **shadow** mode, never straight to users.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from evals.errors import TriggerError
+
+
+def _params(ctx: Any) -> dict[str, Any]:
+    return dict(ctx.policy.params or {})
+
+
+def build_dataset(ctx: Any) -> str:
+    """A new version of the route's dataset, with every call logged so far (new traffic included)."""
+    from trainer.dataset import build_dataset as build
+
+    name = _params(ctx).get("dataset") or f"{ctx.route}-auto"
+    dv = build(ctx.log_dir, name, route=ctx.route, warn=False)
+    return str(dv.ref)
+
+
+def train(ctx: Any) -> dict[str, Any]:
+    """LoRA on the new dataset version; returns the registered version and its metrics."""
+    from trainer.dataset import load_dataset
+    from trainer.lora import train_lora
+
+    params = _params(ctx)
+    if not params.get("base_model"):
+        raise TriggerError("params.base_model is required to train", step="train")
+    dataset = load_dataset(ctx.log_dir, ctx.results["build_dataset"])
+    mv = train_lora(
+        ctx.log_dir,
+        params["base_model"],
+        dataset,
+        hyperparameters=params.get("hyperparameters"),
+        progress=False,
+        exact_match_limit=0,
+    )
+    return {"version": mv.version, "metrics": mv.metrics}
+
+
+def evaluate(ctx: Any) -> dict[str, Any]:
+    """Exact match on the fixed test split: the new version against the current model."""
+    from trainer.dataset import load_dataset
+    from trainer.lora import exact_match
+    from trainer.registry import Registry
+    from trainer.serve import ChatModel
+
+    params = _params(ctx)
+    dataset = load_dataset(ctx.log_dir, ctx.results["build_dataset"])
+    test = dataset.examples("test")
+    if not test:
+        raise TriggerError("the dataset's test split is empty: nothing to evaluate on", step="evaluate")
+    registry = Registry(ctx.log_dir)
+    new = registry.get(ctx.results["train"]["version"])
+    new_score = exact_match(ChatModel.from_version(new), test)
+    current_name = _current_candidate(ctx, params)
+    current_version = None
+    try:
+        current_version = registry.get(current_name) if current_name else None
+    except Exception:  # the candidate is not a registered version (e.g. a hosted model): compare with base
+        current_version = None
+    if current_version is not None:
+        current = ChatModel.from_version(current_version)
+        current_label = current_version.version
+    else:
+        current = ChatModel.load(params["base_model"])
+        current_label = f"base:{params['base_model']}"
+    current_score = exact_match(current, test)
+    floor = float(params.get("min_exact_match", 0.0))
+    wins = new_score > current_score and new_score >= floor
+    return {
+        "wins": wins,
+        "metric": "exact_match",
+        "test_examples": len(test),
+        "new": {"version": new.version, "exact_match": new_score},
+        "current": {"model": current_label, "exact_match": current_score},
+    }
+
+
+def register(ctx: Any) -> str:
+    """Record the fast eval in the version's metrics (training already registered it, status ready)."""
+    from trainer.registry import Registry
+
+    version = str(ctx.results["train"]["version"])
+    result = ctx.results.get("evaluate") or {}
+    registry = Registry(ctx.log_dir)
+    metrics = dict(registry.get(version).metrics)
+    metrics["fast_eval"] = result
+    registry.update(version, metrics=metrics)
+    return version
+
+
+def deploy(ctx: Any) -> dict[str, Any]:
+    """Serve the version (dev server or a given URL) and make it the route's candidate in shadow mode."""
+    from trainer.deploy import deploy_version
+
+    params = _params(ctx)
+    version = str(ctx.results["register"])
+    gateway_url = params.get("gateway_url") or os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000")
+    serve_url = params.get("serve_url")
+    served: dict[str, Any] = {}
+    if not serve_url:
+        if params.get("serve") != "dev":
+            raise TriggerError(
+                "set params.serve_url, or params.serve: dev to start the dev server", step="deploy"
+            )
+        served = _start_dev_server(ctx.log_dir, version, int(params.get("serve_port") or _free_port()))
+        serve_url = served["url"]
+    deployment = deploy_version(
+        ctx.log_dir,
+        version,
+        ctx.route,
+        url=gateway_url,
+        admin_token=os.environ.get("SHADOWTUNE_ADMIN_TOKEN"),
+        serve_url=serve_url,
+        reason=f"trigger {ctx.run_id}: {ctx.reason}",
+    )
+    return {
+        "candidate": version,
+        "mode": "shadow",
+        "serve_url": serve_url,
+        **served,
+        "deployment": deployment,
+    }
+
+
+def _current_candidate(ctx: Any, params: dict[str, Any]) -> str | None:
+    url = params.get("gateway_url") or os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000")
+    token = os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.get(f"{url.rstrip('/')}/admin/routes/{ctx.route}", headers=headers, timeout=10)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code >= 400:
+        return None
+    candidate = resp.json().get("candidate")
+    return str(candidate) if candidate else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_dev_server(log_dir: str, version: str, port: int, timeout: float = 300.0) -> dict[str, Any]:
+    """``shadowtune models serve VERSION`` in the background; returns its URL and pid once it answers."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "models",
+        "serve",
+        version,
+        "--port",
+        str(port),
+        "--log-dir",
+        log_dir,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TriggerError(f"the dev server for {version} exited with {proc.returncode}", step="deploy")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return {"url": url, "pid": proc.pid}
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise TriggerError(f"the dev server for {version} did not answer within {timeout:g}s", step="deploy")
