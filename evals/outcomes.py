@@ -159,7 +159,9 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the ends, not 1e-17 of float noise
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def msprt_log_lr(
