@@ -307,7 +307,35 @@ def logs_prune(log_dir: str, before: str, yes: bool, as_json: bool) -> None:
 
 
 # -- routes (admin API) --------------------------------------------------------------------
+def _admin_token_from_config(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
+    """``--config FILE``: take the admin token from the config's ``server.admin_token``."""
+    if value is None:
+        return None
+    from gateway.config import read_config_file
+
+    try:
+        token = (read_config_file(value).get("server") or {}).get("admin_token")
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    if token:
+        ctx.meta["shadowtune.config_admin_token"] = str(token)
+    return value
+
+
+def _admin_token(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
+    # click processes options given on the command line first, so --config has run by now
+    return value or os.environ.get("SHADOWTUNE_ADMIN_TOKEN") or ctx.meta.get("shadowtune.config_admin_token")
+
+
 def _admin_opts(f: Any) -> Any:
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False),
+        callback=_admin_token_from_config,
+        expose_value=False,
+        help="Read the admin token from this config file (server.admin_token).",
+    )(f)
     f = click.option(
         "--url",
         default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"),
@@ -316,8 +344,8 @@ def _admin_opts(f: Any) -> Any:
     )(f)
     f = click.option(
         "--admin-token",
-        default=lambda: os.environ.get("SHADOWTUNE_ADMIN_TOKEN"),
-        help="Admin token (env SHADOWTUNE_ADMIN_TOKEN).",
+        callback=_admin_token,
+        help="Admin token (default: env SHADOWTUNE_ADMIN_TOKEN, else --config's server.admin_token).",
     )(f)
     return f
 
@@ -459,6 +487,31 @@ def feedback_add(
         param = f" ({err['param']})" if err.get("param") else ""
         raise click.ClickException(f"{resp.status_code}: {err.get('message')}{param}")
     click.echo(data["id"])
+
+
+@feedback.command("orphans")
+@_log_dir
+@_json
+@click.option(
+    "--window", default="1h", show_default=True, help="Join window: older feedback with no call is reported."
+)
+def feedback_orphans(log_dir: str, as_json: bool, window: str) -> None:
+    """Feedback naming a call id that matches no logged call after the join window (kept, reported)."""
+    from gateway.signals.feedback import orphan_feedback
+
+    since = parse_since(window)
+    assert since is not None
+    window_s = (dt.datetime.now(dt.UTC) - since).total_seconds()
+    rows = orphan_feedback(_store(log_dir), window_s)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no orphan feedback")
+    for r in rows:
+        click.echo(
+            f"{r['event_id']}  {r['call_id']}  {r['kind']}={r['value']}  age {r['age_s']:.0f}s  ({r['source']})"
+        )
 
 
 COMMANDS = [logs, routes, feedback]

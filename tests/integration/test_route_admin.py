@@ -244,3 +244,44 @@ class TestRoutesCommand:
         result = cli("routes", "list", "--url", "http://127.0.0.1:9")
         assert result.exit_code == 1
         assert "cannot reach the gateway at http://127.0.0.1:9" in result.output
+
+
+def test_routes_cli_reads_the_admin_token_from_the_config_file(make_settings, start_gateway, tmp_path):
+    import yaml as _yaml
+    from click.testing import CliRunner as _Runner
+
+    from gateway.cli import main as _main
+
+    settings = make_settings(
+        server={"admin_token": "s3cret"},
+        upstreams={"base": {"model": "echo-base"}},
+        routes={"bot": {"baseline": "base"}},
+    )
+    gw = start_gateway(settings)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(_yaml.safe_dump({"server": {"admin_token": "s3cret"}}))
+    denied = _Runner().invoke(_main, ["routes", "list", "--url", gw.url])
+    assert denied.exit_code != 0 and "401" in denied.output
+    ok = _Runner().invoke(_main, ["routes", "list", "--url", gw.url, "--config", str(cfg), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert [r["route"] for r in __import__("json").loads(ok.stdout)["data"]] == ["bot"]
+
+
+def test_orphan_feedback_is_reported_not_lost(gateway, log_dir):
+    import json as _json
+
+    import httpx as _httpx
+    from click.testing import CliRunner as _Runner
+
+    from gateway.cli import main as _main
+
+    r = _httpx.post(
+        gateway.url + "/v1/feedback", json={"call_id": "call_nobody", "kind": "thumbs", "value": "up"}
+    )
+    assert r.status_code == 200
+    gateway.flush()
+    res = _Runner().invoke(_main, ["feedback", "orphans", "--window", "0s", "--log-dir", log_dir, "--json"])
+    assert res.exit_code == 0, res.output
+    assert [o["call_id"] for o in _json.loads(res.stdout)] == ["call_nobody"]
+    fresh = _Runner().invoke(_main, ["feedback", "orphans", "--window", "1h", "--log-dir", log_dir, "--json"])
+    assert _json.loads(fresh.stdout) == []
