@@ -221,7 +221,9 @@ def test_route_changes_take_effect_without_a_restart(make_settings, start_gatewa
     ]
 
 
-def test_primary_fallback_does_not_ask_the_baseline_twice(make_settings, start_gateway, fake_upstream, log_dir):
+def test_primary_fallback_does_not_ask_the_baseline_twice(
+    make_settings, start_gateway, fake_upstream, log_dir
+):
     settings = make_settings(
         upstreams={"base": {"model": "echo-base"}, "cand": {"model": "error-500", "retries": 0}},
         routes={"bot": {"baseline": "base", "candidate": "cand", "mode": "primary", "shadow_rate": 1.0}},
