@@ -179,7 +179,8 @@ class HotPath:
                 rec["error_type"] = "client_disconnected"
                 rec["error_message"] = "the client closed the connection before the answer was complete"
                 self._finish(rec, t0, time.perf_counter() - t0, None)
-            return
+                return
+            # the answer was complete (logged) and the client left after it: shadow as usual
         finally:
             watcher.cancel()
         if plan.shadow is not None and plan.shadow == rec.get("variant"):
@@ -266,30 +267,54 @@ class HotPath:
         first: float | None = None
         rec["status"] = 200
         assert reply.chunks is not None
+        last: bytes | None = None
+        logged = False
         try:
             async for chunk in reply.chunks:
                 if first is None:
                     first = time.perf_counter()
+                if logged:  # only the end of the upstream's body is left
+                    continue
                 parts.append(chunk)
+                if reply.complete or b"data: [DONE]" in chunk:
+                    # the answer is complete: log it before the client can have its last event
+                    # (clients close the connection as soon as they read [DONE])
+                    self._finish_stream(rec, attempt, parts, t0, first, bodies)
+                    logged = True
+                if reply.complete:  # this chunk goes out with the end of the response
+                    last = chunk
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except GatewayError as exc:
-            # a stream that fails midway: one SSE error event, then a clean close
-            event = b"data: " + exc.body() + b"\n\n"
-            parts.append(event)
-            rec["status"] = exc.status
-            rec["error_type"], rec["error_message"] = exc.type, exc.message
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if not logged:  # a stream that fails midway: one SSE error event, then a clean close
+                event = b"data: " + exc.body() + b"\n\n"
+                parts.append(event)
+                rec["status"] = exc.status
+                rec["error_type"], rec["error_message"] = exc.type, exc.message
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         except asyncio.CancelledError:
-            if bodies:  # keep what the client saw before it went away
-                rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
-            if first is not None:
-                rec["ttft_ms"] = (first - t0) * 1000
+            if not logged:
+                if bodies:  # keep what the client saw before it went away
+                    rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
+                if first is not None:
+                    rec["ttft_ms"] = (first - t0) * 1000
             raise
-        upstream_s = time.perf_counter() - attempt.started
+        if not logged:
+            self._finish_stream(rec, attempt, parts, t0, first, bodies)
+        await send({"type": "http.response.body", "body": last or b""})
+
+    def _finish_stream(
+        self,
+        rec: dict[str, Any],
+        attempt: Attempt,
+        parts: list[bytes],
+        t0: float,
+        first: float | None,
+        bodies: bool,
+    ) -> None:
         if bodies:
             rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
-        self._finish(rec, t0, upstream_s, first)
-        await send({"type": "http.response.body", "body": b""})
+        self._finish(rec, t0, time.perf_counter() - attempt.started, first)
 
     async def _open(
         self,

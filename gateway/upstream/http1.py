@@ -43,7 +43,7 @@ class UpstreamIdle(Exception):
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "_chunks", "_done", "_ev", "_has_length", "_headers_fut", "_idle_handle", "_last", "_loop",
+        "_chunks", "_done", "_error", "_ev", "_has_length", "_headers_fut", "_idle_handle", "_last", "_loop",
         "_paused", "_timeout", "answered", "closed", "headers", "keep_alive", "key", "parser", "status",
         "transport",
     )  # fmt: skip
@@ -68,6 +68,7 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self._paused = False
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._error: Exception | None = None
         self._last = 0.0
         self._timeout = 0.0
 
@@ -128,6 +129,8 @@ class _Conn(asyncio.Protocol):
             ev.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
+        if self._error is None:
+            self._error = exc  # sticky: seen by the body iterator even when it is not waiting right now
         for fut in (self._headers_fut, self._ev):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
@@ -160,13 +163,20 @@ class _Conn(asyncio.Protocol):
         try:
             while True:
                 while chunks:
-                    chunk = chunks.popleft()
+                    # what already arrived goes out together: one write downstream, no added wait
+                    chunk = (
+                        chunks.popleft()
+                        if len(chunks) == 1
+                        else b"".join([chunks.popleft() for _ in range(len(chunks))])
+                    )
                     if self._paused and len(chunks) < _PAUSE_AT // 2 and self.transport is not None:
                         self._paused = False
                         self.transport.resume_reading()
                     yield chunk
                 if self._done:
                     break
+                if self._error is not None:
+                    raise self._error
                 self._ev = self._loop.create_future()
                 await self._ev
                 self._ev = None
@@ -174,6 +184,11 @@ class _Conn(asyncio.Protocol):
             self.close()  # never reuse a half-read connection
             raise
         self.finish()
+
+    @property
+    def complete(self) -> bool:
+        """The whole answer has arrived and every chunk was handed out."""
+        return self._done and not self._chunks
 
     def finish(self) -> None:
         if self._idle_handle is not None:

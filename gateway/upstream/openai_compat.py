@@ -101,6 +101,7 @@ class OpenAICompatClient:
                 chunks=_mapped(chunks, url, upstream.timeout),
                 waited_s=waited,
                 _close=conn.close,
+                _complete=lambda: conn.complete,
             )
 
 

@@ -17,6 +17,11 @@ class UpstreamReply:
     body: bytes | None = None
     waited_s: float = 0.0  # time spent in retries' back-off before this reply
     _close: object = None
+    _complete: object = None  # () -> bool: every byte of the answer has been handed out
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._complete()) if self._complete is not None else False  # type: ignore[operator]
 
     @property
     def is_stream(self) -> bool:

@@ -268,3 +268,21 @@ def test_bodies_stay_out_of_shadow_rows_when_the_route_stores_none(make_settings
     [shadow] = shadow_rows(log_dir, r.headers["x-request-id"])
     assert (shadow["request"], shadow["response"], shadow["output_text"]) == (None, None, None)
     assert shadow["status"] == 200
+
+
+def test_clients_that_hang_up_after_done_are_logged_complete_and_shadowed(make_settings, start_gateway, log_dir):
+    """The SDK closes the connection once it reads [DONE], which may come before the upstream's
+    end of body: such a call was answered in full, so it is a 200 with its shadow, never a 499."""
+    gw = start_gateway(two_models(make_settings))
+    client = OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+    ids = []
+    for i in range(40):
+        with client.chat.completions.with_streaming_response.create(
+            model="bot", messages=[{"role": "user", "content": f"q{i}"}], stream=True
+        ) as resp:
+            ids.append(resp.headers["x-request-id"])
+            "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    shadows = wait_rows(log_dir, "SELECT parent_call_id FROM calls WHERE NOT served", n=len(ids))
+    assert sorted(r["parent_call_id"] for r in shadows) == sorted(ids)
+    served = LogStore.open(log_dir).sql("SELECT status, count(*) AS n FROM calls WHERE served GROUP BY ALL")
+    assert served == [{"status": 200, "n": 40}]
