@@ -12,6 +12,8 @@ Views:
 * ``outcomes`` — events aggregated per call (thumbs, rating, choice, flags,
   regenerations, latest relabel).
 * ``calls_with_outcomes`` — ``calls`` left-joined with ``outcomes``.
+* ``judge_verdicts``, ``judge_judgements`` — per-item verdicts (with reasons) of the pairwise
+  judge runs (``shadowtune eval judge``), once any exist.
 
 The snapshot of files is taken when the store is opened and by `refresh`; a query
 that races with compaction is retried once on a fresh snapshot.
@@ -20,6 +22,7 @@ that races with compaction is retried once on a fresh snapshot.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from typing import Any
 
@@ -33,6 +36,12 @@ from gateway.store.rows import parse_lines, to_table
 from gateway.store.schema import TABLES
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
+
+# Result files that `evals` writes next to the log, exposed as views when they exist.
+EXTRA_VIEWS = {
+    "judge_verdicts": "evals/judge/*/verdicts.parquet",
+    "judge_judgements": "evals/judge/*/judgements.parquet",
+}
 
 # Feedback may name a call by its x-request-id (call_id) or by the response's chatcmpl- id.
 EVENTS_RESOLVED_SQL = """
@@ -108,12 +117,26 @@ class LogStore:
                 else f"SELECT * FROM _{table}_tail"
             )
             self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+        self._extra_views()
         self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
         self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
         self.con.execute(
             "CREATE OR REPLACE VIEW calls_with_outcomes AS "
             "SELECT c.*, o.* EXCLUDE (call_id) FROM calls c LEFT JOIN outcomes o USING (call_id)"
         )
+
+    def _extra_views(self) -> None:
+        """Views over result files other tools keep next to the log (local logs only), when present."""
+        if layout.is_remote(self.log_dir):
+            return
+        root = layout.local_path(self.log_dir)
+        for view, pattern in EXTRA_VIEWS.items():
+            if glob.glob(os.path.join(root, pattern)):
+                path = os.path.join(root, pattern).replace("'", "''")
+                self.con.execute(
+                    f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM "
+                    f"read_parquet('{path}', union_by_name = true, filename = true)"
+                )
 
     def _read_tail(self, live_stems: set[str]) -> dict[str, pa.Table]:
         records: list[dict[str, Any]] = []

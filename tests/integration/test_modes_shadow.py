@@ -270,7 +270,9 @@ def test_bodies_stay_out_of_shadow_rows_when_the_route_stores_none(make_settings
     assert shadow["status"] == 200
 
 
-def test_clients_that_hang_up_after_done_are_logged_complete_and_shadowed(make_settings, start_gateway, log_dir):
+def test_clients_that_hang_up_after_done_are_logged_complete_and_shadowed(
+    make_settings, start_gateway, log_dir
+):
     """The SDK closes the connection once it reads [DONE], which may come before the upstream's
     end of body: such a call was answered in full, so it is a 200 with its shadow, never a 499."""
     gw = start_gateway(two_models(make_settings))

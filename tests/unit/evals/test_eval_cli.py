@@ -58,6 +58,14 @@ def test_eval_judge_on_shadow_pairs_stores_verdicts_and_a_rerun_costs_nothing(
         f"SELECT reason FROM read_parquet('{summary['stored_at']}/judgements.parquet') LIMIT 1"
     ).fetchall()[0][0]
     assert "judge-long picks" in reasons
+    from gateway.store import LogStore
+
+    with LogStore.open(log_dir) as store:  # the verdicts are in the log store, next to the calls they judge
+        joined = store.sql(
+            "SELECT count(*) AS n, count(v.reasons) AS with_reasons "
+            "FROM judge_verdicts v JOIN calls c ON c.call_id = v.call_id AND c.served"
+        )
+    assert joined == [{"n": 12, "with_reasons": 12}]
 
     again = json.loads(invoke(runner, eval_group, args).stdout)
     assert provider.calls("judge-long") - before == 24
