@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import time
@@ -101,7 +102,7 @@ class OpenAICompatClient:
                 chunks=_mapped(chunks, url, upstream.timeout),
                 waited_s=waited,
                 _close=conn.close,
-                _complete=lambda: conn.complete,
+                _complete=functools.partial(getattr, conn, "complete"),
             )
 
 
