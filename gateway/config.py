@@ -105,7 +105,7 @@ class ServerConfig(_Section):
     """Bearer token of the admin API (``/admin/...``). Without it the admin API answers only on loopback."""
     max_body_bytes: int = 8 * 2**20
     """Largest request body accepted (413 above)."""
-    gil_switch_interval_ms: float = 1.0
+    gil_switch_interval_ms: float = 2.0
     """Python's thread switch interval while serving (default 5 ms): lower shortens the request path's wait
     when the log writer's thread is busy (p99), at some CPU cost for streamed calls."""
     upstream_key_env: str | None = None
