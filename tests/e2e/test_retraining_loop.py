@@ -17,19 +17,12 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from gateway.store import LogStore, LogWriter
-from tests.support.tiny_model import call_record, extraction_example, shared_tiny_model
+from tests.support.tiny_model import LORA_HP, call_record, extraction_example, shared_tiny_model
 from trainer.dataset import build_dataset
 
 pytestmark = pytest.mark.slow
 
-HP = {
-    "epochs": 8,
-    "learning_rate": 5e-3,
-    "lora_r": 32,
-    "lora_alpha": 64,
-    "lora_dropout": 0.0,
-    "batch_size": 8,
-}
+HP = LORA_HP
 DAY_US = 86_400 * 1_000_000
 
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gateway.store import LogStore
-from tests.support.tiny_model import ThreadServer, extraction_example, shared_tiny_model
+from tests.support.tiny_model import LORA_HP, ThreadServer, extraction_example, shared_tiny_model
 from trainer.dataset import build_dataset
 from trainer.deploy import deploy_version
 from trainer.lora import train_lora
@@ -24,14 +24,7 @@ from trainer.serve import ChatModel, create_app
 
 pytestmark = pytest.mark.slow
 
-HP = {
-    "epochs": 8,
-    "learning_rate": 5e-3,
-    "lora_r": 32,
-    "lora_alpha": 64,
-    "lora_dropout": 0.0,
-    "batch_size": 8,
-}
+HP = LORA_HP
 
 
 def test_logged_traffic_becomes_a_shadow_candidate(log_dir, make_settings, start_gateway):

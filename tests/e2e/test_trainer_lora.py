@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.support.servers import free_port, wait_until_responds
-from tests.support.tiny_model import ThreadServer, log_extraction_task, shared_tiny_model
+from tests.support.tiny_model import LORA_HP, ThreadServer, log_extraction_task, shared_tiny_model
 from trainer.dataset import build_dataset
 from trainer.errors import TrainingError
 from trainer.lora import exact_match, train_lora
@@ -28,14 +28,7 @@ from trainer.serve import ChatModel, create_app
 
 pytestmark = pytest.mark.slow
 
-HP = {
-    "epochs": 8,
-    "learning_rate": 5e-3,
-    "lora_r": 32,
-    "lora_alpha": 64,
-    "lora_dropout": 0.0,
-    "batch_size": 8,
-}
+HP = LORA_HP
 
 
 @pytest.fixture(scope="session")
