@@ -83,7 +83,12 @@ def test_a_reader_opened_before_compaction_still_answers(log_dir):
 
 
 def test_prune_deletes_whole_days_before_the_cutoff_only(log_dir):
-    old = NOW_US - 40 * DAY_US
+    # Every timestamp and the cutoff derive from one instant: noon UTC, 40 days ago. The
+    # cutoff is the date of the second day, so only the first day goes, at any time of day.
+    noon = dt.datetime.combine(
+        dt.datetime.now(dt.UTC).date() - dt.timedelta(days=40), dt.time(12), tzinfo=dt.UTC
+    )
+    old = int(noon.timestamp()) * 1_000_000
     with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
         w.append("calls", call(1, ts=old))
         w.append("calls", call(2, ts=old + DAY_US))
@@ -91,7 +96,7 @@ def test_prune_deletes_whole_days_before_the_cutoff_only(log_dir):
         w.append(
             "events", {"event_id": "e1", "call_id": "call_0001", "ts": old, "kind": "thumbs", "value": "up"}
         )
-    cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=39, hours=12)).date()
+    cutoff = (noon + dt.timedelta(days=1)).date()
     deleted = layout.prune(log_dir, cutoff)
     assert deleted >= 2
     assert ids(log_dir) == ["call_0002", "call_0003"]
