@@ -34,6 +34,9 @@ serve: $(VENV)/.installed-light ## Start the gateway on embedded defaults (UPSTR
 test: $(VENV)/.installed-dev ## Run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-clock: $(VENV)/.installed-dev ## The suite (less e2e) with the clock at midnight, noon, month and year ends
+	tests/clock_shift.sh $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-dev ## ruff + import contracts
 	$(BIN)/ruff check gateway trainer evals tests bench
 	$(BIN)/ruff format --check gateway trainer evals tests bench
@@ -58,4 +61,4 @@ bench-shadow: $(VENV)/.installed-dev ## User-path latency with shadow at 100 % v
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install install-dev serve test lint format typecheck bench bench-log bench-shadow clean
+.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-shadow clean

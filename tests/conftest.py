@@ -3,6 +3,7 @@ and the gateway served in-process on a free port."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,34 @@ import pytest
 from gateway.config import Settings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import GatewayServer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clock",
+        default=os.environ.get("SHADOWTUNE_TEST_CLOCK"),
+        help="start every test at this UTC instant (ISO 8601; the clock runs on): tests/clock_shift.sh",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _shifted_clock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With ``--clock``, every test starts at that instant (time-machine; monotonic clocks are real).
+
+    It shifts this process only: code under test in subprocesses (``serve``, workers) keeps the
+    real clock, so the e2e tests are left out of the shifted runs.
+    """
+    instant = request.config.getoption("--clock")
+    if not instant:
+        yield
+        return
+    import datetime as dt
+
+    import time_machine
+
+    start = dt.datetime.fromisoformat(instant)
+    with time_machine.travel(start if start.tzinfo else start.replace(tzinfo=dt.UTC), tick=True):
+        yield
 
 
 @pytest.fixture(autouse=True)

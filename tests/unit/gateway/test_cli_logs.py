@@ -16,6 +16,15 @@ from gateway.store import LogStore, LogWriter
 from gateway.store.schema import SCHEMA_VERSION
 
 NOW_US = time.time_ns() // 1000
+
+
+@pytest.fixture(autouse=True)
+def _one_instant_per_test() -> None:
+    """Every timestamp of a test derives from one instant, taken when the test starts (not at import)."""
+    global NOW_US
+    NOW_US = time.time_ns() // 1000
+
+
 DAY_US = 86_400 * 1_000_000
 
 

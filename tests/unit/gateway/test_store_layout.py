@@ -6,13 +6,25 @@ import datetime as dt
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.store import LogStore, LogWriter, layout
 
 NOW_US = time.time_ns() // 1000
+
+
+@pytest.fixture(autouse=True)
+def _one_instant_per_test() -> None:
+    """Every timestamp of a test derives from one instant, taken when the test starts (not at import)."""
+    global NOW_US
+    NOW_US = time.time_ns() // 1000
+
+
 DAY_US = 86_400 * 1_000_000
 
 
-def call(i: int, ts: int = NOW_US) -> dict:
+def call(i: int, ts: int | None = None) -> dict:
+    ts = NOW_US if ts is None else ts
     return {"call_id": f"call_{i:04d}", "ts": ts + i, "status": 200}
 
 

@@ -13,6 +13,13 @@ from gateway.store.reader import check_read_only
 NOW_US = time.time_ns() // 1000
 
 
+@pytest.fixture(autouse=True)
+def _one_instant_per_test() -> None:
+    """Every timestamp of a test derives from one instant, taken when the test starts (not at import)."""
+    global NOW_US
+    NOW_US = time.time_ns() // 1000
+
+
 @pytest.fixture
 def store(log_dir):
     with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:

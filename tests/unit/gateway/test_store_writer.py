@@ -18,6 +18,13 @@ from gateway.store.schema import SCHEMA_VERSION
 NOW_US = time.time_ns() // 1000
 
 
+@pytest.fixture(autouse=True)
+def _one_instant_per_test() -> None:
+    """Every timestamp of a test derives from one instant, taken when the test starts (not at import)."""
+    global NOW_US
+    NOW_US = time.time_ns() // 1000
+
+
 def call(i: int, **kw) -> dict:
     return {"call_id": f"call_{i:04d}", "ts": NOW_US + i, "route": "r", "status": 200, "served": True, **kw}
 
