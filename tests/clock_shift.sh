@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the suite with the clock shifted: every test starts at each instant below (pytest --clock,
 # time-machine; the clock ticks on from there). Catches tests and code that depend on the hour,
-# the date, or a month or year boundary. The e2e tests run the gateway in subprocesses, which
-# keep the real clock, so they are left out.
+# the date, or a month or year boundary. Tests whose code under test runs in subprocesses (the
+# e2e tests, and those marked real_clock) keep the real clock there, so they are left out.
 #   tests/clock_shift.sh [PYTEST ARGS...]     (make test-clock)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,13 +15,14 @@ INSTANTS=(
   "2027-02-28T23:59:55+00:00"   # end of February
 )
 failed=0
+out=$(mktemp -d)
 for instant in "${INSTANTS[@]}"; do
-  if "$PY" -m pytest -q -p no:cacheprovider --clock "$instant" --ignore tests/e2e -m "not slow and not browser" "$@" \
-      >/tmp/clock_shift.out 2>&1; then
-    echo "clock $instant: $(tail -1 /tmp/clock_shift.out)"
+  if "$PY" -m pytest -q -p no:cacheprovider --clock "$instant" --ignore tests/e2e -m "not slow and not browser and not real_clock" "$@" \
+      >"$out/$instant.log" 2>&1; then
+    echo "clock $instant: $(tail -1 "$out/$instant.log")"
   else
-    grep -E '^(FAILED|ERROR)' /tmp/clock_shift.out
-    echo "clock $instant: FAILED: $(tail -1 /tmp/clock_shift.out)"
+    grep -E '^(FAILED|ERROR)' "$out/$instant.log"
+    echo "clock $instant: FAILED: $(tail -1 "$out/$instant.log") (full output: $out/$instant.log)"
     failed=1
   fi
 done

@@ -1,9 +1,12 @@
 """The canary controller run by the gateway itself, against its own admin API."""
 
+import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gateway import jobs
 from tests.unit.evals.test_outcomes_cli import POLICY, write_traffic
+
+pytestmark = pytest.mark.real_clock  # the gateway runs the check as a `shadowtune` subprocess
 
 
 def test_the_gateway_rolls_back_a_worse_canary_by_itself(make_settings, start_gateway, log_dir, tmp_path):

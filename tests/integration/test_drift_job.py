@@ -1,10 +1,13 @@
 """Scheduled drift checks: the gateway runs `shadowtune drift check` and exports the scores."""
 
+import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway import jobs
 from tests.unit.evals.evals_traffic import HOUR_US, now_us, traffic, write_traffic
+
+pytestmark = pytest.mark.real_clock  # the gateway runs the check as a `shadowtune` subprocess
 
 
 def _gauges(reader):
