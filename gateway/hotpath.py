@@ -35,6 +35,7 @@ from gateway.shadow import ShadowRunner
 from gateway.store.ids import new_id
 from gateway.store.rows import assemble_stream
 from gateway.store.writer import LogWriter
+from gateway.upstream import faults
 from gateway.upstream import litellm as litellm_upstream
 from gateway.upstream.openai_compat import OpenAICompatClient
 from gateway.upstream.reply import UpstreamReply
@@ -120,6 +121,7 @@ class HotPath:
         self.auth = auth
         self.shadow = shadow
         self.client = OpenAICompatClient()
+        self.health = faults.UpstreamHealth()
         self.max_body = settings.server.max_body_bytes
         r = settings.store.redact
         self.redact = Redactor(r.emails, r.cards, r.patterns) if (r.emails or r.cards or r.patterns) else None
@@ -236,6 +238,11 @@ class HotPath:
             return
         upstream_s = time.perf_counter() - attempt.started
         status = reply.status
+        if status < 400 and faults.invalid_json(data):  # a 200 the caller's client could not decode
+            if state.store_bodies:
+                rec["response"] = data.decode("utf-8", "replace")
+            await self._fail(send, rec, faults.invalid_answer(data, reply.content_type), t0, attempt)
+            return
         if status >= 400:
             rec["error_type"], rec["error_message"] = _upstream_error(data)
             data = _as_openai_error(data, status)
@@ -287,10 +294,10 @@ class HotPath:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except GatewayError as exc:
             if not logged:  # a stream that fails midway: one SSE error event, then a clean close
-                event = b"data: " + exc.body() + b"\n\n"
+                event = b"data: " + faults.public_body(exc, rec["call_id"]) + b"\n\n"
                 parts.append(event)
                 rec["status"] = exc.status
-                rec["error_type"], rec["error_message"] = exc.type, exc.message
+                rec["error_type"], rec["error_message"] = exc.type, faults.log_message(exc)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         except asyncio.CancelledError:
             if not logged:
@@ -312,8 +319,12 @@ class HotPath:
         first: float | None,
         bodies: bool,
     ) -> None:
+        data = b"".join(parts)
+        if "error_type" not in rec and (found := faults.stream_error(data)) is not None:
+            rec["status"] = 502  # relayed as it came (the caller has its 200), logged as the failure it is
+            rec["error_type"], rec["error_message"] = found
         if bodies:
-            rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
+            rec["response_sse"] = data.decode("utf-8", "replace")
         self._finish(rec, t0, time.perf_counter() - attempt.started, first)
 
     async def _open(
@@ -437,13 +448,16 @@ class HotPath:
                 data, first = body
                 if reply.status >= 400:
                     row["error_type"], row["error_message"] = _upstream_error(data)
+                elif (found := faults.body_error(data, reply.is_stream)) is not None:
+                    row["status"] = 502
+                    row["error_type"], row["error_message"] = found
                 if store_body:
                     row["response_sse" if reply.is_stream else "response"] = data.decode("utf-8", "replace")
                 if first is not None:
                     row["ttft_ms"] = (first - attempt.started) * 1000
         if attempt.error is not None:
             row["status"] = attempt.error.status
-            row["error_type"], row["error_message"] = attempt.error.type, attempt.error.message
+            row["error_type"], row["error_message"] = attempt.error.type, faults.log_message(attempt.error)
         self._finish(row, t0, time.perf_counter() - attempt.started, None)
 
     def _finish(self, rec: dict[str, Any], t0: float, upstream_s: float, first: float | None) -> None:
@@ -460,6 +474,9 @@ class HotPath:
             for key in ("request", "response", "response_sse", "output_text"):
                 if rec.get(key):
                     rec[key] = self.redact(rec[key])
+        if "error_message" in rec:
+            rec["error_message"] = faults.redact(rec["error_message"])
+            self.health.observe(rec)
         self.writer.append("calls", rec)
 
     async def _fail(
@@ -467,7 +484,7 @@ class HotPath:
     ) -> None:
         rec["status"] = exc.status
         rec["error_type"] = exc.type
-        rec["error_message"] = exc.message
+        rec["error_message"] = faults.log_message(exc)
         if attempt is not None and attempt.reply is not None:
             attempt.reply.close()
         upstream_s = (time.perf_counter() - attempt.started) if attempt is not None else 0.0
@@ -493,7 +510,7 @@ async def send_error(
     if overhead_ms is not None:
         headers.append((b"x-shadowtune-overhead-ms", f"{overhead_ms:.3f}".encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": exc.body()})
+    await send({"type": "http.response.body", "body": faults.public_body(exc, call_id)})
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -15,6 +15,7 @@ import orjson
 
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
+from gateway.upstream.faults import redact
 from gateway.upstream.reply import UpstreamReply
 
 _litellm: Any = None
@@ -70,13 +71,14 @@ async def _sse(stream: Any) -> AsyncIterator[bytes]:
 
 
 def _map_error(exc: Exception) -> GatewayError:
+    """The provider's 4xx pass through (redacted); 5xx, timeouts and the rest become generic 502/504."""
     status = getattr(exc, "status_code", None)
-    message = str(getattr(exc, "message", None) or exc)
+    message = redact(str(getattr(exc, "message", None) or exc))
     name = exc.__class__.__name__
     if "Timeout" in name:
-        return UpstreamTimeout(message)
+        return UpstreamTimeout("the upstream did not answer in time", detail=f"{name}: {message}")
     if isinstance(status, int) and 400 <= status < 500:
         err = InvalidRequest(message, code=name)
         err.status = status
         return err
-    return UpstreamError(message, code=name)
+    return UpstreamError("the upstream failed", code=name, detail=f"{name}: {message}")
