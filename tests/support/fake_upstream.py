@@ -13,6 +13,8 @@ Behaviour is scripted by the model name the gateway sends upstream:
 * ``len-<n>``: answers ``n`` characters.
 * ``reject-<status>``: answers that status with an OpenAI error naming ``param`` and ``code``.
 * ``html-<status>``: answers that status with a non-JSON (HTML) body.
+* broken JSON, mid-stream error events, compressed answers, cut bodies, slow bytes, huge
+  answers: see `tests.support.fake_faults` (``badjson``, ``errevent``, ``gzip``, ``drip-<s>``...).
 
 A request field ``x_reply_extra`` (an object) is merged into the answer (every chunk when
 streamed), to check that unknown response fields come back unchanged. ``extra_headers``
@@ -30,6 +32,8 @@ import time
 from typing import Any
 
 from aiohttp import web
+
+from tests.support import fake_faults
 
 
 class FakeUpstream:
@@ -115,6 +119,8 @@ class FakeUpstream:
         last = _last_user(body.get("messages") or [])
         self.in_flight += 1
         try:
+            if fake_faults.is_fault(model):
+                return await fake_faults.answer(request, body, model, f"{model}: {last}")
             if model.startswith("reject-"):
                 status = int(model.split("-", 1)[1])
                 return web.json_response(
