@@ -1,4 +1,5 @@
-"""The request path of ``/v1/chat/completions`` and ``/v1/embeddings``, as a plain ASGI handler.
+"""The request path of ``/v1/chat/completions`` and ``/v1/embeddings``, as a plain ASGI handler
+(also ``/v1/responses`` and ``/v1/completions``: what differs for them is in `gateway.responses`).
 
 This is the code every production call runs through, so it stays lean: no framework
 layers, one JSON parse of the body, the body forwarded as bytes (re-serialised only when
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gateway import responses
 from gateway.auth import Authenticator
 from gateway.config import Settings, UpstreamConfig
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
@@ -34,6 +36,7 @@ from gateway.routing.state import RouteState, RouteStateStore
 from gateway.shadow import ShadowRunner
 from gateway.store.ids import new_id
 from gateway.store.rows import assemble_stream
+from gateway.store.surfaces import ASSEMBLE
 from gateway.store.writer import LogWriter
 from gateway.upstream import faults
 from gateway.upstream import litellm as litellm_upstream
@@ -49,8 +52,13 @@ PATHS = {
     "/chat/completions": "chat.completions",
     "/v1/embeddings": "embeddings",
     "/embeddings": "embeddings",
+    **responses.PATHS,
 }
-UPSTREAM_PATH = {"chat.completions": "/chat/completions", "embeddings": "/embeddings"}
+UPSTREAM_PATH = {
+    "chat.completions": "/chat/completions",
+    "embeddings": "/embeddings",
+    **responses.UPSTREAM_PATH,
+}
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 PASSTHROUGH = "_passthrough"
@@ -122,6 +130,7 @@ class HotPath:
         self.shadow = shadow
         self.client = OpenAICompatClient()
         self.health = faults.UpstreamHealth()
+        self.origins = responses.ResponseOrigins()
         self.max_body = settings.server.max_body_bytes
         r = settings.store.redact
         self.redact = Redactor(r.emails, r.cards, r.patterns) if (r.emails or r.cards or r.patterns) else None
@@ -149,7 +158,7 @@ class HotPath:
             return
         rec["request"] = body.decode()
         model = req["model"]
-        stream = bool(req.get("stream")) and endpoint == "chat.completions"
+        stream = bool(req.get("stream")) and endpoint in responses.STREAMING
         rec["stream"] = stream
         _annotate(rec, req, headers)
         snapshot = self.routes.snapshot
@@ -168,6 +177,9 @@ class HotPath:
         if not state.store_bodies:
             rec["request"] = None
         plan = plan_for(state, _sticky(state, rec, req, headers), random.random())
+        plan, why = responses.constrain(endpoint, req, plan, self.origins)
+        if why is not None:  # server-side state only one variant knows (previous_response_id)
+            rec["tags"] = [*(rec["tags"] or ()), why]
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
         try:
             await self._serve(send, rec, req, body, endpoint, stream, state, plan, snapshot.upstreams, t0)
@@ -185,12 +197,13 @@ class HotPath:
             # the answer was complete (logged) and the client left after it: shadow as usual
         finally:
             watcher.cancel()
+        self.origins.note(rec)
         if plan.shadow is not None and plan.shadow == rec.get("variant"):
             self.shadow.skip(state.route, "fallback")  # the fallback already asked that variant
         elif plan.shadow is not None:
             self._submit_shadow(rec, req, body, endpoint, stream, state, plan.shadow, snapshot.upstreams)
         elif state.mode in ("shadow", "primary") and state.candidate is not None:
-            self.shadow.skip(state.route, "sampled")  # left out by the route's shadow_rate
+            self.shadow.skip(state.route, why or "sampled")  # left out by the route's shadow_rate
 
     # -- serving ------------------------------------------------------------------------
     async def _serve(
@@ -470,7 +483,8 @@ class HotPath:
             rec["ttft_ms"] = (first - t0) * 1000
         if self.redact is not None:
             if rec.get("response_sse"):  # redact the assembled answer: a pattern can span chunks
-                rec["response"] = orjson.dumps(assemble_stream(rec.pop("response_sse"))).decode()
+                assemble = ASSEMBLE.get(rec["endpoint"], assemble_stream)
+                rec["response"] = orjson.dumps(assemble(rec.pop("response_sse"))).decode()
             for key in ("request", "response", "response_sse", "output_text"):
                 if rec.get(key):
                     rec[key] = self.redact(rec[key])
@@ -561,8 +575,11 @@ def _parse(body: bytes, endpoint: str) -> dict[str, Any]:
         n = req.get("n")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise InvalidRequest("'n' must be a positive integer", param="n")
-    elif "input" not in req:
-        raise InvalidRequest("'input' is required", param="input")
+    elif endpoint == "embeddings":
+        if "input" not in req:
+            raise InvalidRequest("'input' is required", param="input")
+    else:
+        responses.validate(req, endpoint)
     return req
 
 

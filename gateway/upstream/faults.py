@@ -142,7 +142,10 @@ def _event_error(event: bytes, payload: dict[str, Any]) -> tuple[str, str] | Non
         err = resp.get("error") if isinstance(resp, dict) else None
         return _pair(err if err is not None else "the upstream's response failed")
     if kind == "error" or event == b"error":
-        return _pair(payload.get("error", payload))
+        err = payload.get("error", payload)
+        if isinstance(err, dict) and err.get("type") == "error":  # Responses API: the code says what
+            err = {**err, "type": err.get("code")}
+        return _pair(err)
     if "error" in payload and payload["error"] is not None and "choices" not in payload:
         return _pair(payload["error"])
     return None
