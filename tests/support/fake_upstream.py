@@ -20,7 +20,8 @@ A request field ``x_reply_extra`` (an object) is merged into the answer (every c
 streamed), to check that unknown response fields come back unchanged. ``extra_headers``
 are added to every chat answer (e.g. a provider's own ``x-request-id``).
 
-``/v1/responses`` and ``/v1/completions``: see `tests.support.fake_responses`.
+``/v1/responses`` and ``/v1/completions``: see `tests.support.fake_responses`; an
+Anthropic-shaped ``/v1/messages`` (for the litellm path): `tests.support.fake_anthropic`.
 
 Every request is recorded in ``FakeUpstream.requests`` (path, headers, JSON body).
 """
@@ -36,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import fake_faults, fake_responses
+from tests.support import fake_anthropic, fake_faults, fake_responses
 
 
 class FakeUpstream:
@@ -71,6 +72,7 @@ class FakeUpstream:
             app.router.add_get("/v1/models", self.models)
             app.router.add_post("/v1/responses", lambda r: fake_responses.responses(self, r))
             app.router.add_post("/v1/completions", lambda r: fake_responses.completions(self, r))
+            app.router.add_post("/v1/messages", lambda r: fake_anthropic.messages(self, r))
             self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
