@@ -84,3 +84,17 @@ def test_a_provider_failure_through_litellm_is_an_openai_shaped_5xx(provider, lo
     assert r["status"] == resp.status_code and r["error_type"]
     assert KEY not in str(r)
     assert httpx.get(gw.url + "/healthz", timeout=10).json()["upstreams"]["llm"]["errors"] == 1
+
+
+def test_responses_and_completions_through_litellm(provider, log_dir):
+    gw = provider()
+    with client_for(gw) as client:
+        raw = client.responses.with_raw_response.create(model="r", input="hi there")
+        events = list(client.responses.create(model="r", input="streamed", stream=True))
+        legacy = client.completions.create(model="r", prompt="once")
+    assert raw.parse().output_text == "model-x: hi there"
+    assert events[-1].type == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "model-x: streamed"
+    assert legacy.choices[0].text == "model-x: once"
+    r = row(gw, log_dir, raw.headers["x-request-id"])
+    assert (r["endpoint"], r["status"], r["output_text"]) == ("responses", 200, "model-x: hi there")
