@@ -13,6 +13,7 @@ Behaviour is scripted by the model name the gateway sends upstream:
 * ``len-<n>``: answers ``n`` characters.
 * ``reject-<status>``: answers that status with an OpenAI error naming ``param`` and ``code``.
 * ``html-<status>``: answers that status with a non-JSON (HTML) body.
+* any model in ``FakeUpstream.scripted``: that exact status, headers and body bytes.
 * broken JSON, mid-stream error events, compressed answers, cut bodies, slow bytes, huge
   answers: see `tests.support.fake_faults` (``badjson``, ``errevent``, ``gzip``, ``drip-<s>``...).
 
@@ -49,6 +50,8 @@ class FakeUpstream:
         self.extra_headers: dict[str, str] = {}
         self._flaky_seen: set[str] = set()
         self.response_ids: set[str] = set()
+        # model name -> (status, headers, raw body): answered byte for byte (hypothesis tests)
+        self.scripted: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -128,6 +131,9 @@ class FakeUpstream:
         last = _last_user(body.get("messages") or [])
         self.in_flight += 1
         try:
+            if model in self.scripted:
+                status, headers, raw = self.scripted[model]
+                return web.Response(status=status, headers=headers, body=raw)
             if fake_faults.is_fault(model):
                 return await fake_faults.answer(request, body, model, f"{model}: {last}")
             if model.startswith("reject-"):
