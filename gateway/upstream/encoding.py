@@ -33,7 +33,7 @@ class _Deflate:
 
     def decompress(self, data: bytes) -> bytes:
         if self._d is None:
-            raw = not data or (data[0] & 0x0F) != 8
+            raw = len(data) < 2 or (data[0] & 0x0F) != 8 or ((data[0] << 8) | data[1]) % 31 != 0
             self._d = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
         out: bytes = self._d.decompress(data)
         return out

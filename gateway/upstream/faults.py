@@ -31,7 +31,7 @@ from gateway.errors import GatewayError, UpstreamError, error_body
 log = logging.getLogger("shadowtune.upstream")
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<pw>[^@\s/]*)@")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"\b([Bb]earer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{6,}")
 _QUERY = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|auth|sig|signature|password)=)[^&\s#]+")
 
