@@ -220,3 +220,30 @@ def test_a_password_in_an_unreachable_upstream_url_never_reaches_caller_log_or_s
         r = row(gw, log_dir, resp.headers["x-request-id"])
         assert "admin:***@127.0.0.1" in r["error_message"]  # the detail, redacted, for the operator
         assert_no_secret(resp.text, r, spans_text(gw))
+
+
+@pytest.mark.parametrize(
+    ("model", "stream", "error_type"),
+    [("badjson", False, "upstream_error"), ("errevent", True, "server_error")],
+)
+def test_a_shadow_candidate_answering_badly_is_logged_as_an_error(
+    make_settings, start_gateway, log_dir, model, stream, error_type
+):
+    from tests.support.calllog import wait_for_rows
+
+    settings = make_settings(
+        upstreams={"base": {"model": "echo-base"}, "cand": {"model": model}},
+        routes={"r": {"baseline": "base", "candidate": "cand", "mode": "shadow"}},
+    )
+    gw = start_gateway(settings)
+    resp = post(gw, "r", stream)
+    assert resp.status_code == 200  # the user never sees the shadow
+    call_id = resp.headers["x-request-id"]
+    shadow = wait_for_rows(gw, log_dir, f"parent_call_id = '{call_id}'", 1)
+    assert len(shadow) == 1
+    assert (shadow[0]["variant"], shadow[0]["status"], shadow[0]["error_type"]) == (
+        "candidate",
+        502,
+        error_type,
+    )
+    assert row(gw, log_dir, call_id)["error_type"] is None
