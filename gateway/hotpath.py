@@ -223,6 +223,8 @@ class HotPath:
         name = state.candidate if variant == "candidate" else state.baseline
         attempt = Attempt(rec["call_id"], variant, name or "")
         await self._open(attempt, req, body, endpoint, name, upstreams)
+        if variant == "candidate" and not _should_fall_back(attempt) and not stream:
+            await _prefetch(attempt)  # a broken answer is a failure before the first byte too
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
             failed = dict(
@@ -624,6 +626,21 @@ def _sticky(
 
 def _should_fall_back(attempt: Attempt) -> bool:
     return attempt.reply is None or attempt.status >= 500 or attempt.status == 429
+
+
+async def _prefetch(attempt: Attempt) -> None:
+    """Read a candidate's whole (non-stream) answer; a cut or invalid one marks the attempt failed."""
+    reply = attempt.reply
+    if reply is None or reply.status >= 400:
+        return
+    try:
+        data = await reply.read()
+    except GatewayError as exc:
+        attempt.error, attempt.status = exc, exc.status
+        return
+    if faults.invalid_json(data):
+        attempt.error = faults.invalid_answer(data, reply.content_type)
+        attempt.status = attempt.error.status
 
 
 def _upstream_error(data: bytes) -> tuple[str, str]:

@@ -247,3 +247,20 @@ def test_a_shadow_candidate_answering_badly_is_logged_as_an_error(
         error_type,
     )
     assert row(gw, log_dir, call_id)["error_type"] is None
+
+
+@pytest.mark.parametrize("model", ["badjson", "cut"])
+def test_a_candidate_answering_badly_falls_back_to_the_baseline(make_settings, start_gateway, log_dir, model):
+    settings = make_settings(
+        upstreams={"base": {"model": "echo-base"}, "cand": {"model": model, "retries": 0}},
+        routes={"r": {"baseline": "base", "candidate": "cand", "mode": "primary", "shadow_rate": 0.0}},
+    )
+    gw = start_gateway(settings)
+    resp = post(gw, "r")
+    assert resp.status_code == 200
+    assert resp.json()["choices"][0]["message"]["content"] == "echo-base: hello there"
+    served = row(gw, log_dir, resp.headers["x-request-id"])
+    assert (served["variant"], served["status"]) == ("baseline", 200)
+    [failed] = rows(gw, log_dir, "NOT served")
+    assert (failed["variant"], failed["status"], failed["error_type"]) == ("candidate", 502, "upstream_error")
+    assert failed["parent_call_id"] == served["call_id"]
