@@ -109,9 +109,10 @@ def body_error(data: bytes, is_stream: bool) -> tuple[str, str] | None:
 def stream_error(sse: bytes) -> tuple[str, str] | None:
     """The first error event of an SSE body, as ``(error_type, message)``; None when it has none.
 
-    The cheap substring test keeps ordinary streams (no ``"error"`` key anywhere) on one scan.
+    The cheap substring test keeps ordinary chat streams (no ``"error"`` key anywhere) on one scan;
+    a ``response.failed`` event always has one (its response's ``error``).
     """
-    if b'"error"' not in sse and b"response.failed" not in sse:
+    if b'"error"' not in sse:
         return None
     for block in sse.split(b"\n\n"):
         event = b""
