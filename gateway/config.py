@@ -62,6 +62,23 @@ class UpstreamConfig(_Section):
     """Model family (``gpt``, ``claude``, ``llama``...), used by the judge's self-preference guard."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers sent upstream (e.g. ``api-version`` for Azure)."""
+    ca_file: str | None = None
+    """PEM bundle of the CA(s) that signed this upstream's certificate (a private CA), instead of the
+    system's. Proxies come from ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``."""
+    cert_file: str | None = None
+    """PEM client certificate sent to this upstream (mTLS); the key in it or in ``key_file``."""
+    key_file: str | None = None
+    """PEM private key of ``cert_file`` (mTLS)."""
+
+    @model_validator(mode="after")
+    def _tls_files_exist(self) -> UpstreamConfig:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name} {path!r} is not a readable file")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        return self
 
     @property
     def fast_path(self) -> bool:

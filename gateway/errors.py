@@ -14,6 +14,9 @@
     ├── UpstreamError            502 upstream_error (connection failures, bad upstream answers)
     └── UpstreamTimeout          504 timeout_error
 
+An upstream failure's ``message`` is generic (no URL, no credentials) and the caller also gets
+the call id; its ``detail`` (credentials redacted) goes to the log row and to stderr.
+
 Services raise; `error_body` is the one place that builds the body
 ``{"error": {"message", "type", "param", "code"}}`` (``code`` a string or null).
 """
@@ -26,14 +29,19 @@ import orjson
 
 
 class GatewayError(Exception):
+    """``message`` goes to the caller; ``detail`` (when set) only to the log and the operator."""
+
     status = 500
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.detail = detail
         if code is not None:
             self.code = code
 

@@ -1,4 +1,5 @@
-"""The request path of ``/v1/chat/completions`` and ``/v1/embeddings``, as a plain ASGI handler.
+"""The request path of ``/v1/chat/completions`` and ``/v1/embeddings``, as a plain ASGI handler
+(also ``/v1/responses`` and ``/v1/completions``: what differs for them is in `gateway.responses`).
 
 This is the code every production call runs through, so it stays lean: no framework
 layers, one JSON parse of the body, the body forwarded as bytes (re-serialised only when
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gateway import responses
 from gateway.auth import Authenticator
 from gateway.config import Settings, UpstreamConfig
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
@@ -34,7 +36,9 @@ from gateway.routing.state import RouteState, RouteStateStore
 from gateway.shadow import ShadowRunner
 from gateway.store.ids import new_id
 from gateway.store.rows import assemble_stream
+from gateway.store.surfaces import ASSEMBLE
 from gateway.store.writer import LogWriter
+from gateway.upstream import faults
 from gateway.upstream import litellm as litellm_upstream
 from gateway.upstream.openai_compat import OpenAICompatClient
 from gateway.upstream.reply import UpstreamReply
@@ -48,8 +52,13 @@ PATHS = {
     "/chat/completions": "chat.completions",
     "/v1/embeddings": "embeddings",
     "/embeddings": "embeddings",
+    **responses.PATHS,
 }
-UPSTREAM_PATH = {"chat.completions": "/chat/completions", "embeddings": "/embeddings"}
+UPSTREAM_PATH = {
+    "chat.completions": "/chat/completions",
+    "embeddings": "/embeddings",
+    **responses.UPSTREAM_PATH,
+}
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 PASSTHROUGH = "_passthrough"
@@ -120,6 +129,8 @@ class HotPath:
         self.auth = auth
         self.shadow = shadow
         self.client = OpenAICompatClient()
+        self.health = faults.UpstreamHealth()
+        self.origins = responses.ResponseOrigins()
         self.max_body = settings.server.max_body_bytes
         r = settings.store.redact
         self.redact = Redactor(r.emails, r.cards, r.patterns) if (r.emails or r.cards or r.patterns) else None
@@ -147,7 +158,7 @@ class HotPath:
             return
         rec["request"] = body.decode()
         model = req["model"]
-        stream = bool(req.get("stream")) and endpoint == "chat.completions"
+        stream = bool(req.get("stream")) and endpoint in responses.STREAMING
         rec["stream"] = stream
         _annotate(rec, req, headers)
         snapshot = self.routes.snapshot
@@ -166,6 +177,9 @@ class HotPath:
         if not state.store_bodies:
             rec["request"] = None
         plan = plan_for(state, _sticky(state, rec, req, headers), random.random())
+        plan, why = responses.constrain(endpoint, req, plan, self.origins)
+        if why is not None:  # server-side state only one variant knows (previous_response_id)
+            rec["tags"] = [*(rec["tags"] or ()), why]
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
         try:
             await self._serve(send, rec, req, body, endpoint, stream, state, plan, snapshot.upstreams, t0)
@@ -183,12 +197,13 @@ class HotPath:
             # the answer was complete (logged) and the client left after it: shadow as usual
         finally:
             watcher.cancel()
+        self.origins.note(rec)
         if plan.shadow is not None and plan.shadow == rec.get("variant"):
             self.shadow.skip(state.route, "fallback")  # the fallback already asked that variant
         elif plan.shadow is not None:
             self._submit_shadow(rec, req, body, endpoint, stream, state, plan.shadow, snapshot.upstreams)
         elif state.mode in ("shadow", "primary") and state.candidate is not None:
-            self.shadow.skip(state.route, "sampled")  # left out by the route's shadow_rate
+            self.shadow.skip(state.route, why or "sampled")  # left out by the route's shadow_rate
 
     # -- serving ------------------------------------------------------------------------
     async def _serve(
@@ -208,6 +223,8 @@ class HotPath:
         name = state.candidate if variant == "candidate" else state.baseline
         attempt = Attempt(rec["call_id"], variant, name or "")
         await self._open(attempt, req, body, endpoint, name, upstreams)
+        if variant == "candidate" and not _should_fall_back(attempt) and not stream:
+            await _prefetch(attempt)  # a broken answer is a failure before the first byte too
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
             failed = dict(
@@ -236,6 +253,11 @@ class HotPath:
             return
         upstream_s = time.perf_counter() - attempt.started
         status = reply.status
+        if status < 400 and faults.invalid_json(data):  # a 200 the caller's client could not decode
+            if state.store_bodies:
+                rec["response"] = data.decode("utf-8", "replace")
+            await self._fail(send, rec, faults.invalid_answer(data, reply.content_type), t0, attempt)
+            return
         if status >= 400:
             rec["error_type"], rec["error_message"] = _upstream_error(data)
             data = _as_openai_error(data, status)
@@ -287,10 +309,10 @@ class HotPath:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except GatewayError as exc:
             if not logged:  # a stream that fails midway: one SSE error event, then a clean close
-                event = b"data: " + exc.body() + b"\n\n"
+                event = b"data: " + faults.public_body(exc, rec["call_id"]) + b"\n\n"
                 parts.append(event)
                 rec["status"] = exc.status
-                rec["error_type"], rec["error_message"] = exc.type, exc.message
+                rec["error_type"], rec["error_message"] = exc.type, faults.log_message(exc)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         except asyncio.CancelledError:
             if not logged:
@@ -312,8 +334,12 @@ class HotPath:
         first: float | None,
         bodies: bool,
     ) -> None:
+        data = b"".join(parts)
+        if "error_type" not in rec and (found := faults.stream_error(data)) is not None:
+            rec["status"] = 502  # relayed as it came (the caller has its 200), logged as the failure it is
+            rec["error_type"], rec["error_message"] = found
         if bodies:
-            rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
+            rec["response_sse"] = data.decode("utf-8", "replace")
         self._finish(rec, t0, time.perf_counter() - attempt.started, first)
 
     async def _open(
@@ -437,13 +463,16 @@ class HotPath:
                 data, first = body
                 if reply.status >= 400:
                     row["error_type"], row["error_message"] = _upstream_error(data)
+                elif (found := faults.body_error(data, reply.is_stream)) is not None:
+                    row["status"] = 502
+                    row["error_type"], row["error_message"] = found
                 if store_body:
                     row["response_sse" if reply.is_stream else "response"] = data.decode("utf-8", "replace")
                 if first is not None:
                     row["ttft_ms"] = (first - attempt.started) * 1000
         if attempt.error is not None:
             row["status"] = attempt.error.status
-            row["error_type"], row["error_message"] = attempt.error.type, attempt.error.message
+            row["error_type"], row["error_message"] = attempt.error.type, faults.log_message(attempt.error)
         self._finish(row, t0, time.perf_counter() - attempt.started, None)
 
     def _finish(self, rec: dict[str, Any], t0: float, upstream_s: float, first: float | None) -> None:
@@ -456,10 +485,14 @@ class HotPath:
             rec["ttft_ms"] = (first - t0) * 1000
         if self.redact is not None:
             if rec.get("response_sse"):  # redact the assembled answer: a pattern can span chunks
-                rec["response"] = orjson.dumps(assemble_stream(rec.pop("response_sse"))).decode()
+                assemble = ASSEMBLE.get(rec["endpoint"], assemble_stream)
+                rec["response"] = orjson.dumps(assemble(rec.pop("response_sse"))).decode()
             for key in ("request", "response", "response_sse", "output_text"):
                 if rec.get(key):
                     rec[key] = self.redact(rec[key])
+        if "error_message" in rec:
+            rec["error_message"] = faults.redact(rec["error_message"])
+            self.health.observe(rec)
         self.writer.append("calls", rec)
 
     async def _fail(
@@ -467,7 +500,7 @@ class HotPath:
     ) -> None:
         rec["status"] = exc.status
         rec["error_type"] = exc.type
-        rec["error_message"] = exc.message
+        rec["error_message"] = faults.log_message(exc)
         if attempt is not None and attempt.reply is not None:
             attempt.reply.close()
         upstream_s = (time.perf_counter() - attempt.started) if attempt is not None else 0.0
@@ -493,7 +526,7 @@ async def send_error(
     if overhead_ms is not None:
         headers.append((b"x-shadowtune-overhead-ms", f"{overhead_ms:.3f}".encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": exc.body()})
+    await send({"type": "http.response.body", "body": faults.public_body(exc, call_id)})
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -544,8 +577,11 @@ def _parse(body: bytes, endpoint: str) -> dict[str, Any]:
         n = req.get("n")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise InvalidRequest("'n' must be a positive integer", param="n")
-    elif "input" not in req:
-        raise InvalidRequest("'input' is required", param="input")
+    elif endpoint == "embeddings":
+        if "input" not in req:
+            raise InvalidRequest("'input' is required", param="input")
+    else:
+        responses.validate(req, endpoint)
     return req
 
 
@@ -590,6 +626,21 @@ def _sticky(
 
 def _should_fall_back(attempt: Attempt) -> bool:
     return attempt.reply is None or attempt.status >= 500 or attempt.status == 429
+
+
+async def _prefetch(attempt: Attempt) -> None:
+    """Read a candidate's whole (non-stream) answer; a cut or invalid one marks the attempt failed."""
+    reply = attempt.reply
+    if reply is None or reply.status >= 400:
+        return
+    try:
+        data = await reply.read()
+    except GatewayError as exc:
+        attempt.error, attempt.status = exc, exc.status
+        return
+    if faults.invalid_json(data):
+        attempt.error = faults.invalid_answer(data, reply.content_type)
+        attempt.status = attempt.error.status
 
 
 def _upstream_error(data: bytes) -> tuple[str, str]:

@@ -11,8 +11,10 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz(request: Request) -> dict[str, Any]:
+    """Liveness (always ``ok`` while the process serves), with upstream failure counts by name."""
+    upstreams = request.app.state.ctx.hot.health.snapshot()
+    return {"status": "ok", "upstreams": upstreams} if upstreams else {"status": "ok"}
 
 
 @router.get("/readyz")

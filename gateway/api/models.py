@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gateway.errors import NotFound
+
 router = APIRouter()
+log = logging.getLogger("shadowtune.upstream")
 
 
 @router.get("/v1/models")
@@ -26,11 +30,23 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model}")
+@router.get("/v1/models/{model:path}")
+@router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
+    """One model: a route, or in zero-config mode one of the ids the upstream lists."""
     ctx = request.app.state.ctx
-    ctx.auth.check(request.headers.get("authorization", "").encode() or None)
-    ctx.routes.get(model)
+    auth = request.headers.get("authorization", "").encode() or None
+    ctx.auth.check(auth)
+    snap = ctx.routes.snapshot
+    passthrough = ctx.hot.passthrough
+    if passthrough is not None and not snap.routes:
+        listed = await _upstream_models(ctx, passthrough, auth)
+        for entry in listed.get("data") or ():
+            if isinstance(entry, dict) and entry.get("id") == model:
+                return entry
+        raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
+    if model not in snap.routes:
+        raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
     return {"id": model, "object": "model", "created": 0, "owned_by": "shadowtune"}
 
 
@@ -39,6 +55,7 @@ async def _upstream_models(ctx: Any, upstream: Any, auth: bytes | None) -> dict[
     import os
 
     import aiohttp
+    import yarl
 
     from gateway.errors import UpstreamError
 
@@ -48,15 +65,24 @@ async def _upstream_models(ctx: Any, upstream: Any, auth: bytes | None) -> dict[
         if key
         else ({"Authorization": auth.decode()} if auth and ctx.auth.open else {})
     )
+    url = yarl.URL(upstream.base_url.rstrip("/") + "/models")
+    if headers and url.user is not None:  # aiohttp refuses URL credentials next to an Authorization header
+        url = url.with_user(None)
     try:
         async with ctx.hot.client.session.get(
-            upstream.base_url.rstrip("/") + "/models",
+            url,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),
         ) as resp:
-            data: dict[str, Any] = await resp.json(content_type=None)
+            data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise UpstreamError(f"upstream /models answered {resp.status}", code=str(resp.status))
+            if not isinstance(data, dict):
+                raise ValueError("the upstream's /models answer is not a JSON object")
             return data
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(f"cannot list the upstream's models: {exc}") from exc
+    except (aiohttp.ClientError, ValueError) as exc:
+        from gateway.upstream.faults import redact
+
+        detail = redact(f"cannot list the upstream's models: {exc.__class__.__name__}: {exc}")
+        log.warning("%s", detail)
+        raise UpstreamError("cannot list the upstream's models", detail=detail) from exc

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from gateway.store import surfaces
 from gateway.store.schema import SCHEMA_VERSION, TABLES
 
 _UTC = dt.UTC
@@ -253,7 +254,7 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
     resp: Any = None
     sse = rec.pop("response_sse", None)
     if sse is not None:
-        resp = assemble_stream(sse)
+        resp = surfaces.ASSEMBLE.get(rec.get("endpoint") or "", assemble_stream)(sse)
         rec["response"] = orjson.dumps(resp).decode()
     elif rec.get("response"):
         try:
@@ -263,6 +264,8 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(resp, dict):
         rec.setdefault("response_id", resp.get("id"))
         rec["_response_model"] = resp.get("model")  # not a column: for telemetry
+        if rec.get("endpoint") in surfaces.ASSEMBLE:
+            surfaces.derive(rec, resp)
         choices = resp.get("choices") or ()
         if choices and isinstance(choices[0], dict):
             first = choices[0]

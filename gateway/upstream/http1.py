@@ -12,16 +12,25 @@ async iterator of body chunks, as they arrive.
   is safe for a POST.
 * Timeouts are idle timeouts: ``timeout`` seconds without a byte from the upstream.
 * Back-pressure: reading from the upstream pauses while 64 chunks wait for a slow client.
-* No proxies (``HTTPS_PROXY``) and no compressed answers (no ``Accept-Encoding`` is sent).
+* Proxies from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, read
+  once per pool as `urllib.request` reads them): an ``https`` upstream is reached through a
+  ``CONNECT`` tunnel, TLS running end to end inside it; an ``http`` upstream gets its request in
+  absolute form (``POST http://host/path``). Credentials in the proxy URL go in
+  ``Proxy-Authorization``. Only ``http://`` proxies.
+* TLS per upstream (`TLSFiles`): a private CA (``ca_file``) and a client certificate for mTLS
+  (``cert_file``, ``key_file``); connections with different TLS settings are never shared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from typing import NamedTuple
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import httptools
 
@@ -41,6 +50,25 @@ class UpstreamIdle(Exception):
     """No byte from the upstream for ``timeout`` seconds."""
 
 
+class ConnectTimeout(UpstreamIdle):
+    """The TCP (or proxy, or TLS) connection was not up within the connect timeout."""
+
+
+class ProxyRefused(OSError):
+    """The proxy did not open the ``CONNECT`` tunnel."""
+
+
+class TLSFiles(NamedTuple):
+    """An upstream's TLS settings: private CA bundle, client certificate and key (mTLS)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+_Key = tuple[str, str, int, TLSFiles | None]
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_chunks", "_done", "_error", "_ev", "_has_length", "_headers_fut", "_idle_handle", "_last", "_loop",
@@ -48,7 +76,7 @@ class _Conn(asyncio.Protocol):
         "transport",
     )  # fmt: skip
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, str, int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: _Key) -> None:
         self._loop = loop
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -207,20 +235,57 @@ class _Conn(asyncio.Protocol):
 class Http1Pool:
     """Keep-alive connection pools for every upstream the hot path talks to."""
 
-    def __init__(self) -> None:
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
-        self._ssl: ssl.SSLContext | None = None
-        self._heads: dict[tuple[str, str, int], tuple[bytes, bytes]] = {}
+    def __init__(self, proxies: dict[str, str] | None = None) -> None:
+        self._idle: dict[_Key, list[_Conn]] = {}
+        self._ssl: dict[TLSFiles | None, ssl.SSLContext] = {}
+        self.proxies = urllib.request.getproxies_environment() if proxies is None else proxies
+        self._proxy_cache: dict[tuple[str, str], SplitResult | None] = {}
 
-    async def _connect(self, key: tuple[str, str, int]) -> _Conn:
+    def ssl_context(self, tls: TLSFiles | None) -> ssl.SSLContext:
+        ctx = self._ssl.get(tls)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=tls.ca_file if tls else None)
+            if tls is not None and tls.cert_file:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            self._ssl[tls] = ctx
+        return ctx
+
+    def proxy_for(self, scheme: str, host: str) -> SplitResult | None:
+        """The proxy for ``scheme://host`` under the environment's proxy settings, or None."""
+        key = (scheme, host)
+        if key in self._proxy_cache:
+            return self._proxy_cache[key]
+        proxy = self.proxies.get(scheme) or self.proxies.get("all")
+        found = None
+        if proxy and not urllib.request.proxy_bypass_environment(host, self.proxies):  # type: ignore[attr-defined]
+            found = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            if found.scheme != "http":
+                raise ValueError(f"only http:// proxies are supported, not {found.scheme}://")
+        self._proxy_cache[key] = found
+        return found
+
+    async def _connect(self, key: _Key) -> _Conn:
         loop = asyncio.get_running_loop()
-        scheme, host, port = key
-        ctx = None
-        if scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            ctx = self._ssl
-        _, conn = await loop.create_connection(lambda: _Conn(loop, key), host, port, ssl=ctx)
+        scheme, host, port, tls = key
+        ctx = self.ssl_context(tls) if scheme == "https" else None
+        proxy = self.proxy_for(scheme, host)
+        if proxy is None:
+            _, conn = await loop.create_connection(lambda: _Conn(loop, key), host, port, ssl=ctx)
+            return conn
+        phost, pport = proxy.hostname or "localhost", proxy.port or 80
+        if ctx is None:  # plain http through a proxy: absolute-form requests on a proxy connection
+            _, conn = await loop.create_connection(lambda: _Conn(loop, key), phost, pport)
+            return conn
+        raw, tunnel = await loop.create_connection(lambda: _Tunnel(loop), phost, pport)
+        try:
+            await tunnel.open(f"{host}:{port}", _proxy_auth(proxy))
+            conn = _Conn(loop, key)
+            transport = await loop.start_tls(raw, conn, ctx, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+        assert transport is not None
+        conn.connection_made(transport)
         return conn
 
     def _release(self, conn: _Conn) -> None:
@@ -235,10 +300,23 @@ class Http1Pool:
             conn.close()
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float, connect_timeout: float
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        connect_timeout: float,
+        tls: TLSFiles | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], _Conn]:
         """POST ``body``; returns (status, headers, body chunks, connection) once the headers are in."""
-        key, path, host_header = _target(url)
+        (scheme, host, port), path, host_header = _target(url)
+        key: _Key = (scheme, host, port, tls if scheme == "https" else None)
+        proxy = self.proxy_for(scheme, host) if scheme == "http" else None
+        if proxy is not None:
+            path = f"http://{host_header}{path}"
+            auth = _proxy_auth(proxy)
+            if auth:
+                headers = {**headers, "Proxy-Authorization": auth}
         head = _head(path, host_header, headers, len(body))
         for attempt in (0, 1):
             idle = self._idle.get(key)
@@ -251,7 +329,7 @@ class Http1Pool:
                 try:
                     conn = await asyncio.wait_for(self._connect(key), connect_timeout)
                 except TimeoutError:
-                    raise UpstreamIdle(f"could not connect within {connect_timeout:g}s") from None
+                    raise ConnectTimeout(f"could not connect within {connect_timeout:g}s") from None
             try:
                 await conn.request(head, body, timeout)
             except UpstreamClosed as exc:
@@ -275,6 +353,58 @@ class Http1Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to ``CONNECT``; TLS to the upstream takes the connection over after it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buf = b""
+        self._done: asyncio.Future[bytes] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if b"\r\n\r\n" in self._buf and not self._done.done():
+            self._done.set_result(self._buf)
+        elif len(self._buf) > 65536 and not self._done.done():
+            self._done.set_exception(ProxyRefused("the proxy's answer to CONNECT is too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(ProxyRefused(f"the proxy closed the connection ({exc or 'no answer'})"))
+
+    async def open(self, authority: str, auth: str | None) -> None:
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        if auth:
+            lines.append(f"Proxy-Authorization: {auth}")
+        assert self.transport is not None
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        answer = await self._done
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or parts[1] != "200":
+            raise ProxyRefused(f"the proxy refused CONNECT {authority}: {status_line[:200]}")
+
+
+def _proxy_auth(proxy: SplitResult) -> str | None:
+    if proxy.username is None:
+        return None
+    pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def basic_auth(url: str) -> str | None:
+    """``Authorization: Basic`` from credentials in ``url`` (``https://user:pw@host``), if any."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
 _TARGETS: dict[str, tuple[tuple[str, str, int], str, str]] = {}

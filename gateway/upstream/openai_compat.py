@@ -1,7 +1,10 @@
 """The direct path to OpenAI-compatible upstreams: pooled keep-alive HTTP/1.1 (`gateway.upstream.http1`).
 
 Retries (429, 5xx, connection failures) happen only before the first byte reaches the
-caller, with bounded exponential back-off that honours a short ``Retry-After``.
+caller, with bounded exponential back-off that honours a short ``Retry-After``. Certificate
+and other TLS failures are not retried (they do not heal in a second) and are reported as
+``upstream_tls_error``. Error messages name no URL: the caller gets a generic one, the log and
+the operator the detail with credentials redacted (`gateway.upstream.faults`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import functools
 import os
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 
@@ -18,7 +22,16 @@ import aiohttp
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.upstream.http1 import Http1Pool, UpstreamClosed, UpstreamIdle
+from gateway.upstream import encoding
+from gateway.upstream.faults import safe_url
+from gateway.upstream.http1 import (
+    ConnectTimeout,
+    Http1Pool,
+    TLSFiles,
+    UpstreamClosed,
+    UpstreamIdle,
+    basic_auth,
+)
 from gateway.upstream.reply import UpstreamReply
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -52,7 +65,7 @@ class OpenAICompatClient:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",), trust_env=True
             )
         return self._session
 
@@ -67,27 +80,58 @@ class OpenAICompatClient:
     ) -> UpstreamReply:
         """POST ``body`` to ``upstream``'s ``path``; the reply's body is not read yet."""
         url = upstream.base_url.rstrip("/") + path  # type: ignore[union-attr]
-        headers = {"Content-Type": "application/json", **upstream.headers}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": encoding.ACCEPT_ENCODING,
+            **upstream.headers,
+        }
         key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         elif caller_auth:
             headers["Authorization"] = caller_auth.decode("latin-1")
+        elif "Authorization" not in headers and (basic := basic_auth(url)) is not None:
+            headers["Authorization"] = basic
+        tls = (
+            TLSFiles(upstream.ca_file, upstream.cert_file, upstream.key_file)
+            if upstream.ca_file or upstream.cert_file
+            else None
+        )
+        where = safe_url(url)
+        connect_timeout = min(10.0, upstream.timeout)
         waited = 0.0
         attempt = 0
         while True:
             try:
                 status, resp_headers, chunks, conn = await self.pool.post(
-                    url, body, headers, upstream.timeout, min(10.0, upstream.timeout)
+                    url, body, headers, upstream.timeout, connect_timeout, tls
                 )
+            except ConnectTimeout as exc:
+                raise UpstreamTimeout(
+                    f"could not connect to the upstream within {connect_timeout:g}s",
+                    code="upstream_connect_timeout",
+                    detail=f"could not connect to {where} within {connect_timeout:g}s",
+                ) from exc
             except UpstreamIdle as exc:
-                raise UpstreamTimeout(f"upstream {url} did not answer within {upstream.timeout:g}s") from exc
+                raise UpstreamTimeout(
+                    f"the upstream sent nothing for {upstream.timeout:g}s",
+                    detail=f"upstream {where} did not answer within {upstream.timeout:g}s",
+                ) from exc
+            except ssl.SSLError as exc:  # before OSError: certificate failures are not retried
+                raise UpstreamError(
+                    "TLS with the upstream failed (certificate or handshake)",
+                    code="upstream_tls_error",
+                    detail=f"TLS with {where} failed: {exc.__class__.__name__}: {exc}",
+                ) from exc
             except (OSError, UpstreamClosed, ValueError) as exc:
                 if attempt < upstream.retries:
                     waited += await _backoff(attempt, None)
                     attempt += 1
                     continue
-                raise UpstreamError(f"cannot reach upstream {url}: {exc.__class__.__name__}: {exc}") from exc
+                raise UpstreamError(
+                    "the upstream could not be reached",
+                    detail=f"cannot reach upstream {where}: {exc.__class__.__name__}: {exc}",
+                ) from exc
             if status in RETRY_STATUSES and attempt < upstream.retries:
                 conn.close()
                 retry_after = next((v.decode() for k, v in resp_headers if k == b"retry-after"), None)
@@ -95,11 +139,25 @@ class OpenAICompatClient:
                 attempt += 1
                 continue
             content_type = next((v.decode("latin-1") for k, v in resp_headers if k == b"content-type"), "")
+            stream: AsyncIterator[bytes] = chunks
+            coding = encoding.content_encoding(resp_headers)
+            if coding is not None:
+                try:
+                    decode = encoding.decoder(coding)
+                except encoding.UnsupportedEncoding as exc:
+                    conn.close()
+                    raise UpstreamError(
+                        "the upstream's answer is in an encoding the gateway cannot decode",
+                        code="upstream_bad_encoding",
+                        detail=f"upstream {where}: {exc}",
+                    ) from exc
+                if decode is not None:
+                    stream = encoding.decoded(chunks, decode)
             return UpstreamReply(
                 status=status,
                 content_type=content_type or "application/json",
                 headers=[(_RENAME_HEADERS.get(k, k), v) for k, v in resp_headers if k not in _DROP_HEADERS],
-                chunks=_mapped(chunks, url, upstream.timeout),
+                chunks=_mapped(stream, where, upstream.timeout),
                 waited_s=waited,
                 _close=conn.close,
                 _complete=functools.partial(getattr, conn, "complete"),
@@ -111,9 +169,22 @@ async def _mapped(chunks: AsyncIterator[bytes], url: str, timeout: float) -> Asy
         async for chunk in chunks:
             yield chunk
     except UpstreamIdle as exc:
-        raise UpstreamTimeout(f"upstream {url} stalled for more than {timeout:g}s") from exc
+        raise UpstreamTimeout(
+            f"the upstream stalled for more than {timeout:g}s",
+            detail=f"upstream {url} stalled for more than {timeout:g}s",
+        ) from exc
     except UpstreamClosed as exc:
-        raise UpstreamError(f"upstream {url} broke off: {exc}") from exc
+        raise UpstreamError(
+            "the upstream broke off its answer",
+            code="upstream_broke_off",
+            detail=f"upstream {url} broke off: {exc}",
+        ) from exc
+    except encoding.UnsupportedEncoding as exc:
+        raise UpstreamError(
+            "the upstream's compressed answer does not decode",
+            code="upstream_bad_encoding",
+            detail=f"upstream {url}: {exc}",
+        ) from exc
 
 
 async def _backoff(attempt: int, retry_after: str | None) -> float:

@@ -69,6 +69,15 @@ def test_models_in_zero_config_mode_lists_the_upstreams_models(gateway):
         assert [m.id for m in client.models.list()] == ["echo"]
 
 
+def test_a_model_listed_in_zero_config_mode_can_be_retrieved(gateway):
+    with client_for(gateway) as client:
+        for listed in client.models.list():
+            assert client.models.retrieve(listed.id).id == listed.id
+        with pytest.raises(openai.NotFoundError) as info:
+            client.models.retrieve("not-upstream")
+    assert info.value.code == "model_not_found"
+
+
 def test_health_and_readiness(gateway):
     assert httpx.get(gateway.url + "/healthz", timeout=5).json() == {"status": "ok"}
     ready = httpx.get(gateway.url + "/readyz", timeout=5)

@@ -13,10 +13,16 @@ Behaviour is scripted by the model name the gateway sends upstream:
 * ``len-<n>``: answers ``n`` characters.
 * ``reject-<status>``: answers that status with an OpenAI error naming ``param`` and ``code``.
 * ``html-<status>``: answers that status with a non-JSON (HTML) body.
+* any model in ``FakeUpstream.scripted``: that exact status, headers and body bytes.
+* broken JSON, mid-stream error events, compressed answers, cut bodies, slow bytes, huge
+  answers: see `tests.support.fake_faults` (``badjson``, ``errevent``, ``gzip``, ``drip-<s>``...).
 
 A request field ``x_reply_extra`` (an object) is merged into the answer (every chunk when
 streamed), to check that unknown response fields come back unchanged. ``extra_headers``
 are added to every chat answer (e.g. a provider's own ``x-request-id``).
+
+``/v1/responses`` and ``/v1/completions``: see `tests.support.fake_responses`; an
+Anthropic-shaped ``/v1/messages`` (for the litellm path): `tests.support.fake_anthropic`.
 
 Every request is recorded in ``FakeUpstream.requests`` (path, headers, JSON body).
 """
@@ -25,20 +31,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from typing import Any
 
 from aiohttp import web
 
+from tests.support import fake_anthropic, fake_faults, fake_responses
+
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context  # served over TLS (https://127.0.0.1) when given
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.cancelled = 0
         self.extra_headers: dict[str, str] = {}
         self._flaky_seen: set[str] = set()
+        self.response_ids: set[str] = set()
+        # model name -> (status, headers, raw body): answered byte for byte (hypothesis tests)
+        self.scripted: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -46,7 +59,7 @@ class FakeUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}/v1"
 
     # -- server life cycle ---------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -60,9 +73,12 @@ class FakeUpstream:
             app.router.add_post("/v1/chat/completions", self.chat)
             app.router.add_post("/v1/embeddings", self.embeddings)
             app.router.add_get("/v1/models", self.models)
+            app.router.add_post("/v1/responses", lambda r: fake_responses.responses(self, r))
+            app.router.add_post("/v1/completions", lambda r: fake_responses.completions(self, r))
+            app.router.add_post("/v1/messages", lambda r: fake_anthropic.messages(self, r))
             self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
             loop.run_until_complete(site.start())
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             ready.set()
@@ -115,6 +131,11 @@ class FakeUpstream:
         last = _last_user(body.get("messages") or [])
         self.in_flight += 1
         try:
+            if model in self.scripted:
+                status, headers, raw = self.scripted[model]
+                return web.Response(status=status, headers=headers, body=raw)
+            if fake_faults.is_fault(model):
+                return await fake_faults.answer(request, body, model, f"{model}: {last}")
             if model.startswith("reject-"):
                 status = int(model.split("-", 1)[1])
                 return web.json_response(
