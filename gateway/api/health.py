@@ -11,8 +11,11 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz(request: Request) -> dict[str, Any]:
+    """Liveness (always ok while the process answers), with the call log's record accounting."""
+    status: dict[str, Any] = request.app.state.ctx.writer.status()
+    keys = ("appended", "flushed_rows", "quarantined", "quarantine_dir", "corrupt_records", "dropped")
+    return {"status": "ok", "store": {k: status[k] for k in keys}}
 
 
 @router.get("/readyz")
@@ -24,7 +27,8 @@ async def readyz(request: Request) -> Response:
     body = {
         "status": "ok" if ready else "degraded",
         "store": {
-            k: status[k] for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "last_error")
+            k: status[k]
+            for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "quarantined", "last_error")
         },
     }
     return JSONResponse(body, status_code=200 if ready else 503)
