@@ -84,6 +84,7 @@ def convert_segment(
                 quarantine.Entry(stem, n, name if isinstance(name, str) else None, reason, lines[n])
             )
     if entries:
+        entries.sort(key=lambda e: e.line)
         quarantine.write(wal_dir, writer_id, entries)
     os.unlink(seg)
     out.rows = len(records) - len(rejected)
