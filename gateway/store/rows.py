@@ -8,7 +8,11 @@ background writer (and by `LogStore` for the not-yet-flushed tail).
 
 WAL record keys for ``calls`` are the column names of `CALLS_SCHEMA`, with these changes:
 ``ts`` is epoch microseconds; ``response_sse`` (raw SSE text) may stand instead of
-``response``; ``price_in`` / ``price_out`` (USD per million tokens) feed ``cost_usd``.
+``response`` (assembled into it; kept raw when its chunks cannot be assembled);
+``price_in`` / ``price_out`` (USD per million tokens) feed ``cost_usd``. The request path
+appends `gateway.protocol.record.CallRecord.to_wal`, whose values fit their columns; the
+upstream's body is checked here (a non-string id, a non-integer token count is left out),
+and a record that still does not fit is quarantined by the writer (`convert`).
 """
 
 from __future__ import annotations
@@ -264,8 +268,11 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
     resp: Any = None
     sse = rec.pop("response_sse", None)
     if sse is not None:
-        resp = assemble_stream(sse)
-        rec["response"] = orjson.dumps(resp).decode()
+        try:
+            resp = assemble_stream(sse)
+            rec["response"] = orjson.dumps(resp).decode()
+        except Exception:  # chunks of a shape no stream has: keep what came, as it came
+            rec["response"] = sse
     elif rec.get("response"):
         try:
             resp = orjson.loads(rec["response"])
