@@ -101,6 +101,27 @@ class TestNormalisation:
             "served": True,
         }
 
+    def test_to_wal_writes_every_field_and_checks_the_type_of_each(self):
+        from gateway.protocol import record
+
+        good = {**{n: "t" for n in record._TEXT}, **{n: 1 for n in record._INT}}
+        good |= {**{n: 1.5 for n in record._FLOAT}, **{n: True for n in record._BOOL}, "tags": ["a"]}
+        assert set(good) == set(WAL_FIELDS)
+        rec = built({})
+        for name, value in good.items():
+            setattr(rec, name, value)
+        assert rec.to_wal() == good
+        for name in WAL_FIELDS:  # a value of the wrong type in any one field
+            setattr(rec, name, {"wrong": [1]})
+            out = rec.to_wal()
+            if name in record._TEXT:
+                assert out[name] == '{"wrong":[1]}'
+            elif name == "tags":
+                assert out[name] == ['{"wrong":[1]}']
+            else:
+                assert name not in out
+            setattr(rec, name, good[name])
+
     def test_every_wal_key_is_a_column_or_one_of_the_documented_extra_keys(self):
         extra = {"response_sse", "price_in", "price_out", "traceparent", "attempt"}
         assert set(WAL_FIELDS) - set(CALLS_SCHEMA.names) == extra
