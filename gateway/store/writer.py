@@ -335,9 +335,13 @@ class LogWriter:
             unsynced = self._unsynced
             old_fd = self._rotate_locked()
         if old_fd is not None:
-            if unsynced and self.wal_fsync_ms > 0:  # outside the lock: appends do not wait for it
-                self._fdatasync(old_fd)
-            os.close(old_fd)
+            try:
+                if unsynced and self.wal_fsync_ms > 0:  # outside the lock: appends do not wait for it
+                    self._fdatasync(old_fd)
+            except OSError:
+                pass  # recorded in last_error; the segment is converted (and fsynced as Parquet) next
+            finally:
+                os.close(old_fd)
 
     def _rotate_locked(self) -> int | None:
         """Swap in a new segment; returns the old segment's fd for the caller to close."""
@@ -437,7 +441,8 @@ class LogWriter:
                         n = conversion.quarantine_segment(
                             self.wal_dir, self.writer_id, seg, f"segment conversion failed: {exc!r}"
                         )
-                        self._drop("quarantined", n)
+                        with self._lock:
+                            self._drop("quarantined", n)
                     except OSError as err:
                         self.stats.flush_errors += 1
                         self._error(f"cannot quarantine {os.path.basename(seg)}: {err}")
@@ -465,7 +470,8 @@ class LogWriter:
             self.stats.corrupt_records += done.corrupt
             log.warning("call log: skipped %d corrupt record(s) in %s", done.corrupt, os.path.basename(seg))
         if done.quarantined:
-            self._drop("quarantined", done.quarantined)
+            with self._lock:
+                self._drop("quarantined", done.quarantined)
             log.warning(
                 "call log: quarantined %d record(s) of %s in %s (first: %s)",
                 done.quarantined,
