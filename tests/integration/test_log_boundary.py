@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli_ops import logs
@@ -216,3 +216,39 @@ def test_a_full_disk_logs_or_counts_every_answered_call_and_leaves_no_temporary_
         assert stats["corrupt_records"] == 0 and stats["quarantined"] == 0  # no torn line anywhere
         assert not list(Path(log_dir).rglob("*.tmp-*"))
         gw.stop()
+
+
+feedback = st.fixed_dictionaries(
+    {
+        "call_id": st.from_regex(r"call_[A-Za-z0-9]{1,20}", fullmatch=True) | json_values,
+        "kind": st.sampled_from(["thumbs", "rating", "choice", "flag"]) | json_values,
+    },
+    optional={
+        "value": st.sampled_from(["up", "down", "a", "b", 1, 5, 3.5]) | json_values,
+        "comment": json_values,
+        "user": json_values,
+        "data": json_values | st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+    },
+)
+
+
+def test_hostile_feedback_bodies_are_4xx_or_logged_as_events_never_quarantined(gateway, log_dir):
+    client = httpx.Client(base_url=gateway.url, timeout=20)
+    accepted: list[str] = []
+
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, database=None)
+    @given(fb=feedback)
+    @example(fb={"call_id": "call_x", "kind": "thumbs", "value": "up", "data": {"k": [1]}})
+    def one(fb):
+        resp = client.post(
+            "/v1/feedback", content=orjson.dumps(fb), headers={"content-type": "application/json"}
+        )
+        assert resp.status_code in (200, 400), resp.text
+        if resp.status_code == 200:
+            accepted.append(resp.json()["id"])
+
+    one()
+    gateway.flush()
+    with LogStore.open(log_dir) as store:
+        assert sorted(r["event_id"] for r in store.sql("SELECT event_id FROM events")) == sorted(accepted)
+    assert accepted and gateway.ctx.writer.status()["quarantined"] == 0
