@@ -137,3 +137,20 @@ def scan(wal_dir: str) -> dict[str, Any]:
         "bytes": size,
         "latest": latest,
     }
+
+
+def scrub(value: Any) -> Any:
+    """A copy of ``value`` that orjson can write: strings made valid UTF-8, big ints and objects as text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    if (
+        value is None
+        or isinstance(value, bool | float)
+        or (isinstance(value, int) and -(2**63) <= value < 2**64)
+    ):
+        return value
+    return repr(value)

@@ -237,7 +237,7 @@ class LogWriter:
     def _salvage(self, table: str, record: dict[str, Any], exc: Exception) -> bytes | None:
         """A record orjson cannot write: its strings scrubbed, or else quarantined (None)."""
         try:
-            return orjson.dumps(_scrub(record), option=orjson.OPT_APPEND_NEWLINE)
+            return orjson.dumps(quarantine.scrub(record), option=orjson.OPT_APPEND_NEWLINE)
         except TypeError:
             pass
         entry = quarantine.Entry(
@@ -602,20 +602,3 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _scrub(value: Any) -> Any:
-    """A copy of ``value`` that orjson can write: strings made valid UTF-8, big ints and objects as text."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, dict):
-        return {str(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    if (
-        value is None
-        or isinstance(value, bool | float)
-        or (isinstance(value, int) and -(2**63) <= value < 2**64)
-    ):
-        return value
-    return repr(value)
