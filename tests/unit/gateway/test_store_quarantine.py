@@ -213,3 +213,57 @@ class TestFullDisk:
             assert len(logged) + sum(status["dropped"].values()) == n
             assert status["corrupt_records"] == 0 and status["quarantined"] == 0
             assert not list(Path(log_dir).rglob("*.tmp-*"))
+
+
+FSIZE_SCRIPT = r"""
+import json, os, resource, secrets, signal, sys, time
+from pathlib import Path
+from gateway.store import LogWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG instead
+log_dir, n = sys.argv[1], int(sys.argv[2])
+w = LogWriter(log_dir, flush_interval=3600, compact_interval=0, max_pending=25)
+w.start()
+resource.setrlimit(resource.RLIMIT_FSIZE, (48 * 1024, resource.RLIM_INFINITY))  # no file over 48 KiB
+now = time.time_ns() // 1000
+for i in range(n):
+    w.append("calls", {"call_id": f"call_{i:04d}", "ts": now + i, "status": 200, "output_text": secrets.token_hex(700)})
+    if i % 40 == 39:
+        w.flush()  # rotations succeed; Parquet files over the limit fail and are retried
+torn = [p.name for p in Path(w.wal_dir).glob("*.wal.ndjson") if p.read_bytes() and not p.read_bytes().endswith(b"\n")]
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # now no Parquet file fits
+w.flush()
+tmp = [p.name for p in Path(log_dir).rglob("*.tmp-*")]
+during = dict(w.status(), torn=torn, tmp=tmp)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+w.flush()
+w.close()
+print(json.dumps({"during": during, "after": w.status()}, default=str))
+"""
+
+
+def test_writes_refused_mid_line_by_the_kernel_are_retried_whole_and_every_record_is_counted(log_dir):
+    """No root needed: RLIMIT_FSIZE makes the kernel refuse writes past a size (short write, then EFBIG)."""
+    import subprocess
+    import sys
+
+    n = 300
+    proc = subprocess.run(
+        [sys.executable, "-c", FSIZE_SCRIPT, log_dir, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    during, after = out["during"], out["after"]
+    assert during["short_writes"] >= 1 and during["wal_errors"] >= 1  # lines were cut mid-way...
+    assert during["torn"] == []  # ...and cut back: no segment ends in a partial line
+    assert (
+        during["flush_errors"] >= 1 and during["tmp"] == []
+    )  # Parquet writes failed, no temporary file left
+    logged = ids(log_dir)
+    assert len(logged) == len(set(logged))
+    assert len(logged) + sum(after["dropped"].values()) == n
+    assert after["corrupt_records"] == 0 and after["quarantined"] == 0
+    assert not list(Path(log_dir).rglob("*.tmp-*"))
