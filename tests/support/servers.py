@@ -95,7 +95,7 @@ class ServeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServeProcess:
+    def start(self, timeout: float = 60.0) -> ServeProcess:
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
