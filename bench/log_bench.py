@@ -7,7 +7,10 @@ Prints, from one run:
 2. sustained rows/s written to Parquet by the background writer (from the first append
    to the last row fsynced in Parquet), with appends arriving as fast as one thread can;
 3. a typical dashboard query (per-day, per-variant counts and error rates) over
-   1,000,000 and 10,000,000 generated rows.
+   1,000,000 and 10,000,000 generated rows;
+4. the typed record's cost (`CallRecord` built and `to_wal`, the log's boundary) per call;
+5. ``store.wal_fsync_ms``: process CPU per call (all threads) and fsyncs, with appends paced
+   at a steady rate, group-commit fsync off and on.
 
 The big tables are generated with DuckDB straight into the log's layout
 (``calls/date=…/*.parquet``, zstd) with short bodies: the dashboard query reads no
@@ -26,6 +29,7 @@ import time
 
 import duckdb
 
+from gateway.protocol.record import CallRecord
 from gateway.store import LogStore, LogWriter
 from gateway.store.ids import new_id
 
@@ -141,6 +145,55 @@ def bench_writes(n: int) -> dict:
     }
 
 
+def bench_record(n: int) -> dict:
+    """µs per call to build the typed record and its WAL object (what the hot path adds to ``append``)."""
+    records = [realistic_record(i) for i in range(n)]
+    req = {"user": "user-1", "metadata": {"session_id": "s-1", "tags": "a,b"}}
+    headers = {b"x-shadowtune-tags": b"web"}
+    per_call = []
+    batch = 1000
+    for start in range(0, n, batch):
+        b0 = time.perf_counter_ns()
+        for r in records[start : start + batch]:
+            rec = CallRecord.begin(r["call_id"], r["ts"], "chat.completions")
+            rec.annotate(req, headers)
+            rec.route, rec.variant, rec.mode, rec.route_version = r["route"], r["variant"], r["mode"], 3
+            rec.upstream, rec.upstream_model, rec.provider = r["upstream"], r["upstream_model"], r["provider"]
+            rec.request, rec.status, rec.stream = r["request"], 200, bool(r.get("stream"))
+            rec.response, rec.response_sse = r.get("response"), r.get("response_sse")
+            rec.latency_ms, rec.upstream_ms, rec.overhead_ms = 812.5, 812.3, 0.2
+            rec.to_wal()
+        per_call.append((time.perf_counter_ns() - b0) / batch / 1000)
+    return {"record_us_median": round(statistics.median(per_call), 2)}
+
+
+def bench_fsync(rate: int, seconds: float, fsync_ms: float) -> dict:
+    """Appends paced at ``rate``/s for ``seconds``; process CPU per call (every thread) and fsyncs."""
+    tmp = tempfile.mkdtemp(prefix="st-fsyncbench-", dir=os.environ.get("BENCH_DIR"))
+    records = [realistic_record(i) for i in range(int(rate * seconds))]
+    w = LogWriter(tmp, flush_interval=1.0, compact_interval=0, wal_fsync_ms=fsync_ms)
+    w.start()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i, rec in enumerate(records):
+        due = t0 + i / rate
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        w.append("calls", rec)
+    w.close()
+    cpu = time.process_time() - cpu0
+    s = w.stats
+    shutil.rmtree(tmp)
+    return {
+        "fsync_ms": fsync_ms,
+        "rate": rate,
+        "calls": len(records),
+        "cpu_us_per_call": round(cpu / len(records) * 1e6, 1),
+        "fsyncs": s.wal_fsyncs,
+        "fsync_avg_ms": round(s.wal_fsync_s / s.wal_fsyncs * 1000, 3) if s.wal_fsyncs else None,
+    }
+
+
 def generate(log_dir: str, n: int) -> None:
     """n rows over 30 days, straight into the log layout (short bodies)."""
     os.makedirs(log_dir, exist_ok=True)
@@ -209,9 +262,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write-rows", type=int, default=200_000)
     ap.add_argument("--query-rows", default="1000000,10000000")
+    ap.add_argument("--fsync-ms", default="0,10,2", help="wal_fsync_ms values to compare (0: off)")
+    ap.add_argument("--fsync-rate", type=int, default=1000, help="paced appends per second for --fsync-ms")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     out = {"write": bench_writes(args.write_rows), "query": []}
+    out["record"] = bench_record(min(args.write_rows, 100_000))
+    print(
+        f"typed record (CallRecord built + to_wal), per call: median {out['record']['record_us_median']} µs"
+    )
+    out["fsync"] = [bench_fsync(args.fsync_rate, 5.0, float(ms)) for ms in args.fsync_ms.split(",") if ms]
+    for f in out["fsync"]:
+        avg = f"{f['fsync_avg_ms']} ms each" if f["fsyncs"] else "none"
+        print(
+            f"wal_fsync_ms={f['fsync_ms']:g} at {f['rate']} calls/s: {f['cpu_us_per_call']} µs CPU/call "
+            f"(all threads), {f['fsyncs']} fsyncs ({avg})"
+        )
     w = out["write"]
     print(f"write path ({w['rows']} calls of ~{w['record_bytes']} B, half streamed):")
     print(f"  request-path cost of append:  median {w['append_us_median']} µs/call (target <= 50)")

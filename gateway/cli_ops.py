@@ -67,8 +67,8 @@ def logs_path(log_dir: str, as_json: bool) -> None:
 @_log_dir
 @_json
 def logs_status(log_dir: str, as_json: bool) -> None:
-    """Rows, files, bytes, oldest/newest call and writer lag."""
-    from gateway.store import layout
+    """Rows, files, bytes, oldest/newest call, writer lag and quarantined records."""
+    from gateway.store import layout, quarantine
 
     store = _store(log_dir)
     out: dict[str, Any] = {"log_dir": log_dir}
@@ -86,6 +86,10 @@ def logs_status(log_dir: str, as_json: bool) -> None:
     out["wal"] = {"segments": len(segs), "bytes": sum(os.path.getsize(s) for s in segs if os.path.exists(s))}
     oldest_seg = min((os.path.getmtime(s) for s in segs if os.path.getsize(s) > 0), default=None)
     out["writer_lag_s"] = round(dt.datetime.now().timestamp() - oldest_seg, 3) if oldest_seg else 0.0
+    q = quarantine.scan(wal_dir)
+    out["quarantine"] = {k: q[k] for k in ("records", "by_reason", "latest")} | {
+        "dir": quarantine.directory(wal_dir)
+    }
     if as_json:
         _echo_json(out)
         return
@@ -96,6 +100,12 @@ def logs_status(log_dir: str, as_json: bool) -> None:
     click.echo(
         f"wal     {out['wal']['segments']} segment(s), {out['wal']['bytes']} bytes, lag {out['writer_lag_s']} s"
     )
+    if q["records"]:
+        latest = q["latest"] or {}
+        click.echo(
+            f"quarantine  {q['records']} record(s) that could not become rows, in {out['quarantine']['dir']}"
+            f" (latest: {latest.get('reason')})"
+        )
 
 
 @logs.command("list")

@@ -157,6 +157,10 @@ class StoreConfig(_Section):
     """Records held in memory while the WAL cannot be written; beyond it they are dropped and counted."""
     max_backlog_mb: int = 256
     """Unflushed bytes above which ``/readyz`` reports the store degraded."""
+    wal_fsync_ms: float = 0.0
+    """Group-commit ``fdatasync`` of the WAL every this many milliseconds (0: off). Off, a killed gateway
+    loses nothing but a machine crash (power, kernel) can lose the calls of the last seconds; on, it
+    loses at most this window, for one sync per window in a background thread (answers never wait)."""
     retention_days: int | None = None
     """Delete partitions older than this many days (none: keep everything)."""
     compact_interval: float = 600.0

@@ -31,6 +31,7 @@ from gateway import responses
 from gateway.auth import Authenticator
 from gateway.config import Settings, UpstreamConfig
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
+from gateway.protocol.record import CallRecord
 from gateway.routing.modes import Plan, plan_for
 from gateway.routing.state import RouteState, RouteStateStore
 from gateway.shadow import ShadowRunner
@@ -147,20 +148,20 @@ class HotPath:
         ts = time.time_ns() // 1000
         call_id = new_id("call")
         headers = dict(scope["headers"])
-        rec: dict[str, Any] = {"call_id": call_id, "ts": ts, "endpoint": endpoint, "served": True}
+        rec = CallRecord.begin(call_id, ts, endpoint)
         try:
-            rec["client_key"] = self.auth.check(headers.get(b"authorization"))
-            _CALLER_AUTH.set(headers.get(b"authorization") if rec["client_key"] is None else None)
+            rec.client_key = self.auth.check(headers.get(b"authorization"))
+            _CALLER_AUTH.set(headers.get(b"authorization") if rec.client_key is None else None)
             body = await _read_body(receive, self.max_body)
             req = _parse(body, endpoint)
         except GatewayError as exc:
             await self._fail(send, rec, exc, t0)
             return
-        rec["request"] = body.decode()
+        rec.request = body.decode()
         model = req["model"]
         stream = bool(req.get("stream")) and endpoint in responses.STREAMING
-        rec["stream"] = stream
-        _annotate(rec, req, headers)
+        rec.stream = stream
+        rec.annotate(req, headers)
         snapshot = self.routes.snapshot
         state = snapshot.routes.get(model)
         if state is None:
@@ -171,15 +172,15 @@ class HotPath:
                 await self._fail(send, rec, missing, t0)
                 return
             state = RouteState(route=model, baseline=PASSTHROUGH)
-        rec["route"] = model
-        rec["route_version"] = snapshot.version
-        rec["mode"] = state.mode
+        rec.route = model
+        rec.route_version = snapshot.version
+        rec.mode = state.mode
         if not state.store_bodies:
-            rec["request"] = None
+            rec.request = None
         plan = plan_for(state, _sticky(state, rec, req, headers), random.random())
         plan, why = responses.constrain(endpoint, req, plan, self.origins)
         if why is not None:  # server-side state only one variant knows (previous_response_id)
-            rec["tags"] = [*(rec["tags"] or ()), why]
+            rec.tags = [*(rec.tags or ()), why]
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
         try:
             await self._serve(send, rec, req, body, endpoint, stream, state, plan, snapshot.upstreams, t0)
@@ -188,17 +189,17 @@ class HotPath:
             if not watcher.done() or task is None:
                 raise  # cancelled from outside (shutdown), not by a client disconnect
             task.uncancel()
-            if "latency_ms" not in rec:  # the client went away before the answer was complete
-                rec["status"] = 499
-                rec["error_type"] = "client_disconnected"
-                rec["error_message"] = "the client closed the connection before the answer was complete"
+            if rec.latency_ms is None:  # the client went away before the answer was complete
+                rec.status = 499
+                rec.error_type = "client_disconnected"
+                rec.error_message = "the client closed the connection before the answer was complete"
                 self._finish(rec, t0, time.perf_counter() - t0, None)
                 return
             # the answer was complete (logged) and the client left after it: shadow as usual
         finally:
             watcher.cancel()
         self.origins.note(rec)
-        if plan.shadow is not None and plan.shadow == rec.get("variant"):
+        if plan.shadow is not None and plan.shadow == rec.variant:
             self.shadow.skip(state.route, "fallback")  # the fallback already asked that variant
         elif plan.shadow is not None:
             self._submit_shadow(rec, req, body, endpoint, stream, state, plan.shadow, snapshot.upstreams)
@@ -209,7 +210,7 @@ class HotPath:
     async def _serve(
         self,
         send: Send,
-        rec: dict[str, Any],
+        rec: CallRecord,
         req: dict[str, Any],
         body: bytes,
         endpoint: str,
@@ -221,22 +222,20 @@ class HotPath:
     ) -> None:
         variant = plan.serve
         name = state.candidate if variant == "candidate" else state.baseline
-        attempt = Attempt(rec["call_id"], variant, name or "")
+        attempt = Attempt(rec.call_id, variant, name or "")
         await self._open(attempt, req, body, endpoint, name, upstreams)
         if variant == "candidate" and not _should_fall_back(attempt) and not stream:
             await _prefetch(attempt)  # a broken answer is a failure before the first byte too
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
-            failed = dict(
-                rec, call_id=new_id("call"), parent_call_id=rec["call_id"], served=False, attempt="fallback"
-            )
+            failed = rec.attempt_of(new_id("call"), "fallback")
             self._upstream_fields(failed, attempt.upstream, upstreams, req)
             self._log_attempt(failed, attempt, t0, body=None)
             if attempt.reply is not None:
                 attempt.reply.close()
-            attempt = Attempt(rec["call_id"], "baseline", state.baseline)
+            attempt = Attempt(rec.call_id, "baseline", state.baseline)
             await self._open(attempt, req, body, endpoint, state.baseline, upstreams)
-        rec["variant"] = attempt.variant
+        rec.variant = attempt.variant
         self._upstream_fields(rec, attempt.upstream, upstreams, req)
         reply = attempt.reply
         if reply is None:
@@ -255,39 +254,39 @@ class HotPath:
         status = reply.status
         if status < 400 and faults.invalid_json(data):  # a 200 the caller's client could not decode
             if state.store_bodies:
-                rec["response"] = data.decode("utf-8", "replace")
+                rec.response = data.decode("utf-8", "replace")
             await self._fail(send, rec, faults.invalid_answer(data, reply.content_type), t0, attempt)
             return
         if status >= 400:
-            rec["error_type"], rec["error_message"] = _upstream_error(data)
+            rec.error_type, rec.error_message = _upstream_error(data)
             data = _as_openai_error(data, status)
-        rec["status"] = status
+        rec.status = status
         if state.store_bodies:
-            rec["response"] = data.decode("utf-8", "replace")
+            rec.response = data.decode("utf-8", "replace")
         self._finish(rec, t0, upstream_s, None)
         headers = [
             _JSON,
-            (b"x-request-id", rec["call_id"].encode()),
-            (b"x-shadowtune-overhead-ms", f"{rec['overhead_ms']:.3f}".encode()),
+            (b"x-request-id", rec.call_id.encode()),
+            (b"x-shadowtune-overhead-ms", f"{rec.overhead_ms or 0.0:.3f}".encode()),
             *reply.headers,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
     async def _relay_stream(
-        self, send: Send, rec: dict[str, Any], attempt: Attempt, reply: UpstreamReply, t0: float, bodies: bool
+        self, send: Send, rec: CallRecord, attempt: Attempt, reply: UpstreamReply, t0: float, bodies: bool
     ) -> None:
         overhead_ms = ((time.perf_counter() - t0) - (attempt.t_headers - attempt.started)) * 1000
         headers = [
             *_SSE_HEADERS,
-            (b"x-request-id", rec["call_id"].encode()),
+            (b"x-request-id", rec.call_id.encode()),
             (b"x-shadowtune-overhead-ms", f"{overhead_ms:.3f}".encode()),
             *reply.headers,
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         parts: list[bytes] = []
         first: float | None = None
-        rec["status"] = 200
+        rec.status = 200
         assert reply.chunks is not None
         last: bytes | None = None
         logged = False
@@ -309,17 +308,17 @@ class HotPath:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except GatewayError as exc:
             if not logged:  # a stream that fails midway: one SSE error event, then a clean close
-                event = b"data: " + faults.public_body(exc, rec["call_id"]) + b"\n\n"
+                event = b"data: " + faults.public_body(exc, rec.call_id) + b"\n\n"
                 parts.append(event)
-                rec["status"] = exc.status
-                rec["error_type"], rec["error_message"] = exc.type, faults.log_message(exc)
+                rec.status = exc.status
+                rec.error_type, rec.error_message = exc.type, faults.log_message(exc)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         except asyncio.CancelledError:
             if not logged:
                 if bodies:  # keep what the client saw before it went away
-                    rec["response_sse"] = b"".join(parts).decode("utf-8", "replace")
+                    rec.response_sse = b"".join(parts).decode("utf-8", "replace")
                 if first is not None:
-                    rec["ttft_ms"] = (first - t0) * 1000
+                    rec.ttft_ms = (first - t0) * 1000
             raise
         if not logged:
             self._finish_stream(rec, attempt, parts, t0, first, bodies)
@@ -327,7 +326,7 @@ class HotPath:
 
     def _finish_stream(
         self,
-        rec: dict[str, Any],
+        rec: CallRecord,
         attempt: Attempt,
         parts: list[bytes],
         t0: float,
@@ -335,11 +334,11 @@ class HotPath:
         bodies: bool,
     ) -> None:
         data = b"".join(parts)
-        if "error_type" not in rec and (found := faults.stream_error(data)) is not None:
-            rec["status"] = 502  # relayed as it came (the caller has its 200), logged as the failure it is
-            rec["error_type"], rec["error_message"] = found
+        if rec.error_type is None and (found := faults.stream_error(data)) is not None:
+            rec.status = 502  # relayed as it came (the caller has its 200), logged as the failure it is
+            rec.error_type, rec.error_message = found
         if bodies:
-            rec["response_sse"] = data.decode("utf-8", "replace")
+            rec.response_sse = data.decode("utf-8", "replace")
         self._finish(rec, t0, time.perf_counter() - attempt.started, first)
 
     async def _open(
@@ -380,20 +379,20 @@ class HotPath:
             ) from None
 
     def _upstream_fields(
-        self, rec: dict[str, Any], name: str, upstreams: dict[str, UpstreamConfig], req: dict[str, Any]
+        self, rec: CallRecord, name: str, upstreams: dict[str, UpstreamConfig], req: dict[str, Any]
     ) -> None:
         up = self.passthrough if name == PASSTHROUGH else upstreams.get(name)
-        rec["upstream"] = "passthrough" if name == PASSTHROUGH else name
+        rec.upstream = "passthrough" if name == PASSTHROUGH else name
         if up is not None:
-            rec["upstream_model"] = up.model or (req["model"] if name == PASSTHROUGH else name)
-            rec["provider"] = up.provider
-            rec["price_in"] = up.price_in
-            rec["price_out"] = up.price_out
+            rec.upstream_model = up.model or (req["model"] if name == PASSTHROUGH else name)
+            rec.provider = up.provider
+            rec.price_in = up.price_in
+            rec.price_out = up.price_out
 
     # -- shadow -------------------------------------------------------------------------
     def _submit_shadow(
         self,
-        rec: dict[str, Any],
+        rec: CallRecord,
         req: dict[str, Any],
         body: bytes,
         endpoint: str,
@@ -403,38 +402,12 @@ class HotPath:
         upstreams: dict[str, UpstreamConfig],
     ) -> None:
         name = state.candidate if variant == "candidate" else state.baseline
-        parent = rec["call_id"]
-        base = {
-            k: rec.get(k)
-            for k in (
-                "ts",
-                "endpoint",
-                "route",
-                "route_version",
-                "mode",
-                "client_key",
-                "user",
-                "session_id",
-                "tags",
-            )
-        }
-        if "traceparent" in rec:  # the shadow span's link must find the served span in the caller's trace
-            base["traceparent"] = rec["traceparent"]
-        base["request"] = rec.get("request")
-        base["stream"] = stream
 
         async def job() -> None:
             t0 = time.perf_counter()
-            row = dict(
-                base,
-                call_id=new_id("call"),
-                parent_call_id=parent,
-                served=False,
-                variant=variant,
-                attempt="shadow",
-            )
-            row["ts"] = time.time_ns() // 1000
-            attempt = Attempt(row["call_id"], variant, name or "")
+            # the caller's trace context goes along: the shadow span's link must find the served span
+            row = rec.shadow_of(new_id("call"), time.time_ns() // 1000, variant, stream)
+            attempt = Attempt(row.call_id, variant, name or "")
             await self._open(attempt, req, body, endpoint, name, upstreams)
             self._upstream_fields(row, attempt.upstream, upstreams, req)
             self._log_attempt(row, attempt, t0, body=await _drain(attempt), store_body=state.store_bodies)
@@ -444,7 +417,7 @@ class HotPath:
     # -- logging ------------------------------------------------------------------------
     def _log_attempt(
         self,
-        row: dict[str, Any],
+        row: CallRecord,
         attempt: Attempt,
         t0: float,
         *,
@@ -452,60 +425,65 @@ class HotPath:
         store_body: bool = True,
     ) -> None:
         """Log a call the user did not see (a shadow call, a failed candidate before fallback)."""
-        row["variant"] = attempt.variant
+        row.variant = attempt.variant
         reply = attempt.reply
         if reply is not None:
-            row["status"] = reply.status
+            row.status = reply.status
             if body is None and reply.status >= 400:  # a failed attempt whose body was not read (fallback)
-                row["error_type"] = "upstream_error"
-                row["error_message"] = f"upstream answered {reply.status}"
+                row.error_type = "upstream_error"
+                row.error_message = f"upstream answered {reply.status}"
             if body is not None:  # kept even when the stream broke off midway: what came is logged
                 data, first = body
                 if reply.status >= 400:
-                    row["error_type"], row["error_message"] = _upstream_error(data)
+                    row.error_type, row.error_message = _upstream_error(data)
                 elif (found := faults.body_error(data, reply.is_stream)) is not None:
-                    row["status"] = 502
-                    row["error_type"], row["error_message"] = found
+                    row.status = 502
+                    row.error_type, row.error_message = found
                 if store_body:
-                    row["response_sse" if reply.is_stream else "response"] = data.decode("utf-8", "replace")
+                    text = data.decode("utf-8", "replace")
+                    if reply.is_stream:
+                        row.response_sse = text
+                    else:
+                        row.response = text
                 if first is not None:
-                    row["ttft_ms"] = (first - attempt.started) * 1000
+                    row.ttft_ms = (first - attempt.started) * 1000
         if attempt.error is not None:
-            row["status"] = attempt.error.status
-            row["error_type"], row["error_message"] = attempt.error.type, faults.log_message(attempt.error)
+            row.status = attempt.error.status
+            row.error_type, row.error_message = attempt.error.type, faults.log_message(attempt.error)
         self._finish(row, t0, time.perf_counter() - attempt.started, None)
 
-    def _finish(self, rec: dict[str, Any], t0: float, upstream_s: float, first: float | None) -> None:
+    def _finish(self, rec: CallRecord, t0: float, upstream_s: float, first: float | None) -> None:
         now = time.perf_counter()
         latency = now - t0
-        rec["latency_ms"] = latency * 1000
-        rec["upstream_ms"] = upstream_s * 1000
-        rec["overhead_ms"] = max(0.0, latency - upstream_s) * 1000
+        rec.latency_ms = latency * 1000
+        rec.upstream_ms = upstream_s * 1000
+        rec.overhead_ms = max(0.0, latency - upstream_s) * 1000
         if first is not None:
-            rec["ttft_ms"] = (first - t0) * 1000
+            rec.ttft_ms = (first - t0) * 1000
         if self.redact is not None:
-            if rec.get("response_sse"):  # redact the assembled answer: a pattern can span chunks
-                assemble = ASSEMBLE.get(rec["endpoint"], assemble_stream)
-                rec["response"] = orjson.dumps(assemble(rec.pop("response_sse"))).decode()
-            for key in ("request", "response", "response_sse", "output_text"):
-                if rec.get(key):
-                    rec[key] = self.redact(rec[key])
-        if "error_message" in rec:
-            rec["error_message"] = faults.redact(rec["error_message"])
+            if rec.response_sse:  # redact the assembled answer: a pattern can span chunks
+                assemble = ASSEMBLE.get(rec.endpoint, assemble_stream)
+                rec.response = orjson.dumps(assemble(rec.response_sse)).decode()
+                rec.response_sse = None
+            rec.request = self.redact(rec.request)
+            rec.response = self.redact(rec.response)
+            rec.metadata = self.redact(rec.metadata)
+        if rec.error_message is not None:
+            rec.error_message = faults.redact(rec.error_message)
             self.health.observe(rec)
-        self.writer.append("calls", rec)
+        self.writer.append("calls", rec.to_wal())
 
     async def _fail(
-        self, send: Send, rec: dict[str, Any], exc: GatewayError, t0: float, attempt: Attempt | None = None
+        self, send: Send, rec: CallRecord, exc: GatewayError, t0: float, attempt: Attempt | None = None
     ) -> None:
-        rec["status"] = exc.status
-        rec["error_type"] = exc.type
-        rec["error_message"] = faults.log_message(exc)
+        rec.status = exc.status
+        rec.error_type = exc.type
+        rec.error_message = faults.log_message(exc)
         if attempt is not None and attempt.reply is not None:
             attempt.reply.close()
         upstream_s = (time.perf_counter() - attempt.started) if attempt is not None else 0.0
         self._finish(rec, t0, upstream_s, None)
-        await send_error(send, exc, rec["call_id"], rec["overhead_ms"])
+        await send_error(send, exc, rec.call_id, rec.overhead_ms)
 
     async def close(self) -> None:
         await self.shadow.drain()
@@ -585,41 +563,16 @@ def _parse(body: bytes, endpoint: str) -> dict[str, Any]:
     return req
 
 
-def _annotate(rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]) -> None:
-    user = req.get("user")
-    rec["user"] = user if isinstance(user, str) else None
-    raw_meta = req.get("metadata")
-    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-    session = headers.get(b"x-shadowtune-session")
-    rec["session_id"] = session.decode("latin-1") if session else meta.get("session_id")
-    tags: list[str] = []
-    raw = headers.get(b"x-shadowtune-tags")
-    if raw:
-        tags.extend(t.strip() for t in raw.decode("latin-1").split(",") if t.strip())
-    mt = meta.get("tags")
-    if isinstance(mt, str):
-        tags.extend(t.strip() for t in mt.split(",") if t.strip())
-    elif isinstance(mt, list):
-        tags.extend(str(t) for t in mt)
-    rec["tags"] = tags or None
-    regen = headers.get(b"x-shadowtune-regenerate-of")
-    if regen:
-        rec["regenerate_of"] = regen.decode("latin-1")
-    tp = headers.get(b"traceparent")
-    if tp:
-        rec["traceparent"] = tp.decode("latin-1")
-
-
 def _sticky(
-    state: RouteState, rec: dict[str, Any], req: dict[str, Any], headers: dict[bytes, bytes]
+    state: RouteState, rec: CallRecord, req: dict[str, Any], headers: dict[bytes, bytes]
 ) -> str | None:
     key = state.sticky_key
     if key == "user":
-        return rec.get("user")
+        return rec.user
     if key == "session":
-        return rec.get("session_id")
+        return rec.session_id
     if key == "client_key":
-        return rec.get("client_key")
+        return rec.client_key
     value = headers.get(key[len("header:") :].lower().encode())
     return value.decode("latin-1") if value else None
 

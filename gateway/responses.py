@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import collections
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import InvalidRequest
 from gateway.routing.modes import Plan
+
+if TYPE_CHECKING:
+    from gateway.protocol.record import CallRecord
 
 PATHS = {
     "/v1/responses": "responses",
@@ -74,15 +77,11 @@ class ResponseOrigins:
         self.size = size
         self._ids: collections.OrderedDict[str, str] = collections.OrderedDict()
 
-    def note(self, rec: dict[str, Any]) -> None:
+    def note(self, rec: CallRecord) -> None:
         """Remember the id of a Responses answer the candidate served (called after every call)."""
-        if (
-            rec.get("endpoint") != "responses"
-            or rec.get("variant") != "candidate"
-            or rec.get("status") != 200
-        ):
+        if rec.endpoint != "responses" or rec.variant != "candidate" or rec.status != 200:
             return
-        body = rec.get("response") or rec.get("response_sse") or ""
+        body = rec.response or rec.response_sse or ""
         found = _RESPONSE_ID.search(body[:4096])
         if found is None:
             return

@@ -158,6 +158,7 @@ class Telemetry:
         m.create_observable_counter("shadowtune.shadow.skipped", [self._shadow_skipped], unit="{call}")
         m.create_observable_gauge("shadowtune.log.backlog", [self._log_backlog], unit="By")
         m.create_observable_counter("shadowtune.log.dropped", [self._log_dropped], unit="{record}")
+        m.create_observable_counter("shadowtune.log.quarantined", [self._log_quarantined], unit="{record}")
         self.controller = m.create_counter(
             "shadowtune.controller.decisions",
             unit="{decision}",
@@ -194,6 +195,9 @@ class Telemetry:
 
     def _log_dropped(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(n, {"shadowtune.reason": r}) for r, n in self.ctx.writer.stats.dropped.items()]
+
+    def _log_quarantined(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(self.ctx.writer.stats.dropped.get("quarantined", 0))]
 
     # -- from log records (writer thread) -----------------------------------------------
     def on_records(self, table: str, records: list[dict[str, Any]]) -> None:

@@ -12,9 +12,15 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
-    """Liveness (always ``ok`` while the process serves), with upstream failure counts by name."""
+    """Liveness (always ok while the process answers): the call log's record accounting and
+    upstream failure counts by name."""
+    status: dict[str, Any] = request.app.state.ctx.writer.status()
+    keys = ("appended", "flushed_rows", "quarantined", "quarantine_dir", "corrupt_records", "dropped")
+    body: dict[str, Any] = {"status": "ok", "store": {k: status[k] for k in keys}}
     upstreams = request.app.state.ctx.hot.health.snapshot()
-    return {"status": "ok", "upstreams": upstreams} if upstreams else {"status": "ok"}
+    if upstreams:
+        body["upstreams"] = upstreams
+    return body
 
 
 @router.get("/readyz")
@@ -26,7 +32,8 @@ async def readyz(request: Request) -> Response:
     body = {
         "status": "ok" if ready else "degraded",
         "store": {
-            k: status[k] for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "last_error")
+            k: status[k]
+            for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "quarantined", "last_error")
         },
     }
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -117,11 +117,16 @@ def write_parquet(log_dir: str, table: str, day: str, stem: str, data: pa.Table)
         return final
     os.makedirs(folder, exist_ok=True)
     tmp = f"{final}.tmp-{secrets.token_hex(4)}"
-    with open(tmp, "wb") as f:
-        pq.write_table(data, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(data, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:  # a full disk, an error mid-write: no temporary file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

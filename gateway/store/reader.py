@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 
 from gateway.store import layout
 from gateway.store.layout import LogStoreError
-from gateway.store.rows import parse_lines, to_table
+from gateway.store.rows import convert, parse_lines, to_table
 from gateway.store.schema import TABLES
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
@@ -148,7 +148,9 @@ class LogStore:
                 records.extend(parse_lines(f.read())[0])
         out = {}
         for table in TABLES:
-            out[table] = to_table(table, [r for r in records if r.get("_t") == table])
+            # a record that cannot become a row is left out here; the writer quarantines it
+            arrow, _ = convert(table, [r for r in records if r.get("_t") == table], [])
+            out[table] = arrow if arrow is not None else to_table(table, [])
         return out
 
     # -- queries ------------------------------------------------------------------------

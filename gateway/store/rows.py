@@ -8,7 +8,11 @@ background writer (and by `LogStore` for the not-yet-flushed tail).
 
 WAL record keys for ``calls`` are the column names of `CALLS_SCHEMA`, with these changes:
 ``ts`` is epoch microseconds; ``response_sse`` (raw SSE text) may stand instead of
-``response``; ``price_in`` / ``price_out`` (USD per million tokens) feed ``cost_usd``.
+``response`` (assembled into it; kept raw when its chunks cannot be assembled);
+``price_in`` / ``price_out`` (USD per million tokens) feed ``cost_usd``. The request path
+appends `gateway.protocol.record.CallRecord.to_wal`, whose values fit their columns; the
+upstream's body is checked here (a non-string id, a non-integer token count is left out),
+and a record that still does not fit is quarantined by the writer (`convert`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,20 @@ from gateway.store.schema import SCHEMA_VERSION, TABLES
 _UTC = dt.UTC
 
 
-def parse_lines(data: bytes, *, strict_tail: bool = False) -> tuple[list[dict[str, Any]], int]:
+def parse_lines(
+    data: bytes,
+    *,
+    strict_tail: bool = False,
+    bad: list[tuple[int, bytes]] | None = None,
+    positions: list[int] | None = None,
+) -> tuple[list[dict[str, Any]], int]:
     """Parse WAL bytes into records; returns ``(records, corrupt_count)``.
 
     A line that does not parse (a torn write at a crash, a corrupt record) is skipped
-    and counted. The last line of a segment that is still being written may be
-    incomplete: with ``strict_tail=False`` an unterminated last line is ignored silently.
+    and counted (and appended to ``bad`` as ``(line_number, line)`` when given;
+    ``positions`` receives each record's line number). The last line of a segment that is
+    still being written may be incomplete: with ``strict_tail=False`` an unterminated last
+    line is ignored silently.
     """
     records: list[dict[str, Any]] = []
     corrupt = 0
@@ -40,18 +52,21 @@ def parse_lines(data: bytes, *, strict_tail: bool = False) -> tuple[list[dict[st
     last = lines.pop()  # b"" when data ends with a newline
     if last and strict_tail:
         lines.append(last)
-    for line in lines:
+    for n, line in enumerate(lines):
         if not line:
             continue
         try:
             rec = orjson.loads(line)
         except orjson.JSONDecodeError:
-            corrupt += 1
-            continue
+            rec = None
         if isinstance(rec, dict) and "_t" in rec:
             records.append(rec)
-        else:
-            corrupt += 1
+            if positions is not None:
+                positions.append(n)
+            continue
+        corrupt += 1
+        if bad is not None:
+            bad.append((n, line))
     return records, corrupt
 
 
@@ -254,31 +269,40 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
     resp: Any = None
     sse = rec.pop("response_sse", None)
     if sse is not None:
-        resp = surfaces.ASSEMBLE.get(rec.get("endpoint") or "", assemble_stream)(sse)
-        rec["response"] = orjson.dumps(resp).decode()
+        try:
+            resp = surfaces.ASSEMBLE.get(rec.get("endpoint") or "", assemble_stream)(sse)
+            rec["response"] = orjson.dumps(resp).decode()
+        except Exception:  # chunks of a shape no stream has: keep what came, as it came
+            rec["response"] = sse
     elif rec.get("response"):
         try:
             resp = orjson.loads(rec["response"])
         except orjson.JSONDecodeError:
             resp = None
     if isinstance(resp, dict):
-        rec.setdefault("response_id", resp.get("id"))
-        rec["_response_model"] = resp.get("model")  # not a column: for telemetry
+        # the upstream's body is not ours either: each value must fit its column, or is left out
+        rec.setdefault("response_id", _text(resp.get("id")))
+        model = resp.get("model")
+        rec["_response_model"] = model if isinstance(model, str) else None  # not a column: telemetry
         if rec.get("endpoint") in surfaces.ASSEMBLE:
             surfaces.derive(rec, resp)
         choices = resp.get("choices") or ()
-        if choices and isinstance(choices[0], dict):
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             first = choices[0]
             msg = first.get("message") or {}
-            if rec.get("output_text") is None and isinstance(msg.get("content"), str):
+            if (
+                rec.get("output_text") is None
+                and isinstance(msg, dict)
+                and isinstance(msg.get("content"), str)
+            ):
                 rec["output_text"] = msg["content"]
-            rec.setdefault("finish_reason", first.get("finish_reason"))
+            rec.setdefault("finish_reason", _text(first.get("finish_reason")))
         usage = resp.get("usage") or {}
         if isinstance(usage, dict):
             if rec.get("input_tokens") is None:
-                rec["input_tokens"] = usage.get("prompt_tokens", usage.get("input_tokens"))
+                rec["input_tokens"] = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
             if rec.get("output_tokens") is None:
-                rec["output_tokens"] = usage.get("completion_tokens", usage.get("output_tokens"))
+                rec["output_tokens"] = _count(usage.get("completion_tokens", usage.get("output_tokens")))
     price_in = rec.pop("price_in", None)
     price_out = rec.pop("price_out", None)
     if rec.get("cost_usd") is None and (price_in is not None or price_out is not None):
@@ -287,6 +311,14 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
             + (rec.get("output_tokens") or 0) * (price_out or 0.0)
         ) / 1e6
     return rec
+
+
+def _text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and 0 <= value < 2**63 else None
 
 
 def _ts(us: Any) -> dt.datetime:
@@ -325,16 +357,60 @@ def to_table(table: str, records: Iterable[dict[str, Any]], *, derived: bool = F
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+Rejected = tuple[dict[str, Any], str]
+"""A record that cannot become a row, and why (it goes to the quarantine)."""
+
+
 def group_by_table_and_date(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[dict[str, Any]], rejected: list[Rejected] | None = None
 ) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-    """Yield ``(table, "YYYY-MM-DD", records)`` groups, the unit of a Parquet file."""
+    """Yield ``(table, "YYYY-MM-DD", records)`` groups, the unit of a Parquet file.
+
+    A record of no known table or without a usable ``ts`` is left out (and appended to
+    ``rejected`` with the reason when given).
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         table = rec.get("_t")
         if table not in TABLES:
+            if rejected is not None:
+                rejected.append((rec, f"unknown table {table!r}"))
             continue
-        day = _ts(rec["ts"]).date().isoformat()
+        try:
+            day = _ts(rec["ts"]).date().isoformat()
+        except Exception as exc:  # missing, of the wrong type, out of range
+            if rejected is not None:
+                rejected.append((rec, f"bad ts: {_reason(exc)}"))
+            continue
         groups[(table, day)].append(rec)
     for (table, day), recs in sorted(groups.items()):
         yield table, day, recs
+
+
+def convert(
+    table: str, records: list[dict[str, Any]], rejected: list[Rejected]
+) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+    """``records`` as an Arrow table plus their derived rows, whatever they hold.
+
+    The whole batch is converted at once; if that fails, record by record, so that a
+    record that cannot become a row (appended to ``rejected`` with the reason) never
+    keeps the records around it out of the log. None when no record converts.
+    """
+    try:
+        rows = [derive(table, r) for r in records]
+        return to_table(table, rows, derived=True), rows
+    except Exception:  # some record does not fit the schema: find it, keep the others
+        rows = []
+        for rec in records:
+            try:
+                row = derive(table, rec)
+                to_table(table, [row], derived=True)
+            except Exception as exc:
+                rejected.append((rec, _reason(exc)))
+                continue
+            rows.append(row)
+        return (to_table(table, rows, derived=True) if rows else None), rows
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

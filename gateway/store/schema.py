@@ -11,7 +11,8 @@ Contract (read by `trainer` and `evals` through `gateway.store.LogStore`):
   choices, flags, regenerations, relabels, custom metrics).
 
 Changes are additive only: a new column gets a new ``SCHEMA_VERSION`` and old files
-read it as NULL (DuckDB ``union_by_name``). A store written by a newer, incompatible
+read it as NULL (DuckDB ``union_by_name``). The record the request path appends is
+`gateway.protocol.record.CallRecord`: its ``to_wal`` makes every value fit its column. A store written by a newer, incompatible
 major version refuses to open (`LogStoreError`).
 """
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
-"""Version of the on-disk layout; bumped on every additive change."""
+SCHEMA_VERSION = 2
+"""Version of the on-disk layout; bumped on every additive change (2: ``calls.metadata``)."""
 
 CALLS_SCHEMA = pa.schema(
     [
@@ -58,6 +59,7 @@ CALLS_SCHEMA = pa.schema(
         pa.field("output_tokens", pa.int64()),
         pa.field("cost_usd", pa.float64()),
         pa.field("regenerate_of", pa.string()),  # explicit x-shadowtune-regenerate-of header
+        pa.field("metadata", pa.string()),  # the request's metadata, JSON text of string values (v2)
     ]
 )
 

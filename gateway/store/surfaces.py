@@ -118,20 +118,29 @@ def derive(rec: dict[str, Any], resp: dict[str, Any]) -> None:
         if rec.get("output_text") is None:
             parts = [
                 str(part.get("text") or "")
-                for item in resp.get("output") or ()
+                for item in _items(resp.get("output"))
                 if isinstance(item, dict) and item.get("type") == "message"
-                for part in item.get("content") or ()
+                for part in _items(item.get("content"))
                 if isinstance(part, dict) and part.get("type") == "output_text"
             ]
             rec["output_text"] = "".join(parts) if parts else None
         if rec.get("finish_reason") is None:
             details = resp.get("incomplete_details")
             reason = details.get("reason") if isinstance(details, dict) else None
-            rec["finish_reason"] = reason or resp.get("status")
+            rec["finish_reason"] = _str(reason) or _str(resp.get("status"))
     elif endpoint == "completions":
-        choices = resp.get("choices") or ()
+        choices = _items(resp.get("choices"))
         first = choices[0] if choices and isinstance(choices[0], dict) else {}
         if rec.get("output_text") is None and isinstance(first.get("text"), str):
             rec["output_text"] = first["text"]
         if rec.get("finish_reason") is None:
-            rec["finish_reason"] = first.get("finish_reason")
+            rec["finish_reason"] = _str(first.get("finish_reason"))
+
+
+def _items(value: Any) -> list[Any]:
+    """A list from the upstream's body, or nothing: its values are not ours to trust."""
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -22,11 +22,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError, error_body
+
+if TYPE_CHECKING:
+    from gateway.protocol.record import CallRecord
 
 log = logging.getLogger("shadowtune.upstream")
 
@@ -169,10 +172,10 @@ class UpstreamHealth:
         self._last_line: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
 
-    def observe(self, rec: dict[str, Any]) -> None:
+    def observe(self, rec: CallRecord) -> None:
         """Look at a finished call's row; count and report it if its upstream failed."""
-        name = rec.get("upstream")
-        status = rec.get("status") or 0
+        name = rec.upstream
+        status = rec.status or 0
         if not name:
             return
         entry = self.stats.get(name)
@@ -184,12 +187,12 @@ class UpstreamHealth:
             return
         if entry is None:
             entry = self.stats[name] = {"errors": 0, "last_ok": None}
-        code = str(rec.get("error_type") or status)
+        code = str(rec.error_type or status)
         entry["errors"] += 1
         entry["last_error"] = code
         entry["last_status"] = status
         entry["last_error_at"] = time.time()
-        self._report(name, code, status, rec.get("error_message") or "", rec.get("call_id") or "")
+        self._report(name, code, status, rec.error_message or "", rec.call_id or "")
 
     def _report(self, name: str, code: str, status: int, message: str, call_id: str) -> None:
         key = (name, code)

@@ -79,7 +79,9 @@ def test_a_model_listed_in_zero_config_mode_can_be_retrieved(gateway):
 
 
 def test_health_and_readiness(gateway):
-    assert httpx.get(gateway.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    health = httpx.get(gateway.url + "/healthz", timeout=5).json()
+    assert health["status"] == "ok"
+    assert health["store"]["quarantined"] == 0 and health["store"]["dropped"] == {}
     ready = httpx.get(gateway.url + "/readyz", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ok"

@@ -21,3 +21,13 @@ def test_importing_the_gateway_package_does_not_import_fastapi():
     code = "import sys, gateway; print('fastapi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_call_record_imports_nothing_but_orjson():
+    """Trainer, evals and a lean request worker can import the record without pyarrow or the server."""
+    code = (
+        "import sys; import gateway.protocol.record; "
+        "print(','.join(sorted(m for m in ('pyarrow', 'duckdb', 'fastapi', 'opentelemetry') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
