@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from gateway.store import layout
+from gateway.store import table as tables
 from gateway.store.rows import derive, group_by_table_and_date, parse_lines, to_table
 
 log = logging.getLogger("shadowtune.store")
@@ -75,6 +76,7 @@ class LogWriter:
         compact_interval: float = 600.0,
         retention_days: int | None = None,
         writer_id: str | None = None,
+        create_bucket: bool = False,
     ) -> None:
         self.log_dir = log_dir
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
@@ -83,6 +85,7 @@ class LogWriter:
         self.max_backlog_bytes = max_backlog_bytes
         self.compact_interval = compact_interval
         self.retention_days = retention_days
+        self.create_bucket = create_bucket
         self.writer_id = writer_id or f"{int(time.time() * 1000):013d}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WriterStats()
         self._lock = threading.Lock()
@@ -106,12 +109,13 @@ class LogWriter:
         """Take the writer lock, replay dead writers' segments, open a segment, start the thread."""
         try:
             os.makedirs(self.wal_dir, exist_ok=True)
-            layout.ensure_store(self.log_dir)
+            layout.ensure_store(self.log_dir, create_bucket=self.create_bucket, wal_dir=self.wal_dir)
             self._lock_fd = os.open(
                 os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR
             )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.replay()
+            self._seq = max(self._seq, tables.committed_seq(self.log_dir, self.writer_id))
             self._open_segment()
         except OSError as exc:
             self._error(f"cannot open the call log at {self.log_dir}: {exc}")
@@ -328,11 +332,13 @@ class LogWriter:
             log.warning("call log: skipped %d corrupt record(s) in %s", corrupt, os.path.basename(seg))
         stem = os.path.basename(seg)[: -len(layout.WAL_SUFFIX)]
         done: list[tuple[str, list[dict[str, Any]]]] = []
+        groups: dict[str, list[tuple[str, Any]]] = {}
         for table, day, recs in group_by_table_and_date(records):
             rows = [derive(table, r) for r in recs]
-            layout.write_parquet(self.log_dir, table, day, stem, to_table(table, rows, derived=True))
-            self.stats.parquet_files += 1
+            groups.setdefault(table, []).append((day, to_table(table, rows, derived=True)))
             done.append((table, rows))
+        # one atomic commit per table, recorded as (writer id, segment seq): exactly once across crashes
+        self.stats.parquet_files += tables.commit_segment(self.log_dir, stem, groups)
         os.unlink(seg)
         for table, rows in done:
             for listener in self.listeners:
