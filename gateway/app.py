@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
         max_backlog_bytes=store.max_backlog_mb * 2**20,
         compact_interval=store.compact_interval,
         retention_days=store.retention_days,
+        create_bucket=store.create_bucket,
     )
     auth = Authenticator(store.state_path, settings.server.auth)
     routes = RouteStateStore(settings)

@@ -440,7 +440,12 @@ def ensure_bucket(log_dir: str, *, create: bool) -> None:
     if not log_dir.startswith(("s3://", "s3a://")):
         return
     bucket = log_dir.split("://", 1)[1].split("/", 1)[0]
-    fs = pafs.S3FileSystem(allow_bucket_creation=create)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {"allow_bucket_creation": create}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    fs = pafs.S3FileSystem(**kwargs)
     try:
         info = fs.get_file_info(bucket)
     except OSError as exc:
