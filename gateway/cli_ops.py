@@ -289,7 +289,9 @@ def logs_compact(log_dir: str, as_json: bool) -> None:
 
 @logs.command("migrate")
 @_log_dir
-@click.option("--wal-dir", help="The host's WAL directory (default: <log-dir>/wal, ./shadowtune-wal for URIs).")
+@click.option(
+    "--wal-dir", help="The host's WAL directory (default: <log-dir>/wal, ./shadowtune-wal for URIs)."
+)
 @_json
 def logs_migrate(log_dir: str, wal_dir: str | None, as_json: bool) -> None:
     """Register an old store's loose Parquet files into the Delta tables (layout 1 -> 2; idempotent)."""

@@ -30,13 +30,12 @@ the WAL stays on local disk (``store.wal_dir``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-import time
 from collections import defaultdict
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -106,7 +105,7 @@ def ensure_store(log_dir: str, *, create_bucket: bool = False, wal_dir: str | No
     write_marker(log_dir, {**marker, "layout_version": LAYOUT_VERSION, "table_format": "delta"})
 
 
-def read_marker(log_dir: str) -> dict[str, object] | None:
+def read_marker(log_dir: str) -> dict[str, Any] | None:
     """The parsed ``store.json``, or None when there is none."""
     fs, root = filesystem(log_dir)
     try:
@@ -121,16 +120,16 @@ def read_marker(log_dir: str) -> dict[str, object] | None:
     return data
 
 
-def write_marker(log_dir: str, marker: dict[str, object]) -> None:
+def write_marker(log_dir: str, marker: dict[str, Any]) -> None:
     fs, root = filesystem(log_dir)
     with fs.open_output_stream(f"{root}/{STORE_FILE}") as f:
         f.write(json.dumps(marker).encode())
 
 
-def check_marker(log_dir: str, marker: dict[str, object]) -> int:
+def check_marker(log_dir: str, marker: dict[str, Any]) -> int:
     try:
-        version = int(marker["schema_version"])  # type: ignore[call-overload]
-        layout_version = int(marker.get("layout_version", 1))  # type: ignore[call-overload]
+        version = int(marker["schema_version"])
+        layout_version = int(marker.get("layout_version", 1))
     except (ValueError, KeyError, TypeError) as exc:
         raise LogStoreError(f"{log_dir}/{STORE_FILE} is not a Shadowtune store marker: {exc}") from exc
     if version > SCHEMA_VERSION or layout_version > LAYOUT_VERSION:
@@ -153,7 +152,7 @@ def check_version(log_dir: str) -> int:
             f"the call log at {log_dir} uses the old layout (loose Parquet files, layout 1); migrate it to the "
             "Delta Lake table with `shadowtune logs migrate --log-dir ...` (or start the gateway once)"
         )
-    return int(marker["schema_version"])  # type: ignore[call-overload]
+    return int(marker["schema_version"])
 
 
 def write_parquet(log_dir: str, table: str, day: str, stem: str, data: pa.Table) -> str:
@@ -221,7 +220,11 @@ def unregistered_files(log_dir: str) -> list[str]:
     out = []
     for table in TABLES:
         log = DeltaLog.for_log(log_dir, table)
-        have = {f.uri.removeprefix("file://").split("://", 1)[-1] for f in log.files()} if log.exists() else set()
+        have = (
+            {f.uri.removeprefix("file://").split("://", 1)[-1] for f in log.files()}
+            if log.exists()
+            else set()
+        )
         out += [p for p, _day, _size in parquet_files_legacy(log_dir, table) if p not in have]
     return out
 
@@ -232,7 +235,11 @@ def parquet_files_legacy(log_dir: str, table: str) -> list[tuple[str, str, int]]
     selector = pafs.FileSelector(f"{root}/{table}", recursive=True, allow_not_found=True)
     out = []
     for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or "/_delta_log/" in info.path:
+        if (
+            info.type != pafs.FileType.File
+            or not info.path.endswith(".parquet")
+            or "/_delta_log/" in info.path
+        ):
             continue
         day = info.path.rsplit("/", 2)[-2].removeprefix("date=")
         out.append((info.path, day, info.size or 0))

@@ -98,13 +98,17 @@ class LogStore:
         for table, schema in TABLES.items():
             log = self._logs.setdefault(table, DeltaLog.for_log(self.log_dir, table))
             snapshot = log.load() if log.exists() else None
-            files = [f.uri.removeprefix("file://") for f in log.files(snapshot)] if snapshot is not None else []
+            files = (
+                [f.uri.removeprefix("file://") for f in log.files(snapshot)] if snapshot is not None else []
+            )
             committed: dict[str, int] = {}
             recs: list[dict[str, Any]] = []
             for stem, stem_recs in tails.items():
                 writer_id, seq = split_stem(stem)
                 if writer_id not in committed:
-                    committed[writer_id] = log.committed_seq(writer_id, snapshot) if snapshot is not None else 0
+                    committed[writer_id] = (
+                        log.committed_seq(writer_id, snapshot) if snapshot is not None else 0
+                    )
                 if seq > committed[writer_id]:
                     recs.extend(r for r in stem_recs if r.get("_t") == table)
             tail = to_table(table, recs)

@@ -484,7 +484,9 @@ def migrate_layout_1(log_dir: str, wal_dir: str) -> dict[str, int]:
             rel = path[len(prefix) :] if path.startswith(prefix) else path
             if rel not in have and layout.stem_of(path) not in live:
                 todo.append((rel, day, size))
-        for info in fs.get_file_info(pafs.FileSelector(f"{root}/{table}", recursive=True, allow_not_found=True)):
+        for info in fs.get_file_info(
+            pafs.FileSelector(f"{root}/{table}", recursive=True, allow_not_found=True)
+        ):
             if ".parquet.tmp-" in info.path.rsplit("/", 1)[-1]:
                 fs.delete_file(info.path)
         out[table] = log.register(todo)
@@ -506,7 +508,9 @@ def _writer_log(log_dir: str, table: str) -> DeltaLog:
 def commit_segment(log_dir: str, stem: str, groups: dict[str, list[tuple[str, pa.Table]]]) -> int:
     """Commit one WAL segment's rows (``{table: [(day, rows), ...]}``), exactly once per table;
     returns the number of files added. Called by the writer's thread only."""
-    return sum(_writer_log(log_dir, table).commit_segment(log_dir, stem, g) for table, g in sorted(groups.items()))
+    return sum(
+        _writer_log(log_dir, table).commit_segment(log_dir, stem, g) for table, g in sorted(groups.items())
+    )
 
 
 def committed_seq(log_dir: str, writer_id: str) -> int:

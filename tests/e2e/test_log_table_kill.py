@@ -91,7 +91,9 @@ def test_kill_9_during_compaction_leaves_every_row_exactly_once(log_dir, tmp_pat
         with LogWriter(log_dir, wal_dir=wal, flush_interval=3600, compact_interval=0) as w:
             for _ in range(12):  # twelve small files per round for the compactor to merge
                 for _ in range(5):
-                    w.append("calls", {"call_id": f"call_{n:06d}", "ts": time.time_ns() // 1000, "status": 200})
+                    w.append(
+                        "calls", {"call_id": f"call_{n:06d}", "ts": time.time_ns() // 1000, "status": 200}
+                    )
                     expected.append(f"call_{n:06d}")
                     n += 1
                 w.flush()

@@ -46,11 +46,15 @@ def ids(log_dir: str) -> list[str]:
 def test_a_missing_bucket_is_a_clear_error_at_start_unless_creation_is_allowed(s3_env, tmp_path, caplog):
     log_dir = "s3://no-such-bucket-here/log"
     w = LogWriter(log_dir, wal_dir=str(tmp_path / "wal"), flush_interval=3600, compact_interval=0)
-    with pytest.raises(LogStoreError, match="'no-such-bucket-here' .* does not exist.*create_bucket"):
+    with pytest.raises(LogStoreError, match=r"'no-such-bucket-here' .* does not exist.*create_bucket"):
         w.start()
     with caplog.at_level(logging.DEBUG):
         w = LogWriter(
-            log_dir, wal_dir=str(tmp_path / "wal2"), flush_interval=3600, compact_interval=0, create_bucket=True
+            log_dir,
+            wal_dir=str(tmp_path / "wal2"),
+            flush_interval=3600,
+            compact_interval=0,
+            create_bucket=True,
         )
         with w:
             w.append("calls", call(1))
@@ -89,7 +93,10 @@ def test_the_evals_read_an_s3_log(s3_env, tmp_path):
     with LogWriter(log_dir, wal_dir=str(tmp_path / "wal"), flush_interval=3600, compact_interval=0) as w:
         for i in range(4):
             w.append("calls", {**call(i), "variant": "baseline" if i % 2 else "candidate"})
-        w.append("events", {"event_id": "e1", "call_id": "call_0001", "ts": NOW_US, "kind": "thumbs", "value": "up"})
+        w.append(
+            "events",
+            {"event_id": "e1", "call_id": "call_0001", "ts": NOW_US, "kind": "thumbs", "value": "up"},
+        )
     result = CliRunner().invoke(outcomes, ["--log-dir", log_dir, "--route", "bot", "--json"])
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output

@@ -41,7 +41,9 @@ class MotoServer:
     def start(self) -> MotoServer:
         exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
         self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [exe, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until_responds(self.endpoint + "/moto-api/", timeout=30)
         return self

@@ -63,7 +63,7 @@ def test_a_committed_segment_left_behind_is_read_once_before_and_after_compactio
         w.flush()
         w.append("calls", call(2))
         w.flush()
-        first, second = parquet(log_dir)
+        _first, second = parquet(log_dir)
         # pretend the second file's segment was never retired (a crash after the commit, before the delete)
         seg = Path(w.wal_dir, second.stem + layout.WAL_SUFFIX)
         seg.write_bytes(b'{"call_id": "call_0002", "ts": %d, "status": 200, "_t": "calls"}\n' % (NOW_US + 2))
