@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -277,7 +276,7 @@ class DeltaLog:
         fs, root = _fs_root(self.uri)
         for rel, day, size in files:
             meta = pq.ParquetFile(fs.open_input_file(f"{root}/{rel}")).metadata
-            actions.append(self._add(rel, day, size, meta.num_rows, None))
+            actions.append(self._add(rel, day, size, meta.num_rows))
         if actions:
             dl = _deltalake()
             self._commit(actions, dl.CommitProperties(custom_metadata={"shadowtune.operation": "migrate"}))
@@ -296,7 +295,7 @@ class DeltaLog:
             if not wanted <= {f.path for f in self.files(snapshot)}:
                 fs.delete_file(f"{root}/{rel}")  # another compaction or retention took some of them
                 return 0
-            actions = [self._add(rel, day, size, rows, None, data_change=False)]
+            actions = [self._add(rel, day, size, rows, data_change=False)]
             actions += [self._remove(f, data_change=False) for f in group]
             try:
                 self._commit(actions, self._pinned_props("compaction"), snapshot=snapshot)
@@ -314,16 +313,12 @@ class DeltaLog:
         path = layout.write_parquet(log_dir, self.table, day, stem, data)
         fs, _ = layout.filesystem(log_dir)
         size = fs.get_file_info(path).size or 0
-        return self._add(f"date={day}/{stem}.parquet", day, size, data.num_rows, data)
+        return self._add(f"date={day}/{stem}.parquet", day, size, data.num_rows)
 
-    def _add(
-        self, rel: str, day: str, size: int, rows: int, data: pa.Table | None, *, data_change: bool = True
-    ) -> Any:
+    def _add(self, rel: str, day: str, size: int, rows: int, *, data_change: bool = True) -> Any:
+        # numRecords only: the ``date`` partition already prunes by time, and min/max timestamps
+        # in microseconds would be more precise than the millisecond stats other engines expect
         stats: dict[str, Any] = {"numRecords": rows}
-        if data is not None and "ts" in data.column_names and data.num_rows:
-            mm = pc.min_max(data.column("ts"))
-            stats["minValues"] = {"ts": _iso(mm["min"].as_py())}
-            stats["maxValues"] = {"ts": _iso(mm["max"].as_py())}
         from deltalake.transaction import AddAction
 
         return AddAction(
@@ -385,10 +380,6 @@ def _rel(table_uri: str, uri: str) -> str:
 
 def _fs_root(uri: str) -> tuple[pafs.FileSystem, str]:
     return layout.filesystem(uri)
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _bins(files: list[DataFile], target_rows: int) -> list[list[DataFile]]:
