@@ -53,7 +53,7 @@ VACUUM_RETENTION_HOURS = 1.0
 MAX_ATTEMPTS = 20
 TABLE_CONFIG = {
     "delta.checkpointInterval": "100",
-    "delta.logRetentionDuration": "interval 7 days",
+    "delta.logRetentionDuration": "interval 1 hours",  # one commit per writer per flush: keep the log short
     "delta.deletedFileRetentionDuration": "interval 1 hours",
 }
 
@@ -156,15 +156,17 @@ class DeltaLog:
             self._dt = None
 
     def load(self) -> Any:
-        """The table at its latest version (refreshed incrementally)."""
+        """The table at its latest version (refreshed incrementally, reloaded when that fails)."""
         dl = _deltalake()
-        try:
-            if self._dt is None:
-                self._dt = dl.DeltaTable(self.uri, storage_options=self.storage_options)
-            else:
+        if self._dt is not None:
+            try:
                 self._dt.update_incremental()
+                return self._dt
+            except Exception:  # e.g. the commits after our version were cleaned up: load afresh
+                self._dt = None
+        try:
+            self._dt = dl.DeltaTable(self.uri, storage_options=self.storage_options)
         except Exception as exc:
-            self._dt = None
             raise TableCommitError(f"cannot read the Delta table {self.uri}: {exc}") from exc
         return self._dt
 
@@ -201,7 +203,11 @@ class DeltaLog:
 
     # -- commits ------------------------------------------------------------------------
     def commit_segment(self, log_dir: str, stem: str, groups: Sequence[tuple[str, pa.Table]]) -> int:
-        """Add one WAL segment's ``(day, rows)`` groups in one commit, exactly once; returns files added."""
+        """Add one WAL segment's ``(day, rows)`` groups in one commit, exactly once; returns files added.
+
+        The segments of one writer id must be committed in seq order: a segment at or below
+        the writer's committed seq counts as done.
+        """
         writer_id, seq = split_stem(stem)
         try:
             committed = self.committed_seq(writer_id)

@@ -7,11 +7,11 @@ Durability contract:
    process loses nothing, because the kernel holds the bytes.
 2. A background thread rotates the segment every ``flush_interval`` seconds, turns the
    closed segment into Parquet files partitioned by table and date
-   (``<log_dir>/<table>/date=YYYY-MM-DD/<segment>.parquet``, zstd), fsyncs them,
-   renames them into place and only then deletes the segment.
-3. Parquet file names are derived from the segment name, so converting a segment twice
-   (a crash between the rename and the delete) overwrites the same files: on start,
-   leftover segments of dead writers are replayed exactly once.
+   (``<log_dir>/<table>/date=YYYY-MM-DD/<segment>.parquet``, zstd), commits them to the
+   table's Delta log (`gateway.store.table`) and only then deletes the segment.
+3. The commit records the segment as a Delta app transaction (writer id, segment seq), so
+   a segment converted again after a crash between the commit and the delete adds
+   nothing: on start, leftover segments of dead writers are replayed exactly once.
 4. Each writer (one per worker process) owns its segments through an ``flock`` on
    ``<wal_dir>/<writer_id>.lock``; a starting writer adopts the segments whose lock
    nobody holds.
