@@ -146,14 +146,21 @@ class DeltaLog:
 
     def ensure_schema(self) -> None:
         """Add the columns that `TABLES` has and the table does not (additive schema changes)."""
-        dt_ = self.load()
-        have = {f.name for f in pa.schema(dt_.schema().to_arrow())}
-        missing = [f for f in _delta_schema(self.table) if f.name not in have]
-        if missing:
+        last: Exception | None = None
+        for _ in range(MAX_ATTEMPTS):
+            dt_ = self.load()
+            have = {f.name for f in pa.schema(dt_.schema().to_arrow())}
+            missing = [f for f in _delta_schema(self.table) if f.name not in have]
+            if not missing:
+                return
             from deltalake.schema import Field
 
-            dt_.alter.add_columns([Field.from_arrow(f) for f in missing])
-            self._dt = None
+            try:
+                dt_.alter.add_columns([Field.from_arrow(f) for f in missing])
+            except Exception as exc:  # another process altered it first: check again
+                self._dt = None
+                last = exc
+        raise TableCommitError(f"cannot add columns to {self.uri}: {last}")
 
     def load(self) -> Any:
         """The table at its latest version (refreshed incrementally, reloaded when that fails)."""
@@ -277,16 +284,28 @@ class DeltaLog:
         return len(deleted)
 
     def register(self, files: Iterable[tuple[str, str, int]]) -> int:
-        """Add existing files ``(path relative to the table, day, size)`` in one commit (migration)."""
-        actions = []
+        """Add existing files ``(path relative to the table, day, size)`` that the table does not
+        have yet, in one commit pinned to the snapshot it checked (migration); returns files added."""
         fs, root = _fs_root(self.uri)
-        for rel, day, size in files:
-            meta = pq.ParquetFile(fs.open_input_file(f"{root}/{rel}")).metadata
-            actions.append(self._add(rel, day, size, meta.num_rows))
-        if actions:
-            dl = _deltalake()
-            self._commit(actions, dl.CommitProperties(custom_metadata={"shadowtune.operation": "migrate"}))
-        return len(actions)
+        candidates = list(files)
+        rows = {
+            rel: pq.ParquetFile(fs.open_input_file(f"{root}/{rel}")).metadata.num_rows
+            for rel, _, _ in candidates
+        }
+        for _ in range(MAX_ATTEMPTS):
+            snapshot = self.load()
+            have = {f.path for f in self.files(snapshot)}
+            actions = [
+                self._add(rel, day, size, rows[rel]) for rel, day, size in candidates if rel not in have
+            ]
+            if not actions:
+                return 0
+            try:
+                self._commit(actions, self._pinned_props("migrate"), snapshot=snapshot)
+                return len(actions)
+            except _Conflict:
+                continue
+        raise TableCommitError(f"migration of {self.uri}: gave up after {MAX_ATTEMPTS} conflicting commits")
 
     # -- internals ----------------------------------------------------------------------
     def _compact_group(self, day: str, group: list[DataFile], schema: pa.Schema) -> int:

@@ -114,6 +114,18 @@ class TestConflictCheckedCommits:
         assert duckdb.sql(f"SELECT count(*) FROM read_parquet({files})").fetchall() == [(2,)]
 
 
+def test_a_column_added_to_the_schema_is_added_to_the_table(log_dir, monkeypatch):
+    import pyarrow as pa
+
+    from gateway.store.schema import TABLES
+
+    layout.ensure_store(log_dir)
+    monkeypatch.setitem(TABLES, "events", TABLES["events"].append(pa.field("weight", pa.float64())))
+    log = DeltaLog.for_log(log_dir, "events")
+    log.create()
+    assert "weight" in pa.schema(log.load().schema().to_arrow()).names
+
+
 def _date_days_ago(days: int):
     import datetime as dt
 
