@@ -111,3 +111,30 @@ def test_a_bad_credential_is_an_error_that_does_not_show_the_secret(s3_env, tmp_
     with pytest.raises(Exception) as info:
         LogStore.open(log_dir)
     assert SECRET not in str(info.value)
+
+
+def test_the_trainer_builds_a_dataset_from_an_s3_log(s3_env, tmp_path, monkeypatch):
+    import json
+
+    from trainer.dataset import build_dataset
+
+    monkeypatch.setenv("SHADOWTUNE_DATASETS_DIR", str(tmp_path / "datasets"))
+    log_dir = f"s3://{s3_env.create_bucket()}/log"
+    with LogWriter(log_dir, wal_dir=str(tmp_path / "wal"), flush_interval=3600, compact_interval=0) as w:
+        for i in range(6):
+            messages = [{"role": "user", "content": f"question {i}: " + "x" * i}]
+            answer = {"role": "assistant", "content": f"answer {i}"}
+            w.append(
+                "calls",
+                {
+                    **call(i),
+                    "variant": "baseline",
+                    "endpoint": "chat.completions",
+                    "request": json.dumps({"model": "m", "messages": messages}),
+                    "response": json.dumps({"choices": [{"index": 0, "message": answer}]}),
+                },
+            )
+    version = build_dataset(log_dir, "from-s3", near_dup_threshold=None, warn=False)
+    assert version.manifest["counts"]["examples"] == 6
+    assert version.manifest["source"]["log_dir"] == log_dir
+    assert str(tmp_path / "datasets") in str(version.path)
