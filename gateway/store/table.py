@@ -277,9 +277,14 @@ class DeltaLog:
         raise TableCommitError(f"retention of {self.uri}: gave up after {MAX_ATTEMPTS} conflicting commits")
 
     def vacuum(self, retention_hours: float = VACUUM_RETENTION_HOURS) -> int:
-        """Delete files removed from the table more than ``retention_hours`` ago; returns files deleted."""
+        """Delete the files no snapshot of the last ``retention_hours`` has; returns files deleted.
+
+        ``full``: files that were never committed (a compaction or a conversion killed before
+        its commit, temporary files) go too; a writer's uncommitted files are minutes old at
+        most, and a segment replayed later writes its files again.
+        """
         deleted = self.load().vacuum(
-            retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False
+            retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False, full=True
         )
         return len(deleted)
 
@@ -439,6 +444,12 @@ def _merge(fs: pafs.FileSystem, sources: list[str], target: str, schema: pa.Sche
         if pending:
             w.write_table(pa.concat_tables(pending), row_group_size=COMPACT_ROW_GROUP)
             rows += pending_rows
+    if isinstance(fs, pafs.LocalFileSystem):  # durable before the commit that references it
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return rows
 
 

@@ -126,6 +126,30 @@ def test_a_column_added_to_the_schema_is_added_to_the_table(log_dir, monkeypatch
     assert "weight" in pa.schema(log.load().schema().to_arrow()).names
 
 
+def test_vacuum_deletes_old_orphans_and_keeps_what_recent_snapshots_need(log_dir):
+    import os
+
+    with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
+        for i in range(3):
+            w.append("calls", call(i))
+            w.flush()
+    log = DeltaLog.for_log(log_dir, "calls")
+    before = [Path(f.uri) for f in log.files()]
+    folder = before[0].parent
+    orphan, tmp = folder / "compact-killed.parquet", folder / "x.parquet.tmp-1"
+    for p in (orphan, tmp):
+        p.write_bytes(b"never committed")
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    fresh = folder / "9-writer.00000001.parquet"  # written a moment ago, its commit still to come
+    fresh.write_bytes(b"about to be committed")
+    assert log.compact() == 3
+    log.vacuum()
+    assert not orphan.exists() and not tmp.exists()
+    assert fresh.exists()
+    assert all(p.exists() for p in before)  # compacted away a moment ago: older snapshots still read them
+    assert ids(log_dir) == ["call_0000", "call_0001", "call_0002"]
+
+
 def _date_days_ago(days: int):
     import datetime as dt
 
