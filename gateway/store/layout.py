@@ -146,7 +146,13 @@ def check_version(log_dir: str) -> int:
     A layout-1 store (loose Parquet files) must be migrated first: start the gateway once, or
     run ``shadowtune logs migrate``.
     """
-    marker = read_marker(log_dir) or {"schema_version": SCHEMA_VERSION}
+    marker = read_marker(log_dir)
+    if marker is None:  # layout 1 always wrote its marker: no marker and a table is layout 2
+        from gateway.store.table import DeltaLog
+
+        if any(DeltaLog.for_log(log_dir, t).exists() for t in TABLES):
+            return SCHEMA_VERSION
+        marker = {"schema_version": SCHEMA_VERSION}
     if check_marker(log_dir, marker) < LAYOUT_VERSION and unregistered_files(log_dir):
         raise LogStoreError(
             f"the call log at {log_dir} uses the old layout (loose Parquet files, layout 1); migrate it to the "

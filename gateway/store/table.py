@@ -526,9 +526,7 @@ _WRITER_LOGS: dict[tuple[str, str], DeltaLog] = {}
 def _writer_log(log_dir: str, table: str) -> DeltaLog:
     key = (log_dir, table)
     if key not in _WRITER_LOGS:
-        log = DeltaLog.for_log(log_dir, table)
-        log.create()  # normally done by `layout.ensure_store`; again here if the store was down then
-        _WRITER_LOGS[key] = log
+        _WRITER_LOGS[key] = DeltaLog.for_log(log_dir, table)
     return _WRITER_LOGS[key]
 
 
@@ -542,4 +540,12 @@ def commit_segment(log_dir: str, stem: str, groups: dict[str, list[tuple[str, pa
 
 def committed_seq(log_dir: str, writer_id: str) -> int:
     """The highest WAL segment seq of ``writer_id`` committed to any of the log's tables."""
-    return max((_writer_log(log_dir, t).committed_seq(writer_id) for t in TABLES), default=0)
+    seqs = [0]
+    for t in TABLES:
+        log = _writer_log(log_dir, t)
+        try:
+            seqs.append(log.committed_seq(writer_id))
+        except TableCommitError:
+            if log.exists():
+                raise  # a table that cannot be read: the caller must not guess
+    return max(seqs)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.store import LogStore, LogWriter
+from gateway.store import LogStore
 from gateway.store.table import DeltaLog
 from tests.e2e.test_serve_process import Load
 from tests.support.s3 import MotoServer
@@ -74,39 +74,47 @@ def test_kill_9_at_random_moments_with_frequent_compaction_keeps_every_call_once
 
 COMPACTOR = textwrap.dedent(
     """
-    import sys
-    from gateway.store import layout
-    while True:
-        layout.compact(sys.argv[1], sys.argv[2], min_files=2)
+    import sys, time
+    from gateway.store import layout, table
+    from gateway.store.rows import derive, to_table
+
+    log_dir, wal_dir, writer = sys.argv[1:4]
+    seq = 0
+    while True:  # commit a segment of 5 rows, compact every third one, until killed
+        seq += 1
+        recs = [
+            {"call_id": f"call_{writer}_{seq:05d}_{j}", "ts": time.time_ns() // 1000, "status": 200, "_t": "calls"}
+            for j in range(5)
+        ]
+        data = to_table("calls", [derive("calls", r) for r in recs], derived=True)
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        table.commit_segment(log_dir, f"{writer}.{seq:08d}", {"calls": [(day, data)]})
+        if seq % 3 == 0:
+            layout.compact(log_dir, wal_dir, min_files=2)
     """
 )
 
 
-def test_kill_9_during_compaction_leaves_every_row_exactly_once(log_dir, tmp_path):
+def test_kill_9_during_commits_and_compactions_leaves_every_row_exactly_once(log_dir, tmp_path):
+    """The child's committed app-transaction version says exactly which of its rows must be there."""
     rng = random.Random(11)
-    wal = str(tmp_path / "wal")
     expected: list[str] = []
-    n = 0
-    for _round in range(ROUNDS):
-        with LogWriter(log_dir, wal_dir=wal, flush_interval=3600, compact_interval=0) as w:
-            for _ in range(12):  # twelve small files per round for the compactor to merge
-                for _ in range(5):
-                    w.append(
-                        "calls", {"call_id": f"call_{n:06d}", "ts": time.time_ns() // 1000, "status": 200}
-                    )
-                    expected.append(f"call_{n:06d}")
-                    n += 1
-                w.flush()
+    for round_ in range(ROUNDS):
+        writer = f"child{round_}"
         child = subprocess.Popen(
-            [sys.executable, "-c", COMPACTOR, log_dir, str(tmp_path / f"cwal{_round}")],
+            [sys.executable, "-c", COMPACTOR, log_dir, str(tmp_path / f"wal{round_}"), writer],
             env={**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")},
         )
-        time.sleep(rng.uniform(1.5, 3.5))  # past the import: inside a read, a write or a commit
+        time.sleep(rng.uniform(2.0, 4.0))  # past the imports: inside a commit, a merge or a vacuum
         child.kill()
         child.wait(10)
-        ids = logged(log_dir, wal)
+        committed = DeltaLog.for_log(log_dir, "calls").committed_seq(writer)
+        expected += [f"call_{writer}_{seq:05d}_{j}" for seq in range(1, committed + 1) for j in range(5)]
+        ids = logged(log_dir, str(tmp_path / "none"))
         check_exactly_once(expected, ids)
         assert sum(ids.values()) == len(expected)
+    history = [h.get("shadowtune.operation") for h in DeltaLog.for_log(log_dir, "calls").load().history()]
+    assert history.count("compaction") >= ROUNDS
 
 
 @pytest.fixture
