@@ -22,19 +22,34 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.store import LogStore
+from gateway.store import LogStore, layout
 from gateway.store.table import DeltaLog
 from tests.e2e.test_serve_process import Load
 from tests.support.s3 import MotoServer
-from tests.support.servers import ServeProcess
+from tests.support.servers import ServeProcess, wait_until_responds
 
 pytestmark = pytest.mark.slow
 ROUNDS = int(os.environ.get("SHADOWTUNE_KILL_ROUNDS", "8"))
 
 
-def serve(upstream_url: str, log_dir: str, env: dict[str, str], *extra: str) -> ServeProcess:
+class Serve(ServeProcess):
+    """`ServeProcess` that waits longer for the start: these tests start many gateways on a busy machine."""
+
+    def start(self) -> Serve:
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until_responds(self.url + "/healthz", timeout=90)
+        return self
+
+
+def serve(upstream_url: str, log_dir: str, env: dict[str, str], *extra: str) -> Serve:
     args = ["--upstream", upstream_url, "--log-dir", log_dir, "--open", "--log-level", "warning", *extra]
-    return ServeProcess(args, env={"SHADOWTUNE_STORE__FLUSH_INTERVAL": "0.1", **env})
+    return Serve(args, env={"SHADOWTUNE_STORE__FLUSH_INTERVAL": "0.1", **env})
 
 
 def logged(log_dir: str, wal_dir: str | None = None) -> Counter[str]:
@@ -99,13 +114,18 @@ def test_kill_9_during_commits_and_compactions_leaves_every_row_exactly_once(log
     """The child's committed app-transaction version says exactly which of its rows must be there."""
     rng = random.Random(11)
     expected: list[str] = []
+    layout.ensure_store(log_dir)
     for round_ in range(ROUNDS):
         writer = f"child{round_}"
         child = subprocess.Popen(
             [sys.executable, "-c", COMPACTOR, log_dir, str(tmp_path / f"wal{round_}"), writer],
             env={**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")},
         )
-        time.sleep(rng.uniform(2.0, 4.0))  # past the imports: inside a commit, a merge or a vacuum
+        table = DeltaLog.for_log(log_dir, "calls")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (table.exists() and table.committed_seq(writer) >= 1):
+            time.sleep(0.05)  # past the imports: the child has committed once
+        time.sleep(rng.uniform(0.2, 2.5))  # then inside a commit, a merge or a vacuum
         child.kill()
         child.wait(10)
         committed = DeltaLog.for_log(log_dir, "calls").committed_seq(writer)
