@@ -11,7 +11,9 @@ Measures, on a local directory and on an S3-compatible server on loopback (moto_
 3. reading from DuckDB without a DuckDB extension: the time to list the snapshot's files
    through the library and run ``count(*)`` plus a group-by over them.
 
-Run: ``python bench/table_format_bench.py [--seconds 20] [--no-s3]``. A benchmark, not a test.
+Run: ``python bench/table_format_bench.py [--seconds 20] [--no-s3] [--formats delta,iceberg]``. The
+Iceberg half needs ``pip install "pyiceberg[sql-sqlite,pyarrow]"`` (not a project dependency); the
+S3 half needs ``moto[server]`` (the ``dev`` extra). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -312,8 +314,15 @@ def main() -> None:
         os.environ.update(s3_env)  # pyarrow's S3 filesystem (the store's compaction) reads these
         stores.append(("s3", s3_env))
     out: list[dict[str, Any]] = []
+    formats = args.formats.split(",")
+    if "iceberg" in formats:
+        try:
+            import pyiceberg  # noqa: F401
+        except ImportError:
+            print('skipping iceberg: pip install "pyiceberg[sql-sqlite,pyarrow]"', file=sys.stderr)
+            formats.remove("iceberg")
     try:
-        for fmt in args.formats.split(","):
+        for fmt in formats:
             for store, so in stores:
                 for name in FORMATS[fmt][3]:
                     run_id = uuid.uuid4().hex[:6]
