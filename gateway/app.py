@@ -101,6 +101,7 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
         compact_interval=store.compact_interval,
         retention_days=store.retention_days,
         wal_fsync_ms=store.wal_fsync_ms,
+        create_bucket=store.create_bucket,
     )
     auth = Authenticator(store.state_path, settings.server.auth)
     routes = RouteStateStore(settings)

@@ -297,6 +297,26 @@ def logs_compact(log_dir: str, as_json: bool) -> None:
     click.echo(json.dumps({"compacted_files": removed}) if as_json else f"compacted {removed} file(s)")
 
 
+@logs.command("migrate")
+@_log_dir
+@click.option(
+    "--wal-dir", help="The host's WAL directory (default: <log-dir>/wal, ./shadowtune-wal for URIs)."
+)
+@_json
+def logs_migrate(log_dir: str, wal_dir: str | None, as_json: bool) -> None:
+    """Register an old store's loose Parquet files into the Delta tables (layout 1 -> 2; idempotent)."""
+    from gateway.store import layout
+    from gateway.store.table import migrate_layout_1
+
+    try:
+        layout.check_marker(log_dir, layout.read_marker(log_dir) or {"schema_version": 1})
+        done = migrate_layout_1(log_dir, wal_dir or layout.default_wal_dir(log_dir))
+        layout.ensure_store(log_dir, wal_dir=wal_dir)
+    except (OSError, layout.LogStoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"registered_files": done}) if as_json else f"registered {done} file(s)")
+
+
 @logs.command("prune")
 @_log_dir
 @click.option("--before", required=True, help="Delete days before this date (YYYY-MM-DD) or age (30d).")

@@ -165,6 +165,9 @@ class StoreConfig(_Section):
     """Delete partitions older than this many days (none: keep everything)."""
     compact_interval: float = 600.0
     """Seconds between compactions of small Parquet files (0: never)."""
+    create_bucket: bool = False
+    """Create the ``s3://`` bucket of ``log_dir`` at start when it is missing (otherwise a missing bucket
+    stops the start with an error). Endpoint and credentials come from the usual ``AWS_*`` variables."""
     redact: RedactConfig = Field(default_factory=RedactConfig)
     """Redaction applied before rows are written."""
 

@@ -210,9 +210,10 @@ class DatasetVersion:
 
 # -- locations -------------------------------------------------------------------------------
 def datasets_root(log_dir: str) -> str:
-    """``<log_dir>/datasets``; datasets need a local log directory."""
+    """``<log_dir>/datasets``; for a log in object storage, ``$SHADOWTUNE_DATASETS_DIR`` (default
+    ``./shadowtune-datasets``): datasets are local files for the trainer."""
     if is_remote(log_dir):
-        raise DatasetError(f"datasets are stored next to a local call log; {log_dir} is remote")
+        return os.path.abspath(os.environ.get("SHADOWTUNE_DATASETS_DIR") or "shadowtune-datasets")
     return os.path.join(local_path(log_dir), "datasets")
 
 
@@ -557,7 +558,7 @@ def build_dataset(
         "name": name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "source": {
-            "log_dir": os.path.abspath(local_path(log_dir)),
+            "log_dir": log_dir if is_remote(log_dir) else os.path.abspath(local_path(log_dir)),
             "route": route,
             "since": since_t.isoformat() if since_t else None,
             "until": until_t.isoformat() if until_t else None,

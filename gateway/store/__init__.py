@@ -1,7 +1,7 @@
 """The call log: `LogWriter` (the gateway's only writer) and `LogStore` (read-only, for everyone).
 
-Import-light on purpose: pyarrow, duckdb and orjson only, so `trainer` and `evals` can
-read the log without importing the server.
+Import-light on purpose: pyarrow, duckdb, orjson and deltalake (imported on first use) only,
+so `trainer` and `evals` can read the log without importing the server.
 """
 
 from gateway.store.layout import LogStoreError

@@ -1,8 +1,9 @@
 """One closed WAL segment → Parquet files (+ quarantine entries), then the segment removed.
 
 The unit of work of the log writer (and of whatever process owns conversion). A segment
-is converted whole or not at all: Parquet files are named after the segment and
-overwritten when it is converted again, quarantine entries are keyed by segment and
+is converted whole or not at all: its rows go into the tables in one commit per table that
+records the segment as a Delta app transaction (`gateway.store.table`), so converting it
+again adds nothing, quarantine entries are keyed by segment and
 line, and the segment is removed last, so a failure or a crash at any point leaves it to
 be converted again with nothing counted twice (the caller counts from the returned
 `Converted`, only once it returned).
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.store import layout, quarantine
+from gateway.store import table as tables
 from gateway.store.rows import Rejected, convert, group_by_table_and_date, parse_lines
 
 
@@ -66,13 +68,15 @@ def convert_segment(
     stem = stem_of_segment(seg)
     rejected: list[Rejected] = []
     out = Converted(corrupt=corrupt)
+    groups: dict[str, list[tuple[str, Any]]] = {}
     for table, day, recs in group_by_table_and_date(records, rejected):
         arrow, rows = convert(table, recs, rejected)
         if arrow is None:
             continue
-        layout.write_parquet(log_dir, table, day, stem, arrow)
-        out.files += 1
+        groups.setdefault(table, []).append((day, arrow))
         out.batches.append((table, rows))
+    # one atomic commit per table, recorded as (writer id, segment seq): exactly once across crashes
+    out.files = tables.commit_segment(log_dir, stem, groups)
     entries = [quarantine.Entry(stem, n, None, "unparseable WAL line", line) for n, line in bad]
     if rejected:
         where = {id(r): n for r, n in zip(records, positions, strict=True)}

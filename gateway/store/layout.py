@@ -3,20 +3,29 @@
 ::
 
     <log_dir>/
-      store.json                         {"schema_version": N} — checked on open
-      calls/date=YYYY-MM-DD/<stem>.parquet
-      events/date=YYYY-MM-DD/<stem>.parquet
+      store.json                         {"schema_version": N, "layout_version": 2} — checked on open
+      calls/                             a Delta Lake table (see `gateway.store.table`)
+        _delta_log/…                     its commits: the only truth about which files are in the log
+        date=YYYY-MM-DD/<stem>.parquet
+      events/                            a Delta Lake table, same layout
       wal/<writer_id>.<seq>.wal.ndjson   unflushed records (local disk)
       wal/<writer_id>.lock
 
 ``<stem>`` is the WAL segment a file came from (``<writer_id>.<seq>``), or
-``compact-<time>-<random>`` for a compacted file. A Parquet file whose stem still has a
-WAL segment is not yet final: readers read the segment instead, and compaction leaves
-it alone.
+``compact-<time>-<random>`` for a compacted file. A file is in the log once a commit adds
+it; a WAL segment whose seq the table has committed for its writer (Delta app
+transactions) is not read again, so a segment left behind by a crash is neither read
+twice nor converted twice.
+
+Layout 1 (before the table format: loose Parquet files, no ``_delta_log``) is migrated
+when a writer starts, or by ``shadowtune logs migrate``: its files are registered into
+the tables as they are, in one commit per table; readers of a layout-1 store get a
+`LogStoreError` that says so.
 
 ``log_dir`` may also be an object-store URI (``s3://bucket/prefix``, ``gs://…``): Parquet
-files then go through pyarrow's filesystems, and the WAL stays on local disk
-(``store.wal_dir``).
+files then go through pyarrow's filesystems, commits through delta-rs, both configured
+by the usual environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …), and
+the WAL stays on local disk (``store.wal_dir``).
 """
 
 from __future__ import annotations
@@ -26,8 +35,8 @@ import datetime as dt
 import json
 import os
 import secrets
-import time
 from collections import defaultdict
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -38,7 +47,8 @@ from gateway.store.schema import SCHEMA_VERSION, TABLES
 DEFAULT_LOG_DIR = "./shadowtune-data"
 WAL_SUFFIX = ".wal.ndjson"
 STORE_FILE = "store.json"
-COMPACT_TARGET_ROWS = 1_000_000
+LAYOUT_VERSION = 2
+"""1: loose Parquet files; 2: Delta Lake tables (`gateway.store.table`)."""
 
 
 class LogStoreError(Exception):
@@ -74,35 +84,82 @@ def filesystem(log_dir: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(local_path(log_dir))
 
 
-def ensure_store(log_dir: str) -> None:
-    """Create the store if needed; refuse a store of an unknown newer layout."""
+def ensure_store(log_dir: str, *, create_bucket: bool = False, wal_dir: str | None = None) -> None:
+    """Create the store and its tables if needed, migrating a layout-1 store; refuse a newer one.
+
+    On an object store, a missing bucket is created only with ``create_bucket``;
+    otherwise `LogStoreError` says which bucket is missing.
+    """
+    from gateway.store import table as tables
+
+    if is_remote(log_dir):
+        tables.ensure_bucket(log_dir, create=create_bucket)
     fs, root = filesystem(log_dir)
     fs.create_dir(root, recursive=True)
-    marker = f"{root}/{STORE_FILE}"
-    info = fs.get_file_info(marker)
-    if info.type == pafs.FileType.NotFound:
-        with fs.open_output_stream(marker) as f:
-            f.write(json.dumps({"schema_version": SCHEMA_VERSION}).encode())
-        return
-    check_version(log_dir)
+    marker = read_marker(log_dir) or {"schema_version": SCHEMA_VERSION}
+    layout_version = check_marker(log_dir, marker)
+    for table in TABLES:
+        tables.DeltaLog.for_log(log_dir, table).create()
+    if layout_version < LAYOUT_VERSION:
+        tables.migrate_layout_1(log_dir, wal_dir or default_wal_dir(log_dir))
+    marker = {**marker, "schema_version": max(SCHEMA_VERSION, int(marker["schema_version"]))}
+    write_marker(log_dir, {**marker, "layout_version": LAYOUT_VERSION, "table_format": "delta"})
 
 
-def check_version(log_dir: str) -> int:
-    """The store's schema version; `LogStoreError` if this Shadowtune cannot read it."""
+def read_marker(log_dir: str) -> dict[str, Any] | None:
+    """The parsed ``store.json``, or None when there is none."""
     fs, root = filesystem(log_dir)
     try:
         with fs.open_input_stream(f"{root}/{STORE_FILE}") as f:
-            version = int(json.loads(f.read())["schema_version"])
+            data = json.loads(f.read())
     except FileNotFoundError:
-        return SCHEMA_VERSION
-    except (ValueError, KeyError, TypeError) as exc:
+        return None
+    except ValueError as exc:
         raise LogStoreError(f"{root}/{STORE_FILE} is not a Shadowtune store marker: {exc}") from exc
-    if version > SCHEMA_VERSION:
+    if not isinstance(data, dict):
+        raise LogStoreError(f"{root}/{STORE_FILE} is not a Shadowtune store marker")
+    return data
+
+
+def write_marker(log_dir: str, marker: dict[str, Any]) -> None:
+    fs, root = filesystem(log_dir)
+    with fs.open_output_stream(f"{root}/{STORE_FILE}") as f:
+        f.write(json.dumps(marker).encode())
+
+
+def check_marker(log_dir: str, marker: dict[str, Any]) -> int:
+    try:
+        version = int(marker["schema_version"])
+        layout_version = int(marker.get("layout_version", 1))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LogStoreError(f"{log_dir}/{STORE_FILE} is not a Shadowtune store marker: {exc}") from exc
+    if version > SCHEMA_VERSION or layout_version > LAYOUT_VERSION:
         raise LogStoreError(
-            f"the call log at {root} has schema version {version}, newer than this Shadowtune "
-            f"understands ({SCHEMA_VERSION}); upgrade Shadowtune to read it"
+            f"the call log at {log_dir} has schema version {version} (layout {layout_version}), newer than "
+            f"this Shadowtune understands ({SCHEMA_VERSION}, layout {LAYOUT_VERSION}); upgrade Shadowtune to read it"
         )
-    return version
+    return layout_version
+
+
+def check_version(log_dir: str) -> int:
+    """The store's schema version; `LogStoreError` if this Shadowtune cannot read it.
+
+    A layout-1 store (loose Parquet files) must be migrated first: start the gateway once, or
+    run ``shadowtune logs migrate``.
+    """
+    marker = read_marker(log_dir)
+    if marker is None:  # layout 1 always wrote its marker: no marker and a table is layout 2
+        from gateway.store.table import DeltaLog
+
+        if any(DeltaLog.for_log(log_dir, t).exists() for t in TABLES):
+            return SCHEMA_VERSION
+        marker = {"schema_version": SCHEMA_VERSION}
+    if check_marker(log_dir, marker) < LAYOUT_VERSION and unregistered_files(log_dir):
+        raise LogStoreError(
+            f"the call log at {log_dir} uses the old layout (loose Parquet files, layout 1); migrate it to the "
+            "Delta Lake table with `shadowtune logs migrate --log-dir ...` (or start the gateway once)"
+        )
+    return int(marker["schema_version"])
 
 
 def write_parquet(log_dir: str, table: str, day: str, stem: str, data: pa.Table) -> str:
@@ -159,12 +216,42 @@ def wal_stems(wal_dir: str) -> set[str]:
 
 
 def parquet_files(log_dir: str, table: str) -> list[tuple[str, str, int]]:
-    """``(path, day, size)`` of every final Parquet file of ``table``."""
+    """``(path, day, size)`` of every file of ``table``'s current snapshot."""
+    from gateway.store.table import DeltaLog
+
+    log = DeltaLog.for_log(log_dir, table)
+    if not log.exists():
+        return []
+    return [(f.uri.removeprefix("file://"), f.day, f.size) for f in log.files()]
+
+
+def unregistered_files(log_dir: str) -> list[str]:
+    """Parquet files under the tables' folders that no table snapshot has (a layout-1 store's files)."""
+    from gateway.store.table import DeltaLog
+
+    out = []
+    for table in TABLES:
+        log = DeltaLog.for_log(log_dir, table)
+        have = (
+            {f.uri.removeprefix("file://").split("://", 1)[-1] for f in log.files()}
+            if log.exists()
+            else set()
+        )
+        out += [p for p, _day, _size in parquet_files_legacy(log_dir, table) if p not in have]
+    return out
+
+
+def parquet_files_legacy(log_dir: str, table: str) -> list[tuple[str, str, int]]:
+    """``(path, day, size)`` of every Parquet file under ``table``'s folder (layout 1: no table)."""
     fs, root = filesystem(log_dir)
     selector = pafs.FileSelector(f"{root}/{table}", recursive=True, allow_not_found=True)
     out = []
     for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+        if (
+            info.type != pafs.FileType.File
+            or not info.path.endswith(".parquet")
+            or "/_delta_log/" in info.path
+        ):
             continue
         day = info.path.rsplit("/", 2)[-2].removeprefix("date=")
         out.append((info.path, day, info.size or 0))
@@ -177,12 +264,15 @@ def stem_of(path: str) -> str:
 
 
 def compact(log_dir: str, wal_dir: str, *, min_files: int = 2) -> int:
-    """Merge each day's small final files into one; returns the number of files removed.
+    """Merge each day's small files into one, one atomic commit per merged file; returns files removed.
 
-    Only one process compacts at a time (``flock`` on ``<wal_dir>/compact.lock``);
-    files whose WAL segment still exists are left alone (see the module docstring).
+    Safe with any number of compacting processes and hosts (commits are conflict-checked,
+    see `gateway.store.table`); the ``flock`` on ``<wal_dir>/compact.lock`` only saves a
+    second process on the same host from doing the same work.
     """
     import fcntl
+
+    from gateway.store.table import DeltaLog
 
     os.makedirs(wal_dir, exist_ok=True)
     lock_fd = os.open(os.path.join(wal_dir, "compact.lock"), os.O_CREAT | os.O_RDWR)
@@ -191,50 +281,28 @@ def compact(log_dir: str, wal_dir: str, *, min_files: int = 2) -> int:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0
-        fs, _ = filesystem(log_dir)
-        live = wal_stems(wal_dir)
         removed = 0
-        for table, schema in TABLES.items():
-            by_day: dict[str, list[str]] = defaultdict(list)
-            for path, day, _size in parquet_files(log_dir, table):
-                if stem_of(path) not in live:
-                    by_day[day].append(path)
-            for day, paths in by_day.items():
-                small = [
-                    p for p in paths if pq.ParquetFile(_open(fs, p)).metadata.num_rows < COMPACT_TARGET_ROWS
-                ]
-                if len(small) < min_files:
-                    continue
-                merged = pa.concat_tables(
-                    [pq.read_table(_open(fs, p)).cast(schema) for p in small], promote_options="default"
-                )
-                stem = f"compact-{int(time.time() * 1000):013d}-{secrets.token_hex(4)}"
-                write_parquet(log_dir, table, day, stem, merged)
-                for p in small:
-                    fs.delete_file(p)
-                removed += len(small)
+        for table in TABLES:
+            log = DeltaLog.for_log(log_dir, table)
+            if log.exists():
+                removed += log.compact(min_files=min_files)
+                log.vacuum()
         return removed
     finally:
         os.close(lock_fd)
 
 
-def _open(fs: pafs.FileSystem, path: str) -> pa.NativeFile:
-    return fs.open_input_file(path)
-
-
 def prune(log_dir: str, before: dt.date) -> int:
-    """Delete every partition older than ``before``; returns the number of files deleted."""
-    fs, root = filesystem(log_dir)
-    deleted = 0
+    """Remove every partition older than ``before`` from the tables, one commit per table; returns files removed.
+
+    The files themselves are deleted by the next vacuum (after compaction) once no recent
+    snapshot needs them.
+    """
+    from gateway.store.table import DeltaLog
+
+    removed = 0
     for table in TABLES:
-        selector = pafs.FileSelector(f"{root}/{table}", allow_not_found=True)
-        for info in fs.get_file_info(selector):
-            name = info.path.rsplit("/", 1)[-1]
-            if info.type != pafs.FileType.Directory or not name.startswith("date="):
-                continue
-            with contextlib.suppress(ValueError):
-                if dt.date.fromisoformat(name[5:]) < before:
-                    n = len(fs.get_file_info(pafs.FileSelector(info.path, recursive=True)))
-                    fs.delete_dir(info.path)
-                    deleted += n
-    return deleted
+        log = DeltaLog.for_log(log_dir, table)
+        if log.exists():
+            removed += log.prune(before)
+    return removed

@@ -5,8 +5,10 @@
 
 Views:
 
-* ``calls`` — every call (`CALLS_SCHEMA`), final Parquet files plus the WAL tail that
-  the writers have not flushed yet, so a row is visible as soon as its call is done.
+* ``calls`` — every call (`CALLS_SCHEMA`): the files of the Delta table's snapshot plus
+  the WAL tail that this host's writers have not committed yet, so a row is visible as soon
+  as its call is done. A segment the table has already committed (its writer's app
+  transaction version is at or past the segment's seq) is not read from the WAL.
 * ``events`` — outcome events (`EVENTS_SCHEMA`), same rules.
 * ``events_resolved`` — ``events`` with ``chatcmpl-`` ids resolved to call ids.
 * ``outcomes`` — events aggregated per call (thumbs, rating, choice, flags,
@@ -15,8 +17,9 @@ Views:
 * ``judge_verdicts``, ``judge_judgements`` — per-item verdicts (with reasons) of the pairwise
   judge runs (``shadowtune eval judge``), once any exist.
 
-The snapshot of files is taken when the store is opened and by `refresh`; a query
-that races with compaction is retried once on a fresh snapshot.
+The snapshot is taken when the store is opened and by `refresh` (the WAL first, then
+the table, so a segment committed in between is seen once); a query that races with
+vacuum is retried once on a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from gateway.store import layout
 from gateway.store.layout import LogStoreError
 from gateway.store.rows import convert, parse_lines, to_table
 from gateway.store.schema import TABLES
+from gateway.store.table import DeltaLog, split_stem
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
 
@@ -75,6 +79,7 @@ class LogStore:
         self.log_dir = log_dir
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
         self.con = duckdb.connect(":memory:")
+        self._logs: dict[str, DeltaLog] = {}
         self.refresh()
 
     @classmethod
@@ -89,21 +94,34 @@ class LogStore:
     def refresh(self) -> None:
         """Take a new snapshot of the files (Parquet and unflushed WAL)."""
         live_stems = layout.wal_stems(self.wal_dir)
-        tails = self._read_tail(live_stems)
+        tails = self._read_tail(live_stems)  # before the table snapshot: see the module docstring
         for table, schema in TABLES.items():
-            files = [
-                p
-                for p, _day, _size in layout.parquet_files(self.log_dir, table)
-                if layout.stem_of(p) not in live_stems
-            ]
-            tail = tails[table]
+            log = self._logs.setdefault(table, DeltaLog.for_log(self.log_dir, table))
+            snapshot = log.load() if log.exists() else None
+            files = (
+                [f.uri.removeprefix("file://") for f in log.files(snapshot)] if snapshot is not None else []
+            )
+            committed: dict[str, int] = {}
+            recs: list[dict[str, Any]] = []
+            for stem, stem_recs in tails.items():
+                writer_id, seq = split_stem(stem)
+                if writer_id not in committed:
+                    committed[writer_id] = (
+                        log.committed_seq(writer_id, snapshot) if snapshot is not None else 0
+                    )
+                if seq > committed[writer_id]:
+                    recs.extend(r for r in stem_recs if r.get("_t") == table)
+            # a record that cannot become a row is left out here; the writer quarantines it
+            arrow, _ = convert(table, recs, [])
+            tail = arrow if arrow is not None else to_table(table, [])
             self.con.register(f"_{table}_tail", tail)
             if files and layout.is_remote(self.log_dir):
                 import pyarrow.dataset as ds
 
                 fs, _ = layout.filesystem(self.log_dir)
+                paths = [f.split("://", 1)[-1] for f in files]
                 self.con.register(
-                    f"_{table}_files", ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
+                    f"_{table}_files", ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
                 )
                 source = f"SELECT * FROM _{table}_files"
             elif files:
@@ -138,19 +156,15 @@ class LogStore:
                     f"read_parquet('{path}', union_by_name = true, filename = true)"
                 )
 
-    def _read_tail(self, live_stems: set[str]) -> dict[str, pa.Table]:
-        records: list[dict[str, Any]] = []
+    def _read_tail(self, live_stems: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The records of each unflushed WAL segment, by segment stem."""
+        out: dict[str, list[dict[str, Any]]] = {}
         for stem in sorted(live_stems):
             with (
                 contextlib.suppress(FileNotFoundError),
                 open(os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX), "rb") as f,
             ):
-                records.extend(parse_lines(f.read())[0])
-        out = {}
-        for table in TABLES:
-            # a record that cannot become a row is left out here; the writer quarantines it
-            arrow, _ = convert(table, [r for r in records if r.get("_t") == table], [])
-            out[table] = arrow if arrow is not None else to_table(table, [])
+                out[stem] = parse_lines(f.read())[0]
         return out
 
     # -- queries ------------------------------------------------------------------------
@@ -169,7 +183,7 @@ class LogStore:
         try:
             return self.con.execute(query, params)
         except duckdb.IOException:
-            self.refresh()  # a file went away under us (compaction, retention): new snapshot, once
+            self.refresh()  # a file went away under us (vacuum): new snapshot, once
             return self.con.execute(query, params)
         except duckdb.Error as exc:
             raise LogStoreError(str(exc).splitlines()[0]) from exc

@@ -14,11 +14,11 @@ Durability contract:
    the request path never waits for it.
 2. A background thread rotates the segment every ``flush_interval`` seconds, turns the
    closed segment into Parquet files partitioned by table and date
-   (``<log_dir>/<table>/date=YYYY-MM-DD/<segment>.parquet``, zstd), fsyncs them,
-   renames them into place and only then deletes the segment.
-3. Parquet file names are derived from the segment name, so converting a segment twice
-   (a crash between the rename and the delete) overwrites the same files: on start,
-   leftover segments of dead writers are replayed exactly once.
+   (``<log_dir>/<table>/date=YYYY-MM-DD/<segment>.parquet``, zstd), commits them to the
+   table's Delta log (`gateway.store.table`) and only then deletes the segment.
+3. The commit records the segment as a Delta app transaction (writer id, segment seq), so
+   a segment converted again after a crash between the commit and the delete adds
+   nothing: on start, leftover segments of dead writers are replayed exactly once.
 4. Each writer (one per worker process) owns its segments through an ``flock`` on
    ``<wal_dir>/<writer_id>.lock``; a starting writer adopts the segments whose lock
    nobody holds.
@@ -55,6 +55,7 @@ from typing import Any
 import orjson
 
 from gateway.store import conversion, layout, quarantine
+from gateway.store import table as tables
 
 log = logging.getLogger("shadowtune.store")
 
@@ -96,6 +97,7 @@ class LogWriter:
         retention_days: int | None = None,
         writer_id: str | None = None,
         wal_fsync_ms: float = 0.0,
+        create_bucket: bool = False,
     ) -> None:
         self.log_dir = log_dir
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
@@ -105,6 +107,7 @@ class LogWriter:
         self.compact_interval = compact_interval
         self.retention_days = retention_days
         self.wal_fsync_ms = wal_fsync_ms
+        self.create_bucket = create_bucket
         self.writer_id = writer_id or f"{int(time.time() * 1000):013d}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WriterStats()
         self._lock = threading.Lock()
@@ -134,7 +137,7 @@ class LogWriter:
         """Take the writer lock, replay dead writers' segments, open a segment, start the thread."""
         try:
             os.makedirs(self.wal_dir, exist_ok=True)
-            layout.ensure_store(self.log_dir)
+            layout.ensure_store(self.log_dir, create_bucket=self.create_bucket, wal_dir=self.wal_dir)
             self._lock_fd = os.open(
                 os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR
             )
@@ -144,6 +147,8 @@ class LogWriter:
         else:
             self.replay()  # never raises: what it cannot convert now is retried in the background
             try:
+                # a reused writer id continues after its committed segments (exactly-once is by seq)
+                self._seq = max(self._seq, tables.committed_seq(self.log_dir, self.writer_id))
                 self._open_segment()
             except OSError as exc:
                 self._error(f"cannot open the call log at {self.log_dir}: {exc}")

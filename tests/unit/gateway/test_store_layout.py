@@ -1,4 +1,7 @@
-"""Files of the call log: compaction keeps every row exactly once, retention prunes whole days."""
+"""Files of the call log: compaction keeps every row exactly once, retention prunes whole days.
+
+"The files" are those of the table's current snapshot: a file compacted or pruned away
+leaves the snapshot in the commit and leaves the disk at the next vacuum."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def call(i: int, ts: int | None = None) -> dict:
 
 
 def parquet(log_dir: str, table: str = "calls") -> list[Path]:
-    return sorted(Path(log_dir, table).rglob("*.parquet"))
+    return sorted(Path(p) for p, _day, _size in layout.parquet_files(log_dir, table))
 
 
 def ids(log_dir: str) -> list[str]:
@@ -66,20 +69,23 @@ def test_compaction_merges_small_files_and_keeps_every_row_exactly_once(log_dir)
     assert layout.compact(log_dir, str(Path(log_dir, "wal"))) == 0  # nothing left to merge
 
 
-def test_compaction_leaves_files_whose_wal_segment_still_exists_alone(log_dir):
+def test_a_committed_segment_left_behind_is_read_once_before_and_after_compaction(log_dir):
     with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
         w.append("calls", call(1))
         w.flush()
         w.append("calls", call(2))
         w.flush()
-        first, second = parquet(log_dir)
-        # pretend the second file's segment was never retired (a crash before the delete)
+        _first, second = parquet(log_dir)
+        # pretend the second file's segment was never retired (a crash after the commit, before the delete)
         seg = Path(w.wal_dir, second.stem + layout.WAL_SUFFIX)
         seg.write_bytes(b'{"call_id": "call_0002", "ts": %d, "status": 200, "_t": "calls"}\n' % (NOW_US + 2))
-        assert layout.compact(log_dir, w.wal_dir, min_files=1) == 1
-        assert second.exists() and not first.exists()
         assert ids(log_dir) == ["call_0001", "call_0002"]
-        seg.unlink()
+        assert layout.compact(log_dir, w.wal_dir, min_files=1) == 2
+        assert [p.name.startswith("compact-") for p in parquet(log_dir)] == [True]
+        assert ids(log_dir) == ["call_0001", "call_0002"]
+    with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as again:
+        assert again.stats.flushed_rows == 0 or ids(log_dir) == ["call_0001", "call_0002"]
+    assert not seg.exists()
     assert ids(log_dir) == ["call_0001", "call_0002"]
 
 

@@ -3,6 +3,7 @@ segments, corrupt records, and what happens when the disk will not take the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -72,7 +73,8 @@ class TestWritePath:
         assert all(p.stat().st_size == 0 for p in segments(log_dir))  # only the fresh, empty segment
         status = writer.status()
         assert (status["appended"], status["flushed_rows"], status["healthy"]) == (5, 5, True)
-        assert Path(log_dir, "store.json").read_text() == f'{{"schema_version": {SCHEMA_VERSION}}}'
+        marker = json.loads(Path(log_dir, "store.json").read_text())
+        assert marker == {"schema_version": SCHEMA_VERSION, "layout_version": 2, "table_format": "delta"}
 
     def test_appended_records_are_readable_before_any_flush(self, writer, log_dir):
         writer.append("calls", call(1, output_text="tail"))
