@@ -12,7 +12,9 @@ state through it (or through the admin API).
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.state.base import Health, Lease, StateBackend, StateUnavailable
@@ -70,11 +72,49 @@ def location_of(settings: Any) -> str:
 __all__ = [
     "Health",
     "Lease",
+    "LeaseBusy",
     "StateBackend",
     "StateUnavailable",
     "close_all",
     "describe",
+    "hold",
     "is_database_url",
     "location_of",
     "open_backend",
 ]
+
+
+@contextlib.contextmanager
+def hold(backend: StateBackend, name: str, *, ttl: float = 60.0, what: str | None = None) -> Iterator[Lease]:
+    """Hold the lease ``name`` for the duration of a block (renewed every ``ttl / 3`` seconds).
+
+    Raises `LeaseBusy` when another live owner holds it. The lease is released at the end;
+    a holder that dies stops renewing and the lease expires after ``ttl``."""
+    import os
+    import secrets
+    import socket
+
+    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    lease = backend.acquire_lease(name, owner, ttl)
+    if not lease.held:
+        raise LeaseBusy(f"{what or name} is already in progress (held by {lease.owner})")
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(ttl / 3):
+            with contextlib.suppress(StateUnavailable):
+                backend.acquire_lease(name, owner, ttl)
+
+    keeper = threading.Thread(target=renew, name=f"lease-{name}", daemon=True)
+    keeper.start()
+    try:
+        yield lease
+    finally:
+        done.set()
+        keeper.join(5)
+        with contextlib.suppress(StateUnavailable):
+            backend.release_lease(name, owner)
+
+
+class LeaseBusy(Exception):
+    """Another live process holds the lease."""
