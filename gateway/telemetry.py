@@ -158,6 +158,12 @@ class Telemetry:
         m.create_observable_counter("shadowtune.shadow.skipped", [self._shadow_skipped], unit="{call}")
         m.create_observable_gauge("shadowtune.log.backlog", [self._log_backlog], unit="By")
         m.create_observable_counter("shadowtune.log.dropped", [self._log_dropped], unit="{record}")
+        m.create_observable_gauge(
+            "shadowtune.log.healthy", [self._log_healthy], description="1 while the call log flushes normally"
+        )
+        m.create_observable_gauge(
+            "shadowtune.state.healthy", [self._state_healthy], description="1 while the state backend answers"
+        )
         self.controller = m.create_counter(
             "shadowtune.controller.decisions",
             unit="{decision}",
@@ -194,6 +200,13 @@ class Telemetry:
 
     def _log_dropped(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(n, {"shadowtune.reason": r}) for r, n in self.ctx.writer.stats.dropped.items()]
+
+    def _log_healthy(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(int(bool(self.ctx.writer.healthy)))]
+
+    def _state_healthy(self, _: CallbackOptions) -> list[Observation]:
+        health = self.ctx.routes.backend.health
+        return [Observation(int(health.ok), {"shadowtune.state.backend": health.kind})]
 
     # -- from log records (writer thread) -----------------------------------------------
     def on_records(self, table: str, records: list[dict[str, Any]]) -> None:

@@ -336,6 +336,7 @@ class PostgresBackend:
                                     log.error("state notification handler failed: %r", exc)
                         conn.execute("SELECT 1")  # notices a dead server within a second
             except psycopg.Error as exc:
+                self.health.failure(exc)
                 if self.health.listening:
                     log.warning("state listener lost its connection (%s); polling meanwhile", type(exc).__name__)
                 self.health.listening = False
