@@ -123,8 +123,12 @@ class Periodic:
         due = (lease.last_run if lease.last_run is not None else lease.now) + self.interval
         if lease.now < due:
             return min(self.tick, max(due - lease.now, 0.01))
+        # a run late by less than an interval keeps the schedule (no drift); a later one restarts it
+        at = due if lease.now - due < self.interval else None
         try:
-            started = await asyncio.to_thread(self.backend.mark_run, self.name, self.owner, due - self.interval)
+            started = await asyncio.to_thread(
+                self.backend.mark_run, self.name, self.owner, due - self.interval, at
+            )
         except StateUnavailable:
             return self.tick
         if started is None:  # lost the lease meanwhile, or someone else ran it

@@ -141,9 +141,10 @@ class StateBackend(Protocol):
         A lease taken for the first time gets ``last_run = now``: its first run is one
         interval later, never at once."""
 
-    def mark_run(self, name: str, owner: str, not_after: float) -> float | None:
-        """Record a run starting now if ``owner`` still holds the lease and the last run is
-        at or before ``not_after``; returns the run time, or None (someone else ran it)."""
+    def mark_run(self, name: str, owner: str, not_after: float, at: float | None = None) -> float | None:
+        """Record a run (at ``at``, its scheduled time, else now) if ``owner`` still holds the
+        lease and the last run is at or before ``not_after``; returns the recorded time, or
+        None (the lease was lost, or someone else ran it)."""
 
     def release_lease(self, name: str, owner: str) -> None: ...
 

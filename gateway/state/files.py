@@ -244,15 +244,15 @@ class FileBackend:
         result: Lease = self._leases(take)
         return result
 
-    def mark_run(self, name: str, owner: str, not_after: float) -> float | None:
+    def mark_run(self, name: str, owner: str, not_after: float, at: float | None = None) -> float | None:
         def mark(data: dict[str, Any], now: float) -> float | None:
             rec = data.get(name)
             if rec is None or rec.get("owner") != owner or float(rec.get("expires_at") or 0) < now:
                 return None
             if rec.get("last_run") is not None and float(rec["last_run"]) > not_after:
                 return None
-            rec["last_run"] = now
-            return now
+            rec["last_run"] = now if at is None else at
+            return float(rec["last_run"])
 
         result: float | None = self._leases(mark)
         return result

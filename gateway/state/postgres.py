@@ -292,12 +292,12 @@ class PostgresBackend:
         holder, expires, last_run, now = row
         return Lease(name, holder, holder == owner, float(expires), last_run, float(now))
 
-    def mark_run(self, name: str, owner: str, not_after: float) -> float | None:
+    def mark_run(self, name: str, owner: str, not_after: float, at: float | None = None) -> float | None:
         with self._tx() as conn:
             row = conn.execute(
-                f"UPDATE leases SET last_run = {_NOW} WHERE name = %s AND owner = %s "
+                f"UPDATE leases SET last_run = coalesce(%s, {_NOW}) WHERE name = %s AND owner = %s "
                 f"AND expires_at >= {_NOW} AND (last_run IS NULL OR last_run <= %s) RETURNING last_run",
-                (name, owner, not_after),
+                (at, name, owner, not_after),
             ).fetchone()
         return float(row[0]) if row else None
 

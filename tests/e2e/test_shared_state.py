@@ -183,8 +183,8 @@ def _lease_test(tmp_path: Any, fake_upstream: Any, state: str, procs: list[Serve
     after = [t for t in decisions() if t > killed]
     assert after, "nobody took over the controller"
     print(f"taken over {after[0] - killed:.2f} s after the holder was killed (last run {killed - before[-1]:.2f} s before)")
-    assert after[0] - before[-1] < 2 * INTERVAL + 1  # the next run comes within two intervals of the last
-    assert after[0] - killed < 2 * INTERVAL
+    assert after[0] - killed < 2 * INTERVAL  # taken over within two intervals
+    assert after[0] - before[-1] > 0.5 * INTERVAL  # and not early: the last run time is kept
     assert _holder(backend, owner, procs) is survivor
     assert httpx.get(survivor.url + "/readyz").status_code == 200
 
