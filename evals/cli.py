@@ -546,7 +546,15 @@ def triggers_run(
             for policy in policies.values():
                 pipeline = Pipeline.from_policy(policy, admin_url=url, admin_token=target.token)
                 records.append(
-                    run(policy, log_dir, pipeline, dry_run=dry_run, force=force, store=store, state_at=target.state)
+                    run(
+                        policy,
+                        log_dir,
+                        pipeline,
+                        dry_run=dry_run,
+                        force=force,
+                        store=store,
+                        state_at=target.state,
+                    )
                 )
         _emit(records, as_json, lambda rs: "\n".join(_reports.format_trigger_run(r) for r in rs))
         return records

@@ -313,11 +313,13 @@ class AdminClient:
         self._client = Client(url, token, timeout=timeout, transport=transport)
 
     def get_route(self, route: str) -> dict[str, Any]:
-        return self._call(self._client.get_route, route)
+        info: dict[str, Any] = self._call(self._client.get_route, route)
+        return info
 
     def set_route(self, route: str, *, mode: str, share: float, reason: str) -> dict[str, Any]:
         body = {"mode": mode, "share": float(share), "reason": reason, "actor": "controller"}
-        return self._call(self._client.set_route, route, body)
+        info: dict[str, Any] = self._call(self._client.set_route, route, body)
+        return info
 
     def history(self, route: str, limit: int = 1000) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call(self._client.history, route, limit)

@@ -316,7 +316,9 @@ class AdminDeploy:
                 answer = client.set_route(ctx.route, body)
             except AdminError as exc:
                 if exc.status == 0:
-                    raise TriggerError(f"cannot reach the gateway admin API: {exc.message}", step="deploy") from exc
+                    raise TriggerError(
+                        f"cannot reach the gateway admin API: {exc.message}", step="deploy"
+                    ) from exc
                 raise TriggerError(f"admin API refused the deploy: {exc.message}", step="deploy") from exc
         return {"candidate": str(name), "mode": "shadow", "admin_response": answer}
 
@@ -363,7 +365,9 @@ def _route_lock(location: str, route: str) -> Iterator[None]:
     from gateway.state import LeaseBusy, StateUnavailable, hold
 
     try:
-        with hold(_backend(location), f"trigger-run-{route}", ttl=60.0, what=f"a trigger run for route {route}"):
+        with hold(
+            _backend(location), f"trigger-run-{route}", ttl=60.0, what=f"a trigger run for route {route}"
+        ):
             yield
     except LeaseBusy as exc:
         raise TriggerError(str(exc)) from exc

@@ -120,7 +120,9 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(exists=True, dir_okay=False),
             help="The gateway's config file: its URL, admin token, state and log (default $SHADOWTUNE_CONFIG).",
         ),
-        click.option("--url", help=f"Running gateway (default $SHADOWTUNE_URL, else --config's, else {DEFAULT_URL})."),
+        click.option(
+            "--url", help=f"Running gateway (default $SHADOWTUNE_URL, else --config's, else {DEFAULT_URL})."
+        ),
         click.option(
             "--admin-token",
             help="Admin token (default $SHADOWTUNE_ADMIN_TOKEN, else --config's server.admin_token).",
@@ -185,7 +187,9 @@ class AdminClient:
             message = err.get("message") or resp.text[:200]
             param = f" ({err['param']})" if err.get("param") else ""
             raise AdminError(
-                f"{method} {path}: HTTP {resp.status_code}: {message}{param}", resp.status_code, err.get("code")
+                f"{method} {path}: HTTP {resp.status_code}: {message}{param}",
+                resp.status_code,
+                err.get("code"),
             )
         if not isinstance(data, dict):
             raise AdminError(f"{method} {path}: expected a JSON object from the gateway", resp.status_code)

@@ -41,7 +41,13 @@ class KeyFile:
 
     def create(self, name: str) -> str:
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        record = {"name": name, "hash": _hash(key), "prefix": key[:10], "created": time.time(), "revoked": None}
+        record = {
+            "name": name,
+            "hash": _hash(key),
+            "prefix": key[:10],
+            "created": time.time(),
+            "revoked": None,
+        }
         self.backend.add_key(record)
         return key
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gateway.state import StateUnavailable
+from gateway.state import Lease, StateUnavailable
 
 log = logging.getLogger("shadowtune.jobs")
 
@@ -40,7 +40,9 @@ def start(ctx: Any) -> list[asyncio.Task[None]]:
     settings = ctx.settings
     backend = ctx.routes.backend
     if settings.signals.detect_interval_s > 0:
-        job = Periodic(backend, "signals", settings.signals.detect_interval_s, lambda: detect_regenerations(ctx))
+        job = Periodic(
+            backend, "signals", settings.signals.detect_interval_s, lambda: detect_regenerations(ctx)
+        )
         tasks.append(loop.create_task(job.run()))
     for ctl in settings.controller.routes:
         job = Periodic(
@@ -113,7 +115,9 @@ class Periodic:
     async def step(self) -> float:
         """Renew or take the lease, start the job when due; returns the seconds to sleep."""
         try:
-            lease = await asyncio.to_thread(self.backend.acquire_lease, self.name, self.owner, self.ttl)
+            lease: Lease = await asyncio.to_thread(
+                self.backend.acquire_lease, self.name, self.owner, self.ttl
+            )
         except StateUnavailable:
             return self.tick
         if not lease.held:

@@ -103,7 +103,9 @@ async def put_upstream(name: str, request: Request) -> dict[str, Any]:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InvalidRequest(first["msg"], param=".".join(str(p) for p in first["loc"])) from None
-    await asyncio.to_thread(request.app.state.ctx.routes.put_upstream, name, config, actor=actor, reason=reason)
+    await asyncio.to_thread(
+        request.app.state.ctx.routes.put_upstream, name, config, actor=actor, reason=reason
+    )
     return {"name": name, **config.model_dump()}
 
 

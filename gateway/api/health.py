@@ -18,7 +18,15 @@ from fastapi.responses import JSONResponse, Response
 
 router = APIRouter()
 
-_STORE_KEYS = ("healthy", "wal_open", "backlog_bytes", "pending_in_memory", "dropped", "flush_errors", "last_error")
+_STORE_KEYS = (
+    "healthy",
+    "wal_open",
+    "backlog_bytes",
+    "pending_in_memory",
+    "dropped",
+    "flush_errors",
+    "last_error",
+)
 
 
 def _store(ctx: Any) -> dict[str, Any]:

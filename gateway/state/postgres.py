@@ -338,7 +338,9 @@ class PostgresBackend:
             except psycopg.Error as exc:
                 self.health.failure(exc)
                 if self.health.listening:
-                    log.warning("state listener lost its connection (%s); polling meanwhile", type(exc).__name__)
+                    log.warning(
+                        "state listener lost its connection (%s); polling meanwhile", type(exc).__name__
+                    )
                 self.health.listening = False
             self._closed.wait(delay)
             delay = min(delay * 2, 5.0)

@@ -12,6 +12,7 @@ server (`tests.support.postgres`), or one state directory on one host.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def test_a_route_change_through_one_gateway_is_served_by_the_other_within_a_seco
     assert {arm(ask(b.url, f"before-{i}")) for i in range(6)} == {"echo-base"}
 
     r = httpx.patch(
-        a.url + "/admin/routes/bot", json={"mode": "primary", "shadow_rate": 0, "reason": "e2e"}, headers=ADMIN
+        a.url + "/admin/routes/bot",
+        json={"mode": "primary", "shadow_rate": 0, "reason": "e2e"},
+        headers=ADMIN,
     )
     assert r.status_code == 200, r.text
     changed = time.monotonic()
@@ -154,11 +157,15 @@ def _holder(records: Any, state: Any, procs: list[ServeProcess]) -> ServeProcess
     raise AssertionError(f"lease owner {owner} is none of the gateways")
 
 
-def _lease_test(tmp_path: Any, fake_upstream: Any, state: str, procs: list[ServeProcess], backend: Any, owner: Any):
+def _lease_test(
+    tmp_path: Any, fake_upstream: Any, state: str, procs: list[ServeProcess], backend: Any, owner: Any
+):
     controller = {"routes": [{"route": "bot", "every_s": INTERVAL}]}
     routes = {"bot": {"baseline": "base", "candidate": "cand", "mode": "canary", "share": 50}}
     for name in ("a", "b"):
-        procs.append(serve(config(tmp_path, name, fake_upstream, state, controller=controller, routes=routes)))
+        procs.append(
+            serve(config(tmp_path, name, fake_upstream, state, controller=controller, routes=routes))
+        )
 
     def decisions() -> list[float]:
         return [float(d["ts"]) for d in backend.records("decisions", "bot")]
@@ -167,7 +174,7 @@ def _lease_test(tmp_path: Any, fake_upstream: Any, state: str, procs: list[Serve
     time.sleep(1.0 + 6 * INTERVAL + 2.0)  # six intervals, plus time for a run in progress to record
     ts = decisions()
     window = [t for t in ts if start <= t < start + 6 * INTERVAL]
-    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ts)]
     print(f"\n{len(window)} controller runs in {6 * INTERVAL:.0f} s (interval {INTERVAL:g} s); gaps {gaps}")
     assert 5 <= len(window) <= 7
     assert min(gaps) > 0.5 * INTERVAL  # never two runs in one interval
@@ -182,7 +189,9 @@ def _lease_test(tmp_path: Any, fake_upstream: Any, state: str, procs: list[Serve
         time.sleep(0.2)
     after = [t for t in decisions() if t > killed]
     assert after, "nobody took over the controller"
-    print(f"taken over {after[0] - killed:.2f} s after the holder was killed (last run {killed - before[-1]:.2f} s before)")
+    print(
+        f"taken over {after[0] - killed:.2f} s after the holder was killed (last run {killed - before[-1]:.2f} s before)"
+    )
     assert after[0] - killed < 2 * INTERVAL  # taken over within two intervals
     assert after[0] - before[-1] > 0.5 * INTERVAL  # and not early: the last run time is kept
     assert _holder(backend, owner, procs) is survivor
@@ -234,7 +243,9 @@ def test_a_database_outage_keeps_calls_flowing_and_refuses_changes_clearly(tmp_p
         procs.append(a)
         b = serve(config(tmp_path, "b", fake_upstream, url), workers=1)
         procs.append(b)
-        r = httpx.patch(a.url + "/admin/routes/bot", json={"mode": "shadow", "reason": "before"}, headers=ADMIN)
+        r = httpx.patch(
+            a.url + "/admin/routes/bot", json={"mode": "shadow", "reason": "before"}, headers=ADMIN
+        )
         assert r.status_code == 200
 
         answered: list[tuple[str, str]] = []
@@ -261,7 +272,10 @@ def test_a_database_outage_keeps_calls_flowing_and_refuses_changes_clearly(tmp_p
             time.sleep(2.0)
             during = len(answered)
             refused = httpx.patch(
-                b.url + "/admin/routes/bot", json={"mode": "primary", "reason": "during"}, headers=ADMIN, timeout=30
+                b.url + "/admin/routes/bot",
+                json={"mode": "primary", "reason": "during"},
+                headers=ADMIN,
+                timeout=30,
             )
             assert refused.status_code == 503
             err = refused.json()["error"]
@@ -293,7 +307,9 @@ def test_a_database_outage_keeps_calls_flowing_and_refuses_changes_clearly(tmp_p
             pg.start()
         deadline = time.monotonic() + 20
         while True:
-            r = httpx.patch(a.url + "/admin/routes/bot", json={"mode": "primary", "reason": "after"}, headers=ADMIN)
+            r = httpx.patch(
+                a.url + "/admin/routes/bot", json={"mode": "primary", "reason": "after"}, headers=ADMIN
+            )
             if r.status_code == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
@@ -305,7 +321,9 @@ def test_a_database_outage_keeps_calls_flowing_and_refuses_changes_clearly(tmp_p
         for t in threads:
             t.join(30)
         assert failures == []
-        reasons = [h["reason"] for h in httpx.get(b.url + "/admin/routes/bot/history", headers=ADMIN).json()["data"]]
+        reasons = [
+            h["reason"] for h in httpx.get(b.url + "/admin/routes/bot/history", headers=ADMIN).json()["data"]
+        ]
         assert reasons == ["before", "after"]  # the refused change was not applied later either
         assert httpx.get(b.url + "/healthz").json()["state"]["healthy"] is True
     finally:
@@ -316,6 +334,9 @@ def test_a_database_outage_keeps_calls_flowing_and_refuses_changes_clearly(tmp_p
 
     logged = set()
     for name in ("a", "b"):
-        logged |= {r["call_id"] for r in LogStore.open(str(tmp_path / f"log-{name}")).sql("SELECT call_id FROM calls")}
+        logged |= {
+            r["call_id"]
+            for r in LogStore.open(str(tmp_path / f"log-{name}")).sql("SELECT call_id FROM calls")
+        }
     missing = [cid for _, cid in answered if cid not in logged]
     assert missing == [], f"{len(missing)} answered calls are not in the logs"

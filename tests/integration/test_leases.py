@@ -4,6 +4,7 @@ keeps the stored schedule. Against the file backend (one host) and a real Postgr
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -46,7 +47,7 @@ def test_a_job_runs_once_per_interval_across_processes_and_survives_its_holder(l
         time.sleep(INTERVALS * INTERVAL + 0.5 * INTERVAL + 0.5)
         got = runs(out)
         window = [t for _, t in got if start <= t < start + INTERVALS * INTERVAL]
-        gaps = [b - a for (_, a), (_, b) in zip(got, got[1:], strict=False)]
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(got)]
         print(f"\n{len(window)} runs in {INTERVALS} intervals; gaps {min(gaps):.3f}..{max(gaps):.3f} s")
         assert INTERVALS - 1 <= len(window) <= INTERVALS + 1
         assert min(gaps) > 0.5 * INTERVAL  # never twice in one interval
@@ -61,7 +62,9 @@ def test_a_job_runs_once_per_interval_across_processes_and_survives_its_holder(l
             assert time.time() < deadline, "nobody took the job over"
             time.sleep(0.02)
         pid, first = next((p, t) for p, t in runs(out) if t > killed)
-        print(f"taken over by {pid} {first - killed:.2f} s after the kill ({first - last:.2f} s after the last run)")
+        print(
+            f"taken over by {pid} {first - killed:.2f} s after the kill ({first - last:.2f} s after the last run)"
+        )
         assert pid != holder
         assert first - killed < 2 * INTERVAL
         assert first - last > 0.5 * INTERVAL  # the new holder kept the schedule: it did not run at once

@@ -21,13 +21,20 @@ def chat(gw, text):
     )
 
 
-def test_readyz_stays_ready_while_parquet_writes_fail_and_the_wal_holds_them(make_settings, start_gateway, tmp_path):
+def test_readyz_stays_ready_while_parquet_writes_fail_and_the_wal_holds_them(
+    make_settings, start_gateway, tmp_path
+):
     parent = tmp_path / "lake"
     parent.write_text("a file where the log's directory should be: every Parquet write fails")
     log_dir = str(parent / "log")
     wal_dir = str(tmp_path / "wal")
     settings = make_settings(
-        store={"log_dir": log_dir, "wal_dir": wal_dir, "state_dir": str(tmp_path / "state"), "flush_interval": 0.05}
+        store={
+            "log_dir": log_dir,
+            "wal_dir": wal_dir,
+            "state_dir": str(tmp_path / "state"),
+            "flush_interval": 0.05,
+        }
     )
     gw = start_gateway(settings)
     ids = []
@@ -51,7 +58,9 @@ def test_readyz_stays_ready_while_parquet_writes_fail_and_the_wal_holds_them(mak
     metrics = httpx.get(gw.url + "/metrics").text
     healthy = [line for line in metrics.splitlines() if line.startswith("shadowtune_log_healthy")]
     assert healthy and float(healthy[0].rsplit(" ", 1)[1]) == 0
-    assert any(os.path.getsize(os.path.join(wal_dir, n)) for n in os.listdir(wal_dir) if n.endswith(".ndjson"))
+    assert any(
+        os.path.getsize(os.path.join(wal_dir, n)) for n in os.listdir(wal_dir) if n.endswith(".ndjson")
+    )
 
     parent.unlink()  # the storage is back: the WAL's records reach the log
     deadline = time.monotonic() + 15

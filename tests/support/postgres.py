@@ -7,6 +7,7 @@ PostgreSQL refuses to run as root, so under root (CI) the cluster is created and
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -59,7 +60,9 @@ class PostgresServer:
                 os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", "postgres",
                 "--auth=trust", "--no-sync", "-E", "UTF8",
             )  # fmt: skip
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
         self._run(
             os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.root, "log"),
             "-o", opts, "-w", "-t", "60", "start",
@@ -70,10 +73,8 @@ class PostgresServer:
         self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", mode, "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self.stop("immediate")
-        except RuntimeError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, db: str = "postgres") -> str:
