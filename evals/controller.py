@@ -45,6 +45,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evals.canary_clock import canary_entered_at
 from evals.outcomes import (
     METRICS,
     ArmStats,
@@ -491,8 +492,12 @@ class CanaryController:
             return record
 
         if state.get("candidate") != info.get("candidate") or not state.get("canary_started_at"):
+            entered, step_at = self._entered_canary(info, share, now)
             state.update(
-                candidate=info.get("candidate"), canary_started_at=now, step_started_at=now, step_share=share
+                candidate=info.get("candidate"),
+                canary_started_at=entered,
+                step_started_at=step_at,
+                step_share=share,
             )
         elif state.get("step_share") != share:
             state.update(step_started_at=now, step_share=share)
@@ -525,6 +530,21 @@ class CanaryController:
         record_decision(self.state, record)
         log.info("controller %s: %s", self.route, decision.reason)
         return record
+
+    def _entered_canary(self, info: dict[str, Any], share: float, now: float) -> tuple[float, float]:
+        """When the route entered canary with this candidate, and when its share became ``share``.
+
+        From the route's audit history (the admin API), so the clock does not start at the
+        controller's first look; ``now`` for both when the history does not say (a config-file
+        canary, or a gateway without history)."""
+        history = getattr(self.admin, "history", None)
+        if history is None:
+            return now, now
+        try:
+            rows = history(self.route)
+        except ControllerError:
+            return now, now
+        return canary_entered_at(rows, info.get("candidate"), share, now)
 
     def _observe(
         self, mode: str, share: float, canary_since: float, step_since: float, now: float
