@@ -237,7 +237,12 @@ def config() -> None:
 def config_show(config_path: str | None) -> None:
     """Print the effective settings (secrets masked)."""
     settings = _settings(config_path)
-    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    data = settings.model_dump(mode="json")
+    if data["store"].get("state_url"):
+        from gateway.state import describe
+
+        data["store"]["state_url"] = describe(data["store"]["state_url"])  # no password
+    click.echo(json.dumps(data, indent=2))
 
 
 @config.command("reference")

@@ -10,7 +10,10 @@
   exports its scores to OpenTelemetry (`Telemetry.record_drift`);
 * canary controllers: ``shadowtune controller run --once`` against this
   gateway's own admin API; each decision goes to the route's audit history (through the API),
-  ``<log_dir>/controller/decisions.jsonl`` and telemetry (`Telemetry.record_decision`).
+  the state backend's decision records and telemetry (`Telemetry.record_decision`).
+
+`Periodic` only needs a backend and a callable, so the same jobs can run in request workers
+or in a separate agent process.
 """
 
 from __future__ import annotations
