@@ -207,7 +207,9 @@ class AdminClient:
 
     def history(self, route: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         path = route_path(route, "/history") if route is not None else "/admin/history"
-        rows: list[dict[str, Any]] = self.request("GET", f"{path}?limit={int(limit)}")["data"]
+        rows = self.request("GET", f"{path}?limit={int(limit)}").get("data")
+        if not isinstance(rows, list):
+            raise AdminError(f"GET {path}: the gateway answered no history list")
         return rows
 
     # -- keys --------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ async def list_upstreams(request: Request) -> dict[str, Any]:
     return {"data": [{"name": n, **u.model_dump()} for n, u in sorted(ups.items())]}
 
 
-@router.put("/upstreams/{name}")
+@router.put("/upstreams/{name:path}")
 async def put_upstream(name: str, request: Request) -> dict[str, Any]:
     who = _admin(request)
     body = await _json(request)

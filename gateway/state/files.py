@@ -60,7 +60,7 @@ class FileBackend:
         finally:
             os.close(fd)
 
-    def _write_json(self, path: str, data: Any, mode: int | None = None) -> None:
+    def _write_json(self, path: str, data: Any, mode: int | None = None, *, sync: bool = True) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
@@ -68,8 +68,9 @@ class FileBackend:
                 if mode is not None:
                     os.chmod(tmp, mode)
                 json.dump(data, f, indent=1, sort_keys=True, default=str)
-                f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             self.health.failure(exc)
@@ -228,7 +229,7 @@ class FileBackend:
             now = time.time()
             result = fn(data, now)
             if json.dumps(data, sort_keys=True) != before:
-                self._write_json(path, data)
+                self._write_json(path, data, sync=False)  # renewed every few seconds: no fsync each time
             return result
 
     def acquire_lease(self, name: str, owner: str, ttl: float) -> Lease:
