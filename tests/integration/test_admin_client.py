@@ -86,7 +86,7 @@ def test_shadowtune_url_is_honoured_by_every_command(setup, monkeypatch, tmp_pat
             env=env,
         )
     )
-    deploy = [s for s in plan["plan"] if s["step"] == "deploy"][0]["target"]
+    deploy = next(s for s in plan["plan"] if s["step"] == "deploy")["target"]
     assert deploy.startswith(f"PATCH {gw.url}/admin/routes/")
     assert find_target(url=None).url == "http://127.0.0.1:8000"  # the fixture's environment has none
     monkeypatch.setenv("SHADOWTUNE_URL", gw.url + "/v1")
