@@ -58,7 +58,8 @@ def config(tmp_path: Any, name: str, fake_upstream: Any, state: str, **extra: An
 
 
 def serve(path: str, workers: int = 2) -> ServeProcess:
-    return ServeProcess(["--config", path, "--workers", str(workers), "--log-level", "warning"]).start()
+    proc = ServeProcess(["--config", path, "--workers", str(workers), "--log-level", "warning"])
+    return proc.start(timeout=90)  # several workers starting on a busy machine
 
 
 @pytest.fixture
@@ -330,6 +331,9 @@ def test_a_database_outage_keeps_calls_flowing_and_refuses_changes_clearly(tmp_p
         for p in procs:
             p.stop()
         pg.destroy()
+    log_text = a.proc.stderr.read().decode() if a.proc and a.proc.stderr else ""
+    assert "is unavailable (serving on the last known state; changes are refused)" in log_text
+    assert "is reachable again" in log_text and "s3cret-pw" not in log_text
     from gateway.store import LogStore
 
     logged = set()

@@ -95,11 +95,11 @@ class ServeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> ServeProcess:
+    def start(self, timeout: float = 20.0) -> ServeProcess:
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
-        wait_until_responds(self.url + "/healthz")
+        wait_until_responds(self.url + "/healthz", timeout)
         return self
 
     def kill9(self) -> None:
