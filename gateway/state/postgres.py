@@ -97,7 +97,7 @@ class PostgresBackend:
     def __init__(self, url: str, *, timeout: float = 3.0, min_size: int = 1, max_size: int = 4) -> None:
         try:
             import psycopg  # noqa: F401
-            from psycopg_pool import ConnectionPool
+            import psycopg_pool  # noqa: F401
         except ImportError as exc:  # pragma: no cover - the extra is not installed
             raise RuntimeError(
                 "store.state_url is a PostgreSQL URL but psycopg is not installed: "
@@ -109,14 +109,45 @@ class PostgresBackend:
         self._callbacks: list[Callable[[str], None]] = []
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
-        kwargs = {"connect_timeout": max(1, int(timeout)), "application_name": "shadowtune"}
-        self.pool = ConnectionPool(
-            url, min_size=min_size, max_size=max_size, kwargs=kwargs, timeout=timeout, open=False
-        )
-        self.pool.open(wait=False)
-        self.migrate()
+        self._recover_lock = threading.Lock()
+        self.pool = self._new_pool(min_size, max_size)
+        try:
+            self.migrate()
+        except StateUnavailable:
+            self.pool.close()
+            raise
 
     # -- connections -----------------------------------------------------------------------
+    def _new_pool(self, min_size: int = 1, max_size: int = 4) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        self._sizes = (min_size, max_size)
+        kwargs = {"connect_timeout": max(1, int(self.timeout)), "application_name": "shadowtune"}
+        pool = ConnectionPool(
+            self.url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=kwargs,
+            timeout=self.timeout,
+            open=False,
+            check=ConnectionPool.check_connection,  # a connection broken by a restart is never handed out
+        )
+        pool.open(wait=False)
+        return pool
+
+    def _recover(self) -> None:
+        """While the database is down: one direct connection says whether it is back (fast refusal
+        otherwise), and a fresh pool replaces the one whose connections the outage broke."""
+        import psycopg
+
+        with self._recover_lock:
+            if self.health.ok:
+                return
+            with psycopg.connect(self.url, connect_timeout=max(1, int(self.timeout))):
+                pass
+            old, self.pool = self.pool, self._new_pool(*self._sizes)
+            threading.Thread(target=old.close, daemon=True).start()
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         """A connection in a transaction; any database failure becomes `StateUnavailable`."""
@@ -124,6 +155,8 @@ class PostgresBackend:
         from psycopg_pool import PoolTimeout
 
         try:
+            if not self.health.ok:
+                self._recover()
             with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
@@ -343,7 +376,7 @@ class PostgresBackend:
                     )
                 self.health.listening = False
             self._closed.wait(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)
 
     def close(self) -> None:
         self._closed.set()
