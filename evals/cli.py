@@ -20,6 +20,7 @@ import click
 
 from evals import _reports
 from evals.errors import EvalError, JudgeError
+from gateway.admin_client import Target, target_options
 from gateway.store import LogStore, LogStoreError
 from gateway.store.layout import default_log_dir
 
@@ -493,11 +494,14 @@ def _policies(log_dir: str, policy_file: str | None, route: str | None) -> dict[
 @click.option("--route", help="Only this route.")
 @_policy_option
 @_common
-def triggers_status(route: str | None, policy_file: str | None, log_dir: str, as_json: bool) -> None:
+@target_options
+def triggers_status(
+    route: str | None, policy_file: str | None, log_dir: str, as_json: bool, target: Target
+) -> None:
     """Per route: the signals, whether a trigger would fire now, and the last run."""
     from evals.triggers import status
 
-    entries = status(log_dir, _policies(log_dir, policy_file, route))
+    entries = status(log_dir, _policies(log_dir, policy_file, route), state_at=target.state)
     if route is not None:
         entries = [e for e in entries if e["route"] == route]
     _emit(entries, as_json, _reports.format_trigger_status)
@@ -508,22 +512,25 @@ def triggers_status(route: str | None, policy_file: str | None, log_dir: str, as
 @click.option("--dry-run", is_flag=True, help="Show what would happen; write nothing.")
 @click.option("--force", is_flag=True, help="Run the pipeline even if no trigger fires.")
 @click.option(
-    "--admin-url", default="http://127.0.0.1:8000", show_default=True, help="Gateway base URL (admin API)."
+    "--every",
+    type=float,
+    help="Keep running: evaluate every this many seconds, once per interval across every process and host "
+    "running it (a lease in the state backend).",
 )
-@click.option(
-    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
-)
+@click.option("--admin-url", hidden=True, help="Former name of --url.")
 @_policy_option
 @_common
+@target_options
 def triggers_run(
     route: str | None,
     dry_run: bool,
     force: bool,
-    admin_url: str,
-    admin_token: str | None,
+    every: float | None,
+    admin_url: str | None,
     policy_file: str | None,
     log_dir: str,
     as_json: bool,
+    target: Target,
 ) -> None:
     """Evaluate the trigger policies and run the retraining pipeline where one fires."""
     from evals.triggers import Pipeline, run
@@ -531,14 +538,38 @@ def triggers_run(
     policies = _policies(log_dir, policy_file, route)
     if not policies:
         raise click.ClickException(f"no trigger policies in {policy_file or log_dir + '/triggers'}")
-    records = []
-    with LogStore.open(log_dir) as store:
-        for policy in policies.values():
-            pipeline = Pipeline.from_policy(policy, admin_url=admin_url, admin_token=admin_token)
-            records.append(run(policy, log_dir, pipeline, dry_run=dry_run, force=force, store=store))
-    _emit(records, as_json, lambda rs: "\n".join(_reports.format_trigger_run(r) for r in rs))
-    if any(r["status"] == "failed" for r in records):
-        sys.exit(1)
+    url = admin_url or target.url
+
+    def once() -> list[dict[str, Any]]:
+        records = []
+        with LogStore.open(log_dir) as store:
+            for policy in policies.values():
+                pipeline = Pipeline.from_policy(policy, admin_url=url, admin_token=target.token)
+                records.append(
+                    run(
+                        policy,
+                        log_dir,
+                        pipeline,
+                        dry_run=dry_run,
+                        force=force,
+                        store=store,
+                        state_at=target.state,
+                    )
+                )
+        _emit(records, as_json, lambda rs: "\n".join(_reports.format_trigger_run(r) for r in rs))
+        return records
+
+    if every is None:
+        if any(r["status"] == "failed" for r in once()):
+            sys.exit(1)
+        return
+    import asyncio
+
+    from gateway.jobs import Periodic
+    from gateway.state import open_backend
+
+    job = Periodic(open_backend(target.state), "triggers", every, once)
+    asyncio.run(job.run())
 
 
 def _register_outcomes() -> None:

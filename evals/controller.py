@@ -4,8 +4,8 @@ The decision is a pure function, `decide(policy, observation) -> Decision`, so i
 simulated on synthetic outcome streams without a log or a gateway. `CanaryController`
 wraps it: it reads the route from the gateway's admin API, computes the statistics from
 the call log, decides, acts through the admin API (``PATCH /admin/routes/{route}``) and
-writes every decision, with the numbers behind it, to
-``<log_dir>/controller/decisions.jsonl``.
+writes every decision, with the numbers behind it, to the gateway's state backend
+(``<log_dir>/controller/decisions.jsonl`` by default, or PostgreSQL: `gateway.state`).
 
 Rules, per check (``policy.check_interval_s``), while the route is in ``canary`` mode:
 
@@ -25,8 +25,8 @@ Rules, per check (``policy.check_interval_s``), while the route is in ``canary``
 3. Otherwise **wait**; also wait (never advance) while the split fails the
    sample-ratio-mismatch check at ``srm_alpha``.
 
-Operators pause it with ``shadowtune controller pause ROUTE`` (a ``paused`` flag in
-``<log_dir>/controller/<route>.json``); the gateway's own ``paused`` flag on the route is
+Operators pause it with ``shadowtune controller pause ROUTE`` (a ``paused`` flag in the
+controller's state document, ``<log_dir>/controller/<route>.json`` by default); the gateway's own ``paused`` flag on the route is
 honoured too.
 """
 
@@ -45,6 +45,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evals.canary_clock import canary_entered_at
 from evals.outcomes import (
     METRICS,
     ArmStats,
@@ -298,7 +299,7 @@ def _fmt(x: float | None) -> str:
 
 # -- the admin API client ----------------------------------------------------------------
 class AdminClient:
-    """The gateway's admin API, over HTTP: base URL plus bearer token."""
+    """The gateway's admin API (`gateway.admin_client`), raising `ControllerError`."""
 
     def __init__(
         self,
@@ -308,34 +309,31 @@ class AdminClient:
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
-        )
+        from gateway.admin_client import AdminClient as Client
+
+        self._client = Client(url, token, timeout=timeout, transport=transport)
 
     def get_route(self, route: str) -> dict[str, Any]:
-        return self._request("GET", route)
+        info: dict[str, Any] = self._call(self._client.get_route, route)
+        return info
 
     def set_route(self, route: str, *, mode: str, share: float, reason: str) -> dict[str, Any]:
         body = {"mode": mode, "share": float(share), "reason": reason, "actor": "controller"}
-        return self._request("PATCH", route, body)
+        info: dict[str, Any] = self._call(self._client.set_route, route, body)
+        return info
 
-    def _request(self, method: str, route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        path = "/admin/routes/" + urllib.parse.quote(route, safe="")
+    def history(self, route: str, limit: int = 1000) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call(self._client.history, route, limit)
+        return rows
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], *args: Any) -> Any:
+        from gateway.admin_client import AdminError
+
         try:
-            resp = self._client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise ControllerError(f"admin API {method} {path}: {exc}") from exc
-        if resp.status_code >= 400:
-            try:
-                message = resp.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = resp.text[:200]
-            raise ControllerError(f"admin API {method} {path}: HTTP {resp.status_code}: {message}")
-        data = resp.json()
-        if not isinstance(data, dict):
-            raise ControllerError(f"admin API {method} {path}: expected a JSON object")
-        return data
+            return fn(*args)
+        except AdminError as exc:
+            raise ControllerError(f"admin API {exc.message}") from exc
 
     def close(self) -> None:
         self._client.close()
@@ -348,6 +346,9 @@ class AdminClient:
 
 
 # -- state and decision log --------------------------------------------------------------
+# Kept in the gateway's state backend (`gateway.state`): ``location`` is its directory (the
+# log directory by default: ``<dir>/controller/<route>.json`` and ``decisions.jsonl``) or
+# its ``postgresql://`` URL.
 def controller_dir(log_dir: str) -> Path:
     return Path(log_dir) / "controller"
 
@@ -356,31 +357,36 @@ def state_path(log_dir: str, route: str) -> Path:
     return controller_dir(log_dir) / (urllib.parse.quote(route, safe="") + ".json")
 
 
-def read_state(log_dir: str, route: str) -> dict[str, Any]:
+def _backend(location: str) -> Any:
+    from gateway.state import open_backend
+
+    return open_backend(location)
+
+
+def read_state(location: str, route: str) -> dict[str, Any]:
     """The route's controller state (``{}`` when there is none yet)."""
-    path = state_path(log_dir, route)
+    from gateway.state import StateUnavailable
+
     try:
-        data = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ControllerError(f"cannot read controller state {path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+        return _backend(location).get_doc("controller", route) or {}
+    except StateUnavailable as exc:
+        raise ControllerError(f"cannot read controller state of {route}: {exc.message}") from exc
 
 
-def write_state(log_dir: str, route: str, state: dict[str, Any]) -> None:
-    path = state_path(log_dir, route)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+def write_state(location: str, route: str, state: dict[str, Any]) -> None:
+    from gateway.state import StateUnavailable
+
+    try:
+        _backend(location).put_doc("controller", route, state)
+    except StateUnavailable as exc:
+        raise ControllerError(f"cannot write controller state of {route}: {exc.message}") from exc
 
 
 def set_paused(
-    log_dir: str, route: str, paused: bool, *, actor: str = "operator", reason: str | None = None
+    location: str, route: str, paused: bool, *, actor: str = "operator", reason: str | None = None
 ) -> dict[str, Any]:
     """Pause or resume the controller for a route; returns the new state."""
-    state = read_state(log_dir, route)
+    state = read_state(location, route)
     state.update(
         {
             "route": route,
@@ -390,9 +396,9 @@ def set_paused(
             "paused_at": time.time() if paused else None,
         }
     )
-    write_state(log_dir, route, state)
+    write_state(location, route, state)
     record_decision(
-        log_dir,
+        location,
         {
             "ts": time.time(),
             "route": route,
@@ -404,33 +410,25 @@ def set_paused(
     return state
 
 
-def record_decision(log_dir: str, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``<log_dir>/controller/decisions.jsonl`` (one ``write``)."""
-    path = controller_dir(log_dir) / "decisions.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def record_decision(location: str, record: dict[str, Any]) -> None:
+    """Append one decision record (a JSON line in ``<dir>/controller/decisions.jsonl``, or a row)."""
+    from gateway.state import StateUnavailable
+
+    clean = orjson.loads(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
     try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+        _backend(location).append_record("decisions", clean)
+    except StateUnavailable as exc:
+        raise ControllerError(f"cannot record the decision: {exc.message}") from exc
 
 
-def read_decisions(log_dir: str, route: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    path = controller_dir(log_dir) / "decisions.jsonl"
+def read_decisions(location: str, route: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    from gateway.state import StateUnavailable
+
     try:
-        lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if route is None or rec.get("route") == route:
-            out.append(rec)
-    return out[-limit:] if limit else out
+        rows: list[dict[str, Any]] = _backend(location).records("decisions", route, limit)
+    except StateUnavailable as exc:
+        raise ControllerError(f"cannot read decisions: {exc.message}") from exc
+    return rows
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -446,10 +444,13 @@ class CanaryController:
         *,
         clock: Callable[[], float] = time.time,
         open_store: Callable[[str], Any] | None = None,
+        state: str | None = None,
     ) -> None:
         self.policy = policy
         self.admin = admin
         self.log_dir = log_dir
+        self.state = state or log_dir
+        """Where the controller's state and decisions live (`gateway.state`): the log dir by default."""
         self.route = route
         self.clock = clock
         if open_store is None:
@@ -461,11 +462,11 @@ class CanaryController:
     def check(self) -> dict[str, Any]:
         """One check; returns (and records) the decision record."""
         now = self.clock()
-        state = read_state(self.log_dir, self.route)
+        state = read_state(self.state, self.route)
         record: dict[str, Any] = {"ts": now, "route": self.route}
         if state.get("paused"):
             record.update(action="paused", reason=f"paused by {state.get('paused_by') or 'an operator'}")
-            record_decision(self.log_dir, record)
+            record_decision(self.state, record)
             return record
         info = self.admin.get_route(self.route)
         share = float(info.get("share") or 0.0)
@@ -478,21 +479,25 @@ class CanaryController:
         )
         if info.get("paused"):
             record.update(action="paused", reason="route paused in the gateway", share_from=share)
-            record_decision(self.log_dir, record)
+            record_decision(self.state, record)
             return record
         if mode != "canary":
             state.update(route=self.route, canary_started_at=None, step_started_at=None, step_share=None)
-            write_state(self.log_dir, self.route, state)
+            write_state(self.state, self.route, state)
             decision = decide(
                 self.policy, Observation(mode, share, ArmStats("baseline"), ArmStats("candidate"))
             )
             record.update(decision.to_dict())
-            record_decision(self.log_dir, record)
+            record_decision(self.state, record)
             return record
 
         if state.get("candidate") != info.get("candidate") or not state.get("canary_started_at"):
+            entered, step_at = self._entered_canary(info, share, now)
             state.update(
-                candidate=info.get("candidate"), canary_started_at=now, step_started_at=now, step_share=share
+                candidate=info.get("candidate"),
+                canary_started_at=entered,
+                step_started_at=step_at,
+                step_share=share,
             )
         elif state.get("step_share") != share:
             state.update(step_started_at=now, step_share=share)
@@ -521,10 +526,25 @@ class CanaryController:
                 if decision.action == "rollback" or decision.mode_to == "primary":
                     state.update(canary_started_at=None)
         state.update(route=self.route, last_check_at=now, last_action=decision.action)
-        write_state(self.log_dir, self.route, state)
-        record_decision(self.log_dir, record)
+        write_state(self.state, self.route, state)
+        record_decision(self.state, record)
         log.info("controller %s: %s", self.route, decision.reason)
         return record
+
+    def _entered_canary(self, info: dict[str, Any], share: float, now: float) -> tuple[float, float]:
+        """When the route entered canary with this candidate, and when its share became ``share``.
+
+        From the route's audit history (the admin API), so the clock does not start at the
+        controller's first look; ``now`` for both when the history does not say (a config-file
+        canary, or a gateway without history)."""
+        history = getattr(self.admin, "history", None)
+        if history is None:
+            return now, now
+        try:
+            rows = history(self.route)
+        except ControllerError:
+            return now, now
+        return canary_entered_at(rows, info.get("candidate"), share, now)
 
     def _observe(
         self, mode: str, share: float, canary_since: float, step_since: float, now: float

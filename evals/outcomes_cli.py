@@ -24,6 +24,7 @@ from evals.controller import (
     set_paused,
 )
 from evals.outcomes import OutcomesError, outcomes_report
+from gateway.admin_client import Target, target_options
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -164,19 +165,6 @@ def controller() -> None:
 @click.option("--route", required=True, help="Route to control.")
 @click.option("--once", is_flag=True, help="Check once and exit.")
 @click.option(
-    "--url",
-    envvar="SHADOWTUNE_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    help="Gateway base URL (env SHADOWTUNE_URL).",
-)
-@click.option(
-    "--admin-token",
-    envvar="SHADOWTUNE_ADMIN_TOKEN",
-    default=None,
-    help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN).",
-)
-@click.option(
     "--policy",
     "policy_file",
     type=click.Path(exists=True, dir_okay=False),
@@ -185,11 +173,11 @@ def controller() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each decision as JSON.")
 @_log_dir_option
+@target_options
 def run(
     route: str,
     once: bool,
-    url: str,
-    admin_token: str | None,
+    target: Target,
     policy_file: str | None,
     as_json: bool,
     log_dir: str,
@@ -197,8 +185,8 @@ def run(
     """Check the route's canary every interval; roll back, advance or wait."""
     try:
         policy = CanaryPolicy.from_file(policy_file, route) if policy_file else CanaryPolicy(route=route)
-        with AdminClient(url, admin_token) as admin:
-            ctl = CanaryController(policy, admin, log_dir, route)
+        with AdminClient(target.url, target.token) as admin:
+            ctl = CanaryController(policy, admin, log_dir, route, state=target.state)
             if once:
                 _echo_decision(ctl.check(), as_json)
                 return
@@ -226,10 +214,11 @@ def _echo_decision(record: dict[str, Any], as_json: bool) -> None:
 @click.argument("route")
 @click.option("--reason", default=None, help="Why, for the decision log.")
 @_log_dir_option
-def pause(route: str, reason: str | None, log_dir: str) -> None:
+@target_options
+def pause(route: str, reason: str | None, log_dir: str, target: Target) -> None:
     """Pause the controller for ROUTE (it keeps checking but never acts)."""
     try:
-        set_paused(log_dir, route, True, reason=reason)
+        set_paused(target.state, route, True, reason=reason)
     except (ControllerError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Controller paused for route {route}.")
@@ -238,10 +227,11 @@ def pause(route: str, reason: str | None, log_dir: str) -> None:
 @controller.command("resume")
 @click.argument("route")
 @_log_dir_option
-def resume(route: str, log_dir: str) -> None:
+@target_options
+def resume(route: str, log_dir: str, target: Target) -> None:
     """Resume the controller for ROUTE."""
     try:
-        set_paused(log_dir, route, False)
+        set_paused(target.state, route, False)
     except (ControllerError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Controller resumed for route {route}.")
@@ -252,13 +242,14 @@ def resume(route: str, log_dir: str) -> None:
 @click.option("-n", "--count", default=5, show_default=True, help="Recent decisions to show.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @_log_dir_option
-def status(route: str, count: int, as_json: bool, log_dir: str) -> None:
+@target_options
+def status(route: str, count: int, as_json: bool, log_dir: str, target: Target) -> None:
     """The controller's state for ROUTE and its recent decisions."""
     try:
-        state = read_state(log_dir, route)
+        state = read_state(target.state, route)
+        decisions = read_decisions(target.state, route, limit=count)
     except ControllerError as exc:
         raise click.ClickException(str(exc)) from exc
-    decisions = read_decisions(log_dir, route, limit=count)
     if as_json:
         click.echo(
             orjson.dumps(

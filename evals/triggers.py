@@ -15,12 +15,12 @@ as ``module:function`` (the trainer provides them); deploy defaults to the gatew
 API (``PATCH /admin/routes/{route}``, ``mode: shadow``: a new model never reaches users
 straight away). When the fast eval's result has ``wins`` false, the run stops there.
 
-Files, under ``<log_dir>/triggers/``::
-
-    policies.yaml            the policies (or policies.json)
-    state.json               per route: last training time, model, dataset, run
-    runs/<run_id>.json       every run: reasons, signals, each step's result; rewritten after each step
-    <route>.lock             held while a run is in progress
+The policies are a file, ``<log_dir>/triggers/policies.yaml`` (or ``.json``). The state is
+in the gateway's state backend (`gateway.state`; by default files under ``<log_dir>/triggers/``,
+or PostgreSQL): per route the last training time, model, dataset and run
+(``state/<route>.json``); every run's reasons, signals and step results, rewritten after
+each step (``runs/<run_id>.json``); and a lease ``trigger-run-<route>`` held (and renewed)
+while a run is in progress, so one route never trains twice at once, on any host.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import importlib
 import json
 import os
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from evals.drift import load_reports
@@ -123,41 +121,43 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+def _backend(location: str) -> Any:
+    from gateway.state import open_backend
+
+    return open_backend(location)
 
 
-def load_state(log_dir: str) -> dict[str, dict[str, Any]]:
-    path = Path(log_dir) / "triggers" / "state.json"
+def _state_call(fn: Callable[..., Any], *args: Any) -> Any:
+    from gateway.state import StateUnavailable
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TriggerError(f"cannot read trigger state {path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+        return fn(*args)
+    except StateUnavailable as exc:
+        raise TriggerError(f"trigger state: {exc.message}") from exc
 
 
-def _update_state(log_dir: str, route: str, **values: Any) -> None:
-    state = load_state(log_dir)
-    state.setdefault(route, {}).update(values)
-    _write_json(Path(log_dir) / "triggers" / "state.json", state)
+def load_state(location: str) -> dict[str, dict[str, Any]]:
+    """Per route: last training time, model, dataset, run (from the state backend at ``location``)."""
+    docs = _state_call(_backend(location).list_docs, "trigger_state")
+    return {str(d["route"]): d for d in docs if isinstance(d, dict) and d.get("route")}
 
 
-def load_runs(log_dir: str, route: str | None = None) -> list[dict[str, Any]]:
+def _update_state(location: str, route: str, **values: Any) -> None:
+    backend = _backend(location)
+    state = _state_call(backend.get_doc, "trigger_state", route) or {}
+    state.update(values, route=route)
+    _state_call(backend.put_doc, "trigger_state", route, json.loads(json.dumps(state, default=str)))
+
+
+def load_runs(location: str, route: str | None = None) -> list[dict[str, Any]]:
     """Recorded runs, oldest first."""
-    out = []
-    for p in sorted((Path(log_dir) / "triggers" / "runs").glob("trig_*.json")):
-        try:
-            run = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if route is None or run.get("route") == route:
-            out.append(run)
-    return out
+    runs = _state_call(_backend(location).list_docs, "trigger_run")
+    return [r for r in runs if route is None or r.get("route") == route]
+
+
+def _save_run(location: str, record: dict[str, Any]) -> None:
+    doc = json.loads(json.dumps(record, default=str))
+    _state_call(_backend(location).put_doc, "trigger_run", record["run_id"], doc)
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -221,9 +221,11 @@ def _guardrail(log_dir: str, path: str | None, since: dt.datetime | None) -> dic
     }
 
 
-def evaluate(policy: TriggerPolicy, log_dir: str, store: LogStore | None = None) -> Evaluation:
-    """Read the signals of ``policy``'s route and say whether it fires."""
-    state = load_state(log_dir).get(policy.route, {})
+def evaluate(
+    policy: TriggerPolicy, log_dir: str, store: LogStore | None = None, *, state_at: str | None = None
+) -> Evaluation:
+    """Read the signals of ``policy``'s route and say whether it fires (state: ``state_at`` or the log dir)."""
+    state = load_state(state_at or log_dir).get(policy.route, {})
     since = _parse_time(state.get("last_training_at"))
     reasons: list[str] = []
     signals: dict[str, Any] = {"last_training_at": state.get("last_training_at")}
@@ -306,24 +308,18 @@ class AdminDeploy:
             name = name.get("name") or name.get("model")
         if not name:
             raise TriggerError("nothing to deploy: register returned no model name", step="deploy")
+        from gateway.admin_client import AdminClient, AdminError
+
         body = {"candidate": str(name), "mode": "shadow", "reason": f"trigger {ctx.run_id}: {ctx.reason}"}
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            resp = httpx.patch(
-                f"{self.url}/admin/routes/{ctx.route}", json=body, headers=headers, timeout=self.timeout
-            )
-        except httpx.HTTPError as exc:
-            raise TriggerError(
-                f"cannot reach the gateway admin API at {self.url}: {exc!r}", step="deploy"
-            ) from exc
-        if resp.status_code >= 400:
-            raise TriggerError(
-                f"admin API refused the deploy: HTTP {resp.status_code}: {resp.text[:200]}", step="deploy"
-            )
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = resp.text[:200]
+        with AdminClient(self.url, self.token, timeout=self.timeout) as client:
+            try:
+                answer = client.set_route(ctx.route, body)
+            except AdminError as exc:
+                if exc.status == 0:
+                    raise TriggerError(
+                        f"cannot reach the gateway admin API: {exc.message}", step="deploy"
+                    ) from exc
+                raise TriggerError(f"admin API refused the deploy: {exc.message}", step="deploy") from exc
         return {"candidate": str(name), "mode": "shadow", "admin_response": answer}
 
 
@@ -364,18 +360,19 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def _route_lock(log_dir: str, route: str) -> Iterator[None]:
-    path = Path(log_dir) / "triggers" / f"{route}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+def _route_lock(location: str, route: str) -> Iterator[None]:
+    """One run per route at a time, across hosts: a lease in the state backend, renewed while it runs."""
+    from gateway.state import LeaseBusy, StateUnavailable, hold
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise TriggerError(f"a trigger run for route {route} is already in progress") from exc
-        yield
-    finally:
-        os.close(fd)
+        with hold(
+            _backend(location), f"trigger-run-{route}", ttl=60.0, what=f"a trigger run for route {route}"
+        ):
+            yield
+    except LeaseBusy as exc:
+        raise TriggerError(str(exc)) from exc
+    except StateUnavailable as exc:
+        raise TriggerError(f"trigger state: {exc.message}") from exc
 
 
 def _jsonable(value: Any) -> Any:
@@ -400,13 +397,15 @@ def run(
     dry_run: bool = False,
     force: bool = False,
     store: LogStore | None = None,
+    state_at: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the policy and, when it fires (or ``force``), run the pipeline; returns the run record.
 
     A dry run or a policy that does not fire writes nothing and returns ``status``
     ``dry_run`` or ``not_triggered`` with the signals and the steps that would run.
     """
-    ev = evaluate(policy, log_dir, store)
+    loc = state_at or log_dir
+    ev = evaluate(policy, log_dir, store, state_at=loc)
     reasons = list(ev.reasons) or (["forced by operator"] if force else [])
     record: dict[str, Any] = {
         "route": policy.route,
@@ -423,15 +422,14 @@ def run(
     run_id = new_id("trig")
     started = _now()
     record.update(run_id=run_id, started_at=_iso(started), status="running")
-    path = Path(log_dir) / "triggers" / "runs" / f"{run_id}.json"
     since = _parse_time(ev.signals.get("last_training_at"))
     ctx = PipelineContext(policy.route, policy, log_dir, run_id, "; ".join(reasons), since)
-    with _route_lock(log_dir, policy.route):
-        _write_json(path, record)
+    with _route_lock(loc, policy.route):
+        _save_run(loc, record)
         for name in STEPS:
             entry: dict[str, Any] = {"step": name, "started_at": _iso(_now()), "status": "running"}
             record["steps"].append(entry)
-            _write_json(path, record)
+            _save_run(loc, record)
             try:
                 result = getattr(pipeline, name)(ctx)
             except Exception as exc:  # a step is user code: record whatever it raised
@@ -441,7 +439,7 @@ def run(
             ctx.results[name] = result
             entry.update(status="ok", result=_jsonable(result), finished_at=_iso(_now()))
             if name == "train":
-                _update_state(log_dir, policy.route, last_training_at=_iso(started), last_run_id=run_id)
+                _update_state(loc, policy.route, last_training_at=_iso(started), last_run_id=run_id)
             if name == "evaluate" and not _wins(result):
                 record["status"] = "rejected"
                 break
@@ -449,7 +447,7 @@ def run(
             record["status"] = "deployed"
             deployed = ctx.results.get("deploy") or {}
             _update_state(
-                log_dir,
+                loc,
                 policy.route,
                 last_deployed_model=deployed.get("candidate")
                 if isinstance(deployed, Mapping)
@@ -457,23 +455,26 @@ def run(
                 last_deployed_at=_iso(_now()),
             )
         record["finished_at"] = _iso(_now())
-        _write_json(path, record)
+        _save_run(loc, record)
     _update_state(
-        log_dir, policy.route, last_run_id=run_id, last_run_status=record["status"], last_reason=ctx.reason
+        loc, policy.route, last_run_id=run_id, last_run_status=record["status"], last_reason=ctx.reason
     )
     return record
 
 
-def status(log_dir: str, policies: Mapping[str, TriggerPolicy]) -> list[dict[str, Any]]:
+def status(
+    log_dir: str, policies: Mapping[str, TriggerPolicy], *, state_at: str | None = None
+) -> list[dict[str, Any]]:
     """Per route: policy, state, whether it would fire now, and its last run."""
-    state = load_state(log_dir)
+    loc = state_at or log_dir
+    state = load_state(loc)
     routes = sorted(set(policies) | set(state))
     out = []
     store = LogStore.open(log_dir) if any(p.new_examples for p in policies.values()) else None
     try:
         for route in routes:
             policy = policies.get(route)
-            runs = load_runs(log_dir, route)
+            runs = load_runs(loc, route)
             entry: dict[str, Any] = {
                 "route": route,
                 "policy": dataclasses.asdict(policy) if policy else None,
@@ -482,7 +483,7 @@ def status(log_dir: str, policies: Mapping[str, TriggerPolicy]) -> list[dict[str
                 "last_run": runs[-1] if runs else None,
             }
             if policy is not None:
-                ev = evaluate(policy, log_dir, store)
+                ev = evaluate(policy, log_dir, store, state_at=loc)
                 entry.update(would_fire=ev.fire, reasons=ev.reasons, signals=ev.signals)
             out.append(entry)
     finally:

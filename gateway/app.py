@@ -103,8 +103,8 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
         wal_fsync_ms=store.wal_fsync_ms,
         create_bucket=store.create_bucket,
     )
-    auth = Authenticator(store.state_path, settings.server.auth)
     routes = RouteStateStore(settings)
+    auth = Authenticator(store.state_path, settings.server.auth, backend=routes.backend)
     shadow = ShadowRunner(settings.shadow.max_in_flight, settings.shadow.queue_size)
     hot = HotPath(settings, writer, routes, auth, shadow)
     ctx = Context(settings=settings, writer=writer, routes=routes, auth=auth, shadow=shadow, hot=hot)

@@ -1,20 +1,23 @@
 """Client API keys: issued and revoked by ``shadowtune keys``, stored as SHA-256 hashes only.
 
-The key file is ``<log_dir>/keys.json``. The gateway re-reads it when it changes (checked
-at most once a second), so a revoked key stops working without a restart. Each key has a
+Keys live in the state backend (`gateway.state`): ``<state dir>/keys.json`` by default, or
+the ``client_keys`` table of PostgreSQL. The gateway re-reads them when they change (within
+a second; at once on a database notification), so a revoked key stops working without a
+restart. Each key has a
 name; the name, never the key, is what the call log records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import secrets
+import threading
 import time
 from typing import Any
 
-from gateway.errors import Unauthorized
+from gateway.errors import GatewayError, Unauthorized
 
 KEY_PREFIX = "sk-st-"
 
@@ -24,77 +27,81 @@ def _hash(key: str) -> str:
 
 
 class KeyFile:
-    def __init__(self, log_dir: str) -> None:
-        self.path = os.path.join(log_dir, "keys.json")
+    """Client keys in the state backend at ``location`` (a directory or a ``postgresql://`` URL)."""
+
+    def __init__(self, location: str, *, backend: Any = None) -> None:
+        from gateway import state
+
+        self.backend = backend or state.open_backend(location)
+        self.path = os.path.join(location, "keys.json")  # the file backend's file
 
     def load(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path) as f:
-                return list(json.load(f)["keys"])
-        except (FileNotFoundError, NotADirectoryError):  # no key file (yet): no keys
-            return []
-
-    def _save(self, keys: list[dict[str, Any]]) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"keys": keys}, f, indent=1)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        found = self.backend.keys_if_changed(None)
+        return list(found[1]) if found else []
 
     def create(self, name: str) -> str:
-        keys = self.load()
-        if any(k["name"] == name and not k.get("revoked") for k in keys):
-            raise ValueError(f"a key named {name!r} already exists")
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        keys.append(
-            {"name": name, "hash": _hash(key), "prefix": key[:10], "created": time.time(), "revoked": None}
-        )
-        self._save(keys)
+        record = {
+            "name": name,
+            "hash": _hash(key),
+            "prefix": key[:10],
+            "created": time.time(),
+            "revoked": None,
+        }
+        self.backend.add_key(record)
         return key
 
     def revoke(self, name: str) -> None:
-        keys = self.load()
-        found = False
-        for k in keys:
-            if k["name"] == name and not k.get("revoked"):
-                k["revoked"] = time.time()
-                found = True
-        if not found:
-            raise ValueError(f"no active key named {name!r}")
-        self._save(keys)
+        self.backend.revoke_key(name, time.time())
 
 
 class Authenticator:
-    """Checks callers' bearer keys on the request path (a dict lookup)."""
+    """Checks callers' bearer keys on the request path (a dict lookup).
 
-    def __init__(self, log_dir: str, mode: str) -> None:
+    The key set is refreshed off the request path for a database backend (`refresh`, called
+    by the background poll and on change notifications); the file backend's ``stat`` is cheap
+    enough to do inline, at most once a second. While the backend is unreachable the last
+    known keys keep working.
+    """
+
+    def __init__(self, location: str, mode: str, *, backend: Any = None) -> None:
         self.mode = mode
-        self.file = KeyFile(log_dir)
+        self.file = KeyFile(location, backend=backend)
+        self._inline = self.file.backend.kind == "files"
         self._by_hash: dict[str, str] = {}
         self._cache: dict[bytes, str] = {}
-        self._mtime: float | None = None
+        self._marker: Any = None
         self._checked = 0.0
-        self._refresh(force=True)
+        self._lock = threading.Lock()
+        self.refresh()
+        self.file.backend.subscribe(self._notified)
 
     @property
     def open(self) -> bool:
         return self.mode == "open" or (self.mode == "auto" and not self._by_hash)
 
-    def _refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < 1.0:
-            return
-        self._checked = now
-        try:
-            mtime = os.stat(self.file.path).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):  # no key file (yet): no keys
-            mtime = None
-        if mtime == self._mtime and not force:
-            return
-        self._mtime = mtime
-        self._by_hash = {k["hash"]: k["name"] for k in self.file.load() if not k.get("revoked")}
-        self._cache.clear()
+    def _notified(self, what: str) -> None:
+        if what in ("keys", "reconnected"):
+            with contextlib.suppress(GatewayError):
+                self.refresh()
+
+    def refresh(self) -> bool:
+        """Re-read the keys if they changed; True when they did."""
+        with self._lock:
+            self._checked = time.monotonic()
+            found = self.file.backend.keys_if_changed(self._marker)
+            if found is None:
+                return False
+            self._marker = found[0]
+            by_hash = {k["hash"]: k["name"] for k in found[1] if not k.get("revoked")}
+            self._cache = {}
+            self._by_hash = by_hash
+            return True
+
+    def _refresh(self) -> None:
+        if self._inline and time.monotonic() - self._checked >= 1.0:
+            with contextlib.suppress(GatewayError):
+                self.refresh()
 
     def check(self, authorization: bytes | None) -> str | None:
         """The key's name, or None in open mode; `Unauthorized` otherwise."""

@@ -165,22 +165,41 @@ def keys() -> None:
 
 
 def _log_dir_option(f: Any) -> Any:
-    return click.option(
+    from gateway.admin_client import target_options
+
+    f = click.option(
         "--log-dir", default=default_log_dir, show_default="./shadowtune-data", help="Call log directory."
     )(f)
+    return target_options(f)
+
+
+def _keys(target: Any) -> Any:
+    from gateway.auth import KeyFile
+    from gateway.state import StateUnavailable, describe
+
+    try:
+        return KeyFile(target.state)
+    except (StateUnavailable, RuntimeError) as exc:
+        raise click.ClickException(f"cannot reach the state at {describe(target.state)}: {exc}") from None
+
+
+def _state_errors(fn: Any, *args: Any) -> Any:
+    from gateway.state import StateUnavailable
+
+    try:
+        return fn(*args)
+    except StateUnavailable as exc:
+        raise click.ClickException(exc.message) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @keys.command("create")
 @click.argument("name")
 @_log_dir_option
-def keys_create(name: str, log_dir: str) -> None:
+def keys_create(name: str, log_dir: str, target: Any) -> None:
     """Issue a key named NAME; prints it once."""
-    from gateway.auth import KeyFile
-
-    try:
-        key = KeyFile(log_dir).create(name)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    key = _state_errors(_keys(target).create, name)
     click.echo(key)
     click.echo(f"key {name!r} created; it is shown only once", err=True)
 
@@ -188,11 +207,9 @@ def keys_create(name: str, log_dir: str) -> None:
 @keys.command("list")
 @_log_dir_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def keys_list(log_dir: str, as_json: bool) -> None:
+def keys_list(log_dir: str, as_json: bool, target: Any) -> None:
     """List keys (names and prefixes, never the keys)."""
-    from gateway.auth import KeyFile
-
-    rows = [{k: v for k, v in row.items() if k != "hash"} for row in KeyFile(log_dir).load()]
+    rows = [{k: v for k, v in row.items() if k != "hash"} for row in _state_errors(_keys(target).load)]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -203,14 +220,9 @@ def keys_list(log_dir: str, as_json: bool) -> None:
 @keys.command("revoke")
 @click.argument("name")
 @_log_dir_option
-def keys_revoke(name: str, log_dir: str) -> None:
+def keys_revoke(name: str, log_dir: str, target: Any) -> None:
     """Revoke the key named NAME (a running gateway stops accepting it within a second)."""
-    from gateway.auth import KeyFile
-
-    try:
-        KeyFile(log_dir).revoke(name)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    _state_errors(_keys(target).revoke, name)
     click.echo(f"key {name!r} revoked")
 
 
@@ -225,7 +237,12 @@ def config() -> None:
 def config_show(config_path: str | None) -> None:
     """Print the effective settings (secrets masked)."""
     settings = _settings(config_path)
-    click.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    data = settings.model_dump(mode="json")
+    if data["store"].get("state_url"):
+        from gateway.state import describe
+
+        data["store"]["state_url"] = describe(data["store"]["state_url"])  # no password
+    click.echo(json.dumps(data, indent=2))
 
 
 @config.command("reference")

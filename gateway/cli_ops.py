@@ -337,63 +337,20 @@ def logs_prune(log_dir: str, before: str, yes: bool, as_json: bool) -> None:
 
 
 # -- routes (admin API) --------------------------------------------------------------------
-def _admin_token_from_config(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
-    """``--config FILE``: take the admin token from the config's ``server.admin_token``."""
-    if value is None:
-        return None
-    from gateway.config import read_config_file
+def _admin_call(target: Any, fn: Any, *args: Any) -> Any:
+    from gateway.admin_client import AdminClient, AdminError
 
-    try:
-        token = (read_config_file(value).get("server") or {}).get("admin_token")
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(str(exc)) from None
-    if token:
-        ctx.meta["shadowtune.config_admin_token"] = str(token)
-    return value
-
-
-def _admin_token(ctx: click.Context, _: click.Parameter, value: str | None) -> str | None:
-    # click processes options given on the command line first, so --config has run by now
-    return value or os.environ.get("SHADOWTUNE_ADMIN_TOKEN") or ctx.meta.get("shadowtune.config_admin_token")
+    with AdminClient.for_target(target) as client:
+        try:
+            return fn(client, *args)
+        except AdminError as exc:
+            raise click.ClickException(exc.message) from None
 
 
 def _admin_opts(f: Any) -> Any:
-    f = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(exists=True, dir_okay=False),
-        callback=_admin_token_from_config,
-        expose_value=False,
-        help="Read the admin token from this config file (server.admin_token).",
-    )(f)
-    f = click.option(
-        "--url",
-        default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"),
-        show_default="http://127.0.0.1:8000",
-        help="Running gateway.",
-    )(f)
-    f = click.option(
-        "--admin-token",
-        callback=_admin_token,
-        help="Admin token (default: env SHADOWTUNE_ADMIN_TOKEN, else --config's server.admin_token).",
-    )(f)
-    return f
+    from gateway.admin_client import target_options
 
-
-def _admin(method: str, url: str, token: str | None, path: str, body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        resp = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from None
-    data = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-    if resp.status_code >= 400:
-        err = data.get("error") or {}
-        param = f" ({err['param']})" if err.get("param") else ""
-        raise click.ClickException(f"{resp.status_code}: {err.get('message') or resp.text}{param}")
-    return data
+    return target_options(f)
 
 
 @click.group()
@@ -404,9 +361,9 @@ def routes() -> None:
 @routes.command("list")
 @_admin_opts
 @_json
-def routes_list(url: str, admin_token: str | None, as_json: bool) -> None:
+def routes_list(target: Any, as_json: bool) -> None:
     """List routes and their modes."""
-    data = _admin("GET", url, admin_token, "/admin/routes")
+    data = _admin_call(target, lambda c: c.routes())
     if as_json:
         _echo_json(data)
         return
@@ -421,9 +378,9 @@ def routes_list(url: str, admin_token: str | None, as_json: bool) -> None:
 @routes.command("show")
 @click.argument("route")
 @_admin_opts
-def routes_show(route: str, url: str, admin_token: str | None) -> None:
+def routes_show(route: str, target: Any) -> None:
     """Show one route's state."""
-    _echo_json(_admin("GET", url, admin_token, f"/admin/routes/{route}"))
+    _echo_json(_admin_call(target, lambda c: c.get_route(route)))
 
 
 @routes.command("set")
@@ -437,14 +394,14 @@ def routes_show(route: str, url: str, admin_token: str | None) -> None:
 @click.option("--salt", help="Canary hash salt.")
 @click.option("--reason", help="Why (kept in the audit history).")
 @_admin_opts
-def routes_set(route: str, url: str, admin_token: str | None, reason: str | None, **changes: Any) -> None:
+def routes_set(route: str, target: Any, reason: str | None, **changes: Any) -> None:
     """Change a route's split, e.g. --mode canary --share 10 --reason 'ticket 123'."""
     body = {k: v for k, v in changes.items() if v is not None}
     if not body:
         raise click.UsageError("nothing to change")
     body["reason"] = reason
     body["actor"] = os.environ.get("USER") or "cli"
-    _echo_json(_admin("PATCH", url, admin_token, f"/admin/routes/{route}", body))
+    _echo_json(_admin_call(target, lambda c: c.set_route(route, body)))
 
 
 @routes.command("history")
@@ -452,10 +409,9 @@ def routes_set(route: str, url: str, admin_token: str | None, reason: str | None
 @_admin_opts
 @_json
 @click.option("-n", "--count", default=50, show_default=True)
-def routes_history(route: str | None, url: str, admin_token: str | None, as_json: bool, count: int) -> None:
+def routes_history(route: str | None, target: Any, as_json: bool, count: int) -> None:
     """Audit history of route changes (who, when, why, before, after)."""
-    path = f"/admin/routes/{route}/history?limit={count}" if route else f"/admin/history?limit={count}"
-    rows = _admin("GET", url, admin_token, path)["data"]
+    rows = _admin_call(target, lambda c: c.history(route, count))
     if as_json:
         _echo_json(rows)
         return

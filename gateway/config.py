@@ -151,6 +151,10 @@ class StoreConfig(_Section):
     state_dir: str | None = None
     """Directory of the live route state and client keys (default: the log directory; required, and shared
     by all replicas, when the log is in object storage)."""
+    state_url: str | None = None
+    """Where the control-plane state lives (route state and history, client keys, controller and trigger
+    state, job leases): a directory (default: `state_dir`; right for one host) or ``postgresql://user@host/db``
+    for several hosts (``pip install 'shadowtune[postgres]'``; password from ``PGPASSWORD`` or the URL)."""
     flush_interval: float = 1.0
     """Seconds between Parquet flushes."""
     max_pending: int = 100_000

@@ -1,13 +1,19 @@
 """Background jobs of a gateway worker; none of them touches the request path.
 
-* route-state polling (every worker): picks up admin changes made through any worker or replica;
-* regeneration detection over the log (one leader at a time, ``flock``);
-* scheduled drift checks (one leader at a time): runs ``shadowtune drift check --json`` as a
+* state polling (every worker): picks up route and key changes made through any worker or
+  replica (the fallback for the backend's notifications);
+* periodic jobs, each run by `Periodic` exactly once per interval across every worker and
+  replica (a lease in the state backend: owner, expiry, last run):
+* regeneration detection over the log;
+* scheduled drift checks: runs ``shadowtune drift check --json`` as a
   subprocess — the gateway never imports ``evals`` — stores the report through that command and
   exports its scores to OpenTelemetry (`Telemetry.record_drift`);
-* canary controllers (one leader at a time): ``shadowtune controller run --once`` against this
+* canary controllers: ``shadowtune controller run --once`` against this
   gateway's own admin API; each decision goes to the route's audit history (through the API),
-  ``<log_dir>/controller/decisions.jsonl`` and telemetry (`Telemetry.record_decision`).
+  the state backend's decision records and telemetry (`Telemetry.record_decision`).
+
+`Periodic` only needs a backend and a callable, so the same jobs can run in request workers
+or in a separate agent process.
 """
 
 from __future__ import annotations
@@ -19,40 +25,134 @@ import functools
 import json
 import logging
 import os
+import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from gateway.state import Lease, StateUnavailable
 
 log = logging.getLogger("shadowtune.jobs")
 
 
 def start(ctx: Any) -> list[asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(poll_routes(ctx.routes))]
+    tasks = [loop.create_task(poll_state(ctx.routes, getattr(ctx, "auth", None)))]
     settings = ctx.settings
+    backend = ctx.routes.backend
     if settings.signals.detect_interval_s > 0:
-        tasks.append(
-            loop.create_task(_every(settings.signals.detect_interval_s, lambda: detect_regenerations(ctx)))
+        job = Periodic(
+            backend, "signals", settings.signals.detect_interval_s, lambda: detect_regenerations(ctx)
         )
+        tasks.append(loop.create_task(job.run()))
     for ctl in settings.controller.routes:
-        tasks.append(loop.create_task(_every(ctl.every_s, functools.partial(run_controller, ctx, ctl))))
+        job = Periodic(
+            backend, f"controller-{ctl.route}", ctl.every_s, functools.partial(run_controller, ctx, ctl)
+        )
+        tasks.append(loop.create_task(job.run()))
     for check in settings.drift.checks:
-        tasks.append(loop.create_task(_every(check.every_s, functools.partial(run_drift_check, ctx, check))))
+        job = Periodic(
+            backend, f"drift-{check.route}", check.every_s, functools.partial(run_drift_check, ctx, check)
+        )
+        tasks.append(loop.create_task(job.run()))
     return tasks
 
 
-async def poll_routes(routes: Any) -> None:
+async def poll_state(routes: Any, auth: Any = None) -> None:
+    """Fallback for the backend's change notifications: re-read route state and keys."""
     while True:
-        await asyncio.sleep(routes.poll_interval)
+        listening = getattr(routes.backend.health, "listening", None)
+        await asyncio.sleep(routes.poll_interval if not listening else max(routes.poll_interval, 5.0))
         try:
             if await asyncio.to_thread(routes.reload):
                 log.info("route state version %d loaded", routes.snapshot.version)
+            if auth is not None:
+                await asyncio.to_thread(auth.refresh)
+        except StateUnavailable:
+            pass  # reported by the backend's health (log, /healthz, metrics); keep the last state
         except Exception as exc:  # keep polling whatever happens
             log.error("route state poll failed: %r", exc)
 
 
+poll_routes = poll_state  # the former name
+
+
+class Periodic:
+    """A job that runs once per ``interval`` across every process and host sharing ``backend``.
+
+    Each process runs one `Periodic` per job; they compete for the lease ``name`` (owner
+    and expiry in the backend). The holder renews it every ``tick`` seconds, and runs the
+    job when the stored last run is ``interval`` old, recording the new run time first
+    (`StateBackend.mark_run`, which only the holder can do): a new holder, after a crash or
+    a restart, waits for the interval to end instead of running at once. A dead holder's
+    lease expires after ``ttl`` (three ticks), so another process takes over well within
+    two intervals. ``job`` is any callable (run in a thread), so the runner works in a
+    request worker or in a separate agent process alike.
+    """
+
+    def __init__(
+        self, backend: Any, name: str, interval: float, job: Callable[[], Any], *, owner: str | None = None
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.interval = float(interval)
+        self.job = job
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.tick = min(max(self.interval / 4, 0.2), 5.0)
+        self.ttl = 3 * self.tick
+        self.runs = 0
+        self._running: asyncio.Task[Any] | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(await self.step())
+        finally:
+            if self._running is not None:
+                self._running.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.backend.release_lease, self.name, self.owner)
+
+    async def step(self) -> float:
+        """Renew or take the lease, start the job when due; returns the seconds to sleep."""
+        try:
+            lease: Lease = await asyncio.to_thread(
+                self.backend.acquire_lease, self.name, self.owner, self.ttl
+            )
+        except StateUnavailable:
+            return self.tick
+        if not lease.held:
+            return self.tick
+        if self._running is not None and not self._running.done():
+            return self.tick  # still running: keep the lease alive
+        due = (lease.last_run if lease.last_run is not None else lease.now) + self.interval
+        if lease.now < due:
+            return min(self.tick, max(due - lease.now, 0.01))
+        # a run late by less than an interval keeps the schedule (no drift); a later one restarts it
+        at = due if lease.now - due < self.interval else None
+        try:
+            started = await asyncio.to_thread(
+                self.backend.mark_run, self.name, self.owner, due - self.interval, at
+            )
+        except StateUnavailable:
+            return self.tick
+        if started is None:  # lost the lease meanwhile, or someone else ran it
+            return self.tick
+        self.runs += 1
+        self._running = asyncio.get_running_loop().create_task(self._run_job())
+        return min(self.tick, self.interval)
+
+    async def _run_job(self) -> None:
+        try:
+            await asyncio.to_thread(self.job)
+        except Exception as exc:  # a failing job is logged and tried again next time
+            log.warning("background job %s failed: %r", self.name, exc)
+
+
 async def _every(interval: float, job: Callable[[], Any]) -> None:
+    """Run ``job`` every ``interval`` seconds in this process alone (no lease)."""
     while True:
         await asyncio.sleep(interval)
         try:
@@ -63,7 +163,7 @@ async def _every(interval: float, job: Callable[[], Any]) -> None:
 
 @contextlib.contextmanager
 def leader(state_dir: str, name: str) -> Iterator[bool]:
-    """True for the one process (worker or replica on shared storage) holding ``<name>.lock``."""
+    """A try-lock on ``<name>.lock``, for callers outside `Periodic` (which uses leases)."""
     os.makedirs(state_dir, exist_ok=True)
     fd = os.open(os.path.join(state_dir, f"{name}.lock"), os.O_CREAT | os.O_RDWR)
     try:
@@ -84,36 +184,30 @@ def detect_regenerations(ctx: Any) -> int:
 
     settings = ctx.settings
     signals = settings.signals
-    with leader(settings.store.state_path, "signals") as is_leader:
-        if not is_leader:
-            return 0
-        with LogStore.open(settings.store.log_dir, wal_dir=settings.store.wal_dir) as store:
-            since = time.time() - 2 * signals.regeneration_window_s - signals.detect_interval_s
-            events = detect(store, since, signals.regeneration_window_s, rephrase=signals.detect_rephrase)
-            n = record_regenerations(ctx.writer, events)
+    with LogStore.open(settings.store.log_dir, wal_dir=settings.store.wal_dir) as store:
+        since = time.time() - 2 * signals.regeneration_window_s - signals.detect_interval_s
+        events = detect(store, since, signals.regeneration_window_s, rephrase=signals.detect_rephrase)
+        n = record_regenerations(ctx.writer, events)
     if n:
         log.info("marked %d regenerated call(s)", n)
     return n
 
 
 def run_drift_check(ctx: Any, check: Any) -> dict[str, Any] | None:
-    """Run one scheduled drift check; export its scores; returns the report (None if not the leader)."""
+    """Run one scheduled drift check; export its scores; returns the report (None when it failed)."""
     import subprocess
 
     settings = ctx.settings
-    with leader(settings.store.state_path, f"drift-{check.route}") as is_leader:
-        if not is_leader:
-            return None
-        cmd = [
-            sys.executable, "-m", "gateway", "drift", "check",
-            "--route", check.route, "--reference", check.reference, "--current", check.current,
-            "--log-dir", settings.store.log_dir, "--json",
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=check.timeout_s)
-        if proc.returncode not in (0, 3):
-            log.warning("drift check for %s failed: %s", check.route, proc.stderr.strip()[-500:])
-            return None
-        report: dict[str, Any] = json.loads(proc.stdout)
+    cmd = [
+        sys.executable, "-m", "gateway", "drift", "check",
+        "--route", check.route, "--reference", check.reference, "--current", check.current,
+        "--log-dir", settings.store.log_dir, "--json",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=check.timeout_s)
+    if proc.returncode not in (0, 3):
+        log.warning("drift check for %s failed: %s", check.route, proc.stderr.strip()[-500:])
+        return None
+    report: dict[str, Any] = json.loads(proc.stdout)
     ctx.telemetry.record_drift(check.route, report)
     if report.get("drifted"):
         names = [c["name"] for c in report.get("checks", ()) if c.get("drifted")]
@@ -122,7 +216,7 @@ def run_drift_check(ctx: Any, check: Any) -> dict[str, Any] | None:
 
 
 def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
-    """One controller check for a route; returns its decisions (None if not the leader)."""
+    """One controller check for a route; returns its decisions (None when it failed)."""
     import subprocess
 
     settings = ctx.settings
@@ -131,17 +225,17 @@ def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
     env = dict(os.environ)
     if server.admin_token is not None:
         env["SHADOWTUNE_ADMIN_TOKEN"] = server.admin_token.get_secret_value()
-    with leader(settings.store.state_path, f"controller-{ctl.route}") as is_leader:
-        if not is_leader:
-            return None
-        cmd = [
-            sys.executable, "-m", "gateway", "controller", "run", "--once", "--json",
-            "--route", ctl.route, "--url", f"http://{host}:{ctx.port or server.port}",
-            "--log-dir", settings.store.log_dir,
-        ]  # fmt: skip
-        if ctl.policy:
-            cmd += ["--policy", ctl.policy]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ctl.timeout_s, env=env)
+    from gateway import state
+
+    env["SHADOWTUNE_STORE__STATE_URL"] = state.location_of(settings)
+    cmd = [
+        sys.executable, "-m", "gateway", "controller", "run", "--once", "--json",
+        "--route", ctl.route, "--url", f"http://{host}:{ctx.port or server.port}",
+        "--log-dir", settings.store.log_dir,
+    ]  # fmt: skip
+    if ctl.policy:
+        cmd += ["--policy", ctl.policy]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ctl.timeout_s, env=env)
     if proc.returncode != 0:
         log.warning("controller for %s failed: %s", ctl.route, proc.stderr.strip()[-500:])
         return None

@@ -159,6 +159,12 @@ class Telemetry:
         m.create_observable_gauge("shadowtune.log.backlog", [self._log_backlog], unit="By")
         m.create_observable_counter("shadowtune.log.dropped", [self._log_dropped], unit="{record}")
         m.create_observable_counter("shadowtune.log.quarantined", [self._log_quarantined], unit="{record}")
+        m.create_observable_gauge(
+            "shadowtune.log.healthy", [self._log_healthy], description="1 while the call log flushes normally"
+        )
+        m.create_observable_gauge(
+            "shadowtune.state.healthy", [self._state_healthy], description="1 while the state backend answers"
+        )
         self.controller = m.create_counter(
             "shadowtune.controller.decisions",
             unit="{decision}",
@@ -198,6 +204,13 @@ class Telemetry:
 
     def _log_quarantined(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(self.ctx.writer.stats.dropped.get("quarantined", 0))]
+
+    def _log_healthy(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(int(bool(self.ctx.writer.healthy)))]
+
+    def _state_healthy(self, _: CallbackOptions) -> list[Observation]:
+        health = self.ctx.routes.backend.health
+        return [Observation(int(health.ok), {"shadowtune.state.backend": health.kind})]
 
     # -- from log records (writer thread) -----------------------------------------------
     def on_records(self, table: str, records: list[dict[str, Any]]) -> None:

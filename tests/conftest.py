@@ -106,3 +106,18 @@ def gateway(
 ) -> GatewayServer:
     """The gateway in passthrough (zero-config) mode in front of the fake upstream."""
     return start_gateway(make_settings())
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (tests take a database each: `postgres_url`)."""
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    return str(postgres_server.new_database())

@@ -523,7 +523,9 @@ def models_serve(
 @click.option("--serve-url", help="Where the model is served (http://host:port/v1); hosted: the provider.")
 @click.option("--upstream", help="Upstream name in the gateway (default: VERSION).")
 @click.option("--reason", help="Recorded in the route's history.")
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL.")
+@click.option(
+    "--url", envvar="SHADOWTUNE_URL", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL."
+)
 @click.option(
     "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin token (env SHADOWTUNE_ADMIN_TOKEN)."
 )

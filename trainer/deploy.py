@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import shlex
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -126,11 +127,16 @@ def deploy_version(
     token = admin_token or os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
-        _call(http, "PUT", f"/admin/upstreams/{name}", {"base_url": base_url, "model": mv.served_model})
+        _call(
+            http,
+            "PUT",
+            f"/admin/upstreams/{quote(name, safe='')}",
+            {"base_url": base_url, "model": mv.served_model},
+        )
         route_state = _call(
             http,
             "PATCH",
-            f"/admin/routes/{route}",
+            f"/admin/routes/{quote(route, safe='')}",
             {"candidate": name, "mode": "shadow", "reason": reason or f"shadowtune models deploy {version}"},
         )
     deployment = {

@@ -1,4 +1,7 @@
-"""The admin API: live route state, run-time upstreams, the log writer's health.
+"""The admin API: live route state, run-time upstreams, client keys, the log writer's health.
+
+Route names may contain ``/`` (``org/model``): send them URL-quoted. While the state backend
+is unreachable every change answers 503 ``state_unavailable`` and nothing is changed.
 
 ``Authorization: Bearer <server.admin_token>``; without a configured token the admin
 API answers only to loopback clients.
@@ -6,6 +9,7 @@ API answers only to loopback clients.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -13,7 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from gateway.config import UpstreamConfig
-from gateway.errors import Forbidden, InvalidRequest, Unauthorized
+from gateway.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 
 router = APIRouter(prefix="/admin")
 
@@ -50,35 +54,35 @@ async def list_routes(request: Request) -> dict[str, Any]:
     return {"version": snap.version, "data": [s.public() for _, s in sorted(snap.routes.items())]}
 
 
-@router.get("/routes/{route}")
+@router.get("/routes/{route:path}/history")
+async def route_history(route: str, request: Request, limit: int = 100) -> dict[str, Any]:
+    _admin(request)
+    return {"data": await asyncio.to_thread(request.app.state.ctx.routes.history, route, limit)}
+
+
+@router.get("/routes/{route:path}")
 async def get_route(route: str, request: Request) -> dict[str, Any]:
     _admin(request)
     store = request.app.state.ctx.routes
     return {**store.get(route).public(), "version": store.snapshot.version}
 
 
-@router.put("/routes/{route}")
-@router.patch("/routes/{route}")
+@router.put("/routes/{route:path}")
+@router.patch("/routes/{route:path}")
 async def change_route(route: str, request: Request) -> dict[str, Any]:
     who = _admin(request)
     body = await _json(request)
     reason = body.pop("reason", None)
     actor = str(body.pop("actor", None) or who)
     store = request.app.state.ctx.routes
-    state = store.update(route, body, actor=actor, reason=reason)
+    state = await asyncio.to_thread(store.update, route, body, actor=actor, reason=reason)
     return {**state.public(), "version": store.snapshot.version}
-
-
-@router.get("/routes/{route}/history")
-async def route_history(route: str, request: Request, limit: int = 100) -> dict[str, Any]:
-    _admin(request)
-    return {"data": request.app.state.ctx.routes.history(route, limit)}
 
 
 @router.get("/history")
 async def history(request: Request, limit: int = 100) -> dict[str, Any]:
     _admin(request)
-    return {"data": request.app.state.ctx.routes.history(None, limit)}
+    return {"data": await asyncio.to_thread(request.app.state.ctx.routes.history, None, limit)}
 
 
 @router.get("/upstreams")
@@ -88,7 +92,7 @@ async def list_upstreams(request: Request) -> dict[str, Any]:
     return {"data": [{"name": n, **u.model_dump()} for n, u in sorted(ups.items())]}
 
 
-@router.put("/upstreams/{name}")
+@router.put("/upstreams/{name:path}")
 async def put_upstream(name: str, request: Request) -> dict[str, Any]:
     who = _admin(request)
     body = await _json(request)
@@ -99,7 +103,9 @@ async def put_upstream(name: str, request: Request) -> dict[str, Any]:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InvalidRequest(first["msg"], param=".".join(str(p) for p in first["loc"])) from None
-    request.app.state.ctx.routes.put_upstream(name, config, actor=actor, reason=reason)
+    await asyncio.to_thread(
+        request.app.state.ctx.routes.put_upstream, name, config, actor=actor, reason=reason
+    )
     return {"name": name, **config.model_dump()}
 
 
@@ -111,13 +117,49 @@ async def status(request: Request) -> dict[str, Any]:
         "store": ctx.writer.status(),
         "shadow": ctx.shadow.status(),
         "routes_version": ctx.routes.snapshot.version,
+        "state": ctx.routes.backend.health.as_dict(),
     }
+
+
+# -- client keys (stored in the state backend, shared by every replica) ----------------------
+@router.get("/keys")
+async def list_keys(request: Request) -> dict[str, Any]:
+    _admin(request)
+    keys = await asyncio.to_thread(request.app.state.ctx.auth.file.load)
+    return {"data": [{k: v for k, v in row.items() if k != "hash"} for row in keys]}
+
+
+@router.post("/keys")
+async def create_key(request: Request) -> dict[str, Any]:
+    """Issue a client key; the answer is the only place the key is ever shown."""
+    _admin(request)
+    body = await _json(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise InvalidRequest("name must be a non-empty string (at most 200 characters)", param="name")
+    auth = request.app.state.ctx.auth
+    try:
+        key = await asyncio.to_thread(auth.file.create, name)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="name", code="key_exists") from None
+    await asyncio.to_thread(auth.refresh)
+    return {"name": name, "key": key, "prefix": key[:10]}
+
+
+@router.delete("/keys/{name:path}")
+async def revoke_key(name: str, request: Request) -> dict[str, Any]:
+    _admin(request)
+    auth = request.app.state.ctx.auth
+    try:
+        await asyncio.to_thread(auth.file.revoke, name)
+    except ValueError as exc:
+        raise NotFound(str(exc), param="name", code="key_not_found") from None
+    await asyncio.to_thread(auth.refresh)
+    return {"name": name, "revoked": True}
 
 
 @router.post("/flush")
 async def flush(request: Request) -> dict[str, Any]:
     _admin(request)
-    import asyncio
-
     rows = await asyncio.to_thread(request.app.state.ctx.writer.flush)
     return {"flushed_rows": rows}

@@ -1,4 +1,13 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/readyz`` answers "can this instance serve calls?": it fails (503) only when this
+instance cannot answer — no write-ahead log to accept calls into, or no configuration to
+route them. Degraded dependencies that every replica shares (the Parquet flush or object
+store, the state database) never fail it, so a shared outage cannot remove every pod from
+its Service: they are reported by ``/healthz`` (always 200 while the process lives, with a
+``degraded`` status and the details), the ``shadowtune.log.healthy`` and
+``shadowtune.state.healthy`` metrics, and the log.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +18,43 @@ from fastapi.responses import JSONResponse, Response
 
 router = APIRouter()
 
+_STORE_KEYS = (
+    "healthy",
+    "appended",
+    "flushed_rows",
+    "quarantined",
+    "quarantine_dir",
+    "corrupt_records",
+    "wal_open",
+    "backlog_bytes",
+    "pending_in_memory",
+    "dropped",
+    "flush_errors",
+    "last_error",
+)
+
+
+def _store(ctx: Any) -> dict[str, Any]:
+    status: dict[str, Any] = ctx.writer.status()
+    return {k: status.get(k) for k in _STORE_KEYS}
+
 
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
-    """Liveness (always ok while the process answers): the call log's record accounting and
-    upstream failure counts by name."""
-    status: dict[str, Any] = request.app.state.ctx.writer.status()
-    keys = ("appended", "flushed_rows", "quarantined", "quarantine_dir", "corrupt_records", "dropped")
-    body: dict[str, Any] = {"status": "ok", "store": {k: status[k] for k in keys}}
-    upstreams = request.app.state.ctx.hot.health.snapshot()
+    """Liveness, with what is degraded (the call log's flush, the state backend), the log's record
+    accounting and upstream failure counts."""
+    ctx = request.app.state.ctx
+    store = _store(ctx)
+    state = ctx.routes.backend.health.as_dict()
+    state["routes_version"] = ctx.routes.snapshot.version
+    degraded = [name for name, part in (("store", store), ("state", state)) if not part["healthy"]]
+    body: dict[str, Any] = {
+        "status": "degraded" if degraded else "ok",
+        "degraded": degraded,
+        "store": store,
+        "state": state,
+    }
+    upstreams = ctx.hot.health.snapshot()  # failure counts by upstream name
     if upstreams:
         body["upstreams"] = upstreams
     return body
@@ -25,18 +62,18 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """503 with the reason while the call log is degraded (unwritable, backlogged, dropping)."""
-    writer = request.app.state.ctx.writer
-    status: dict[str, Any] = writer.status()
-    ready = bool(status["healthy"])
-    body = {
-        "status": "ok" if ready else "degraded",
-        "store": {
-            k: status[k]
-            for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "quarantined", "last_error")
-        },
-    }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    """503 only when this instance cannot accept calls: no WAL to write them to, or nothing to route."""
+    ctx = request.app.state.ctx
+    reasons = []
+    store = _store(ctx)
+    if not store.get("wal_open", True) or store["pending_in_memory"]:  # records wait in memory, then drop
+        reasons.append(f"the write-ahead log cannot be written: {store['last_error']}")
+    if not ctx.routes.snapshot.routes and not ctx.settings.server.passthrough_url:
+        reasons.append("no routes configured")
+    body: dict[str, Any] = {"status": "ok" if not reasons else "unavailable", "store": store}
+    if reasons:
+        body["reasons"] = reasons
+    return JSONResponse(body, status_code=200 if not reasons else 503)
 
 
 @router.get("/metrics")

@@ -1,26 +1,26 @@
 """Live route state: the split each route runs under, changed at run time without a restart.
 
-The state of every route lives in one JSON file, ``<log_dir>/routes/state.json``, with a
-global ``version``; every change is validated, written atomically (temp file + rename,
-under an ``flock``), and appended to ``<log_dir>/routes/history.jsonl`` (who, when, why,
-before, after). Every worker (and every replica, when the file is on shared storage)
-polls the file and swaps in the new state when its version changes, within
-``poll_interval`` seconds. The config file gives the starting state; once the state file
-exists it wins, so operators' changes survive restarts.
+The state of every route lives in the state backend (`gateway.state`: a directory, or
+PostgreSQL for several hosts) with a global ``version``; every change is validated and
+applied atomically together with its audit entry (who, when, why, before, after). Every
+worker of every replica swaps in the new state when its version changes: at once on the
+backend's notification (PostgreSQL ``LISTEN``), else within ``poll_interval`` seconds. The
+config file gives the starting state; once a change is stored it wins, so operators'
+changes survive restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gateway.config import RouteConfig, Settings, UpstreamConfig
 from gateway.errors import InvalidRequest, NotFound
+from gateway.state.base import StateUnavailable
 
 MODES = ("off", "shadow", "canary", "primary")
 
@@ -90,14 +90,23 @@ def validate(state: RouteState, upstreams: dict[str, UpstreamConfig]) -> None:
 
 
 class RouteStateStore:
-    """The state file, its history, and the in-memory snapshot of one worker."""
+    """The live route state in the state backend, and the in-memory snapshot of one worker.
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 0.5) -> None:
-        self.dir = os.path.join(settings.store.state_path, "routes")
-        self.path = os.path.join(self.dir, "state.json")
-        self.history_path = os.path.join(self.dir, "history.jsonl")
+    Reads on the request path only touch ``snapshot``; `reload` (polled, and called on the
+    backend's change notifications) swaps in a newer version. While the backend is
+    unreachable the worker keeps serving its last snapshot; `update` then raises
+    `StateUnavailable` (a 503): nothing is changed, nothing is queued.
+    """
+
+    def __init__(self, settings: Settings, *, poll_interval: float = 0.5, backend: Any = None) -> None:
+        from gateway import state as state_backends
+
+        self.backend = backend or state_backends.open_backend(state_backends.location_of(settings))
         self.poll_interval = poll_interval
-        self._mtime: float | None = None
+        root = getattr(self.backend, "root", None)  # the file backend's files, for operators and tests
+        self.path = os.path.join(root, "routes", "state.json") if root else None
+        self.history_path = os.path.join(root, "routes", "history.jsonl") if root else None
+        self._lock = threading.Lock()
         initial = Snapshot(
             version=0,
             routes={name: _from_config(name, rc) for name, rc in settings.routes.items()},
@@ -106,27 +115,22 @@ class RouteStateStore:
         self.snapshot = initial
         self._config_upstreams = dict(settings.upstreams)
         self.reload()
+        self.backend.subscribe(self._notified)
+
+    def _notified(self, what: str) -> None:
+        if what in ("routes", "reconnected"):
+            with contextlib.suppress(StateUnavailable):
+                self.reload()
 
     # -- reading ------------------------------------------------------------------------
     def reload(self) -> bool:
-        """Load the state file if it changed; True when a new version was swapped in."""
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        if mtime == self._mtime:
-            return False
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return False  # half-written by a foreign tool; the next poll will see the final file
-        self._mtime = mtime
-        snap = self._decode(data)
-        if snap.version == self.snapshot.version and self.snapshot.version != 0:
-            return False
-        self.snapshot = snap
-        return True
+        """Load the stored state if it is newer; True when a new version was swapped in."""
+        with self._lock:
+            found = self.backend.routes_if_newer(self.snapshot.version)
+            if found is None:
+                return False
+            self.snapshot = self._decode(found[1])
+            return True
 
     def _decode(self, data: dict[str, Any]) -> Snapshot:
         upstreams = dict(self._config_upstreams)
@@ -152,9 +156,11 @@ class RouteStateStore:
             raise InvalidRequest(
                 f"unknown route field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0]
             )
-        with self._locked():
-            self.reload()
-            before = self.snapshot.routes.get(route)
+        result: list[RouteState] = []
+
+        def change(version: int, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            current = self._current(version, data)
+            before = current.routes.get(route)
             if before is None:
                 if "baseline" not in changes:
                     raise NotFound(f"route {route!r} does not exist", param="route", code="route_not_found")
@@ -166,83 +172,66 @@ class RouteStateStore:
                     after = replace(before, **changes)
                 except TypeError as exc:
                     raise InvalidRequest(str(exc)) from exc
-            validate(after, self.snapshot.upstreams)
-            routes = dict(self.snapshot.routes)
+            validate(after, current.upstreams)
+            routes = dict(current.routes)
             routes[route] = after
-            self._write(routes, self.snapshot.upstreams)
-            self._history(
-                {
-                    "route": route,
-                    "actor": actor,
-                    "reason": reason,
-                    "before": before_dict,
-                    "after": after.public(),
-                }
-            )
-            return after
+            result.append(after)
+            entry = {
+                "route": route,
+                "actor": actor,
+                "reason": reason,
+                "before": before_dict,
+                "after": after.public(),
+            }
+            return self._encode(routes, current.upstreams), entry
+
+        self.backend.change_routes(change)
+        self._reload_after_write()
+        return result[0]
 
     def put_upstream(self, name: str, config: UpstreamConfig, *, actor: str, reason: str | None) -> None:
         """Register (or replace) an upstream model at run time, e.g. a newly deployed candidate."""
         if not config.fast_path and config.provider in ("openai", "openai_compatible", "vllm"):
             raise InvalidRequest("an OpenAI-compatible upstream needs a base_url", param="base_url")
-        with self._locked():
-            self.reload()
-            ups = dict(self.snapshot.upstreams)
+
+        def change(version: int, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            current = self._current(version, data)
+            ups = dict(current.upstreams)
             before = ups.get(name)
             ups[name] = config
-            self._write(self.snapshot.routes, ups)
-            self._history(
-                {
-                    "upstream": name,
-                    "actor": actor,
-                    "reason": reason,
-                    "before": before.model_dump() if before else None,
-                    "after": config.model_dump(),
-                }
-            )
+            entry = {
+                "upstream": name,
+                "actor": actor,
+                "reason": reason,
+                "before": before.model_dump() if before else None,
+                "after": config.model_dump(),
+            }
+            return self._encode(current.routes, ups), entry
+
+        self.backend.change_routes(change)
+        self._reload_after_write()
+
+    def _current(self, version: int, data: dict[str, Any]) -> Snapshot:
+        """The stored state as a snapshot (config routes and upstreams where it has none)."""
+        if version == 0 and not data.get("routes"):
+            return Snapshot(0, dict(self.snapshot.routes), dict(self.snapshot.upstreams))
+        return self._decode({**data, "version": version})
+
+    def _reload_after_write(self) -> None:
+        with contextlib.suppress(StateUnavailable):
+            self.reload()
 
     def history(self, route: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        try:
-            with open(self.history_path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
-        if route is not None:
-            rows = [r for r in rows if r.get("route") == route]
-        return rows[-limit:]
+        rows: list[dict[str, Any]] = self.backend.history(route, limit)
+        return rows
 
-    def _write(self, routes: dict[str, RouteState], upstreams: dict[str, UpstreamConfig]) -> None:
-        version = self.snapshot.version + 1
-        data = {
-            "version": version,
+    def _encode(self, routes: dict[str, RouteState], upstreams: dict[str, UpstreamConfig]) -> dict[str, Any]:
+        return {
             "routes": {n: s.public() for n, s in routes.items()},
             "upstreams": {
                 n: u.model_dump() for n, u in upstreams.items() if self._config_upstreams.get(n) != u
             },
         }
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._mtime = os.stat(self.path).st_mtime_ns
-        self.snapshot = Snapshot(version=version, routes=dict(routes), upstreams=dict(upstreams))
-
-    def _history(self, entry: dict[str, Any]) -> None:
-        entry = {"ts": time.time(), "version": self.snapshot.version, **entry}
-        with open(self.history_path, "a") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Any:
-        os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(os.path.join(self.dir, "state.lock"), os.O_CREAT | os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
 
 def _from_config(name: str, rc: RouteConfig) -> RouteState:

@@ -301,6 +301,7 @@ class LogWriter:
         return {
             "writer_id": self.writer_id,
             "healthy": self.healthy,
+            "wal_open": self._fd is not None,
             "appended": s.appended,
             "flushed_rows": s.flushed_rows,
             "parquet_files": s.parquet_files,

@@ -1,0 +1,134 @@
+"""The state backend contract (`gateway.state.base.StateBackend`), the same for the file backend
+and a real PostgreSQL server: versioned route state with its history, no lost updates under
+concurrent writers, a refused change leaves nothing behind, keys, documents and records."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.errors import InvalidRequest
+from gateway.state import StateUnavailable, describe, open_backend
+from gateway.state.files import FileBackend
+
+
+@pytest.fixture(params=["files", "postgresql"])
+def location(request, tmp_path):
+    if request.param == "files":
+        return str(tmp_path / "state")
+    return request.getfixturevalue("postgres_url")
+
+
+def fresh(location):
+    """A backend object of its own (as another process would have)."""
+    if location.startswith("postgresql://"):
+        from gateway.state.postgres import PostgresBackend
+
+        return PostgresBackend(location)
+    return FileBackend(location)
+
+
+def add_route(name):
+    def change(version, doc):
+        routes = dict(doc.get("routes") or {})
+        routes[name] = {"n": len(routes)}
+        return {"routes": routes}, {"route": name, "actor": "t", "seen": version}
+
+    return change
+
+
+def test_route_state_is_versioned_with_its_history(location):
+    b = open_backend(location)
+    assert b.routes_if_newer(0) is None and b.history() == []
+    assert b.change_routes(add_route("a")) == 1
+    assert b.change_routes(add_route("org/model")) == 2
+    version, doc = b.routes_if_newer(0)
+    assert version == 2 and set(doc["routes"]) == {"a", "org/model"}
+    assert b.routes_if_newer(2) is None
+    assert [h["version"] for h in b.history()] == [1, 2]
+    [h] = b.history("org/model")
+    assert (h["route"], h["actor"], h["seen"]) == ("org/model", "t", 1) and h["ts"] > 0
+    assert [h["version"] for h in b.history(limit=1)] == [2]
+
+    def refused(version, doc):
+        raise InvalidRequest("no")
+
+    with pytest.raises(InvalidRequest):
+        b.change_routes(refused)
+    assert b.routes_if_newer(0)[0] == 2 and len(b.history()) == 2
+
+
+def test_concurrent_writers_lose_no_update(location):
+    errors = []
+
+    def writer(i):
+        b = fresh(location)
+        try:
+            for j in range(10):
+                b.change_routes(add_route(f"r{i}-{j}"))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            b.close()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    version, doc = open_backend(location).routes_if_newer(0)
+    assert version == 60 and len(doc["routes"]) == 60
+    assert sorted(h["version"] for h in open_backend(location).history(limit=1000)) == list(range(1, 61))
+
+
+def test_keys_documents_and_records(location):
+    b = open_backend(location)
+    assert b.keys_if_changed(None)[1] == []
+    b.add_key({"name": "app", "hash": "h1", "prefix": "sk-st-x", "created": 1.0, "revoked": None})
+    with pytest.raises(ValueError, match="already exists"):
+        b.add_key({"name": "app", "hash": "h2", "prefix": "sk-st-y", "created": 2.0, "revoked": None})
+    marker, keys = b.keys_if_changed(None)
+    assert [k["hash"] for k in keys] == ["h1"] and b.keys_if_changed(marker) is None
+    b.revoke_key("app", 5.0)
+    with pytest.raises(ValueError, match="no active key"):
+        b.revoke_key("app", 6.0)
+    _, keys = b.keys_if_changed(None)
+    assert keys[0]["revoked"] == 5.0
+    b.add_key({"name": "app", "hash": "h3", "prefix": "sk-st-z", "created": 3.0, "revoked": None})  # reissued
+
+    assert b.get_doc("controller", "org/model") is None
+    b.put_doc("controller", "org/model", {"route": "org/model", "paused": True})
+    b.put_doc("controller", "org/model", {"route": "org/model", "paused": False})
+    b.put_doc("controller", "b", {"route": "b"})
+    assert b.get_doc("controller", "org/model") == {"route": "org/model", "paused": False}
+    assert [d["route"] for d in b.list_docs("controller")] == ["b", "org/model"]
+    for i in range(5):
+        b.append_record("decisions", {"route": "org/model" if i % 2 else "b", "i": i})
+    assert [r["i"] for r in b.records("decisions")] == [0, 1, 2, 3, 4]
+    assert [r["i"] for r in b.records("decisions", "org/model")] == [1, 3]
+    assert [r["i"] for r in b.records("decisions", limit=2)] == [3, 4]
+
+
+def test_an_unreachable_database_is_a_clear_503_and_its_password_stays_out():
+    from tests.support.servers import free_port
+
+    url = f"postgresql://app:hunter2@127.0.0.1:{free_port()}/db"
+    with pytest.raises(StateUnavailable) as err:
+        open_backend(url)
+    assert err.value.status == 503 and err.value.code == "state_unavailable"
+    assert "hunter2" not in err.value.message and "app:***@127.0.0.1" in err.value.message
+    assert describe(url) == url.replace("hunter2", "***")
+
+
+def test_config_show_masks_the_state_url_password(tmp_path):
+    from gateway.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("store:\n  state_url: postgresql://app:hunter2@db:5432/shadowtune\n")
+    res = CliRunner().invoke(main, ["config", "show", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["store"]["state_url"] == "postgresql://app:***@db:5432/shadowtune"
