@@ -108,7 +108,7 @@ async def status(request: Request) -> dict[str, Any]:
     _admin(request)
     ctx = request.app.state.ctx
     return {
-        "store": ctx.writer.status(),
+        "store": ctx.store_status(),
         "shadow": ctx.shadow.status(),
         "routes_version": ctx.routes.snapshot.version,
     }

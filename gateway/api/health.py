@@ -18,8 +18,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """503 with the reason while the call log is degraded (unwritable, backlogged, dropping)."""
-    writer = request.app.state.ctx.writer
-    status: dict[str, Any] = writer.status()
+    status: dict[str, Any] = request.app.state.ctx.store_status()
     ready = bool(status["healthy"])
     body = {
         "status": "ok" if ready else "degraded",

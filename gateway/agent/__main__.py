@@ -1,0 +1,3 @@
+from gateway.agent.process import main
+
+main()

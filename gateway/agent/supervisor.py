@@ -1,0 +1,152 @@
+"""``shadowtune serve``: one supervisor, N request workers and one log agent per host.
+
+The supervisor binds the port once and passes the listening socket to every worker (they
+accept on it side by side), starts the agent on a private unix socket, and then only
+watches: a worker or the agent that dies is started again (the agent with a back-off;
+workers keep appending to the WAL meanwhile, and the new agent adopts what is there). It
+holds the write end of a pipe whose read end every child watches: when the supervisor dies,
+even by ``kill -9``, the pipe closes and the children stop, so no orphan keeps the port.
+
+On SIGTERM/SIGINT it stops the workers first (they finish their requests and close their
+WAL segments), then the agent, which converts what is left before it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from gateway.agent.process import ENV_LOG_LEVEL, ENV_PARENT_FD, ENV_SETTINGS, ENV_SOCKET
+from gateway.agent.worker import ENV_LISTEN_FD
+
+log = logging.getLogger("shadowtune.serve")
+
+POLL_S = 0.2
+WORKER_STOP_S = 15.0
+AGENT_STOP_S = 30.0
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], fds: tuple[int, ...]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.fds = fds
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, pass_fds=self.fds)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) did not stop in %.0f s: killing it", self.name, self.proc.pid, timeout)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Supervisor:
+    def __init__(self, settings: Any, settings_json: str, *, log_level: str = "info") -> None:
+        self.settings = settings
+        srv = settings.server
+        self.sock = socket.create_server((srv.host, srv.port), backlog=2048, reuse_port=False)
+        self.sock.set_inheritable(True)
+        self.rundir = tempfile.mkdtemp(prefix="shadowtune-")
+        os.chmod(self.rundir, 0o700)
+        self.agent_socket = os.path.join(self.rundir, "agent.sock")
+        self._pipe_r, self._pipe_w = os.pipe()  # the write end stays here: children see EOF when we die
+        env = {
+            **os.environ,
+            ENV_SETTINGS: settings_json,
+            ENV_SOCKET: self.agent_socket,
+            ENV_PARENT_FD: str(self._pipe_r),
+            ENV_LISTEN_FD: str(self.sock.fileno()),
+            ENV_LOG_LEVEL: log_level,
+        }
+        py = sys.executable
+        self.agent = Child("log agent", [py, "-m", "gateway.agent"], env, (self._pipe_r,))
+        self.workers = [
+            Child(f"worker {i}", [py, "-m", "gateway.agent.worker"], env, (self._pipe_r, self.sock.fileno()))
+            for i in range(max(1, srv.workers))
+        ]
+        self._stopping = False
+
+    def _on_signal(self, signum: int, _: Any) -> None:
+        self._stopping = True
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        try:
+            self.agent.start()
+            for w in self.workers:
+                w.start()
+            while not self._stopping:
+                time.sleep(POLL_S)
+                self._check(self.agent, backoff=True)
+                for w in self.workers:
+                    self._check(w, backoff=False)
+            return 0
+        finally:
+            self.stop()
+
+    def _check(self, child: Child, *, backoff: bool) -> None:
+        if child.alive or self._stopping:
+            return
+        now = time.monotonic()
+        if child.next_start == 0.0:
+            code = child.proc.returncode if child.proc is not None else None
+            delay = min(10.0, 0.5 * 2 ** min(child.restarts, 5)) if backoff else 0.5
+            log.error("%s exited (code %s); starting it again in %.1f s", child.name, code, delay)
+            child.next_start = now + delay
+            return
+        if now >= child.next_start:
+            child.restarts += 1
+            child.next_start = 0.0
+            child.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        for w in self.workers:
+            w.terminate()
+        for w in self.workers:
+            w.wait(WORKER_STOP_S)
+        self.agent.terminate()
+        self.agent.wait(AGENT_STOP_S)
+        self.sock.close()
+        os.close(self._pipe_w)
+        os.close(self._pipe_r)
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def serve(settings: Any, settings_json: str, *, log_level: str = "info") -> int:
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(message)s")
+    try:
+        sup = Supervisor(settings, settings_json, log_level=log_level)
+    except OSError as exc:
+        srv = settings.server
+        log.error("cannot listen on %s:%s: %s", srv.host, srv.port, exc)
+        return 1
+    return sup.run()
