@@ -135,6 +135,7 @@ class LogAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._store_ready = False
+        self._stopped = False
 
     @staticmethod
     def wal_dir_of(settings: Settings) -> str:
@@ -156,6 +157,9 @@ class LogAgent:
 
     def stop(self, *, drain_timeout: float = 15.0) -> int:
         """Stop the threads, then convert until every writer is gone (or the timeout); returns rows."""
+        if self._stopped:
+            return 0
+        self._stopped = True
         self._stop.set()
         for t in self._threads:
             t.join(timeout=30)
@@ -206,7 +210,7 @@ class LogAgent:
                 return 0
             rows = 0
             failed = False
-            for owner, segments in layout.wal_segments_by_owner(self.wal_dir).items():
+            for owner, segments in self._segments().items():
                 if not segments or failed:
                     continue
                 lock_fd = self._lock_if_dead(owner)
@@ -242,6 +246,12 @@ class LogAgent:
             self.stats.last_flush_at = time.time()
             return rows
 
+    def _segments(self) -> dict[str, list[str]]:
+        try:
+            return layout.wal_segments_by_owner(self.wal_dir)
+        except OSError:  # the WAL directory is not there (the writers report why)
+            return {}
+
     def _lock_if_dead(self, owner: str) -> int | None:
         """The owner's lock fd if nobody holds it (its writer is gone), else None."""
         if self.own is not None and owner == self.own.writer_id and not self._stop.is_set():
@@ -259,13 +269,13 @@ class LogAgent:
 
     def _live_writers_with_data(self) -> bool:
         """True while any segment is left (a live writer's, or one the store refused)."""
-        return any(segments for segments in layout.wal_segments_by_owner(self.wal_dir).values())
+        return any(segments for segments in self._segments().values())
 
     def flush(self, *, timeout: float | None = None) -> int:
         """Convert now, then wait (bounded) until the segments open now are closed and converted."""
         rows = self.convert()
         waiting = set()
-        for _, segments in layout.wal_segments_by_owner(self.wal_dir).items():
+        for _, segments in self._segments().items():
             if segments and os.path.getsize(segments[-1]) > 0:
                 waiting.add(segments[-1])
         deadline = time.monotonic() + (timeout if timeout is not None else 2 * self.flush_interval + 1)
@@ -280,7 +290,7 @@ class LogAgent:
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet in Parquet (every writer), plus what workers hold in memory."""
         total = 0
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             for name in os.listdir(self.wal_dir):
                 if name.endswith(layout.WAL_SUFFIX):
                     with contextlib.suppress(OSError):

@@ -56,7 +56,8 @@ def main() -> None:
     level = os.environ.get(ENV_LOG_LEVEL, "info")
     if os.path.exists(path):
         os.unlink(path)  # left by an agent that was killed
-    app = ClientFromHeader(create_agent_app(settings))
+    api = create_agent_app(settings)
+    app = ClientFromHeader(api)
     config = uvicorn.Config(
         app,
         uds=path,
@@ -70,7 +71,8 @@ def main() -> None:
     server = uvicorn.Server(config)
     watch_parent(server, hard_exit_after=40)
     server.run()
-    sys.exit(0 if server.started else 1)
+    api.state.ctx.agent.stop()  # when uvicorn stopped before the lifespan ran its shutdown (no-op otherwise)
+    sys.exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -133,10 +133,12 @@ class Supervisor:
             w.terminate()
         for w in self.workers:
             w.wait(WORKER_STOP_S)
+        self.sock.close()
+        os.close(self._pipe_w)  # the agent stops on this too (even while it is still starting)
+        if not self.agent.alive:  # it died: one more, which converts what is left and exits
+            self.agent.start()
         self.agent.terminate()
         self.agent.wait(AGENT_STOP_S)
-        self.sock.close()
-        os.close(self._pipe_w)
         os.close(self._pipe_r)
         shutil.rmtree(self.rundir, ignore_errors=True)
 

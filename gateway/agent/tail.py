@@ -36,7 +36,7 @@ class WalTailer:
         """Read what every segment gained since the last poll; returns the records handed on."""
         try:
             names = sorted(n for n in os.listdir(self.wal_dir) if n.endswith(WAL_SUFFIX))
-        except FileNotFoundError:
+        except OSError:  # no WAL (yet), or not a directory: the writers report it
             return 0
         n = 0
         with self._lock:
