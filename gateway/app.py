@@ -129,7 +129,11 @@ class GatewayApp:
 
 
 def create_app(
-    settings: Settings, *, span_exporter: Any = None, metric_readers: Any = (), agent_socket: str | None = None
+    settings: Settings,
+    *,
+    span_exporter: Any = None,
+    metric_readers: Any = (),
+    agent_socket: str | None = None,
 ) -> GatewayApp:
     """Build the gateway (see the module docstring); ``span_exporter`` / ``metric_readers`` add
     OpenTelemetry sinks to the in-process agent (tests use in-memory ones)."""
@@ -164,7 +168,10 @@ def create_app(
             )
         loop = asyncio.get_running_loop()
         if isinstance(ctx.agent, AgentLink):  # the agent runs the periodic jobs
-            background = [loop.create_task(jobs.poll_routes(routes)), loop.create_task(ctx.agent.report_loop())]
+            background = [
+                loop.create_task(jobs.poll_routes(routes)),
+                loop.create_task(ctx.agent.report_loop()),
+            ]
         else:
             await asyncio.to_thread(ctx.agent.start)
             background = jobs.start(ctx)

@@ -277,7 +277,11 @@ class Telemetry:
                     if rec.get(col) is not None:
                         self.tokens.record(rec[col], self._metric_attrs(key, "gen_ai.token.type", kind))
                 if rec.get("latency_ms") is not None:
-                    attrs = self._metric_attrs(key, "error.type", error_type) if error_type else self._metric_attrs(key)
+                    attrs = (
+                        self._metric_attrs(key, "error.type", error_type)
+                        if error_type
+                        else self._metric_attrs(key)
+                    )
                     self.duration.record(rec["latency_ms"] / 1000, attrs)
                 if rec.get("ttft_ms") is not None:
                     self.ttft.record(rec["ttft_ms"] / 1000, self._metric_attrs(key))
@@ -296,8 +300,8 @@ class Telemetry:
 
     def _on_events(self, records: list[dict[str, Any]]) -> None:
         """Outcome events by the route and variant of their call (``unknown`` when not found)."""
-        found = {}
-        missing = []
+        found: dict[str, tuple[str, str]] = {}
+        missing: list[str] = []
         for rec in records:
             target = rec.get("call_id")
             if not isinstance(target, str):
@@ -322,8 +326,8 @@ class Telemetry:
                 kind = str(rec.get("kind") or "unknown")[:64]
                 route, variant = found.get(rec.get("call_id") or "", ("unknown", "unknown"))
                 value = str(rec.get("value") or "")[:32] if kind in _VALUE_KINDS else ""
-                k = (route, variant, kind, value)
-                counts[k] = counts.get(k, 0) + 1
+                ckey = (route, variant, kind, value)
+                counts[ckey] = counts.get(ckey, 0) + 1
                 if kind == "rating" and isinstance(rec.get("value_num"), int | float):
                     self.rating.record(
                         float(rec["value_num"]), {"shadowtune.route": route, "shadowtune.variant": variant}
@@ -331,12 +335,18 @@ class Telemetry:
             except Exception as exc:
                 log.warning("telemetry for event %s failed: %r", rec.get("event_id"), exc)
         for (route, variant, kind, value), n in counts.items():
-            attrs = {"shadowtune.route": route, "shadowtune.variant": variant, "shadowtune.feedback.kind": kind}
+            attrs = {
+                "shadowtune.route": route,
+                "shadowtune.variant": variant,
+                "shadowtune.feedback.kind": kind,
+            }
             if value:
                 attrs["shadowtune.feedback.value"] = value
             self.feedback.add(n, attrs)
 
-    def _metric_attrs(self, key: tuple[Any, ...], extra: str | None = None, value: Any = None) -> dict[str, Any]:
+    def _metric_attrs(
+        self, key: tuple[Any, ...], extra: str | None = None, value: Any = None
+    ) -> dict[str, Any]:
         """The attribute dict for a key, plus one extra attribute (cached: the SDK hashes it on every point)."""
         cache_key = (key, extra, value)
         attrs = self._attr_cache.get(cache_key)

@@ -25,7 +25,13 @@ def parse(value: str | None) -> tuple[int, int, int] | None:
     if not value:
         return None
     parts = value.strip().lower().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+    if (
+        len(parts) < 4
+        or len(parts[0]) != 2
+        or len(parts[1]) != 32
+        or len(parts[2]) != 16
+        or len(parts[3]) != 2
+    ):
         return None
     if parts[0] == "ff" or not _HEX.issuperset(parts[0] + parts[1] + parts[2] + parts[3]):
         return None

@@ -112,7 +112,9 @@ class HostStats:
 class LogAgent:
     """See the module docstring. ``own`` is the agent's own appender (review page, detectors)."""
 
-    def __init__(self, settings: Settings, *, own: WalAppender | None = None, tail_interval: float = 0.2) -> None:
+    def __init__(
+        self, settings: Settings, *, own: WalAppender | None = None, tail_interval: float = 0.2
+    ) -> None:
         store = settings.store
         self.settings = settings
         self.log_dir = store.log_dir
@@ -310,6 +312,7 @@ class LogAgent:
     def status(self) -> dict[str, Any]:
         s, c = self.stats, self.converter.stats
         return {
+            "agent_pid": os.getpid(),
             "healthy": self.healthy,
             "backlog_bytes": self.backlog_bytes,
             "flushed_rows": c.flushed_rows,

@@ -15,6 +15,7 @@ No pyarrow, DuckDB or OpenTelemetry here (the worker imports this module).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -95,7 +96,7 @@ class AgentLink:
                 async for chunk in resp.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("log agent unreachable for %s: %r", scope["path"], exc)
             body = error_body(
                 "the log agent is not reachable (it is restarting); try again in a moment",
@@ -148,10 +149,9 @@ class AgentLink:
 
     async def report_loop(self) -> None:
         while True:
-            try:
+            # the agent may be starting or restarting: the WAL keeps everything meanwhile
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
                 await self.report_once()
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, orjson.JSONDecodeError):
-                pass  # the agent is starting or restarting; the WAL keeps everything meanwhile
             await asyncio.sleep(REPORT_EVERY_S)
 
     def fresh_agent_status(self) -> dict[str, Any] | None:

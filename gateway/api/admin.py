@@ -114,6 +114,17 @@ async def status(request: Request) -> dict[str, Any]:
     }
 
 
+@router.get("/process")
+async def process(request: Request) -> dict[str, Any]:
+    """This process (the worker that took the request): pid, WAL writer, loaded modules (for checks)."""
+    _admin(request)
+    import os
+    import sys
+
+    ctx = request.app.state.ctx
+    return {"pid": os.getpid(), "writer_id": ctx.writer.writer_id, "modules": sorted(sys.modules)}
+
+
 @router.post("/flush")
 async def flush(request: Request) -> dict[str, Any]:
     _admin(request)

@@ -204,7 +204,9 @@ class WalAppender:
             self._drop("queue_full", 1)
             return
         if not self._pending:
-            log.error("call log: %s; holding records in memory (max %d)", self.stats.last_error, self.max_pending)
+            log.error(
+                "call log: %s; holding records in memory (max %d)", self.stats.last_error, self.max_pending
+            )
         self._pending.append(line)
 
     def _drop(self, reason: str, n: int) -> None:
