@@ -113,9 +113,10 @@ def serve(
         f"(log: {settings.store.log_dir}, workers: {srv.workers})",
         err=True,
     )
-    from gateway.agent.supervisor import serve as supervise
+    from gateway.agent.supervisor import exec_supervisor
 
-    sys.exit(supervise(settings, os.environ["_SHADOWTUNE_SETTINGS"], log_level=log_level))
+    sys.stderr.flush()
+    exec_supervisor(os.environ["_SHADOWTUNE_SETTINGS"], log_level=log_level)
 
 
 def _settings(config_path: str | None, **overrides: Any) -> Any:

@@ -13,6 +13,8 @@ WAL segments), then the agent, which converts what is left before it exits.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,6 +32,7 @@ from gateway.agent.worker import ENV_LISTEN_FD
 log = logging.getLogger("shadowtune.serve")
 
 POLL_S = 0.2
+AGENT_READY_S = 60.0
 WORKER_STOP_S = 15.0
 AGENT_STOP_S = 30.0
 
@@ -68,10 +71,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Any, settings_json: str, *, log_level: str = "info") -> None:
-        self.settings = settings
-        srv = settings.server
-        self.sock = socket.create_server((srv.host, srv.port), backlog=2048, reuse_port=False)
+    def __init__(self, settings_json: str, *, log_level: str = "info") -> None:
+        srv = json.loads(settings_json).get("server") or {}
+        self.host, self.port = srv.get("host", "127.0.0.1"), int(srv.get("port", 8000))
+        self.sock = socket.create_server((self.host, self.port), backlog=2048, reuse_port=False)
         self.sock.set_inheritable(True)
         self.rundir = tempfile.mkdtemp(prefix="shadowtune-")
         os.chmod(self.rundir, 0o700)
@@ -89,7 +92,7 @@ class Supervisor:
         self.agent = Child("log agent", [py, "-m", "gateway.agent"], env, (self._pipe_r,))
         self.workers = [
             Child(f"worker {i}", [py, "-m", "gateway.agent.worker"], env, (self._pipe_r, self.sock.fileno()))
-            for i in range(max(1, srv.workers))
+            for i in range(max(1, int(srv.get("workers", 1))))
         ]
         self._stopping = False
 
@@ -101,6 +104,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             self.agent.start()
+            self._wait_for_agent(AGENT_READY_S)
             for w in self.workers:
                 w.start()
             while not self._stopping:
@@ -111,6 +115,17 @@ class Supervisor:
             return 0
         finally:
             self.stop()
+
+    def _wait_for_agent(self, timeout: float) -> None:
+        """Start serving once the agent answers (it converts what earlier runs left first), or after
+        ``timeout``: the workers serve without it (the WAL keeps everything) while it is restarted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.agent.alive and not self._stopping:
+            with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(OSError):
+                s.connect(self.agent_socket)
+                return
+            time.sleep(0.05)
+        log.warning("the log agent is not answering yet; starting the workers anyway")
 
     def _check(self, child: Child, *, backoff: bool) -> None:
         if child.alive or self._stopping:
@@ -143,12 +158,24 @@ class Supervisor:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def serve(settings: Any, settings_json: str, *, log_level: str = "info") -> int:
+def serve(settings_json: str, *, log_level: str = "info") -> int:
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(message)s")
     try:
-        sup = Supervisor(settings, settings_json, log_level=log_level)
+        sup = Supervisor(settings_json, log_level=log_level)
     except OSError as exc:
-        srv = settings.server
-        log.error("cannot listen on %s:%s: %s", srv.host, srv.port, exc)
+        srv = json.loads(settings_json).get("server") or {}
+        log.error("cannot listen on %s:%s: %s", srv.get("host"), srv.get("port"), exc)
         return 1
     return sup.run()
+
+
+def exec_supervisor(settings_json: str, *, log_level: str = "info") -> None:
+    """Replace this process (the ``serve`` command, which imported the CLI) with a lean supervisor:
+    same pid, so signals and process groups aimed at ``serve`` reach it."""
+    os.environ[ENV_SETTINGS] = settings_json
+    os.environ[ENV_LOG_LEVEL] = log_level
+    os.execv(sys.executable, [sys.executable, "-m", "gateway.agent.supervisor"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve(os.environ[ENV_SETTINGS], log_level=os.environ.get(ENV_LOG_LEVEL, "info")))

@@ -23,7 +23,10 @@ from gateway.store.wal import WalAppender
 
 def settings(log_dir: str) -> Settings:
     return Settings.model_validate(
-        {"store": {"log_dir": log_dir, "flush_interval": 60, "compact_interval": 0}, "server": {"auth": "open"}}
+        {
+            "store": {"log_dir": log_dir, "flush_interval": 60, "compact_interval": 0},
+            "server": {"auth": "open"},
+        }
     )
 
 
