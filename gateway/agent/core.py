@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from gateway.store.writer import LogWriter
 
 log = logging.getLogger("shadowtune.agent")
 
+AGENT_LOCK = "agent.lock"  # not a writer's lock: no segment is ever named after it
 FRESH_S = 5.0  # a worker report older than this no longer counts in gauges
 
 
@@ -205,7 +207,9 @@ class LogAgent:
     # -- conversion ---------------------------------------------------------------------
     def convert(self) -> int:
         """One round: convert every closed segment of every writer; returns rows written."""
-        with self._convert_lock:
+        with self._convert_lock, self._host_lock() as mine:
+            if not mine:
+                return 0  # another agent on this WAL directory is converting (one ``serve`` per host)
             if not self._ensure_store():
                 self.stats.flush_errors += 1
                 self.stats.consecutive_failures += 1
@@ -247,6 +251,24 @@ class LogAgent:
                 self.stats.last_error = None
             self.stats.last_flush_at = time.time()
             return rows
+
+    @contextlib.contextmanager
+    def _host_lock(self) -> Iterator[bool]:
+        """``<wal_dir>/agent.lock`` for the round: two agents on one WAL never convert at once."""
+        try:
+            fd = os.open(os.path.join(self.wal_dir, AGENT_LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError:
+            yield True  # no WAL directory: nothing to race for (the round reports why)
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     def _segments(self) -> dict[str, list[str]]:
         try:

@@ -67,7 +67,7 @@ def test_only_closed_segments_are_converted_while_their_writer_lives(log_dir):
         wal.close()
     assert agent.convert() == 2  # a writer that closed: all of its segments
     assert not list(Path(agent.wal_dir).glob("*.wal.ndjson"))
-    assert not list(Path(agent.wal_dir).glob("*.lock"))
+    assert [p.name for p in Path(agent.wal_dir).glob("*.lock")] == ["agent.lock"]  # no writer's lock left
     agent.stop()
     assert sorted(seen) == [f"call-{i}" for i in range(5)]  # each record once
     assert logged(log_dir) == [f"call-{i}" for i in range(5)]
@@ -121,6 +121,24 @@ def test_a_segment_converted_twice_lands_once(log_dir, tmp_path):
     assert agent.convert() == 7
     agent.stop()
     assert logged(log_dir) == sorted(f"call-{i}" for i in range(7))
+
+
+def test_two_agents_on_one_wal_never_convert_at_the_same_time(log_dir):
+    import fcntl
+
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    with WalAppender(agent.wal_dir, rotate_interval=60) as wal:
+        wal.append("calls", record(1))
+    fd = os.open(os.path.join(agent.wal_dir, "agent.lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another agent's round is running
+    try:
+        assert agent.convert() == 0
+        assert len(list(Path(agent.wal_dir).glob("*.wal.ndjson"))) == 1
+    finally:
+        os.close(fd)
+    assert agent.convert() == 1
+    agent.stop()
 
 
 def test_the_tail_takes_only_complete_lines(log_dir):
