@@ -132,7 +132,7 @@ class LogAgent:
             retention_days=store.retention_days,
         )
         self.own = own
-        self.tailer = WalTailer(self.wal_dir)
+        self.tailer = WalTailer(self.wal_dir, full_records=settings.telemetry.capture_content)
         self.host = HostStats()
         self.stats = AgentStats()
         self._convert_lock = threading.Lock()

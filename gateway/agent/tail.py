@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from gateway.store.rows import derive, parse_lines
 from gateway.store.wal import WAL_SUFFIX
 
@@ -23,9 +25,64 @@ Listener = Callable[[str, list[dict[str, Any]]], None]
 MAX_READ = 16 * 2**20  # bytes read from one segment per poll
 
 
+TELEMETRY_FIELDS = (
+    "response_id",
+    "_response_model",
+    "finish_reason",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
+
+
+def derive_for_telemetry(rec: dict[str, Any]) -> dict[str, Any]:
+    """What telemetry needs of a call record (`TELEMETRY_FIELDS`), without assembling a whole stream.
+
+    A streamed answer's id and model are in its first event, its finish reason and usage in
+    its last ones: parsing those few instead of every chunk saves most of the cost of
+    `gateway.store.rows.derive`, which the Parquet conversion runs anyway. Anything unusual
+    (no ``data:`` events, a chunk that does not parse) falls back to the full derivation.
+    """
+    sse = rec.get("response_sse")
+    if not isinstance(sse, str):
+        return derive("calls", rec)
+    head = sse.split("\n\n", 1)[0]
+    ends = [e for e in sse.rsplit("\n\n", 5)[1:] if e.startswith("data: {")]
+    if not head.startswith("data: {") or not ends:
+        return derive("calls", rec)
+    try:
+        first = orjson.loads(head[6:])
+        tail = [orjson.loads(e[6:]) for e in ends[-3:]]
+    except orjson.JSONDecodeError:
+        return derive("calls", rec)
+    if not isinstance(first, dict) or not all(isinstance(c, dict) for c in tail):
+        return derive("calls", rec)
+    out = {k: v for k, v in rec.items() if k != "response_sse"}
+    out.setdefault("response_id", first.get("id"))
+    out["_response_model"] = first.get("model")
+    for chunk in reversed([first, *tail]):
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            if out.get("input_tokens") is None:
+                out["input_tokens"] = usage.get("prompt_tokens", usage.get("input_tokens"))
+            if out.get("output_tokens") is None:
+                out["output_tokens"] = usage.get("completion_tokens", usage.get("output_tokens"))
+        choices = chunk.get("choices")
+        if choices and isinstance(choices[0], dict) and choices[0].get("finish_reason") is not None:
+            out.setdefault("finish_reason", choices[0]["finish_reason"])
+    price_in, price_out = out.pop("price_in", None), out.pop("price_out", None)
+    if out.get("cost_usd") is None and (price_in is not None or price_out is not None):
+        out["cost_usd"] = (
+            (out.get("input_tokens") or 0) * (price_in or 0.0)
+            + (out.get("output_tokens") or 0) * (price_out or 0.0)
+        ) / 1e6
+    return out
+
+
 class WalTailer:
-    def __init__(self, wal_dir: str) -> None:
+    def __init__(self, wal_dir: str, *, full_records: bool = False) -> None:
         self.wal_dir = wal_dir
+        self.full_records = full_records  # every derived column (prompt/completion text in spans)
         self.listeners: list[Listener] = []
         self.records = 0
         self.corrupt = 0
@@ -94,7 +151,10 @@ class WalTailer:
             if not isinstance(table, str):
                 continue
             try:
-                by_table.setdefault(table, []).append(derive(table, rec))
+                if table == "calls" and not self.full_records:
+                    by_table.setdefault(table, []).append(derive_for_telemetry(rec))
+                else:
+                    by_table.setdefault(table, []).append(derive(table, rec))
             except Exception as exc:  # a record that cannot be derived still counts as seen
                 log.debug("tail: cannot derive a %s record: %r", table, exc)
         for table, rows in by_table.items():

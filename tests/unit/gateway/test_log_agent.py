@@ -202,3 +202,51 @@ def test_traceparent_for_the_upstream_keeps_the_callers_trace():
     assert child == f"00-4bf92f3577b34da6a3ce929d0e0e4736-{tracectx.span_id_of('call-1'):016x}-01"
     for bad in ("", "00-nothex-bad-01", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "ff-" + caller[3:]):
         assert tracectx.child_traceparent(bad, None) is None
+
+
+def _sse(chunks: list[dict[str, Any]]) -> str:
+    import orjson
+
+    return "".join(f"data: {orjson.dumps(c).decode()}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+def _chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "m-1",
+        "choices": choices,
+        **extra,
+    }
+
+
+STREAMS = {
+    "usage last": [_chunk(""), *[_chunk(w) for w in ["a", "b", "c", "d", "e"]], _chunk(finish="stop"),
+                   {"id": "chatcmpl-1", "model": "m-1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 5}}],
+    "no usage": [_chunk("x"), _chunk("y"), _chunk(finish="length")],
+    "one chunk": [_chunk("all", finish="stop", usage={"prompt_tokens": 1, "completion_tokens": 1})],
+}  # fmt: skip
+
+
+def test_the_tails_light_derivation_gives_telemetry_the_same_fields_as_the_full_one():
+    import pytest
+
+    from gateway.agent.tail import TELEMETRY_FIELDS, derive_for_telemetry
+    from gateway.store.rows import derive
+
+    for name, chunks in STREAMS.items():
+        for sse in (_sse(chunks), _sse(chunks)[: -len("data: [DONE]\n\n")], "event: x\n" + _sse(chunks)):
+            rec = {
+                "_t": "calls",
+                "call_id": "c",
+                "ts": 1,
+                "response_sse": sse,
+                "price_in": 2.0,
+                "price_out": 3.0,
+            }
+            full, light = derive("calls", dict(rec)), derive_for_telemetry(dict(rec))
+            for key in TELEMETRY_FIELDS:
+                assert light.get(key) == pytest.approx(full.get(key)), (name, key)
+            assert "response_sse" not in light
