@@ -54,7 +54,7 @@ _METRIC_KEYS = (
     "gen_ai.provider.name",
 )
 _VALUE_KINDS = frozenset(("thumbs", "choice", "flag", "regeneration"))  # kinds whose value is a small set
-_CALL_MAP_SIZE = 100_000  # call id -> (route, variant), for outcome events about recent calls
+_CALL_MAP_SIZE = 60_000  # call and response ids -> (route, variant), for outcome events on recent calls
 Resolver = Callable[[list[str]], dict[str, tuple[str, str]]]
 
 

@@ -18,6 +18,8 @@ drops) into one view for the host's metrics.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import os
@@ -198,7 +200,8 @@ class LogAgent:
     def _convert_loop(self) -> None:
         while not self._stop.wait(self.flush_interval):
             try:
-                self.convert()
+                if self.convert():
+                    _release_freed_memory()
                 if self._store_ready and self.stats.consecutive_failures == 0:
                     self.converter.housekeeping()
             except Exception as exc:  # the converter must survive anything
@@ -357,6 +360,22 @@ class LogAgent:
         if message != self.stats.last_error:
             log.error("call log: %s", message)
         self.stats.last_error = message
+
+
+def _release_freed_memory() -> None:
+    """Give the heap freed by a conversion round back to the OS (glibc keeps it otherwise: the
+    agent's RSS would stay at the high-water mark of its largest batch)."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 class AgentLog:

@@ -89,7 +89,11 @@ class Supervisor:
             ENV_LOG_LEVEL: log_level,
         }
         py = sys.executable
-        self.agent = Child("log agent", [py, "-m", "gateway.agent"], env, (self._pipe_r,))
+        # the agent's RSS stays near its working set (docs/benchmarks.md): few malloc arenas (its threads
+        # would each keep the peak of their batches) and Arrow on the system allocator, which
+        # `core._release_freed_memory` trims after each round (the user's own settings win)
+        agent_env = {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system", **env}
+        self.agent = Child("log agent", [py, "-m", "gateway.agent"], agent_env, (self._pipe_r,))
         self.workers = [
             Child(f"worker {i}", [py, "-m", "gateway.agent.worker"], env, (self._pipe_r, self.sock.fileno()))
             for i in range(max(1, int(srv.get("workers", 1))))
