@@ -64,11 +64,18 @@ class AgentLink:
     # -- proxy --------------------------------------------------------------------------
     async def forward(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         parts = []
+        size, limit = 0, self.ctx.settings.server.max_body_bytes
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > limit:
+                await self._error(
+                    send, 413, f"request body over the {limit}-byte limit", "invalid_request_error"
+                )
+                return
             if not message.get("more_body"):
                 break
         client = scope.get("client") or ("", 0)
@@ -98,19 +105,16 @@ class AgentLink:
                 await send({"type": "http.response.body", "body": b""})
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("log agent unreachable for %s: %r", scope["path"], exc)
-            body = error_body(
-                "the log agent is not reachable (it is restarting); try again in a moment",
-                "server_error",
-                code="log_agent_unavailable",
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            message = "the log agent is not reachable (it is restarting); try again in a moment"
+            await self._error(send, 503, message, "server_error", code="log_agent_unavailable")
+
+    @staticmethod
+    async def _error(send: Any, status: int, message: str, type_: str, code: str | None = None) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if status == 503:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": error_body(message, type_, code=code)})
 
     # -- reports ------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
