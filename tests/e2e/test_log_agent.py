@@ -68,7 +68,7 @@ def calls_metric(found: list[tuple[str, dict[str, str], float]]) -> dict[tuple[s
     return dict(out)
 
 
-def wait_for_calls(url: str, n: int, timeout: float = 30) -> list[tuple[str, dict[str, str], float]]:
+def wait_for_calls(url: str, n: int, timeout: float = 60) -> list[tuple[str, dict[str, str], float]]:
     deadline = time.monotonic() + timeout
     while True:
         found = samples(url)
@@ -77,13 +77,16 @@ def wait_for_calls(url: str, n: int, timeout: float = 30) -> list[tuple[str, dic
         time.sleep(0.2)
 
 
-def processes(url: str, tries: int = 40) -> dict[int, list[str]]:
-    """pid -> loaded modules of the workers that answered ``tries`` fresh connections."""
+def processes(url: str, workers: int = 2, tries: int = 400) -> dict[int, list[str]]:
+    """pid -> loaded modules of the workers answering fresh connections, once ``workers`` have answered
+    (the kernel gives a new connection to whichever worker accepts first: it can take a while)."""
     seen: dict[int, list[str]] = {}
     for _ in range(tries):
         r = httpx.get(url + "/admin/process", headers={"Connection": "close"}, timeout=10)
         assert r.status_code == 200, r.text
         seen[r.json()["pid"]] = r.json()["modules"]
+        if len(seen) >= workers:
+            break
     return seen
 
 
@@ -142,6 +145,9 @@ def test_metrics_with_two_workers_equal_the_logs_counts(fake_upstream, log_dir):
             time.sleep(0.2)
             found = samples(proc.url)
         scrapes = [calls_metric(samples(proc.url)) for _ in range(6)]  # whichever worker takes the scrape
+        page = httpx.get(proc.url + "/review/calls?route=echo-a", headers={"Connection": "close"}, timeout=30)
+        assert page.status_code == 200  # the review page reads the log in the agent, through a worker
+        assert any(call_id in page.text for call_id, model in ids.items() if model == "echo-a")
         with LogStore.open(log_dir) as store:
             logged = {
                 (r["route"], r["variant"], r["status"]): r["n"]
