@@ -3,6 +3,16 @@
 ``create_app(settings)`` returns an ASGI callable. ``POST /v1/chat/completions`` and
 ``POST /v1/embeddings`` go straight to `HotPath` (a plain ASGI handler); every other
 request goes to a FastAPI app (models, health, admin, feedback, metrics, review page).
+
+Two ways to run it:
+
+* ``create_app(settings, agent_socket=path)``: a request worker of ``shadowtune serve``. It
+  appends to the WAL (`gateway.store.wal`) and nothing else; the pages that read the log
+  (`gateway.agent.proxy.AGENT_PATHS`) are forwarded to the host's log agent, and the
+  periodic jobs run there. No pyarrow, DuckDB or OpenTelemetry SDK is imported.
+* ``create_app(settings)``: everything in one process (tests, embedding): the same WAL
+  writer, with the log agent (`gateway.agent.core.LogAgent`, its telemetry and jobs) in
+  threads of this process.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__, jobs
+from gateway.agent.proxy import AgentLink, is_agent_path
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, error_body, error_dict
@@ -29,7 +40,7 @@ from gateway.hotpath import PATHS, HotPath, Receive, Scope, Send, send_error
 from gateway.routing.state import RouteStateStore
 from gateway.shadow import ShadowRunner
 from gateway.store.ids import new_id
-from gateway.store.writer import LogWriter
+from gateway.store.wal import WalAppender, default_wal_dir
 
 log = logging.getLogger("shadowtune")
 
@@ -39,7 +50,7 @@ class Context:
     """What the routers share; built once per worker by `create_app`."""
 
     settings: Settings
-    writer: LogWriter
+    writer: WalAppender
     routes: RouteStateStore
     auth: Authenticator
     shadow: ShadowRunner
@@ -47,6 +58,30 @@ class Context:
     telemetry: Any = None
     custom_metrics: Any = ()
     port: int | None = None  # the bound port, when known (tests bind port 0)
+    agent: Any = None  # the in-process LogAgent (one process) or the AgentLink (a worker of serve)
+
+    def store_status(self) -> dict[str, Any]:
+        """This process's WAL writer, with the log agent's view of the host's store when known."""
+        own = self.writer.status()
+        host = None
+        if self.agent is not None:
+            host = self.agent.status() if hasattr(self.agent, "status") else self.agent.fresh_agent_status()
+        if host is None:
+            return own
+        dropped = dict(host.get("dropped") or {})
+        for reason, n in own["dropped"].items():
+            dropped.setdefault(reason, n)
+        return {
+            **host,
+            "writer_id": own["writer_id"],
+            "wal_open": own["wal_open"],
+            "wal_errors": own["wal_errors"],
+            "appended": own["appended"],
+            "healthy": bool(own["healthy"] and host.get("healthy", True)),
+            "pending_in_memory": own["pending_in_memory"],
+            "dropped": dropped,
+            "last_error": own["last_error"] or host.get("last_error"),
+        }
 
 
 class GatewayApp:
@@ -56,6 +91,7 @@ class GatewayApp:
         self.ctx = ctx
         self.api = api
         self.hot = ctx.hot
+        self.link: AgentLink | None = ctx.agent if isinstance(ctx.agent, AgentLink) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,22 +122,29 @@ class GatewayApp:
                 message = {**message, "headers": headers}
             await send(message)
 
+        if self.link is not None and is_agent_path(scope["path"]):
+            if scope["path"] == "/admin/flush":
+                self.ctx.writer.rotate()  # this worker's open segment, now; the agent waits for the others
+            await self.link.forward(scope, receive, send_with_ids)
+            return
         await self.api(scope, receive, send_with_ids)  # type: ignore[arg-type]
 
 
-def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers: Any = ()) -> GatewayApp:
-    """Build the gateway; ``span_exporter`` / ``metric_readers`` add OpenTelemetry sinks (tests use in-memory ones)."""
+def create_app(
+    settings: Settings,
+    *,
+    span_exporter: Any = None,
+    metric_readers: Any = (),
+    agent_socket: str | None = None,
+) -> GatewayApp:
+    """Build the gateway (see the module docstring); ``span_exporter`` / ``metric_readers`` add
+    OpenTelemetry sinks to the in-process agent (tests use in-memory ones)."""
     store = settings.store
-    writer = LogWriter(
-        store.log_dir,
-        wal_dir=store.wal_dir,
-        flush_interval=store.flush_interval,
+    writer = WalAppender(
+        store.wal_dir or default_wal_dir(store.log_dir),
+        rotate_interval=store.flush_interval,
         max_pending=store.max_pending,
-        max_backlog_bytes=store.max_backlog_mb * 2**20,
-        compact_interval=store.compact_interval,
-        retention_days=store.retention_days,
         wal_fsync_ms=store.wal_fsync_ms,
-        create_bucket=store.create_bucket,
     )
     routes = RouteStateStore(settings)
     auth = Authenticator(store.state_path, settings.server.auth, backend=routes.backend)
@@ -111,25 +154,30 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
     from gateway.api.feedback import custom_metrics
 
     ctx.custom_metrics = custom_metrics(settings.signals.custom_metrics)
+    if agent_socket is not None:
+        ctx.agent = AgentLink(agent_socket, ctx)
+    else:
+        from gateway.agent.embedded import embed_agent
 
-    from gateway import telemetry
-
-    ctx.telemetry = telemetry.Telemetry(
-        settings.telemetry, ctx, span_exporter=span_exporter, metric_readers=metric_readers
-    )
-    writer.listeners.append(ctx.telemetry.on_records)
+        embed_agent(ctx, span_exporter=span_exporter, metric_readers=metric_readers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # The log writer's thread runs Python while it converts a batch; with the default 5 ms GIL
-        # switch interval the event loop waits up to 5 ms at every wake-up meanwhile (p99 tails).
         sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
         await asyncio.to_thread(writer.start)
         if auth.open:
             log.warning(
                 "client authentication is OFF (open mode): create a key with 'shadowtune keys create'"
             )
-        background = jobs.start(ctx)
+        loop = asyncio.get_running_loop()
+        if isinstance(ctx.agent, AgentLink):  # the agent runs the periodic jobs
+            background = [
+                loop.create_task(jobs.poll_routes(routes)),
+                loop.create_task(ctx.agent.report_loop()),
+            ]
+        else:
+            await asyncio.to_thread(ctx.agent.start)
+            background = jobs.start(ctx)
         try:
             yield
         finally:
@@ -137,7 +185,13 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
                 task.cancel()
             await hot.close()
             await asyncio.to_thread(writer.close)
-            ctx.telemetry.shutdown()
+            if isinstance(ctx.agent, AgentLink):
+                with contextlib.suppress(Exception):
+                    await ctx.agent.report_once()  # the last counts (drops, skips) reach the agent
+                await ctx.agent.close()
+            else:
+                await asyncio.to_thread(ctx.agent.stop)
+                ctx.telemetry.shutdown()
 
     api = FastAPI(title="Shadowtune", version=__version__, lifespan=lifespan)
     api.state.ctx = ctx
@@ -150,9 +204,10 @@ def create_app(settings: Settings, *, span_exporter: Any = None, metric_readers:
     from gateway.api import feedback
 
     api.include_router(feedback.router)
-    from gateway.web import review
+    if agent_socket is None:
+        from gateway.web import review
 
-    api.include_router(review.router)
+        api.include_router(review.router)
     return GatewayApp(ctx, api)
 
 

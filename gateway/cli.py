@@ -87,9 +87,11 @@ def serve(
     open_mode: bool | None,
     log_level: str,
 ) -> None:
-    """Start the gateway (OpenAI-compatible, with its call log)."""
-    import uvicorn
+    """Start the gateway (OpenAI-compatible, with its call log).
 
+    Runs the request workers and one log agent for the host, under a supervisor
+    (`gateway.agent.supervisor`).
+    """
     settings = _settings(
         config_path,
         server__passthrough_url=upstream,
@@ -111,21 +113,10 @@ def serve(
         f"(log: {settings.store.log_dir}, workers: {srv.workers})",
         err=True,
     )
-    uvicorn.run(
-        "gateway.cli:_app_from_env",
-        factory=True,
-        host=srv.host,
-        port=srv.port,
-        workers=srv.workers if srv.workers > 1 else None,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        log_level=log_level,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=10,
-    )
+    from gateway.agent.supervisor import exec_supervisor
+
+    sys.stderr.flush()
+    exec_supervisor(os.environ["_SHADOWTUNE_SETTINGS"], log_level=log_level)
 
 
 def _settings(config_path: str | None, **overrides: Any) -> Any:
@@ -150,7 +141,8 @@ def _dump(settings: Any) -> str:
 
 
 def _app_from_env() -> Any:
-    """uvicorn factory: each worker process builds its own app from the parent's settings."""
+    """uvicorn factory (``uvicorn gateway.cli:_app_from_env --factory``): a self-contained gateway process
+    (the log agent in threads of it); ``serve`` runs `gateway.agent.worker` processes instead."""
     from gateway.app import create_app
     from gateway.config import Settings
 

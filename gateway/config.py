@@ -114,7 +114,7 @@ class ServerConfig(_Section):
     port: int = 8000
     """Port to listen on."""
     workers: int = 1
-    """Worker processes (each with its own log files)."""
+    """Request worker processes (each with its own WAL segments); ``serve`` adds one log agent process per host."""
     auth: Literal["auto", "keys", "open"] = "auto"
     """``keys``: callers need a key from ``shadowtune keys create``; ``open``: no client auth (local use);
     ``auto``: ``keys`` once a key exists, else ``open``."""

@@ -6,7 +6,8 @@ layers, one JSON parse of the body, the body forwarded as bytes (re-serialised o
 the upstream model id differs from the name the client sent), a streamed answer relayed
 chunk by chunk as it arrives, and one ``write()`` to the call log's WAL per call. Work
 that can wait — assembling streamed answers, token counts, costs, telemetry — happens
-in batches in the log writer's thread.
+in the host's log agent (`gateway.agent`), another process. A caller's ``traceparent``
+is forwarded to the upstream.
 
 Per request: authenticate, parse, resolve the route's live state, pick the serving
 variant (`gateway.routing.modes`), call it (falling back to the baseline when a
@@ -36,9 +37,9 @@ from gateway.routing.modes import Plan, plan_for
 from gateway.routing.state import RouteState, RouteStateStore
 from gateway.shadow import ShadowRunner
 from gateway.store.ids import new_id
-from gateway.store.rows import assemble_stream
 from gateway.store.surfaces import ASSEMBLE
-from gateway.store.writer import LogWriter
+from gateway.store.wal import WalAppender
+from gateway.tracectx import child_traceparent
 from gateway.upstream import faults
 from gateway.upstream import litellm as litellm_upstream
 from gateway.upstream.openai_compat import OpenAICompatClient
@@ -65,6 +66,7 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 PASSTHROUGH = "_passthrough"
 # open mode, zero-config: the caller's own key goes to the passthrough upstream (never to the log)
 _CALLER_AUTH: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("caller_auth", default=None)
+_TRACEPARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
 
 
 class Redactor:
@@ -119,7 +121,7 @@ class HotPath:
     def __init__(
         self,
         settings: Settings,
-        writer: LogWriter,
+        writer: WalAppender,
         routes: RouteStateStore,
         auth: Authenticator,
         shadow: ShadowRunner,
@@ -136,6 +138,8 @@ class HotPath:
         r = settings.store.redact
         self.redact = Redactor(r.emails, r.cards, r.patterns) if (r.emails or r.cards or r.patterns) else None
         passthrough = settings.server.passthrough_url
+        # forwarded traceparents name the gateway's own span as the parent when spans are exported
+        self.own_spans = bool(settings.telemetry.otlp_endpoint)
         self.passthrough: UpstreamConfig | None = (
             UpstreamConfig(base_url=passthrough, api_key_env=settings.server.upstream_key_env)
             if passthrough
@@ -162,6 +166,7 @@ class HotPath:
         stream = bool(req.get("stream")) and endpoint in responses.STREAMING
         rec.stream = stream
         rec.annotate(req, headers)
+        _TRACEPARENT.set(rec.traceparent)
         snapshot = self.routes.snapshot
         state = snapshot.routes.get(model)
         if state is None:
@@ -358,7 +363,10 @@ class HotPath:
                 if model != req["model"]:
                     body = orjson.dumps({**req, "model": model})
                 caller = _CALLER_AUTH.get() if name == PASSTHROUGH else None
-                reply = await self.client.send(upstream, UPSTREAM_PATH[endpoint], body, caller)
+                tp = _TRACEPARENT.get()
+                if tp is not None:
+                    tp = child_traceparent(tp, attempt.call_id if self.own_spans else None)
+                reply = await self.client.send(upstream, UPSTREAM_PATH[endpoint], body, caller, tp)
             else:
                 reply = await litellm_upstream.send(upstream, endpoint, {**req, "model": model})
             attempt.reply = reply
@@ -462,6 +470,8 @@ class HotPath:
             rec.ttft_ms = (first - t0) * 1000
         if self.redact is not None:
             if rec.response_sse:  # redact the assembled answer: a pattern can span chunks
+                from gateway.store.rows import assemble_stream  # only with redaction on (pyarrow)
+
                 assemble = ASSEMBLE.get(rec.endpoint, assemble_stream)
                 rec.response = orjson.dumps(assemble(rec.response_sse)).decode()
                 rec.response_sse = None

@@ -1,19 +1,23 @@
 """OpenTelemetry traces and metrics (GenAI semantic conventions), and Prometheus ``/metrics``.
 
-Nothing here runs on the request path. Spans and metric points are made from the call
-log's records, in batches, in the log writer's thread (`LogWriter.listeners`), with the
-calls' real start and end times, about a second after each call. Span and trace ids are
-derived from call ids, so a shadow call's span links to its served call's span, and a
-caller's ``traceparent`` makes the served span a child of the caller's.
+Nothing here runs on the request path, nor in a request worker: spans and metric points
+are made in the host's log agent from the WAL records as they are written
+(`gateway.agent.tail.WalTailer`), in batches, with the calls' real start and end times, a
+fraction of a second after each call, whether or not the Parquet writes succeed. One
+agent per host tails every worker, so ``/metrics`` gives the host's totals. Span and trace
+ids are derived from call ids (`gateway.tracectx`), so a shadow call's span links to its
+served call's span, and a caller's ``traceparent`` makes the served span a child of the
+caller's. Outcome events (thumbs, ratings, regenerations, ...) become metrics by the route
+and variant of the call they are about.
 
 Prompt and completion text stay out of telemetry unless ``telemetry.capture_content``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,13 +34,16 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway import __version__
+from gateway import __version__, tracectx
 from gateway.config import TelemetryConfig
+from gateway.tracectx import span_id_of, trace_id_of
 
 log = logging.getLogger("shadowtune.telemetry")
 
 _OPERATION = {"chat.completions": "chat", "embeddings": "embeddings"}
 _LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+_RATING_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
 _METRIC_KEYS = (
     "gen_ai.operation.name",
     "gen_ai.request.model",
@@ -44,27 +51,41 @@ _METRIC_KEYS = (
     "shadowtune.variant",
     "shadowtune.mode",
     "shadowtune.served",
+    "gen_ai.provider.name",
 )
+_VALUE_KINDS = frozenset(("thumbs", "choice", "flag", "regeneration"))  # kinds whose value is a small set
+_CALL_MAP_SIZE = 60_000  # call and response ids -> (route, variant), for outcome events on recent calls
+Resolver = Callable[[list[str]], dict[str, tuple[str, str]]]
 
 
-def span_id_of(call_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(call_id.encode(), digest_size=8).digest(), "big") or 1
+def log_resolver(log_dir: str, wal_dir: str | None) -> Resolver:
+    """Route and variant of calls by call id or response id, from the log (the agent's DuckDB)."""
 
+    def resolve(ids: list[str]) -> dict[str, tuple[str, str]]:
+        from gateway.store import LogStore
 
-def trace_id_of(call_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(call_id.encode(), digest_size=16).digest(), "big") or 1
+        with LogStore.open(log_dir, wal_dir=wal_dir) as store:
+            rows = store.sql(
+                "SELECT call_id, response_id, route, variant FROM calls "
+                "WHERE call_id IN (SELECT unnest($1)) OR response_id IN (SELECT unnest($1))",
+                [ids],
+            )
+        out: dict[str, tuple[str, str]] = {}
+        for r in rows:
+            found = (r["route"] or "", r["variant"] or "baseline")
+            out[r["call_id"]] = found
+            if r["response_id"]:
+                out[r["response_id"]] = found
+        return out
+
+    return resolve
 
 
 def parse_traceparent(value: str | None) -> SpanContext | None:
-    if not value:
+    parsed = tracectx.parse(value)
+    if parsed is None:
         return None
-    parts = value.strip().split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
-        return None
-    try:
-        return SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True, trace_flags=TraceFlags(1))
-    except ValueError:
-        return None
+    return SpanContext(parsed[0], parsed[1], is_remote=True, trace_flags=TraceFlags(1))
 
 
 class _CallIds(IdGenerator):
@@ -142,16 +163,31 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
         )
         self.ttft = m.create_histogram(
-            "gen_ai.client.time_to_first_token",
+            "gen_ai.client.operation.time_to_first_chunk",
             unit="s",
-            description="Time to the first streamed chunk",
+            description="Time to the first chunk of a streamed answer",
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
         )
-        # Summed per batch: a counter, not the per-call gen_ai.client.token.usage histogram,
-        # whose SDK cost per point is a large share of the gateway's CPU.
-        self.tokens = m.create_counter(
-            "shadowtune.tokens", unit="{token}", description="Tokens used, by gen_ai.token.type"
+        self.tokens = m.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Input and output tokens per call, by gen_ai.token.type",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
         )
+        self.feedback = m.create_counter(
+            "shadowtune.feedback",
+            unit="{event}",
+            description="Outcome events (thumbs, ratings, regenerations, flags, ...) by route and variant",
+        )
+        self.rating = m.create_histogram(
+            "shadowtune.feedback.rating",
+            unit="1",
+            description="Ratings given to calls, by route and variant",
+            explicit_bucket_boundaries_advisory=_RATING_BUCKETS,
+        )
+        self._call_map: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.resolve_calls: Resolver | None = None
+        """Looks up calls the map no longer (or never) held; set by the agent."""
         self.cost = m.create_counter("shadowtune.cost", unit="USD", description="Estimated cost of calls")
         m.create_observable_gauge("shadowtune.shadow.queue_depth", [self._shadow_depth], unit="{call}")
         m.create_observable_gauge("shadowtune.shadow.in_flight", [self._shadow_in_flight], unit="{call}")
@@ -203,77 +239,150 @@ class Telemetry:
         return [Observation(n, {"shadowtune.reason": r}) for r, n in self.ctx.writer.stats.dropped.items()]
 
     def _log_quarantined(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(self.ctx.writer.stats.dropped.get("quarantined", 0))]
+        agent = getattr(self.ctx, "agent", None)  # the host's count (conversion quarantines too)
+        dropped = (
+            agent.dropped()
+            if agent is not None and hasattr(agent, "dropped")
+            else self.ctx.writer.stats.dropped
+        )
+        return [Observation(dropped.get("quarantined", 0))]
 
     def _log_healthy(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(int(bool(self.ctx.writer.healthy)))]
+        agent = getattr(self.ctx, "agent", None)  # the host's log (conversion, backlog), else the writer's
+        healthy = (
+            agent.healthy if agent is not None and hasattr(agent, "healthy") else self.ctx.writer.healthy
+        )
+        return [Observation(int(bool(healthy)))]
 
     def _state_healthy(self, _: CallbackOptions) -> list[Observation]:
         health = self.ctx.routes.backend.health
         return [Observation(int(health.ok), {"shadowtune.state.backend": health.kind})]
 
-    # -- from log records (writer thread) -----------------------------------------------
+    # -- from log records (the agent's WAL tail) ---------------------------------------
     def on_records(self, table: str, records: list[dict[str, Any]]) -> None:
-        """Metrics and spans for a batch of flushed calls (the log writer's thread).
+        """Metrics and spans for a batch of records just appended to the WAL (the agent's tail thread).
 
-        Counters (calls, errors, tokens, cost) are summed per attribute set and added once
-        per batch; the two histograms (duration, time to first token) take one point per
-        call, since the SDK has no batch API.
+        Counters (calls, errors, cost) are summed per attribute set and added once per batch;
+        the histograms (duration, time to first chunk, token usage) take one point per call,
+        since the SDK has no batch API.
         """
+        if table == "events":
+            self._on_events(records)
+            return
         if table != "calls":
             return
         calls: dict[tuple[Any, ...], int] = {}
         errors: dict[tuple[Any, ...], int] = {}
         cost: dict[tuple[Any, ...], float] = {}
-        tokens: dict[tuple[Any, ...], int] = {}
         tracing = self.tracer_provider is not None
+        call_map = self._call_map
         for rec in records:
             try:
+                route, variant = rec.get("route") or "", rec.get("variant") or "baseline"
                 key = (
                     _OPERATION.get(rec.get("endpoint") or "", "chat"),
-                    rec.get("route") or "",
-                    rec.get("route") or "",
-                    rec.get("variant") or "baseline",
+                    route,
+                    route,
+                    variant,
                     rec.get("mode") or "off",
                     bool(rec.get("served")),
+                    rec.get("provider") or "openai",
                 )
+                call_map[rec["call_id"]] = (route, variant)
+                if rec.get("response_id"):
+                    call_map[rec["response_id"]] = (route, variant)
                 status = rec.get("status") or 0
                 calls[(*key, status)] = calls.get((*key, status), 0) + 1
+                error_type = None
                 if status >= 400 or rec.get("error_type"):
-                    ekey = (*key, rec.get("error_type") or str(status))
+                    error_type = rec.get("error_type") or str(status)
+                    ekey = (*key, error_type)
                     errors[ekey] = errors.get(ekey, 0) + 1
                 if rec.get("cost_usd"):
                     cost[key] = cost.get(key, 0.0) + rec["cost_usd"]
                 for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
-                    if rec.get(col):
-                        tokens[(*key, kind)] = tokens.get((*key, kind), 0) + rec[col]
-                metric_attrs = self._metric_attrs(key)
+                    if rec.get(col) is not None:
+                        self.tokens.record(rec[col], self._metric_attrs(key, "gen_ai.token.type", kind))
                 if rec.get("latency_ms") is not None:
-                    self.duration.record(rec["latency_ms"] / 1000, metric_attrs)
+                    attrs = (
+                        self._metric_attrs(key, "error.type", error_type)
+                        if error_type
+                        else self._metric_attrs(key)
+                    )
+                    self.duration.record(rec["latency_ms"] / 1000, attrs)
                 if rec.get("ttft_ms") is not None:
-                    self.ttft.record(rec["ttft_ms"] / 1000, metric_attrs)
+                    self.ttft.record(rec["ttft_ms"] / 1000, self._metric_attrs(key))
                 if tracing:
                     self._span(rec, self._attributes(rec))
-            except Exception as exc:  # telemetry must never break the log writer
+            except Exception as exc:  # telemetry must never break the log agent
                 log.warning("telemetry for %s failed: %r", rec.get("call_id"), exc)
-        for key, n in tokens.items():
-            self.tokens.add(n, self._metric_attrs(key))
+        while len(call_map) > _CALL_MAP_SIZE:
+            call_map.popitem(last=False)
         for ckey, n in calls.items():
-            self.calls.add(n, {**self._metric_attrs(ckey[:-1]), "http.response.status_code": ckey[-1]})
+            self.calls.add(n, self._metric_attrs(ckey[:-1], "http.response.status_code", ckey[-1]))
         for ekey, n in errors.items():
-            self.errors.add(n, {**self._metric_attrs(ekey[:-1]), "error.type": ekey[-1]})
+            self.errors.add(n, self._metric_attrs(ekey[:-1], "error.type", ekey[-1]))
         for key, usd in cost.items():
             self.cost.add(usd, self._metric_attrs(key))
 
-    def _metric_attrs(self, key: tuple[Any, ...]) -> dict[str, Any]:
-        """The attribute dict for a key (cached: the SDK hashes it on every point)."""
-        attrs = self._attr_cache.get(key)
+    def _on_events(self, records: list[dict[str, Any]]) -> None:
+        """Outcome events by the route and variant of their call (``unknown`` when not found)."""
+        found: dict[str, tuple[str, str]] = {}
+        missing: list[str] = []
+        for rec in records:
+            target = rec.get("call_id")
+            if not isinstance(target, str):
+                continue
+            hit = self._call_map.get(target)
+            if hit is None:
+                missing.append(target)
+            else:
+                found[target] = hit
+        if missing and self.resolve_calls is not None:
+            try:
+                resolved = self.resolve_calls(missing)
+            except Exception as exc:  # the log may be unreadable (store down): counted as unknown
+                log.debug("telemetry: cannot resolve %d call(s) of feedback: %r", len(missing), exc)
+                resolved = {}
+            found.update(resolved)
+            for k, v in resolved.items():
+                self._call_map[k] = v
+        counts: dict[tuple[str, str, str, str], int] = {}
+        for rec in records:
+            try:
+                kind = str(rec.get("kind") or "unknown")[:64]
+                route, variant = found.get(rec.get("call_id") or "", ("unknown", "unknown"))
+                value = str(rec.get("value") or "")[:32] if kind in _VALUE_KINDS else ""
+                ckey = (route, variant, kind, value)
+                counts[ckey] = counts.get(ckey, 0) + 1
+                if kind == "rating" and isinstance(rec.get("value_num"), int | float):
+                    self.rating.record(
+                        float(rec["value_num"]), {"shadowtune.route": route, "shadowtune.variant": variant}
+                    )
+            except Exception as exc:
+                log.warning("telemetry for event %s failed: %r", rec.get("event_id"), exc)
+        for (route, variant, kind, value), n in counts.items():
+            attrs = {
+                "shadowtune.route": route,
+                "shadowtune.variant": variant,
+                "shadowtune.feedback.kind": kind,
+            }
+            if value:
+                attrs["shadowtune.feedback.value"] = value
+            self.feedback.add(n, attrs)
+
+    def _metric_attrs(
+        self, key: tuple[Any, ...], extra: str | None = None, value: Any = None
+    ) -> dict[str, Any]:
+        """The attribute dict for a key, plus one extra attribute (cached: the SDK hashes it on every point)."""
+        cache_key = (key, extra, value)
+        attrs = self._attr_cache.get(cache_key)
         if attrs is None:
             attrs = dict(zip(_METRIC_KEYS, key, strict=False))
-            if len(key) > len(_METRIC_KEYS):
-                attrs["gen_ai.token.type"] = key[len(_METRIC_KEYS)]
+            if extra is not None:
+                attrs[extra] = value
             if len(self._attr_cache) < 10_000:
-                self._attr_cache[key] = attrs
+                self._attr_cache[cache_key] = attrs
         return attrs
 
     def _attributes(self, rec: dict[str, Any]) -> dict[str, Any]:

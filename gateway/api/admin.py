@@ -114,7 +114,7 @@ async def status(request: Request) -> dict[str, Any]:
     _admin(request)
     ctx = request.app.state.ctx
     return {
-        "store": ctx.writer.status(),
+        "store": ctx.store_status(),
         "shadow": ctx.shadow.status(),
         "routes_version": ctx.routes.snapshot.version,
         "state": ctx.routes.backend.health.as_dict(),
@@ -156,6 +156,17 @@ async def revoke_key(name: str, request: Request) -> dict[str, Any]:
         raise NotFound(str(exc), param="name", code="key_not_found") from None
     await asyncio.to_thread(auth.refresh)
     return {"name": name, "revoked": True}
+
+
+@router.get("/process")
+async def process(request: Request) -> dict[str, Any]:
+    """This process (the worker that took the request): pid, WAL writer, loaded modules (for checks)."""
+    _admin(request)
+    import os
+    import sys
+
+    ctx = request.app.state.ctx
+    return {"pid": os.getpid(), "writer_id": ctx.writer.writer_id, "modules": sorted(sys.modules)}
 
 
 @router.post("/flush")

@@ -35,7 +35,7 @@ _STORE_KEYS = (
 
 
 def _store(ctx: Any) -> dict[str, Any]:
-    status: dict[str, Any] = ctx.writer.status()
+    status: dict[str, Any] = ctx.store_status()  # this worker's WAL + the log agent's view of the host
     return {k: status.get(k) for k in _STORE_KEYS}
 
 

@@ -494,6 +494,19 @@ class LogWriter:
         self.stats.flushed_rows += done.rows
         return done.rows
 
+    def convert_segment(self, seg: str) -> int:
+        """Convert one closed WAL segment (any writer's) to Parquet, then delete it; returns its rows.
+
+        The log agent's entry point (`gateway.agent.core`). Raises ``OSError`` when the
+        store refuses the write (the segment stays, to be tried again) and
+        ``FileNotFoundError`` when the segment is already gone.
+        """
+        return self._convert_segment(seg, strict_tail=True)
+
+    def housekeeping(self) -> None:
+        """Compaction and retention, when their interval has passed (the log agent calls this)."""
+        self._housekeeping()
+
     def replay(self) -> int:
         """Convert the segments of writers that are gone (exactly once); returns rows replayed.
 

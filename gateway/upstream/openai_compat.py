@@ -76,9 +76,17 @@ class OpenAICompatClient:
             self._session = None
 
     async def send(
-        self, upstream: UpstreamConfig, path: str, body: bytes, caller_auth: bytes | None
+        self,
+        upstream: UpstreamConfig,
+        path: str,
+        body: bytes,
+        caller_auth: bytes | None,
+        traceparent: str | None = None,
     ) -> UpstreamReply:
-        """POST ``body`` to ``upstream``'s ``path``; the reply's body is not read yet."""
+        """POST ``body`` to ``upstream``'s ``path``; the reply's body is not read yet.
+
+        ``traceparent`` (W3C trace context) is sent along, so the upstream's spans join the caller's trace.
+        """
         url = upstream.base_url.rstrip("/") + path  # type: ignore[union-attr]
         headers = {
             "Content-Type": "application/json",
@@ -99,6 +107,8 @@ class OpenAICompatClient:
         )
         where = safe_url(url)
         connect_timeout = min(10.0, upstream.timeout)
+        if traceparent:
+            headers["traceparent"] = traceparent
         waited = 0.0
         attempt = 0
         while True:

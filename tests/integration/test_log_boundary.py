@@ -110,7 +110,7 @@ def test_hostile_caller_fields_never_stop_the_writer_and_every_answer_is_logged(
 
     one_call()
     gw.flush()
-    status = gw.ctx.writer.status()
+    status = gw.ctx.store_status()
     assert gw.ctx.writer._thread.is_alive()
     with LogStore.open(log_dir) as store:  # the log stays queryable
         rows = {
@@ -150,7 +150,7 @@ def test_the_issue_reproducer_is_answered_logged_and_queryable(gateway, log_dir)
         assert store.sql("SELECT session_id, metadata FROM calls") == [
             {"session_id": '{"x":1}', "metadata": '{"session_id":"{\\"x\\":1}"}'}
         ]
-    assert gateway.ctx.writer.status()["quarantined"] == 0
+    assert gateway.ctx.store_status()["quarantined"] == 0
     assert list(Path(log_dir, "calls").rglob("*.parquet"))  # it reached Parquet, not only the tail
 
 
@@ -200,15 +200,15 @@ def test_a_full_disk_logs_or_counts_every_answered_call_and_leaves_no_temporary_
             answered.append(resp.headers["x-request-id"])
         degraded = client.get(gw.url + "/readyz")
         assert degraded.status_code == 503
-        stats = gw.ctx.writer.status()
+        stats = gw.ctx.store_status()
         assert stats["dropped"].get("queue_full", 0) > 0 and stats["wal_errors"] > 0
         free(disk)
         deadline = time.monotonic() + 20
-        while gw.ctx.writer.status()["pending_in_memory"] and time.monotonic() < deadline:
+        while gw.ctx.store_status()["pending_in_memory"] and time.monotonic() < deadline:
             time.sleep(0.05)
         gw.flush()
         gw.flush()
-        stats = gw.ctx.writer.status()
+        stats = gw.ctx.store_status()
         with LogStore.open(log_dir) as store:
             logged = [r["call_id"] for r in store.sql("SELECT call_id FROM calls")]
         assert len(logged) == len(set(logged)) and set(logged) <= set(answered)
@@ -251,4 +251,4 @@ def test_hostile_feedback_bodies_are_4xx_or_logged_as_events_never_quarantined(g
     gateway.flush()
     with LogStore.open(log_dir) as store:
         assert sorted(r["event_id"] for r in store.sql("SELECT event_id FROM events")) == sorted(accepted)
-    assert accepted and gateway.ctx.writer.status()["quarantined"] == 0
+    assert accepted and gateway.ctx.store_status()["quarantined"] == 0

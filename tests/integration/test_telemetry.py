@@ -157,7 +157,7 @@ def test_a_streamed_call_has_a_first_token_event_and_usage(start):
     assert span.attributes["gen_ai.usage.input_tokens"] == 7
     assert [e.name for e in span.events] == ["gen_ai.first_token"]
     assert span.start_time <= span.events[0].timestamp <= span.end_time
-    [ttft] = points(reader, "gen_ai.client.time_to_first_token")
+    [ttft] = points(reader, "gen_ai.client.operation.time_to_first_chunk")
     assert ttft.count == 1
     assert ttft.attributes["shadowtune.variant"] == "baseline"
 

@@ -1,0 +1,44 @@
+"""A request worker process (``python -m gateway.agent.worker``), started by the supervisor.
+
+Serves `gateway.app.create_app` in worker mode (WAL appends only, log pages proxied to the
+agent) on the listening socket the supervisor passes as ``_SHADOWTUNE_LISTEN_FD``, and
+exits when the supervisor dies (its pipe closes): no orphan holds the port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+
+def main() -> None:
+    import uvicorn
+
+    from gateway.agent.process import ENV_LOG_LEVEL, ENV_SETTINGS, ENV_SOCKET, watch_parent
+    from gateway.app import create_app
+    from gateway.config import Settings
+
+    settings = Settings.model_validate(json.loads(os.environ[ENV_SETTINGS]))
+    app = create_app(settings, agent_socket=os.environ[ENV_SOCKET])
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_level=os.environ.get(ENV_LOG_LEVEL, "info"),
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    watch_parent(server, hard_exit_after=20)
+    sock = socket.socket(fileno=int(os.environ[ENV_LISTEN_FD]))
+    server.run(sockets=[sock])
+
+
+ENV_LISTEN_FD = "_SHADOWTUNE_LISTEN_FD"
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

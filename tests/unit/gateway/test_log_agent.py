@@ -1,0 +1,255 @@
+"""The WAL segment protocol between request workers (`WalAppender`) and the host's log agent
+(`LogAgent`): only closed segments are converted while their writer lives, a dead writer's
+segments are adopted, every record reaches Parquet and the telemetry tail exactly once, and a
+request worker's imports stay free of pyarrow, DuckDB and the OpenTelemetry SDK."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from gateway import tracectx
+from gateway.agent.core import LogAgent
+from gateway.config import Settings
+from gateway.store import LogStore
+from gateway.store.wal import WalAppender
+
+
+def settings(log_dir: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "store": {"log_dir": log_dir, "flush_interval": 60, "compact_interval": 0},
+            "server": {"auth": "open"},
+        }
+    )
+
+
+def record(i: int, **extra: Any) -> dict[str, Any]:
+    return {"call_id": f"call-{i}", "ts": 1_700_000_000_000_000 + i, "endpoint": "chat.completions", **extra}
+
+
+def logged(log_dir: str) -> list[str]:
+    with LogStore.open(log_dir) as store:
+        return sorted(r["call_id"] for r in store.sql("SELECT call_id FROM calls"))
+
+
+def tailed(agent: LogAgent) -> list[str]:
+    seen: list[str] = []
+    agent.tailer.listeners.append(lambda table, rows: seen.extend(r["call_id"] for r in rows))
+    return seen
+
+
+def test_only_closed_segments_are_converted_while_their_writer_lives(log_dir):
+    agent = LogAgent(settings(log_dir))
+    seen = tailed(agent)
+    agent.start()
+    wal = WalAppender(agent.wal_dir, rotate_interval=60)
+    wal.start()
+    try:
+        for i in range(3):
+            wal.append("calls", record(i))
+        wal.rotate()
+        for i in range(3, 5):
+            wal.append("calls", record(i))
+        agent.tailer.poll()
+        assert agent.convert() == 3  # the closed segment only
+        segments = sorted(Path(agent.wal_dir).glob("*.wal.ndjson"))
+        assert [p.name.split(".")[1] for p in segments] == ["00000002"]  # the open one stays
+        assert logged(log_dir) == [f"call-{i}" for i in range(5)]  # readers see Parquet + the open tail
+        assert sorted(seen) == [f"call-{i}" for i in range(5)]  # telemetry saw all, before any flush
+    finally:
+        wal.close()
+    assert agent.convert() == 2  # a writer that closed: all of its segments
+    assert not list(Path(agent.wal_dir).glob("*.wal.ndjson"))
+    assert [p.name for p in Path(agent.wal_dir).glob("*.lock")] == ["agent.lock"]  # no writer's lock left
+    agent.stop()
+    assert sorted(seen) == [f"call-{i}" for i in range(5)]  # each record once
+    assert logged(log_dir) == [f"call-{i}" for i in range(5)]
+
+
+def test_a_killed_writers_segments_are_adopted_exactly_once(log_dir):
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from gateway.store.wal import WalAppender
+        w = WalAppender({agent.wal_dir!r}, rotate_interval=60)
+        w.start()
+        for i in range(40):
+            w.append("calls", {{"call_id": f"call-{{i}}", "ts": 1_700_000_000_000_000 + i}})
+            if i % 10 == 9 and i < 39:
+                w.rotate()
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+        assert agent.convert() == 30  # alive: its open segment waits
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        assert agent.convert() == 10  # dead: the rest is adopted
+        assert agent.convert() == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        agent.stop()
+    assert logged(log_dir) == sorted(f"call-{i}" for i in range(40))
+    assert agent.stats.adopted_writers == 1
+
+
+def test_a_segment_converted_twice_lands_once(log_dir, tmp_path):
+    """The agent killed between writing Parquet and deleting the segment converts it again."""
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    with WalAppender(agent.wal_dir, rotate_interval=60) as wal:
+        for i in range(7):
+            wal.append("calls", record(i))
+    [seg] = Path(agent.wal_dir).glob("*.wal.ndjson")
+    kept = tmp_path / "kept"
+    shutil.copy(seg, kept)
+    assert agent.convert() == 7
+    shutil.copy(kept, seg)  # as if the delete never happened
+    assert agent.convert() == 7
+    agent.stop()
+    assert logged(log_dir) == sorted(f"call-{i}" for i in range(7))
+
+
+def test_two_agents_on_one_wal_never_convert_at_the_same_time(log_dir):
+    import fcntl
+
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    with WalAppender(agent.wal_dir, rotate_interval=60) as wal:
+        wal.append("calls", record(1))
+    fd = os.open(os.path.join(agent.wal_dir, "agent.lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another agent's round is running
+    try:
+        assert agent.convert() == 0
+        assert len(list(Path(agent.wal_dir).glob("*.wal.ndjson"))) == 1
+    finally:
+        os.close(fd)
+    assert agent.convert() == 1
+    agent.stop()
+
+
+def test_the_tail_takes_only_complete_lines(log_dir):
+    agent = LogAgent(settings(log_dir))
+    seen = tailed(agent)
+    os.makedirs(agent.wal_dir)
+    seg = Path(agent.wal_dir, "1-1-x.00000001.wal.ndjson")
+    seg.write_bytes(b'{"_t":"calls","call_id":"call-a","ts":1}\n{"_t":"calls","call_id":"ca')
+    agent.tailer.poll()
+    assert seen == ["call-a"]
+    with seg.open("ab") as f:
+        f.write(b'll-b","ts":2}\n')
+    agent.tailer.poll()
+    agent.tailer.poll()
+    assert seen == ["call-a", "call-b"]
+
+
+def test_the_store_refusing_writes_keeps_the_segments_and_counts_failures(log_dir):
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    seen = tailed(agent)
+    table = Path(log_dir, "calls")
+    aside = table.rename(Path(log_dir, "calls.aside"))  # the Delta table exists from the start
+    table.write_text("not a directory")
+    with WalAppender(agent.wal_dir, rotate_interval=60) as wal:
+        wal.append("calls", record(1))
+    agent.tailer.poll()
+    assert agent.convert() == 0
+    assert agent.stats.flush_errors == 1 and not agent.healthy
+    assert "Not a directory" in (agent.stats.last_error or "")
+    assert len(list(Path(agent.wal_dir).glob("*.wal.ndjson"))) == 1
+    assert seen == ["call-1"]
+    table.unlink()
+    aside.rename(table)
+    assert agent.convert() == 1
+    assert agent.healthy
+    agent.stop()
+    assert seen == ["call-1"]
+
+
+WORKER_IMPORTS = """
+import sys
+from gateway.app import create_app
+from gateway.config import Settings
+settings = Settings.model_validate({"store": {"log_dir": sys.argv[1]}, "server": {"auth": "open"},
+                                    "routes": {}, "telemetry": {"otlp_endpoint": "http://127.0.0.1:9"}})
+app = create_app(settings, agent_socket=sys.argv[1] + "/agent.sock")
+heavy = ("pyarrow", "duckdb", "opentelemetry.sdk", "jinja2", "prometheus_client")
+print(",".join(sorted(m for m in sys.modules if m in heavy or m.startswith(tuple(h + "." for h in heavy)))))
+"""
+
+
+def test_a_request_workers_app_imports_no_pyarrow_duckdb_or_otel_sdk(log_dir):
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER_IMPORTS, log_dir], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", f"a worker imported: {out.stdout.strip()}"
+
+
+def test_traceparent_for_the_upstream_keeps_the_callers_trace():
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert tracectx.child_traceparent(caller, None) == caller
+    child = tracectx.child_traceparent(caller, "call-1")
+    assert child == f"00-4bf92f3577b34da6a3ce929d0e0e4736-{tracectx.span_id_of('call-1'):016x}-01"
+    for bad in ("", "00-nothex-bad-01", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "ff-" + caller[3:]):
+        assert tracectx.child_traceparent(bad, None) is None
+
+
+def _sse(chunks: list[dict[str, Any]]) -> str:
+    import orjson
+
+    return "".join(f"data: {orjson.dumps(c).decode()}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+def _chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "m-1",
+        "choices": choices,
+        **extra,
+    }
+
+
+STREAMS = {
+    "usage last": [_chunk(""), *[_chunk(w) for w in ["a", "b", "c", "d", "e"]], _chunk(finish="stop"),
+                   {"id": "chatcmpl-1", "model": "m-1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 5}}],
+    "no usage": [_chunk("x"), _chunk("y"), _chunk(finish="length")],
+    "one chunk": [_chunk("all", finish="stop", usage={"prompt_tokens": 1, "completion_tokens": 1})],
+}  # fmt: skip
+
+
+def test_the_tails_light_derivation_gives_telemetry_the_same_fields_as_the_full_one():
+    import pytest
+
+    from gateway.agent.tail import TELEMETRY_FIELDS, derive_for_telemetry
+    from gateway.store.rows import derive
+
+    for name, chunks in STREAMS.items():
+        for sse in (_sse(chunks), _sse(chunks)[: -len("data: [DONE]\n\n")], "event: x\n" + _sse(chunks)):
+            rec = {
+                "_t": "calls",
+                "call_id": "c",
+                "ts": 1,
+                "response_sse": sse,
+                "price_in": 2.0,
+                "price_out": 3.0,
+            }
+            full, light = derive("calls", dict(rec)), derive_for_telemetry(dict(rec))
+            for key in TELEMETRY_FIELDS:
+                assert light.get(key) == pytest.approx(full.get(key)), (name, key)
+            assert "response_sse" not in light
