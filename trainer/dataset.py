@@ -99,7 +99,7 @@ class Filters:
     """Optional quality filters; each one is checked for removing a region of the input space."""
 
     thumbs_up_only: bool = False
-    """Keep only calls with a thumbs up and no thumbs down."""
+    """Keep only calls with a thumbs up and no thumbs down (a user's or a reviewer's)."""
     min_rating: float | None = None
     """Keep only calls rated at least this (unrated calls are dropped)."""
     no_flags: bool = False
@@ -338,7 +338,8 @@ class _Call:
 
 _SOURCE_COLUMNS = (
     "call_id, ts, route, status, error_type, tags, request, response, output_text, regenerate_of, "
-    "response_id, thumbs_up, thumbs_down, rating, choice, flags, regenerated, relabel, excluded"
+    "response_id, thumbs_up, thumbs_down, rating, choice, flags, regenerated, relabel, excluded, "
+    "reviewer_thumbs_up, reviewer_thumbs_down"
 )
 
 
@@ -487,7 +488,14 @@ def build_dataset(
         steps.append(
             (
                 "thumbs_up_only",
-                lambda c: c.relabelled or ((c.row["thumbs_up"] or 0) > 0 and not c.row["thumbs_down"]),
+                lambda c: (
+                    c.relabelled
+                    or (
+                        (c.row["thumbs_up"] or 0) + (c.row["reviewer_thumbs_up"] or 0) > 0
+                        and not c.row["thumbs_down"]
+                        and not c.row["reviewer_thumbs_down"]
+                    )
+                ),
             )
         )
     if filters.min_rating is not None:
