@@ -106,6 +106,30 @@ def _gateway_families(base: str, admin_token: str | None) -> dict[str, str]:
     return out
 
 
+def _route_baseline(log_dir: str, dataset: str, url: str, admin_token: str | None) -> str | None:
+    """The dataset's route, when the gateway (on loopback) says its baseline serves every call."""
+    import httpx
+
+    from trainer.dataset import load_dataset
+    from trainer.errors import DatasetError
+
+    try:
+        route = (load_dataset(log_dir, dataset).manifest.get("source") or {}).get("route")
+    except DatasetError:
+        return None
+    if not route or not _loopback(url):
+        return None
+    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+    base = url.rstrip("/").removesuffix("/v1")
+    try:
+        state = (
+            httpx.get(f"{base}/admin/routes/{route}", headers=headers, timeout=10).raise_for_status().json()
+        )
+    except (httpx.HTTPError, ValueError):
+        return None
+    return str(route) if isinstance(state, dict) and state.get("mode") in ("off", "shadow") else None
+
+
 # -- eval ----------------------------------------------------------------------------------
 @click.group(name="eval")
 def eval_group() -> None:
@@ -279,11 +303,22 @@ def judge_cmd(
     "--metric",
     "metrics",
     multiple=True,
-    default=("exact_match",),
+    default=("exact_match", "squad_exact_match", "token_f1"),
     show_default=True,
-    help="exact_match, json_valid, json_fields, classification or module:function; repeatable.",
+    help="exact_match, squad_exact_match, token_f1, json_valid, json_fields, classification or "
+    "module:function; repeatable.",
 )
 @click.option("--limit", type=int, help="Most examples.")
+@click.option(
+    "--baseline",
+    "baseline",
+    help="Model scored on the same examples next to --model (default for a dataset: its route, "
+    "when the gateway says the route's baseline serves it).",
+)
+@click.option("--no-baseline", is_flag=True, help="Score --model alone (the report says so).")
+@click.option(
+    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
+)
 @_client_options
 @_common
 def golden_cmd(
@@ -293,6 +328,9 @@ def golden_cmd(
     golden_file: str | None,
     metrics: tuple[str, ...],
     limit: int | None,
+    baseline: str | None,
+    no_baseline: bool,
+    admin_token: str | None,
     url: str,
     api_key: str | None,
     concurrency: int,
@@ -300,7 +338,7 @@ def golden_cmd(
     as_json: bool,
 ) -> None:
     """Score a model on a test split or golden file (deterministic metrics)."""
-    from evals.golden import read_dataset, read_golden, run_golden
+    from evals.golden import check_references, read_dataset, read_golden, run_golden
     from evals.judge import ChatClient, ResponseCache
     from evals.metrics import load_metric
 
@@ -314,9 +352,27 @@ def golden_cmd(
         assert golden_file is not None
         examples, source = read_golden(golden_file), f"golden:{golden_file}"
     examples = examples[:limit] if limit else examples
+    check_references(examples, source)
+    if baseline is None and not no_baseline:
+        baseline = _route_baseline(log_dir, dataset, url, admin_token) if dataset else None
+        if baseline is None:
+            raise click.UsageError(
+                "a fast eval scores the baseline on the same examples next to the candidate: pass "
+                "--baseline MODEL (a model name the gateway answers with the prompted baseline), or --no-baseline"
+            )
     client = ChatClient(url, api_key, concurrency=concurrency, cache=ResponseCache.for_log_dir(log_dir))
-    with _progress(len(examples), f"asking {model}") as tick:
-        report = run_golden(examples, model, metrics, client, source=source, on_progress=tick)
+    asks = len(examples) * (2 if baseline else 1)
+    with _progress(asks, f"asking {model}" + (f" and {baseline}" if baseline else "")) as tick:
+        report = run_golden(
+            examples,
+            model,
+            metrics,
+            client,
+            source=source,
+            baseline=None if no_baseline else baseline,
+            baseline_note="--no-baseline" if no_baseline else None,
+            on_progress=tick,
+        )
     run_id, folder = _reports.save_golden_report(log_dir, report)
     summary = {"run_id": run_id, **report.summary(), "stored_at": str(folder)}
     _emit(summary, as_json, _reports.format_golden_summary)

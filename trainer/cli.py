@@ -136,6 +136,17 @@ def dataset_build(
     removed = {k: v for k, v in dv.manifest["removed"].items() if v}
     if removed:
         click.echo("removed: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
+        why = dv.manifest.get("removed_why") or {}
+        for step, n in removed.items():
+            click.echo(f"  {step} {n}: {why.get(step, step)}")
+    kept = (dv.manifest.get("dedup") or {}).get("kept_with_another_label") or {}
+    if any(kept.values()):
+        click.echo(
+            f"kept {kept.get('exact', 0)} exact and {kept.get('near', 0)} near duplicate(s) whose label differs"
+        )
+    split = dv.manifest.get("split") or {}
+    if split.get("moved_to_test"):
+        click.echo(f"moved {split['moved_to_test']} input(s) to test: near variants of an earlier test input")
 
 
 @dataset.command("list")

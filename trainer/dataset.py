@@ -52,7 +52,6 @@ from gateway.store import LogStore, LogStoreError, LogWriter
 from gateway.store.ids import new_id
 from gateway.store.layout import local_path
 from trainer._coverage import region_warnings
-from trainer._dedup import near_duplicate_clusters
 from trainer._examples import (
     EXAMPLES_SCHEMA,
     MANIFEST_VERSION,
@@ -67,9 +66,18 @@ from trainer._examples import (
     list_datasets,
     load_dataset,
 )
+from trainer._leakage import (
+    DEFAULT_GROUP_THRESHOLD,
+    REASONS,
+    Reduction,
+    assign_splits,
+    previous_test_inputs,
+    reduce_duplicates,
+    similarity_pairs,
+)
 from trainer._redact import Redactor, resolve_redactor
 from trainer.errors import DatasetError
-from trainer.split import DEFAULT_SALT, DEFAULT_TEST_FRACTION, assign_split, input_hash, input_key
+from trainer.split import DEFAULT_SALT, DEFAULT_TEST_FRACTION, assign_split, input_hash, input_key, split_key
 
 __all__ = [
     "EXAMPLES_SCHEMA",
@@ -257,6 +265,7 @@ def build_dataset(
     golden_call_ids: Iterable[str] = (),
     golden_tag: str | None = None,
     near_dup_threshold: float | None = 0.9,
+    group_threshold: float | None = DEFAULT_GROUP_THRESHOLD,
     redact: str | Redactor | None = "secrets",
     warn: bool = True,
 ) -> DatasetVersion:
@@ -274,6 +283,8 @@ def build_dataset(
         golden_call_ids: calls that make the golden split.
         golden_tag: calls with this tag also make the golden split.
         near_dup_threshold: Jaccard similarity from which two inputs are near duplicates (None: exact only).
+        group_threshold: Jaccard similarity from which two inputs stay on the same side of the split
+            (None: only inputs equal once the system prompt is left out).
         redact: ``none``, ``secrets``, ``pii``, ``module:function`` or a callable.
         warn: print the manifest's warnings to stderr.
 
@@ -371,7 +382,7 @@ def build_dataset(
             examples[c.call_id] = Example(
                 example_id=c.call_id,
                 call_id=c.call_id,
-                split="golden" if split_name == "golden" else assign_split(key, test_fraction, salt),
+                split="golden" if split_name == "golden" else "pool",  # the pool is split below
                 messages=msgs,
                 tools=c.tools,
                 completion=_redact_message(label, redactor),
@@ -379,9 +390,22 @@ def build_dataset(
                 input_hash=input_hash(key),
                 ts=c.ts,
             )
-    survivors, exact, near = _dedup(list(examples.values()), near_dup_threshold)
-    removed_by["exact_duplicates"] = exact
-    removed_by["near_duplicates"] = near
+    report = Reduction()
+    candidates = list(examples.values())
+    thresholds = [t for t in (near_dup_threshold, group_threshold) if t is not None]
+    similar = similarity_pairs(candidates, min(thresholds)) if thresholds else []
+    survivors = reduce_duplicates(candidates, near_dup_threshold, similar, report)
+    previous = _previous_version(log_dir, name)
+    survivors = assign_splits(
+        survivors,
+        similar if group_threshold is not None else [],
+        test_fraction=test_fraction,
+        salt=salt,
+        group_threshold=group_threshold if group_threshold is not None else 1.0,
+        previous_test=previous_test_inputs(previous, test_fraction, salt),
+        report=report,
+    )
+    removed_by.update(report.removed)
     final = sorted(survivors, key=lambda e: (e.ts or dt.datetime.min.replace(tzinfo=dt.UTC), e.example_id))
     pairs = _preferences(
         calls,
@@ -390,6 +414,7 @@ def build_dataset(
         test_fraction,
         salt,
         excluded={c.call_id for c in calls} - {c.call_id for c in kept},
+        sides=_sides(final),
     )
     golden_inputs = {e.input_hash for e in final if e.split == "golden"}
     pairs = [p for p in pairs if _hash_of(p) not in golden_inputs]
@@ -416,13 +441,25 @@ def build_dataset(
             "golden_tag": golden_tag,
             "last_call_ts": max(c.ts for c in calls).isoformat() if calls else None,
         },
-        "split": {"method": "sha256(salt, input)", "salt": salt, "test_fraction": test_fraction},
-        "dedup": {"near_dup_threshold": near_dup_threshold},
+        "split": {
+            "method": "sha256(salt, user-visible input of its near-duplicate cluster's centre)",
+            "salt": salt,
+            "test_fraction": test_fraction,
+            "group_threshold": group_threshold,
+            "groups": report.groups,
+            "largest_group": report.largest_group,
+            "moved_to_test": report.moved_to_test,
+        },
+        "dedup": {
+            "near_dup_threshold": near_dup_threshold,
+            "kept_with_another_label": report.kept_other_label,
+        },
         "redaction": redact
         if isinstance(redact, str) or redact is None
         else getattr(redact, "__name__", "custom"),
         "counts": counts,
         "removed": removed_by,
+        "removed_why": {k: REASONS.get(k, k) for k, v in removed_by.items() if v},
         "splits": splits,
         "preference_splits": {s: sum(1 for p in pairs if p.split == s) for s in ("train", "test", "golden")},
         "warnings": warnings,
@@ -465,29 +502,21 @@ def _redact_message(m: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     return out
 
 
-def _dedup(examples: list[Example], threshold: float | None) -> tuple[list[Example], int, int]:
-    def priority(e: Example) -> tuple[Any, ...]:
-        return (
-            e.split != "golden",
-            e.label_source != "relabel",
-            e.ts or dt.datetime.min.replace(tzinfo=dt.UTC),
-            e.example_id,
-        )
-
-    by_input: dict[str, list[Example]] = {}
+def _sides(examples: Sequence[Example]) -> dict[str, str]:
+    """Call id, and user-visible input, -> the split its example took (preference pairs follow it)."""
+    out: dict[str, str] = {}
     for e in examples:
-        by_input.setdefault(e.input_hash, []).append(e)
-    unique = [min(group, key=priority) for group in by_input.values()]
-    exact = len(examples) - len(unique)
-    if threshold is None:
-        return unique, exact, 0
-    clusters = near_duplicate_clusters([(e.example_id, e.messages, e.tools) for e in unique], threshold)
-    by_id = {e.example_id: e for e in unique}
-    dropped: set[str] = set()
-    for cluster in clusters:
-        best = min((by_id[i] for i in cluster), key=priority)
-        dropped |= {i for i in cluster if i != best.example_id}
-    return [e for e in unique if e.example_id not in dropped], exact, len(dropped)
+        out[split_key(e.messages)] = e.split
+    for e in examples:
+        out[e.call_id] = e.split
+    return out
+
+
+def _previous_version(log_dir: str, name: str) -> DatasetVersion | None:
+    try:
+        return load_dataset(log_dir, name)
+    except DatasetError:
+        return None
 
 
 def _preferences(
@@ -497,6 +526,7 @@ def _preferences(
     test_fraction: float,
     salt: str,
     excluded: set[str],
+    sides: dict[str, str],
 ) -> list[PreferencePair]:
     by_response = {c.row.get("response_id"): c for c in calls if c.row.get("response_id")}
     raw: list[tuple[_Call, dict[str, Any], dict[str, Any], str]] = []
@@ -543,12 +573,13 @@ def _preferences(
             continue
         seen.add((c.call_id, source))
         msgs = [_redact_message(m, redactor) for m in c.messages]
-        key = input_key(msgs, c.tools)
+        key = split_key(msgs)
+        side = sides.get(c.call_id) or sides.get(key) or assign_split(key, test_fraction, salt)
         pairs.append(
             PreferencePair(
                 pair_id=f"{c.call_id}:{source}",
                 call_id=c.call_id,
-                split=assign_split(key, test_fraction, salt),
+                split=side,
                 messages=msgs,
                 tools=c.tools,
                 chosen=_redact_message(chosen, redactor),
