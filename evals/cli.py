@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from evals import _reports
+from evals import _lookups, _reports
 from evals.errors import EvalError, JudgeError
 from gateway.store import LogStore, LogStoreError
 from gateway.store.layout import default_log_dir
@@ -81,55 +81,6 @@ def _loopback(url: str) -> bool:
     return httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
 
 
-def _gateway_families(base: str, admin_token: str | None) -> dict[str, str]:
-    """Model name -> ``family`` from the gateway config: upstream names, model ids, and routes (by baseline).
-
-    Empty, with a note on stderr, when the admin API cannot be read.
-    """
-    import httpx
-
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10.0) as http:
-            ups = http.get("/admin/upstreams").raise_for_status().json().get("data") or []
-            routes = http.get("/admin/routes").raise_for_status().json().get("data") or []
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        click.echo(f"note: no model families from {base}/admin ({exc}); using model names only", err=True)
-        return {}
-    ups = [u for u in ups if isinstance(u, dict) and u.get("family")]
-    by_name = {str(u["name"]): str(u["family"]) for u in ups}
-    out = {str(u["model"]): str(u["family"]) for u in ups if u.get("model")}
-    out.update(by_name)  # an upstream's own name wins over a shared model id
-    for r in routes:
-        if isinstance(r, dict) and by_name.get(str(r.get("baseline"))):
-            out[str(r["route"])] = by_name[str(r["baseline"])]
-    return out
-
-
-def _route_baseline(log_dir: str, dataset: str, url: str, admin_token: str | None) -> str | None:
-    """The dataset's route, when the gateway (on loopback) says its baseline serves every call."""
-    import httpx
-
-    from trainer.dataset import load_dataset
-    from trainer.errors import DatasetError
-
-    try:
-        route = (load_dataset(log_dir, dataset).manifest.get("source") or {}).get("route")
-    except DatasetError:
-        return None
-    if not route or not _loopback(url):
-        return None
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    base = url.rstrip("/").removesuffix("/v1")
-    try:
-        state = (
-            httpx.get(f"{base}/admin/routes/{route}", headers=headers, timeout=10).raise_for_status().json()
-        )
-    except (httpx.HTTPError, ValueError):
-        return None
-    return str(route) if isinstance(state, dict) and state.get("mode") in ("off", "shadow") else None
-
-
 # -- eval ----------------------------------------------------------------------------------
 @click.group(name="eval")
 def eval_group() -> None:
@@ -164,7 +115,10 @@ def eval_group() -> None:
     "--allow-same-family", is_flag=True, help="Allow judges of a contestant's model family (flagged)."
 )
 @click.option(
-    "--family", "families", multiple=True, help="MODEL=FAMILY, for names the family table does not know."
+    "--family",
+    "families",
+    multiple=True,
+    help="MODEL=FAMILY, for models no upstream's family setting or registry lineage covers.",
 )
 @click.option("--baseline-model", help="Baseline model (dataset source).")
 @click.option("--candidate-model", help="Candidate model (dataset source).")
@@ -222,18 +176,13 @@ def judge_cmd(
 
     if admin_url is None and _loopback(url):
         admin_url = url.rstrip("/").removesuffix("/v1")
-    overrides = _gateway_families(admin_url, admin_token) if gateway_families and admin_url else {}
-    for spec in families:
-        model, sep, fam = spec.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected MODEL=FAMILY, got {spec!r}", param_hint="--family")
-        overrides[model] = fam
+    resolved = _lookups.judge_families(log_dir, admin_url, admin_token, gateway_families, families)
     options = JudgeOptions(
         judges=tuple(j.strip() for j in judges.split(",") if j.strip()),
         both_orders=both_orders,
         seed=seed,
         allow_same_family=allow_same_family,
-        family_overrides=overrides,
+        families=resolved,
         criteria=Criteria.from_file(criteria) if criteria else Criteria(),
         prices=PriceTable.from_file(prices) if prices else PriceTable(),
     )
@@ -354,7 +303,7 @@ def golden_cmd(
     examples = examples[:limit] if limit else examples
     check_references(examples, source)
     if baseline is None and not no_baseline:
-        baseline = _route_baseline(log_dir, dataset, url, admin_token) if dataset else None
+        baseline = _lookups.route_baseline(log_dir, dataset, url, admin_token) if dataset else None
         if baseline is None:
             raise click.UsageError(
                 "a fast eval scores the baseline on the same examples next to the candidate: pass "

@@ -83,10 +83,12 @@ def test_eval_judge_human_output_and_the_family_guard(runner, fake_judge, log_di
         ["judge", "--route", "support", "--judges", "judge-long", "--url", url, "--log-dir", log_dir],
     )
     assert ok.exit_code == 0 and "candidate wins" in ok.stdout and "cost: $" in ok.stdout
+    assert "flag: family unknown for gpt-4o-mini, judge-long, qwen2.5-0.5b-lora" in ok.stdout
+    families = ["--family", "gpt-4.1=openai", "--family", "gpt-4o-mini=openai"]
     refused = invoke(
         runner,
         eval_group,
-        ["judge", "--route", "support", "--judges", "gpt-4.1", "--url", url, "--log-dir", log_dir],
+        ["judge", "--route", "support", "--judges", "gpt-4.1", *families, "--url", url, "--log-dir", log_dir],
     )
     assert refused.exit_code == 1
     assert "self-preference risk: judge gpt-4.1 and contestant gpt-4o-mini are both openai" in refused.stderr
@@ -104,12 +106,19 @@ def test_eval_judge_through_the_real_gateway_takes_families_from_its_upstream_co
         upstreams={
             "long-up": {**upstream, "model": "judge-long", "family": "anthropic"},
             "qwen-up": {**upstream, "model": "judge-long", "family": "qwen"},
+            "qwen-base": {**upstream, "model": "Qwen/Qwen2.5-0.5B-Instruct", "family": "qwen"},
         },
         routes={"judge-long": {"baseline": "long-up"}, "qwen-judge": {"baseline": "qwen-up"}},
         server={"admin_token": "admin-secret"},
     )
     gw = start_gateway(settings)
     shadow_log(log_dir, n=4)
+    # the candidate is a fine-tune registered on the qwen base: it inherits the base's family
+    from trainer.registry import Registry
+
+    Registry(log_dir).register(
+        "support-lora", base_model="Qwen/Qwen2.5-0.5B-Instruct", hosted_model="qwen2.5-0.5b-lora"
+    )
     args = [
         "judge",
         "--route",
