@@ -454,6 +454,9 @@ def models_show(version: str, log_dir: str) -> None:
 @click.option("--provider", help="The provider of --hosted-model.")
 @click.option("--dataset", "dataset_ref", help="Dataset NAME@vN it was trained on.")
 @click.option("--metric", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option(
+    "--family", help="Model family (qwen, gpt...) for the judges' guard; default: inherited from --base."
+)
 @log_dir_option
 @json_option
 def models_register(
@@ -464,6 +467,7 @@ def models_register(
     provider: str | None,
     dataset_ref: str | None,
     metric: tuple[str, ...],
+    family: str | None,
     log_dir: str,
     as_json: bool,
 ) -> None:
@@ -486,6 +490,7 @@ def models_register(
             provider=provider,
             dataset=ds,
             metrics=_parse_hp(metric),
+            family=family,
         )
     if as_json:
         _echo_json(mv.to_dict())
