@@ -105,7 +105,12 @@ async def post_feedback(request: Request) -> Any:
     if keyed and (owner is None or owner.client_key != key_name):
         raise NotFound(f"no call {rec['call_id']!r} made with this key", code="call_not_found")
     stored = await asyncio.to_thread(
-        index.existing, owner.call_id if owner else rec["call_id"], rec["kind"], poster_id(rec)
+        index.existing,
+        owner.call_id if owner else rec["call_id"],
+        rec["call_id"],
+        rec["kind"],
+        poster_id(rec),
+        recent=owner is not None and owner.recent,
     )
     out = {"object": "feedback", "call_id": rec["call_id"], "kind": rec["kind"]}
     if stored is not None and same_feedback(stored, rec):
