@@ -110,12 +110,12 @@ async def post_feedback(request: Request) -> Any:
         rec["call_id"],
         rec["kind"],
         poster_id(rec),
-        recent=owner is not None and owner.recent,
     )
     out = {"object": "feedback", "call_id": rec["call_id"], "kind": rec["kind"]}
     if stored is not None and same_feedback(stored, rec):
         return {"id": stored["event_id"], **out, "duplicate": True}
     ctx.writer.append("events", rec)
+    index.remember({**rec, "call_id": owner.call_id if owner else rec["call_id"]})
     return {"id": rec["event_id"], **out, "duplicate": False}
 
 

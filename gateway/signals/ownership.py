@@ -82,9 +82,9 @@ class _WalTail:
                 if end:
                     self.offsets[stem] = offset + end
                     for rec in parse_lines(data[:end])[0]:
-                        self._add(rec)
+                        self.add(rec)
 
-    def _add(self, rec: dict[str, Any]) -> None:
+    def add(self, rec: dict[str, Any]) -> None:
         table = rec.get("_t")
         if table == "calls" and rec.get("call_id"):
             row = derive("calls", rec)
@@ -150,12 +150,12 @@ class FeedbackIndex:
                 return None
             time.sleep(0.05)
 
-    def existing(
-        self, call_id: str, posted: str, kind: str, poster: str, *, recent: bool = False
-    ) -> dict[str, Any] | None:
+    def existing(self, call_id: str, posted: str, kind: str, poster: str) -> dict[str, Any] | None:
         """The latest stored event of ``(call, kind, poster)``, for the call's resolved id or the id posted.
 
-        ``recent``: the call was found in the WAL tail, so its events are there too (no query).
+        The Parquet log is asked on the snapshot at hand (`owner` refreshes it for a call the
+        WAL tail did not have). An event another worker wrote and flushed between two polls
+        may be missed: stored again, it still counts once in ``user_events``.
         """
         with self._lock:
             self._tail.poll()
@@ -163,11 +163,14 @@ class FeedbackIndex:
                 rec = self._tail.events.get((cid, kind, poster))
                 if rec is not None:
                     return rec
-            if recent:
-                return None
             params = {"call": call_id, "posted": posted, "kind": kind, "poster": poster}
             rows = self._sql(_EXISTING_SQL, params, newer_than=None)
         return rows[0] if rows else None
+
+    def remember(self, record: dict[str, Any]) -> None:
+        """An event this process just appended: a repeat of it is known before the WAL is read again."""
+        with self._lock:
+            self._tail.add(dict(record, _t="events"))
 
     def close(self) -> None:
         with self._lock:

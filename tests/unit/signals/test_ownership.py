@@ -36,9 +36,9 @@ def test_recent_calls_and_events_come_from_the_wal_tail_older_ones_from_parquet(
         event = {"event_id": "evt_1", "call_id": "chatcmpl-a", "ts": int(time.time() * 1e6), "kind": "thumbs",
                  "value": "up", "value_num": 1.0, "key_id": "k1", "source": "api"}  # fmt: skip
         w.append("events", event)
-        got = index.existing("call_a", "call_a", "thumbs", poster_id(event), recent=True)
+        got = index.existing("call_a", "call_a", "thumbs", poster_id(event))
         assert got is not None and got["event_id"] == "evt_1"  # posted by response id, found by call id
-        assert index.existing("call_a", "call_a", "thumbs", "key:other", recent=True) is None
+        assert index.existing("call_a", "call_a", "thumbs", "key:other") is None
         assert index.owner("call_missing", wait=False) is None
         w.flush()
     # a fresh process (nothing in its tail) finds the flushed call and event in the Parquet log
