@@ -118,9 +118,28 @@ def format_golden_summary(s: Mapping[str, Any]) -> str:
     lines = [
         f"run {s['run_id']}  model {s['model']}  source {s['source']}  n {s['n']} (failed {s['failed']})"
     ]
+    if s.get("no_reference"):
+        lines.append(f"warning: {s['no_reference']} example(s) without a reference are not scored")
+    base = s.get("baseline")
+    if base:
+        lines.append(f"baseline {base['model']} on the same examples (failed {base['failed']})")
+        lines.append(f"{'score':<28} {'candidate':>10} {'baseline':>10} {'delta':>8}")
     for metric, scores in s["metrics"].items():
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if not k.startswith("f1."))
-        lines.append(f"{metric}: {shown}")
+        if base:
+            for k, v in scores.items():
+                if k.startswith("f1."):
+                    continue
+                b = (base["metrics"].get(metric) or {}).get(k)
+                shown_b = "n/a" if b is None else f"{b:.3f}"
+                delta = "" if b is None else f"{v - b:+.3f}"
+                lines.append(
+                    f"{metric + '.' + k if k != metric else k:<28} {v:>10.3f} {shown_b:>10} {delta:>8}"
+                )
+        else:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if not k.startswith("f1."))
+            lines.append(f"{metric}: {shown}")
+    if not base:
+        lines.append(f"baseline: not scored ({s.get('baseline_note') or 'none given'})")
     return "\n".join(lines)
 
 

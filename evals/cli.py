@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from evals import _reports
+from evals import _lookups, _reports
 from evals.errors import EvalError, JudgeError
 from gateway.admin_client import Target, target_options
 from gateway.store import LogStore, LogStoreError
@@ -82,31 +82,6 @@ def _loopback(url: str) -> bool:
     return httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
 
 
-def _gateway_families(base: str, admin_token: str | None) -> dict[str, str]:
-    """Model name -> ``family`` from the gateway config: upstream names, model ids, and routes (by baseline).
-
-    Empty, with a note on stderr, when the admin API cannot be read.
-    """
-    import httpx
-
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10.0) as http:
-            ups = http.get("/admin/upstreams").raise_for_status().json().get("data") or []
-            routes = http.get("/admin/routes").raise_for_status().json().get("data") or []
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        click.echo(f"note: no model families from {base}/admin ({exc}); using model names only", err=True)
-        return {}
-    ups = [u for u in ups if isinstance(u, dict) and u.get("family")]
-    by_name = {str(u["name"]): str(u["family"]) for u in ups}
-    out = {str(u["model"]): str(u["family"]) for u in ups if u.get("model")}
-    out.update(by_name)  # an upstream's own name wins over a shared model id
-    for r in routes:
-        if isinstance(r, dict) and by_name.get(str(r.get("baseline"))):
-            out[str(r["route"])] = by_name[str(r["baseline"])]
-    return out
-
-
 # -- eval ----------------------------------------------------------------------------------
 @click.group(name="eval")
 def eval_group() -> None:
@@ -141,7 +116,10 @@ def eval_group() -> None:
     "--allow-same-family", is_flag=True, help="Allow judges of a contestant's model family (flagged)."
 )
 @click.option(
-    "--family", "families", multiple=True, help="MODEL=FAMILY, for names the family table does not know."
+    "--family",
+    "families",
+    multiple=True,
+    help="MODEL=FAMILY, for models no upstream's family setting or registry lineage covers.",
 )
 @click.option("--baseline-model", help="Baseline model (dataset source).")
 @click.option("--candidate-model", help="Candidate model (dataset source).")
@@ -199,18 +177,13 @@ def judge_cmd(
 
     if admin_url is None and _loopback(url):
         admin_url = url.rstrip("/").removesuffix("/v1")
-    overrides = _gateway_families(admin_url, admin_token) if gateway_families and admin_url else {}
-    for spec in families:
-        model, sep, fam = spec.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected MODEL=FAMILY, got {spec!r}", param_hint="--family")
-        overrides[model] = fam
+    resolved = _lookups.judge_families(log_dir, admin_url, admin_token, gateway_families, families)
     options = JudgeOptions(
         judges=tuple(j.strip() for j in judges.split(",") if j.strip()),
         both_orders=both_orders,
         seed=seed,
         allow_same_family=allow_same_family,
-        family_overrides=overrides,
+        families=resolved,
         criteria=Criteria.from_file(criteria) if criteria else Criteria(),
         prices=PriceTable.from_file(prices) if prices else PriceTable(),
     )
@@ -280,11 +253,22 @@ def judge_cmd(
     "--metric",
     "metrics",
     multiple=True,
-    default=("exact_match",),
+    default=("exact_match", "squad_exact_match", "token_f1"),
     show_default=True,
-    help="exact_match, json_valid, json_fields, classification or module:function; repeatable.",
+    help="exact_match, squad_exact_match, token_f1, json_valid, json_fields, classification or "
+    "module:function; repeatable.",
 )
 @click.option("--limit", type=int, help="Most examples.")
+@click.option(
+    "--baseline",
+    "baseline",
+    help="Model scored on the same examples next to --model (default for a dataset: its route, "
+    "when the gateway says the route's baseline serves it).",
+)
+@click.option("--no-baseline", is_flag=True, help="Score --model alone (the report says so).")
+@click.option(
+    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
+)
 @_client_options
 @_common
 def golden_cmd(
@@ -294,6 +278,9 @@ def golden_cmd(
     golden_file: str | None,
     metrics: tuple[str, ...],
     limit: int | None,
+    baseline: str | None,
+    no_baseline: bool,
+    admin_token: str | None,
     url: str,
     api_key: str | None,
     concurrency: int,
@@ -301,7 +288,7 @@ def golden_cmd(
     as_json: bool,
 ) -> None:
     """Score a model on a test split or golden file (deterministic metrics)."""
-    from evals.golden import read_dataset, read_golden, run_golden
+    from evals.golden import check_references, read_dataset, read_golden, run_golden
     from evals.judge import ChatClient, ResponseCache
     from evals.metrics import load_metric
 
@@ -315,9 +302,27 @@ def golden_cmd(
         assert golden_file is not None
         examples, source = read_golden(golden_file), f"golden:{golden_file}"
     examples = examples[:limit] if limit else examples
+    check_references(examples, source)
+    if baseline is None and not no_baseline:
+        baseline = _lookups.route_baseline(log_dir, dataset, url, admin_token) if dataset else None
+        if baseline is None:
+            raise click.UsageError(
+                "a fast eval scores the baseline on the same examples next to the candidate: pass "
+                "--baseline MODEL (a model name the gateway answers with the prompted baseline), or --no-baseline"
+            )
     client = ChatClient(url, api_key, concurrency=concurrency, cache=ResponseCache.for_log_dir(log_dir))
-    with _progress(len(examples), f"asking {model}") as tick:
-        report = run_golden(examples, model, metrics, client, source=source, on_progress=tick)
+    asks = len(examples) * (2 if baseline else 1)
+    with _progress(asks, f"asking {model}" + (f" and {baseline}" if baseline else "")) as tick:
+        report = run_golden(
+            examples,
+            model,
+            metrics,
+            client,
+            source=source,
+            baseline=None if no_baseline else baseline,
+            baseline_note="--no-baseline" if no_baseline else None,
+            on_progress=tick,
+        )
     run_id, folder = _reports.save_golden_report(log_dir, report)
     summary = {"run_id": run_id, **report.summary(), "stored_at": str(folder)}
     _emit(summary, as_json, _reports.format_golden_summary)

@@ -2,16 +2,20 @@
 
 Two sources of `Example`s:
 
-* `read_dataset`: ``<log_dir>/datasets/<name>/`` as written by the trainer: Parquet files
-  (any depth, hive partitions allowed) with a ``messages`` column (a list of
-  ``{role, content}`` or its JSON text) and a ``split`` column. The final assistant
-  message, when there is one, is the reference answer. This adapter is the only code that
-  knows the dataset layout.
+* `read_dataset`: a dataset under ``<log_dir>/datasets/<name>/``. A trainer dataset (a
+  ``v<N>/manifest.json`` layout) is read with the trainer's own reader
+  (`trainer.dataset.load_dataset`); its label, the ``completion`` kept apart from the
+  messages, is the reference. Any other folder of Parquet files (any depth, hive partitions
+  allowed) with a ``messages`` column (a list of ``{role, content}`` or its JSON text), an
+  optional ``split`` and an optional ``completion`` column is read too; without a
+  ``completion`` the final assistant message, when there is one, is the reference.
 * `read_golden`: a JSONL, JSON or YAML file of ``{"id", "messages" | "input", "expected"}``.
 
 `generate` asks a model (through the gateway) to answer every example; `run_golden` scores
-those answers with `evals.metrics`; `dataset_pairs` turns two models' answers into
-`judge.Pair`s for the pairwise judge.
+those answers with `evals.metrics`, and the baseline's answers on the same examples next to
+them (the point of a fast eval: know what you are improving on); it refuses a set in which no
+example has a reference. `dataset_pairs` turns two models' answers into `judge.Pair`s for the
+pairwise judge.
 """
 
 from __future__ import annotations
@@ -51,6 +55,22 @@ def _split_reference(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
     return messages, None
 
 
+def _completion_text(completion: Any) -> str | None:
+    """A label (an assistant message, or its JSON text) as reference text: its content, else its tool calls."""
+    if isinstance(completion, str):
+        text: str = completion
+        try:
+            completion = json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    if not isinstance(completion, Mapping):
+        return None
+    content = completion.get("content")
+    if not content and completion.get("tool_calls"):
+        return json.dumps(completion["tool_calls"])
+    return str(content) if isinstance(content, str) else None
+
+
 def _messages(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         value = json.loads(value)
@@ -74,14 +94,49 @@ def _version_folder(root: Path, name: str) -> Path:
 def read_dataset(
     log_dir: str, name: str, *, split: str | None = "test", fallback_all: bool = False
 ) -> list[Example]:
-    """Rows of ``<log_dir>/datasets/<name>/`` in ``split`` (all rows when ``split`` is None)."""
+    """Examples of dataset ``name`` (``name@vN`` for a version) in ``split`` (every split when None)."""
+    folder = _version_folder(Path(log_dir) / "datasets", name)
+    if (folder / "manifest.json").exists():
+        return _trainer_examples(log_dir, name, split, fallback_all)
+    return _parquet_examples(folder, name, split, fallback_all)
+
+
+def _trainer_examples(log_dir: str, name: str, split: str | None, fallback_all: bool) -> list[Example]:
+    from trainer.dataset import load_dataset
+    from trainer.errors import DatasetError
+
+    try:
+        dv = load_dataset(log_dir, name)
+        rows = dv.examples()
+    except (DatasetError, OSError, ValueError) as exc:
+        raise SourceError(f"cannot read dataset {name!r}: {exc}") from exc
+    if split is not None:
+        if any(e.split == split for e in rows):
+            rows = [e for e in rows if e.split == split]
+        elif not fallback_all:
+            raise SourceError(f"dataset {name!r} has no rows in split {split!r}")
+    out = []
+    for e in rows:
+        meta: dict[str, Any] = {
+            "call_id": e.call_id,
+            "split": e.split,
+            "label_source": e.label_source,
+            "input_hash": e.input_hash,
+            "dataset": dv.ref,
+        }
+        if e.tools:
+            meta["tools"] = True
+        out.append(Example(e.example_id, list(e.messages), _completion_text(e.completion), meta))
+    return out
+
+
+def _parquet_examples(folder: Path, name: str, split: str | None, fallback_all: bool) -> list[Example]:
     import duckdb
 
-    folder = _version_folder(Path(log_dir) / "datasets", name)
     examples = folder / "examples.parquet"
-    if examples.exists():  # the trainer's layout: <name>/v<N>/examples.parquet (+ preferences, manifest)
+    if examples.exists():
         glob = str(examples).replace("'", "''")
-    elif any(folder.rglob("*.parquet")):
+    elif folder.is_dir() and any(folder.rglob("*.parquet")):
         glob = str(folder / "**" / "*.parquet").replace("'", "''")
     else:
         raise SourceError(f"no dataset {name!r}: no Parquet files under {folder}")
@@ -105,9 +160,13 @@ def read_dataset(
     out = []
     for i, r in enumerate(records):
         msgs, ref = _split_reference(_messages(r["messages"]))
+        if r.get("completion") is not None:  # the label kept apart from the messages
+            msgs, ref = _messages(r["messages"]), _completion_text(r["completion"])
         ident = r.get("example_id") or r.get("id") or r.get("call_id") or f"{name}-{i}"
         meta = {
-            k: v for k, v in r.items() if k not in ("messages",) and isinstance(v, str | int | float | bool)
+            k: v
+            for k, v in r.items()
+            if k not in ("messages", "completion") and isinstance(v, str | int | float | bool)
         }
         if r.get("tools"):
             meta["tools"] = True
@@ -202,15 +261,37 @@ class GoldenReport:
     failed: int
     metrics: dict[str, dict[str, float]]
     rows: list[dict[str, Any]]
+    no_reference: int = 0
+    baseline: GoldenReport | None = None
+    """The baseline's scores on the same examples, when it was asked."""
+    baseline_note: str | None = None
+    """Why there is no baseline (``--no-baseline``), when there is none."""
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "model": self.model,
             "source": self.source,
             "n": self.n,
             "failed": self.failed,
+            "no_reference": self.no_reference,
             "metrics": self.metrics,
         }
+        if self.baseline is not None:
+            base = self.baseline
+            out["baseline"] = {"model": base.model, "failed": base.failed, "metrics": base.metrics}
+            out["delta"] = {
+                metric: {
+                    k: v - base.metrics[metric][k]
+                    for k, v in scores.items()
+                    if k in base.metrics.get(metric, {})
+                }
+                for metric, scores in self.metrics.items()
+                if metric in base.metrics
+            }
+        else:
+            out["baseline"] = None
+            out["baseline_note"] = self.baseline_note
+        return out
 
 
 def score(
@@ -227,10 +308,21 @@ def score(
     metas = [{"id": e.example_id, "messages": e.messages, **e.meta} for e in examples]
     metrics = compute_metrics(metric_names, preds, refs, metas)
     rows = [
-        {"example_id": e.example_id, "output": o, "reference": e.reference}
+        {"example_id": e.example_id, "model": model, "output": o, "reference": e.reference}
         for e, o in zip(examples, outputs, strict=True)
     ]
-    return GoldenReport(model, source, len(examples), sum(o is None for o in outputs), metrics, rows)
+    failed = sum(o is None for o in outputs)
+    missing = sum(r is None for r in refs)
+    return GoldenReport(model, source, len(examples), failed, metrics, rows, no_reference=missing)
+
+
+def check_references(examples: Sequence[Example], source: str) -> None:
+    """`SourceError` when no example has a reference answer: every score would be a meaningless 0."""
+    if examples and all(e.reference is None for e in examples):
+        raise SourceError(
+            f"{source}: none of the {len(examples)} examples has a reference answer (no label, no "
+            "final assistant message, no 'expected'): nothing to score against"
+        )
 
 
 def run_golden(
@@ -240,14 +332,34 @@ def run_golden(
     client: ChatClient,
     *,
     source: str = "golden",
+    baseline: str | None = None,
+    baseline_note: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> GoldenReport:
-    """Generate ``model``'s answers and score them."""
+    """Generate ``model``'s answers (and ``baseline``'s, on the same examples) and score them.
+
+    Raises:
+        SourceError: no examples, or none with a reference answer.
+    """
     if not examples:
         raise SourceError("no examples to evaluate")
+    check_references(examples, source)
 
-    async def go() -> list[str | None]:
+    async def go() -> tuple[list[str | None], list[str | None] | None]:
         async with client:
-            return await generate(examples, model, client, on_progress=on_progress, temperature=0.0)
+            mine = await generate(examples, model, client, on_progress=on_progress, temperature=0.0)
+            theirs = (
+                await generate(examples, baseline, client, on_progress=on_progress, temperature=0.0)
+                if baseline is not None
+                else None
+            )
+        return mine, theirs
 
-    return score(examples, asyncio.run(go()), metric_names, model=model, source=source)
+    mine, theirs = asyncio.run(go())
+    report = score(examples, mine, metric_names, model=model, source=source)
+    if theirs is not None and baseline is not None:
+        report.baseline = score(examples, theirs, metric_names, model=baseline, source=source)
+        report.rows.extend(report.baseline.rows)
+    else:
+        report.baseline_note = baseline_note or "no baseline given"
+    return report

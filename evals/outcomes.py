@@ -10,7 +10,8 @@ Two halves, kept apart so the statistics can be tested and simulated without a l
 Metrics (``METRICS``): per served call, ``thumbs_up_rate`` / ``thumbs_down_rate`` (the
 latest thumb on the call), ``regeneration_rate``, ``error_rate`` (HTTP status >= 400 or
 an error type), ``flag_rate``; means of ``rating`` (over rated calls), ``latency_ms`` and
-``cost_usd``; and the mean of each custom metric found in the events.
+``cost_usd``; and the mean of each custom metric found in the events. Events are read from
+``user_events``: the users' own signals, one per (call, kind, poster), reviewers' kept out.
 
 Sequential test (mSPRT, Johari, Pekelis & Walsh, "Always valid inference", 2017).
 With a difference estimate ``x`` = candidate mean - baseline mean, its variance
@@ -323,10 +324,10 @@ c AS (
 ),
 ev AS (
   SELECT c.call_id, c.variant, c.dayn, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM events e JOIN c ON e.call_id = c.call_id
+  FROM user_events e JOIN c ON e.call_id = c.call_id
   UNION ALL
   SELECT c.call_id, c.variant, c.dayn, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM events e JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
+  FROM user_events e JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
 )
 """
 

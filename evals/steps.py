@@ -23,7 +23,13 @@ Name them in a trigger policy (``<log_dir>/triggers/policies.yaml``)::
 The fast eval scores exact match on the dataset's fixed test split (never trained on) for
 the new version and for the current model — the route's present candidate when it is a
 registered version, else the untrained base model — and wins only when the new one is
-strictly better. Deploying registers the served model as an upstream and makes it the
+strictly better. The prompted **baseline** is scored on the same split next to them (what the
+fine-tune is meant to replace): ``params.baseline_model`` through the gateway, else the route
+itself while the gateway says its baseline serves every call (mode ``off`` or ``shadow``);
+those calls carry the ``fast-eval`` tag. When it cannot be asked, the result says why
+(``baseline.error``) rather than leaving it out. The labels are the baseline's own served
+answers unless relabelled, so its score measures how far the labels are from what it answers
+now, the ceiling a copy of it could reach. Deploying registers the served model as an upstream and makes it the
 route's candidate in **shadow** mode, never straight to users.
 """
 
@@ -109,7 +115,42 @@ def evaluate(ctx: Any) -> dict[str, Any]:
         "test_examples": len(test),
         "new": {"version": new.version, "exact_match": new_score},
         "current": {"model": current_label, "exact_match": current_score},
+        "baseline": baseline_score(ctx, params, test),
     }
+
+
+def baseline_score(ctx: Any, params: dict[str, Any], test: list[Any]) -> dict[str, Any]:
+    """Exact match of the prompted baseline on ``test`` (trainer `Example`s), asked through the gateway."""
+    url = (params.get("gateway_url") or os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000")).rstrip("/")
+    model = params.get("baseline_model")
+    if not model:
+        state = _route_state(ctx, params)
+        if state is None:
+            return {"model": None, "error": f"the gateway at {url} does not answer for route {ctx.route}"}
+        if state.get("mode") not in ("off", "shadow"):
+            return {
+                "model": None,
+                "error": f"route {ctx.route} is in {state.get('mode')} mode: set params.baseline_model "
+                "to a model name the gateway answers with the baseline",
+            }
+        model = ctx.route
+    key = os.environ.get("SHADOWTUNE_API_KEY")
+    headers = {"x-shadowtune-tags": "fast-eval", **({"Authorization": f"Bearer {key}"} if key else {})}
+    hits = failed = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
+        for e in test:
+            body = {"model": model, "messages": e.messages, "temperature": 0}
+            try:
+                resp = http.post("/v1/chat/completions", json=body)
+                text = resp.raise_for_status().json()["choices"][0]["message"].get("content") or ""
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+                failed += 1
+                continue
+            hits += text.strip() == e.answer.strip()
+    out: dict[str, Any] = {"model": str(model), "exact_match": hits / len(test), "failed": failed}
+    if failed == len(test):
+        out["error"] = f"every call to {model} through {url} failed"
+    return out
 
 
 def register(ctx: Any) -> str:
@@ -159,7 +200,7 @@ def deploy(ctx: Any) -> dict[str, Any]:
     }
 
 
-def _current_candidate(ctx: Any, params: dict[str, Any]) -> str | None:
+def _route_state(ctx: Any, params: dict[str, Any]) -> dict[str, Any] | None:
     url = params.get("gateway_url") or os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000")
     token = os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -169,7 +210,13 @@ def _current_candidate(ctx: Any, params: dict[str, Any]) -> str | None:
         return None
     if resp.status_code >= 400:
         return None
-    candidate = resp.json().get("candidate")
+    state = resp.json()
+    return state if isinstance(state, dict) else None
+
+
+def _current_candidate(ctx: Any, params: dict[str, Any]) -> str | None:
+    state = _route_state(ctx, params)
+    candidate = state.get("candidate") if state else None
     return str(candidate) if candidate else None
 
 

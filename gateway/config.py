@@ -215,6 +215,10 @@ class SignalsConfig(_Section):
     """Also count an immediate rephrasing of the last user turn as a regeneration."""
     detect_interval_s: float = 30
     """Seconds between regeneration detection runs over the log (0: off; one worker/replica runs it)."""
+    feedback_rate_per_min: float = Field(default=120.0, ge=0)
+    """Feedback posts a minute allowed per client key (per client address in open mode), per worker (0: no limit); 429 above."""
+    feedback_burst: int = Field(default=60, ge=1)
+    """Feedback posts a key may send at once before `feedback_rate_per_min` applies."""
 
 
 class DriftCheckConfig(_Section):

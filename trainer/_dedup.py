@@ -2,9 +2,9 @@
 
 Two inputs are near duplicates when their *conversations* (every message but the system
 prompt, normalised: lower case, runs of white space collapsed) have a Jaccard similarity of
-character 5-gram shingles of at least ``threshold``, and their system prompts and tools are
-exactly equal. Comparing the variable part only matters in production, where a long shared
-system prompt would otherwise make every pair of calls look alike.
+character 5-gram shingles of at least ``threshold``. The system prompt (and the tools) are
+left out on purpose: a long shared system prompt would otherwise make every pair of calls
+look alike, and an edited system prompt does not make a user's input a new one.
 
 Candidates come from LSH bands over 64 MinHash values; every candidate pair is then
 checked on the exact Jaccard of the shingle sets, so a reported pair is never a hash
@@ -45,12 +45,6 @@ def conversation_text(messages: Sequence[dict[str, Any]]) -> str:
     return _SPACES.sub(" ", "\n".join(parts).lower()).strip()
 
 
-def context_key(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> str:
-    """What near duplicates must share exactly: system prompts and tools."""
-    system = [m.get("content") for m in messages if m.get("role") in ("system", "developer")]
-    return json.dumps([system, list(tools or [])], sort_keys=True)
-
-
 def shingles(text: str) -> set[int]:
     if len(text) <= _SHINGLE:
         grams = {text}
@@ -69,13 +63,33 @@ def jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / len(a | b)
 
 
-def near_duplicate_clusters(
-    items: Sequence[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]], threshold: float
-) -> list[list[str]]:
-    """Clusters (of two or more ids) of near-duplicate inputs among ``(id, messages, tools)``."""
-    by_context: dict[str, list[tuple[str, set[int]]]] = defaultdict(list)
-    for ident, messages, tools in items:
-        by_context[context_key(messages, tools)].append((ident, shingles(conversation_text(messages))))
+def similar_pairs(
+    items: Sequence[tuple[str, list[dict[str, Any]]]], threshold: float
+) -> list[tuple[str, str, float]]:
+    """``(a, b, jaccard)`` for each pair of ``(id, messages)`` whose conversations are at least ``threshold`` alike."""
+    sets = {ident: shingles(conversation_text(messages)) for ident, messages in items}
+    buckets: dict[tuple[int, tuple[int, ...]], list[str]] = defaultdict(list)
+    for ident, sh in sets.items():
+        sig = minhash(sh)
+        for band in range(_BANDS):
+            buckets[(band, tuple(sig[band * _ROWS : (band + 1) * _ROWS]))].append(ident)
+    checked: set[tuple[str, str]] = set()
+    out = []
+    for members in buckets.values():
+        for i, a in enumerate(members):
+            for b in members[i + 1 :]:
+                pair = (a, b) if a < b else (b, a)
+                if pair in checked:
+                    continue
+                checked.add(pair)
+                sim = jaccard(sets[a], sets[b])
+                if sim >= threshold:
+                    out.append((*pair, sim))
+    return sorted(out)
+
+
+def components(pairs: Sequence[tuple[str, str, float]], threshold: float) -> list[list[str]]:
+    """Connected components (of two or more ids) of the pairs at least ``threshold`` alike."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -84,30 +98,22 @@ def near_duplicate_clusters(
             x = parent[x]
         return x
 
-    for group in by_context.values():
-        if len(group) < 2:
+    for a, b, sim in pairs:
+        if sim < threshold:
             continue
-        sets = dict(group)
-        buckets: dict[tuple[int, tuple[int, ...]], list[str]] = defaultdict(list)
-        for ident, sh in group:
-            sig = minhash(sh)
-            for band in range(_BANDS):
-                buckets[(band, tuple(sig[band * _ROWS : (band + 1) * _ROWS]))].append(ident)
-        checked: set[tuple[str, str]] = set()
-        for members in buckets.values():
-            for i, a in enumerate(members):
-                for b in members[i + 1 :]:
-                    pair = (a, b) if a < b else (b, a)
-                    if pair in checked:
-                        continue
-                    checked.add(pair)
-                    if jaccard(sets[a], sets[b]) >= threshold:
-                        parent.setdefault(a, a)
-                        parent.setdefault(b, b)
-                        ra, rb = find(a), find(b)
-                        if ra != rb:
-                            parent[ra] = rb
+        parent.setdefault(a, a)
+        parent.setdefault(b, b)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
     clusters: dict[str, list[str]] = defaultdict(list)
     for ident in parent:
         clusters[find(ident)].append(ident)
-    return [sorted(c) for c in clusters.values() if len(c) > 1]
+    return sorted(sorted(c) for c in clusters.values() if len(c) > 1)
+
+
+def near_duplicate_clusters(
+    items: Sequence[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]], threshold: float
+) -> list[list[str]]:
+    """Clusters (of two or more ids) of near-duplicate inputs among ``(id, messages, tools)``."""
+    return components(similar_pairs([(i, m) for i, m, _ in items], threshold), threshold)

@@ -136,6 +136,17 @@ def dataset_build(
     removed = {k: v for k, v in dv.manifest["removed"].items() if v}
     if removed:
         click.echo("removed: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
+        why = dv.manifest.get("removed_why") or {}
+        for step, n in removed.items():
+            click.echo(f"  {step} {n}: {why.get(step, step)}")
+    kept = (dv.manifest.get("dedup") or {}).get("kept_with_another_label") or {}
+    if any(kept.values()):
+        click.echo(
+            f"kept {kept.get('exact', 0)} exact and {kept.get('near', 0)} near duplicate(s) whose label differs"
+        )
+    split = dv.manifest.get("split") or {}
+    if split.get("moved_to_test"):
+        click.echo(f"moved {split['moved_to_test']} input(s) to test: near variants of an earlier test input")
 
 
 @dataset.command("list")
@@ -443,6 +454,9 @@ def models_show(version: str, log_dir: str) -> None:
 @click.option("--provider", help="The provider of --hosted-model.")
 @click.option("--dataset", "dataset_ref", help="Dataset NAME@vN it was trained on.")
 @click.option("--metric", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option(
+    "--family", help="Model family (qwen, gpt...) for the judges' guard; default: inherited from --base."
+)
 @log_dir_option
 @json_option
 def models_register(
@@ -453,6 +467,7 @@ def models_register(
     provider: str | None,
     dataset_ref: str | None,
     metric: tuple[str, ...],
+    family: str | None,
     log_dir: str,
     as_json: bool,
 ) -> None:
@@ -475,6 +490,7 @@ def models_register(
             provider=provider,
             dataset=ds,
             metrics=_parse_hp(metric),
+            family=family,
         )
     if as_json:
         _echo_json(mv.to_dict())

@@ -32,66 +32,69 @@ Layout, next to the log (``<log_dir>/datasets/``)::
     <name>/v<N>/preferences.parquet  one row per preference pair (same split rule)
     <name>/v<N>/manifest.json        source query, filters, counts, split sizes, warnings, content hash
 
-A version directory is written in full under a temporary name and renamed into place, so
-a reader never sees half a version, and two builds never take the same number.
+Records, reading and writing versions live in `trainer._examples` (re-exported here). A
+version directory is written in full under a temporary name and renamed into place, so a
+reader never sees half a version, and two builds never take the same number.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gateway.store import LogStore, LogStoreError, LogWriter
 from gateway.store.ids import new_id
 from gateway.store.layout import is_remote, local_path
 from trainer._coverage import region_warnings
-from trainer._dedup import near_duplicate_clusters
+from trainer._examples import (
+    EXAMPLES_SCHEMA,
+    MANIFEST_VERSION,
+    PREFERENCES_SCHEMA,
+    DatasetVersion,
+    Example,
+    PreferencePair,
+    _check_name,
+    _hash_of,
+    _write_version,
+    datasets_root,
+    list_datasets,
+    load_dataset,
+)
+from trainer._leakage import (
+    DEFAULT_GROUP_THRESHOLD,
+    REASONS,
+    Reduction,
+    assign_splits,
+    previous_test_inputs,
+    reduce_duplicates,
+    similarity_pairs,
+)
 from trainer._redact import Redactor, resolve_redactor
 from trainer.errors import DatasetError
-from trainer.split import DEFAULT_SALT, DEFAULT_TEST_FRACTION, assign_split, input_hash, input_key
+from trainer.split import DEFAULT_SALT, DEFAULT_TEST_FRACTION, assign_split, input_hash, input_key, split_key
 
-MANIFEST_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+__all__ = [
+    "EXAMPLES_SCHEMA",
+    "PREFERENCES_SCHEMA",
+    "DatasetVersion",
+    "Example",
+    "Filters",
+    "PreferencePair",
+    "build_dataset",
+    "datasets_root",
+    "exclude",
+    "list_datasets",
+    "load_dataset",
+    "relabel",
+]
+
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
-
-EXAMPLES_SCHEMA = pa.schema(
-    [
-        pa.field("example_id", pa.string(), nullable=False),
-        pa.field("call_id", pa.string(), nullable=False),
-        pa.field("ts", pa.timestamp("us", tz="UTC")),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("input_hash", pa.string(), nullable=False),
-        pa.field("messages", pa.string(), nullable=False),  # JSON list of the request's messages
-        pa.field("tools", pa.string()),  # JSON list, or NULL
-        pa.field("completion", pa.string(), nullable=False),  # JSON assistant message: the label
-        pa.field("label_source", pa.string(), nullable=False),  # served | relabel
-    ]
-)
-PREFERENCES_SCHEMA = pa.schema(
-    [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("call_id", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("input_hash", pa.string(), nullable=False),
-        pa.field("messages", pa.string(), nullable=False),
-        pa.field("tools", pa.string()),
-        pa.field("chosen", pa.string(), nullable=False),  # JSON assistant message
-        pa.field("rejected", pa.string(), nullable=False),  # JSON assistant message
-        pa.field("source", pa.string(), nullable=False),  # relabel | regeneration | choice
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class Filters:
     """Optional quality filters; each one is checked for removing a region of the input space."""
 
     thumbs_up_only: bool = False
-    """Keep only calls with a thumbs up and no thumbs down."""
+    """Keep only calls with a thumbs up and no thumbs down (a user's or a reviewer's)."""
     min_rating: float | None = None
     """Keep only calls rated at least this (unrated calls are dropped)."""
     no_flags: bool = False
@@ -111,162 +114,6 @@ class Filters:
 
     def active(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, False)}
-
-
-@dataclass(frozen=True)
-class Example:
-    """One supervised example: the request's messages (and tools) and the assistant message to learn."""
-
-    example_id: str
-    call_id: str
-    split: str
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    completion: dict[str, Any]
-    label_source: str
-    input_hash: str
-    ts: dt.datetime | None = None
-
-    @property
-    def answer(self) -> str:
-        """The label's text (empty for a tool-call-only answer)."""
-        return str(self.completion.get("content") or "")
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """An input with a preferred and a rejected assistant message."""
-
-    pair_id: str
-    call_id: str
-    split: str
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    chosen: dict[str, Any]
-    rejected: dict[str, Any]
-    source: str
-
-
-@dataclass(frozen=True)
-class DatasetVersion:
-    """A built dataset version on disk."""
-
-    name: str
-    version: int
-    path: str
-    manifest: dict[str, Any] = field(repr=False)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@v{self.version}"
-
-    @property
-    def splits(self) -> dict[str, int]:
-        return dict(self.manifest["splits"])
-
-    def examples(self, split: str | None = None) -> list[Example]:
-        """The examples, optionally of one split, in a stable order."""
-        table = pq.read_table(os.path.join(self.path, "examples.parquet"))
-        out = []
-        for r in table.to_pylist():
-            if split is not None and r["split"] != split:
-                continue
-            out.append(
-                Example(
-                    example_id=r["example_id"],
-                    call_id=r["call_id"],
-                    split=r["split"],
-                    messages=json.loads(r["messages"]),
-                    tools=json.loads(r["tools"]) if r["tools"] else None,
-                    completion=json.loads(r["completion"]),
-                    label_source=r["label_source"],
-                    input_hash=r["input_hash"],
-                    ts=r["ts"],
-                )
-            )
-        return out
-
-    def preferences(self, split: str | None = None) -> list[PreferencePair]:
-        """The preference pairs, optionally of one split."""
-        path = os.path.join(self.path, "preferences.parquet")
-        out = []
-        for r in pq.read_table(path).to_pylist():
-            if split is not None and r["split"] != split:
-                continue
-            out.append(
-                PreferencePair(
-                    pair_id=r["pair_id"],
-                    call_id=r["call_id"],
-                    split=r["split"],
-                    messages=json.loads(r["messages"]),
-                    tools=json.loads(r["tools"]) if r["tools"] else None,
-                    chosen=json.loads(r["chosen"]),
-                    rejected=json.loads(r["rejected"]),
-                    source=r["source"],
-                )
-            )
-        return out
-
-
-# -- locations -------------------------------------------------------------------------------
-def datasets_root(log_dir: str) -> str:
-    """``<log_dir>/datasets``; for a log in object storage, ``$SHADOWTUNE_DATASETS_DIR`` (default
-    ``./shadowtune-datasets``): datasets are local files for the trainer."""
-    if is_remote(log_dir):
-        return os.path.abspath(os.environ.get("SHADOWTUNE_DATASETS_DIR") or "shadowtune-datasets")
-    return os.path.join(local_path(log_dir), "datasets")
-
-
-def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise DatasetError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
-
-
-def _versions(log_dir: str, name: str) -> list[int]:
-    folder = os.path.join(datasets_root(log_dir), name)
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    return sorted(int(n[1:]) for n in names if n.startswith("v") and n[1:].isdigit())
-
-
-def load_dataset(log_dir: str, name: str, version: int | None = None) -> DatasetVersion:
-    """A dataset version (the latest when ``version`` is None); `DatasetError` when there is none.
-
-    ``name`` may also be written ``name@v3``.
-    """
-    if "@" in name and version is None:
-        name, _, v = name.partition("@")
-        version = int(v.lstrip("v")) if v.lstrip("v").isdigit() else None
-        if version is None:
-            raise DatasetError(f"invalid dataset version in {name}@{v}: use NAME@vN")
-    _check_name(name)
-    versions = _versions(log_dir, name)
-    if not versions:
-        raise DatasetError(
-            f"no dataset named {name!r} under {datasets_root(log_dir)} (run `shadowtune dataset build`)"
-        )
-    if version is None:
-        version = versions[-1]
-    elif version not in versions:
-        raise DatasetError(
-            f"dataset {name!r} has no version v{version} (versions: {', '.join(f'v{v}' for v in versions)})"
-        )
-    path = os.path.join(datasets_root(log_dir), name, f"v{version}")
-    with open(os.path.join(path, "manifest.json")) as f:
-        manifest = json.load(f)
-    return DatasetVersion(name=name, version=version, path=path, manifest=manifest)
-
-
-def list_datasets(log_dir: str) -> list[DatasetVersion]:
-    """Every version of every dataset, by name then version."""
-    root = datasets_root(log_dir)
-    try:
-        names = sorted(os.listdir(root))
-    except FileNotFoundError:
-        return []
-    return [load_dataset(log_dir, n, v) for n in names if _NAME.match(n) for v in _versions(log_dir, n)]
 
 
 # -- events written from the CLI -------------------------------------------------------------
@@ -339,7 +186,8 @@ class _Call:
 
 _SOURCE_COLUMNS = (
     "call_id, ts, route, status, error_type, tags, request, response, output_text, regenerate_of, "
-    "response_id, thumbs_up, thumbs_down, rating, choice, flags, regenerated, relabel, excluded"
+    "response_id, thumbs_up, thumbs_down, rating, choice, flags, regenerated, relabel, excluded, "
+    "reviewer_thumbs_up, reviewer_thumbs_down"
 )
 
 
@@ -417,6 +265,7 @@ def build_dataset(
     golden_call_ids: Iterable[str] = (),
     golden_tag: str | None = None,
     near_dup_threshold: float | None = 0.9,
+    group_threshold: float | None = DEFAULT_GROUP_THRESHOLD,
     redact: str | Redactor | None = "secrets",
     warn: bool = True,
 ) -> DatasetVersion:
@@ -434,6 +283,8 @@ def build_dataset(
         golden_call_ids: calls that make the golden split.
         golden_tag: calls with this tag also make the golden split.
         near_dup_threshold: Jaccard similarity from which two inputs are near duplicates (None: exact only).
+        group_threshold: Jaccard similarity from which two inputs stay on the same side of the split
+            (None: only inputs equal once the system prompt is left out).
         redact: ``none``, ``secrets``, ``pii``, ``module:function`` or a callable.
         warn: print the manifest's warnings to stderr.
 
@@ -488,7 +339,14 @@ def build_dataset(
         steps.append(
             (
                 "thumbs_up_only",
-                lambda c: c.relabelled or ((c.row["thumbs_up"] or 0) > 0 and not c.row["thumbs_down"]),
+                lambda c: (
+                    c.relabelled
+                    or (
+                        (c.row["thumbs_up"] or 0) + (c.row["reviewer_thumbs_up"] or 0) > 0
+                        and not c.row["thumbs_down"]
+                        and not c.row["reviewer_thumbs_down"]
+                    )
+                ),
             )
         )
     if filters.min_rating is not None:
@@ -524,7 +382,7 @@ def build_dataset(
             examples[c.call_id] = Example(
                 example_id=c.call_id,
                 call_id=c.call_id,
-                split="golden" if split_name == "golden" else assign_split(key, test_fraction, salt),
+                split="golden" if split_name == "golden" else "pool",  # the pool is split below
                 messages=msgs,
                 tools=c.tools,
                 completion=_redact_message(label, redactor),
@@ -532,9 +390,22 @@ def build_dataset(
                 input_hash=input_hash(key),
                 ts=c.ts,
             )
-    survivors, exact, near = _dedup(list(examples.values()), near_dup_threshold)
-    removed_by["exact_duplicates"] = exact
-    removed_by["near_duplicates"] = near
+    report = Reduction()
+    candidates = list(examples.values())
+    thresholds = [t for t in (near_dup_threshold, group_threshold) if t is not None]
+    similar = similarity_pairs(candidates, min(thresholds)) if thresholds else []
+    survivors = reduce_duplicates(candidates, near_dup_threshold, similar, report)
+    previous = _previous_version(log_dir, name)
+    survivors = assign_splits(
+        survivors,
+        similar if group_threshold is not None else [],
+        test_fraction=test_fraction,
+        salt=salt,
+        group_threshold=group_threshold if group_threshold is not None else 1.0,
+        previous_test=previous_test_inputs(previous, test_fraction, salt),
+        report=report,
+    )
+    removed_by.update(report.removed)
     final = sorted(survivors, key=lambda e: (e.ts or dt.datetime.min.replace(tzinfo=dt.UTC), e.example_id))
     pairs = _preferences(
         calls,
@@ -543,6 +414,7 @@ def build_dataset(
         test_fraction,
         salt,
         excluded={c.call_id for c in calls} - {c.call_id for c in kept},
+        sides=_sides(final),
     )
     golden_inputs = {e.input_hash for e in final if e.split == "golden"}
     pairs = [p for p in pairs if _hash_of(p) not in golden_inputs]
@@ -569,13 +441,25 @@ def build_dataset(
             "golden_tag": golden_tag,
             "last_call_ts": max(c.ts for c in calls).isoformat() if calls else None,
         },
-        "split": {"method": "sha256(salt, input)", "salt": salt, "test_fraction": test_fraction},
-        "dedup": {"near_dup_threshold": near_dup_threshold},
+        "split": {
+            "method": "sha256(salt, user-visible input of its near-duplicate cluster's centre)",
+            "salt": salt,
+            "test_fraction": test_fraction,
+            "group_threshold": group_threshold,
+            "groups": report.groups,
+            "largest_group": report.largest_group,
+            "moved_to_test": report.moved_to_test,
+        },
+        "dedup": {
+            "near_dup_threshold": near_dup_threshold,
+            "kept_with_another_label": report.kept_other_label,
+        },
         "redaction": redact
         if isinstance(redact, str) or redact is None
         else getattr(redact, "__name__", "custom"),
         "counts": counts,
         "removed": removed_by,
+        "removed_why": {k: REASONS.get(k, k) for k, v in removed_by.items() if v},
         "splits": splits,
         "preference_splits": {s: sum(1 for p in pairs if p.split == s) for s in ("train", "test", "golden")},
         "warnings": warnings,
@@ -618,33 +502,21 @@ def _redact_message(m: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     return out
 
 
-def _dedup(examples: list[Example], threshold: float | None) -> tuple[list[Example], int, int]:
-    def priority(e: Example) -> tuple[Any, ...]:
-        return (
-            e.split != "golden",
-            e.label_source != "relabel",
-            e.ts or dt.datetime.min.replace(tzinfo=dt.UTC),
-            e.example_id,
-        )
-
-    by_input: dict[str, list[Example]] = {}
+def _sides(examples: Sequence[Example]) -> dict[str, str]:
+    """Call id, and user-visible input, -> the split its example took (preference pairs follow it)."""
+    out: dict[str, str] = {}
     for e in examples:
-        by_input.setdefault(e.input_hash, []).append(e)
-    unique = [min(group, key=priority) for group in by_input.values()]
-    exact = len(examples) - len(unique)
-    if threshold is None:
-        return unique, exact, 0
-    clusters = near_duplicate_clusters([(e.example_id, e.messages, e.tools) for e in unique], threshold)
-    by_id = {e.example_id: e for e in unique}
-    dropped: set[str] = set()
-    for cluster in clusters:
-        best = min((by_id[i] for i in cluster), key=priority)
-        dropped |= {i for i in cluster if i != best.example_id}
-    return [e for e in unique if e.example_id not in dropped], exact, len(dropped)
+        out[split_key(e.messages)] = e.split
+    for e in examples:
+        out[e.call_id] = e.split
+    return out
 
 
-def _hash_of(p: PreferencePair) -> str:
-    return input_hash(input_key(p.messages, p.tools))
+def _previous_version(log_dir: str, name: str) -> DatasetVersion | None:
+    try:
+        return load_dataset(log_dir, name)
+    except DatasetError:
+        return None
 
 
 def _preferences(
@@ -654,6 +526,7 @@ def _preferences(
     test_fraction: float,
     salt: str,
     excluded: set[str],
+    sides: dict[str, str],
 ) -> list[PreferencePair]:
     by_response = {c.row.get("response_id"): c for c in calls if c.row.get("response_id")}
     raw: list[tuple[_Call, dict[str, Any], dict[str, Any], str]] = []
@@ -700,12 +573,13 @@ def _preferences(
             continue
         seen.add((c.call_id, source))
         msgs = [_redact_message(m, redactor) for m in c.messages]
-        key = input_key(msgs, c.tools)
+        key = split_key(msgs)
+        side = sides.get(c.call_id) or sides.get(key) or assign_split(key, test_fraction, salt)
         pairs.append(
             PreferencePair(
                 pair_id=f"{c.call_id}:{source}",
                 call_id=c.call_id,
-                split=assign_split(key, test_fraction, salt),
+                split=side,
                 messages=msgs,
                 tools=c.tools,
                 chosen=_redact_message(chosen, redactor),
@@ -714,75 +588,3 @@ def _preferences(
             )
         )
     return pairs
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def _write_version(
-    log_dir: str, name: str, examples: list[Example], pairs: list[PreferencePair], manifest: dict[str, Any]
-) -> DatasetVersion:
-    ex_rows: list[dict[str, Any]] = [
-        {
-            "example_id": e.example_id,
-            "call_id": e.call_id,
-            "ts": e.ts,
-            "split": e.split,
-            "input_hash": e.input_hash,
-            "messages": _dumps(e.messages),
-            "tools": _dumps(e.tools) if e.tools else None,
-            "completion": _dumps(e.completion),
-            "label_source": e.label_source,
-        }
-        for e in examples
-    ]
-    pair_rows: list[dict[str, Any]] = [
-        {
-            "pair_id": p.pair_id,
-            "call_id": p.call_id,
-            "split": p.split,
-            "input_hash": _hash_of(p),
-            "messages": _dumps(p.messages),
-            "tools": _dumps(p.tools) if p.tools else None,
-            "chosen": _dumps(p.chosen),
-            "rejected": _dumps(p.rejected),
-            "source": p.source,
-        }
-        for p in pairs
-    ]
-    digest = hashlib.sha256()
-    for r in ex_rows:
-        digest.update(_dumps({k: v for k, v in r.items() if k != "ts"}).encode() + b"\n")
-    for r in pair_rows:
-        digest.update(_dumps(r).encode() + b"\n")
-    manifest["content_hash"] = "sha256:" + digest.hexdigest()
-    folder = os.path.join(datasets_root(log_dir), name)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}")
-    os.makedirs(tmp)
-    try:
-        pq.write_table(
-            pa.Table.from_pylist(ex_rows, schema=EXAMPLES_SCHEMA), os.path.join(tmp, "examples.parquet")
-        )
-        pq.write_table(
-            pa.Table.from_pylist(pair_rows, schema=PREFERENCES_SCHEMA),
-            os.path.join(tmp, "preferences.parquet"),
-        )
-        version = (_versions(log_dir, name) or [0])[-1] + 1
-        while True:
-            manifest["version"] = version
-            with open(os.path.join(tmp, "manifest.json"), "w") as f:
-                json.dump(manifest, f, indent=2, sort_keys=True)
-            final = os.path.join(folder, f"v{version}")
-            try:
-                os.rename(tmp, final)  # fails when another build took this number first
-                break
-            except OSError:
-                if not os.path.exists(final):
-                    raise
-                version += 1
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return DatasetVersion(name=name, version=version, path=final, manifest=manifest)

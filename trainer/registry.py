@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -51,6 +52,8 @@ class ModelVersion:
     metrics: dict[str, Any] = field(default_factory=dict)
     deployments: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    family: str | None = None
+    """Model family (``qwen``, ``gpt``...) when known at registration; else inherited from the base model."""
     created_at: str = ""
     updated_at: str = ""
 
@@ -143,6 +146,37 @@ class Registry:
         out = [self.get(n) for n in names if os.path.exists(os.path.join(self.root, n, "model.json"))]
         return sorted(out, key=lambda m: (m.created_at, m.version))
 
+    def families(self, known: Mapping[str, str]) -> dict[str, str]:
+        """Each version's name and served model id -> its family, along the lineage.
+
+        A version's own ``family`` when recorded, else its base model's: ``known[base_model]``
+        (e.g. upstream ``family`` settings), or the family of the registered version it was
+        trained from. A version whose lineage reaches no known family is left out (unknown).
+        """
+        versions = self.list()
+        by_name: dict[str, ModelVersion] = {}
+        for mv in versions:
+            by_name.setdefault(mv.served_model, mv)
+            by_name[mv.version] = mv
+
+        def family(mv: ModelVersion, seen: frozenset[str]) -> str | None:
+            if mv.family:
+                return mv.family
+            if mv.base_model in known:
+                return known[mv.base_model]
+            parent = by_name.get(mv.base_model)
+            if parent is None or parent.version in seen:
+                return None
+            return family(parent, seen | {parent.version})
+
+        out: dict[str, str] = {}
+        for mv in versions:
+            fam = family(mv, frozenset({mv.version}))
+            if fam:
+                out[mv.version] = fam
+                out[mv.served_model] = fam
+        return out
+
     def register(
         self,
         name: str,
@@ -156,6 +190,7 @@ class Registry:
         hyperparameters: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         status: str = "ready",
+        family: str | None = None,
     ) -> ModelVersion:
         """Record a model trained elsewhere (an adapter directory or a provider's model id)."""
         if adapter_path is None and hosted_model is None:
@@ -175,5 +210,6 @@ class Registry:
                 dataset=dataset,
                 hyperparameters=hyperparameters or {},
                 metrics=metrics or {},
+                family=family,
             )
         )

@@ -1,8 +1,11 @@
-"""Stable train/test assignment by hashing the input.
+"""Stable train/test assignment by hashing the user-visible input.
 
-An example's split depends on its input alone (the canonical JSON of its messages and
-tools, see `input_key`), never on the other examples, the build time or the order of
-rows. So when a dataset is rebuilt with more traffic, every input that was in the test
+An input's split depends on what its user wrote alone (the canonical JSON of its messages
+without the system prompt, see `split_key`), never on the build time or the order of rows,
+so a system-prompt edit does not move a test input into train. Near variants of one input
+(an appended sentence, a changed word) are kept on one side by `trainer._leakage`, which
+hashes a cluster's earliest member. `input_key` (every message and the tools) stays the
+input's identity for exact deduplication. So when a dataset is rebuilt with more traffic, every input that was in the test
 split stays there, a new input lands in each split with the configured probability, and
 the test split is never trained on by a later version.
 
@@ -37,6 +40,23 @@ def input_key(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]
         ensure_ascii=False,
         separators=(",", ":"),
     )
+
+
+def split_key(messages: Sequence[dict[str, Any]]) -> str:
+    """Canonical text of the user-visible input: every message but the system (and developer) prompt.
+
+    Tools are left out too: like the system prompt they belong to the application, not the user.
+    """
+    visible = [m for m in messages if m.get("role") not in ("system", "developer")]
+    slim = [
+        {
+            k: (m[k].strip() if isinstance(m[k], str) else m[k])
+            for k in ("role", "content", "name", "tool_calls", "tool_call_id")
+            if m.get(k) is not None
+        }
+        for m in visible
+    ]
+    return json.dumps(slim, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def input_hash(key: str) -> str:

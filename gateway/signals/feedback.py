@@ -21,11 +21,21 @@ Feedback may arrive before its call is flushed (or even before it is logged): ev
 are joined to calls by ``call_id`` (or the response's ``chatcmpl-`` id) at read time.
 `orphan_feedback` lists events that still match no call after a join window, so they are
 reported rather than silently lost.
+
+Who posted: every event records its poster (`poster_id`): the client key (``client_key``,
+its name, and ``key_id``, a short hash of the key) for the API, the reviewer for the review
+page (``source = 'reviewer'``, ``reviewer``). With client keys on, only the key that made a
+call (or an admin) may post on it (`gateway.signals.ownership`). Feedback is idempotent per
+``(call, kind, poster)``: a repeat is not stored again, and readers keep only the latest
+event of each (the ``user_events`` view). Reviewer events are kept out of the user-outcome
+rates and shown apart (`REVIEWER_SOURCES`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -34,6 +44,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.store.ids import new_id
+from gateway.store.reader import REVIEWER_SOURCES
+
+__all__ = ["REVIEWER_SOURCES", "CustomMetric", "FeedbackError", "RateLimiter", "validate_feedback"]
 
 BUILTIN_KINDS = ("thumbs", "rating", "choice", "flag")
 """Kinds every client may send."""
@@ -90,6 +103,9 @@ def validate_feedback(
     source: str = "api",
     user: str | None = None,
     now_us: int | None = None,
+    client_key: str | None = None,
+    key_id: str | None = None,
+    reviewer: str | None = None,
 ) -> dict[str, Any]:
     """Check one feedback body; return the ``events`` record to append.
 
@@ -97,9 +113,12 @@ def validate_feedback(
         body: the decoded JSON body ``{call_id, kind, value, comment?, user?, data?}``.
         custom_metrics: the metrics declared in config; their names are extra kinds.
         rating_range: inclusive ``(low, high)`` bounds of ``rating``.
-        source: ``api``, ``cli`` or ``review``; stored in ``source``.
+        source: ``api``, ``admin``, ``cli`` or ``reviewer``; stored in ``source``.
         user: the authenticated user, used when the body names none.
         now_us: the event time (epoch microseconds); now when omitted.
+        client_key: name of the client key that posted it.
+        key_id: short hash id of that key (`key_id`).
+        reviewer: the reviewer who posted it (review page).
 
     Raises:
         FeedbackError: unknown kind, value out of range, or a malformed body.
@@ -164,7 +183,29 @@ def validate_feedback(
         "user": body_user if body_user is not None else user,
         "source": source,
         "data": data_text,
+        "client_key": client_key,
+        "key_id": key_id,
+        "reviewer": reviewer,
     }
+
+
+def key_id(token: str) -> str:
+    """A client key's short public id: the first 16 hex digits of its SHA-256 (never the key)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def poster_id(event: Mapping[str, Any]) -> str:
+    """Who an event is from, for idempotency: the key, else the reviewer, else the user, else its source.
+
+    Mirrors `gateway.store.reader.POSTER_SQL` (what the ``user_events`` view deduplicates on).
+    """
+    if event.get("key_id"):
+        return f"key:{event['key_id']}"
+    if event.get("reviewer"):
+        return f"reviewer:{event['reviewer']}"
+    if event.get("user"):
+        return f"user:{event['user']}"
+    return f"source:{event.get('source') or ''}"
 
 
 def _short_text(raw: Any, param: str, limit: int, *, required: bool = False) -> str | None:
@@ -291,3 +332,33 @@ def orphan_feedback(store: Any, window_s: float, *, now: float | None = None) ->
     for row in rows:
         row["age_s"] = now_s - row.pop("ts_us") / 1e6
     return rows
+
+
+class RateLimiter:
+    """Token buckets per poster: ``rate`` posts a minute on average, bursts of ``burst``.
+
+    Per process (each worker keeps its own buckets), bounded to ``max_keys`` posters.
+    """
+
+    def __init__(self, rate_per_min: float, burst: int, *, max_keys: int = 100_000) -> None:
+        self.rate = rate_per_min / 60.0
+        self.burst = float(max(burst, 1))
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, who: str, *, now: float | None = None) -> float | None:
+        """None if ``who`` may post now (and take a token), else the seconds until it may."""
+        if self.rate <= 0:
+            return None
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(who, (self.burst, t))
+            tokens = min(self.burst, tokens + (t - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[who] = (tokens, t)
+                return (1.0 - tokens) / self.rate
+            if who not in self._buckets and len(self._buckets) >= self.max_keys:
+                self._buckets.clear()
+            self._buckets[who] = (tokens - 1.0, t)
+            return None

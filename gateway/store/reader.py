@@ -11,8 +11,13 @@ Views:
   transaction version is at or past the segment's seq) is not read from the WAL.
 * ``events`` — outcome events (`EVENTS_SCHEMA`), same rules.
 * ``events_resolved`` — ``events`` with ``chatcmpl-`` ids resolved to call ids.
-* ``outcomes`` — events aggregated per call (thumbs, rating, choice, flags,
-  regenerations, latest relabel).
+* ``user_events`` — the outcome signals of the calls' users: ``events_resolved`` without
+  reviewer events (``source`` in `REVIEWER_SOURCES`), and only the latest event per
+  ``(call_id, kind, poster)`` (`POSTER_SQL`), so a repeated post counts once. What user-outcome
+  rates (``evals.outcomes``, the controller) are computed from.
+* ``outcomes`` — events aggregated per call: thumbs, rating, choice, flags, regenerations
+  from ``user_events``; the reviewers' thumbs apart (``reviewer_thumbs_up/down``); latest
+  relabel, exclusion (from anyone).
 * ``calls_with_outcomes`` — ``calls`` left-joined with ``outcomes``.
 * ``judge_verdicts``, ``judge_judgements`` — per-item verdicts (with reasons) of the pairwise
   judge runs (``shadowtune eval judge``), once any exist.
@@ -56,19 +61,45 @@ LEFT JOIN (SELECT any_value(call_id) AS call_id, response_id FROM calls
   ON e.call_id = m.response_id
 """
 
-OUTCOMES_SQL = """
+REVIEWER_SOURCES = ("reviewer", "review")
+"""``events.source`` of events posted by reviewers (``review`` in logs written before schema 2)."""
+
+_IS_REVIEWER = "coalesce(source, '') IN ('reviewer', 'review')"
+
+POSTER_SQL = (
+    "coalesce('key:' || key_id, 'reviewer:' || reviewer, 'user:' || \"user\", "
+    "'source:' || coalesce(source, ''))"
+)
+"""Who posted an ``events`` row (`gateway.signals.feedback.poster_id`): what repeats are deduplicated on."""
+
+USER_EVENTS_SQL = f"""
+SELECT * EXCLUDE (_rn) FROM (
+  SELECT *, row_number() OVER (
+    PARTITION BY call_id, kind, {POSTER_SQL} ORDER BY ts DESC, event_id DESC) AS _rn
+  FROM events_resolved WHERE NOT {_IS_REVIEWER}
+) WHERE _rn = 1
+"""
+
+OUTCOMES_SQL = f"""
+WITH e AS (
+  SELECT *, {_IS_REVIEWER} AS by_reviewer, row_number() OVER (
+      PARTITION BY call_id, kind, {POSTER_SQL} ORDER BY ts DESC, event_id DESC) = 1 AS latest
+  FROM events_resolved
+)
 SELECT
   call_id,
-  count(*) FILTER (WHERE kind = 'thumbs' AND value = 'up') AS thumbs_up,
-  count(*) FILTER (WHERE kind = 'thumbs' AND value = 'down') AS thumbs_down,
-  avg(value_num) FILTER (WHERE kind = 'rating') AS rating,
-  arg_max(value, ts) FILTER (WHERE kind = 'choice') AS choice,
-  count(*) FILTER (WHERE kind = 'flag') AS flags,
-  count(*) FILTER (WHERE kind = 'regeneration') > 0 AS regenerated,
+  count(*) FILTER (WHERE latest AND NOT by_reviewer AND kind = 'thumbs' AND value = 'up') AS thumbs_up,
+  count(*) FILTER (WHERE latest AND NOT by_reviewer AND kind = 'thumbs' AND value = 'down') AS thumbs_down,
+  avg(value_num) FILTER (WHERE latest AND NOT by_reviewer AND kind = 'rating') AS rating,
+  arg_max(value, ts) FILTER (WHERE NOT by_reviewer AND kind = 'choice') AS choice,
+  count(*) FILTER (WHERE latest AND NOT by_reviewer AND kind = 'flag') AS flags,
+  count(*) FILTER (WHERE NOT by_reviewer AND kind = 'regeneration') > 0 AS regenerated,
   arg_max(value, ts) FILTER (WHERE kind = 'relabel') AS relabel,
   count(*) FILTER (WHERE kind = 'exclude') > 0 AS excluded,
-  count(*) AS n_events
-FROM events_resolved GROUP BY call_id
+  count(*) AS n_events,
+  count(*) FILTER (WHERE latest AND by_reviewer AND kind = 'thumbs' AND value = 'up') AS reviewer_thumbs_up,
+  count(*) FILTER (WHERE latest AND by_reviewer AND kind = 'thumbs' AND value = 'down') AS reviewer_thumbs_down
+FROM e GROUP BY call_id
 """
 
 
@@ -137,6 +168,7 @@ class LogStore:
             self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
         self._extra_views()
         self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
+        self.con.execute(f"CREATE OR REPLACE VIEW user_events AS {USER_EVENTS_SQL}")
         self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
         self.con.execute(
             "CREATE OR REPLACE VIEW calls_with_outcomes AS "

@@ -21,7 +21,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = 2
-"""Version of the on-disk layout; bumped on every additive change (2: ``calls.metadata``)."""
+"""Version of the on-disk layout; bumped on every additive change (2: ``calls.metadata`` and who
+posted an event)."""
 
 CALLS_SCHEMA = pa.schema(
     [
@@ -76,8 +77,11 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("value_num", pa.float64()),  # numeric value: 1/0 for thumbs, the rating, a custom metric
         pa.field("comment", pa.string()),
         pa.field("user", pa.string()),
-        pa.field("source", pa.string()),  # api | cli | review | detector
+        pa.field("source", pa.string()),  # api | admin | cli | reviewer (older logs: review) | detector
         pa.field("data", pa.string()),  # JSON for anything else
+        pa.field("client_key", pa.string()),  # name of the client key that posted it (as calls.client_key)
+        pa.field("key_id", pa.string()),  # short SHA-256 id of that key (a reissued name is a new id)
+        pa.field("reviewer", pa.string()),  # who posted it on the review page (source = reviewer)
     ]
 )
 

@@ -116,6 +116,8 @@ _CALL_COLUMNS = """
     c.request, c.response, c.output_text, c.finish_reason, c.status, c.error_type, c.error_message,
     c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
     coalesce(c.thumbs_up, 0) AS thumbs_up, coalesce(c.thumbs_down, 0) AS thumbs_down,
+    coalesce(c.reviewer_thumbs_up, 0) AS reviewer_thumbs_up,
+    coalesce(c.reviewer_thumbs_down, 0) AS reviewer_thumbs_down,
     c.relabel, coalesce(c.excluded, false) AS excluded
 """
 

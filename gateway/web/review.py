@@ -8,7 +8,9 @@
 ``/review/calls/{call_id}``
     one call: the conversation, the answer, its baseline/candidate siblings side by
     side, its outcome events; forms that POST a relabel, an exclusion or a thumb
-    (``events`` rows with ``source = 'review'``) and redirect back (303).
+    (``events`` rows with ``source = 'reviewer'`` and the reviewer in ``reviewer``) and
+    redirect back (303). A reviewer's thumb is idempotent per (call, reviewer) at read time
+    and is kept out of the user-outcome rates (``reviewer_thumbs_up/down`` apart).
 
 Access is the admin API's: with ``server.admin_token`` set, ``Authorization: Bearer
 <token>``, or ``?token=<token>`` once, which sets an HttpOnly cookie for ``/review``
@@ -283,8 +285,11 @@ def _event(call_id: str, kind: str, value: str | None, reviewer: Reviewer) -> di
         "value_num": None,
         "comment": None,
         "user": None,
-        "source": "review",
+        "source": "reviewer",
         "data": orjson.dumps({"reviewer": reviewer.who}).decode(),
+        "client_key": None,
+        "key_id": None,
+        "reviewer": reviewer.who,
     }
 
 
@@ -319,8 +324,9 @@ async def thumbs(call_id: str, request: Request) -> Response:
     try:
         rec = validate_feedback(
             {"call_id": call_id, "kind": "thumbs", "value": fields.get("value", "")},
-            source="review",
+            source="reviewer",
             user=None,
+            reviewer=reviewer.who,
         )
     except FeedbackError as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None

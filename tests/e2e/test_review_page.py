@@ -205,10 +205,11 @@ def test_relabel_exclude_and_thumbs_are_events_in_the_log(shadow_gateway, log_di
     got = outcome(log_dir, call_id)
     assert got["relabel"] == "A LoRA is\na low-rank adapter."  # the latest one wins
     assert got["excluded"] is True
-    assert (got["thumbs_up"], got["thumbs_down"]) == (0, 1)
-    events = LogStore.open(log_dir).sql("SELECT kind, source, value FROM events ORDER BY ts")
+    assert (got["reviewer_thumbs_up"], got["reviewer_thumbs_down"]) == (0, 1)
+    assert (got["thumbs_up"], got["thumbs_down"]) == (0, 0)  # a reviewer's thumb is not a user outcome
+    events = LogStore.open(log_dir).sql("SELECT kind, source, reviewer, value FROM events ORDER BY ts")
     assert [e["kind"] for e in events] == ["relabel", "relabel", "exclude", "thumbs"]
-    assert {e["source"] for e in events} == {"review"}
+    assert {(e["source"], e["reviewer"]) for e in events} == {("reviewer", "local")}
     assert "Relabel saved." in page
     assert "Excluded from datasets" in page
     assert 'id="relabel-current"' in page
@@ -304,7 +305,7 @@ def test_a_reviewer_compares_the_answers_and_relabels_in_a_browser(
     got = outcome(log_dir, call_id)
     assert got is not None
     assert got["relabel"] == "Hello! How can I help you today?"
-    assert got["thumbs_up"] == 1
+    assert (got["reviewer_thumbs_up"], got["thumbs_up"]) == (1, 0)
     keep = os.environ.get("SHADOWTUNE_SCREENSHOTS")
     if keep:
         for name in ("dashboard.png", "call.png"):

@@ -83,10 +83,12 @@ def test_eval_judge_human_output_and_the_family_guard(runner, fake_judge, log_di
         ["judge", "--route", "support", "--judges", "judge-long", "--url", url, "--log-dir", log_dir],
     )
     assert ok.exit_code == 0 and "candidate wins" in ok.stdout and "cost: $" in ok.stdout
+    assert "flag: family unknown for gpt-4o-mini, judge-long, qwen2.5-0.5b-lora" in ok.stdout
+    families = ["--family", "gpt-4.1=openai", "--family", "gpt-4o-mini=openai"]
     refused = invoke(
         runner,
         eval_group,
-        ["judge", "--route", "support", "--judges", "gpt-4.1", "--url", url, "--log-dir", log_dir],
+        ["judge", "--route", "support", "--judges", "gpt-4.1", *families, "--url", url, "--log-dir", log_dir],
     )
     assert refused.exit_code == 1
     assert "self-preference risk: judge gpt-4.1 and contestant gpt-4o-mini are both openai" in refused.stderr
@@ -104,12 +106,19 @@ def test_eval_judge_through_the_real_gateway_takes_families_from_its_upstream_co
         upstreams={
             "long-up": {**upstream, "model": "judge-long", "family": "anthropic"},
             "qwen-up": {**upstream, "model": "judge-long", "family": "qwen"},
+            "qwen-base": {**upstream, "model": "Qwen/Qwen2.5-0.5B-Instruct", "family": "qwen"},
         },
         routes={"judge-long": {"baseline": "long-up"}, "qwen-judge": {"baseline": "qwen-up"}},
         server={"admin_token": "admin-secret"},
     )
     gw = start_gateway(settings)
     shadow_log(log_dir, n=4)
+    # the candidate is a fine-tune registered on the qwen base: it inherits the base's family
+    from trainer.registry import Registry
+
+    Registry(log_dir).register(
+        "support-lora", base_model="Qwen/Qwen2.5-0.5B-Instruct", hosted_model="qwen2.5-0.5b-lora"
+    )
     args = [
         "judge",
         "--route",
@@ -176,23 +185,95 @@ def test_eval_golden_scores_a_model_on_a_golden_file_and_a_dataset(runner, fake_
         "--metric",
         "json_valid",
     ]
-    result = invoke(runner, eval_group, [*args, "--url", url, "--log-dir", log_dir, "--json"])
+    result = invoke(
+        runner, eval_group, [*args, "--no-baseline", "--url", url, "--log-dir", log_dir, "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["metrics"]["exact_match"]["exact_match"] == pytest.approx(0.75)
     assert summary["metrics"]["json_valid"]["json_valid"] == pytest.approx(0.25)
+    assert summary["baseline"] is None and summary["baseline_note"] == "--no-baseline"
+    # without a baseline (and no way to find one), a fast eval refuses to run
+    refused = runner.invoke(eval_group, [*args, "--url", url, "--log-dir", log_dir])
+    assert refused.exit_code == 2 and "--baseline MODEL" in refused.output
+    both = invoke(
+        runner, eval_group, [*args, "--baseline", "shout", "--url", url, "--log-dir", log_dir, "--json"]
+    )
+    summary = json.loads(both.stdout)
+    assert summary["baseline"]["model"] == "shout"
+    assert summary["baseline"]["metrics"]["exact_match"]["exact_match"] == 0.0  # "YES!!!" is not "Yes"
+    assert summary["delta"]["exact_match"]["exact_match"] == pytest.approx(0.75)
     write_dataset(
         log_dir, "labels", [("spam", "spam", "test"), ("ham", "spam", "test"), ("ham", "ham", "train")]
     )
-    args = ["golden", "--model", "echo", "--dataset", "labels", "--metric", "classification", "--url", url]
+    args = ["golden", "--model", "echo", "--dataset", "labels", "--metric", "classification", "--no-baseline"]
+    args += ["--url", url]
     summary = json.loads(invoke(runner, eval_group, [*args, "--log-dir", log_dir, "--json"]).stdout)
     assert summary["n"] == 2 and summary["metrics"]["classification"]["accuracy"] == 0.5
     bad = invoke(
         runner,
         eval_group,
-        ["golden", "--model", "echo", "--golden", str(golden), "--metric", "nope", "--log-dir", log_dir],
+        [
+            "golden",
+            "--model",
+            "echo",
+            "--golden",
+            str(golden),
+            "--metric",
+            "nope",
+            "--no-baseline",
+            "--log-dir",
+            log_dir,
+        ],
     )
     assert bad.exit_code == 1 and "unknown metric 'nope'" in bad.stderr
+
+
+def test_eval_golden_on_a_trainer_dataset_scores_its_labels_next_to_the_baseline(runner, fake_judge, log_dir):
+    from tests.support.tiny_model import call_record, write_log
+    from trainer.dataset import build_dataset
+
+    _, url = fake_judge
+    rows = [
+        call_record(
+            [{"role": "system", "content": "Answer."}, {"role": "user", "content": q}], a, ts_us=now_us() + i
+        )
+        for i, (q, a) in enumerate([("Paris", "Paris."), ("the big apple", "Big Apple"), ("blue", "red")])
+    ]
+    write_log(log_dir, rows)
+    build_dataset(log_dir, "cities", test_fraction=0.0, warn=False)  # every example in train
+    args = ["golden", "--model", "echo", "--baseline", "shout", "--dataset", "cities", "--split", "train"]
+    result = invoke(runner, eval_group, [*args, "--url", url, "--log-dir", log_dir, "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["n"] == 3 and s["no_reference"] == 0
+    # the labels (kept apart from the messages, in `completion`) are the references
+    assert s["metrics"]["exact_match"]["exact_match"] == 0.0  # "Paris" is not "Paris."
+    assert s["metrics"]["squad_exact_match"]["squad_exact_match"] == pytest.approx(2 / 3)
+    assert s["metrics"]["token_f1"]["token_f1"] == pytest.approx(2 / 3)
+    assert s["baseline"]["model"] == "shout"  # "PARIS!!!", "THE BIG APPLE!!!", "BLUE!!!"
+    assert s["baseline"]["metrics"]["squad_exact_match"]["squad_exact_match"] == pytest.approx(2 / 3)
+    assert s["delta"]["token_f1"]["token_f1"] == pytest.approx(0.0)
+    human = invoke(runner, eval_group, [*args, "--url", url, "--log-dir", log_dir])
+    assert "baseline shout on the same examples" in human.output
+    assert "squad_exact_match" in human.output and "token_f1" in human.output
+
+
+def test_eval_golden_refuses_a_dataset_without_references(runner, fake_judge, log_dir):
+    import os as _os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, url = fake_judge
+    folder = _os.path.join(log_dir, "datasets", "prompts")
+    _os.makedirs(folder)
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}], "split": "test"} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), _os.path.join(folder, "part-0.parquet"))
+    args = ["golden", "--model", "echo", "--dataset", "prompts", "--no-baseline", "--url", url]
+    result = runner.invoke(eval_group, [*args, "--log-dir", log_dir])
+    assert result.exit_code == 1
+    assert "none of the 3 examples has a reference answer" in result.output
 
 
 def test_drift_check_finds_the_year_shift_in_the_log_and_stores_the_report(runner, log_dir):

@@ -16,7 +16,6 @@ from evals.judge import (
     PriceTable,
     ResponseCache,
     judge,
-    model_family,
     parse_verdict,
     shadow_pairs,
 )
@@ -95,47 +94,131 @@ def test_identical_answers_are_a_tie_without_a_call(fake_judge):
     assert s["identical"] == 5 and s["ties"] == 5 and s["wins"] == 1
 
 
+FAMILIES = {"gpt-4o-mini": "openai", "qwen2.5-0.5b-lora": "qwen"}
+
+
 def test_family_guard_refuses_a_judge_of_a_contestants_family(fake_judge):
     _, url = fake_judge
     pairs = make_pairs(4, candidate_longer=4)
     with pytest.raises(FamilyGuardError) as err:
-        judge(pairs, JudgeOptions(judges=("gpt-4.1",)), client(url))
+        judge(
+            pairs, JudgeOptions(judges=("gpt-4.1",), families={**FAMILIES, "gpt-4.1": "openai"}), client(url)
+        )
     assert err.value.conflicts == [("gpt-4.1", "gpt-4o-mini", "openai")]
     with pytest.raises(FamilyGuardError):
         judge(
-            pairs, JudgeOptions(judges=("judge-long",), family_overrides={"judge-long": "qwen"}), client(url)
+            pairs,
+            JudgeOptions(judges=("judge-long",), families={**FAMILIES, "judge-long": "qwen"}),
+            client(url),
         )
 
 
 def test_family_guard_override_runs_and_flags_the_report(fake_judge):
     _, url = fake_judge
     opts = JudgeOptions(
-        judges=("judge-long",), family_overrides={"judge-long": "qwen"}, allow_same_family=True
+        judges=("judge-long",), families={**FAMILIES, "judge-long": "qwen"}, allow_same_family=True
     )
     s = judge(make_pairs(4, candidate_longer=4), opts, client(url)).summary()
     assert s["wins"] == 4
     assert any("qwen" in f and "override" in f for f in s["flags"])
+    # one judge: nothing to measure its own-family preference against, and the report says so
+    assert s["self_preference"] == {
+        "judge-long": {"family": "qwen", "measurable": False, "why": "no judge of another known family"}
+    }
 
 
-@pytest.mark.parametrize(
-    ("model", "family"),
-    [
-        ("gpt-4o-mini", "openai"),
-        ("openai/o3-mini", "openai"),
-        ("ft:gpt-4o-mini:acme::abc", "openai"),
-        ("claude-3-5-sonnet-latest", "anthropic"),
-        ("bedrock/anthropic.claude-3-haiku", "anthropic"),
-        ("meta-llama/Llama-3.1-8B-Instruct", "meta"),
-        ("Qwen/Qwen2.5-0.5B-Instruct", "qwen"),
-        ("shadowtune/qwen2.5-0.5b-lora-v3", "qwen"),
-        ("gemini-2.0-flash", "google"),
-        ("mixtral-8x7b", "mistral"),
-        ("phi-3-mini", "microsoft"),
-        ("judge-long", "judge"),
-    ],
-)
-def test_model_family(model, family):
-    assert model_family(model) == family
+def test_families_are_never_guessed_from_names_and_unknown_ones_are_reported(fake_judge):
+    _, url = fake_judge
+    pairs = [
+        Pair(f"i{i}", "q", "short", "a longer answer", "philosopher-7b", "support-ft-7") for i in range(3)
+    ]
+    s = judge(pairs, JudgeOptions(judges=("gpt-4o-judge",)), client(url)).summary()  # the fake's length judge
+    assert s["families"] == {"gpt-4o-judge": None, "philosopher-7b": None, "support-ft-7": None}
+    assert s["unknown_families"] == ["gpt-4o-judge", "philosopher-7b", "support-ft-7"]
+    assert any("family unknown for gpt-4o-judge, philosopher-7b, support-ft-7" in f for f in s["flags"])
+    nameless = judge([Pair("x", "q", "a", "bb")], JudgeOptions(judges=("judge-long",)), client(url)).summary()
+    assert any("2 contestant answer(s) name no model" in f for f in nameless["flags"])
+    # configured families are looked up by exact name (upstream first), so the guard now applies
+    named = [Pair("y", "q", "a", "bb", "m-1", "m-2", baseline_upstream="up-1", candidate_upstream="up-2")]
+    with pytest.raises(FamilyGuardError) as err:
+        judge(
+            named,
+            JudgeOptions(judges=("judge-long",), families={"up-2": "llama", "judge-long": "llama"}),
+            client(url),
+        )
+    assert err.value.conflicts == [("judge-long", "up-2", "llama")]
+
+
+def test_a_jury_of_two_position_biased_judges_and_an_honest_one_recovers_the_honest_verdict(fake_judge):
+    _, url = fake_judge
+    pairs = make_pairs(40, candidate_longer=30, seed=4)
+    honest = judge(
+        pairs, JudgeOptions(judges=("judge-long",), both_orders=True, seed=2), client(url)
+    ).summary()
+    opts = JudgeOptions(judges=("judge-first", "judge-second", "judge-long"), both_orders=True, seed=2)
+    report = judge(pairs, opts, client(url))
+    s = report.summary()
+    print(
+        f"\njury of two position-biased judges and one honest: {s['wins']} wins, {s['ties']} ties, {s['losses']} losses"
+    )
+    assert (
+        (s["wins"], s["ties"], s["losses"])
+        == (honest["wins"], honest["ties"], honest["losses"])
+        == (30, 0, 10)
+    )
+    assert s["per_judge"]["judge-first"]["abstentions"] == 40
+    assert s["per_judge"]["judge-second"]["abstentions"] == 40
+    assert s["per_judge"]["judge-long"]["abstentions"] == 0
+    assert all(i.votes["judge-first"] == "abstain" for i in report.items)
+    assert s["abstained_items"] == 0
+
+
+def test_a_jury_that_all_abstains_is_a_tie_nobody_could_call(fake_judge):
+    _, url = fake_judge
+    opts = JudgeOptions(judges=("judge-first", "judge-second"), both_orders=True, seed=2)
+    s = judge(make_pairs(10, candidate_longer=10), opts, client(url)).summary()
+    assert (s["wins"], s["ties"], s["losses"]) == (0, 10, 0)
+    assert s["abstained_items"] == 10
+
+
+def test_a_consistent_tie_is_a_vote_and_equal_top_counts_are_a_tie():
+    from evals.jury import item_verdict, tally
+
+    assert tally(["candidate", "tie", "tie"]) == "tie"
+    assert tally(["candidate", "baseline"]) == "tie"
+    assert tally(["candidate", "baseline", "candidate", "abstain", "abstain"]) == "candidate"
+    assert tally(["abstain", "baseline"]) == "baseline"
+    assert tally([]) == "tie"
+    from evals.jury import Judgement
+
+    pair = Pair("p", "q", "a", "b")
+    js = [
+        Judgement("p", "j1", "candidate_first", "tie"),
+        Judgement("p", "j1", "baseline_first", "tie"),
+        Judgement("p", "j2", "candidate_first", "candidate"),
+        Judgement("p", "j2", "baseline_first", "baseline"),
+        Judgement("p", "j3", "candidate_first", "candidate", error="HTTP 503"),
+    ]
+    v = item_verdict(pair, js, ["j1", "j2", "j3"])
+    assert v.votes == {"j1": "tie", "j2": "abstain"} and v.outcome == "tie" and not v.abstained
+    assert v.consistency == {"j1": True, "j2": False} and v.position_consistent is False
+
+
+def test_a_same_family_judges_own_family_preference_is_measured_against_the_other_judges(fake_judge):
+    _, url = fake_judge
+    families = {**FAMILIES, "judge-long": "qwen", "judge-first": "mistral"}
+    opts = JudgeOptions(
+        judges=("judge-long", "judge-first"), families=families, allow_same_family=True, seed=1
+    )
+    s = judge(make_pairs(60, candidate_longer=60, seed=8), opts, client(url)).summary()
+    pref = s["self_preference"]["judge-long"]
+    print(f"\nown-family preference of judge-long (qwen, like the candidate): {pref}")
+    assert pref["measurable"] is True and pref["n"] == 60
+    assert pref["own_family_rate"] == 1.0  # the candidate (qwen) is always the longer answer here
+    assert 0.3 < pref["other_judges_rate"] < 0.7  # judge-first picks whatever is shown first
+    assert pref["preference"] == pytest.approx(1.0 - pref["other_judges_rate"])
+    assert pref["se"] is not None and pref["se"] < 0.1
+    assert "judge-first" not in s["self_preference"]  # of no contestant's family
 
 
 def test_rerun_is_answered_from_the_cache_and_costs_nothing(fake_judge, tmp_path):

@@ -8,7 +8,15 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.signals.feedback import CustomMetric, FeedbackError, orphan_feedback, validate_feedback
+from gateway.signals.feedback import (
+    CustomMetric,
+    FeedbackError,
+    RateLimiter,
+    key_id,
+    orphan_feedback,
+    poster_id,
+    validate_feedback,
+)
 from gateway.store import LogStore, LogWriter
 
 METRICS = [
@@ -45,6 +53,9 @@ class TestAccepted:
             "user",
             "source",
             "data",
+            "client_key",
+            "key_id",
+            "reviewer",
         }
         assert rec["event_id"].startswith("evt_") and len(rec["event_id"]) == 30
         assert (rec["ts"], rec["value"], rec["value_num"], rec["comment"], rec["user"], rec["source"]) == (
@@ -142,3 +153,29 @@ def test_orphan_feedback_reports_only_old_events_matching_no_call(tmp_path):
         orphans = orphan_feedback(store, window_s=600, now=now)
     assert [o["call_id"] for o in orphans] == ["call_gone"]
     assert orphans[0]["age_s"] == pytest.approx(3600, abs=1)
+
+
+class TestPosterAndRateLimit:
+    def test_the_poster_is_the_key_then_the_reviewer_then_the_user_then_the_source(self):
+        rec = check(
+            {"call_id": "c", "kind": "thumbs", "value": "up", "user": "u1"}, client_key="a", key_id="k1"
+        )
+        assert poster_id(rec) == "key:k1"
+        assert poster_id({**rec, "key_id": None, "reviewer": "admin"}) == "reviewer:admin"
+        assert poster_id({**rec, "key_id": None}) == "user:u1"
+        assert poster_id({**rec, "key_id": None, "user": None}) == "source:api"
+
+    def test_the_key_id_is_a_short_hash_never_the_key(self):
+        kid = key_id("sk-st-secret")
+        assert len(kid) == 16 and "secret" not in kid and kid == key_id("sk-st-secret")
+        assert kid != key_id("sk-st-secret2")
+
+    def test_rate_limiter_allows_a_burst_then_the_rate(self):
+        limiter = RateLimiter(60, 3)  # one a second
+        assert [limiter.allow("k", now=0.0) for _ in range(3)] == [None, None, None]
+        wait = limiter.allow("k", now=0.0)
+        assert wait == pytest.approx(1.0)
+        assert limiter.allow("other", now=0.0) is None
+        assert limiter.allow("k", now=0.5) == pytest.approx(0.5)
+        assert limiter.allow("k", now=1.01) is None
+        assert RateLimiter(0, 1).allow("k") is None  # 0: no limit

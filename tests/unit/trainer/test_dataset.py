@@ -174,20 +174,39 @@ class TestLabels:
 
 class TestDuplicates:
     def test_exact_and_near_duplicates_are_reduced_to_the_earliest(self, log_dir):
+        # the same answer (up to case and spaces) to near-identical inputs: one example is enough
         rows = [
-            call_record(user("How do I reset my password on the mobile app?"), "a1", ts_us=START),
-            call_record(user("How do I reset my password on the mobile app?"), "a2", ts_us=START + 1),
-            call_record(user("How do I reset my  password on the mobile app??"), "a3", ts_us=START + 2),
-            call_record(user("how do i reset my password on the mobile app?"), "a4", ts_us=START + 3),
+            call_record(user("How do I reset my password on the mobile app?"), "Tap Reset.", ts_us=START),
+            call_record(user("How do I reset my password on the mobile app?"), "tap reset.", ts_us=START + 1),
+            call_record(
+                user("How do I reset my  password on the mobile app??"), "Tap  Reset.", ts_us=START + 2
+            ),
+            call_record(user("how do i reset my password on the mobile app?"), "Tap Reset.", ts_us=START + 3),
             call_record(user("How do I delete my account forever and ever?"), "b1", ts_us=START + 4),
         ]
         write_log(log_dir, rows)
         dv = build_dataset(log_dir, "ex")
-        assert sorted(e.answer for e in dv.examples()) == ["a1", "b1"]
+        assert sorted(e.call_id for e in dv.examples()) == sorted([rows[0]["call_id"], rows[4]["call_id"]])
         assert dv.manifest["removed"]["exact_duplicates"] == 1
         assert dv.manifest["removed"]["near_duplicates"] == 2
+        assert "same label" in dv.manifest["removed_why"]["near_duplicates"]
         exact_only = build_dataset(log_dir, "ex", near_dup_threshold=None)
-        assert sorted(e.answer for e in exact_only.examples()) == ["a1", "a3", "a4", "b1"]
+        assert sorted(e.call_id for e in exact_only.examples()) == sorted(
+            r["call_id"] for r in (rows[0], rows[2], rows[3], rows[4])
+        )
+
+    def test_duplicates_whose_answers_differ_are_all_kept(self, log_dir):
+        rows = [
+            call_record(user("How do I reset my password on the mobile app?"), "a1", ts_us=START),
+            call_record(user("How do I reset my password on the mobile app?"), "a2", ts_us=START + 1),
+            call_record(user("How do I reset my  password on the mobile app??"), "a3", ts_us=START + 2),
+        ]
+        write_log(log_dir, rows)
+        dv = build_dataset(log_dir, "ex")
+        assert sorted(e.answer for e in dv.examples()) == ["a1", "a2", "a3"]
+        assert dv.manifest["removed"]["exact_duplicates"] == dv.manifest["removed"]["near_duplicates"] == 0
+        assert dv.manifest["dedup"]["kept_with_another_label"] == {"exact": 1, "near": 1}
+        assert len({e.split for e in dv.examples()}) == 1  # one cluster, one side
 
     def test_a_shared_long_system_prompt_does_not_make_inputs_duplicates(self, log_dir):
         system = "You are a helpful assistant for ACME. " * 50
@@ -295,11 +314,14 @@ class TestStorage:
         assert manifest["source"]["params"] == ["extract"]
         assert "FROM calls_with_outcomes" in manifest["source"]["query"]
         assert manifest["content_hash"].startswith("sha256:")
-        assert manifest["split"] == {
-            "method": "sha256(salt, input)",
-            "salt": "shadowtune-split-v1",
-            "test_fraction": 0.1,
-        }
+        split = manifest["split"]
+        assert split["method"] == "sha256(salt, user-visible input of its near-duplicate cluster's centre)"
+        assert (split["salt"], split["test_fraction"], split["group_threshold"]) == (
+            "shadowtune-split-v1",
+            0.1,
+            0.7,
+        )
+        assert split["groups"] >= 1 and split["moved_to_test"] == 0
 
     def test_load_and_list(self, log_dir):
         log_extraction_task(log_dir, 10)

@@ -105,3 +105,19 @@ def test_log_dir_comes_from_the_environment(log_dir, tmp_path):
     Registry(log_dir).register("x", base_model="b", kind="hosted", hosted_model="ft:x")
     result = CliRunner().invoke(models, ["list", "--json"], env={"SHADOWTUNE_LOG_DIR": log_dir})
     assert [r["version"] for r in json.loads(result.stdout)] == ["x-v1"]
+
+
+def test_a_fine_tune_inherits_its_base_models_family_along_the_lineage(tmp_path):
+    from trainer.registry import Registry
+
+    reg = Registry(str(tmp_path))
+    first = reg.register("support-ft", base_model="gpt-4o-mini", hosted_model="ft:gpt-4o-mini:acme::7")
+    second = reg.register("support-ft", base_model=first.version, hosted_model="support-ft-7")
+    local = reg.register("local", base_model="/models/some-base", hosted_model="local-lora")
+    recorded = reg.register("tagged", base_model="/models/qwen", hosted_model="tagged-lora", family="qwen")
+    fams = reg.families({"gpt-4o-mini": "openai"})
+    assert fams[first.version] == fams["ft:gpt-4o-mini:acme::7"] == "openai"
+    assert fams[second.version] == fams["support-ft-7"] == "openai"  # trained from a registered version
+    assert local.version not in fams and "local-lora" not in fams  # unknown: left out, never guessed
+    assert fams[recorded.version] == fams["tagged-lora"] == "qwen"
+    assert reg.families({}) == {recorded.version: "qwen", "tagged-lora": "qwen"}

@@ -71,3 +71,17 @@ def test_domain_errors_are_one_line(log_dir):
     no_model = run(train, "status", "nope", "--log-dir", log_dir)
     assert no_model.exit_code == 1 and "no model version 'nope'" in no_model.output
     assert run(models, "serve", "nope", "--log-dir", log_dir).exit_code == 1
+
+
+def test_models_register_records_a_family_that_versions_trained_from_it_inherit(log_dir):
+    from trainer.registry import Registry
+
+    out = run(models, "register", "base-ft", "--base", "/models/base", "--hosted-model", "base-ft-1",
+              "--family", "qwen", "--log-dir", log_dir, "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    first = json.loads(out.stdout)
+    assert first["family"] == "qwen"
+    child = run(models, "register", "child", "--base", first["version"], "--hosted-model", "child-1",
+                "--log-dir", log_dir, "--json")  # fmt: skip
+    assert json.loads(child.stdout)["family"] is None  # not recorded: inherited along the lineage
+    assert Registry(log_dir).families({})["child-1"] == "qwen"

@@ -1,0 +1,188 @@
+"""Who may post feedback on a call, and whether a post repeats one already stored.
+
+`FeedbackIndex` answers both from the log itself, so it holds across workers and replicas:
+
+* **Recent records** come from the writers' live WAL segments (every worker's), read
+  incrementally: each poll reads only the bytes appended since the last one, so a lookup for a
+  call made a moment ago costs a directory listing and a few lines of JSON, not a new snapshot.
+* **Older records** (flushed before this process started reading) come from the Parquet log
+  through one `gateway.store.LogStore`, refreshed when a call is not found.
+
+`owner` gives the call's ``client_key`` (the name of the key that made it), looked up by
+``call_id`` or by the response's ``chatcmpl-`` id; a call not found is looked for again for up
+to ``wait_s`` (a streamed call is logged just after its last byte). `existing` gives the latest
+event of one ``(call, kind, poster)``; a post equal to it is a repeat and is not stored again.
+Two workers racing on the same repeat may both store it: the ``user_events`` view keeps only
+the latest, so it still counts once.
+
+Blocking (file reads, DuckDB): call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.signals.feedback import poster_id
+from gateway.store import LogStore, layout
+from gateway.store.reader import POSTER_SQL
+from gateway.store.rows import derive, parse_lines
+
+_OWNER_SQL = """
+SELECT call_id, client_key FROM calls WHERE call_id = $id OR response_id = $id
+ORDER BY served DESC NULLS LAST LIMIT 1
+"""
+
+_EXISTING_SQL = f"""
+SELECT event_id, value, value_num, comment FROM events
+WHERE call_id IN ($call, $posted) AND kind = $kind AND {POSTER_SQL} = $poster
+ORDER BY ts DESC, event_id DESC LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class CallOwner:
+    """A logged call and the name of the client key that made it (None in open mode)."""
+
+    call_id: str
+    client_key: str | None
+    recent: bool = False
+    """Found in the WAL tail: its events, if any, are there too."""
+
+
+class _WalTail:
+    """Calls and events appended to the live WAL segments since this process started reading."""
+
+    def __init__(self, wal_dir: str, max_entries: int) -> None:
+        self.wal_dir = wal_dir
+        self.max_entries = max_entries
+        self.offsets: dict[str, int] = {}
+        self.owners: OrderedDict[str, CallOwner] = OrderedDict()
+        self.events: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+
+    def poll(self) -> None:
+        live = layout.wal_stems(self.wal_dir)
+        for stem in list(self.offsets):
+            if stem not in live:
+                del self.offsets[stem]
+        for stem in sorted(live):
+            offset = self.offsets.get(stem, 0)
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX), "rb") as f,
+            ):
+                f.seek(offset)
+                data = f.read()
+                end = data.rfind(b"\n") + 1  # a line being written is read next time
+                if end:
+                    self.offsets[stem] = offset + end
+                    for rec in parse_lines(data[:end])[0]:
+                        self.add(rec)
+
+    def add(self, rec: dict[str, Any]) -> None:
+        table = rec.get("_t")
+        if table == "calls" and rec.get("call_id"):
+            row = derive("calls", rec)
+            owner = CallOwner(str(row["call_id"]), row.get("client_key"), recent=True)
+            self._put(self.owners, owner.call_id, owner)
+            if row.get("response_id") and row.get("served") is not False:
+                self._put(self.owners, str(row["response_id"]), owner)
+        elif table == "events" and rec.get("call_id") and rec.get("kind"):
+            posted = str(rec["call_id"])
+            call = self.owners.get(posted)
+            for cid in {posted, call.call_id if call else posted}:
+                self._put(self.events, (cid, str(rec["kind"]), poster_id(rec)), rec)
+
+    def _put(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
+
+
+class FeedbackIndex:
+    """Call owners and stored feedback: the WAL tail first, then the Parquet log."""
+
+    def __init__(
+        self, log_dir: str, wal_dir: str | None = None, *, wait_s: float = 0.5, max_entries: int = 200_000
+    ) -> None:
+        self.log_dir = log_dir
+        self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
+        self.wait_s = wait_s
+        self._tail = _WalTail(self.wal_dir, max_entries)
+        self._store: LogStore | None = None
+        self._snapshot_at = 0.0
+        self._lock = threading.Lock()
+
+    def _sql(self, query: str, params: dict[str, Any], *, newer_than: float | None) -> list[dict[str, Any]]:
+        """Query the Parquet log, on a snapshot taken after ``newer_than`` (monotonic time) when given."""
+        if self._store is None:
+            self._store = LogStore(self.log_dir, wal_dir=self.wal_dir)
+            self._snapshot_at = time.monotonic()
+        elif newer_than is not None and self._snapshot_at <= newer_than:
+            self._snapshot_at = time.monotonic()
+            self._store.refresh()
+        return self._store.sql(query, params)
+
+    def owner(self, call_id: str, *, wait: bool = True) -> CallOwner | None:
+        """The call named ``call_id`` (its id or response id), or None when it is not in the log.
+
+        With ``wait``, looks again for up to ``wait_s`` when it is not found.
+        """
+        asked = time.monotonic()
+        deadline = asked + (self.wait_s if wait else 0.0)
+        while True:
+            with self._lock:
+                self._tail.poll()
+                found = self._tail.owners.get(call_id)
+                if found is None:
+                    rows = self._sql(_OWNER_SQL, {"id": call_id}, newer_than=asked)
+                    if rows:
+                        found = CallOwner(str(rows[0]["call_id"]), rows[0]["client_key"])
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def existing(self, call_id: str, posted: str, kind: str, poster: str) -> dict[str, Any] | None:
+        """The latest stored event of ``(call, kind, poster)``, for the call's resolved id or the id posted.
+
+        The Parquet log is asked on the snapshot at hand (`owner` refreshes it for a call the
+        WAL tail did not have). An event another worker wrote and flushed between two polls
+        may be missed: stored again, it still counts once in ``user_events``.
+        """
+        with self._lock:
+            self._tail.poll()
+            for cid in (call_id, posted):
+                rec = self._tail.events.get((cid, kind, poster))
+                if rec is not None:
+                    return rec
+            params = {"call": call_id, "posted": posted, "kind": kind, "poster": poster}
+            rows = self._sql(_EXISTING_SQL, params, newer_than=None)
+        return rows[0] if rows else None
+
+    def remember(self, record: dict[str, Any]) -> None:
+        """An event this process just appended: a repeat of it is known before the WAL is read again."""
+        with self._lock:
+            self._tail.add(dict(record, _t="events"))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def same_feedback(stored: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``record`` repeats ``stored`` (same value, number and comment)."""
+    return (
+        stored.get("value") == record.get("value")
+        and stored.get("value_num") == record.get("value_num")
+        and stored.get("comment") == record.get("comment")
+    )

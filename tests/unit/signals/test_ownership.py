@@ -1,0 +1,50 @@
+"""FeedbackIndex: call owners and stored feedback from the live WAL tail, then the Parquet log."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from gateway.signals.feedback import poster_id
+from gateway.signals.ownership import FeedbackIndex
+from gateway.store import LogWriter
+
+
+def call(call_id: str, key: str | None, response_id: str) -> dict:
+    return {
+        "call_id": call_id,
+        "ts": int(time.time() * 1e6),
+        "route": "bot",
+        "variant": "baseline",
+        "served": True,
+        "client_key": key,
+        "response": json.dumps({"id": response_id, "choices": [{"message": {"content": "hi"}}]}),
+        "status": 200,
+    }
+
+
+def test_recent_calls_and_events_come_from_the_wal_tail_older_ones_from_parquet(log_dir):
+    index = FeedbackIndex(log_dir, wait_s=0.0)
+    with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
+        w.append("calls", call("call_a", "alice", "chatcmpl-a"))
+        found = index.owner("chatcmpl-a")
+        assert found is not None and (found.call_id, found.client_key, found.recent) == (
+            "call_a",
+            "alice",
+            True,
+        )
+        event = {"event_id": "evt_1", "call_id": "chatcmpl-a", "ts": int(time.time() * 1e6), "kind": "thumbs",
+                 "value": "up", "value_num": 1.0, "key_id": "k1", "source": "api"}  # fmt: skip
+        w.append("events", event)
+        got = index.existing("call_a", "call_a", "thumbs", poster_id(event))
+        assert got is not None and got["event_id"] == "evt_1"  # posted by response id, found by call id
+        assert index.existing("call_a", "call_a", "thumbs", "key:other") is None
+        assert index.owner("call_missing", wait=False) is None
+        w.flush()
+    # a fresh process (nothing in its tail) finds the flushed call and event in the Parquet log
+    later = FeedbackIndex(log_dir, wait_s=0.0)
+    found = later.owner("call_a")
+    assert found is not None and (found.client_key, found.recent) == ("alice", False)
+    assert later.existing("call_a", "chatcmpl-a", "thumbs", "key:k1")["event_id"] == "evt_1"
+    later.close()
+    index.close()
