@@ -84,9 +84,13 @@ def scraped(tmp_path_factory) -> Iterator[dict[str, dict[str, set[str]]]]:
             variants.add("candidate" if "echo-cand" in r.text else "baseline")
             call_id = r.headers["x-request-id"]
         assert variants == {"baseline", "candidate"}
-        r = httpx.post(gw.base_url + "/chat/completions", json={"model": "broken", "messages": MSG}, timeout=30)
+        r = httpx.post(
+            gw.base_url + "/chat/completions", json={"model": "broken", "messages": MSG}, timeout=30
+        )
         assert r.status_code >= 500
-        r = httpx.post(gw.base_url + "/feedback", json={"call_id": call_id, "kind": "thumbs", "value": "down"})
+        r = httpx.post(
+            gw.base_url + "/feedback", json={"call_id": call_id, "kind": "thumbs", "value": "down"}
+        )
         assert r.status_code == 200, r.text
         # what the controller and drift jobs report (gateway/jobs.py)
         gw.ctx.telemetry.record_decision("bot", {"action": "advance", "share_from": 50, "share_to": 75})
@@ -100,9 +104,9 @@ def scraped(tmp_path_factory) -> Iterator[dict[str, dict[str, set[str]]]]:
             found = samples(text)
             calls = found.get("shadowtune_calls_total", {})
             feedback_due = declared("shadowtune.feedback") and "shadowtune_feedback_total" not in found
-            if (wanted <= set(found) and len(calls.get("shadowtune_variant", ())) >= 2 and not feedback_due) or (
-                time.monotonic() > deadline
-            ):
+            if (
+                wanted <= set(found) and len(calls.get("shadowtune_variant", ())) >= 2 and not feedback_due
+            ) or (time.monotonic() > deadline):
                 break
             time.sleep(0.2)
     finally:
@@ -118,7 +122,7 @@ def test_every_metric_the_dashboard_names_is_exported(scraped):
     for where, sel in selectors:
         if sel.metric in scraped:
             continue
-        branch, instrument = PENDING_METRICS.get(sel.metric, (None, None))
+        _branch, instrument = PENDING_METRICS.get(sel.metric, (None, None))
         if instrument and not declared(instrument):
             continue  # comes with the `branch` branch
         missing.append(f"{where}: {sel.metric}")
@@ -143,7 +147,9 @@ def test_the_labels_the_dashboard_uses_are_on_its_metrics(scraped):
                     if name not in labels and name not in ADDED_BY_PROMETHEUS:
                         problems.append(f"{where}: {sel.metric} has no label {name!r}")
                     elif op == "=" and "$" not in value and value not in labels.get(name, ()):
-                        problems.append(f"{where}: {sel.metric}{{{name}={value!r}}} never occurs: {labels[name]}")
+                        problems.append(
+                            f"{where}: {sel.metric}{{{name}={value!r}}} never occurs: {labels[name]}"
+                        )
     assert problems == []
 
 

@@ -125,7 +125,7 @@ def test_every_image_is_pinned():
     assert len(found) >= 10
     for where, image in found:
         assert image, f"{where}: no image"
-        name, _, tag = image.rpartition("/")[2].partition(":")
+        _name, _, tag = image.rpartition("/")[2].partition(":")
         assert tag and tag != "latest" and "${" not in image, f"{where}: {image!r} is not pinned"
     ours = {image for _, image in found if image.split(":")[0] in ("shadowtune", "shadowtune-trainer")}
     assert ours == {f"shadowtune:{gateway.__version__}", f"shadowtune-trainer:{gateway.__version__}"}
@@ -299,7 +299,9 @@ def test_the_gateway_writes_only_to_its_volumes_and_shares_state_through_postgre
     pg = k8s_object("Service", host)
     assert pg["spec"]["ports"][0]["port"] == urllib.parse.urlsplit(store["state_url"]).port
     assert "PGPASSWORD" in k8s_object("Secret", "shadowtune-secrets")["stringData"]
-    assert any(e["name"] == "POSTGRES_PASSWORD" for e in containers(k8s_object("StatefulSet", "postgres"))[0]["env"])
+    assert any(
+        e["name"] == "POSTGRES_PASSWORD" for e in containers(k8s_object("StatefulSet", "postgres"))[0]["env"]
+    )
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -309,7 +311,11 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def test_services_and_the_disruption_budget_select_their_pods():
     workloads = [d for d in all_k8s_documents() if d["kind"] in ("Deployment", "StatefulSet")]
     for svc in (d for d in all_k8s_documents() if d["kind"] == "Service"):
-        matched = [w for w in workloads if _selects(svc["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
+        matched = [
+            w
+            for w in workloads
+            if _selects(svc["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+        ]
         assert matched, f"Service {svc['metadata']['name']} selects no pods"
         ports = {p["name"] for w in matched for c in containers(w) for p in c.get("ports", []) if "name" in p}
         for port in svc["spec"]["ports"]:
@@ -332,7 +338,9 @@ def test_the_retraining_job_asks_for_a_gpu_node():
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["SHADOWTUNE_URL"] == "http://shadowtune"  # the gateways' Service
-    assert any(v["name"] == "config" and v["configMap"]["name"] == "shadowtune-config" for v in spec["volumes"])
+    assert any(
+        v["name"] == "config" and v["configMap"]["name"] == "shadowtune-config" for v in spec["volumes"]
+    )
 
 
 def lora_modules(args: list[str]) -> dict[str, str]:
@@ -412,3 +420,36 @@ def test_the_dashboard_covers_what_the_issue_asks_for():
     metrics = {sel.metric for _, sel in dashboard_selectors()}
     assert {"shadowtune_calls_total", "shadowtune_errors_total", "shadowtune_controller_decisions_total",
             "shadowtune_drift_statistic", "shadowtune_feedback_total"} <= metrics  # fmt: skip
+
+
+def _parses(group_path: list[str], args: list[str], mounted: dict[str, str] | None = None) -> None:
+    """``shadowtune <group_path> args`` is accepted by the CLI's option parser (nothing is run); the
+    files the container has mounted are given as ``mounted`` (container path -> a local file)."""
+    import click
+
+    from gateway.cli import main
+
+    ctx = click.Context(main)
+    cmd: click.Command = main
+    for name in group_path:
+        assert isinstance(cmd, click.Group)
+        found = cmd.get_command(ctx, name)
+        assert found is not None, f"no command {name!r}"
+        cmd = found
+    args = [(mounted or {}).get(a, a) for a in args]
+    cmd.make_context(" ".join(group_path), args, resilient_parsing=False)
+
+
+def test_the_commands_the_deploy_files_run_are_accepted_by_the_cli(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    mounted = {"/etc/shadowtune/config.yaml": str(config)}
+    for name, svc in compose()["services"].items():
+        if name.startswith("gateway"):
+            _parses(["serve"], svc["command"], mounted)  # the image's entrypoint is `shadowtune serve`
+    [c] = pod_spec(k8s_object("StatefulSet", "shadowtune"))["containers"]
+    _parses(["serve"], c["args"], mounted)
+    [job] = pod_spec(k8s_object("CronJob", "shadowtune-retrain"))["containers"]
+    _parses(job["args"][:2], job["args"][2:])
+    with pytest.raises(Exception, match="No such option"):
+        _parses(["serve"], ["--config", str(config), "--wrokers", "2"])
