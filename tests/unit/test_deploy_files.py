@@ -11,6 +11,8 @@ import copy
 import importlib.resources
 import json
 import re
+import shutil
+import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -453,3 +455,20 @@ def test_the_commands_the_deploy_files_run_are_accepted_by_the_cli(tmp_path):
     _parses(job["args"][:2], job["args"][2:])
     with pytest.raises(Exception, match="No such option"):
         _parses(["serve"], ["--config", str(config), "--wrokers", "2"])
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed"
+)
+def test_the_kustomization_renders_and_what_it_renders_is_valid():
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    expected = [d for p in k8s_files() if p.name != "secret.example.yaml" for d in k8s_documents(p)]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in expected
+    )
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "shadowtune"
+        assert k8s_errors(doc) == [], f"{doc['kind']}/{doc['metadata']['name']}"
