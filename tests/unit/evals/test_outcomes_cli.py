@@ -63,12 +63,12 @@ def write_traffic(log, *, n_base, n_cand, cand_error_every=0, route="chat", star
 
 
 def test_outcomes_prints_rates_with_intervals_and_differences(log_dir):
-    write_traffic(log_dir, n_base=400, n_cand=100, cand_error_every=5)
+    write_traffic(log_dir, n_base=2000, n_cand=500, cand_error_every=5, spacing=0.001)
     res = CliRunner().invoke(outcomes, ["--route", "chat", "--since", "1d", "--expected-share", "20"])
     assert res.exit_code == 0, res.output
-    assert "error_rate" in res.output and "20.0% [" in res.output  # candidate: 20 errors of 100
+    assert "error_rate" in res.output and "20.0% [" in res.output  # candidate: 100 errors of 500
     assert "candidate - baseline" in res.output and "worse" in res.output
-    assert "split: expected 20%, observed 20.00% of 500 units" in res.output
+    assert "split: expected 20%, observed 20.00% of 2500 units" in res.output
 
 
 def test_outcomes_json_by_day(log_dir):
@@ -162,6 +162,7 @@ guardrails:
 alpha: 0.05
 min_samples: 200
 min_step_samples: 50
+min_step_s: 0
 """
 
 
