@@ -13,7 +13,7 @@ variance. Rules, per check, while the route is in ``canary`` mode:
 1. **Roll back at once** (mode ``shadow``, share 0) when any guardrail is significantly
    worse: the one-sided mSPRT of "candidate no worse than baseline" (``theta0 = 0``)
    rejects at ``alpha / len(guardrails)`` (Bonferroni), with at least
-   ``rollback_min_samples`` calls per arm. The evidence accumulates over the whole canary,
+   ``rollback_min_samples`` calls and ``min_units`` effective units per arm. The evidence accumulates over the whole canary,
    so each guardrail is one always-valid test and the false-rollback rate of an equal
    candidate stays below ``alpha`` however often the controller looks.
 2. **Advance one step** (the next ramp step; ``primary`` after the last) when every
@@ -88,6 +88,10 @@ class CanaryPolicy(BaseModel):
     """Candidate calls at the current step before advancing from it."""
     min_step_s: float = Field(default=3600.0, ge=0)
     """Minimum dwell time at each step, in seconds, before advancing from it (rollbacks never wait)."""
+    min_units: float = Field(default=10.0, ge=1)
+    """Effective units per arm (Kish's ``(sum N)^2 / sum N^2`` over the sticky key's units) before any
+    test decides, rollback included: with fewer, a few heavy users' own habits look like an effect.
+    Calls without a sticky key count one each."""
     rollback_min_samples: int = Field(default=50, ge=1)
     """Calls per arm before a rollback (keeps the normal approximation honest)."""
     steps: list[float] = Field(default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0], min_length=1)
@@ -184,6 +188,8 @@ class GuardrailCheck:
     variance: float = 0.0
     units_baseline: int = 0
     units_candidate: int = 0
+    effective_units: float = 0.0
+    """The smaller arm's effective number of units."""
 
     def describe(self) -> str:
         if self.diff is None:
@@ -191,7 +197,7 @@ class GuardrailCheck:
         return (
             f"{self.metric} {_fmt(self.baseline)} -> {_fmt(self.candidate)} (diff {self.diff:+.4g}, margin "
             f"{self.margin:g}, n {self.n_baseline}/{self.n_candidate}, units {self.units_baseline}/"
-            f"{self.units_candidate}, p_worse {self.p_worse:.3g}, p_noninferior {self.p_noninferior:.3g})"
+            f"{self.units_candidate} ({self.effective_units:.3g} effective), p_worse {self.p_worse:.3g}, p_noninferior {self.p_noninferior:.3g})"
         )
 
 
@@ -223,8 +229,11 @@ def check_guardrail(policy: CanaryPolicy, g: Guardrail, obs: Observation) -> Gua
     p_worse = msprt_p_value(good, variance, tau, theta0=0.0, alternative="less")
     p_ni = msprt_p_value(good, variance, tau, theta0=-g.margin, alternative="greater")
     n = min(ev.n_baseline, ev.n_candidate)
+    units = min(ev.effective_units_baseline, ev.effective_units_candidate)
     status: Literal["worse", "not_worse", "undecided", "insufficient"]
-    if n >= policy.rollback_min_samples and p_worse < policy.alpha / len(policy.guardrails):
+    if units < policy.min_units:
+        status = "insufficient"
+    elif n >= policy.rollback_min_samples and p_worse < policy.alpha / len(policy.guardrails):
         status = "worse"
     elif n < policy.min_samples:
         status = "insufficient"
@@ -246,6 +255,7 @@ def check_guardrail(policy: CanaryPolicy, g: Guardrail, obs: Observation) -> Gua
         variance,
         int(ev.units_baseline),
         int(ev.units_candidate),
+        float(units),
     )
 
 
@@ -301,7 +311,8 @@ def forecast(policy: CanaryPolicy, obs: Observation) -> dict[str, Any]:
     """Expected further calls (both arms, at the current share) and time to a decision.
 
     If each guardrail's difference stays at its current estimate, the information ``1/V``
-    grows with the current step's Mantel-Haenszel weight, ``share (1 - share)`` per call;
+    grows with the calls at the current share (in proportion to what it gained per call so far,
+    scaled by ``share (1 - share)`` against the canary's average split);
     the mSPRT boundary then gives the calls each test still needs. A rollback needs one
     guardrail to be significantly worse, an advance every guardrail shown not worse (and
     the step's minimum samples and dwell time). ``None``: not reachable at the estimate.
@@ -321,7 +332,8 @@ def forecast(policy: CanaryPolicy, obs: Observation) -> dict[str, Any]:
         tau = g.tau or g.margin
         calls_seen = float(obs.baseline.calls + obs.candidate.calls)
         per_obs = float(ev.n_candidate + ev.n_baseline) / calls_seen if calls_seen else 1.0
-        growth = pi * (1 - pi) * (per_obs or 1.0)
+        per_balance = float(ev.weight) / float(ev.balance) if float(ev.balance) > 0 else 0.0
+        growth = per_balance * pi * (1 - pi) * (per_obs or 1.0)  # information per further call
         args = (good, float(ev.variance), tau, float(ev.weight), growth)
         r = _calls_to_reject(
             *args, theta0=0.0, alternative="less", alpha=policy.alpha / len(policy.guardrails)

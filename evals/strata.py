@@ -8,23 +8,29 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   per-unit totals (``Y``: events, or the sum of a value; ``N``: calls, or observations), and
   its variance comes from the delta method over units::
 
-      Var(R) = sum_i (Y_i - R N_i)^2 / (sum_i N_i)^2 * U / (U - 1)      (U units)
+      Var(R) = sum_i (Y_i - R N_i)^2 / (sum_i N_i)^2 * G / (G - 1)
 
   which is the cluster-robust variance of a mean with the unit as the cluster (what
-  experimentation platforms use for ratio metrics). A call without a sticky key was placed
+  experimentation platforms use for ratio metrics). ``G = (sum N)^2 / sum N^2`` is Kish's
+  effective number of units (``U`` when every unit has the same volume): with a few heavy
+  units the residuals of the heaviest are small by construction, and ``G / (G - 1)``
+  corrects that bias to first order. The controller also refuses to decide on an arm
+  worth fewer than ``min_units`` effective units, where no variance estimate is reliable. A call without a sticky key was placed
   at random, so it is its own unit.
 
 * **The share moves.** The ramp goes 1 % -> 5 % -> 25 % -> 50 %, so the candidate's calls
   sit in later hours than the baseline's; any shared change over time (a daily cycle, a
   trend) looks like a difference when the arms are pooled. Arms are therefore compared only
   within a *period* of constant share (a route-state version, a ramp step), and the
-  periods' differences are combined with Mantel-Haenszel weights
-  ``w_s = n_b n_c / (n_b + n_c)``::
+  periods' differences are combined with inverse-variance weights ``w_s = 1 / V_s``::
 
       d = sum_s w_s (R_cs - R_bs) / sum_s w_s
 
-  (exactly the treatment coefficient of a least-squares fit with one intercept per period).
-  Periods are never pooled. A unit seen in several periods (a sticky user across ramp
+  (the fixed-effect meta-analysis of the periods; Mantel-Haenszel weights
+  ``n_b n_c / (n_b + n_c)`` where a period has no variance at all). Inverse-variance weights
+  keep the combined evidence a sum of independent increments even when the rate, and so the
+  variance, differs between periods (a trend, a daily cycle), which the mSPRT's guarantee
+  needs. Periods are never pooled. A unit seen in several periods (a sticky user across ramp
   steps, possibly in both arms) makes the periods' differences correlated, so the variance
   of ``d`` is the delta method over units of the whole combination: with cells ``k``
   (a period x an arm), coefficients ``a_k = +-w_s / (W n_k)`` and each unit's influence
@@ -33,9 +39,11 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   ``sum_i Y_ij Y_ik, Y_ij N_ik, N_ij Y_ik, N_ij N_ik`` over the units in both (`Cell`,
   `Cross`): additive sufficient statistics a SQL ``GROUP BY`` computes.
 
-For rates, an arm with no events still needs a variance: the unit-level variance is
-scaled by the ratio of the binomial variances at ``p~ = (k + 1) / (n + 2)`` and at ``p``
-(its design effect is kept, its zero is not).
+For rates the unit-level variance is rescaled to the binomial variance at the period's
+*pooled* rate ``p~ = (k_b + k_c + 1) / (n_b + n_c + 2)`` (its design effect is kept): an
+arm with no events still has a variance, and an arm's own few events do not shrink its
+own variance (the Wald test's small-sample failure, which at a 1 % share would otherwise
+raise false alarms; the score test's choice).
 
 The arithmetic uses only ``+ - * /`` and comparisons, so every function here also runs,
 unchanged, on NumPy arrays (one element per simulated canary): `bench/controller_bench.py`
@@ -86,6 +94,11 @@ class Cell:
         return _div(self.y, self.n)
 
     @property
+    def effective_units(self) -> Num:
+        """Kish's effective number of units, ``(sum N)^2 / sum N^2`` (``n`` for independent calls)."""
+        return _div(self.n * self.n, self.nn)
+
+    @property
     def ss(self) -> Num:
         """``sum_i (Y_i - R N_i)^2``."""
         r = self.mean
@@ -129,7 +142,7 @@ class Evidence:
     estimate: Num
     variance: Num
     weight: Num
-    """``W = sum_s w_s``: grows with information; `calls_to_reject` extrapolates with it."""
+    """The information ``1 / variance``; the forecast extrapolates it."""
     n_baseline: Num
     n_candidate: Num
     """Observations (calls, for rates) in the compared periods."""
@@ -140,6 +153,15 @@ class Evidence:
     baseline_mean: Num = 0.0
     candidate_mean: Num = 0.0
     """Each arm's mean with the same period weights (so their difference is ``estimate``)."""
+    effective_units_baseline: Num = 0.0
+    effective_units_candidate: Num = 0.0
+    """Kish's ``(sum N)^2 / sum N^2`` over the arm's units (per period, summed): how many
+    independent units the arm is worth. A few heavy users make it small."""
+    period_weights: Mapping[str, Num] | None = None
+    """Each compared period's weight (unnormalised)."""
+    balance: Num = 0.0
+    """``sum_s n_bs n_cs / (n_bs + n_cs)``: the information per unit of per-observation variance
+    (so ``weight / balance`` is the information one balanced observation adds)."""
 
 
 def stratified_difference(
@@ -151,14 +173,24 @@ def stratified_difference(
     """Combine per-period candidate-minus-baseline differences (see the module docstring)."""
     by_key = {c.key: c for c in cells}
     periods = sorted({c.period for c in cells})
-    weights: dict[str, Num] = {}
-    total: Num = 0.0
+    mh: dict[str, Num] = {}
+    inverse: dict[str, Num] = {}
+    degenerate: Num = 0
     for p in periods:
         b, c = by_key.get((p, "baseline")), by_key.get((p, "candidate"))
         if b is None or c is None:
             continue
-        w = _div(b.n * c.n, b.n + c.n)
-        weights[p] = w
+        mh[p] = _div(b.n * c.n, b.n + c.n)
+        v = period_variance(b, c, rate=rate)
+        inverse[p] = _div(1.0, v)
+        degenerate = degenerate + (v <= 0) * (mh[p] > 0)
+    # inverse-variance weights keep the combined evidence a sum of independent increments (what
+    # the mSPRT needs when the rate, hence the variance, differs between periods); Mantel-Haenszel
+    # weights where some period has no variance at all (constant values)
+    use_mh = degenerate > 0
+    weights = {p: use_mh * mh[p] + (1 - use_mh) * inverse[p] for p in mh}
+    total: Num = 0.0
+    for w in weights.values():
         total = total + w
     coef: dict[tuple[str, str], Num] = {}
     for p, w in weights.items():
@@ -175,25 +207,29 @@ def stratified_difference(
     ub: Num = 0.0
     uc: Num = 0.0
     n_periods: Num = 0
+    gb: Num = 0.0
+    gc: Num = 0.0
     factor: dict[tuple[str, str], Num] = {}
     for key, ck in coef.items():
         cell = by_key[key]
         r = cell.mean
         est = est + ck * r
         a = _div(ck, cell.n)
-        f = _div(cell.units, cell.units - 1) + (cell.units <= 1)
+        g = cell.effective_units
+        f = _div(g, g - 1) + (g <= 1)
         factor[key] = f
         ss = ss + a * a * cell.ss * f
         if rate:
             raw = raw + _div(ck * ck * r * (1 - r), cell.n)
-            sm = (cell.y + 1) / (cell.n + 2)
+            pb, pc = by_key[(key[0], "baseline")], by_key[(key[0], "candidate")]
+            sm = (pb.y + pc.y + 1) / (pb.n + pc.n + 2)  # pooled over the period's arms: the null's rate
             smooth = smooth + _div(ck * ck * sm * (1 - sm), cell.n)
         if key[1] == "baseline":
             mean_b = mean_b - ck * r
-            nb, ub = nb + cell.n, ub + cell.units
+            nb, ub, gb = nb + cell.n, ub + cell.units, gb + g
         else:
             mean_c = mean_c + ck * r
-            nc, uc = nc + cell.n, uc + cell.units
+            nc, uc, gc = nc + cell.n, uc + cell.units, gc + g
             n_periods = n_periods + (cell.n > 0) * (by_key[(key[0], "baseline")].n > 0)
     for (j, k), x in (cross or {}).items():
         if j not in coef or k not in coef or j == k:
@@ -207,7 +243,32 @@ def stratified_difference(
     if rate:
         variance = _div(ss * smooth, raw) + (raw == 0) * smooth
     variance = (variance + abs(variance)) / 2  # rounding can leave -1e-20 where the truth is 0
-    return Evidence(est, variance, total, nb, nc, ub, uc, n_periods, mean_b, mean_c)
+    info = _div(1.0, variance)
+    balance: Num = 0.0
+    for w in mh.values():
+        balance = balance + w
+    return Evidence(est, variance, info, nb, nc, ub, uc, n_periods, mean_b, mean_c, gb, gc, weights, balance)
+
+
+def period_variance(baseline: Cell, candidate: Cell, *, rate: bool = False) -> Num:
+    """Variance of one period's difference: the delta method over units (module docstring).
+
+    For rates its design effect is applied to the binomial variance at the period's pooled,
+    smoothed rate (the null's), so an arm's own few events do not shrink its own variance.
+    """
+    v: Num = 0.0
+    raw: Num = 0.0
+    for cell in (baseline, candidate):
+        g = cell.effective_units
+        f = _div(g, g - 1) + (g <= 1)
+        v = v + _div(cell.ss * f, cell.n * cell.n)
+        r = cell.mean
+        raw = raw + _div(r * (1 - r), cell.n)
+    if not rate:
+        return v
+    sm = (baseline.y + candidate.y + 1) / (baseline.n + candidate.n + 2)
+    smooth = _div(sm * (1 - sm), baseline.n) + _div(sm * (1 - sm), candidate.n)
+    return _div(v * smooth, raw) + (raw == 0) * smooth
 
 
 def pooled_ratio(

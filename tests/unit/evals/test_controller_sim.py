@@ -1,8 +1,9 @@
 """The canary controller's pure decision, simulated on synthetic outcome streams.
 
-Each simulated check brings ``traffic`` served calls, split by the current share; calls
-fail with an error rate, get a thumb down, and take a normally distributed latency. The
-controller sees cumulative statistics since the canary began, as it does in production.
+Each simulated check (an hour) brings ``traffic`` served calls, split by the current share;
+calls fail with an error rate, get a thumb down, and take a normally distributed latency.
+The controller sees each ramp step as its own period and combines the periods' differences
+(`evals.strata`), as it does in production; statistics are never pooled across shares.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 from evals.controller import CanaryPolicy, Guardrail, Observation, decide
-from evals.outcomes import ArmStats, MetricStats, srm_check
+from evals.outcomes import METRICS, ArmStats, MetricStats, srm_check
+from evals.strata import stratified_difference
 
 
 @dataclass
@@ -78,20 +80,42 @@ POLICY = CanaryPolicy(
 BASE = Arm(errors=0.02, thumbs_down=0.10, latency=800.0)
 
 
+def evidence(steps: dict[float, tuple[_Acc, _Acc]]) -> dict:
+    """Per metric, the steps' differences combined (each step a period of constant share)."""
+    stats = {s: (b.stats("baseline"), c.stats("candidate")) for s, (b, c) in steps.items()}
+    out = {}
+    for metric in ("error_rate", "thumbs_down_rate", "latency_ms"):
+        cells = []
+        for s, (b, c) in stats.items():
+            cells += [b.metrics[metric].cell(str(s), "baseline"), c.metrics[metric].cell(str(s), "candidate")]
+        out[metric] = stratified_difference(cells, rate=METRICS[metric].kind == "rate")
+    return out
+
+
 def simulate(rng, candidate: Arm, *, policy=POLICY, traffic=4000, max_checks=60):
     """Run one canary; returns (final action, share trajectory, checks used)."""
-    share, base, cand = 1.0, _Acc(), _Acc()
-    step_b = step_c = 0
+    share = 1.0
+    steps = {share: (_Acc(), _Acc())}
+    step_b = step_c = step_checks = 0
     shares = [share]
     for check in range(1, max_checks + 1):
+        base, cand = steps[share]
         m_c = int(rng.binomial(traffic, share / 100))
         base.add(rng, BASE, traffic - m_c)
         cand.add(rng, candidate, m_c)
         step_b += traffic - m_c
         step_c += m_c
+        step_checks += 1
         srm_p = srm_check(step_b, step_c, share / 100)[1] if share < 100 else None
         obs = Observation(
-            "canary", share, base.stats("baseline"), cand.stats("candidate"), (step_b, step_c), srm_p
+            "canary",
+            share,
+            ArmStats("baseline", calls=sum(b.n for b, _ in steps.values())),
+            ArmStats("candidate", calls=sum(c.n for _, c in steps.values())),
+            (step_b, step_c),
+            srm_p,
+            evidence=evidence(steps),
+            step_age_s=step_checks * 3600.0,
         )
         d = decide(policy, obs)
         if d.action == "rollback":
@@ -101,7 +125,8 @@ def simulate(rng, candidate: Arm, *, policy=POLICY, traffic=4000, max_checks=60)
                 return "primary", shares, check, d
             share = d.share_to
             shares.append(share)
-            step_b = step_c = 0
+            steps[share] = (_Acc(), _Acc())
+            step_b = step_c = step_checks = 0
     return "wait", shares, max_checks, d
 
 
