@@ -215,22 +215,46 @@ class Canaries:
             self.cur_n[r] = 0
             self.cur_seen[r] = False
 
-    def _sticky_evidence(self) -> dict[str, Evidence]:
-        """Cells and cross sums per metric, as the log query returns them."""
+    def _effective_units(self) -> np.ndarray:
+        """Per run, the smaller arm's effective units (`Cell.effective_units` summed over compared steps)."""
         k, t1 = self.k, self.k
+        m0 = METRIC_NAMES[0]
         rows = np.arange(len(self.ids))
-        step = self.step
+        n = self.class_sums[m0][:, 2].copy()  # (r, classes, steps)
+        nn = np.stack([self.moments[m0][:, c, t1 + np.arange(k), t1 + np.arange(k)] for c in range(k + 1)], 1)
+        for c in range(k + 1):
+            lo, hi = self.bounds[c], self.bounds[c + 1]
+            n[rows, c, self.step] += self.cur_n[:, lo:hi].sum(axis=1)
+            nn[rows, c, self.step] = (self.cur_n[:, lo:hi] ** 2).sum(axis=1)
+        eff = np.zeros((len(rows), 2))
+        for st in range(k):
+            cells = []
+            for cand in (False, True):
+                cls = [c for c in range(k + 1) if (c <= st) == cand]
+                cells.append((n[:, cls, st].sum(axis=1), nn[:, cls, st].sum(axis=1)))
+            both = (cells[0][0] > 0) & (cells[1][0] > 0)
+            for a, (nx, nnx) in enumerate(cells):
+                eff[:, a] += np.where(both, nx * nx / np.where(nnx > 0, nnx, 1.0), 0.0)
+        return eff.min(axis=1)
+
+    def _sticky_evidence(self, sub: np.ndarray) -> dict[str, Evidence]:
+        """Cells and cross sums per metric, as the log query returns them, for the rows ``sub``."""
+        k, t1 = self.k, self.k
+        rows = np.arange(len(sub))
+        step = self.step[sub]
+        cur_n, cur_seen = self.cur_n[sub], self.cur_seen[sub]
         out = {}
         for m in METRIC_NAMES:
             # moments: frozen ones plus those involving the current step (rows and columns s, k + s)
-            z_past = self.z_past[m]  # (r, u, 2k)
-            cur = np.stack([self.cur_y[m], self.cur_n], axis=2)  # (r, u, 2)
+            z_past = self.z_past[m][sub]  # (r, u, 2k)
+            cur = np.stack([self.cur_y[m][sub], cur_n], axis=2)  # (r, u, 2)
+            frozen = self.moments[m][sub]
             mom = []
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
                 cp = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), z_past[:, lo:hi])  # (r, 2, 2k)
                 cc = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), cur[:, lo:hi])  # (r, 2, 2)
-                mm = self.moments[m][:, c].copy()
+                mm = frozen[:, c].copy()
                 for i, col in enumerate((step, k + step)):
                     mm[rows, col, :] = cp[:, i, :]
                     mm[rows, :, col] = cp[:, i, :]
@@ -239,12 +263,11 @@ class Canaries:
                         mm[rows, ci, cj] = cc[:, i, j]
                 mom.append(mm)
             units, ysum, nsum = [], [], []
+            sums = self.class_sums[m][sub]
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
-                for i, (acc, now) in enumerate(
-                    ((units, self.cur_seen), (ysum, self.cur_y[m]), (nsum, self.cur_n))
-                ):
-                    total = self.class_sums[m][:, i, c, :].copy()  # (r, k)
+                for i, (acc, now) in enumerate(((units, cur_seen), (ysum, cur[:, :, 0]), (nsum, cur_n))):
+                    total = sums[:, i, c, :].copy()  # (r, k)
                     total[rows, step] += now[:, lo:hi].sum(axis=1)
                     acc.append(total)
 
@@ -314,19 +337,22 @@ class Canaries:
                 return
             if self.s.users:
                 self._sticky_hour(float(check))
-                evidence = self._sticky_evidence()
+                # an arm worth fewer than min_units effective units decides nothing (every
+                # guardrail is "insufficient"), so only the others need the full evidence
+                sub = np.flatnonzero(self._effective_units() >= self.policy.min_units)
+                evidence = _spread(self._sticky_evidence(sub), sub, len(self.ids)) if len(sub) else {}
             else:
                 self._independent_hour(float(check))
                 evidence = self._independent_evidence()
             self.step_checks += 1
-            possible = np.flatnonzero(self._may_decide(evidence))
+            possible = np.flatnonzero(self._may_decide(evidence)) if evidence else np.zeros(0, dtype=int)
             self.screened += len(self.ids) - len(possible)
             cols = {
                 m: {f: np.asarray(getattr(ev, f)).tolist() for f in _FIELDS} for m, ev in evidence.items()
             }
             done, advanced = [], []
             for j in possible:
-                ev = {m: Evidence(*(c[f][j] for f in _FIELDS)) for m, c in cols.items()}
+                ev = {m: Evidence(**{f: c[f][j] for f in _FIELDS}) for m, c in cols.items()}
                 action = self._decide(check, int(j), ev)
                 if action == "end":
                     done.append(j)
@@ -363,8 +389,9 @@ class Canaries:
                 z_ni = np.where(sd > 0, (good + g.margin) / sd, np.where(good + g.margin > 0, np.inf, 0.0))
             zw = np.maximum(z_worse, 0.0)
             zn = np.maximum(z_ni, 0.0)
-            rollback |= zw * zw / 2 > math.log(len(pol.guardrails) / pol.alpha)
-            advance &= zn * zn / 2 > math.log(1 / pol.alpha)
+            seen = (np.asarray(ev.n_baseline) > 0) & (np.asarray(ev.n_candidate) > 0)
+            rollback |= seen & (zw * zw / 2 > math.log(len(pol.guardrails) / pol.alpha))
+            advance &= seen & (zn * zn / 2 > math.log(1 / pol.alpha))
         return rollback | advance
 
     def _decide(self, check: int, j: int, evidence: dict[str, Evidence]) -> str:
@@ -397,7 +424,20 @@ class Canaries:
         return "advance"
 
 
-_FIELDS = tuple(Evidence.__dataclass_fields__)
+_FIELDS = tuple(f for f in Evidence.__dataclass_fields__ if f != "period_weights")
+
+
+def _spread(evidence: dict[str, Evidence], sub: np.ndarray, size: int) -> dict[str, Evidence]:
+    """Evidence for the rows ``sub`` as full-size arrays; other rows have no observations (no decision)."""
+    out = {}
+    for m, ev in evidence.items():
+        vals = {}
+        for f in _FIELDS:
+            full = np.zeros(size)
+            full[sub] = np.asarray(getattr(ev, f), dtype=float)
+            vals[f] = full
+        out[m] = Evidence(**vals)
+    return out
 
 
 def fixed_horizon_calls(s: Scenario, policy: CanaryPolicy, power: float = 0.8) -> float:

@@ -39,11 +39,12 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   ``sum_i Y_ij Y_ik, Y_ij N_ik, N_ij Y_ik, N_ij N_ik`` over the units in both (`Cell`,
   `Cross`): additive sufficient statistics a SQL ``GROUP BY`` computes.
 
-For rates the unit-level variance is rescaled to the binomial variance at the period's
-*pooled* rate ``p~ = (k_b + k_c + 1) / (n_b + n_c + 2)`` (its design effect is kept): an
-arm with no events still has a variance, and an arm's own few events do not shrink its
-own variance (the Wald test's small-sample failure, which at a 1 % share would otherwise
-raise false alarms; the score test's choice).
+For rates the unit-level variance is rescaled (its design effect kept) to a binomial
+variance per arm: the larger of the one at the arm's own smoothed rate ``(k + 1) / (n + 2)``
+and the one at the period's pooled rate ``(k_b + k_c + 1) / (n_b + n_c + 2)``. An arm with no
+events still has a variance, and neither tail of a small arm's skewed count can shrink its
+own variance: with the own rate alone (Wald) a 1 % share raises false "better" alarms,
+with the pooled rate alone (score) false "worse" ones.
 
 The arithmetic uses only ``+ - * /`` and comparisons, so every function here also runs,
 unchanged, on NumPy arrays (one element per simulated canary): `bench/controller_bench.py`
@@ -222,8 +223,7 @@ def stratified_difference(
         if rate:
             raw = raw + _div(ck * ck * r * (1 - r), cell.n)
             pb, pc = by_key[(key[0], "baseline")], by_key[(key[0], "candidate")]
-            sm = (pb.y + pc.y + 1) / (pb.n + pc.n + 2)  # pooled over the period's arms: the null's rate
-            smooth = smooth + _div(ck * ck * sm * (1 - sm), cell.n)
+            smooth = smooth + ck * ck * _binomial_variance(cell, pb, pc)
         if key[1] == "baseline":
             mean_b = mean_b - ck * r
             nb, ub, gb = nb + cell.n, ub + cell.units, gb + g
@@ -266,9 +266,18 @@ def period_variance(baseline: Cell, candidate: Cell, *, rate: bool = False) -> N
         raw = raw + _div(r * (1 - r), cell.n)
     if not rate:
         return v
-    sm = (baseline.y + candidate.y + 1) / (baseline.n + candidate.n + 2)
-    smooth = _div(sm * (1 - sm), baseline.n) + _div(sm * (1 - sm), candidate.n)
+    smooth = _binomial_variance(baseline, baseline, candidate) + _binomial_variance(
+        candidate, baseline, candidate
+    )
     return _div(v * smooth, raw) + (raw == 0) * smooth
+
+
+def _binomial_variance(cell: Cell, baseline: Cell, candidate: Cell) -> Num:
+    """The larger of the binomial variances of ``cell``'s mean at its own and at the period's pooled rate."""
+    own = (cell.y + 1) / (cell.n + 2)
+    pooled = (baseline.y + candidate.y + 1) / (baseline.n + candidate.n + 2)
+    a, b = own * (1 - own), pooled * (1 - pooled)
+    return _div((a + b + abs(a - b)) / 2, cell.n)
 
 
 def pooled_ratio(

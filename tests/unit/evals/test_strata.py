@@ -104,8 +104,11 @@ class TestDeltaMethod:
         ev = stratified_difference(
             [Cell.per_call("0", "baseline", 0, 900), Cell.per_call("0", "candidate", 0, 100)], rate=True
         )
-        p = 1 / 1002  # pooled over both arms, smoothed
-        assert ev.estimate == 0 and ev.variance == pytest.approx(p * (1 - p) * (1 / 900 + 1 / 100))
+        pooled, own_b, own_c = 1 / 1002, 1 / 902, 1 / 102  # smoothed; each arm takes the larger variance
+        expected = max(pooled * (1 - pooled), own_b * (1 - own_b)) / 900 + max(
+            pooled * (1 - pooled), own_c * (1 - own_c)
+        ) / 100
+        assert ev.estimate == 0 and ev.variance == pytest.approx(expected)
 
 
 class TestPeriods:
@@ -240,18 +243,24 @@ class TestTests:
                 pooled_k[a] += ev
                 pooled_n[a] += m
             strat = stratified_difference(
-                [Cell.per_call(str(q), arms[a], k[q, a], n[q, a]) for q in range(4) for a in range(2)], rate=True
+                [Cell.per_call(str(q), arms[a], k[q, a], n[q, a]) for q in range(4) for a in range(2)],
+                rate=True,
             )
             pooled = stratified_difference(
                 [Cell.per_call("all", arms[a], pooled_k[a], pooled_n[a]) for a in range(2)], rate=True
             )
             for ev, hit in ((strat, hit_strat), (pooled, hit_pooled)):
                 lr = np.array(
-                    [msprt_log_lr(float(x), float(v), 0.02) for x, v in zip(ev.estimate, ev.variance, strict=True)]
+                    [
+                        msprt_log_lr(float(x), float(v), 0.02)
+                        for x, v in zip(ev.estimate, ev.variance, strict=True)
+                    ]
                 )
                 hit |= lr >= math.log(20)
         se = math.sqrt(0.05 * 0.95 / runs)
-        print(f"\nA/A trend + ramp: periods kept apart {hit_strat.mean():.3f}, pooled {hit_pooled.mean():.3f}")
+        print(
+            f"\nA/A trend + ramp: periods kept apart {hit_strat.mean():.3f}, pooled {hit_pooled.mean():.3f}"
+        )
         assert hit_strat.mean() <= 0.05 + 2 * se
         assert hit_pooled.mean() > 0.3  # the artefact the periods remove
         assert stats.binomtest(int(hit_pooled.sum()), runs, 0.05).pvalue < 1e-6
