@@ -164,7 +164,7 @@ class Canaries:
             for m in METRIC_NAMES
         }
         # users are exchangeable, so user i's bucket is i / u: at share x the candidate arm is i < x% of u
-        self.cut = [int(round(x / 100 * u)) for x in self.shares]
+        self.cut = [round(x / 100 * u) for x in self.shares]
         self.bounds = [0, *self.cut, u]  # user class c: in the candidate arm from step c on
         self.cur_y = {m: np.zeros((r, u)) for m in METRIC_NAMES}  # the current step's per-user sums
         self.cur_n = np.zeros((r, u))
@@ -235,7 +235,8 @@ class Canaries:
             both = (cells[0][0] > 0) & (cells[1][0] > 0)
             for a, (nx, nnx) in enumerate(cells):
                 eff[:, a] += np.where(both, nx * nx / np.where(nnx > 0, nnx, 1.0), 0.0)
-        return eff.min(axis=1)
+        out: np.ndarray = eff.min(axis=1)
+        return out
 
     def _sticky_evidence(self, sub: np.ndarray) -> dict[str, Evidence]:
         """Cells and cross sums per metric, as the log query returns them, for the rows ``sub``."""
@@ -262,7 +263,9 @@ class Canaries:
                     for j, cj in enumerate((step, k + step)):
                         mm[rows, ci, cj] = cc[:, i, j]
                 mom.append(mm)
-            units, ysum, nsum = [], [], []
+            units: list[np.ndarray] = []
+            ysum: list[np.ndarray] = []
+            nsum: list[np.ndarray] = []
             sums = self.class_sums[m][sub]
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
@@ -431,7 +434,7 @@ def _spread(evidence: dict[str, Evidence], sub: np.ndarray, size: int) -> dict[s
     """Evidence for the rows ``sub`` as full-size arrays; other rows have no observations (no decision)."""
     out = {}
     for m, ev in evidence.items():
-        vals = {}
+        vals: dict[str, Any] = {}
         for f in _FIELDS:
             full = np.zeros(size)
             full[sub] = np.asarray(getattr(ev, f), dtype=float)

@@ -263,7 +263,7 @@ def test_report_counts_only_served_calls_of_the_route_in_the_period(store):
     # users u0..u29 have two calls each (one a day): the interval is Wilson's at the effective
     # sample size n / design effect, the design effect from per-user sums (delta method)
     per_user = {f"u{j}": [0, 0] for j in range(50)}
-    for day, n in ((0, 50), (1, 30)):
+    for _day, n in ((0, 50), (1, 30)):
         for j in range(n):
             per_user[f"u{j}"][0] += j % 10 == 0
             per_user[f"u{j}"][1] += 1

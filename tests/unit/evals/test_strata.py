@@ -105,9 +105,10 @@ class TestDeltaMethod:
             [Cell.per_call("0", "baseline", 0, 900), Cell.per_call("0", "candidate", 0, 100)], rate=True
         )
         pooled, own_b, own_c = 1 / 1002, 1 / 902, 1 / 102  # smoothed; each arm takes the larger variance
-        expected = max(pooled * (1 - pooled), own_b * (1 - own_b)) / 900 + max(
-            pooled * (1 - pooled), own_c * (1 - own_c)
-        ) / 100
+        expected = (
+            max(pooled * (1 - pooled), own_b * (1 - own_b)) / 900
+            + max(pooled * (1 - pooled), own_c * (1 - own_c)) / 100
+        )
         assert ev.estimate == 0 and ev.variance == pytest.approx(expected)
 
 
