@@ -242,14 +242,19 @@ class Canaries:
         """Cells and cross sums per metric, as the log query returns them, for the rows ``sub``."""
         k, t1 = self.k, self.k
         rows = np.arange(len(sub))
-        step = self.step[sub]
-        cur_n, cur_seen = self.cur_n[sub], self.cur_seen[sub]
+        every = len(sub) == len(self.ids)  # no copies when every row is asked for
+
+        def pick(a: np.ndarray) -> np.ndarray:
+            return a if every else a[sub]
+
+        step = pick(self.step)
+        cur_n, cur_seen = pick(self.cur_n), pick(self.cur_seen)
         out = {}
         for m in METRIC_NAMES:
             # moments: frozen ones plus those involving the current step (rows and columns s, k + s)
-            z_past = self.z_past[m][sub]  # (r, u, 2k)
-            cur = np.stack([self.cur_y[m][sub], cur_n], axis=2)  # (r, u, 2)
-            frozen = self.moments[m][sub]
+            z_past = pick(self.z_past[m])  # (r, u, 2k)
+            cur = np.stack([pick(self.cur_y[m]), cur_n], axis=2)  # (r, u, 2)
+            frozen = pick(self.moments[m])
             mom = []
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
@@ -266,7 +271,7 @@ class Canaries:
             units: list[np.ndarray] = []
             ysum: list[np.ndarray] = []
             nsum: list[np.ndarray] = []
-            sums = self.class_sums[m][sub]
+            sums = pick(self.class_sums[m])
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
                 for i, (acc, now) in enumerate(((units, cur_seen), (ysum, cur[:, :, 0]), (nsum, cur_n))):
