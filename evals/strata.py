@@ -15,8 +15,8 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   effective number of units (``U`` when every unit has the same volume): with a few heavy
   units the residuals of the heaviest are small by construction, and ``G / (G - 1)``
   corrects that bias to first order. The controller also refuses to decide on an arm
-  worth fewer than ``min_units`` effective units, where no variance estimate is reliable. A call without a sticky key was placed
-  at random, so it is its own unit.
+  worth fewer than ``min_units`` effective units, where no variance estimate is reliable.
+  A call without a sticky key was placed at random, so it is its own unit.
 
 * **The share moves.** The ramp goes 1 % -> 5 % -> 25 % -> 50 %, so the candidate's calls
   sit in later hours than the baseline's; any shared change over time (a daily cycle, a
