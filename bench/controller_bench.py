@@ -24,7 +24,7 @@ rollback); ``median_calls`` the calls (both arms) until then, next to
 at the first step's share (one-sided ``alpha / 3`` to detect the worse candidate, the
 binding guardrail's non-inferiority test otherwise; per call, so without any clustering).
 
-    python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1]
+    python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class Canaries:
             for s in range(k):
                 for a in ("baseline", "candidate"):
                     cls = [c for c in range(k + 1) if arm(c, s) == a]
-                    mm = sum(mom[c] for c in cls)
+                    mm = sum((mom[c] for c in cls), np.zeros_like(mom[0]))
                     cells.append(
                         Cell(
                             str(s),
@@ -305,7 +305,7 @@ class Canaries:
                         for b in ("baseline", "candidate"):
                             cls = [c for c in range(k + 1) if arm(c, s) == a and arm(c, t) == b]
                             if cls:
-                                mm = sum(mom[c] for c in cls)
+                                mm = sum((mom[c] for c in cls), np.zeros_like(mom[0]))
                                 cross[((str(s), a), (str(t), b))] = Cross(
                                     mm[:, s, t], mm[:, s, t1 + t], mm[:, t1 + s, t], mm[:, t1 + s, t1 + t]
                                 )
@@ -510,31 +510,45 @@ def summary(res: Result, policy: CanaryPolicy) -> dict[str, Any]:
     }
 
 
+def _one(job: tuple[int, int, int]) -> dict[str, Any]:
+    i, runs, seed = job
+    policy = CanaryPolicy()
+    return summary(run_scenario(SCENARIOS[i], policy, runs, seed + i), policy)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", action="append", help="Run only this scenario (repeatable).")
+    ap.add_argument("--jobs", type=int, default=2, help="Scenarios run in parallel processes (default 2).")
     ap.add_argument("--json", action="store_true", help="Print the results as a JSON list.")
     args = ap.parse_args(argv)
-    policy = CanaryPolicy()
-    rows = []
-    for i, s in enumerate(SCENARIOS):
-        if args.only and s.name not in args.only:
-            continue
-        rows.append(summary(run_scenario(s, policy, args.runs, args.seed + i), policy))
-        if not args.json:
-            r = rows[-1]
-            print(
-                f"{r['scenario']:16} {r['truth']:6} runs {r['runs']}  rollback {r['rollback_rate']:.3f}  "
-                f"advance {r['advance_rate']:.3f}  median checks {r['median_checks']:.0f}  calls "
-                f"{r['median_calls']:.0f} vs fixed-horizon {r['fixed_horizon_calls']:.0f} "
-                f"({r['calls_ratio']:.2f}x)  rollback<50% {r['rollback_before_50']:.3f}  "
-                f"undecided {r['undecided_at_horizon']:.3f}  [{r['seconds']:.0f}s]",
-                flush=True,
-            )
+    picked = [i for i, s in enumerate(SCENARIOS) if not args.only or s.name in args.only]
+    # the slow (sticky) scenarios first, so two workers finish together
+    jobs = sorted(((i, args.runs, args.seed) for i in picked), key=lambda j: -SCENARIOS[j[0]].users)
+    t0 = time.perf_counter()
+    if args.jobs > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+            rows = pool.map(_one, jobs, chunksize=1)
+    else:
+        rows = [_one(j) for j in jobs]
+    order = {s.name: i for i, s in enumerate(SCENARIOS)}
+    rows.sort(key=lambda r: order[r["scenario"]])
     if args.json:
         print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(
+            f"{r['scenario']:16} {r['truth']:6} runs {r['runs']}  rollback {r['rollback_rate']:.3f}  "
+            f"advance {r['advance_rate']:.3f}  median checks {r['median_checks']:.0f}  calls "
+            f"{r['median_calls']:.0f} vs fixed-horizon {r['fixed_horizon_calls']:.0f} "
+            f"({r['calls_ratio']:.2f}x)  rollback<50% {r['rollback_before_50']:.3f}  "
+            f"undecided {r['undecided_at_horizon']:.3f}  [{r['seconds']:.0f}s]"
+        )
+    print(f"total {time.perf_counter() - t0:.0f}s with {args.jobs} job(s)")
     return 0
 
 
