@@ -58,7 +58,10 @@ bench-log: $(VENV)/.installed-light ## Call-log write throughput, request-path c
 bench-shadow: $(VENV)/.installed-dev ## User-path latency with shadow at 100 % vs off
 	$(BIN)/python bench/shadow_bench.py $(ARGS)
 
+bench-controller: $(VENV)/.installed-dev ## Canary controller: false rollbacks, power, calls to a decision (ARGS=--json)
+	$(BIN)/python bench/controller_bench.py $(ARGS)
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-shadow clean
+.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-shadow bench-controller clean

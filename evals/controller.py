@@ -1,29 +1,16 @@
 """Canary controller: moves a route's candidate up the ramp, or rolls it back, from outcome statistics.
 
-The decision is a pure function, `decide(policy, observation) -> Decision`, so it can be
-simulated on synthetic outcome streams without a log or a gateway. `CanaryController`
-wraps it: it reads the route from the gateway's admin API, computes the statistics from
-the call log, decides, acts through the admin API (``PATCH /admin/routes/{route}``) and
-writes every decision, with the numbers behind it, to the gateway's state backend
-(``<log_dir>/controller/decisions.jsonl`` by default, or PostgreSQL: `gateway.state`).
-
-Rules, per check (``policy.check_interval_s``), while the route is in ``canary`` mode:
-
-1. **Roll back at once** (mode ``shadow``, share 0) when any guardrail is significantly
-   worse: the one-sided mSPRT of "candidate no worse than baseline" (``theta0 = 0``)
-   rejects at ``alpha / len(guardrails)`` (Bonferroni), with at least
-   ``rollback_min_samples`` calls per arm. Statistics are cumulative since the canary
-   began, so the whole canary is one always-valid test per guardrail and the
-   false-rollback rate of an equal candidate stays below ``alpha`` however often the
-   controller looks.
-2. **Advance one step** (the next ramp step; ``primary`` after the last) when every
-   guardrail is shown not worse than its margin: the one-sided mSPRT of "candidate worse
-   by at least the margin" (``theta0 = -margin`` in the metric's good direction) rejects
-   at ``alpha`` on every guardrail (an intersection-union test needs no correction),
-   each arm has ``min_samples`` calls, and the candidate has ``min_step_samples`` calls
-   at the current step, so each step of the ramp is actually observed.
-3. Otherwise **wait**; also wait (never advance) while the split fails the
-   sample-ratio-mismatch check at ``srm_alpha``.
+The decision is a pure function, `evals.decision.decide(policy, observation)` (its rules
+are in that module's docstring), so it can be simulated on synthetic outcome streams
+without a log or a gateway (`bench/controller_bench.py`). `CanaryController` wraps it: it
+reads the route from the gateway's admin API, computes the evidence from the call log
+(per unit of the route's sticky key, per route-state version, combined across versions:
+`evals.strata`), decides, acts through the admin API (``PATCH /admin/routes/{route}``)
+and writes every decision, with the numbers behind it and a forecast of the calls and
+time a decision still needs, to the gateway's state backend
+(``<log_dir>/controller/decisions.jsonl`` by default, or PostgreSQL: `gateway.state`). The
+canary clock starts when the route entered canary, read from the audit history
+(`evals.canary_clock`).
 
 Operators pause it with ``shadowtune controller pause ROUTE`` (a ``paused`` flag in the
 controller's state document, ``<log_dir>/controller/<route>.json`` by default); the gateway's own ``paused`` flag on the route is
@@ -33,268 +20,48 @@ honoured too.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evals.canary_clock import canary_entered_at
-from evals.outcomes import (
-    METRICS,
-    ArmStats,
-    MetricSpec,
-    diff_and_variance,
-    msprt_p_value,
-    query_arm_stats,
-    srm_check,
+from evals.decision import (
+    Action,
+    CanaryPolicy,
+    ControllerError,
+    Decision,
+    Guardrail,
+    GuardrailCheck,
+    Observation,
+    check_guardrail,
+    decide,
+    forecast,
 )
+from evals.outcomes import METRICS, ArmStats, MetricSpec, srm_check
+from evals.outcomes_query import query_cells
+from evals.strata import Evidence, stratified_difference
 
 log = logging.getLogger("shadowtune.controller")
 
-Action = Literal["rollback", "advance", "wait", "paused", "idle"]
-
-
-class ControllerError(Exception):
-    """The controller cannot read its policy or state, or reach the gateway's admin API."""
-
-
-class Guardrail(BaseModel):
-    """A metric the candidate must not be worse on, and by how much it may be."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str
-    """A metric of `evals.outcomes.METRICS`, or a custom metric name."""
-    margin: float = Field(gt=0)
-    """Worst acceptable difference, in the metric's units, in its bad direction
-    (``error_rate`` 0.01: at most one percentage point more errors)."""
-    tau: float | None = Field(default=None, gt=0)
-    """mSPRT mixing scale; defaults to ``margin``."""
-
-
-def _default_guardrails() -> list[Guardrail]:
-    return [
-        Guardrail(metric="error_rate", margin=0.01),
-        Guardrail(metric="thumbs_down_rate", margin=0.02),
-        Guardrail(metric="regeneration_rate", margin=0.02),
-    ]
-
-
-class CanaryPolicy(BaseModel):
-    """How one route's canary is judged and ramped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    route: str | None = None
-    """The route it applies to (the CLI's ``--route`` wins)."""
-    guardrails: list[Guardrail] = Field(default_factory=_default_guardrails, min_length=1)
-    """Metrics the candidate must not be worse on."""
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    """Error rate of each decision: false rollback, false advance."""
-    min_samples: int = Field(default=500, ge=1)
-    """Calls per arm (since the canary began) before advancing."""
-    min_step_samples: int = Field(default=100, ge=0)
-    """Candidate calls at the current step before advancing from it."""
-    rollback_min_samples: int = Field(default=50, ge=1)
-    """Calls per arm before a rollback (keeps the normal approximation honest)."""
-    steps: list[float] = Field(default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0], min_length=1)
-    """Ramp of candidate shares, in percent; after the last comes ``primary``."""
-    check_interval_s: float = Field(default=3600.0, gt=0)
-    """Seconds between checks."""
-    srm_alpha: float = Field(default=0.001, gt=0, lt=1)
-    """Sample-ratio-mismatch threshold: below it the controller does not advance."""
-
-    @field_validator("steps")
-    @classmethod
-    def _ramp(cls, steps: list[float]) -> list[float]:
-        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-            raise ValueError("steps must be increasing percentages in (0, 100]")
-        return steps
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], route: str | None = None) -> CanaryPolicy:
-        """Load a YAML or JSON policy: one policy, or ``{"routes": {name: policy}}``."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ControllerError(f"cannot read policy {path}: {exc}") from exc
-        if isinstance(data, dict) and isinstance(data.get("routes"), dict):
-            if route not in data["routes"]:
-                raise ControllerError(f"policy {path} has no entry for route {route!r}")
-            data = {**data["routes"][route], "route": route}
-        try:
-            return cls.model_validate(data or {})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise ControllerError(f"invalid policy {path}: {where}: {first['msg']}") from exc
-
-    def next_share(self, share: float) -> float | None:
-        """The step after ``share``; ``None`` when the next move is to ``primary``."""
-        for step in self.steps:
-            if step > share + 1e-9 and step < 100:
-                return step
-        return None
-
-
-# -- the pure decision -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Observation:
-    """What the controller knows at one check."""
-
-    mode: str
-    share: float
-    """Candidate share now, in percent."""
-    baseline: ArmStats
-    """Served baseline calls since the canary began."""
-    candidate: ArmStats
-    step_calls: tuple[int, int] = (0, 0)
-    """(baseline, candidate) served calls since the current step began."""
-    srm_p: float | None = None
-    specs: dict[str, MetricSpec] = field(default_factory=lambda: dict(METRICS))
-
-
-@dataclass(frozen=True)
-class GuardrailCheck:
-    metric: str
-    status: Literal["worse", "not_worse", "undecided", "insufficient"]
-    margin: float
-    baseline: float | None
-    candidate: float | None
-    diff: float | None
-    """Candidate minus baseline, in the metric's units."""
-    p_worse: float
-    """Always-valid p-value of "the candidate is not worse"."""
-    p_noninferior: float
-    """Always-valid p-value of "the candidate is worse by at least the margin"."""
-    n_baseline: int
-    n_candidate: int
-
-    def describe(self) -> str:
-        if self.diff is None:
-            return f"{self.metric}: no data"
-        return (
-            f"{self.metric} {_fmt(self.baseline)} -> {_fmt(self.candidate)} (diff {self.diff:+.4g}, margin "
-            f"{self.margin:g}, n {self.n_baseline}/{self.n_candidate}, p_worse {self.p_worse:.3g}, "
-            f"p_noninferior {self.p_noninferior:.3g})"
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    share_from: float
-    share_to: float
-    mode_to: str
-    reason: str
-    checks: tuple[GuardrailCheck, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["checks"] = [asdict(c) for c in self.checks]
-        return out
-
-
-def check_guardrail(policy: CanaryPolicy, g: Guardrail, obs: Observation) -> GuardrailCheck:
-    """One guardrail's two sequential tests on the cumulative statistics."""
-    spec = obs.specs.get(g.metric)
-    b, c = obs.baseline.metrics.get(g.metric), obs.candidate.metrics.get(g.metric)
-    if spec is None or b is None or c is None or b.n == 0 or c.n == 0:
-        nb, nc = (b.n if b else 0), (c.n if c else 0)
-        return GuardrailCheck(g.metric, "insufficient", g.margin, None, None, None, 1.0, 1.0, nb, nc)
-    diff, variance = diff_and_variance(b, c)
-    good = diff if spec.higher_is_better else -diff  # > 0: the candidate is better
-    tau = g.tau or g.margin
-    p_worse = msprt_p_value(good, variance, tau, theta0=0.0, alternative="less")
-    p_ni = msprt_p_value(good, variance, tau, theta0=-g.margin, alternative="greater")
-    n = min(b.n, c.n)
-    status: Literal["worse", "not_worse", "undecided", "insufficient"]
-    if n >= policy.rollback_min_samples and p_worse < policy.alpha / len(policy.guardrails):
-        status = "worse"
-    elif n < policy.min_samples:
-        status = "insufficient"
-    elif p_ni < policy.alpha:
-        status = "not_worse"
-    else:
-        status = "undecided"
-    return GuardrailCheck(g.metric, status, g.margin, b.mean, c.mean, diff, p_worse, p_ni, b.n, c.n)
-
-
-def decide(policy: CanaryPolicy, obs: Observation) -> Decision:
-    """Roll back, advance one step, or wait (see the module docstring). Pure."""
-    share = obs.share
-    if obs.mode != "canary":
-        return Decision("idle", share, share, obs.mode, f"route is in {obs.mode} mode: nothing to control")
-    checks = tuple(check_guardrail(policy, g, obs) for g in policy.guardrails)
-    worse = [c for c in checks if c.status == "worse"]
-    if worse:
-        level = policy.alpha / len(policy.guardrails)
-        reason = f"rollback at {share:g}%: significantly worse (mSPRT p < {level:.3g}): " + "; ".join(
-            c.describe() for c in worse
-        )
-        return Decision("rollback", share, 0.0, "shadow", reason, checks)
-    summary = "; ".join(c.describe() for c in checks)
-    if obs.srm_p is not None and obs.srm_p < policy.srm_alpha:
-        return Decision(
-            "wait",
-            share,
-            share,
-            "canary",
-            f"wait at {share:g}%: sample ratio mismatch (p {obs.srm_p:.3g} < {policy.srm_alpha:g}); "
-            + summary,
-            checks,
-        )
-    pending = [c.metric for c in checks if c.status != "not_worse"]
-    if pending:
-        return Decision(
-            "wait",
-            share,
-            share,
-            "canary",
-            f"wait at {share:g}%: not yet shown not worse on {', '.join(pending)}; {summary}",
-            checks,
-        )
-    if obs.step_calls[1] < policy.min_step_samples:
-        return Decision(
-            "wait",
-            share,
-            share,
-            "canary",
-            f"wait at {share:g}%: {obs.step_calls[1]} candidate calls "
-            f"at this step, need {policy.min_step_samples}; {summary}",
-            checks,
-        )
-    nxt = policy.next_share(share)
-    if nxt is None:
-        return Decision(
-            "advance",
-            share,
-            100.0,
-            "primary",
-            f"promote {share:g}% -> primary: not worse on every guardrail; {summary}",
-            checks,
-        )
-    return Decision(
-        "advance",
-        share,
-        nxt,
-        "canary",
-        f"advance {share:g}% -> {nxt:g}%: not worse on every guardrail; {summary}",
-        checks,
-    )
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+__all__ = [
+    "Action",
+    "AdminClient",
+    "CanaryController",
+    "CanaryPolicy",
+    "ControllerError",
+    "Decision",
+    "Guardrail",
+    "GuardrailCheck",
+    "Observation",
+    "check_guardrail",
+    "decide",
+    "forecast",
+]
 
 
 # -- the admin API client ----------------------------------------------------------------
@@ -458,6 +225,7 @@ class CanaryController:
 
             open_store = LogStore.open
         self._open_store = open_store
+        self.sticky_key = "user"
 
     def check(self) -> dict[str, Any]:
         """One check; returns (and records) the decision record."""
@@ -469,6 +237,7 @@ class CanaryController:
             record_decision(self.state, record)
             return record
         info = self.admin.get_route(self.route)
+        self.sticky_key = str(info.get("sticky_key") or "user")
         share = float(info.get("share") or 0.0)
         mode = str(info.get("mode") or "off")
         record.update(
@@ -509,6 +278,8 @@ class CanaryController:
             step_started_at=state["step_started_at"],
             srm_p=obs.srm_p,
             step_calls=list(obs.step_calls),
+            forecast=forecast(self.policy, obs),
+            unit=self.sticky_key,
             arms={a.variant: {"calls": a.calls, "units": a.units} for a in (obs.baseline, obs.candidate)},
         )
         record["applied"] = False
@@ -549,6 +320,7 @@ class CanaryController:
     def _observe(
         self, mode: str, share: float, canary_since: float, step_since: float, now: float
     ) -> Observation:
+        """The evidence since ``canary_since``: per unit of the sticky key, per route-state version."""
         from gateway.store import LogStoreError
 
         try:
@@ -556,27 +328,13 @@ class CanaryController:
         except LogStoreError as exc:
             raise ControllerError(str(exc)) from exc
         try:
-            groups, specs = query_arm_stats(store, self.route, canary_since, now + 1)
-            step_groups, _ = query_arm_stats(store, self.route, step_since, now + 1)
+            groups, _ = query_cells(store, self.route, canary_since, now + 1, sticky_key=self.sticky_key)
+            step_groups, _ = query_cells(store, self.route, step_since, now + 1, sticky_key=self.sticky_key)
         except LogStoreError as exc:
             raise ControllerError(str(exc)) from exc
         finally:
             store.close()
-        arms = groups.get(None, {})
-        step = step_groups.get(None, {})
-        sb, sc = step.get("baseline", ArmStats("baseline")), step.get("candidate", ArmStats("candidate"))
-        srm_p = None
-        if 0 < share < 100 and sb.units + sc.units >= 100:
-            srm_p = srm_check(sb.units, sc.units, share / 100)[1]
-        return Observation(
-            mode=mode,
-            share=share,
-            baseline=arms.get("baseline", ArmStats("baseline")),
-            candidate=arms.get("candidate", ArmStats("candidate")),
-            step_calls=(sb.calls, sc.calls),
-            srm_p=srm_p,
-            specs=specs,
-        )
+        return observation(mode, share, groups.get(None), step_groups.get(None), now - step_since)
 
     def run(self, *, once: bool = False, sleep: Callable[[float], None] = time.sleep) -> None:
         """Check every ``policy.check_interval_s`` seconds (or ``once``); errors are logged, then retried."""
@@ -590,3 +348,50 @@ class CanaryController:
             if once:
                 return
             sleep(self.policy.check_interval_s)
+
+
+def observation(
+    mode: str, share: float, canary: Any, step: Any, step_age_s: float | None = None
+) -> Observation:
+    """An `Observation` from `evals.outcomes_query.Cells` of the canary and of the current step.
+
+    Only versions where both arms were served count (never calls from before the canary),
+    and they are combined, never pooled (`evals.strata.stratified_difference`).
+    """
+    specs = dict(METRICS)
+    evidence: dict[str, Evidence] = {}
+    base, cand = ArmStats("baseline"), ArmStats("candidate")
+    if canary is not None:
+        compared = {p for p, info in canary.periods.items() if info.compared}
+        for name, cells in canary.cells.items():
+            spec = specs.get(name) or MetricSpec(name, "mean", True)
+            specs.setdefault(name, spec)
+            mine = [c for c in cells if c.period in compared]
+            evidence[name] = stratified_difference(mine, canary.cross.get(name), rate=spec.kind == "rate")
+        for arm in (base, cand):
+            arms = [i.arms[arm.variant] for p, i in canary.periods.items() if p in compared]
+            arm.calls = sum(a.calls for a in arms)
+            arm.units = sum(a.units for a in arms)
+    sb = sc = 0
+    ub = uc = 0
+    if step is not None:
+        for info in step.periods.values():
+            if info.compared:
+                sb += info.arms["baseline"].calls
+                sc += info.arms["candidate"].calls
+                ub += info.arms["baseline"].units
+                uc += info.arms["candidate"].units
+    srm_p = srm_check(ub, uc, share / 100)[1] if 0 < share < 100 and ub + uc >= 100 else None
+    rate = (sb + sc) / step_age_s if step_age_s and step_age_s > 0 else None
+    return Observation(
+        mode=mode,
+        share=share,
+        baseline=base,
+        candidate=cand,
+        step_calls=(sb, sc),
+        srm_p=srm_p,
+        specs=specs,
+        evidence=evidence,
+        step_age_s=step_age_s,
+        traffic_per_s=rate,
+    )

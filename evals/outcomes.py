@@ -1,11 +1,11 @@
 """Slow evals: per-variant outcome rates from the call log, with honest statistics.
 
-Two halves, kept apart so the statistics can be tested and simulated without a log:
+Three parts, kept apart so the statistics can be tested and simulated without a log:
 
-* pure statistics: `wilson_interval`, `msprt_p_value`, `confidence_sequence`,
-  `srm_check`, `compare_arms` over `ArmStats` (sufficient statistics per metric);
-* the log query: `query_arm_stats` (served calls of one route over a period, events
-  joined by call id or response id) and `outcomes_report`, which the CLI prints.
+* pure statistics: `wilson_interval`, `msprt_p_value`, `confidence_sequence`, `srm_check`;
+  the unit-level, ramp-aware combination lives in `evals.strata`;
+* the log query: `evals.outcomes_query` (per-unit sums per route-state version and arm);
+* `outcomes_report`, which the CLI prints.
 
 Metrics (``METRICS``): per served call, ``thumbs_up_rate`` / ``thumbs_down_rate`` (the
 latest thumb on the call), ``regeneration_rate``, ``error_rate`` (HTTP status >= 400 or
@@ -13,10 +13,17 @@ an error type), ``flag_rate``; means of ``rating`` (over rated calls), ``latency
 ``cost_usd``; and the mean of each custom metric found in the events. Events are read from
 ``user_events``: the users' own signals, one per (call, kind, poster), reviewers' kept out.
 
-Sequential test (mSPRT, Johari, Pekelis & Walsh, "Always valid inference", 2017).
-With a difference estimate ``x`` = candidate mean - baseline mean, its variance
-``V = s_c^2/n_c + s_b^2/n_b`` (normal approximation), the null value ``theta0`` and a
-normal mixing distribution ``theta - theta0 ~ N(0, tau^2)`` the mixture likelihood ratio is::
+**Units and periods.** The unit of analysis is the route's sticky key (the split is per
+user, not per call): rates and their variances come from per-unit sums (delta method).
+Arms are compared only within one route-state version (constant share, candidate and
+mode), and versions are combined with inverse-variance weights; calls served while only
+one arm was (before the canary, in ``off``, ``shadow`` or ``primary`` mode) are listed
+as excluded, never compared. See `evals.strata`.
+
+**Sequential test** (mSPRT, Johari, Pekelis & Walsh, "Always valid inference", 2017).
+With a difference estimate ``x`` = candidate - baseline, its variance ``V``, the null
+value ``theta0`` and a normal mixing distribution ``theta - theta0 ~ N(0, tau^2)`` the
+mixture likelihood ratio is::
 
     Lambda = sqrt(V / (V + tau^2)) * exp(tau^2 (x - theta0)^2 / (2 V (V + tau^2)))
 
@@ -30,14 +37,17 @@ one-sided version mixes over ``theta > theta0`` only (a half-normal), which give
 and stays valid for the composite null ``theta <= theta0`` (used for non-inferiority
 and for "significantly worse"). Inverting ``Lambda < 1/alpha`` gives the always-valid
 confidence sequence ``x ± sqrt(V (V + tau^2) / tau^2 * (2 log(1/alpha) + log((V + tau^2)/V)))``.
-``tau`` sets the effect size the test is most sensitive to; by default
-``tau = tau_rel * pooled standard deviation`` (``tau_rel`` 0.25). For rates the variance uses
-``p~ = (k + 1) / (n + 2)`` so that an arm with no events still has a variance.
-Calls are treated as independent; heavy users make that optimistic.
+
+``tau`` is the effect the test is tuned to, and it is **fixed**: the metric's declared
+minimum detectable effect (`DEFAULT_MDE`, ``--mde metric=value``, or ``"mde"`` in a custom
+metric's event data), never re-estimated from the data at each look. A custom metric
+without a declared effect gets an estimate and no test. The report's p-values are
+**Holm-adjusted across its metrics** (per version, and for the combination), so the
+chance that any of the ~8 metrics shows a false difference stays below ``alpha``.
 
 Sample-ratio mismatch: a chi-square goodness-of-fit test (1 degree of freedom) of the
-number of distinct sticky units (user, else session, else client key) per variant
-against the expected candidate share.
+number of distinct units per variant against the expected candidate share, on the latest
+compared version.
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
+
+from evals.outcomes_query import Cells, PeriodInfo, epoch_us, query_cells
+from evals.strata import Cell, Evidence, holm, normal_cdf, pooled_ratio, stratified_difference
 
 _STD_NORMAL = NormalDist()
 
@@ -74,6 +87,18 @@ METRICS: dict[str, MetricSpec] = {
     )
 }
 """Built-in metrics; custom metrics are added per report from the events."""
+
+DEFAULT_MDE: dict[str, float] = {
+    "thumbs_up_rate": 0.02,
+    "thumbs_down_rate": 0.02,
+    "regeneration_rate": 0.02,
+    "error_rate": 0.01,
+    "flag_rate": 0.01,
+    "rating": 0.2,
+    "latency_ms": 100.0,
+    "cost_usd": 0.0005,
+}
+"""Declared minimum detectable effects (the mSPRT's fixed mixing scale), in each metric's units."""
 
 
 class OutcomesError(Exception):
@@ -103,6 +128,14 @@ class MetricStats:
     def from_values(cls, n: int, mean: float | None, var: float | None) -> MetricStats:
         return cls(n, float(mean or 0.0), float(var or 0.0) if n > 1 else 0.0)
 
+    def cell(self, period: str, arm: str) -> Cell:
+        """These statistics as one period's `evals.strata.Cell`, each observation its own unit."""
+        if self.successes is not None:
+            return Cell.per_call(period, arm, self.successes, self.n)
+        y = self.n * self.mean
+        yy = (self.n - 1) * self.var + self.n * self.mean * self.mean if self.n > 1 else y * self.mean
+        return Cell(period, arm, self.n, y, self.n, yy, self.n, y)
+
 
 @dataclass
 class ArmStats:
@@ -123,34 +156,42 @@ class ArmStats:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Candidate minus baseline for one metric."""
+    """Candidate minus baseline for one metric (combined over the compared periods)."""
 
     metric: str
     diff: float
     variance: float
-    tau: float
+    tau: float | None
+    """The mixing scale: the metric's declared minimum detectable effect; None: no test."""
     p_value: float
-    """Two-sided always-valid p-value (mSPRT) for "no difference"."""
+    """Two-sided always-valid p-value (mSPRT) for "no difference"; 1 without a test."""
     ci: tuple[float, float]
     """Always-valid confidence sequence at the report's alpha."""
     higher_is_better: bool
-    n_baseline: int
-    n_candidate: int
+    n_baseline: float
+    n_candidate: float
     alpha: float = 0.05
+    p_adjusted: float | None = None
+    """Holm-adjusted across the report's metrics; the verdict uses it."""
+    units_baseline: float = 0
+    units_candidate: float = 0
 
     @property
     def verdict(self) -> str:
-        if self.p_value >= self.alpha or self.diff == 0:
+        if self.tau is None:
+            return "no test (no minimum detectable effect declared)"
+        p = self.p_value if self.p_adjusted is None else self.p_adjusted
+        if p >= self.alpha or self.diff == 0:
             return "no detectable difference"
         return "better" if (self.diff > 0) == self.higher_is_better else "worse"
 
 
-def normal_cdf(z: float) -> float:
-    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+def wilson_interval(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``k / n``; ``(0, 1)`` when ``n == 0``.
 
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``k / n``; ``(0, 1)`` when ``n == 0``."""
+    ``k`` and ``n`` may be effective (non-integer) counts: a unit-level interval is the
+    Wilson interval at ``n / design effect``.
+    """
     if n <= 0:
         return 0.0, 1.0
     if not 0 <= k <= n:
@@ -229,202 +270,68 @@ def srm_check(n_baseline: int, n_candidate: int, expected_share: float) -> tuple
     return chi2, math.erfc(math.sqrt(chi2 / 2))  # survival function of chi-square with 1 df
 
 
-def diff_and_variance(baseline: MetricStats, candidate: MetricStats) -> tuple[float, float]:
-    """Candidate minus baseline and the variance of that difference."""
-    diff = candidate.mean - baseline.mean
-    variance = candidate.var / max(candidate.n, 1) + baseline.var / max(baseline.n, 1)
-    return diff, variance
-
-
-def default_tau(baseline: MetricStats, candidate: MetricStats, tau_rel: float = 0.25) -> float:
-    """``tau_rel`` times the pooled standard deviation (the mixing scale when none is given)."""
-    n = baseline.n + candidate.n
-    pooled = (baseline.var * baseline.n + candidate.var * candidate.n) / n if n else 0.0
-    return tau_rel * math.sqrt(pooled) if pooled > 0 else tau_rel
-
-
-def compare_metric(
+# -- comparisons -------------------------------------------------------------------------
+def compare_evidence(
     name: str,
-    baseline: MetricStats,
-    candidate: MetricStats,
+    ev: Evidence,
     *,
     higher_is_better: bool,
+    tau: float | None,
     alpha: float = 0.05,
-    tau: float | None = None,
-    tau_rel: float = 0.25,
 ) -> Comparison:
-    diff, variance = diff_and_variance(baseline, candidate)
-    tau_ = tau if tau is not None else default_tau(baseline, candidate, tau_rel)
-    if baseline.n == 0 or candidate.n == 0:
-        return Comparison(
-            name,
-            diff,
-            variance,
-            tau_,
-            1.0,
-            (-math.inf, math.inf),
-            higher_is_better,
-            baseline.n,
-            candidate.n,
-            alpha,
-        )
+    """The mSPRT comparison of one metric's combined evidence, with a fixed mixing scale ``tau``."""
+    diff, variance = float(ev.estimate), float(ev.variance)
+    nb, nc = float(ev.n_baseline), float(ev.n_candidate)
+    tested = tau is not None and nb > 0 and nc > 0
     return Comparison(
         metric=name,
         diff=diff,
         variance=variance,
-        tau=tau_,
-        p_value=msprt_p_value(diff, variance, tau_),
-        ci=confidence_sequence(diff, variance, tau_, alpha),
+        tau=tau,
+        p_value=msprt_p_value(diff, variance, tau) if tested and tau else 1.0,
+        ci=confidence_sequence(diff, variance, tau, alpha) if tested and tau else (-math.inf, math.inf),
         higher_is_better=higher_is_better,
-        n_baseline=baseline.n,
-        n_candidate=candidate.n,
+        n_baseline=nb,
+        n_candidate=nc,
         alpha=alpha,
+        units_baseline=float(ev.units_baseline),
+        units_candidate=float(ev.units_candidate),
     )
 
 
-def compare_arms(
-    baseline: ArmStats,
-    candidate: ArmStats,
+def compare_cells(
+    cells: Cells,
+    specs: dict[str, MetricSpec],
+    mde: dict[str, float | None],
     *,
-    specs: dict[str, MetricSpec] | None = None,
     alpha: float = 0.05,
-    tau_rel: float = 0.25,
+    periods: set[str] | None = None,
 ) -> list[Comparison]:
-    """Candidate-minus-baseline comparisons for every metric both arms have."""
-    specs = specs or METRICS
+    """Every metric's combined comparison over ``periods`` (default: all), Holm-adjusted together."""
     out = []
     for name, spec in specs.items():
-        b, c = baseline.metrics.get(name), candidate.metrics.get(name)
-        if b is not None and c is not None and b.n > 0 and c.n > 0:
+        metric_cells = [c for c in cells.cells.get(name, []) if periods is None or c.period in periods]
+        ev = stratified_difference(metric_cells, cells.cross.get(name), rate=spec.kind == "rate")
+        if float(ev.n_baseline) > 0 and float(ev.n_candidate) > 0:
             out.append(
-                compare_metric(
-                    name,
-                    b,
-                    c,
-                    higher_is_better=spec.higher_is_better,
-                    alpha=alpha,
-                    tau_rel=tau_rel,
+                compare_evidence(
+                    name, ev, higher_is_better=spec.higher_is_better, tau=mde.get(name), alpha=alpha
                 )
             )
+    tested = [i for i, c in enumerate(out) if c.tau is not None]
+    adjusted = holm([out[i].p_value for i in tested])
+    for i, p in zip(tested, adjusted, strict=True):
+        out[i] = _replace_p(out[i], p)
     return out
 
 
-# -- the log query -----------------------------------------------------------------------
-_DAY_US = 86_400_000_000
+def _replace_p(c: Comparison, p: float) -> Comparison:
+    from dataclasses import replace
 
-_CALLS_CTE = """
-c AS (
-  SELECT call_id, response_id, variant, epoch_us(ts) // 86400000000 AS dayn,
-         coalesce("user", session_id, client_key, call_id) AS unit,
-         (coalesce(status, 200) >= 400 OR error_type IS NOT NULL) AS is_error,
-         latency_ms, cost_usd
-  FROM calls
-  WHERE served AND route = $route AND variant IN ('baseline', 'candidate')
-    AND epoch_us(ts) >= $lo AND epoch_us(ts) < $hi
-),
-ev AS (
-  SELECT c.call_id, c.variant, c.dayn, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.call_id
-  UNION ALL
-  SELECT c.call_id, c.variant, c.dayn, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
-)
-"""
-
-_ARMS_SQL = (
-    "WITH"
-    + _CALLS_CTE
-    + """,
-o AS (
-  SELECT call_id,
-         arg_max(value, ts) FILTER (WHERE kind = 'thumbs') AS thumb,
-         avg(value_num) FILTER (WHERE kind = 'rating') AS rating,
-         bool_or(kind = 'regeneration') AS regenerated,
-         bool_or(kind = 'flag') AS flagged
-  FROM ev GROUP BY call_id
-)
-SELECT {day} AS dayn, c.variant,
-       count(*) AS calls, count(DISTINCT unit) AS units,
-       count(*) FILTER (WHERE thumb = 'up') AS thumbs_up,
-       count(*) FILTER (WHERE thumb = 'down') AS thumbs_down,
-       count(*) FILTER (WHERE regenerated) AS regenerated,
-       count(*) FILTER (WHERE flagged) AS flagged,
-       count(*) FILTER (WHERE is_error) AS errors,
-       count(rating) AS n_rating, avg(rating) AS rating_mean, var_samp(rating) AS rating_var,
-       count(latency_ms) AS n_latency, avg(latency_ms) AS latency_mean, var_samp(latency_ms) AS latency_var,
-       quantile_cont(latency_ms, 0.5) AS latency_p50, quantile_cont(latency_ms, 0.95) AS latency_p95,
-       count(cost_usd) AS n_cost, avg(cost_usd) AS cost_mean, var_samp(cost_usd) AS cost_var
-FROM c LEFT JOIN o USING (call_id)
-GROUP BY ALL ORDER BY ALL
-"""
-)
-
-_CUSTOM_SQL = (
-    "WITH"
-    + _CALLS_CTE
-    + """,
-per_call AS (
-  SELECT {day} AS dayn, variant, kind, call_id, avg(value_num) AS v,
-         any_value(try_cast(json_extract(data, '$.higher_is_better') AS BOOLEAN)) AS hib
-  FROM ev
-  WHERE kind NOT IN ('thumbs', 'rating', 'choice', 'flag', 'regeneration', 'relabel', 'exclude')
-    AND value_num IS NOT NULL
-  GROUP BY ALL
-)
-SELECT dayn, variant, kind, count(*) AS n, avg(v) AS mean, var_samp(v) AS var,
-       bool_and(coalesce(hib, true)) AS hib
-FROM per_call GROUP BY ALL ORDER BY ALL
-"""
-)
+    return replace(c, p_adjusted=p)
 
 
-def query_arm_stats(
-    store: Any,
-    route: str,
-    since: dt.datetime | float,
-    until: dt.datetime | float | None = None,
-    *,
-    by_day: bool = False,
-) -> tuple[dict[str | None, dict[str, ArmStats]], dict[str, MetricSpec]]:
-    """Per-variant `ArmStats` of a route's served calls in ``[since, until)``.
-
-    Returns ``({day or None: {variant: ArmStats}}, specs)`` where ``specs`` is `METRICS`
-    plus the custom metrics found. ``store`` is a `gateway.store.LogStore`.
-    """
-    params = {"route": route, "lo": _epoch_us(since), "hi": _epoch_us(until) if until is not None else 2**62}
-    day_expr = "dayn" if by_day else "NULL::BIGINT"
-    out: dict[str | None, dict[str, ArmStats]] = {}
-    for r in store.sql(_ARMS_SQL.replace("{day}", "c." + day_expr if by_day else day_expr), params):
-        arm = ArmStats(
-            variant=r["variant"],
-            calls=r["calls"],
-            units=r["units"],
-            latency_p50=r["latency_p50"],
-            latency_p95=r["latency_p95"],
-        )
-        n = r["calls"]
-        arm.metrics = {
-            "thumbs_up_rate": MetricStats.rate(r["thumbs_up"], n),
-            "thumbs_down_rate": MetricStats.rate(r["thumbs_down"], n),
-            "regeneration_rate": MetricStats.rate(r["regenerated"], n),
-            "error_rate": MetricStats.rate(r["errors"], n),
-            "flag_rate": MetricStats.rate(r["flagged"], n),
-            "rating": MetricStats.from_values(r["n_rating"], r["rating_mean"], r["rating_var"]),
-            "latency_ms": MetricStats.from_values(r["n_latency"], r["latency_mean"], r["latency_var"]),
-            "cost_usd": MetricStats.from_values(r["n_cost"], r["cost_mean"], r["cost_var"]),
-        }
-        out.setdefault(_day(r["dayn"]), {})[r["variant"]] = arm
-    specs = dict(METRICS)
-    for r in store.sql(_CUSTOM_SQL.replace("{day}", day_expr), params):
-        if r["kind"] in METRICS:
-            continue
-        specs.setdefault(r["kind"], MetricSpec(r["kind"], "mean", bool(r["hib"])))
-        arms = out.get(_day(r["dayn"]), {})
-        if r["variant"] in arms:
-            arms[r["variant"]].metrics[r["kind"]] = MetricStats.from_values(r["n"], r["mean"], r["var"])
-    return out, specs
-
-
+# -- the report --------------------------------------------------------------------------
 def outcomes_report(
     store: Any,
     route: str,
@@ -434,60 +341,162 @@ def outcomes_report(
     by_day: bool = False,
     expected_share: float | None = None,
     alpha: float = 0.05,
-    tau_rel: float = 0.25,
+    sticky_key: str | None = "user",
+    mde: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ``shadowtune eval outcomes`` report as JSON-ready data (one period per day with ``by_day``)."""
-    groups, specs = query_arm_stats(store, route, since, until, by_day=by_day)
+    """The ``shadowtune eval outcomes`` report as JSON-ready data (one period per day with ``by_day``).
+
+    Each period (the window, or a day) combines its route-state versions; ``versions`` has
+    each one apart, and ``excluded`` the versions where only one arm was served.
+    ``expected_share`` (0-1) is checked against the latest compared version's units.
+    """
+    groups, custom = query_cells(store, route, since, until, sticky_key=sticky_key, by_day=by_day)
+    specs = dict(METRICS)
+    mdes: dict[str, float | None] = dict(DEFAULT_MDE)
+    for name, (hib, declared) in custom.items():
+        if name not in METRICS:
+            specs[name] = MetricSpec(name, "mean", hib)
+            mdes[name] = declared if declared and declared > 0 else None
+    for name, value in (mde or {}).items():
+        if value <= 0:
+            raise OutcomesError(f"the minimum detectable effect of {name} must be > 0, got {value}")
+        mdes[name] = value
     periods = []
-    for day in sorted(groups, key=lambda d: d or ""):
-        arms = groups[day]
-        period: dict[str, Any] = {
-            "day": day,
-            "variants": {v: arm_summary(a, specs, alpha) for v, a in arms.items()},
-        }
-        if "baseline" in arms and "candidate" in arms:
-            comps = compare_arms(
-                arms["baseline"], arms["candidate"], specs=specs, alpha=alpha, tau_rel=tau_rel
-            )
-            period["differences"] = [comparison_summary(c) for c in comps]
-        if expected_share is not None:
-            b = arms.get("baseline", ArmStats("baseline")).units
-            c = arms.get("candidate", ArmStats("candidate")).units
-            chi2, p = srm_check(b, c, expected_share)
-            period["srm"] = {
-                "expected_share": expected_share,
-                "observed_share": c / (b + c) if b + c else None,
-                "units": {"baseline": b, "candidate": c},
-                "chi2": chi2,
-                "p_value": p,
-                "mismatch": p < 0.001,
-            }
-        periods.append(period)
+    unkeyed = 0
+    for key in sorted(groups, key=lambda d: d or ""):
+        cells = groups[key]
+        unkeyed += cells.unkeyed_calls
+        periods.append(_period_report(key, cells, specs, mdes, alpha, expected_share))
+    notes = []
+    column = sticky_key or "user"
+    if column not in ("user", "session", "client_key"):
+        notes.append(f"sticky key {column!r} is not in the log: every call is its own unit")
+    elif unkeyed:
+        notes.append(f"{unkeyed} calls without a {column}: each is its own unit (they were split at random)")
+    if any(p.startswith("mode:") for g in groups.values() for p in g.periods):
+        notes.append("calls without a route_version: their periods may mix shares")
     return {
         "route": route,
         "since": _iso(since),
         "until": _iso(until) if until is not None else None,
         "alpha": alpha,
+        "unit": column,
+        "unkeyed_calls": unkeyed,
+        "mde": mdes,
+        "notes": notes,
         "periods": periods,
     }
 
 
-def arm_summary(arm: ArmStats, specs: dict[str, MetricSpec], alpha: float = 0.05) -> dict[str, Any]:
-    out: dict[str, Any] = {"calls": arm.calls, "units": arm.units}
-    for name, m in arm.metrics.items():
-        spec = specs.get(name)
-        if spec is None:
+def _period_report(
+    day: str | None,
+    cells: Cells,
+    specs: dict[str, MetricSpec],
+    mdes: dict[str, float | None],
+    alpha: float,
+    expected_share: float | None,
+) -> dict[str, Any]:
+    infos = sorted(cells.periods.values(), key=lambda p: p.first_ts)
+    compared = {p.period for p in infos if p.compared}
+    period: dict[str, Any] = {"day": day, "compared_versions": len(compared)}
+    period["variants"] = {
+        arm: arm_summary(cells, specs, arm, alpha, compared or {p.period for p in infos})
+        for arm in ("baseline", "candidate")
+        if any(arm in p.arms for p in infos)
+    }
+    if compared:
+        period["differences"] = [
+            comparison_summary(c) for c in compare_cells(cells, specs, mdes, alpha=alpha)
+        ]
+    period["versions"] = [_version_report(p, cells, specs, mdes, alpha) for p in infos if p.compared]
+    period["excluded"] = [
+        {
+            "version": p.route_version,
+            "mode": p.mode,
+            "calls": {v: a.calls for v, a in p.arms.items()},
+            "from": _iso(p.first_ts),
+            "to": _iso(p.last_ts),
+            "reason": f"only {', '.join(p.arms)} served (mode {p.mode})",
+        }
+        for p in infos
+        if not p.compared
+    ]
+    if expected_share is not None:
+        latest = next((p for p in reversed(infos) if p.compared), infos[-1] if infos else None)
+        b = latest.arms["baseline"].units if latest and "baseline" in latest.arms else 0
+        c = latest.arms["candidate"].units if latest and "candidate" in latest.arms else 0
+        chi2, p = srm_check(b, c, expected_share)
+        period["srm"] = {
+            "version": latest.route_version if latest else None,
+            "expected_share": expected_share,
+            "observed_share": c / (b + c) if b + c else None,
+            "units": {"baseline": b, "candidate": c},
+            "chi2": chi2,
+            "p_value": p,
+            "mismatch": p < 0.001,
+        }
+    return period
+
+
+def _version_report(
+    info: PeriodInfo, cells: Cells, specs: dict[str, MetricSpec], mdes: dict[str, float | None], alpha: float
+) -> dict[str, Any]:
+    only = {info.period}
+    comps = compare_cells(cells, specs, mdes, alpha=alpha, periods=only)
+    return {
+        "version": info.route_version,
+        "mode": info.mode,
+        "from": _iso(info.first_ts),
+        "to": _iso(info.last_ts),
+        "calls": {v: a.calls for v, a in info.arms.items()},
+        "units": {v: a.units for v, a in info.arms.items()},
+        "observed_share": info.arms["candidate"].units
+        / max(1, info.arms["candidate"].units + info.arms["baseline"].units),
+        "variants": {v: arm_summary(cells, specs, v, alpha, only) for v in info.arms},
+        "differences": [comparison_summary(c) for c in comps],
+    }
+
+
+def arm_summary(
+    cells: Cells, specs: dict[str, MetricSpec], arm: str, alpha: float, periods: set[str]
+) -> dict[str, Any]:
+    """One variant's rates and means over ``periods``, with unit-level intervals."""
+    arms = [p.arms[arm] for p in cells.periods.values() if p.period in periods and arm in p.arms]
+    out: dict[str, Any] = {
+        "calls": sum(a.calls for a in arms),
+        "units": sum(a.units for a in arms),
+        "unkeyed_calls": sum(a.unkeyed for a in arms),
+    }
+    z = _STD_NORMAL.inv_cdf(1 - alpha / 2)
+    for name, spec in specs.items():
+        mine = [c for c in cells.cells.get(name, []) if c.arm == arm and c.period in periods]
+        if not mine:
             continue
+        mean, var, _ = pooled_ratio(mine, cells.cross.get(name), arm=arm)
+        n = sum(c.n for c in mine)
         if spec.kind == "rate":
-            lo, hi = wilson_interval(m.successes or 0, m.n, 1 - alpha)
-            out[name] = {"value": m.mean if m.n else None, "count": m.successes, "n": m.n, "ci": [lo, hi]}
+            k = sum(c.y for c in mine)
+            binomial = mean * (1 - mean) / n if n else 0.0
+            n_eff = n * binomial / var if var > 0 and binomial > 0 else n
+            lo, hi = wilson_interval(mean * n_eff, n_eff, 1 - alpha)
+            deff = var / binomial if binomial > 0 else 1.0
+            out[name] = {
+                "value": mean if n else None,
+                "count": round(k),
+                "n": int(n),
+                "ci": [lo, hi],
+                "design_effect": deff,
+            }
         else:
-            half = _STD_NORMAL.inv_cdf(1 - alpha / 2) * math.sqrt(m.var / m.n) if m.n > 1 else None
-            ci = [m.mean - half, m.mean + half] if half is not None else None
-            out[name] = {"value": m.mean if m.n else None, "n": m.n, "ci": ci}
-    out["latency_p50_ms"] = arm.latency_p50
-    out["latency_p95_ms"] = arm.latency_p95
-    out["cost_per_1k_calls_usd"] = arm.cost_per_1k
+            half = z * math.sqrt(var) if n > 1 else None
+            ci = [mean - half, mean + half] if half is not None else None
+            out[name] = {"value": mean if n else None, "n": int(n), "ci": ci}
+    if len(arms) == 1:
+        out["latency_p50_ms"], out["latency_p95_ms"] = arms[0].latency_p50, arms[0].latency_p95
+    else:
+        out["latency_p50_ms"], out["latency_p95_ms"] = cells.latency.get(arm, (None, None))
+    cost = out.get("cost_usd")
+    out["cost_per_1k_calls_usd"] = cost["value"] * 1000 if cost and cost["value"] is not None else None
     return out
 
 
@@ -497,27 +506,38 @@ def comparison_summary(c: Comparison) -> dict[str, Any]:
         "diff": c.diff,
         "ci": [x if math.isfinite(x) else None for x in c.ci],
         "p_value": c.p_value,
+        "p_holm": c.p_adjusted,
         "tau": c.tau,
         "higher_is_better": c.higher_is_better,
+        "n": {"baseline": c.n_baseline, "candidate": c.n_candidate},
+        "units": {"baseline": c.units_baseline, "candidate": c.units_candidate},
         "verdict": c.verdict,
     }
-
-
-def _day(dayn: int | None) -> str | None:
-    if dayn is None:
-        return None
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(dayn))).isoformat()
-
-
-def _epoch_us(value: dt.datetime | float) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1_000_000)
-    return int(value * 1_000_000)
 
 
 def _iso(value: dt.datetime | float) -> str:
     if not isinstance(value, dt.datetime):
         value = dt.datetime.fromtimestamp(value, tz=dt.UTC)
     return value.isoformat()
+
+
+__all__ = [
+    "DEFAULT_MDE",
+    "METRICS",
+    "ArmStats",
+    "Cell",
+    "Comparison",
+    "MetricSpec",
+    "MetricStats",
+    "OutcomesError",
+    "compare_cells",
+    "compare_evidence",
+    "confidence_sequence",
+    "epoch_us",
+    "msprt_log_lr",
+    "msprt_p_value",
+    "normal_cdf",
+    "outcomes_report",
+    "srm_check",
+    "wilson_interval",
+]

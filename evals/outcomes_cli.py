@@ -68,6 +68,19 @@ def _log_dir_option(f: Any) -> Any:
 @click.option(
     "--alpha", type=float, default=0.05, show_default=True, help="Error rate of the intervals and tests."
 )
+@click.option(
+    "--sticky-key",
+    default="user",
+    show_default=True,
+    help="The route's sticky key, the unit of analysis: user, session or client_key (else per call).",
+)
+@click.option(
+    "--mde",
+    "mdes",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="Minimum detectable effect of a metric, in its units (the mSPRT's fixed mixing scale).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @_log_dir_option
 def outcomes(
@@ -77,12 +90,20 @@ def outcomes(
     by: str | None,
     expected_share: float | None,
     alpha: float,
+    sticky_key: str,
+    mdes: tuple[str, ...],
     as_json: bool,
     log_dir: str,
 ) -> None:
-    """Per-variant outcome rates of served calls, with candidate-minus-baseline sequential tests."""
+    """Per-variant outcome rates of served calls, with candidate-minus-baseline sequential tests.
+
+    Arms are compared per user (the sticky key) and only within a route-state version
+    (constant share); versions are combined, never pooled, and calls from before the
+    canary are never compared with canary calls. p-values are Holm-adjusted across metrics.
+    """
     from gateway.store import LogStore, LogStoreError
 
+    mde = _parse_mde(mdes)
     now = time.time()
     try:
         with LogStore.open(log_dir) as store:
@@ -94,6 +115,8 @@ def outcomes(
                 by_day=by == "day",
                 expected_share=expected_share / 100 if expected_share is not None else None,
                 alpha=alpha,
+                sticky_key=sticky_key,
+                mde=mde,
             )
     except (LogStoreError, OutcomesError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -103,8 +126,23 @@ def outcomes(
     if not report["periods"]:
         click.echo(f"No served calls for route {route!r} since {report['since']}.")
         return
+    for note in report["notes"]:
+        click.echo(f"note: {note}")
     for period in report["periods"]:
         click.echo(_format_period(route, period, report, alpha))
+
+
+def _parse_mde(values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for v in values:
+        name, _, number = v.partition("=")
+        try:
+            out[name.strip()] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not METRIC=VALUE", param_hint="--mde") from None
+        if not name.strip() or out[name.strip()] <= 0:
+            raise click.BadParameter(f"{v!r}: the effect must be a positive number", param_hint="--mde")
+    return out
 
 
 _RATES = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate", "flag_rate")
@@ -112,9 +150,14 @@ _RATES = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate
 
 def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], alpha: float) -> str:
     title = f"route {route}: " + (period["day"] or f"since {report['since']}")
+    title += f" (unit: {report['unit']}, {period['compared_versions']} compared route-state version(s))"
     lines = [title, f"{'':24}{'baseline':>26}{'candidate':>26}"]
     variants = period["variants"]
-    names = ["calls"] + [k for k in next(iter(variants.values())) if k not in ("calls", "units")]
+    if not variants:
+        return title + "\n"
+    names = ["calls"] + [
+        k for k in next(iter(variants.values())) if k not in ("calls", "units", "unkeyed_calls")
+    ]
 
     def cell(v: dict[str, Any] | None, name: str) -> str:
         if v is None or name not in v or v[name] is None:
@@ -137,13 +180,21 @@ def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], a
             f"{cell(variants.get('candidate'), name):>26}"
         )
     if period.get("differences"):
-        lines.append(f"  candidate - baseline (always-valid {100 * (1 - alpha):g}% CI, mSPRT p):")
-        for d in period["differences"]:
-            lo, hi = d["ci"]
-            ci = f"[{lo:+.4g}, {hi:+.4g}]" if lo is not None and hi is not None else "[n/a]"
-            lines.append(
-                f"    {d['metric']:22}{d['diff']:+12.4g} {ci:>28}  p={d['p_value']:.3g}  {d['verdict']}"
-            )
+        lines.append(
+            f"  candidate - baseline, combined over versions (always-valid {100 * (1 - alpha):g}% CI, "
+            "mSPRT p, Holm-adjusted):"
+        )
+        lines.extend(_format_differences(period["differences"]))
+    for v in period.get("versions", []) if len(period.get("versions", [])) > 1 else []:
+        lines.append(
+            f"  version {v['version']} ({v['mode']}, {v['from'][:16]} .. {v['to'][:16]}), calls "
+            f"{v['calls'].get('baseline', 0)}/{v['calls'].get('candidate', 0)}, candidate share of units "
+            f"{100 * v['observed_share']:.2f}%:"
+        )
+        lines.extend(_format_differences(v["differences"]))
+    for x in period.get("excluded", []):
+        calls = ", ".join(f"{n} {k}" for k, n in x["calls"].items())
+        lines.append(f"  not compared: version {x['version']} ({calls} calls): {x['reason']}")
     if "srm" in period:
         s = period["srm"]
         obs = f"{100 * s['observed_share']:.2f}%" if s["observed_share"] is not None else "n/a"
@@ -154,6 +205,20 @@ def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], a
             f"p {s['p_value']:.3g}: {flag}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _format_differences(diffs: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for d in diffs:
+        lo, hi = d["ci"]
+        ci = f"[{lo:+.4g}, {hi:+.4g}]" if lo is not None and hi is not None else "[n/a]"
+        p = (
+            "p=n/a"
+            if d["tau"] is None
+            else f"p={d['p_holm'] if d['p_holm'] is not None else d['p_value']:.3g}"
+        )
+        lines.append(f"    {d['metric']:22}{d['diff']:+12.4g} {ci:>28}  {p}  {d['verdict']}")
+    return lines
 
 
 @click.group("controller")
@@ -208,6 +273,19 @@ def _echo_decision(record: dict[str, Any], as_json: bool) -> None:
     if record.get("error"):
         applied = f" (not applied: {record['error']})"
     click.echo(f"{record['action']}{applied}: {record.get('reason', '')}")
+    fc = record.get("forecast")
+    if record.get("action") == "wait" and fc:
+        click.echo("  " + describe_forecast(fc))
+
+
+def describe_forecast(fc: dict[str, Any]) -> str:
+    """One line: the calls (and time) a decision should still take."""
+    if fc.get("expected_calls") is None:
+        return "forecast: no decision in sight at the current estimates (more data, or a smaller margin)"
+    when = ""
+    if fc.get("expected_seconds") is not None:
+        when = f", about {fc['expected_seconds'] / 3600:.1f} h at the current traffic"
+    return f"forecast: {fc['likely']} after about {fc['expected_calls']:.0f} more calls{when}"
 
 
 @controller.command("pause")

@@ -189,7 +189,7 @@ def test_feedback_is_rate_limited_per_key(make_settings, start_gateway, log_dir)
 
 
 def test_reviewer_thumbs_are_recorded_apart_and_kept_out_of_the_controllers_inputs(gateway, log_dir):
-    from evals.outcomes import query_arm_stats
+    from evals.outcomes_query import query_cells
 
     call_id, _ = _call(gateway)
     other_id, _ = _call(gateway)
@@ -229,8 +229,12 @@ def test_reviewer_thumbs_are_recorded_apart_and_kept_out_of_the_controllers_inpu
         "reviewer_thumbs_down": 1,
     }
     route = store.sql("SELECT route FROM calls WHERE call_id = ?", [call_id])[0]["route"]
-    groups, _ = query_arm_stats(store, route, 0)
-    arm = groups[None]["baseline"]
-    assert arm.calls == 2
-    assert arm.metrics["thumbs_up_rate"].mean == 0.5
-    assert arm.metrics["thumbs_down_rate"].mean == 0.0  # three reviewer thumbs-down, none counted
+    groups, _ = query_cells(store, route, 0)  # what the controller and `eval outcomes` read
+
+    def baseline_rate(metric: str) -> float:
+        cells = [c for c in groups[None].cells[metric] if c.arm == "baseline"]
+        return sum(c.y for c in cells) / sum(c.n for c in cells)
+
+    assert groups[None].calls == 2
+    assert baseline_rate("thumbs_up_rate") == 0.5
+    assert baseline_rate("thumbs_down_rate") == 0.0  # three reviewer thumbs-down, none counted

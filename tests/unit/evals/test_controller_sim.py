@@ -1,12 +1,14 @@
 """The canary controller's pure decision, simulated on synthetic outcome streams.
 
-Each simulated check brings ``traffic`` served calls, split by the current share; calls
-fail with an error rate, get a thumb down, and take a normally distributed latency. The
-controller sees cumulative statistics since the canary began, as it does in production.
+Each simulated check (an hour) brings ``traffic`` served calls, split by the current share;
+calls fail with an error rate, get a thumb down, and take a normally distributed latency.
+The controller sees each ramp step as its own period and combines the periods' differences
+(`evals.strata`), as it does in production; statistics are never pooled across shares.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from evals.controller import CanaryPolicy, Guardrail, Observation, decide
-from evals.outcomes import ArmStats, MetricStats, srm_check
+from evals.controller import CanaryPolicy, Guardrail, Observation, decide, forecast
+from evals.outcomes import METRICS, ArmStats, MetricStats, srm_check
+from evals.strata import stratified_difference
 
 
 @dataclass
@@ -78,20 +81,42 @@ POLICY = CanaryPolicy(
 BASE = Arm(errors=0.02, thumbs_down=0.10, latency=800.0)
 
 
+def evidence(steps: dict[float, tuple[_Acc, _Acc]]) -> dict:
+    """Per metric, the steps' differences combined (each step a period of constant share)."""
+    stats = {s: (b.stats("baseline"), c.stats("candidate")) for s, (b, c) in steps.items()}
+    out = {}
+    for metric in ("error_rate", "thumbs_down_rate", "latency_ms"):
+        cells = []
+        for s, (b, c) in stats.items():
+            cells += [b.metrics[metric].cell(str(s), "baseline"), c.metrics[metric].cell(str(s), "candidate")]
+        out[metric] = stratified_difference(cells, rate=METRICS[metric].kind == "rate")
+    return out
+
+
 def simulate(rng, candidate: Arm, *, policy=POLICY, traffic=4000, max_checks=60):
     """Run one canary; returns (final action, share trajectory, checks used)."""
-    share, base, cand = 1.0, _Acc(), _Acc()
-    step_b = step_c = 0
+    share = 1.0
+    steps = {share: (_Acc(), _Acc())}
+    step_b = step_c = step_checks = 0
     shares = [share]
     for check in range(1, max_checks + 1):
+        base, cand = steps[share]
         m_c = int(rng.binomial(traffic, share / 100))
         base.add(rng, BASE, traffic - m_c)
         cand.add(rng, candidate, m_c)
         step_b += traffic - m_c
         step_c += m_c
+        step_checks += 1
         srm_p = srm_check(step_b, step_c, share / 100)[1] if share < 100 else None
         obs = Observation(
-            "canary", share, base.stats("baseline"), cand.stats("candidate"), (step_b, step_c), srm_p
+            "canary",
+            share,
+            ArmStats("baseline", calls=sum(b.n for b, _ in steps.values())),
+            ArmStats("candidate", calls=sum(c.n for _, c in steps.values())),
+            (step_b, step_c),
+            srm_p,
+            evidence=evidence(steps),
+            step_age_s=step_checks * 3600.0,
         )
         d = decide(policy, obs)
         if d.action == "rollback":
@@ -101,7 +126,8 @@ def simulate(rng, candidate: Arm, *, policy=POLICY, traffic=4000, max_checks=60)
                 return "primary", shares, check, d
             share = d.share_to
             shares.append(share)
-            step_b = step_c = 0
+            steps[share] = (_Acc(), _Acc())
+            step_b = step_c = step_checks = 0
     return "wait", shares, max_checks, d
 
 
@@ -188,3 +214,78 @@ def test_nothing_to_do_outside_canary_mode(mode):
 
 def test_ramp_steps():
     assert [POLICY.next_share(s) for s in (1, 5, 10, 25, 50, 100)] == [5, 25, 25, 50, None, None]
+
+
+def _equal_obs(step_age_s, *, n=50_000, units=None):
+    rng = np.random.default_rng(4)
+    acc_b, acc_c = _Acc(), _Acc()
+    acc_b.add(rng, BASE, n)
+    acc_c.add(rng, BASE, n)
+    ev = evidence({25.0: (acc_b, acc_c)})
+    if units is not None:
+        ev = {m: dataclasses.replace(e, effective_units_candidate=units) for m, e in ev.items()}
+    return Observation(
+        "canary",
+        25.0,
+        ArmStats("baseline", calls=n),
+        ArmStats("candidate", calls=n),
+        (n, n),
+        0.5,
+        evidence=ev,
+        step_age_s=step_age_s,
+        traffic_per_s=2 * n / 7200,
+    )
+
+
+def test_each_step_is_held_for_its_minimum_dwell_time():
+    policy = POLICY.model_copy(update={"min_step_s": 6 * 3600.0})
+    early = decide(policy, _equal_obs(3600.0))
+    assert early.action == "wait" and "at this step for 3600s, need 21600s" in early.reason
+    assert decide(policy, _equal_obs(6 * 3600.0)).action == "advance"
+    assert decide(policy, _equal_obs(None)).action == "advance"  # unknown age: the rule is not applied
+
+
+def test_an_arm_worth_too_few_units_decides_nothing():
+    obs = _equal_obs(3600.0, units=3.0)  # e.g. three heavy users carry the candidate arm
+    d = decide(POLICY, obs)
+    assert d.action == "wait" and all(c.status == "insufficient" for c in d.checks)
+    assert "(3 effective)" in d.reason
+
+
+def test_forecast_says_how_many_calls_and_how_long_a_decision_takes():
+    rng = np.random.default_rng(21)
+    N0 = 350
+    acc_b, acc_c = _Acc(), _Acc()
+    acc_b.add(rng, BASE, N0)
+    acc_c.add(rng, BASE, N0)
+    obs = Observation(
+        "canary",
+        50.0,
+        ArmStats("baseline", calls=N0),
+        ArmStats("candidate", calls=N0),
+        (N0, N0),
+        None,
+        evidence=evidence({50.0: (acc_b, acc_c)}),
+        step_age_s=7200.0,
+        traffic_per_s=2 * N0 / 7200,
+    )
+    assert decide(POLICY, obs).action == "wait"
+    fc = forecast(POLICY, obs)
+    print(f"\nforecast at {N0} calls per arm: {fc}")
+    assert fc["likely"] in ("advance", "rollback") and fc["expected_calls"] > 0
+    assert fc["expected_seconds"] == pytest.approx(fc["expected_calls"] / (2 * N0 / 7200))
+    # check the forecast by simulation: the same traffic, that many more calls, then decide
+    more = int(fc["expected_calls"] * 1.3) // 2 + 1
+    acc_b.add(rng, BASE, more)
+    acc_c.add(rng, BASE, more)
+    later = Observation(
+        "canary",
+        50.0,
+        ArmStats("baseline", calls=N0 + more),
+        ArmStats("candidate", calls=N0 + more),
+        (N0 + more, N0 + more),
+        None,
+        evidence=evidence({50.0: (acc_b, acc_c)}),
+        step_age_s=7200.0 + 2 * more / (2 * N0 / 7200),
+    )
+    assert decide(POLICY, later).action != "wait"

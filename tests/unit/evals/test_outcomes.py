@@ -260,7 +260,20 @@ def test_report_counts_only_served_calls_of_the_route_in_the_period(store):
     base, cand = period["variants"]["baseline"], period["variants"]["candidate"]
     assert (base["calls"], cand["calls"]) == (130, 80)
     assert cand["error_rate"]["count"] == 5 + 3 and base["error_rate"]["count"] == 0
-    assert cand["error_rate"]["ci"] == pytest.approx(list(wilson_interval(8, 80)))
+    # users u0..u29 have two calls each (one a day): the interval is Wilson's at the effective
+    # sample size n / design effect, the design effect from per-user sums (delta method)
+    per_user = {f"u{j}": [0, 0] for j in range(50)}
+    for _day, n in ((0, 50), (1, 30)):
+        for j in range(n):
+            per_user[f"u{j}"][0] += j % 10 == 0
+            per_user[f"u{j}"][1] += 1
+    y = np.array([v[0] for v in per_user.values()], dtype=float)
+    n = np.array([v[1] for v in per_user.values()], dtype=float)
+    r = y.sum() / n.sum()
+    var = ((y - r * n) ** 2).sum() / n.sum() ** 2 * 50 / 49
+    n_eff = r * (1 - r) / var
+    assert cand["error_rate"]["ci"] == pytest.approx(list(wilson_interval(r * n_eff, n_eff)), rel=1e-9)
+    assert cand["error_rate"]["design_effect"] == pytest.approx(var / (r * (1 - r) / 80))
     # j = 16, 36, 56, 76, 96 got a thumb up, then a thumb down: the latest one counts
     assert base["thumbs_up_rate"]["count"] == 25 + 8 - 6 and cand["thumbs_up_rate"]["count"] == 13 + 8 - 3
     assert base["thumbs_down_rate"]["count"] == 20 + 6
@@ -275,6 +288,15 @@ def test_report_counts_only_served_calls_of_the_route_in_the_period(store):
     assert diffs["error_rate"]["diff"] == pytest.approx(0.1)
     assert diffs["latency_ms"]["verdict"] == "worse" and diffs["cost_usd"]["verdict"] == "better"
     assert diffs["edit_distance"]["higher_is_better"] is False
+    # no minimum detectable effect declared for the custom metric: an estimate, no test
+    assert diffs["edit_distance"]["tau"] is None and diffs["edit_distance"]["verdict"].startswith("no test")
+    # tau is the declared effect, whatever the data; p-values are Holm-adjusted across the metrics
+    assert diffs["latency_ms"]["tau"] == 100.0 and diffs["error_rate"]["tau"] == 0.01
+    tested = [d for d in period["differences"] if d["tau"] is not None]
+    from statsmodels.stats.multitest import multipletests
+
+    holm = multipletests([d["p_value"] for d in tested], method="holm")[1]
+    assert [d["p_holm"] for d in tested] == pytest.approx(list(holm))
     assert period["srm"]["units"] == {"baseline": 100, "candidate": 50}
     assert period["srm"]["p_value"] == pytest.approx(1.0)
     orjson.dumps(rep)  # JSON-ready
@@ -284,3 +306,129 @@ def test_report_by_day_splits_periods(store):
     rep = outcomes_report(store, "chat", since=T0, by_day=True)
     assert [p["day"] for p in rep["periods"]] == ["2025-06-15", "2025-06-16"]
     assert rep["periods"][1]["variants"]["candidate"]["calls"] == 30
+
+
+def test_calls_without_the_sticky_key_are_their_own_units(store):
+    rep = outcomes_report(store, "chat", since=T0, sticky_key="session")
+    (period,) = rep["periods"]
+    cand = period["variants"]["candidate"]
+    assert rep["unkeyed_calls"] == 210 and any("without a session" in n for n in rep["notes"])
+    # every call its own unit: the interval is Wilson's at n / (n / (n - 1))
+    assert cand["error_rate"]["ci"] == pytest.approx(list(wilson_interval(8 * 79 / 80, 79)), rel=1e-9)
+    assert outcomes_report(store, "chat", since=T0, sticky_key="header:x-user")["notes"][0].startswith(
+        "sticky key 'header:x-user' is not in the log"
+    )
+
+
+def test_declared_effects_override_and_must_be_positive(store):
+    rep = outcomes_report(store, "chat", since=T0, mde={"edit_distance": 0.1, "latency_ms": 5.0})
+    diffs = {d["metric"]: d for d in rep["periods"][0]["differences"]}
+    assert diffs["edit_distance"]["tau"] == 0.1 and diffs["latency_ms"]["tau"] == 5.0
+    with pytest.raises(OutcomesError):
+        outcomes_report(store, "chat", since=T0, mde={"latency_ms": 0.0})
+
+
+# -- ramps and the canary clock -----------------------------------------------------------
+def ramp_log(log, *, before_canary=True):
+    """Version 1 (mode off, before the canary): baseline only, thumbs-down 30 %.
+    Version 2 (canary 1 %): 2 % thumbs-down in both arms; version 3 (canary 50 %): 10 % in both.
+    Pooled, the candidate (mostly in version 3) looks far worse; per version it is equal."""
+    calls, events = [], []
+    i = 0
+    plan = [
+        (2, "canary", {"baseline": 9900, "candidate": 100}, 0.02),
+        (3, "canary", {"baseline": 5000, "candidate": 5000}, 0.10),
+    ]
+    if before_canary:
+        plan.insert(0, (1, "off", {"baseline": 2000}, 0.30))
+    for k, (version, mode, counts, rate) in enumerate(plan):
+        for variant, n in counts.items():
+            down = round(n * rate)
+            for j in range(n):
+                i += 1
+                cid = f"call_{i:06d}"
+                ts = (T0 + k * 86400 + j * 0.5) * 1_000_000
+                calls.append(
+                    {
+                        "call_id": cid,
+                        "ts": int(ts),
+                        "route": "chat",
+                        "variant": variant,
+                        "served": True,
+                        "mode": mode,
+                        "route_version": version,
+                        "status": 200,
+                        "latency_ms": 100.0,
+                    }
+                )
+                if j < down:
+                    events.append(
+                        {
+                            "event_id": f"e{i}",
+                            "call_id": cid,
+                            "ts": int(ts) + 1,
+                            "kind": "thumbs",
+                            "value": "down",
+                            "value_num": 0.0,
+                        }
+                    )
+    with LogWriter(log) as w:
+        for c in calls:
+            w.append("calls", c)
+        for e in events:
+            w.append("events", e)
+
+
+@pytest.fixture(scope="module")
+def ramp_store(tmp_path_factory):
+    log = str(tmp_path_factory.mktemp("ramp") / "log")
+    ramp_log(log)
+    with LogStore.open(log) as s:
+        yield s
+
+
+def test_ramp_versions_are_compared_apart_and_never_pooled(ramp_store):
+    rep = outcomes_report(ramp_store, "chat", since=T0 - 1, sticky_key="session")
+    (period,) = rep["periods"]
+    diffs = {d["metric"]: d for d in period["differences"]}
+    assert diffs["thumbs_down_rate"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert diffs["thumbs_down_rate"]["verdict"] == "no detectable difference"
+    assert [v["version"] for v in period["versions"]] == [2, 3]
+    for v in period["versions"]:
+        d = {x["metric"]: x for x in v["differences"]}
+        assert d["thumbs_down_rate"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    # what pooling would have said: the displayed per-arm rates over the compared versions differ
+    # a lot, and a test on them would call the candidate worse
+    base = period["variants"]["baseline"]["thumbs_down_rate"]["value"]
+    cand = period["variants"]["candidate"]["thumbs_down_rate"]["value"]
+    assert cand - base > 0.05
+    pooled = msprt_p_value(cand - base, cand * (1 - cand) / 5100 + base * (1 - base) / 14900, 0.02)
+    assert pooled < 1e-6
+
+
+def test_calls_before_the_canary_are_never_compared_with_canary_calls(ramp_store):
+    # --since reaches back before the canary: the baseline-only version is listed, not compared
+    rep = outcomes_report(ramp_store, "chat", since=T0 - 1, sticky_key="session")
+    (period,) = rep["periods"]
+    (excluded,) = period["excluded"]
+    assert excluded["version"] == 1 and excluded["mode"] == "off"
+    assert excluded["calls"] == {"baseline": 2000} and "only baseline served" in excluded["reason"]
+    assert period["variants"]["baseline"]["calls"] == 9900 + 5000  # not the 2,000 from before
+    diffs = {d["metric"]: d for d in period["differences"]}
+    assert diffs["thumbs_down_rate"]["n"] == {"baseline": 14900.0, "candidate": 5100.0}
+    # the same numbers as a log that never had the calls from before the canary
+    assert diffs["thumbs_down_rate"]["diff"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_controller_observation_ignores_calls_before_the_canary(ramp_store):
+    from evals.controller import observation
+    from evals.decision import CanaryPolicy, decide
+    from evals.outcomes_query import query_cells
+
+    groups, _ = query_cells(ramp_store, "chat", T0 - 1, sticky_key="session")  # clock started too early
+    obs = observation("canary", 50.0, groups[None], groups[None], 3600.0)
+    ev = obs.evidence["thumbs_down_rate"]
+    assert ev.periods == 2 and float(ev.estimate) == pytest.approx(0.0, abs=1e-12)
+    assert obs.baseline.calls == 14900 and obs.candidate.calls == 5100
+    d = decide(CanaryPolicy(), obs)
+    assert d.action != "rollback"

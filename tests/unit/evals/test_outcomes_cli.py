@@ -63,12 +63,12 @@ def write_traffic(log, *, n_base, n_cand, cand_error_every=0, route="chat", star
 
 
 def test_outcomes_prints_rates_with_intervals_and_differences(log_dir):
-    write_traffic(log_dir, n_base=400, n_cand=100, cand_error_every=5)
+    write_traffic(log_dir, n_base=2000, n_cand=500, cand_error_every=5, spacing=0.001)
     res = CliRunner().invoke(outcomes, ["--route", "chat", "--since", "1d", "--expected-share", "20"])
     assert res.exit_code == 0, res.output
-    assert "error_rate" in res.output and "20.0% [" in res.output  # candidate: 20 errors of 100
+    assert "error_rate" in res.output and "20.0% [" in res.output  # candidate: 100 errors of 500
     assert "candidate - baseline" in res.output and "worse" in res.output
-    assert "split: expected 20%, observed 20.00% of 500 units" in res.output
+    assert "split: expected 20%, observed 20.00% of 2500 units" in res.output
 
 
 def test_outcomes_json_by_day(log_dir):
@@ -162,6 +162,7 @@ guardrails:
 alpha: 0.05
 min_samples: 200
 min_step_samples: 50
+min_step_s: 0
 """
 
 
@@ -257,3 +258,35 @@ def test_controller_rejects_a_bad_policy(log_dir, tmp_path):
     policy.write_text("guardrails: [{metric: error_rate, margin: -1}]\n")
     res = CliRunner().invoke(controller, ["run", "--route", "chat", "--once", "--policy", str(policy)])
     assert res.exit_code == 1 and "invalid policy" in res.output and "guardrails.0.margin" in res.output
+
+
+def test_outcomes_lists_versions_and_what_it_did_not_compare(tmp_path):
+    from tests.unit.evals.test_outcomes import T0, ramp_log
+
+    log = str(tmp_path / "ramp")
+    ramp_log(log)
+    args = ["--route", "chat", "--since", "2025-06-14", "--log-dir", log, "--sticky-key", "session"]
+    res = CliRunner().invoke(outcomes, args)
+    assert res.exit_code == 0, res.output
+    assert "2 compared route-state version(s)" in res.output
+    assert "not compared: version 1 (2000 baseline calls): only baseline served (mode off)" in res.output
+    assert "version 2 (canary" in res.output and "version 3 (canary" in res.output
+    assert "Holm-adjusted" in res.output and "note: 22000 calls without a session" in res.output
+    assert T0  # the log's first day is 2025-06-15
+    bad = CliRunner().invoke(outcomes, [*args, "--mde", "latency_ms"])
+    assert bad.exit_code == 2 and "is not METRIC=VALUE" in bad.output
+    bad = CliRunner().invoke(outcomes, [*args, "--mde", "latency_ms=-1"])
+    assert bad.exit_code == 2 and "positive" in bad.output
+
+
+def test_a_waiting_controller_prints_its_forecast(log_dir, tmp_path):
+    with FakeAdmin(share=5.0) as admin:
+        empty_log(log_dir)
+        run_once(admin, log_dir, tmp_path)
+        canary_traffic(log_dir, n_base=950, n_cand=50)
+        res = run_once(admin, log_dir, tmp_path)
+    assert res.exit_code == 0 and res.output.startswith("wait"), res.output
+    assert "\n  forecast: " in res.output
+    last = read_decisions(log_dir, "chat")[-1]
+    assert set(last["forecast"]) >= {"expected_calls", "expected_seconds", "likely", "guardrails"}
+    assert last["unit"] == "user"

@@ -1,0 +1,556 @@
+"""Canary controller benchmark: false rollbacks, power and time to a decision, by simulation.
+
+Each scenario simulates ``--runs`` canaries of one route with the default `CanaryPolicy`:
+2,000 served calls per hourly check, split by the current ramp share, baseline rates
+thumbs-down 5 %, errors 1 %, regenerations 3 %. Every check goes through the controller's
+real code: the per-period, per-unit sums a log query would return are built from the
+simulated calls, `evals.strata.stratified_difference` turns them into evidence (on NumPy
+arrays, one element per canary), and `evals.decision.decide` decides for each canary.
+
+Scenarios (truth: the candidate's thumbs-down rate is equal, worse or better):
+
+* ``independent``: every call independent, constant rates;
+* ``daily_cycle``: thumbs-down 3-7 % over each day, in both arms;
+* ``trend``: thumbs-down rising 4 -> 8 % over the first 48 h, in both arms;
+* ``sticky_moderate`` / ``sticky_heavy``: sticky users (the split is by user) with
+  lognormal (sigma 1) / Pareto (alpha 1.1) call volumes and their own rates (gamma
+  multipliers with shape 2 / 0.5);
+* ``worse`` / ``better``: the candidate's thumbs-down rate is 2.5 points higher / lower.
+
+``rollback_rate``/``advance_rate``: share of runs rolled back / promoted to primary within
+the horizon; ``median_checks``: checks to the first decision (the first advance or a
+rollback); ``median_calls`` the calls (both arms) until then, next to
+``fixed_horizon_calls``, the calls a one-shot z-test at the same alpha with 80 % power needs
+at the first step's share (one-sided ``alpha / 3`` to detect the worse candidate, the
+binding guardrail's non-inferiority test otherwise; per call, so without any clustering).
+
+    python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evals.decision import CanaryPolicy, Observation, decide
+from evals.outcomes import METRICS, srm_check
+from evals.strata import Cell, Cross, Evidence, stratified_difference
+
+TRAFFIC = 2000
+BASE = {"error_rate": 0.01, "thumbs_down_rate": 0.05, "regeneration_rate": 0.03}
+METRIC_NAMES = tuple(BASE)
+HORIZON = 24 * 14
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    truth: str
+    delta: float = 0.0
+    """Candidate minus baseline thumbs-down rate."""
+    cycle: float = 0.0
+    """Amplitude of a daily cycle of the thumbs-down rate."""
+    trend: tuple[float, float] | None = None
+    """Thumbs-down rate from -> to over the first 48 h."""
+    users: int = 0
+    """Sticky users (0: independent calls)."""
+    volume: str = "lognormal"
+    volume_param: float = 1.0
+    heterogeneity: float = 2.0
+    """Shape of each user's gamma rate multiplier (smaller: more different users)."""
+
+    def thumbs_down(self, hour: float) -> float:
+        if self.trend is not None:
+            lo, hi = self.trend
+            return lo + (hi - lo) * min(hour, 48.0) / 48.0
+        return BASE["thumbs_down_rate"] + self.cycle * math.sin(2 * math.pi * hour / 24.0)
+
+    def rates(self, hour: float) -> dict[str, tuple[float, float]]:
+        """Per metric: (baseline, candidate) rate at ``hour``."""
+        td = self.thumbs_down(hour)
+        return {
+            "error_rate": (BASE["error_rate"],) * 2,
+            "thumbs_down_rate": (td, td + self.delta),
+            "regeneration_rate": (BASE["regeneration_rate"],) * 2,
+        }
+
+
+SCENARIOS = [
+    Scenario("independent", "equal"),
+    Scenario("daily_cycle", "equal", cycle=0.02),
+    Scenario("trend", "equal", trend=(0.04, 0.08)),
+    Scenario("sticky_moderate", "equal", users=5000, volume="lognormal", volume_param=1.0, heterogeneity=2.0),
+    Scenario("sticky_heavy", "equal", users=5000, volume="pareto", volume_param=1.2, heterogeneity=1.0),
+    Scenario("worse", "worse", delta=0.025),
+    Scenario("better", "better", delta=-0.025),
+]
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    runs: int
+    outcome: np.ndarray  # 0 wait, 1 rollback, 2 primary
+    first_check: np.ndarray
+    first_calls: np.ndarray
+    rollback_share: np.ndarray
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Canaries:
+    """``runs`` canaries advancing in lockstep, one hourly check at a time.
+
+    Per-run arrays hold only the canaries still running (they are compacted as runs end);
+    ``self.ids`` maps a row to its run.
+    """
+
+    def __init__(self, scenario: Scenario, policy: CanaryPolicy, runs: int, rng: np.random.Generator) -> None:
+        self.s, self.policy, self.runs, self.rng = scenario, policy, runs, rng
+        self.shares = [x for x in policy.steps if x < 100]
+        self.k = len(self.shares)
+        self.outcome = np.zeros(runs, dtype=int)
+        self.first_check = np.full(runs, HORIZON)
+        self.first_calls = np.full(runs, float(HORIZON * TRAFFIC))
+        self.rollback_share = np.full(runs, np.nan)
+        self.ids = np.arange(runs)
+        self.step = np.zeros(runs, dtype=int)
+        self.step_checks = np.zeros(runs, dtype=int)
+        self.step_calls = np.zeros((runs, 2), dtype=np.int64)
+        self.step_units = np.zeros((runs, 2), dtype=np.int64)
+        self.calls = np.zeros(runs)
+        self.n = np.zeros((runs, self.k, 2))  # independent calls: calls per step and arm
+        self.ev = {m: np.zeros((runs, self.k, 2)) for m in METRIC_NAMES}  # and events
+        if scenario.users:
+            self._init_users()
+        self.screened = 0
+
+    def _rows(self) -> list[str]:
+        names = ["ids", "step", "step_checks", "step_calls", "step_units", "calls", "n"]
+        if self.s.users:
+            names += ["lam", "cur_n", "cur_seen"]
+        return names
+
+    def _compact(self, keep: np.ndarray) -> None:
+        for name in self._rows():
+            setattr(self, name, getattr(self, name)[keep])
+        tables = ("ev", "mult", "cur_y", "moments", "z_past", "class_sums")
+        for d in tables if self.s.users else ("ev",):
+            table = getattr(self, d)
+            for m in list(table):
+                table[m] = table[m][keep]
+
+    # -- sticky users ---------------------------------------------------------------------
+    def _init_users(self) -> None:
+        s, rng, u, r, k = self.s, self.rng, self.s.users, self.runs, self.k
+        if s.volume == "pareto":
+            vol = rng.pareto(s.volume_param, size=(r, u)) + 1.0
+        else:
+            vol = rng.lognormal(0.0, s.volume_param, size=(r, u))
+        self.lam = TRAFFIC * vol / vol.sum(axis=1, keepdims=True)
+        self.mult = {
+            m: np.minimum(rng.gamma(s.heterogeneity, 1 / s.heterogeneity, size=(r, u)), 0.5 / BASE[m])
+            for m in METRIC_NAMES
+        }
+        # users are exchangeable, so user i's bucket is i / u: at share x the candidate arm is i < x% of u
+        self.cut = [round(x / 100 * u) for x in self.shares]
+        self.bounds = [0, *self.cut, u]  # user class c: in the candidate arm from step c on
+        self.cur_y = {m: np.zeros((r, u)) for m in METRIC_NAMES}  # the current step's per-user sums
+        self.cur_n = np.zeros((r, u))
+        self.cur_seen = np.zeros((r, u), dtype=bool)
+        # per user class, the frozen moments sum_u z z^T of the finished steps, z = (Y_0.., N_0..),
+        # and the frozen per-class sums of Y, N and units seen
+        self.moments = {m: np.zeros((r, k + 1, 2 * k, 2 * k)) for m in METRIC_NAMES}
+        self.z_past = {m: np.zeros((r, u, 2 * k)) for m in METRIC_NAMES}
+        self.class_sums = {m: np.zeros((r, 3, k + 1, k)) for m in METRIC_NAMES}  # units, y, n
+
+    def _sticky_hour(self, hour: float) -> None:
+        rng, u = self.rng, self.s.users
+        icalls = rng.poisson(self.lam)
+        calls = icalls.astype(float)
+        cand = np.arange(u)[None, :] < np.array(self.cut)[self.step][:, None]
+        hit = np.nonzero(icalls)
+        hit_cand = cand[hit]
+        for m, (pb, pc) in self.s.rates(hour).items():
+            p = np.minimum(np.where(hit_cand, pc, pb) * self.mult[m][hit], 1.0)
+            self.cur_y[m][hit] += rng.binomial(icalls[hit], p)
+        self.cur_n += calls
+        self.cur_seen |= calls > 0
+        n_c = (calls * cand).sum(axis=1)
+        self.step_calls[:, 1] += n_c.astype(np.int64)
+        self.step_calls[:, 0] += (calls.sum(axis=1) - n_c).astype(np.int64)
+        uc = (self.cur_seen & cand).sum(axis=1)
+        self.step_units[:, 1] = uc
+        self.step_units[:, 0] = self.cur_seen.sum(axis=1) - uc
+        self.calls += calls.sum(axis=1)
+
+    def _freeze(self, rows: np.ndarray) -> None:
+        """Rows that advance: their current step's sums become a finished step, and its moments frozen."""
+        k = self.k
+        for r in rows:
+            s = self.step[r]
+            for m in METRIC_NAMES:
+                z = self.z_past[m][r]
+                z[:, s] = self.cur_y[m][r]
+                z[:, k + s] = self.cur_n[r]
+                for c in range(k + 1):
+                    lo, hi = self.bounds[c], self.bounds[c + 1]
+                    zc = z[lo:hi]
+                    self.moments[m][r, c] = zc.T @ zc
+                    self.class_sums[m][r, 0, c, s] = self.cur_seen[r, lo:hi].sum()
+                    self.class_sums[m][r, 1, c, s] = self.cur_y[m][r, lo:hi].sum()
+                    self.class_sums[m][r, 2, c, s] = self.cur_n[r, lo:hi].sum()
+                self.cur_y[m][r] = 0
+            self.cur_n[r] = 0
+            self.cur_seen[r] = False
+
+    def _effective_units(self) -> np.ndarray:
+        """Per run, the smaller arm's effective units (`Cell.effective_units` summed over compared steps)."""
+        k, t1 = self.k, self.k
+        m0 = METRIC_NAMES[0]
+        rows = np.arange(len(self.ids))
+        n = self.class_sums[m0][:, 2].copy()  # (r, classes, steps)
+        nn = np.stack([self.moments[m0][:, c, t1 + np.arange(k), t1 + np.arange(k)] for c in range(k + 1)], 1)
+        for c in range(k + 1):
+            lo, hi = self.bounds[c], self.bounds[c + 1]
+            n[rows, c, self.step] += self.cur_n[:, lo:hi].sum(axis=1)
+            nn[rows, c, self.step] = (self.cur_n[:, lo:hi] ** 2).sum(axis=1)
+        eff = np.zeros((len(rows), 2))
+        for st in range(k):
+            cells = []
+            for cand in (False, True):
+                cls = [c for c in range(k + 1) if (c <= st) == cand]
+                cells.append((n[:, cls, st].sum(axis=1), nn[:, cls, st].sum(axis=1)))
+            both = (cells[0][0] > 0) & (cells[1][0] > 0)
+            for a, (nx, nnx) in enumerate(cells):
+                eff[:, a] += np.where(both, nx * nx / np.where(nnx > 0, nnx, 1.0), 0.0)
+        out: np.ndarray = eff.min(axis=1)
+        return out
+
+    def _sticky_evidence(self, sub: np.ndarray) -> dict[str, Evidence]:
+        """Cells and cross sums per metric, as the log query returns them, for the rows ``sub``."""
+        k, t1 = self.k, self.k
+        rows = np.arange(len(sub))
+        every = len(sub) == len(self.ids)  # no copies when every row is asked for
+
+        def pick(a: np.ndarray) -> np.ndarray:
+            return a if every else a[sub]
+
+        step = pick(self.step)
+        cur_n, cur_seen = pick(self.cur_n), pick(self.cur_seen)
+        out = {}
+        for m in METRIC_NAMES:
+            # moments: frozen ones plus those involving the current step (rows and columns s, k + s)
+            z_past = pick(self.z_past[m])  # (r, u, 2k)
+            cur = np.stack([pick(self.cur_y[m]), cur_n], axis=2)  # (r, u, 2)
+            frozen = pick(self.moments[m])
+            mom = []
+            for c in range(k + 1):
+                lo, hi = self.bounds[c], self.bounds[c + 1]
+                cp = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), z_past[:, lo:hi])  # (r, 2, 2k)
+                cc = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), cur[:, lo:hi])  # (r, 2, 2)
+                mm = frozen[:, c].copy()
+                for i, col in enumerate((step, k + step)):
+                    mm[rows, col, :] = cp[:, i, :]
+                    mm[rows, :, col] = cp[:, i, :]
+                for i, ci in enumerate((step, k + step)):
+                    for j, cj in enumerate((step, k + step)):
+                        mm[rows, ci, cj] = cc[:, i, j]
+                mom.append(mm)
+            units: list[np.ndarray] = []
+            ysum: list[np.ndarray] = []
+            nsum: list[np.ndarray] = []
+            sums = pick(self.class_sums[m])
+            for c in range(k + 1):
+                lo, hi = self.bounds[c], self.bounds[c + 1]
+                for i, (acc, now) in enumerate(((units, cur_seen), (ysum, cur[:, :, 0]), (nsum, cur_n))):
+                    total = sums[:, i, c, :].copy()  # (r, k)
+                    total[rows, step] += now[:, lo:hi].sum(axis=1)
+                    acc.append(total)
+
+            def arm(c: int, s: int) -> str:
+                return "candidate" if c <= s else "baseline"
+
+            cells, cross = [], {}
+            for s in range(k):
+                for a in ("baseline", "candidate"):
+                    cls = [c for c in range(k + 1) if arm(c, s) == a]
+                    mm = sum((mom[c] for c in cls), np.zeros_like(mom[0]))
+                    cells.append(
+                        Cell(
+                            str(s),
+                            a,
+                            sum(units[c][:, s] for c in cls),
+                            sum(ysum[c][:, s] for c in cls),
+                            sum(nsum[c][:, s] for c in cls),
+                            mm[:, s, s],
+                            mm[:, t1 + s, t1 + s],
+                            mm[:, s, t1 + s],
+                        )
+                    )
+            for s in range(k):
+                for t in range(s + 1, k):
+                    for a in ("baseline", "candidate"):
+                        for b in ("baseline", "candidate"):
+                            cls = [c for c in range(k + 1) if arm(c, s) == a and arm(c, t) == b]
+                            if cls:
+                                mm = sum((mom[c] for c in cls), np.zeros_like(mom[0]))
+                                cross[((str(s), a), (str(t), b))] = Cross(
+                                    mm[:, s, t], mm[:, s, t1 + t], mm[:, t1 + s, t], mm[:, t1 + s, t1 + t]
+                                )
+            out[m] = stratified_difference(cells, cross, rate=True)
+        return out
+
+    # -- independent calls ----------------------------------------------------------------
+    def _independent_hour(self, hour: float) -> None:
+        rng = self.rng
+        rows = np.arange(len(self.ids))
+        n_c = rng.binomial(TRAFFIC, np.array(self.shares)[self.step] / 100)
+        n_b = TRAFFIC - n_c
+        self.n[rows, self.step, 0] += n_b
+        self.n[rows, self.step, 1] += n_c
+        for m, (pb, pc) in self.s.rates(hour).items():
+            self.ev[m][rows, self.step, 0] += rng.binomial(n_b, pb)
+            self.ev[m][rows, self.step, 1] += rng.binomial(n_c, pc)
+        self.step_calls[:, 0] += n_b
+        self.step_calls[:, 1] += n_c
+        self.step_units[:] = self.step_calls
+        self.calls += TRAFFIC
+
+    def _independent_evidence(self) -> dict[str, Evidence]:
+        out = {}
+        for m in METRIC_NAMES:
+            cells = []
+            for s in range(self.k):
+                for a, arm in enumerate(("baseline", "candidate")):
+                    cells.append(Cell.per_call(str(s), arm, self.ev[m][:, s, a], self.n[:, s, a]))
+            out[m] = stratified_difference(cells, rate=True)
+        return out
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        for check in range(1, HORIZON + 1):
+            if not len(self.ids):
+                return
+            if self.s.users:
+                self._sticky_hour(float(check))
+                # an arm worth fewer than min_units effective units decides nothing (every
+                # guardrail is "insufficient"), so only the others need the full evidence
+                sub = np.flatnonzero(self._effective_units() >= self.policy.min_units)
+                evidence = _spread(self._sticky_evidence(sub), sub, len(self.ids)) if len(sub) else {}
+            else:
+                self._independent_hour(float(check))
+                evidence = self._independent_evidence()
+            self.step_checks += 1
+            possible = np.flatnonzero(self._may_decide(evidence)) if evidence else np.zeros(0, dtype=int)
+            self.screened += len(self.ids) - len(possible)
+            cols = {
+                m: {f: np.asarray(getattr(ev, f)).tolist() for f in _FIELDS} for m, ev in evidence.items()
+            }
+            done, advanced = [], []
+            for j in possible:
+                ev = {m: Evidence(**{f: c[f][j] for f in _FIELDS}) for m, c in cols.items()}
+                action = self._decide(check, int(j), ev)
+                if action == "end":
+                    done.append(j)
+                elif action == "advance":
+                    advanced.append(j)
+            if advanced and self.s.users:
+                self._freeze(np.array(advanced))
+            for j in advanced:
+                self.step[j] += 1
+                self.step_checks[j] = 0
+                self.step_calls[j] = 0
+                self.step_units[j] = 0
+            if done:
+                keep = np.ones(len(self.ids), dtype=bool)
+                keep[done] = False
+                self._compact(keep)
+
+    def _may_decide(self, evidence: dict[str, Evidence]) -> np.ndarray:
+        """A necessary condition for a decision, so `decide` runs only where one is possible.
+
+        The mixture likelihood ratio is at most the likelihood ratio at the best effect,
+        ``exp(z+^2 / 2)`` (``z+`` the one-sided z statistic), so where that stays under
+        ``1 / level`` no mSPRT can reject. A rigorous screen: it changes no decision.
+        """
+        pol = self.policy
+        rollback = np.zeros(len(self.ids), dtype=bool)
+        advance = np.ones(len(self.ids), dtype=bool)
+        for g in pol.guardrails:
+            ev = evidence[g.metric]
+            good = -np.asarray(ev.estimate, dtype=float)  # every guardrail here is lower-is-better
+            sd = np.sqrt(np.asarray(ev.variance, dtype=float))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z_worse = np.where(sd > 0, -good / sd, np.where(good < 0, np.inf, 0.0))
+                z_ni = np.where(sd > 0, (good + g.margin) / sd, np.where(good + g.margin > 0, np.inf, 0.0))
+            zw = np.maximum(z_worse, 0.0)
+            zn = np.maximum(z_ni, 0.0)
+            seen = (np.asarray(ev.n_baseline) > 0) & (np.asarray(ev.n_candidate) > 0)
+            rollback |= seen & (zw * zw / 2 > math.log(len(pol.guardrails) / pol.alpha))
+            advance &= seen & (zn * zn / 2 > math.log(1 / pol.alpha))
+        return rollback | advance
+
+    def _decide(self, check: int, j: int, evidence: dict[str, Evidence]) -> str:
+        share = self.shares[self.step[j]]
+        sb, sc = (int(x) for x in self.step_calls[j])
+        ub, uc = (int(x) for x in self.step_units[j])
+        srm_p = srm_check(ub, uc, share / 100)[1] if ub + uc >= 100 else None
+        obs = Observation(
+            "canary",
+            share,
+            step_calls=(sb, sc),
+            srm_p=srm_p,
+            specs=METRICS,
+            evidence=evidence,
+            step_age_s=float(self.step_checks[j]) * self.policy.check_interval_s,
+        )
+        d = decide(self.policy, obs)
+        if d.action == "wait":
+            return "wait"
+        r = self.ids[j]
+        if self.first_check[r] == HORIZON:
+            self.first_check[r] = check
+            self.first_calls[r] = self.calls[j]
+        if d.action == "rollback":
+            self.outcome[r], self.rollback_share[r] = 1, share
+            return "end"
+        if d.mode_to == "primary":
+            self.outcome[r] = 2
+            return "end"
+        return "advance"
+
+
+_FIELDS = tuple(f for f in Evidence.__dataclass_fields__ if f != "period_weights")
+
+
+def _spread(evidence: dict[str, Evidence], sub: np.ndarray, size: int) -> dict[str, Evidence]:
+    """Evidence for the rows ``sub`` as full-size arrays; other rows have no observations (no decision)."""
+    out = {}
+    for m, ev in evidence.items():
+        vals: dict[str, Any] = {}
+        for f in _FIELDS:
+            full = np.zeros(size)
+            full[sub] = np.asarray(getattr(ev, f), dtype=float)
+            vals[f] = full
+        out[m] = Evidence(**vals)
+    return out
+
+
+def fixed_horizon_calls(s: Scenario, policy: CanaryPolicy, power: float = 0.8) -> float:
+    """Calls at the first step's share that the same decision by one-shot z-tests needs (80 % power).
+
+    Worse: the one-sided test at ``alpha / len(guardrails)`` on thumbs-down. Otherwise the
+    advance: every guardrail's non-inferiority test at ``alpha`` must reject, so the power is
+    the product of the guardrails' powers (independent metrics); solved for the calls.
+    """
+    pi = policy.steps[0] / 100
+    nd = NormalDist()
+    tests = []
+    for g in policy.guardrails:
+        pb = BASE[g.metric]
+        pc = pb + (s.delta if g.metric == "thumbs_down_rate" else 0.0)
+        var_per_call = pc * (1 - pc) / pi + pb * (1 - pb) / (1 - pi)
+        if s.truth == "worse":
+            if g.metric == "thumbs_down_rate":
+                tests.append((var_per_call, s.delta, policy.alpha / len(policy.guardrails)))
+        else:
+            tests.append((var_per_call, g.margin + (pb - pc), policy.alpha))
+
+    def joint_power(calls: float) -> float:
+        out = 1.0
+        for var, effect, alpha in tests:
+            out *= nd.cdf(effect / math.sqrt(var / calls) - nd.inv_cdf(1 - alpha))
+        return out
+
+    lo, hi = 1.0, 1e9
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if joint_power(mid) < power else (lo, mid)
+    return hi
+
+
+def run_scenario(s: Scenario, policy: CanaryPolicy, runs: int, seed: int) -> Result:
+    t0 = time.perf_counter()
+    sim = Canaries(s, policy, runs, np.random.default_rng(seed))
+    sim.run()
+    return Result(
+        s, runs, sim.outcome, sim.first_check, sim.first_calls, sim.rollback_share, time.perf_counter() - t0
+    )
+
+
+def summary(res: Result, policy: CanaryPolicy) -> dict[str, Any]:
+    fh = fixed_horizon_calls(res.scenario, policy)
+    med_calls = float(np.median(res.first_calls))
+    rolled = res.outcome == 1
+    return {
+        "scenario": res.scenario.name,
+        "truth": res.scenario.truth,
+        "runs": res.runs,
+        "rollback_rate": float(rolled.mean()),
+        "advance_rate": float((res.outcome == 2).mean()),
+        "median_checks": float(np.median(res.first_check)),
+        "median_calls": med_calls,
+        "fixed_horizon_calls": fh,
+        "calls_ratio": med_calls / fh,
+        "rollback_before_50": float((rolled & (res.rollback_share < 50)).mean()),
+        "undecided_at_horizon": float((res.outcome == 0).mean()),
+        "seconds": res.seconds,
+    }
+
+
+def _one(job: tuple[int, int, int]) -> dict[str, Any]:
+    i, runs, seed = job
+    policy = CanaryPolicy()
+    return summary(run_scenario(SCENARIOS[i], policy, runs, seed + i), policy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", action="append", help="Run only this scenario (repeatable).")
+    ap.add_argument("--jobs", type=int, default=2, help="Scenarios run in parallel processes (default 2).")
+    ap.add_argument("--json", action="store_true", help="Print the results as a JSON list.")
+    args = ap.parse_args(argv)
+    picked = [i for i, s in enumerate(SCENARIOS) if not args.only or s.name in args.only]
+    # the slow (sticky) scenarios first, so two workers finish together
+    jobs = sorted(((i, args.runs, args.seed) for i in picked), key=lambda j: -SCENARIOS[j[0]].users)
+    t0 = time.perf_counter()
+    if args.jobs > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+            rows = pool.map(_one, jobs, chunksize=1)
+    else:
+        rows = [_one(j) for j in jobs]
+    order = {s.name: i for i, s in enumerate(SCENARIOS)}
+    rows.sort(key=lambda r: order[r["scenario"]])
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(
+            f"{r['scenario']:16} {r['truth']:6} runs {r['runs']}  rollback {r['rollback_rate']:.3f}  "
+            f"advance {r['advance_rate']:.3f}  median checks {r['median_checks']:.0f}  calls "
+            f"{r['median_calls']:.0f} vs fixed-horizon {r['fixed_horizon_calls']:.0f} "
+            f"({r['calls_ratio']:.2f}x)  rollback<50% {r['rollback_before_50']:.3f}  "
+            f"undecided {r['undecided_at_horizon']:.3f}  [{r['seconds']:.0f}s]"
+        )
+    print(f"total {time.perf_counter() - t0:.0f}s with {args.jobs} job(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,363 @@
+"""Unit-level, ramp-aware comparison of two arms: the statistics behind the report and the controller.
+
+Two facts of a canary break the textbook two-sample test, and this module answers both:
+
+* **The split is per unit, not per call.** A user (or session, or client key: the route's
+  sticky key) stays in one arm, so their calls are not independent: a few heavy users with
+  their own habits dominate an arm. Each arm's rate is a ratio ``R = sum(Y) / sum(N)`` of
+  per-unit totals (``Y``: events, or the sum of a value; ``N``: calls, or observations), and
+  its variance comes from the delta method over units::
+
+      Var(R) = sum_i (Y_i - R N_i)^2 / (sum_i N_i)^2 * G / (G - 1)
+
+  which is the cluster-robust variance of a mean with the unit as the cluster (what
+  experimentation platforms use for ratio metrics). ``G = (sum N)^2 / sum N^2`` is Kish's
+  effective number of units (``U`` when every unit has the same volume): with a few heavy
+  units the residuals of the heaviest are small by construction, and ``G / (G - 1)``
+  corrects that bias to first order. The controller also refuses to decide on an arm
+  worth fewer than ``min_units`` effective units, where no variance estimate is reliable.
+  A call without a sticky key was placed at random, so it is its own unit.
+
+* **The share moves.** The ramp goes 1 % -> 5 % -> 25 % -> 50 %, so the candidate's calls
+  sit in later hours than the baseline's; any shared change over time (a daily cycle, a
+  trend) looks like a difference when the arms are pooled. Arms are therefore compared only
+  within a *period* of constant share (a route-state version, a ramp step), and the
+  periods' differences are combined with inverse-variance weights ``w_s = 1 / V_s``::
+
+      d = sum_s w_s (R_cs - R_bs) / sum_s w_s
+
+  (the fixed-effect meta-analysis of the periods; Mantel-Haenszel weights
+  ``n_b n_c / (n_b + n_c)`` where a period has no variance at all). Inverse-variance weights
+  keep the combined evidence a sum of independent increments even when the rate, and so the
+  variance, differs between periods (a trend, a daily cycle), which the mSPRT's guarantee
+  needs. Periods are never pooled. A unit seen in several periods (a sticky user across ramp
+  steps, possibly in both arms) makes the periods' differences correlated, so the variance
+  of ``d`` is the delta method over units of the whole combination: with cells ``k``
+  (a period x an arm), coefficients ``a_k = +-w_s / (W n_k)`` and each unit's influence
+  ``psi_i = sum_k a_k (Y_ik - R_k N_ik)``, ``Var(d) = sum_i psi_i^2``. Expanded, it needs per
+  cell ``sum Y, N, Y^2, N^2, YN`` and, per pair of cells, the cross sums
+  ``sum_i Y_ij Y_ik, Y_ij N_ik, N_ij Y_ik, N_ij N_ik`` over the units in both (`Cell`,
+  `Cross`): additive sufficient statistics a SQL ``GROUP BY`` computes.
+
+For rates the unit-level variance is rescaled (its design effect kept) to a binomial
+variance per arm: the larger of the one at the arm's own smoothed rate ``(k + 1) / (n + 2)``
+and the one at the period's pooled rate ``(k_b + k_c + 1) / (n_b + n_c + 2)``. An arm with no
+events still has a variance, and neither tail of a small arm's skewed count can shrink its
+own variance: with the own rate alone (Wald) a 1 % share raises false "better" alarms,
+with the pooled rate alone (score) false "worse" ones.
+
+The arithmetic uses only ``+ - * /`` and comparisons, so every function here also runs,
+unchanged, on NumPy arrays (one element per simulated canary): `bench/controller_bench.py`
+runs the controller's real statistics that way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+_STD_NORMAL = NormalDist()
+
+Num = Any
+"""A float, or a NumPy array of floats (the same formula, element by element)."""
+
+
+def _div(a: Num, b: Num) -> Num:
+    """``a / b``, and 0 where ``b == 0``."""
+    zero = b == 0
+    return a / (b + zero) * (1 - zero)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Per-unit sums of one metric in one arm of one period."""
+
+    period: str
+    arm: str
+    """``baseline`` or ``candidate``."""
+    units: Num
+    """Units with at least one observation."""
+    y: Num
+    n: Num
+    yy: Num
+    nn: Num
+    yn: Num
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.period, self.arm)
+
+    @property
+    def mean(self) -> Num:
+        return _div(self.y, self.n)
+
+    @property
+    def effective_units(self) -> Num:
+        """Kish's effective number of units, ``(sum N)^2 / sum N^2`` (``n`` for independent calls)."""
+        return _div(self.n * self.n, self.nn)
+
+    @property
+    def ss(self) -> Num:
+        """``sum_i (Y_i - R N_i)^2``."""
+        r = self.mean
+        return self.yy - 2 * r * self.yn + r * r * self.nn
+
+    @classmethod
+    def per_call(cls, period: str, arm: str, k: Num, n: Num) -> Cell:
+        """``k`` events in ``n`` independent calls (each call its own unit)."""
+        return cls(period, arm, n, k, n, k, n, k)
+
+    @classmethod
+    def from_values(cls, period: str, arm: str, values: Iterable[tuple[float, float]]) -> Cell:
+        """From ``(Y_i, N_i)`` per unit."""
+        rows = [(float(y), float(n)) for y, n in values if n]
+        return cls(
+            period,
+            arm,
+            len(rows),
+            sum(y for y, _ in rows),
+            sum(n for _, n in rows),
+            sum(y * y for y, _ in rows),
+            sum(n * n for _, n in rows),
+            sum(y * n for y, n in rows),
+        )
+
+
+@dataclass(frozen=True)
+class Cross:
+    """Cross sums between two cells over the units in both: ``sum Y_j Y_k, Y_j N_k, N_j Y_k, N_j N_k``."""
+
+    yy: Num
+    yn: Num
+    ny: Num
+    nn: Num
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Candidate minus baseline for one metric, combined over periods, with its variance."""
+
+    estimate: Num
+    variance: Num
+    weight: Num
+    """The information ``1 / variance``; the forecast extrapolates it."""
+    n_baseline: Num
+    n_candidate: Num
+    """Observations (calls, for rates) in the compared periods."""
+    units_baseline: Num
+    units_candidate: Num
+    periods: Num
+    """Periods that had both arms."""
+    baseline_mean: Num = 0.0
+    candidate_mean: Num = 0.0
+    """Each arm's mean with the same period weights (so their difference is ``estimate``)."""
+    effective_units_baseline: Num = 0.0
+    effective_units_candidate: Num = 0.0
+    """Kish's ``(sum N)^2 / sum N^2`` over the arm's units (per period, summed): how many
+    independent units the arm is worth. A few heavy users make it small."""
+    period_weights: Mapping[str, Num] | None = None
+    """Each compared period's weight (unnormalised)."""
+    balance: Num = 0.0
+    """``sum_s n_bs n_cs / (n_bs + n_cs)``: the information per unit of per-observation variance
+    (so ``weight / balance`` is the information one balanced observation adds)."""
+
+
+def stratified_difference(
+    cells: Sequence[Cell],
+    cross: Mapping[tuple[tuple[str, str], tuple[str, str]], Cross] | None = None,
+    *,
+    rate: bool = False,
+) -> Evidence:
+    """Combine per-period candidate-minus-baseline differences (see the module docstring)."""
+    by_key = {c.key: c for c in cells}
+    periods = sorted({c.period for c in cells})
+    mh: dict[str, Num] = {}
+    inverse: dict[str, Num] = {}
+    degenerate: Num = 0
+    for p in periods:
+        b, c = by_key.get((p, "baseline")), by_key.get((p, "candidate"))
+        if b is None or c is None:
+            continue
+        mh[p] = _div(b.n * c.n, b.n + c.n)
+        v = period_variance(b, c, rate=rate)
+        inverse[p] = _div(1.0, v)
+        degenerate = degenerate + (v <= 0) * (mh[p] > 0)
+    # inverse-variance weights keep the combined evidence a sum of independent increments (what
+    # the mSPRT needs when the rate, hence the variance, differs between periods); Mantel-Haenszel
+    # weights where some period has no variance at all (constant values)
+    use_mh = degenerate > 0
+    weights = {p: use_mh * mh[p] + (1 - use_mh) * inverse[p] for p in mh}
+    total: Num = 0.0
+    for w in weights.values():
+        total = total + w
+    coef: dict[tuple[str, str], Num] = {}
+    for p, w in weights.items():
+        coef[(p, "candidate")] = _div(w, total)
+        coef[(p, "baseline")] = -_div(w, total)
+    est: Num = 0.0
+    mean_b: Num = 0.0
+    mean_c: Num = 0.0
+    ss: Num = 0.0
+    raw: Num = 0.0
+    smooth: Num = 0.0
+    nb: Num = 0.0
+    nc: Num = 0.0
+    ub: Num = 0.0
+    uc: Num = 0.0
+    n_periods: Num = 0
+    gb: Num = 0.0
+    gc: Num = 0.0
+    factor: dict[tuple[str, str], Num] = {}
+    for key, ck in coef.items():
+        cell = by_key[key]
+        r = cell.mean
+        est = est + ck * r
+        a = _div(ck, cell.n)
+        g = cell.effective_units
+        f = _div(g, g - 1) + (g <= 1)
+        factor[key] = f
+        ss = ss + a * a * cell.ss * f
+        if rate:
+            raw = raw + _div(ck * ck * r * (1 - r), cell.n)
+            pb, pc = by_key[(key[0], "baseline")], by_key[(key[0], "candidate")]
+            smooth = smooth + ck * ck * _binomial_variance(cell, pb, pc)
+        if key[1] == "baseline":
+            mean_b = mean_b - ck * r
+            nb, ub, gb = nb + cell.n, ub + cell.units, gb + g
+        else:
+            mean_c = mean_c + ck * r
+            nc, uc, gc = nc + cell.n, uc + cell.units, gc + g
+            n_periods = n_periods + (cell.n > 0) * (by_key[(key[0], "baseline")].n > 0)
+    for (j, k), x in (cross or {}).items():
+        if j not in coef or k not in coef or j == k:
+            continue
+        cj, ck_ = by_key[j], by_key[k]
+        rj, rk = cj.mean, ck_.mean
+        aj, ak = _div(coef[j], cj.n), _div(coef[k], ck_.n)
+        f = (factor[j] * factor[k]) ** 0.5
+        ss = ss + 2 * aj * ak * f * (x.yy - rk * x.yn - rj * x.ny + rj * rk * x.nn)
+    variance = ss
+    if rate:
+        variance = _div(ss * smooth, raw) + (raw == 0) * smooth
+    variance = (variance + abs(variance)) / 2  # rounding can leave -1e-20 where the truth is 0
+    info = _div(1.0, variance)
+    balance: Num = 0.0
+    for w in mh.values():
+        balance = balance + w
+    return Evidence(est, variance, info, nb, nc, ub, uc, n_periods, mean_b, mean_c, gb, gc, weights, balance)
+
+
+def period_variance(baseline: Cell, candidate: Cell, *, rate: bool = False) -> Num:
+    """Variance of one period's difference: the delta method over units (module docstring).
+
+    For rates its design effect is applied to the binomial variance at the period's pooled,
+    smoothed rate (the null's), so an arm's own few events do not shrink its own variance.
+    """
+    v: Num = 0.0
+    raw: Num = 0.0
+    for cell in (baseline, candidate):
+        g = cell.effective_units
+        f = _div(g, g - 1) + (g <= 1)
+        v = v + _div(cell.ss * f, cell.n * cell.n)
+        r = cell.mean
+        raw = raw + _div(r * (1 - r), cell.n)
+    if not rate:
+        return v
+    smooth = _binomial_variance(baseline, baseline, candidate) + _binomial_variance(
+        candidate, baseline, candidate
+    )
+    return _div(v * smooth, raw) + (raw == 0) * smooth
+
+
+def _binomial_variance(cell: Cell, baseline: Cell, candidate: Cell) -> Num:
+    """The larger of the binomial variances of ``cell``'s mean at its own and at the period's pooled rate."""
+    own = (cell.y + 1) / (cell.n + 2)
+    pooled = (baseline.y + candidate.y + 1) / (baseline.n + candidate.n + 2)
+    a, b = own * (1 - own), pooled * (1 - pooled)
+    return _div((a + b + abs(a - b)) / 2, cell.n)
+
+
+def pooled_ratio(
+    cells: Sequence[Cell],
+    cross: Mapping[tuple[tuple[str, str], tuple[str, str]], Cross] | None = None,
+    *,
+    arm: str,
+) -> tuple[Num, Num, Num]:
+    """One arm's ratio pooled over its cells, its unit-level variance and its units (a description only)."""
+    mine = {c.key: c for c in cells if c.arm == arm}
+    y = sum(c.y for c in mine.values())
+    n = sum(c.n for c in mine.values())
+    units = sum(c.units for c in mine.values())
+    r = _div(y, n)
+    ss = sum(c.yy - 2 * r * c.yn + r * r * c.nn for c in mine.values())
+    for (j, k), x in (cross or {}).items():
+        if j in mine and k in mine and j != k:
+            ss = ss + 2 * (x.yy - r * x.yn - r * x.ny + r * r * x.nn)
+    f = _div(units, units - 1) + (units <= 1)
+    ss = (ss + abs(ss)) / 2
+    return r, _div(ss * f, n * n), units
+
+
+# -- tests on evidence -------------------------------------------------------------------
+def normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (family-wise error over the list, any dependence)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def fixed_horizon_information(effect: float, alpha: float, power: float = 0.8) -> float:
+    """``1 / Var`` a one-sided fixed-horizon z-test at ``alpha`` needs to detect ``effect`` with ``power``."""
+    z = _STD_NORMAL.inv_cdf(1 - alpha) + _STD_NORMAL.inv_cdf(power)
+    return (z / abs(effect)) ** 2
+
+
+def information_factor_to_reject(
+    estimate: float,
+    variance: float,
+    tau: float,
+    *,
+    theta0: float,
+    alternative: str,
+    alpha: float,
+    log_lr: Any,
+) -> float | None:
+    """How many times the current information the mSPRT needs to reject, if the estimate holds.
+
+    ``None`` when no amount of data would (the estimate is on the null's side). ``log_lr`` is
+    `evals.outcomes.msprt_log_lr`, passed in to keep this module free of the report's imports.
+    """
+    if variance <= 0:
+        return None
+    y = estimate - theta0
+    if (alternative == "greater" and y <= 0) or (alternative == "less" and y >= 0) or y == 0:
+        return None
+    target = math.log(1 / alpha)
+
+    def reached(f: float) -> bool:
+        value: float = log_lr(estimate, variance / f, tau, theta0=theta0, alternative=alternative)
+        return value >= target
+
+    if reached(1.0):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while not reached(math.exp(hi)):
+        lo, hi = hi, hi * 2
+        if hi > 60:
+            return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if reached(math.exp(mid)) else (mid, hi)
+    return math.exp(hi)
