@@ -20,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+
+if TYPE_CHECKING:
+    from gateway.signals.ownership import FeedbackIndex
 
 from gateway.errors import InvalidRequest, NotFound, RateLimited
 from gateway.signals.feedback import (
@@ -34,7 +37,6 @@ from gateway.signals.feedback import (
     poster_id,
     validate_feedback,
 )
-from gateway.signals.ownership import FeedbackIndex, same_feedback
 
 router = APIRouter()
 
@@ -44,6 +46,9 @@ def _state(request: Request) -> tuple[FeedbackIndex, RateLimiter]:
     if getattr(state, "feedback_index", None) is None:
         ctx = state.ctx
         signals = ctx.settings.signals
+        # the ownership index reads the call log (DuckDB): loaded at the first feedback, not at start
+        from gateway.signals.ownership import FeedbackIndex
+
         state.feedback_index = FeedbackIndex(ctx.settings.store.log_dir, ctx.settings.store.wal_dir)
         state.feedback_limiter = RateLimiter(signals.feedback_rate_per_min, signals.feedback_burst)
     return state.feedback_index, state.feedback_limiter
@@ -112,6 +117,8 @@ async def post_feedback(request: Request) -> Any:
         poster_id(rec),
     )
     out = {"object": "feedback", "call_id": rec["call_id"], "kind": rec["kind"]}
+    from gateway.signals.ownership import same_feedback
+
     if stored is not None and same_feedback(stored, rec):
         return {"id": stored["event_id"], **out, "duplicate": True}
     ctx.writer.append("events", rec)

@@ -44,7 +44,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.store.ids import new_id
-from gateway.store.reader import REVIEWER_SOURCES
+from gateway.store.sources import REVIEWER_SOURCES
 
 __all__ = ["REVIEWER_SOURCES", "CustomMetric", "FeedbackError", "RateLimiter", "validate_feedback"]
 

@@ -61,8 +61,6 @@ LEFT JOIN (SELECT any_value(call_id) AS call_id, response_id FROM calls
   ON e.call_id = m.response_id
 """
 
-REVIEWER_SOURCES = ("reviewer", "review")
-"""``events.source`` of events posted by reviewers (``review`` in logs written before schema 2)."""
 
 _IS_REVIEWER = "coalesce(source, '') IN ('reviewer', 'review')"
 
