@@ -111,20 +111,16 @@ def serve(
         f"(log: {settings.store.log_dir}, workers: {srv.workers})",
         err=True,
     )
+    from gateway.server import uvicorn_options
+
     uvicorn.run(
         "gateway.cli:_app_from_env",
         factory=True,
         host=srv.host,
         port=srv.port,
         workers=srv.workers if srv.workers > 1 else None,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
         log_level=log_level,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),  # httptools with header deadlines and limits (gateway.server)
     )
 
 
@@ -176,13 +172,18 @@ def _log_dir_option(f: Any) -> Any:
 def keys_create(name: str, log_dir: str) -> None:
     """Issue a key named NAME; prints it once."""
     from gateway.auth import KeyFile
+    from gateway.hints import KEYS_CREATED
 
+    keys = KeyFile(log_dir)
+    first = not any(not k.get("revoked") for k in keys.load())
     try:
-        key = KeyFile(log_dir).create(name)
-    except ValueError as exc:
+        key = keys.create(name)
+    except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(key)
     click.echo(f"key {name!r} created; it is shown only once", err=True)
+    if first:  # the gateway (auth: auto) leaves open mode now
+        click.echo(KEYS_CREATED, err=True)
 
 
 @keys.command("list")

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gateway.edge import parse_json
 from gateway.errors import InvalidRequest
 from gateway.signals.feedback import CustomMetric, FeedbackError, validate_feedback
 
@@ -22,10 +23,7 @@ router = APIRouter()
 async def post_feedback(request: Request) -> dict[str, Any]:
     ctx = request.app.state.ctx
     ctx.auth.check(request.headers.get("authorization", "").encode() or None)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
+    body = parse_json(await request.body())  # orjson: bounded nesting, no lone surrogates
     signals = ctx.settings.signals
     try:
         rec = validate_feedback(

@@ -1,4 +1,10 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz``'s status answer everyone (Kubernetes probes); the readiness
+detail (the store's state, whose last error may name file paths) only loopback clients,
+the admin token, or everyone with ``readyz`` in ``server.public_endpoints``. ``/metrics``
+is guarded at the edge (`gateway.edge`).
+"""
 
 from __future__ import annotations
 
@@ -18,15 +24,14 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """503 with the reason while the call log is degraded (unwritable, backlogged, dropping)."""
-    writer = request.app.state.ctx.writer
-    status: dict[str, Any] = writer.status()
+    ctx = request.app.state.ctx
+    status: dict[str, Any] = ctx.writer.status()
     ready = bool(status["healthy"])
-    body = {
-        "status": "ok" if ready else "degraded",
-        "store": {
+    body: dict[str, Any] = {"status": "ok" if ready else "degraded"}
+    if "readyz" in ctx.settings.server.public_endpoints or ctx.edge.trusted(request.scope):
+        body["store"] = {
             k: status[k] for k in ("healthy", "backlog_bytes", "pending_in_memory", "dropped", "last_error")
-        },
-    }
+        }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

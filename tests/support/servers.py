@@ -17,23 +17,17 @@ import uvicorn
 
 from gateway.app import GatewayApp, create_app
 from gateway.config import Settings
+from gateway.server import uvicorn_options
 
 
 class GatewayServer:
-    """``create_app(settings)`` served by uvicorn (uvloop + httptools) in a thread on 127.0.0.1:0."""
+    """``create_app(settings)`` served by uvicorn (uvloop, `gateway.server`'s protocol) in a thread on 127.0.0.1:0."""
 
     def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
         self.app: GatewayApp = create_app(settings, **app_kwargs)
         self.ctx = self.app.ctx
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=0,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-        )
+        options = uvicorn_options(settings)  # the same protocol and limits as ``shadowtune serve``
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.port = 0

@@ -1,0 +1,149 @@
+"""How the gateway is served: uvicorn (uvloop + httptools) with the HTTP protocol hardened.
+
+uvicorn reads a request's headers with no time limit and no size limit (httptools has
+none), and it answers a request it cannot parse with a plain-text 400. `GatewayProtocol`
+adds, per connection:
+
+- a **header timeout** (``server.header_timeout_s``): from a request's first byte to the
+  end of its headers; then 408 and close. A new connection that sends nothing is closed
+  silently after ``server.keep_alive_timeout_s``, like an idle keep-alive one (uvicorn
+  would keep it forever; browsers open spare connections they use later).
+- a **header size limit** (``server.max_header_bytes``): 431 and close.
+- **OpenAI-shaped** answers to requests the parser refuses (a malformed request line, a
+  bad or duplicated ``Content-Length``, a control character in a header): 400
+  ``invalid_http_request`` and close.
+
+What uvicorn and httptools still answer themselves: nothing, for the cases above. A
+header *value* with bytes over 0x7f is valid HTTP (obs-text) and reaches the gateway,
+which reads headers as latin-1. Idle keep-alive connections close after
+``server.keep_alive_timeout_s``; the body's own deadline and size are checked in the
+ASGI app (`gateway.edge`), where the refusal can be logged.
+
+`uvicorn_options` is the one place the server's options are set: ``shadowtune serve`` and
+the tests' in-process server use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from gateway.config import ServerConfig, Settings
+from gateway.errors import error_body
+
+PROTOCOL = "gateway.server:GatewayProtocol"
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.Config`` / ``uvicorn.run`` (no host, port or app)."""
+    return {
+        "loop": "uvloop",
+        "http": PROTOCOL,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "timeout_keep_alive": settings.server.keep_alive_timeout_s,
+        "timeout_graceful_shutdown": 10,
+    }
+
+
+def _server_settings(app: Any) -> Any:
+    """The settings of the app uvicorn serves (through any middleware uvicorn wrapped it in)."""
+    for _ in range(8):
+        ctx = getattr(app, "ctx", None)
+        if ctx is not None:
+            return ctx.settings.server
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return ServerConfig()
+
+
+class GatewayProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, a header size limit and JSON 400s."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        srv = _server_settings(self.app)
+        self.header_timeout: float = srv.header_timeout_s
+        self.max_header_bytes: int = srv.max_header_bytes
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._in_headers = False
+        self._header_bytes = 0
+
+    # -- the header deadline ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_headers(self.timeout_keep_alive)  # nothing sent yet: idle, not slow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_headers()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._stop_headers()
+        self._start_headers(self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._stop_headers()
+        super().on_headers_complete()
+
+    def _start_headers(self, timeout: float) -> None:
+        self._in_headers = True
+        self._header_bytes = 0
+        self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+
+    def _stop_headers(self) -> None:
+        self._in_headers = False
+        self._header_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a pipelined request trickles in: close after this answer
+            return
+        if self._header_bytes == 0:
+            self.transport.close()  # an idle connection that never sent a byte
+            return
+        self._reject(
+            408, "the request headers did not arrive in time (server.header_timeout_s)", "request_timeout"
+        )
+
+    # -- size, and what the parser refuses ----------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._reject(
+                    431,
+                    f"the request line and headers are over the {self.max_header_bytes}-byte limit",
+                    "headers_too_large",
+                )
+
+    def send_400_response(self, msg: str) -> None:
+        self._reject(
+            400,
+            "invalid HTTP request: malformed request line, header or body framing (Content-Length)",
+            "invalid_http_request",
+        )
+
+    def _reject(self, status: int, message: str, code: str) -> None:
+        self._stop_headers()
+        body = error_body(message, "invalid_request_error", code=code)
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.append(
+            b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
