@@ -281,7 +281,7 @@ def test_every_form_post_needs_the_pages_csrf_token(shadow_gateway, log_dir):
                 == 303
             )
         cookie = client.cookies.jar
-        assert [c for c in cookie if c.name == "shadowtune_csrf"][0].path == "/review"
+        assert next(c for c in cookie if c.name == "shadowtune_csrf").path == "/review"
         assert form_token(client, call_id) == csrf  # the cookie is kept across pages
     kinds = [e["kind"] for e in LogStore.open(log_dir).sql("SELECT kind FROM events ORDER BY ts")]
     assert kinds == ["relabel", "exclude", "thumbs"]
