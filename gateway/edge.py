@@ -136,8 +136,12 @@ class Edge:
 
     def local(self, scope: Scope) -> bool:
         """A loopback client that names an allowed host (what loopback trust may rely on)."""
+        return self._loopback_client(scope) and self.host_allowed(scope)
+
+    @staticmethod
+    def _loopback_client(scope: Scope) -> bool:
         client = scope.get("client")
-        return client is not None and is_loopback(str(client[0])) and self.host_allowed(scope)
+        return client is not None and is_loopback(str(client[0]))
 
     def admin(self, scope: Scope) -> bool:
         """The request carries ``Authorization: Bearer <server.admin_token>``."""
@@ -155,9 +159,13 @@ class Edge:
         """Why this request is refused on its headers alone, or None. ``hot``: the hot path, which
         checks ``Content-Length`` itself (and logs the refusal)."""
         path: str = scope["path"]
-        network_trusted = self.admin_token is None and path.startswith(_NETWORK_TRUSTED)
-        open_api = self.loopback_bind and path not in PROBES and self.auth.open
-        if (network_trusted or open_api) and not self.host_allowed(scope):
+        if path.startswith(_NETWORK_TRUSTED):  # remote clients are refused there anyway (403)
+            trusts_network = self.admin_token is None and self._loopback_client(scope)
+        else:  # the API; probes and operational endpoints have their own rule
+            trusts_network = (
+                self.loopback_bind and path not in PROBES and path not in OPERATIONAL and self.auth.open
+            )
+        if trusts_network and not self.host_allowed(scope):
             name = host_name((header(scope, b"host") or b"").decode("latin-1"))
             return InvalidRequest(
                 f"Host {name[:100]!r} is not allowed: add it to server.allowed_hosts to reach the gateway "

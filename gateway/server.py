@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.config import ServerConfig, Settings
@@ -61,6 +62,10 @@ def _server_settings(app: Any) -> Any:
     return ServerConfig()
 
 
+class _Refused(httptools.HttpParserError):
+    """Raised from a parser callback to stop parsing a request already answered."""
+
+
 class GatewayProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline, a header size limit and JSON 400s."""
 
@@ -71,7 +76,8 @@ class GatewayProtocol(HttpToolsProtocol):
         self.max_header_bytes: int = srv.max_header_bytes
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_headers = False
-        self._header_bytes = 0
+        self._header_bytes = 0  # bytes received while the headers were incomplete
+        self._header_size = 0  # size of the request line and headers parsed so far
 
     # -- the header deadline ------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -85,10 +91,23 @@ class GatewayProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._stop_headers()
+        self._header_size = 0
         self._start_headers(self.header_timeout)
 
+    def on_url(self, url: bytes) -> None:
+        self._header_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        size, self._header_size = self._header_size, 0
         self._stop_headers()
+        if size > self.max_header_bytes:
+            self._too_large()
+            raise _Refused("headers too large")  # stops the parser; uvicorn's handler finds it answered
         super().on_headers_complete()
 
     def _start_headers(self, timeout: float) -> None:
@@ -123,11 +142,13 @@ class GatewayProtocol(HttpToolsProtocol):
         if self._in_headers and not self.transport.is_closing():
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
-                self._reject(
-                    431,
-                    f"the request line and headers are over the {self.max_header_bytes}-byte limit",
-                    "headers_too_large",
-                )
+                self._too_large()
+
+    def _too_large(self) -> None:
+        limit = self.max_header_bytes
+        self._reject(
+            431, f"the request line and headers are over the {limit}-byte limit", "headers_too_large"
+        )
 
     def send_400_response(self, msg: str) -> None:
         self._reject(
@@ -138,6 +159,8 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def _reject(self, status: int, message: str, code: str) -> None:
         self._stop_headers()
+        if self.transport.is_closing():
+            return
         body = error_body(message, "invalid_request_error", code=code)
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
