@@ -42,6 +42,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "loop": "uvloop",
         "http": PROTOCOL,
+        "ws": "none",  # no WebSocket endpoint: an Upgrade request is served as plain HTTP
         "access_log": False,
         "proxy_headers": False,
         "server_header": False,
@@ -149,6 +150,9 @@ class GatewayProtocol(HttpToolsProtocol):
         self._reject(
             431, f"the request line and headers are over the {limit}-byte limit", "headers_too_large"
         )
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # no WebSocket endpoint (``ws="none"``): an Upgrade header is ignored, the request served
 
     def send_400_response(self, msg: str) -> None:
         self._reject(
