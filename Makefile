@@ -55,7 +55,10 @@ bench-log: $(VENV)/.installed-light ## Call-log write throughput, request-path c
 bench-shadow: $(VENV)/.installed-dev ## User-path latency with shadow at 100 % vs off
 	$(BIN)/python bench/shadow_bench.py $(ARGS)
 
+fuzz: $(VENV)/.installed-dev ## 100k hostile requests; counts by endpoint and status, fails on any 5xx (ARGS=--requests N)
+	$(BIN)/python bench/fuzz.py $(ARGS)
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install install-dev serve test lint format typecheck bench bench-log bench-shadow clean
+.PHONY: help install install-dev serve test lint format typecheck bench bench-log bench-shadow fuzz clean
