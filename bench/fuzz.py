@@ -331,6 +331,12 @@ async def worker(port: int, gen: Gen, count: int, tally: Tally) -> None:
                     read_answer(reader, data.startswith(b"HEAD")), 60
                 )
                 break
+            except TimeoutError:  # no answer within a minute: a hang, reported
+                tally.problems.append(f"{endpoint}: no answer within 60 s to {data[:200]!r}")
+                writer.close()
+                reader = writer = None
+                status, headers, body = 0, {}, b""
+                break
             except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                 writer.close()
                 reader = writer = None

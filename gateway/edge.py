@@ -18,7 +18,8 @@ operational endpoints
     allowed ``Host``) and the admin token, unless ``server.public_endpoints`` names them.
 
 `Edge.guard` wraps ``receive`` while the body comes in: the whole body within
-``server.body_timeout_s`` (else 408 and close) and at most ``max_body_bytes`` of it (413).
+``server.body_timeout_s`` of the first read (else 408 and close) and at most
+``max_body_bytes`` of it (413).
 The slow-*headers* half of slowloris is the HTTP protocol's (`gateway.server`): no ASGI
 code runs before the headers are complete.
 """
@@ -128,11 +129,20 @@ class Edge:
         self.max_body = srv.max_body_bytes
         self.body_timeout = srv.body_timeout_s
         self.auth = auth
+        self._hosts: dict[bytes, bool] = {}  # raw Host header -> allowed (the request path's cache)
+        self._sweeper: _Sweeper | None = None
 
     # -- who is asking ------------------------------------------------------------------
     def host_allowed(self, scope: Scope) -> bool:
         value = header(scope, b"host")
-        return value is None or self.allowed(host_name(value.decode("latin-1")))
+        if value is None:
+            return True
+        known = self._hosts.get(value)
+        if known is None:
+            known = self.allowed(host_name(value.decode("latin-1")))
+            if len(self._hosts) < 1000:
+                self._hosts[value] = known
+        return known
 
     def local(self, scope: Scope) -> bool:
         """A loopback client that names an allowed host (what loopback trust may rely on)."""
@@ -158,6 +168,10 @@ class Edge:
     def refusal(self, scope: Scope, *, hot: bool) -> GatewayError | None:
         """Why this request is refused on its headers alone, or None. ``hot``: the hot path, which
         checks ``Content-Length`` itself (and logs the refusal)."""
+        if hot:  # the request path: only the open-mode Host rule applies (it checks the size itself)
+            if self.loopback_bind and self.auth.open and not self.host_allowed(scope):
+                return self._bad_host(scope)
+            return None
         path: str = scope["path"]
         if path.startswith(_NETWORK_TRUSTED):  # remote clients are refused there anyway (403)
             trusts_network = self.admin_token is None and self._loopback_client(scope)
@@ -166,16 +180,10 @@ class Edge:
                 self.loopback_bind and path not in PROBES and path not in OPERATIONAL and self.auth.open
             )
         if trusts_network and not self.host_allowed(scope):
-            name = host_name((header(scope, b"host") or b"").decode("latin-1"))
-            return InvalidRequest(
-                f"Host {name[:100]!r} is not allowed: add it to server.allowed_hosts to reach the gateway "
-                "by that name",
-                code="host_not_allowed",
-            )
-        if not hot:
-            too_large = check_content_length(header(scope, b"content-length"), self.max_body)
-            if too_large is not None:
-                return too_large
+            return self._bad_host(scope)
+        too_large = check_content_length(header(scope, b"content-length"), self.max_body)
+        if too_large is not None:
+            return too_large
         what = OPERATIONAL.get(path)
         if what is not None and what not in self.public and not self.trusted(scope):
             return Forbidden(
@@ -185,8 +193,19 @@ class Edge:
             )
         return None
 
+    @staticmethod
+    def _bad_host(scope: Scope) -> GatewayError:
+        name = host_name((header(scope, b"host") or b"").decode("latin-1"))
+        return InvalidRequest(
+            f"Host {name[:100]!r} is not allowed: add it to server.allowed_hosts to reach the gateway by that name",
+            code="host_not_allowed",
+        )
+
     def guard(self, receive: Receive) -> Receive:
-        return _BodyGuard(receive, asyncio.get_running_loop().time() + self.body_timeout, self.max_body)
+        sweeper = self._sweeper
+        if sweeper is None:  # the first request of this worker: its event loop is running now
+            sweeper = self._sweeper = _Sweeper(asyncio.get_running_loop(), self.body_timeout)
+        return _BodyGuard(receive, sweeper, self.max_body)
 
 
 def check_content_length(value: bytes | None, limit: int) -> GatewayError | None:
@@ -203,26 +222,50 @@ def check_content_length(value: bytes | None, limit: int) -> GatewayError | None
 
 
 class _BodyGuard:
-    """``receive`` with a deadline and a size bound until the body is complete, then plain ``receive``."""
+    """``receive`` with a deadline and a size bound until the body is complete, then plain ``receive``.
 
-    __slots__ = ("deadline", "done", "limit", "receive", "seen")
+    The deadline is ``body_timeout_s`` after the first read. A read after it is a 408; a
+    read still waiting at it is cancelled by the worker's sweep (`_Sweeper`) and turned into
+    a 408. No timer per request: the request path pays a clock read and a set insertion."""
 
-    def __init__(self, receive: Receive, deadline: float, limit: int) -> None:
+    __slots__ = ("deadline", "done", "expired", "limit", "receive", "seen", "sweeper", "task")
+
+    def __init__(self, receive: Receive, sweeper: _Sweeper, limit: int) -> None:
         self.receive = receive
-        self.deadline = deadline
+        self.sweeper = sweeper
         self.limit = limit
         self.seen = 0
         self.done = False
+        self.expired = False
+        self.deadline = 0.0
+        self.task: asyncio.Task[Any] | None = None
 
     async def __call__(self) -> dict[str, Any]:
         if self.done:
             return await self.receive()
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                message = await self.receive()
-        except TimeoutError:
+        sweeper = self.sweeper
+        now = sweeper.loop.time()
+        if not self.deadline:
+            self.deadline = now + sweeper.timeout
+        elif now > self.deadline:
             self.done = True
-            raise RequestTimeout("the request body did not arrive in time (server.body_timeout_s)") from None
+            raise RequestTimeout("the request body did not arrive in time (server.body_timeout_s)")
+        self.task = asyncio.current_task()
+        sweeper.add(self)
+        try:
+            message = await self.receive()
+        except asyncio.CancelledError:
+            task = self.task
+            if self.expired and task is not None and task.cancelling():
+                task.uncancel()
+                self.done = True
+                raise RequestTimeout(
+                    "the request body did not arrive in time (server.body_timeout_s)"
+                ) from None
+            raise
+        finally:
+            sweeper.waiting.discard(self)
+            self.task = None
         if message["type"] != "http.request":
             self.done = True
             return message
@@ -233,6 +276,35 @@ class _BodyGuard:
         if not message.get("more_body"):
             self.done = True
         return message
+
+
+class _Sweeper:
+    """Cancels the body reads that are past their deadline, a few times per ``body_timeout_s``;
+    armed only while some read is waiting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.interval = min(1.0, timeout / 4)
+        self.waiting: set[_BodyGuard] = set()
+        self.armed = False
+
+    def add(self, guard: _BodyGuard) -> None:
+        self.waiting.add(guard)
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        for guard in [g for g in self.waiting if now > g.deadline]:
+            self.waiting.discard(guard)
+            guard.expired = True
+            if guard.task is not None:
+                guard.task.cancel()
+        self.armed = bool(self.waiting)
+        if self.armed:
+            self.loop.call_later(self.interval, self.sweep)
 
 
 __all__ = [

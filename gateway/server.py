@@ -68,32 +68,62 @@ class _Refused(httptools.HttpParserError):
 
 
 class GatewayProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a header size limit and JSON 400s."""
+    """uvicorn's httptools protocol with a header deadline, a header size limit and JSON 400s.
+
+    A connection is *idle* (nothing of a request yet), reading *headers*, *busy* (a request
+    is being answered), or *draining* (the rest of the body of a request already answered).
+    Idle: closed silently after ``keep_alive_timeout_s`` (uvicorn's own keep-alive timer
+    covers the time after an answer). The first byte of anything while idle starts the
+    header deadline, even bytes that begin no request, and the deadline also bounds a
+    drain: uvicorn cancels its keep-alive timer on any byte and would keep such a
+    connection forever."""
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         srv = _server_settings(self.app)
         self.header_timeout: float = srv.header_timeout_s
         self.max_header_bytes: int = srv.max_header_bytes
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._in_headers = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._phase = "idle"
+        self._in_message = False  # the parser is between a request's first byte and its end
         self._header_bytes = 0  # bytes received while the headers were incomplete
         self._header_size = 0  # size of the request line and headers parsed so far
 
     # -- the header deadline ------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_headers(self.timeout_keep_alive)  # nothing sent yet: idle, not slow
+        self._arm(self.timeout_keep_alive)  # a new connection that says nothing: idle, not slow
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_headers()
+        self._disarm()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "idle":  # the first byte since the connection opened or the last answer
+            self._phase = "draining" if self._in_message else "headers"
+            self._header_bytes = 0
+            self._arm(self.header_timeout)
+        super().data_received(data)
+        if self._phase == "headers" and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._too_large()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._stop_headers()
+        self._in_message = True
         self._header_size = 0
-        self._start_headers(self.header_timeout)
+        if self._phase != "headers":  # pipelined behind a request being answered, or after a drain
+            self._phase = "headers"
+            self._header_bytes = 0
+            self._arm(self.header_timeout)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_message = False
+        if self._phase == "draining":  # the answered request's body is in: idle again
+            self._phase = "idle"
+            self._arm(self.timeout_keep_alive)
 
     def on_url(self, url: bytes) -> None:
         self._header_size += len(url)
@@ -105,46 +135,40 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         size, self._header_size = self._header_size, 0
-        self._stop_headers()
+        self._phase = "busy"
+        self._disarm()
         if size > self.max_header_bytes:
             self._too_large()
             raise _Refused("headers too large")  # stops the parser; uvicorn's handler finds it answered
         super().on_headers_complete()
 
-    def _start_headers(self, timeout: float) -> None:
-        self._in_headers = True
-        self._header_bytes = 0
-        self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts a pipelined request, or arms the keep-alive timer
+        if self.cycle is None or self.cycle.response_complete:
+            self._phase = "idle"
 
-    def _stop_headers(self) -> None:
-        self._in_headers = False
-        self._header_bytes = 0
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _arm(self, timeout: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(timeout, self._expired)
 
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self._phase in ("idle", "draining"):
+            self.transport.close()  # it never started a request, or never finished an answered one
+        elif self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False  # a pipelined request trickles in: close after this answer
-            return
-        if self._header_bytes == 0:
-            self.transport.close()  # an idle connection that never sent a byte
-            return
-        self._reject(
-            408, "the request headers did not arrive in time (server.header_timeout_s)", "request_timeout"
-        )
+        else:
+            message = "the request headers did not arrive in time (server.header_timeout_s)"
+            self._reject(408, message, "request_timeout")
 
     # -- size, and what the parser refuses ----------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._in_headers and not self.transport.is_closing():
-            self._header_bytes += len(data)
-            if self._header_bytes > self.max_header_bytes:
-                self._too_large()
-
     def _too_large(self) -> None:
         limit = self.max_header_bytes
         self._reject(
@@ -162,7 +186,7 @@ class GatewayProtocol(HttpToolsProtocol):
         )
 
     def _reject(self, status: int, message: str, code: str) -> None:
-        self._stop_headers()
+        self._disarm()
         if self.transport.is_closing():
             return
         body = error_body(message, "invalid_request_error", code=code)

@@ -106,6 +106,48 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive_timeout(
     assert time.monotonic() - start < 1 + SLACK
 
 
+def test_bytes_that_begin_no_request_do_not_hold_a_connection(limited):
+    """Blank lines are skipped by the parser before a request line; uvicorn cancels its keep-alive
+    timer on any byte, so such a connection was never closed."""
+    gw = limited(header_timeout_s=1.5, keep_alive_timeout_s=60)
+    with connect(gw.port) as sock:
+        sock.sendall(CHAT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+        first = read_answer(sock)
+        assert first.status == 200 and not first.closes
+        start = time.monotonic()
+        sock.sendall(b"\r\n\r\n")  # kept alive, then blank lines only
+        sock.settimeout(1.5 + SLACK)
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+        assert time.monotonic() - start < 1.5 + SLACK
+    assert rest.startswith(b"HTTP/1.1 408 ")
+
+
+def test_the_rest_of_an_answered_body_cannot_trickle_forever(limited):
+    gw = limited(header_timeout_s=1.5, keep_alive_timeout_s=60)
+    with connect(gw.port) as sock:  # refused on its Host before its body is read
+        sock.sendall(
+            b"POST /review/calls/c/exclude HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 100000\r\n\r\n"
+        )
+        answer = read_answer(sock)
+        assert answer.status == 400 and error_of(answer)["code"] == "host_not_allowed"
+        start = time.monotonic()
+        sock.setblocking(False)
+        closed = False
+        while not closed and time.monotonic() - start < 1.5 * 4:
+            try:
+                sock.send(b"x" * 10)  # the body, slowly: each byte used to cancel every timer
+                closed = sock.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+            time.sleep(0.1)
+    assert closed
+    assert time.monotonic() - start < 1.5 + SLACK
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/feedback", "/admin/routes/R"])
 def test_one_hundred_slow_bodies_get_408_and_are_closed(limited, log_dir, path):
     gw = limited(body_timeout_s=1.5)
