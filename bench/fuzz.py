@@ -43,17 +43,17 @@ UPSTREAM = (
     "up = FakeUpstream().start(); print(up.port, flush=True); time.sleep(1e9)"
 )
 # endpoint -> weight (share of the requests)
-MIX = {
-    "chat": 34,
-    "embeddings": 10,
-    "feedback": 14,
-    "admin": 8,
+MIX = {  # the review pages query the log with DuckDB on each request: a small share
+    "chat": 68,
+    "embeddings": 20,
+    "feedback": 28,
+    "admin": 16,
     "review": 1,
     "review-post": 3,
-    "models": 8,
-    "responses": 6,
-    "probes": 4,
-    "raw-http": 12,
+    "models": 16,
+    "responses": 12,
+    "probes": 8,
+    "raw-http": 24,
 }
 
 
@@ -297,6 +297,7 @@ class Tally:
         self.by_endpoint: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
         self.hot_calls: set[str] = set()
         self.problems: list[str] = []
+        self.sent = 0
 
     def add(self, endpoint: str, status: int, headers: dict[bytes, bytes], body: bytes, sent: bytes) -> None:
         self.by_endpoint[endpoint][status] += 1
@@ -343,6 +344,9 @@ async def worker(port: int, gen: Gen, count: int, tally: Tally) -> None:
                 if attempt == 1:  # closed without an answer twice: count it as 0
                     status, headers, body = 0, {}, b""
         tally.add(endpoint, status, headers, body, data)
+        tally.sent += 1
+        if tally.sent % 10_000 == 0:
+            print(f"  {tally.sent} requests", file=sys.stderr, flush=True)
         if headers.get(b"connection", b"").lower() == b"close" and writer is not None:
             writer.close()
             reader = writer = None
@@ -378,6 +382,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     args = ap.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     tmp = tempfile.mkdtemp(prefix="shadowtune-fuzz-")
     env = {
         **os.environ,

@@ -4,24 +4,26 @@
 
 ``Host``
     Where the gateway admits callers by their network address instead of a key, the
-    ``Host`` header must name one of ``server.allowed_hosts`` (loopback names by
-    default): against DNS rebinding, where a web page on ``evil.example`` re-resolves its
-    own name to 127.0.0.1 and reaches the gateway from the browser. That is the admin API
-    and the review pages without ``server.admin_token``, and the whole API in open mode
-    when the gateway listens on a loopback address. A request without ``Host`` (not a
-    browser) passes.
+    ``Host`` header must name one of ``server.allowed_hosts`` (loopback names by default):
+    against DNS rebinding, where a web page on ``evil.example`` re-resolves its own name to
+    127.0.0.1 and reaches the gateway from the browser. That is a loopback client of the
+    admin API or the review pages without ``server.admin_token`` (other clients are refused
+    there anyway), and the whole API in open mode when the gateway listens on a loopback
+    address. A request without ``Host`` (not a browser) passes. Refused: 400
+    ``host_not_allowed``.
 ``Content-Length``
     A declared body over ``server.max_body_bytes`` is refused (413) before a byte of it is
-    read, and the connection is closed.
+    read, and the connection is closed (the hot path does the same itself, and logs it).
 operational endpoints
     ``/metrics``, ``/docs``, ``/redoc``, ``/openapi.json`` answer loopback clients (with an
-    allowed ``Host``) and the admin token, unless ``server.public_endpoints`` names them.
+    allowed ``Host``) and the admin token, unless ``server.public_endpoints`` names them
+    (403 ``endpoint_not_public``); the ``/readyz`` detail follows the same rule
+    (`gateway.api.health`).
 
 `Edge.guard` wraps ``receive`` while the body comes in: the whole body within
 ``server.body_timeout_s`` of the first read (else 408 and close) and at most
-``max_body_bytes`` of it (413).
-The slow-*headers* half of slowloris is the HTTP protocol's (`gateway.server`): no ASGI
-code runs before the headers are complete.
+``max_body_bytes`` of it (413). The slow-*headers* half of slowloris is the HTTP
+protocol's (`gateway.server`): no ASGI code runs before the headers are complete.
 """
 
 from __future__ import annotations
