@@ -420,6 +420,7 @@ def main() -> int:
             },
             f,
         )
+    gateway_log = open(os.path.join(tmp, "gateway.log"), "wb")  # noqa: SIM115 (a pipe nobody reads fills up)
     gateway = subprocess.Popen(
         [
             sys.executable,
@@ -437,7 +438,7 @@ def main() -> int:
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=gateway_log,
         start_new_session=True,
     )
     try:
@@ -495,6 +496,10 @@ def main() -> int:
         for p in tally.problems:
             print("  problem:", p)
         ok = fivexx == 0 and alive and missing == 0 and secrets_logged == 0 and not tally.problems
+        with open(os.path.join(tmp, "gateway.log"), "rb") as f:
+            errors = f.read().count(b"Traceback")
+        print(f"tracebacks in the gateway's log: {errors}")
+        ok = ok and errors == 0
         print("OK" if ok else "FAILED")
         return 0 if ok else 1
     finally:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlencode
 
+import duckdb
 import jinja2
 import orjson
 from fastapi import APIRouter, Request
@@ -46,7 +47,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway import __version__
 from gateway.edge import cross_origin
-from gateway.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from gateway.errors import Forbidden, InvalidRequest, NotFound, Overloaded, Unauthorized
 from gateway.signals.feedback import FeedbackError, validate_feedback
 from gateway.store import SCHEMA_VERSION, LogStore
 from gateway.store.ids import new_id
@@ -175,8 +176,14 @@ async def _read(request: Request, fn: Callable[[LogStore], T]) -> T:
     store_cfg = request.app.state.ctx.settings.store
 
     def run() -> T:
-        with LogStore.open(store_cfg.log_dir, wal_dir=store_cfg.wal_dir) as store:
-            return fn(store)
+        for attempt in range(3):  # a compaction may remove a file between listing and reading it
+            try:
+                with LogStore.open(store_cfg.log_dir, wal_dir=store_cfg.wal_dir) as store:
+                    return fn(store)
+            except duckdb.IOException:
+                if attempt == 2:
+                    raise Overloaded("the call log is being rewritten (compaction); try again") from None
+        raise AssertionError("unreachable")
 
     return await asyncio.to_thread(run)
 
