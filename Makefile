@@ -61,7 +61,10 @@ bench-shadow: $(VENV)/.installed-dev ## User-path latency with shadow at 100 % v
 bench-controller: $(VENV)/.installed-dev ## Canary controller: false rollbacks, power, calls to a decision (ARGS=--json)
 	$(BIN)/python bench/controller_bench.py $(ARGS)
 
+fuzz: $(VENV)/.installed-dev ## 100k hostile requests; counts by endpoint and status, fails on any 5xx (ARGS=--requests N)
+	$(BIN)/python bench/fuzz.py $(ARGS)
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-shadow bench-controller clean
+.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-shadow bench-controller fuzz clean

@@ -30,12 +30,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gateway import __version__, jobs
 from gateway.agent.proxy import AgentLink, is_agent_path
 from gateway.auth import Authenticator
 from gateway.config import Settings
-from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, error_body, error_dict
+from gateway.errors import (
+    ClientDisconnected,
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    error_body,
+    error_dict,
+)
+from gateway.hints import startup_warnings
 from gateway.hotpath import PATHS, HotPath, Receive, Scope, Send, send_error
 from gateway.routing.state import RouteStateStore
 from gateway.shadow import ShadowRunner
@@ -57,6 +66,7 @@ class Context:
     hot: HotPath
     telemetry: Any = None
     custom_metrics: Any = ()
+    edge: Any = None  # gateway.edge.Edge: Host allow-list, exposure, body limits
     port: int | None = None  # the bound port, when known (tests bind port 0)
     agent: Any = None  # the in-process LogAgent (one process) or the AgentLink (a worker of serve)
 
@@ -92,12 +102,18 @@ class GatewayApp:
         self.api = api
         self.hot = ctx.hot
         self.link: AgentLink | None = ctx.agent if isinstance(ctx.agent, AgentLink) else None
+        self.edge = ctx.edge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)  # type: ignore[arg-type]
             return
         endpoint = PATHS.get(scope["path"])
+        refusal = self.edge.refusal(scope, hot=endpoint is not None)
+        if refusal is not None:
+            await send_error(send, refusal, new_id("req"), 0.0)
+            return
+        receive = self.edge.guard(receive)
         if endpoint is not None:
             if scope["method"] == "POST":
                 await self.hot(scope, receive, send, endpoint)
@@ -151,6 +167,9 @@ def create_app(
     shadow = ShadowRunner(settings.shadow.max_in_flight, settings.shadow.queue_size)
     hot = HotPath(settings, writer, routes, auth, shadow)
     ctx = Context(settings=settings, writer=writer, routes=routes, auth=auth, shadow=shadow, hot=hot)
+    from gateway.edge import Edge
+
+    ctx.edge = Edge(settings, auth)
     from gateway.api.feedback import custom_metrics
 
     ctx.custom_metrics = custom_metrics(settings.signals.custom_metrics)
@@ -169,6 +188,8 @@ def create_app(
             log.warning(
                 "client authentication is OFF (open mode): create a key with 'shadowtune keys create'"
             )
+        for warning in startup_warnings(settings, auth):
+            log.warning("%s", warning)
         loop = asyncio.get_running_loop()
         if isinstance(ctx.agent, AgentLink):  # the agent runs the periodic jobs
             background = [
@@ -214,7 +235,14 @@ def create_app(
 def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
-        return Response(exc.body(), status_code=exc.status, media_type="application/json")
+        headers = {"connection": "close"} if exc.close_connection else None
+        return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=headers)
+
+    @api.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> Response:
+        log.info("client disconnected while sending %s %s (499)", request.method, request.url.path)
+        gone = ClientDisconnected("the client closed the connection while sending the request")
+        return Response(gone.body(), status_code=gone.status, media_type="application/json")
 
     @api.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

@@ -191,9 +191,18 @@ def _state_errors(fn: Any, *args: Any) -> Any:
 @_log_dir_option
 def keys_create(name: str, log_dir: str, target: Any) -> None:
     """Issue a key named NAME; prints it once."""
-    key = _state_errors(_keys(target).create, name)
+    from gateway.hints import KEYS_CREATED
+
+    keys = _keys(target)
+    first = not any(not k.get("revoked") for k in _state_errors(keys.load))
+    try:
+        key = _state_errors(keys.create, name)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(key)
     click.echo(f"key {name!r} created; it is shown only once", err=True)
+    if first:  # the gateway (auth: auto) leaves open mode now
+        click.echo(KEYS_CREATED, err=True)
 
 
 @keys.command("list")

@@ -262,6 +262,9 @@ def logs_export(
     log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None, as_json: bool
 ) -> None:
     """Export calls (or events) to Parquet or JSON Lines."""
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        raise click.ClickException(f"cannot write {out_path}: the directory {out_dir} does not exist")
     where: list[str] = []
     params: list[Any] = []
     if since:
@@ -272,14 +275,17 @@ def logs_export(
         params.append(route)
     sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts"
     data = _store(log_dir).arrow(sql, params)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(data, out_path, compression="zstd")
-    else:
-        with open(out_path, "w") as f:
-            for row in data.to_pylist():
-                f.write(json.dumps(row, default=str) + "\n")
+            pq.write_table(data, out_path, compression="zstd")
+        else:
+            with open(out_path, "w") as f:
+                for row in data.to_pylist():
+                    f.write(json.dumps(row, default=str) + "\n")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out_path}: {exc.strerror or exc}") from None
     if as_json:
         _echo_json({"rows": data.num_rows, "out": out_path, "format": fmt})
     else:

@@ -12,10 +12,12 @@ starting state; the admin API changes it at run time (``gateway.routing.state``)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -31,6 +33,45 @@ OPENAI_COMPATIBLE = {
     "groq",
     "fireworks",
 }
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def check_base_url(url: str) -> None:
+    """An upstream's base URL must be ``http(s)://host...``; raises ValueError with the reason."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"base_url {url!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"base_url {url!r} has no host")
+
+
+def check_key_env(name: str | None) -> str | None:
+    """The environment variable of a provider key, checked once: whitespace around the key (the
+    trailing newline of ``$(cat key.txt)``) is stripped from the variable in place; a control,
+    space or non-ASCII character inside the key is refused (it would break every request)."""
+    if name is None:
+        return None
+    if not name or "=" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not an environment variable name")
+    value = os.environ.get(name)
+    if value is None:
+        return name
+    key = value.strip()
+    bad = next((c for c in key if not " " < c < "\x7f"), None)
+    if bad is not None:
+        raise ValueError(
+            f"the key in the environment variable {name} has the character {bad!r} inside "
+            "(a key is printable ASCII without spaces): fix the variable"
+        )
+    if key != value:
+        os.environ[name] = key
+    return name
+
+
+def litellm_installed() -> bool:
+    return importlib.util.find_spec("litellm") is not None
 
 
 class _Section(BaseModel):
@@ -49,10 +90,11 @@ class UpstreamConfig(_Section):
     model: str | None = None
     """Model id sent upstream; defaults to the upstream's name."""
     api_key_env: str | None = None
-    """Name of the environment variable holding the provider key (the key itself never goes in config)."""
-    timeout: float = 120.0
+    """Name of the environment variable holding the provider key (the key itself never goes in config).
+    Whitespace around the key is stripped at start; a key with a control character inside is refused."""
+    timeout: Annotated[float, Field(gt=0)] = 120.0
     """Seconds to wait for the upstream's next byte before answering 504."""
-    retries: int = 2
+    retries: Annotated[int, Field(ge=0)] = 2
     """Retries of 429/5xx answers and connection failures, before the first byte only."""
     price_in: float | None = None
     """USD per million input tokens, for the log's cost estimate."""
@@ -84,6 +126,27 @@ class UpstreamConfig(_Section):
     def fast_path(self) -> bool:
         return self.base_url is not None and self.provider in OPENAI_COMPATIBLE
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_base_url(v)
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, v: str | None) -> str | None:
+        return check_key_env(v)
+
+    @model_validator(mode="after")
+    def _provider_installed(self) -> UpstreamConfig:
+        if self.provider not in OPENAI_COMPATIBLE and not litellm_installed():
+            raise ValueError(
+                f"provider {self.provider!r} is called through litellm, which is not installed: "
+                "pip install 'shadowtune[providers]'"
+            )
+        return self
+
 
 class RouteConfig(_Section):
     """A model name clients send, and the starting state of its traffic split."""
@@ -107,6 +170,27 @@ class RouteConfig(_Section):
     store_bodies: bool = True
     """False keeps request and response bodies out of the log for this route."""
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_boolean(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            word = "off" if v is False else "on"
+            raise ValueError(
+                f"mode is the boolean {str(v).lower()} (YAML reads an unquoted {word} as a boolean): "
+                'write mode: "off", "shadow", "canary" or "primary"'
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _candidate_for_mode(self) -> RouteConfig:
+        if self.mode != "off" and self.candidate is None:
+            raise ValueError(f"mode {self.mode!r} needs a candidate (set candidate: <upstream>)")
+        if not 0 <= self.share <= 100:
+            raise ValueError("share is a percentage: between 0 and 100")
+        if not 0 <= self.shadow_rate <= 1:
+            raise ValueError("shadow_rate is a fraction: between 0 and 1")
+        return self
+
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
@@ -120,8 +204,27 @@ class ServerConfig(_Section):
     ``auto``: ``keys`` once a key exists, else ``open``."""
     admin_token: SecretStr | None = None
     """Bearer token of the admin API (``/admin/...``). Without it the admin API answers only on loopback."""
-    max_body_bytes: int = 8 * 2**20
-    """Largest request body accepted (413 above)."""
+    max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 2**20
+    """Largest request body accepted: 413 above, refused up front from ``Content-Length``."""
+    max_header_bytes: Annotated[int, Field(gt=0)] = 64 * 2**10
+    """Largest request line and headers accepted (431 above)."""
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a client may take to send a request's line and headers (slowloris): 408 and close after."""
+    body_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds a client may take to send a request's whole body once its headers are in: 408 and close
+    after."""
+    keep_alive_timeout_s: Annotated[float, Field(gt=0)] = 75.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_NAMES))
+    """``Host`` names (without port) accepted where the gateway trusts the network instead of a key,
+    against DNS rebinding: the admin API and review pages without ``admin_token``, the loopback-only
+    endpoints, and the whole API in open mode on a loopback address. ``*.example.com`` matches
+    subdomains; ``*`` any host."""
+    public_endpoints: list[Literal["metrics", "docs", "readyz"]] = Field(default_factory=list)
+    """Operational endpoints served to every caller: ``metrics`` (``/metrics``), ``docs`` (``/docs``,
+    ``/redoc``, ``/openapi.json``), ``readyz`` (the readiness detail, with file paths). Otherwise they
+    answer loopback clients and the admin token only; ``/healthz`` and ``/readyz``'s status code and
+    ``status`` stay open to all (Kubernetes probes)."""
     gil_switch_interval_ms: float = 2.0
     """Python's thread switch interval while serving (default 5 ms): lower shortens the request path's wait
     when the log writer's thread is busy (p99), at some CPU cost for streamed calls."""
@@ -130,6 +233,18 @@ class ServerConfig(_Section):
     the caller's own bearer key is forwarded."""
     passthrough_url: str | None = None
     """Zero-config: forward every model name unchanged to this OpenAI-compatible URL."""
+
+    @field_validator("passthrough_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_base_url(v)
+        return v
+
+    @field_validator("upstream_key_env")
+    @classmethod
+    def _key_env(cls, v: str | None) -> str | None:
+        return check_key_env(v)
 
 
 class RedactConfig(_Section):
@@ -341,7 +456,15 @@ class Settings(BaseSettings):
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     text = p.read_text()
-    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValueError(f"{p}{where}: not valid YAML: {' '.join(str(problem).split())}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{p}: not valid TOML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,7 +4,9 @@
 
     GatewayError                 (status, type, code, param)
     ├── InvalidRequest           400 invalid_request_error
-    │   └── PayloadTooLarge      413 invalid_request_error
+    │   ├── RequestTimeout       408 invalid_request_error (headers or body too slow; closes)
+    │   ├── PayloadTooLarge      413 invalid_request_error (closes the connection)
+    │   └── ClientDisconnected   499 (logged only: the client is gone)
     ├── Unauthorized             401 authentication_error
     ├── Forbidden                403 permission_error
     ├── NotFound                 404 invalid_request_error (code model_not_found, ...)
@@ -34,6 +36,7 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    close_connection = False  # answer with ``connection: close`` (the rest of the request is not read)
 
     def __init__(
         self, message: str, *, param: str | None = None, code: str | None = None, detail: str | None = None
@@ -57,6 +60,19 @@ class InvalidRequest(GatewayError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+    close_connection = True
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+    close_connection = True
+
+
+class ClientDisconnected(InvalidRequest):
+    status = 499
+    type = "client_disconnected"
+    code = "client_disconnected"
 
 
 class Unauthorized(GatewayError):

@@ -31,7 +31,17 @@ import orjson
 from gateway import responses
 from gateway.auth import Authenticator
 from gateway.config import Settings, UpstreamConfig
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge, UpstreamError
+from gateway.edge import check_content_length
+from gateway.errors import (
+    ClientDisconnected,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    UpstreamError,
+    error_body,
+)
+from gateway.hints import missing_key_hint
 from gateway.protocol.record import CallRecord
 from gateway.routing.modes import Plan, plan_for
 from gateway.routing.state import RouteState, RouteStateStore
@@ -156,7 +166,7 @@ class HotPath:
         try:
             rec.client_key = self.auth.check(headers.get(b"authorization"))
             _CALLER_AUTH.set(headers.get(b"authorization") if rec.client_key is None else None)
-            body = await _read_body(receive, self.max_body)
+            body = await _read_body(receive, self.max_body, headers.get(b"content-length"))
             req = _parse(body, endpoint)
         except GatewayError as exc:
             await self._fail(send, rec, exc, t0)
@@ -265,6 +275,13 @@ class HotPath:
         if status >= 400:
             rec.error_type, rec.error_message = _upstream_error(data)
             data = _as_openai_error(data, status)
+            if status == 401:  # sent without a key? say so (gateway.hints)
+                pt = attempt.upstream == PASSTHROUGH
+                up = self.passthrough if pt else upstreams.get(attempt.upstream)
+                hint = missing_key_hint(up, passthrough=pt, forwarded=pt and _CALLER_AUTH.get() is not None)
+                if hint is not None:
+                    rec.error_message = hint
+                    data = error_body(hint, "authentication_error", code="upstream_key_missing")
         rec.status = status
         if state.store_bodies:
             rec.response = data.decode("utf-8", "replace")
@@ -509,6 +526,8 @@ async def send_error(
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     headers = [_JSON, *(extra_headers or ())]
+    if exc.close_connection:  # the rest of the request is not read: do not keep the connection
+        headers.append((b"connection", b"close"))
     if call_id:
         headers.append((b"x-request-id", call_id.encode()))
     if overhead_ms is not None:
@@ -517,8 +536,13 @@ async def send_error(
     await send({"type": "http.response.body", "body": faults.public_body(exc, call_id)})
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, content_length: bytes | None = None) -> bytes:
+    too_large = check_content_length(content_length, limit)  # refused before a byte is read
+    if too_large is not None:
+        raise too_large
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected("the client disconnected before sending the body")
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         if len(body) > limit:
@@ -529,7 +553,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     while message.get("more_body"):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client disconnected while sending the body")
+            raise ClientDisconnected("the client disconnected while sending the body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -18,19 +18,14 @@ def main() -> None:
     from gateway.agent.process import ENV_LOG_LEVEL, ENV_SETTINGS, ENV_SOCKET, watch_parent
     from gateway.app import create_app
     from gateway.config import Settings
+    from gateway.server import uvicorn_options
 
     settings = Settings.model_validate(json.loads(os.environ[ENV_SETTINGS]))
     app = create_app(settings, agent_socket=os.environ[ENV_SOCKET])
     config = uvicorn.Config(
         app,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
         log_level=os.environ.get(ENV_LOG_LEVEL, "info"),
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),  # httptools with header deadlines and limits (gateway.server)
     )
     server = uvicorn.Server(config)
     watch_parent(server, hard_exit_after=20)

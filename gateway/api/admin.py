@@ -4,7 +4,8 @@ Route names may contain ``/`` (``org/model``): send them URL-quoted. While the s
 is unreachable every change answers 503 ``state_unavailable`` and nothing is changed.
 
 ``Authorization: Bearer <server.admin_token>``; without a configured token the admin
-API answers only to loopback clients.
+API answers only to loopback clients that name an allowed ``Host`` (`gateway.edge`, against
+DNS rebinding), and refuses a state change a browser says comes from another origin.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import asyncio
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from gateway.config import UpstreamConfig
+from gateway.edge import cross_origin, parse_json
 from gateway.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 
 router = APIRouter(prefix="/admin")
+MAX_HISTORY = 10_000
+HISTORY_LIMIT = Query(100, ge=1, le=MAX_HISTORY, description="entries, newest last")
 
 
 def _admin(request: Request) -> str:
@@ -27,9 +31,10 @@ def _admin(request: Request) -> str:
     token = ctx.settings.server.admin_token
     header = request.headers.get("authorization", "")
     if token is None:
-        host = request.client.host if request.client else ""
-        if host not in ("127.0.0.1", "::1", "localhost", "testclient"):
+        if not ctx.edge.local(request.scope):
             raise Forbidden("the admin API needs server.admin_token to be reached from another host")
+        if request.method not in ("GET", "HEAD") and cross_origin(request.scope):
+            raise Forbidden("cross-origin requests to the admin API are not accepted", code="cross_origin")
         return "local"
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token.get_secret_value()):
@@ -38,12 +43,12 @@ def _admin(request: Request) -> str:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
+    body = parse_json(await request.body())
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    for field in ("reason", "actor"):
+        if body.get(field) is not None and not isinstance(body[field], str):
+            raise InvalidRequest(f"{field} must be a string", param=field)
     return body
 
 
@@ -55,7 +60,7 @@ async def list_routes(request: Request) -> dict[str, Any]:
 
 
 @router.get("/routes/{route:path}/history")
-async def route_history(route: str, request: Request, limit: int = 100) -> dict[str, Any]:
+async def route_history(route: str, request: Request, limit: int = HISTORY_LIMIT) -> dict[str, Any]:
     _admin(request)
     return {"data": await asyncio.to_thread(request.app.state.ctx.routes.history, route, limit)}
 
@@ -80,7 +85,7 @@ async def change_route(route: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/history")
-async def history(request: Request, limit: int = 100) -> dict[str, Any]:
+async def history(request: Request, limit: int = HISTORY_LIMIT) -> dict[str, Any]:
     _admin(request)
     return {"data": await asyncio.to_thread(request.app.state.ctx.routes.history, None, limit)}
 

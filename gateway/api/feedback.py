@@ -28,6 +28,7 @@ from fastapi.responses import Response
 if TYPE_CHECKING:
     from gateway.signals.ownership import FeedbackIndex
 
+from gateway.edge import parse_json
 from gateway.errors import InvalidRequest, NotFound, RateLimited
 from gateway.signals.feedback import (
     CustomMetric,
@@ -88,10 +89,7 @@ async def post_feedback(request: Request) -> Any:
             media_type="application/json",
             headers={"retry-after": str(max(1, math.ceil(wait)))},
         )
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
+    body = parse_json(await request.body())  # orjson: bounded nesting, no lone surrogates
     signals = ctx.settings.signals
     try:
         rec = validate_feedback(

@@ -7,6 +7,11 @@ store, the state database) never fail it, so a shared outage cannot remove every
 its Service: they are reported by ``/healthz`` (always 200 while the process lives, with a
 ``degraded`` status and the details), the ``shadowtune.log.healthy`` and
 ``shadowtune.state.healthy`` metrics, and the log.
+
+``/healthz`` and ``/readyz``'s status answer everyone (Kubernetes probes); the readiness
+detail (the store's state, whose last error may name file paths) only loopback clients,
+the admin token, or everyone with ``readyz`` in ``server.public_endpoints``. ``/metrics``
+is guarded at the edge (`gateway.edge`).
 """
 
 from __future__ import annotations
@@ -62,7 +67,10 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """503 only when this instance cannot accept calls: no WAL to write them to, or nothing to route."""
+    """503 only when this instance cannot accept calls: no WAL to write them to, or nothing to route.
+
+    The status answers everyone; the detail (the store's state, whose last error may name file
+    paths) only trusted callers (see the module docstring)."""
     ctx = request.app.state.ctx
     reasons = []
     store = _store(ctx)
@@ -70,9 +78,11 @@ async def readyz(request: Request) -> Response:
         reasons.append(f"the write-ahead log cannot be written: {store['last_error']}")
     if not ctx.routes.snapshot.routes and not ctx.settings.server.passthrough_url:
         reasons.append("no routes configured")
-    body: dict[str, Any] = {"status": "ok" if not reasons else "unavailable", "store": store}
-    if reasons:
-        body["reasons"] = reasons
+    body: dict[str, Any] = {"status": "ok" if not reasons else "unavailable"}
+    if "readyz" in ctx.settings.server.public_endpoints or ctx.edge.trusted(request.scope):
+        body["store"] = store
+        if reasons:
+            body["reasons"] = reasons
     return JSONResponse(body, status_code=200 if not reasons else 503)
 
 

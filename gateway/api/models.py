@@ -57,7 +57,8 @@ async def _upstream_models(ctx: Any, upstream: Any, auth: bytes | None) -> dict[
     import aiohttp
     import yarl
 
-    from gateway.errors import UpstreamError
+    from gateway.errors import Unauthorized, UpstreamError
+    from gateway.hints import missing_key_hint
 
     key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
     headers = (
@@ -74,7 +75,11 @@ async def _upstream_models(ctx: Any, upstream: Any, auth: bytes | None) -> dict[
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),
         ) as resp:
-            data = await resp.json(content_type=None)
+            data: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status == 401:  # sent without a key? say so
+                hint = missing_key_hint(upstream, passthrough=True, forwarded="Authorization" in headers)
+                if hint is not None:
+                    raise Unauthorized(hint, code="upstream_key_missing")
             if resp.status >= 400:
                 raise UpstreamError(f"upstream /models answered {resp.status}", code=str(resp.status))
             if not isinstance(data, dict):

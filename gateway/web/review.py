@@ -14,8 +14,13 @@
 
 Access is the admin API's: with ``server.admin_token`` set, ``Authorization: Bearer
 <token>``, or ``?token=<token>`` once, which sets an HttpOnly cookie for ``/review``
-(holding an HMAC of the token, never the token); without a token, loopback clients only.
-Form posts from another origin are refused.
+(holding an HMAC of the token, never the token); without a token, loopback clients that
+name an allowed ``Host`` only (``server.allowed_hosts``, against DNS rebinding).
+
+Every form post must be same-origin (``Origin`` / ``Sec-Fetch-Site``) and carry the CSRF
+token: each page sets a random ``shadowtune_csrf`` cookie (HttpOnly, SameSite=Strict) and
+puts the same value in a hidden ``csrf`` field of its forms (the call page is the one with forms); a post whose field does not
+match the cookie is refused (403 ``csrf_failed``). No server-side state: any worker checks it.
 
 Every read opens its own `LogStore` in a worker thread (DuckDB blocks); writes go
 through the gateway's `LogWriter`, so a relabel is visible on the next page load.
@@ -27,20 +32,24 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode
 
+import duckdb
 import jinja2
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway import __version__
-from gateway.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from gateway.edge import cross_origin
+from gateway.errors import Forbidden, InvalidRequest, NotFound, Overloaded, Unauthorized
 from gateway.signals.feedback import FeedbackError, validate_feedback
 from gateway.store import SCHEMA_VERSION, LogStore
 from gateway.store.ids import new_id
@@ -50,9 +59,11 @@ from gateway.web import _queries as q
 router = APIRouter(prefix="/review", include_in_schema=False)
 
 COOKIE = "shadowtune_review"
+CSRF_COOKIE = "shadowtune_csrf"
 MAX_RELABEL = 100_000
+MAX_PAGE = 1_000_000
 _HERE = Path(__file__).parent
-_LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
+_CSRF = re.compile(r"[A-Za-z0-9_-]{43}")
 _STATIC = {"review.css": "text/css; charset=utf-8", "review.js": "text/javascript; charset=utf-8"}
 _DONE = {"relabel": "Relabel saved.", "exclude": "Excluded from datasets.", "thumbs": "Thumb recorded."}
 
@@ -73,8 +84,7 @@ def _cookie_value(token: str) -> str:
 def _reviewer(request: Request) -> Reviewer:
     token = request.app.state.ctx.settings.server.admin_token
     if token is None:
-        host = request.client.host if request.client else ""
-        if host not in _LOOPBACK:
+        if not request.app.state.ctx.edge.local(request.scope):
             raise Forbidden("the review pages need server.admin_token to be reached from another host")
         return Reviewer("local")
     secret = token.get_secret_value()
@@ -94,11 +104,27 @@ def _reviewer(request: Request) -> Reviewer:
 
 def _same_origin(request: Request) -> None:
     """Refuse cross-site form posts (the cookie, or loopback trust, must not be usable by other sites)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise Forbidden("cross-site form posts are not accepted")
-    origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise Forbidden("cross-origin form posts are not accepted")
+    if cross_origin(request.scope):
+        raise Forbidden("cross-origin form posts are not accepted", code="cross_origin")
+
+
+def _check_csrf(request: Request, fields: dict[str, str]) -> None:
+    """The form's ``csrf`` field must be this browser's ``shadowtune_csrf`` cookie."""
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    given = fields.get("csrf", "")
+    if not _CSRF.fullmatch(cookie) or not hmac.compare_digest(given.encode(), cookie.encode()):
+        raise Forbidden(
+            "the form's CSRF token is missing or does not match: reload the page and try again",
+            code="csrf_failed",
+        )
+
+
+def _csrf(request: Request) -> tuple[str, bool]:
+    """This browser's CSRF token, and whether it is new (then the page sets the cookie)."""
+    current = request.cookies.get(CSRF_COOKIE, "")
+    if _CSRF.fullmatch(current):
+        return current, False
+    return secrets.token_urlsafe(32), True
 
 
 # -- rendering --------------------------------------------------------------------------
@@ -134,11 +160,17 @@ _env = jinja2.Environment(
 _env.filters.update(ts=_ts, ms=_ms, pct=_pct, usd=_usd)
 
 
-def _page(reviewer: Reviewer, template: str, **context: Any) -> HTMLResponse:
-    html = _env.get_template(template).render(who=reviewer.who, version=__version__, **context)
+def _page(
+    request: Request, reviewer: Reviewer, template: str, *, forms: bool = False, **context: Any
+) -> HTMLResponse:
+    """Render a page; ``forms``: it has forms that post, so it carries the CSRF token (and cookie)."""
+    csrf, new = _csrf(request) if forms else ("", False)
+    html = _env.get_template(template).render(who=reviewer.who, version=__version__, csrf=csrf, **context)
     response = HTMLResponse(html, headers={"cache-control": "no-store", "x-frame-options": "DENY"})
     if reviewer.set_cookie:
         response.set_cookie(COOKIE, reviewer.set_cookie, path="/review", httponly=True, samesite="strict")
+    if new:
+        response.set_cookie(CSRF_COOKIE, csrf, path="/review", httponly=True, samesite="strict")
     return response
 
 
@@ -146,8 +178,14 @@ async def _read(request: Request, fn: Callable[[LogStore], T]) -> T:
     store_cfg = request.app.state.ctx.settings.store
 
     def run() -> T:
-        with LogStore.open(store_cfg.log_dir, wal_dir=store_cfg.wal_dir) as store:
-            return fn(store)
+        for attempt in range(3):  # a compaction may remove a file between listing and reading it
+            try:
+                with LogStore.open(store_cfg.log_dir, wal_dir=store_cfg.wal_dir) as store:
+                    return fn(store)
+            except duckdb.IOException:
+                if attempt == 2:
+                    raise Overloaded("the call log is being rewritten (compaction); try again") from None
+        raise AssertionError("unreachable")
 
     return await asyncio.to_thread(run)
 
@@ -170,6 +208,7 @@ async def dashboard(request: Request) -> Response:
     snap = request.app.state.ctx.routes.snapshot
     routes = [state.public() for _, state in sorted(snap.routes.items())]
     return _page(
+        request,
         reviewer,
         "dashboard.html",
         nav="dashboard",
@@ -189,6 +228,8 @@ async def calls(request: Request) -> Response:
         page = max(1, int(params.get("page", "1")))
     except ValueError:
         raise InvalidRequest("page must be a whole number", param="page") from None
+    if page > MAX_PAGE:
+        raise InvalidRequest(f"page must be between 1 and {MAX_PAGE}", param="page")
     flt = q.CallFilter(
         route=params.get("route", ""),
         variant=params.get("variant", ""),
@@ -207,6 +248,7 @@ async def calls(request: Request) -> Response:
         row["summary"] = conv.last_user_text(row.pop("request"))
         row["is_error"] = _is_error(row)
     return _page(
+        request,
         reviewer,
         "calls.html",
         nav="calls",
@@ -243,8 +285,10 @@ async def call_page(call_id: str, request: Request) -> Response:
         row["is_error"] = _is_error(row)
     family.sort(key=lambda r: (r["variant"] != "baseline", not r["served"], r["ts_us"]))
     return _page(
+        request,
         reviewer,
         "call.html",
+        forms=True,
         nav="calls",
         call=call,
         family=family,
@@ -269,6 +313,7 @@ async def _form(request: Request, call_id: str) -> tuple[Reviewer, dict[str, str
         fields = {k: v[-1] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
     except UnicodeDecodeError:
         raise InvalidRequest("the form is not valid UTF-8") from None
+    _check_csrf(request, fields)
     if not await _read(request, lambda s: q.call_exists(s, call_id)):
         raise NotFound(f"no call {call_id!r} in the log", code="call_not_found")
     return reviewer, fields

@@ -59,6 +59,16 @@ def send_calls(gw, log_dir) -> dict[str, str]:
     return ids
 
 
+def form_token(client: httpx.Client, call_id: str) -> str:
+    """The CSRF token a call page puts in its forms, as a browser would post it (the client keeps
+    the page's ``shadowtune_csrf`` cookie)."""
+    html = client.get(f"/review/calls/{call_id}").text
+    tokens = set(re.findall(r'<input type="hidden" name="csrf" value="([^"]+)">', html))
+    assert len(tokens) == 1, tokens
+    assert client.cookies["shadowtune_csrf"] in tokens
+    return tokens.pop()
+
+
 def outcome(log_dir, call_id):
     rows = LogStore.open(log_dir).sql("SELECT * FROM outcomes WHERE call_id = ?", [call_id])
     return rows[0] if rows else None
@@ -122,7 +132,9 @@ def test_user_text_is_html_escaped_on_every_page(shadow_gateway):
     call_id = ids[evil]
     with httpx.Client(base_url=gw.url) as client:
         # the relabel is user data too
-        client.post(f"/review/calls/{call_id}/relabel", data={"answer": "<img src=x onerror=alert(2)>"})
+        csrf = form_token(client, call_id)
+        relabel = {"answer": "<img src=x onerror=alert(2)>", "csrf": csrf}
+        assert client.post(f"/review/calls/{call_id}/relabel", data=relabel).status_code == 303
         pages = {
             "call": client.get(f"/review/calls/{call_id}").text,
             "list": client.get("/review/calls", params={"q": "script"}).text,
@@ -181,9 +193,12 @@ def test_the_calls_list_filters_and_pages(shadow_gateway):
 
 
 def test_an_unknown_call_is_a_404(shadow_gateway):
-    gw, _ = shadow_gateway
+    gw, ids = shadow_gateway
     assert httpx.get(gw.url + "/review/calls/call_NOPE").status_code == 404
-    assert httpx.post(gw.url + "/review/calls/call_NOPE/relabel", data={"answer": "x"}).status_code == 404
+    with httpx.Client(base_url=gw.url) as client:
+        csrf = form_token(client, ids["hello there"])
+        r = client.post("/review/calls/call_NOPE/relabel", data={"answer": "x", "csrf": csrf})
+    assert r.status_code == 404
 
 
 # -- actions ----------------------------------------------------------------------------
@@ -191,16 +206,22 @@ def test_relabel_exclude_and_thumbs_are_events_in_the_log(shadow_gateway, log_di
     gw, ids = shadow_gateway
     call_id = ids["what is a LoRA?"]
     with httpx.Client(base_url=gw.url) as client:
-        r = client.post(f"/review/calls/{call_id}/relabel", data={"answer": "First try."})
+        csrf = form_token(client, call_id)
+        r = client.post(f"/review/calls/{call_id}/relabel", data={"answer": "First try.", "csrf": csrf})
         assert r.status_code == 303
         assert r.headers["location"] == f"/review/calls/{call_id}?done=relabel"
-        client.post(f"/review/calls/{call_id}/relabel", data={"answer": "A LoRA is\r\na low-rank adapter."})
-        assert client.post(f"/review/calls/{call_id}/exclude").status_code == 303
-        assert client.post(f"/review/calls/{call_id}/thumbs", data={"value": "down"}).status_code == 303
-        bad = client.post(f"/review/calls/{call_id}/thumbs", data={"value": "sideways"})
+        client.post(
+            f"/review/calls/{call_id}/relabel",
+            data={"answer": "A LoRA is\r\na low-rank adapter.", "csrf": csrf},
+        )
+        assert client.post(f"/review/calls/{call_id}/exclude", data={"csrf": csrf}).status_code == 303
+        down = {"value": "down", "csrf": csrf}
+        assert client.post(f"/review/calls/{call_id}/thumbs", data=down).status_code == 303
+        bad = client.post(f"/review/calls/{call_id}/thumbs", data={"value": "sideways", "csrf": csrf})
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "value"
-        assert client.post(f"/review/calls/{call_id}/relabel", data={"answer": "  "}).status_code == 400
+        blank = {"answer": "  ", "csrf": csrf}
+        assert client.post(f"/review/calls/{call_id}/relabel", data=blank).status_code == 400
         page = client.get(f"/review/calls/{call_id}?done=relabel").text
     got = outcome(log_dir, call_id)
     assert got["relabel"] == "A LoRA is\na low-rank adapter."  # the latest one wins
@@ -219,12 +240,52 @@ def test_relabel_exclude_and_thumbs_are_events_in_the_log(shadow_gateway, log_di
 def test_a_cross_origin_form_post_is_refused(shadow_gateway, log_dir):
     gw, ids = shadow_gateway
     call_id = ids["hello there"]
-    for headers in ({"origin": "http://evil.example"}, {"sec-fetch-site": "cross-site"}):
-        r = httpx.post(f"{gw.url}/review/calls/{call_id}/exclude", headers=headers)
-        assert r.status_code == 403
-    same = httpx.post(f"{gw.url}/review/calls/{call_id}/exclude", headers={"origin": gw.url})
-    assert same.status_code == 303
+    with httpx.Client(base_url=gw.url) as client:
+        csrf = form_token(client, call_id)
+        for headers in (
+            {"origin": "http://evil.example"},
+            {"origin": "null"},  # a sandboxed frame
+            {"sec-fetch-site": "cross-site"},
+            {"sec-fetch-site": "same-site"},
+        ):
+            r = client.post(f"/review/calls/{call_id}/exclude", headers=headers, data={"csrf": csrf})
+            assert r.status_code == 403, headers
+            assert r.json()["error"]["code"] == "cross_origin"
+        same = client.post(
+            f"/review/calls/{call_id}/exclude", headers={"origin": gw.url}, data={"csrf": csrf}
+        )
+        assert same.status_code == 303
     assert LogStore.open(log_dir).count("events") == 1
+
+
+def test_every_form_post_needs_the_pages_csrf_token(shadow_gateway, log_dir):
+    gw, ids = shadow_gateway
+    call_id = ids["hello there"]
+    actions = [("relabel", {"answer": "x"}), ("exclude", {}), ("thumbs", {"value": "up"})]
+    with httpx.Client(base_url=gw.url) as client, httpx.Client(base_url=gw.url) as other:
+        csrf = form_token(client, call_id)
+        other_csrf = form_token(other, call_id)
+        assert other_csrf != csrf  # one token per browser (cookie)
+        for action, data in actions:
+            url = f"/review/calls/{call_id}/{action}"
+            for token in (None, "", "x" * 43, other_csrf):  # none, empty, forged, another browser's
+                fields = data if token is None else {**data, "csrf": token}
+                r = client.post(url, data=fields)
+                assert r.status_code == 403, (action, token)
+                assert r.json()["error"]["code"] == "csrf_failed"
+            # the right token without its cookie (a cross-site form copies the field, not the cookie)
+            r = httpx.post(gw.url + url, data={**data, "csrf": csrf})
+            assert r.status_code == 403
+        for action, data in actions:
+            assert (
+                client.post(f"/review/calls/{call_id}/{action}", data={**data, "csrf": csrf}).status_code
+                == 303
+            )
+        cookie = client.cookies.jar
+        assert next(c for c in cookie if c.name == "shadowtune_csrf").path == "/review"
+        assert form_token(client, call_id) == csrf  # the cookie is kept across pages
+    kinds = [e["kind"] for e in LogStore.open(log_dir).sql("SELECT kind FROM events ORDER BY ts")]
+    assert kinds == ["relabel", "exclude", "thumbs"]
 
 
 # -- in a browser -----------------------------------------------------------------------

@@ -17,23 +17,18 @@ import uvicorn
 
 from gateway.app import GatewayApp, create_app
 from gateway.config import Settings
+from gateway.server import uvicorn_options
 
 
 class GatewayServer:
-    """``create_app(settings)`` served by uvicorn (uvloop + httptools) in a thread on 127.0.0.1:0."""
+    """``create_app(settings)`` served by uvicorn (uvloop, `gateway.server`'s protocol) in a thread on
+    127.0.0.1:0 (``host``: another address to listen on, e.g. ``0.0.0.0`` to be reached from outside)."""
 
-    def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", **app_kwargs: Any) -> None:
         self.app: GatewayApp = create_app(settings, **app_kwargs)
         self.ctx = self.app.ctx
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=0,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-        )
+        options = uvicorn_options(settings)  # the same protocol and limits as ``shadowtune serve``
+        config = uvicorn.Config(self.app, host=host, port=0, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.port = 0
@@ -63,6 +58,17 @@ class GatewayServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(20)
+
+
+def outside_address() -> str | None:
+    """This machine's address on its default route (not loopback), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("203.0.113.1", 9))  # no packet is sent: this only picks the outgoing interface
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def free_port() -> int:
