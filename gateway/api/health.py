@@ -47,18 +47,17 @@ def _store(ctx: Any) -> dict[str, Any]:
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
     """Liveness, with what is degraded (the call log's flush, the state backend), the log's record
-    accounting and upstream failure counts."""
+    accounting and upstream failure counts. Remote callers that are not trusted get the status
+    alone (the detail names files and upstreams), like ``/readyz``."""
     ctx = request.app.state.ctx
     store = _store(ctx)
     state = ctx.routes.backend.health.as_dict()
     state["routes_version"] = ctx.routes.snapshot.version
     degraded = [name for name, part in (("store", store), ("state", state)) if not part["healthy"]]
-    body: dict[str, Any] = {
-        "status": "degraded" if degraded else "ok",
-        "degraded": degraded,
-        "store": store,
-        "state": state,
-    }
+    status = "degraded" if degraded else "ok"
+    if not ("readyz" in ctx.settings.server.public_endpoints or ctx.edge.trusted(request.scope)):
+        return {"status": status}
+    body: dict[str, Any] = {"status": status, "degraded": degraded, "store": store, "state": state}
     upstreams = ctx.hot.health.snapshot()  # failure counts by upstream name
     if upstreams:
         body["upstreams"] = upstreams

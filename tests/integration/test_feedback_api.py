@@ -1,5 +1,7 @@
 """POST /v1/feedback and `shadowtune feedback add` against a running gateway and a real log."""
 
+import re
+
 import httpx
 from click.testing import CliRunner
 from openai import OpenAI
@@ -202,7 +204,9 @@ def test_reviewer_thumbs_are_recorded_apart_and_kept_out_of_the_controllers_inpu
     )
     with httpx.Client(base_url=gateway.url) as review:  # loopback reviewer, no admin token configured
         for target in (call_id, call_id, other_id):
-            r = review.post(f"/review/calls/{target}/thumbs", data={"value": "down"})
+            page = review.get(f"/review/calls/{target}").text  # sets the CSRF cookie the forms carry
+            csrf = re.findall(r'<input type="hidden" name="csrf" value="([^"]+)">', page)[0]
+            r = review.post(f"/review/calls/{target}/thumbs", data={"value": "down", "csrf": csrf})
             assert r.status_code == 303, r.text
     gateway.flush()
     store = LogStore.open(log_dir)

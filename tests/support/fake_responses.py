@@ -18,6 +18,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 
@@ -76,7 +77,7 @@ def _response(rid: str, model: str, text: str, status: str, prev: str | None) ->
 
 
 async def responses(up: Any, request: web.Request) -> web.StreamResponse:
-    body = await request.json()
+    body = orjson.loads(await request.read())  # orjson: deep nesting parses (stdlib json recurses)
     up.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
     model: str = body.get("model", "")
     if model.startswith("error-"):
@@ -150,7 +151,7 @@ async def responses(up: Any, request: web.Request) -> web.StreamResponse:
 
 
 async def completions(up: Any, request: web.Request) -> web.StreamResponse:
-    body = await request.json()
+    body = orjson.loads(await request.read())  # orjson: deep nesting parses (stdlib json recurses)
     up.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
     model: str = body.get("model", "")
     prompt = body.get("prompt")
