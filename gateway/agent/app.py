@@ -41,6 +41,9 @@ class AgentContext:
     shadow: HostStats
     telemetry: Any = None
     custom_metrics: Any = ()
+    edge: Any = None
+    """`gateway.edge.Edge`: the same Host/loopback/admin rules as the workers (the caller's
+    address comes along from the worker in ``x-shadowtune-client``)."""
     port: int | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -69,6 +72,9 @@ def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers
         port=settings.server.port,
     )
     ctx.custom_metrics = custom_metrics(settings.signals.custom_metrics)
+    from gateway.edge import Edge
+
+    ctx.edge = Edge(settings, ctx.auth)
     ctx.telemetry = telemetry.Telemetry(
         settings.telemetry, ctx, span_exporter=span_exporter, metric_readers=metric_readers
     )

@@ -253,26 +253,30 @@ def test_metrics_keep_counting_while_parquet_writes_fail_and_the_wal_holds_the_r
     try:
         agent_status(proc.url)  # the agent has created the store
         blocker = Path(log_dir, "calls")
+        aside = blocker.rename(Path(log_dir, "calls.aside"))  # the Delta table exists from the start
         blocker.write_text("a file where the calls table's directory should be: every Parquet write fails")
         ids = [chat(proc.url, "echo-down", f"d{i}").headers["x-request-id"] for i in range(25)]
         found = wait_for_calls(proc.url, 25)
         assert calls_metric(found) == {("echo-down", "baseline", 200): 25}
         deadline = time.monotonic() + 20
-        while (ready := httpx.get(proc.url + "/readyz", timeout=10)).status_code == 200:
-            assert time.monotonic() < deadline, "readyz never reported the failing store"
+        while (health := httpx.get(proc.url + "/healthz", timeout=10).json())["status"] == "ok":
+            assert time.monotonic() < deadline, "healthz never reported the failing store"
             time.sleep(0.2)
-        assert ready.status_code == 503
-        assert "Not a directory" in ready.json()["store"]["last_error"]
+        assert health["degraded"] == ["store"]
+        assert "Not a directory" in health["store"]["last_error"]
+        # the store is shared by every replica: readiness stays (the WAL takes the calls)
+        assert httpx.get(proc.url + "/readyz", timeout=10).status_code == 200
         assert agent_status(proc.url)["flush_errors"] > 0
         assert not list(Path(log_dir).rglob("*.parquet"))
         held = b"".join(p.read_bytes() for p in Path(wal_dir).glob("*.wal.ndjson"))
         assert all(call_id.encode() in held for call_id in ids)  # the WAL holds every record
 
         blocker.unlink()  # the store comes back
+        aside.rename(blocker)
         deadline = time.monotonic() + 30
-        while httpx.get(proc.url + "/readyz", timeout=10).status_code != 200 and time.monotonic() < deadline:
+        while httpx.get(proc.url + "/healthz", timeout=10).json()["status"] != "ok":
+            assert time.monotonic() < deadline, "healthz never recovered"
             time.sleep(0.2)
-        assert httpx.get(proc.url + "/readyz", timeout=10).status_code == 200
     finally:
         proc.stop()
     with LogStore.open(log_dir, wal_dir=wal_dir) as store:

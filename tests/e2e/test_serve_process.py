@@ -124,15 +124,19 @@ def test_each_worker_writes_its_own_files_and_every_call_is_logged_once(fake_ups
     proc = serve(fake_upstream, log_dir, "--workers", "2").start()
     try:
         wal = Path(log_dir, "wal")
-        deadline = time.monotonic() + 20
-        while len(list(wal.glob("*.lock"))) < 2 and time.monotonic() < deadline:
+
+        def request_writers() -> set[str]:
+            return {
+                p.name[: -len(".lock")]
+                for p in wal.glob("*.lock")
+                # the log agent's own writer and its conversion lock are not request workers
+                if not p.name.startswith("compact") and not p.name.endswith(("-agent.lock", "agent.lock"))
+            }
+
+        deadline = time.monotonic() + 30
+        while len(request_writers()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        writers = {
-            p.name[: -len(".lock")]
-            for p in wal.glob("*.lock")
-            # the log agent's own writer and its conversion lock are not request workers
-            if not p.name.startswith("compact") and not p.name.endswith(("-agent.lock", "agent.lock"))
-        }
+        writers = request_writers()
         assert len(writers) == 2
         assert {p.name.split(".")[0] for p in wal.glob("*.wal.ndjson")} <= writers
         assert len({w.split("-")[1] for w in writers}) == 2  # two processes (pid in the writer id)
