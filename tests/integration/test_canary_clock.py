@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from evals.canary_clock import canary_entered_at
 from evals.controller import read_state
@@ -37,6 +38,7 @@ def test_the_clock_comes_from_the_last_entry_into_canary_with_this_candidate():
     assert canary_entered_at([entry(10, off, off)], "c1", 5, 100) == (100, 100)
 
 
+@pytest.mark.real_clock  # the gateway runs the controller as a `shadowtune` subprocess
 def test_the_in_gateway_controller_starts_the_clock_when_the_route_entered_canary(
     make_settings, start_gateway, log_dir
 ):
