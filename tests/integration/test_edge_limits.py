@@ -50,7 +50,9 @@ def collect(socks: list[socket.socket], deadline: float) -> list[tuple[float, An
 @pytest.fixture
 def limited(make_settings, start_gateway):
     def start(**server):
-        return start_gateway(make_settings(server=server))
+        # feedback's per-client rate limit (tested in test_feedback_api) would answer 429 first
+        signals = {"feedback_rate_per_min": 100_000, "feedback_burst": 100_000}
+        return start_gateway(make_settings(server=server, signals=signals))
 
     return start
 
