@@ -61,7 +61,10 @@ def test_training_lowers_the_loss_and_improves_exact_match(trained, tiny_base):
     tuned = ChatModel.from_version(Registry(log_dir).get(mv.version))  # the adapter, loaded from disk
     before, after = exact_match(base, test), exact_match(tuned, test)
     assert before == 0.0
-    assert after >= 0.2, f"exact match on {len(test)} held-out examples: {after:.2f}"
+    # The split keeps each near-duplicate cluster on one side (no variant of a test input is trained
+    # on), so the held-out orders are name/city combinations the tiny model never saw: 0.10 here,
+    # where the old, leaky split gave 0.65. Strictly better than the untrained model's 0.
+    assert after >= 0.05, f"exact match on {len(test)} held-out examples: {after:.2f}"
     answer = tuned.complete(test[0].messages, max_tokens=60, temperature=0).text
     assert json.loads(answer).keys() == {"name", "qty", "item", "city"}
 
