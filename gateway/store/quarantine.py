@@ -154,3 +154,24 @@ def scrub(value: Any) -> Any:
     ):
         return value
     return repr(value)
+
+
+def salvage(
+    wal_dir: str, writer_id: str, table: str, record: dict[str, Any], exc: Exception, seq: int
+) -> tuple[bytes | None, str | None, str | None]:
+    """A record orjson could not write (``exc``), for a WAL writer's ``append``.
+
+    Returns ``(line, None, None)`` when its strings, scrubbed, make a line; else the record is
+    quarantined and the result is ``(None, drop reason, error)``: ``quarantined``, or
+    ``unserializable`` with the error when even the quarantine cannot be written.
+    """
+    try:
+        return orjson.dumps(scrub(record), option=orjson.OPT_APPEND_NEWLINE), None, None
+    except TypeError:
+        pass
+    entry = Entry("append", seq, table, f"not JSON: {exc}", repr(record).encode())
+    try:
+        write(wal_dir, writer_id, [entry])
+    except OSError as err:
+        return None, "unserializable", f"quarantine write failed: {err}"
+    return None, "quarantined", None

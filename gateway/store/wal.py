@@ -39,6 +39,8 @@ from typing import Any
 
 import orjson
 
+from gateway.store import quarantine  # import-light (orjson only)
+
 log = logging.getLogger("shadowtune.store")
 
 WAL_SUFFIX = ".wal.ndjson"
@@ -235,24 +237,16 @@ class WalAppender:
 
     def _salvage(self, table: str, record: dict[str, Any], exc: Exception) -> bytes | None:
         """A record orjson cannot write: its strings scrubbed, or else quarantined (None)."""
-        from gateway.store import quarantine  # import-light (orjson only)
-
-        try:
-            return orjson.dumps(quarantine.scrub(record), option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:
-            pass
-        entry = quarantine.Entry(
-            "append", self.stats.appended, table, f"not JSON: {exc}", repr(record).encode()
+        line, reason, error = quarantine.salvage(
+            self.wal_dir, self.writer_id, table, record, exc, self.stats.appended
         )
+        if line is not None:
+            return line
         with self._lock:
             self.stats.appended += 1
-            try:
-                quarantine.write(self.wal_dir, self.writer_id, [entry])
-            except OSError as err:
-                self.stats.last_error = f"quarantine write failed: {err}"
-                self._drop("unserializable", 1)
-                return None
-            self._drop("quarantined", 1)
+            if error is not None:
+                self.stats.last_error = error
+            self._drop(reason or "quarantined", 1)
         return None
 
     def _write_locked(self, line: bytes) -> None:

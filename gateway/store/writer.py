@@ -241,22 +241,16 @@ class LogWriter:
 
     def _salvage(self, table: str, record: dict[str, Any], exc: Exception) -> bytes | None:
         """A record orjson cannot write: its strings scrubbed, or else quarantined (None)."""
-        try:
-            return orjson.dumps(quarantine.scrub(record), option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:
-            pass
-        entry = quarantine.Entry(
-            "append", self.stats.appended, table, f"not JSON: {exc}", repr(record).encode()
+        line, reason, error = quarantine.salvage(
+            self.wal_dir, self.writer_id, table, record, exc, self.stats.appended
         )
+        if line is not None:
+            return line
         with self._lock:
             self.stats.appended += 1
-            try:
-                quarantine.write(self.wal_dir, self.writer_id, [entry])
-            except OSError as err:
-                self.stats.last_error = f"quarantine write failed: {err}"
-                self._drop("unserializable", 1)
-                return None
-            self._drop("quarantined", 1)
+            if error is not None:
+                self.stats.last_error = error
+            self._drop(reason or "quarantined", 1)
         return None
 
     def _queue_pending(self, line: bytes) -> None:
