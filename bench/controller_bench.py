@@ -43,9 +43,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evals.decision import CanaryPolicy, Observation, decide
-from evals.outcomes import METRICS, srm_check
-from evals.strata import Cell, Cross, Evidence, stratified_difference
+from evals.online.decision import CanaryPolicy, Observation, decide
+from evals.online.outcomes import METRICS, srm_check
+from evals.online.strata import Cell, Cross, Evidence, stratified_difference
 
 TRAFFIC = 2000
 BASE = {"error_rate": 0.01, "thumbs_down_rate": 0.05, "regeneration_rate": 0.03}

@@ -46,7 +46,7 @@ def judge_families(
     log_dir: str, admin_url: str | None, admin_token: str | None, use_gateway: bool, specs: tuple[str, ...]
 ) -> dict[str, str]:
     """Families for the judge's guard: registry lineage, the gateway's upstreams, then ``--family``."""
-    from evals.families import resolve_families
+    from evals.judge.families import resolve_families
     from trainer.registry import Registry
 
     upstream_families, upstream_models = (

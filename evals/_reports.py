@@ -23,8 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evals.golden import GoldenReport
-from evals.judge import JudgeReport, report_rows
+from evals.golden.sets import GoldenReport
+from evals.judge.pairwise import JudgeReport, report_rows
 from gateway.store.ids import new_id
 
 

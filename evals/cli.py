@@ -164,8 +164,8 @@ def judge_cmd(
     as_json: bool,
 ) -> None:
     """Compare baseline and candidate answers with LLM judges."""
-    from evals.golden import dataset_pairs, read_dataset
-    from evals.judge import (
+    from evals.golden.sets import dataset_pairs, read_dataset
+    from evals.judge.pairwise import (
         ChatClient,
         Criteria,
         JudgeOptions,
@@ -219,7 +219,7 @@ def judge_cmd(
         if max_cost is not None and est.usd > max_cost:
             raise JudgeError(f"estimated cost ${est.usd:.4f} is above --max-cost ${max_cost:.4f}")
 
-    from evals.judge import plan_calls
+    from evals.judge.pairwise import plan_calls
 
     with _progress(len(plan_calls(pairs, options)), "judging") as tick:
         report = asyncio.run(
@@ -288,9 +288,9 @@ def golden_cmd(
     as_json: bool,
 ) -> None:
     """Score a model on a test split or golden file (deterministic metrics)."""
-    from evals.golden import check_references, read_dataset, read_golden, run_golden
-    from evals.judge import ChatClient, ResponseCache
-    from evals.metrics import load_metric
+    from evals.golden.metrics import load_metric
+    from evals.golden.sets import check_references, read_dataset, read_golden, run_golden
+    from evals.judge.pairwise import ChatClient, ResponseCache
 
     if bool(dataset) == bool(golden_file):
         raise click.UsageError("give exactly one of --dataset and --golden")

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.errors import DriftError
-from evals.metrics import flatten, parse_json
+from evals.golden.metrics import flatten, parse_json
 from gateway.store import LogStore
 from gateway.store.ids import new_id
 
@@ -133,7 +133,7 @@ def load_window(
 
 def load_dataset_reference(log_dir: str, name: str) -> list[Sample]:
     """The training split of a dataset (every row when it has no split column) as samples."""
-    from evals.golden import read_dataset
+    from evals.golden.sets import read_dataset
 
     examples = read_dataset(log_dir, name, split="train", fallback_all=True)
     return [

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-from evals.controller import (
+from evals.online.controller import (
     AdminClient,
     CanaryController,
     CanaryPolicy,
@@ -23,7 +23,7 @@ from evals.controller import (
     read_state,
     set_paused,
 )
-from evals.outcomes import OutcomesError, outcomes_report
+from evals.online.outcomes import OutcomesError, outcomes_report
 from gateway.admin_client import Target, target_options
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

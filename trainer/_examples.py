@@ -1,7 +1,7 @@
 """Dataset versions on disk: the example and preference records, reading and writing a version.
 
 This is THE reader of trainer datasets (`load_dataset`, `DatasetVersion.examples`): the evals
-(`evals.golden`) read examples, and their labels (``completion``), through it.
+(`evals.golden.sets`) read examples, and their labels (``completion``), through it.
 A version directory is written in full under a temporary name and renamed into place, so a
 reader never sees half a version, and two builds never take the same number.
 """

@@ -14,7 +14,7 @@ Views:
 * ``user_events`` — the outcome signals of the calls' users: ``events_resolved`` without
   reviewer events (``source`` in `REVIEWER_SOURCES`), and only the latest event per
   ``(call_id, kind, poster)`` (`POSTER_SQL`), so a repeated post counts once. What user-outcome
-  rates (``evals.outcomes``, the controller) are computed from.
+  rates (``evals.online.outcomes``, the controller) are computed from.
 * ``outcomes`` — events aggregated per call: thumbs, rating, choice, flags, regenerations
   from ``user_events``; the reviewers' thumbs apart (``reviewer_thumbs_up/down``); latest
   relabel, exclusion (from anyone).

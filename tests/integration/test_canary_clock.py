@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from evals.canary_clock import canary_entered_at
-from evals.controller import read_state
+from evals.online.canary_clock import canary_entered_at
+from evals.online.controller import read_state
 from gateway import jobs
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.real_clock  # the gateway runs the check as a `shadowtu
 def test_the_gateway_rolls_back_a_worse_canary_by_itself(make_settings, start_gateway, log_dir, tmp_path):
     import time
 
-    from evals.controller import read_state
+    from evals.online.controller import read_state
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)

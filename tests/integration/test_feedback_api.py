@@ -191,7 +191,7 @@ def test_feedback_is_rate_limited_per_key(make_settings, start_gateway, log_dir)
 
 
 def test_reviewer_thumbs_are_recorded_apart_and_kept_out_of_the_controllers_inputs(gateway, log_dir):
-    from evals.outcomes_query import query_cells
+    from evals.online.outcomes_query import query_cells
 
     call_id, _ = _call(gateway)
     other_id, _ = _call(gateway)

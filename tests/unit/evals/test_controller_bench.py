@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evals.decision import CanaryPolicy
-from evals.strata import Cell, Cross, stratified_difference
+from evals.online.decision import CanaryPolicy
+from evals.online.strata import Cell, Cross, stratified_difference
 
 _PATH = Path(__file__).resolve().parents[3] / "bench" / "controller_bench.py"
 

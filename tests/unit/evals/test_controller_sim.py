@@ -3,7 +3,7 @@
 Each simulated check (an hour) brings ``traffic`` served calls, split by the current share;
 calls fail with an error rate, get a thumb down, and take a normally distributed latency.
 The controller sees each ramp step as its own period and combines the periods' differences
-(`evals.strata`), as it does in production; statistics are never pooled across shares.
+(`evals.online.strata`), as it does in production; statistics are never pooled across shares.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from evals.controller import CanaryPolicy, Guardrail, Observation, decide, forecast
-from evals.outcomes import METRICS, ArmStats, MetricStats, srm_check
-from evals.strata import stratified_difference
+from evals.online.controller import CanaryPolicy, Guardrail, Observation, decide, forecast
+from evals.online.outcomes import METRICS, ArmStats, MetricStats, srm_check
+from evals.online.strata import stratified_difference
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 from evals_traffic import write_dataset
 
 from evals.errors import SourceError
-from evals.golden import read_dataset, read_golden, score
+from evals.golden.sets import read_dataset, read_golden, score
 
 
 def test_a_dataset_split_reads_as_examples_with_the_last_assistant_message_as_reference(log_dir):
@@ -58,7 +58,7 @@ def test_score_counts_failed_calls_as_empty_answers(tmp_path):
 
 
 def test_a_trainer_dataset_reads_its_latest_version_and_only_its_examples(tmp_path):
-    from evals.golden import read_dataset
+    from evals.golden.sets import read_dataset
     from tests.support.tiny_model import log_extraction_task
     from trainer.dataset import build_dataset
 

@@ -8,7 +8,7 @@ import pytest
 from evals_traffic import write_shadow_pairs
 
 from evals.errors import FamilyGuardError, JudgeError
-from evals.judge import (
+from evals.judge.pairwise import (
     ChatClient,
     Criteria,
     JudgeOptions,
@@ -182,14 +182,14 @@ def test_a_jury_that_all_abstains_is_a_tie_nobody_could_call(fake_judge):
 
 
 def test_a_consistent_tie_is_a_vote_and_equal_top_counts_are_a_tie():
-    from evals.jury import item_verdict, tally
+    from evals.judge.jury import item_verdict, tally
 
     assert tally(["candidate", "tie", "tie"]) == "tie"
     assert tally(["candidate", "baseline"]) == "tie"
     assert tally(["candidate", "baseline", "candidate", "abstain", "abstain"]) == "candidate"
     assert tally(["abstain", "baseline"]) == "baseline"
     assert tally([]) == "tie"
-    from evals.jury import Judgement
+    from evals.judge.jury import Judgement
 
     pair = Pair("p", "q", "a", "b")
     js = [

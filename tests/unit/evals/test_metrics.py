@@ -9,7 +9,7 @@ import types
 import pytest
 
 from evals.errors import MetricError
-from evals.metrics import (
+from evals.golden.metrics import (
     accuracy,
     classification,
     compute_metrics,
@@ -21,7 +21,7 @@ from evals.metrics import (
     macro_f1,
     parse_json,
 )
-from evals.outcomes import wilson_interval
+from evals.online.outcomes import wilson_interval
 
 
 def test_exact_match_ignores_case_and_whitespace_unless_told_not_to():

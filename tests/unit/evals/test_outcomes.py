@@ -9,7 +9,7 @@ import orjson
 import pytest
 from scipy import integrate, stats
 
-from evals.outcomes import (
+from evals.online.outcomes import (
     MetricStats,
     OutcomesError,
     confidence_sequence,
@@ -421,9 +421,9 @@ def test_calls_before_the_canary_are_never_compared_with_canary_calls(ramp_store
 
 
 def test_the_controller_observation_ignores_calls_before_the_canary(ramp_store):
-    from evals.controller import observation
-    from evals.decision import CanaryPolicy, decide
-    from evals.outcomes_query import query_cells
+    from evals.online.controller import observation
+    from evals.online.decision import CanaryPolicy, decide
+    from evals.online.outcomes_query import query_cells
 
     groups, _ = query_cells(ramp_store, "chat", T0 - 1, sticky_key="session")  # clock started too early
     obs = observation("canary", 50.0, groups[None], groups[None], 3600.0)

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from click.testing import CliRunner
 
-from evals.controller import read_decisions, read_state
+from evals.online.controller import read_decisions, read_state
 from evals.outcomes_cli import controller, outcomes, parse_since
 from gateway.store import LogWriter
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evals.metrics import compute_metrics
-from evals.squad import normalize_answer, squad_exact_match, token_f1
+from evals.golden.metrics import compute_metrics
+from evals.golden.squad import normalize_answer, squad_exact_match, token_f1
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.sandwich_covariance import cov_cluster
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from evals.outcomes import msprt_log_lr, msprt_p_value
-from evals.strata import (
+from evals.online.outcomes import msprt_log_lr, msprt_p_value
+from evals.online.strata import (
     Cell,
     Cross,
     fixed_horizon_information,

@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
 
-from evals.outcomes_query import Cells, PeriodInfo, epoch_us, query_cells
-from evals.strata import Cell, Evidence, holm, normal_cdf, pooled_ratio, stratified_difference
+from evals.online.outcomes_query import Cells, PeriodInfo, epoch_us, query_cells
+from evals.online.strata import Cell, Evidence, holm, normal_cdf, pooled_ratio, stratified_difference
 
 _STD_NORMAL = NormalDist()
 

@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import orjson
 
-from evals.canary_clock import canary_entered_at
-from evals.decision import (
+from evals.online.canary_clock import canary_entered_at
+from evals.online.decision import (
     Action,
     CanaryPolicy,
     ControllerError,
@@ -42,9 +42,9 @@ from evals.decision import (
     decide,
     forecast,
 )
-from evals.outcomes import METRICS, ArmStats, MetricSpec, srm_check
-from evals.outcomes_query import query_cells
-from evals.strata import Evidence, stratified_difference
+from evals.online.outcomes import METRICS, ArmStats, MetricSpec, srm_check
+from evals.online.outcomes_query import query_cells
+from evals.online.strata import Evidence, stratified_difference
 
 log = logging.getLogger("shadowtune.controller")
 

@@ -11,12 +11,12 @@ candidate) with one judge model or a jury of several:
 * **Identical answers** (equal after whitespace normalisation) are a tie without a call.
 * **Jury.** Each judge votes candidate / baseline / tie per item, or abstains; the item's
   verdict is the option with strictly more votes than any other, abstentions left out, else a
-  tie (`evals.jury`, which documents the aggregation).
+  tie (`evals.judge.jury`, which documents the aggregation).
 * **Family guard.** A judge of the same model family as either contestant prefers its
   own family's style (self-preference), so it is refused (`FamilyGuardError`) unless
   ``allow_same_family`` is set; the override is then written into the report's flags, and the
   judge's own-family preference is measured against the other judges when the jury allows
-  (`evals.families`). Families come from configuration (upstream ``family`` settings, the
+  (`evals.judge.families`). Families come from configuration (upstream ``family`` settings, the
   registry's lineage, overrides), never from model names; unknown ones are reported.
 * **Cost.** Estimated before the run from a token estimate (characters / 4) and a price
   table, reported after from the usage the judges returned; cached calls cost nothing.
@@ -25,8 +25,8 @@ candidate) with one judge model or a jury of several:
 
 Judges are called over HTTP on an OpenAI-compatible ``/chat/completions`` endpoint,
 normally the gateway's own (which routes judge model names to their upstreams). The client
-and prices live in `evals._judge_client`, the prompt and verdict parser in
-`evals._judge_prompt`; their names are re-exported here.
+and prices live in `evals.judge._client`, the prompt and verdict parser in
+`evals.judge._prompt`; their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evals._judge_client import (
+from evals.errors import JudgeError, SourceError
+from evals.judge._client import (
     DEFAULT_PRICES,
     DEFAULT_URL,
     ChatClient,
@@ -51,7 +52,7 @@ from evals._judge_client import (
     ResponseCache,
     estimate_tokens,
 )
-from evals._judge_prompt import (
+from evals.judge._prompt import (
     DEFAULT_RUBRIC,
     SYSTEM_PROMPT,
     Criteria,
@@ -61,10 +62,9 @@ from evals._judge_prompt import (
     parse_verdict,
     render_prompt,
 )
-from evals.errors import JudgeError, SourceError
-from evals.families import check_families, resolve_families, self_preference
-from evals.jury import ABSTAIN, ItemVerdict, Judgement, Order, Outcome, Pair, item_verdict
-from evals.outcomes import wilson_interval
+from evals.judge.families import check_families, resolve_families, self_preference
+from evals.judge.jury import ABSTAIN, ItemVerdict, Judgement, Order, Outcome, Pair, item_verdict
+from evals.online.outcomes import wilson_interval
 from gateway.store import LogStore
 from gateway.store.ids import new_id
 
@@ -113,7 +113,7 @@ class JudgeOptions:
     seed: int = 0
     allow_same_family: bool = False
     families: Mapping[str, str] = field(default_factory=dict)
-    """Model name -> family (`evals.families.resolve_families`); names it lacks have no family."""
+    """Model name -> family (`evals.judge.families.resolve_families`); names it lacks have no family."""
     criteria: Criteria = field(default_factory=Criteria)
     prices: PriceTable = field(default_factory=PriceTable)
     max_tokens: int = 400

@@ -7,7 +7,7 @@ metrics of different kinds side by side:
 * ``exact_match``: share of predictions equal to their reference (whitespace and case
   normalised).
 * ``squad_exact_match``, ``token_f1``: SQuAD's normalised exact match and token F1
-  (`evals.squad`: punctuation and articles ignored, so ``"Paris."`` matches ``"Paris"``).
+  (`evals.golden.squad`: punctuation and articles ignored, so ``"Paris."`` matches ``"Paris"``).
 * ``json_valid``: share of predictions that parse as JSON (a Markdown code fence around
   the JSON is accepted).
 * ``json_fields``: field-level precision / recall / F1 of structured outputs (micro over
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evals.errors import MetricError
-from evals.squad import squad_exact_match_metric, token_f1_metric
+from evals.golden.squad import squad_exact_match_metric, token_f1_metric
 
 MetricFn = Callable[
     [Sequence[str | None], Sequence[str | None], Sequence[Mapping[str, Any]]], dict[str, float]

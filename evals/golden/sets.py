@@ -12,7 +12,7 @@ Two sources of `Example`s:
 * `read_golden`: a JSONL, JSON or YAML file of ``{"id", "messages" | "input", "expected"}``.
 
 `generate` asks a model (through the gateway) to answer every example; `run_golden` scores
-those answers with `evals.metrics`, and the baseline's answers on the same examples next to
+those answers with `evals.golden.metrics`, and the baseline's answers on the same examples next to
 them (the point of a fast eval: know what you are improving on); it refuses a set in which no
 example has a reference. `dataset_pairs` turns two models' answers into `judge.Pair`s for the
 pairwise judge.
@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 from evals.errors import JudgeError, SourceError
-from evals.judge import ChatClient, Pair, render_prompt
-from evals.metrics import compute_metrics
+from evals.golden.metrics import compute_metrics
+from evals.judge.pairwise import ChatClient, Pair, render_prompt
 
 
 @dataclass(frozen=True)

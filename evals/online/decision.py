@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evals.outcomes import METRICS, ArmStats, MetricSpec, msprt_log_lr, msprt_p_value
-from evals.strata import Evidence, information_factor_to_reject, stratified_difference
+from evals.online.outcomes import METRICS, ArmStats, MetricSpec, msprt_log_lr, msprt_p_value
+from evals.online.strata import Evidence, information_factor_to_reject, stratified_difference
 
 Action = Literal["rollback", "advance", "wait", "paused", "idle"]
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from evals.strata import Cell, Cross
+from evals.online.strata import Cell, Cross
 
 UNIT_COLUMNS = {"user": '"user"', "session": "session_id", "client_key": "client_key"}
 """Sticky keys the log records, and their column."""

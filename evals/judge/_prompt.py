@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from evals._judge_client import _read_mapping
 from evals.errors import JudgeError, SourceError
+from evals.judge._client import _read_mapping
 
 # -- criteria and prompt -------------------------------------------------------------------
 DEFAULT_RUBRIC = (

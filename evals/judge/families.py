@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evals.errors import FamilyGuardError
-from evals.jury import ABSTAIN, ItemVerdict, Pair
+from evals.judge.jury import ABSTAIN, ItemVerdict, Pair
 
 
 def resolve_families(
