@@ -15,7 +15,6 @@ All of it reads with DuckDB, e.g.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,9 @@ import pyarrow.parquet as pq
 
 from evals.golden.sets import GoldenReport
 from evals.judge.pairwise import JudgeReport, report_rows
+from gateway.store.fileio import write_json_atomic
 from gateway.store.ids import new_id
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+from gateway.store.layout import eval_runs_dir
 
 
 def _write_parquet(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -44,27 +38,27 @@ def _write_parquet(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def save_judge_report(log_dir: str, report: JudgeReport) -> Path:
     """Store a judge run; returns its folder."""
-    folder = Path(log_dir) / "evals" / "judge" / report.run_id
+    folder = Path(eval_runs_dir(log_dir, "judge")) / report.run_id
     items, calls = report_rows(report)
     _write_parquet(folder / "verdicts.parquet", items)
     _write_parquet(folder / "judgements.parquet", calls)
-    _write_json(folder / "summary.json", report.summary())
+    write_json_atomic(folder / "summary.json", report.summary())
     return folder
 
 
 def save_golden_report(log_dir: str, report: GoldenReport) -> tuple[str, Path]:
     """Store a golden run; returns ``(run_id, folder)``."""
     run_id = new_id("eval")
-    folder = Path(log_dir) / "evals" / "golden" / run_id
+    folder = Path(eval_runs_dir(log_dir, "golden")) / run_id
     _write_parquet(folder / "outputs.parquet", [{"run_id": run_id, **r} for r in report.rows])
-    _write_json(folder / "summary.json", {"run_id": run_id, **report.summary()})
+    write_json_atomic(folder / "summary.json", {"run_id": run_id, **report.summary()})
     return run_id, folder
 
 
 def list_runs(log_dir: str, kind: str = "judge") -> list[dict[str, Any]]:
     """Stored run summaries of one kind, newest first."""
     out = []
-    for p in sorted((Path(log_dir) / "evals" / kind).glob("*/summary.json"), reverse=True):
+    for p in sorted(Path(eval_runs_dir(log_dir, kind)).glob("*/summary.json"), reverse=True):
         try:
             out.append(json.loads(p.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError):

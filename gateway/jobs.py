@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -33,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.state import Lease, StateUnavailable
+from gateway.store.fileio import try_locked
 
 log = logging.getLogger("shadowtune.jobs")
 
@@ -164,17 +164,8 @@ async def _every(interval: float, job: Callable[[], Any]) -> None:
 @contextlib.contextmanager
 def leader(state_dir: str, name: str) -> Iterator[bool]:
     """A try-lock on ``<name>.lock``, for callers outside `Periodic` (which uses leases)."""
-    os.makedirs(state_dir, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, f"{name}.lock"), os.O_CREAT | os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with try_locked(os.path.join(state_dir, f"{name}.lock")) as mine:
+        yield mine
 
 
 def detect_regenerations(ctx: Any) -> int:

@@ -62,14 +62,10 @@ def log_resolver(log_dir: str, wal_dir: str | None) -> Resolver:
     """Route and variant of calls by call id or response id, from the log (the agent's DuckDB)."""
 
     def resolve(ids: list[str]) -> dict[str, tuple[str, str]]:
-        from gateway.store import LogStore
+        from gateway.store import LogStore, queries
 
         with LogStore.open(log_dir, wal_dir=wal_dir) as store:
-            rows = store.sql(
-                "SELECT call_id, response_id, route, variant FROM calls "
-                "WHERE call_id IN (SELECT unnest($1)) OR response_id IN (SELECT unnest($1))",
-                [ids],
-            )
+            rows = queries.call_routes(store, ids)
         out: dict[str, tuple[str, str]] = {}
         for r in rows:
             found = (r["route"] or "", r["variant"] or "baseline")

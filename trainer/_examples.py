@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gateway.store.layout import is_remote, local_path
+from gateway.store.layout import datasets_root as datasets_root  # where versions live: the store's layout
 from trainer.errors import DatasetError
 from trainer.split import input_hash, input_key
 
@@ -151,15 +151,7 @@ class DatasetVersion:
         return out
 
 
-# -- locations -------------------------------------------------------------------------------
-def datasets_root(log_dir: str) -> str:
-    """``<log_dir>/datasets``; for a log in object storage, ``$SHADOWTUNE_DATASETS_DIR`` (default
-    ``./shadowtune-datasets``): datasets are local files for the trainer."""
-    if is_remote(log_dir):
-        return os.path.abspath(os.environ.get("SHADOWTUNE_DATASETS_DIR") or "shadowtune-datasets")
-    return os.path.join(local_path(log_dir), "datasets")
-
-
+# -- names and versions ------------------------------------------------------------------------
 def _check_name(name: str) -> None:
     if not _NAME.match(name):
         raise DatasetError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")

@@ -46,9 +46,9 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
-from gateway.store import LogStore, LogStoreError, LogWriter
+from gateway.store import LogStore, LogStoreError, LogWriter, queries
 from gateway.store.ids import new_id
 from gateway.store.layout import is_remote, local_path
 from trainer._coverage import region_warnings
@@ -121,7 +121,7 @@ def _event(
     log_dir: str, call_id: str, kind: str, value: str | None, *, user: str | None, comment: str | None
 ) -> str:
     with LogStore.open(log_dir) as store:
-        if not store.sql("SELECT 1 FROM calls WHERE call_id = ? LIMIT 1", [call_id]):
+        if not queries.call_exists(store, call_id):
             raise DatasetError(f"no call {call_id} in the log at {log_dir}")
     event_id = new_id("evt")
     record = {
@@ -182,37 +182,6 @@ class _Call:
     @property
     def relabelled(self) -> bool:
         return self.row.get("relabel") is not None
-
-
-_SOURCE_COLUMNS = (
-    "call_id, ts, route, status, error_type, tags, request, response, output_text, regenerate_of, "
-    "response_id, thumbs_up, thumbs_down, rating, choice, flags, regenerated, relabel, excluded, "
-    "reviewer_thumbs_up, reviewer_thumbs_down"
-)
-
-
-def _source_query(
-    route: str | None, since: dt.datetime | None, until: dt.datetime | None
-) -> tuple[str, list[Any]]:
-    where = [
-        "variant = 'baseline'",
-        "coalesce(served, true)",
-        "coalesce(endpoint, 'chat.completions') LIKE 'chat%'",
-    ]
-    params: list[Any] = []
-    if route is not None:
-        where.append("route = ?")
-        params.append(route)
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        params.append(until)
-    query = (
-        f"SELECT {_SOURCE_COLUMNS} FROM calls_with_outcomes WHERE {' AND '.join(where)} ORDER BY ts, call_id"
-    )
-    return query, params
 
 
 def _parse_call(row: dict[str, Any]) -> _Call | None:
@@ -300,11 +269,12 @@ def build_dataset(
     except (ValueError, ImportError) as exc:
         raise DatasetError(str(exc)) from exc
     since_t, until_t = parse_time(since), parse_time(until)
-    query, params = _source_query(route, since_t, until_t)
+    window: dict[str, Any] = {"route": route, "since": since_t, "until": until_t}
+    query, params = queries.training_query(route, since_t, until_t)  # recorded in the manifest
     try:
         with LogStore.open(log_dir) as store:
-            rows = store.sql(query, params)
-            where_ids = _where_ids(store, query, params, filters.where) if filters.where else None
+            rows = cast("list[dict[str, Any]]", queries.training_calls(store, **window))
+            where_ids = _where_ids(store, filters.where, window) if filters.where else None
     except LogStoreError as exc:
         raise DatasetError(str(exc)) from exc
     if not rows:
@@ -471,12 +441,9 @@ def build_dataset(
     return dv
 
 
-def _where_ids(store: LogStore, query: str, params: list[Any], predicate: str) -> set[str]:
-    inner = query.replace(f"SELECT {_SOURCE_COLUMNS} FROM", "SELECT call_id FROM", 1).rsplit(" ORDER BY", 1)[
-        0
-    ]
+def _where_ids(store: LogStore, predicate: str, window: dict[str, Any]) -> set[str]:
     try:
-        return {r["call_id"] for r in store.sql(f"{inner} AND ({predicate})", params)}
+        return queries.training_call_ids(store, predicate, **window)
     except LogStoreError as exc:
         raise DatasetError(f"invalid --where predicate: {exc}") from exc
 

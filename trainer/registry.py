@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from gateway.store.layout import is_remote, local_path
+from gateway.store.fileio import write_json_atomic
+from gateway.store.layout import is_remote, models_root
 from trainer.errors import RegistryError
 
 STATUSES = ("queued", "training", "ready", "failed", "cancelled")
@@ -81,7 +82,7 @@ class Registry:
     def __init__(self, log_dir: str) -> None:
         if is_remote(log_dir):
             raise RegistryError(f"the model registry lives next to a local call log; {log_dir} is remote")
-        self.root = os.path.join(local_path(log_dir), "models")
+        self.root = models_root(log_dir)
 
     def path(self, version: str) -> str:
         return os.path.join(self.root, version)
@@ -110,12 +111,9 @@ class Registry:
         now = _now()
         mv.created_at = mv.created_at or now
         mv.updated_at = now
-        folder = self.path(mv.version)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".model.json.{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(mv.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(folder, "model.json"))
+        write_json_atomic(
+            os.path.join(self.path(mv.version), "model.json"), mv.to_dict(), sort_keys=True, default=None
+        )
         return mv
 
     def get(self, version: str) -> ModelVersion:

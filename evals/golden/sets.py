@@ -33,6 +33,7 @@ import yaml
 from evals.errors import JudgeError, SourceError
 from evals.golden.metrics import compute_metrics
 from evals.judge.pairwise import ChatClient, Pair, render_prompt
+from gateway.store.layout import datasets_root
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def read_dataset(
     log_dir: str, name: str, *, split: str | None = "test", fallback_all: bool = False
 ) -> list[Example]:
     """Examples of dataset ``name`` (``name@vN`` for a version) in ``split`` (every split when None)."""
-    folder = _version_folder(Path(log_dir) / "datasets", name)
+    folder = _version_folder(Path(datasets_root(log_dir)), name)
     if (folder / "manifest.json").exists():
         return _trainer_examples(log_dir, name, split, fallback_all)
     return _parquet_examples(folder, name, split, fallback_all)

@@ -16,6 +16,7 @@ import httpx
 import yaml
 
 from evals.errors import JudgeError, SourceError
+from gateway.store.layout import judge_cache_path
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 """The local gateway, which routes judge model names to their upstreams."""
@@ -109,7 +110,7 @@ class ResponseCache:
 
     @classmethod
     def for_log_dir(cls, log_dir: str) -> ResponseCache:
-        return cls(Path(log_dir) / "evals" / "cache" / "responses.jsonl")
+        return cls(Path(judge_cache_path(log_dir)))
 
     @staticmethod
     def key(model: str, messages: Sequence[Mapping[str, Any]], tag: str, params: Mapping[str, Any]) -> str:

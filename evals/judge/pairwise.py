@@ -65,7 +65,7 @@ from evals.judge._prompt import (
 from evals.judge.families import check_families, resolve_families, self_preference
 from evals.judge.jury import ABSTAIN, ItemVerdict, Judgement, Order, Outcome, Pair, item_verdict
 from evals.online.outcomes import wilson_interval
-from gateway.store import LogStore
+from gateway.store import LogStore, queries
 from gateway.store.ids import new_id
 
 __all__ = [
@@ -397,23 +397,6 @@ def judge(
 
 
 # -- shadow pairs from the log -------------------------------------------------------------
-SHADOW_PAIRS_SQL = """
-SELECT b.call_id, c.call_id AS candidate_call_id, b.request,
-       b.output_text AS baseline_text, b.response AS baseline_response,
-       c.output_text AS candidate_text, c.response AS candidate_response,
-       coalesce(b.upstream_model, json_extract_string(b.request, '$.model')) AS baseline_model,
-       coalesce(c.upstream_model, json_extract_string(c.request, '$.model')) AS candidate_model,
-       b.upstream AS baseline_upstream, c.upstream AS candidate_upstream
-FROM calls b JOIN calls c ON c.parent_call_id = b.call_id
-WHERE b.route = $route AND b.variant = 'baseline' AND b.served
-  AND c.variant = 'candidate' AND NOT coalesce(c.served, false)
-  AND coalesce(b.status, 200) < 400 AND coalesce(c.status, 200) < 400
-  AND b.ts >= $since AND b.ts < $until
-ORDER BY b.ts, b.call_id
-LIMIT $limit
-"""
-
-
 def shadow_pairs(
     store: LogStore,
     route: str,
@@ -423,17 +406,8 @@ def shadow_pairs(
     limit: int = 500,
 ) -> list[Pair]:
     """Served baseline calls of ``route`` joined with their shadow candidate calls."""
-    rows = store.sql(
-        SHADOW_PAIRS_SQL,
-        {
-            "route": route,
-            "since": since or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
-            "until": until or dt.datetime(9999, 1, 1, tzinfo=dt.UTC),
-            "limit": limit,
-        },
-    )
     pairs = []
-    for row in rows:
+    for row in queries.shadow_pairs(store, route, since=since, until=until, limit=limit):
         try:
             request = json.loads(row["request"] or "{}")
         except json.JSONDecodeError:

@@ -45,6 +45,7 @@ from evals.online.decision import (
 from evals.online.outcomes import METRICS, ArmStats, MetricSpec, srm_check
 from evals.online.outcomes_query import query_cells
 from evals.online.strata import Evidence, stratified_difference
+from gateway.store import layout
 
 log = logging.getLogger("shadowtune.controller")
 
@@ -117,7 +118,7 @@ class AdminClient:
 # log directory by default: ``<dir>/controller/<route>.json`` and ``decisions.jsonl``) or
 # its ``postgresql://`` URL.
 def controller_dir(log_dir: str) -> Path:
-    return Path(log_dir) / "controller"
+    return Path(layout.controller_dir(log_dir))
 
 
 def state_path(log_dir: str, route: str) -> Path:

@@ -38,11 +38,12 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.store import queries
 from gateway.store.ids import new_id
 from gateway.store.sources import REVIEWER_SOURCES
 
@@ -316,19 +317,7 @@ def orphan_feedback(store: Any, window_s: float, *, now: float | None = None) ->
     """
     now_s = time.time() if now is None else now
     cutoff_us = int((now_s - window_s) * 1_000_000)
-    rows: list[dict[str, Any]] = store.sql(
-        """
-        SELECT e.event_id, e.call_id, e.ts, e.kind, e.value, e.source, e.user,
-               epoch_us(e.ts) AS ts_us
-        FROM events e
-        WHERE epoch_us(e.ts) < $cutoff
-          AND coalesce(e.source, '') <> 'detector'
-          AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.call_id = e.call_id)
-          AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.response_id = e.call_id)
-        ORDER BY e.ts, e.event_id
-        """,
-        {"cutoff": cutoff_us},
-    )
+    rows = cast("list[dict[str, Any]]", queries.orphan_events(store, cutoff_us))
     for row in rows:
         row["age_s"] = now_s - row.pop("ts_us") / 1e6
     return rows

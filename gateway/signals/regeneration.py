@@ -35,10 +35,11 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from gateway.store import queries
 from gateway.store.ids import new_id
 
 _RULE_ORDER = {"explicit": 0, "retry": 1, "rephrase": 2}
@@ -79,19 +80,10 @@ def detect_regenerations(
     since_us = _epoch_us(since)
     until_us = _epoch_us(until) if until is not None else None
     lookback = max(window_s, rephrase_window_s if rephrase else 0.0)
-    rows = store.sql(
-        """
-        SELECT call_id, response_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
-               request, regenerate_of, status, error_type
-        FROM calls
-        WHERE served AND epoch_us(ts) >= $lo AND ($hi IS NULL OR epoch_us(ts) < $hi)
-        ORDER BY ts, call_id
-        """,
-        {"lo": since_us - int(lookback * 1e6), "hi": until_us},
+    rows = cast(
+        "list[dict[str, Any]]", queries.regeneration_inputs(store, since_us - int(lookback * 1e6), until_us)
     )
-    marked = {
-        r["call_id"] for r in store.sql("SELECT DISTINCT call_id FROM events WHERE kind = 'regeneration'")
-    }
+    marked = queries.regenerated_call_ids(store)
     found: dict[str, tuple[int, dict[str, Any]]] = {}
 
     def mark(rule: str, earlier: str, later: str, later_ts: int, gap_us: int | None) -> None:

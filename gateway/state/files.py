@@ -19,7 +19,6 @@ use PostgreSQL (``store.state_url: postgresql://...``) for several hosts.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.state.base import Health, Lease, RouteChange, StateUnavailable
+from gateway.store.fileio import locked, write_json_atomic
 
 _DOC_DIRS = {"trigger_run": "triggers/runs", "trigger_state": "triggers/state"}
 _RECORD_FILES = {"decisions": "controller/decisions.jsonl"}
@@ -47,35 +47,19 @@ class FileBackend:
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        path = self._p(name)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError as exc:
-            self.health.failure(exc)
-            raise StateUnavailable(f"the state directory {self.root} cannot be written: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(locked(self._p(name)))
+            except OSError as exc:
+                self.health.failure(exc)
+                raise StateUnavailable(f"the state directory {self.root} cannot be written: {exc}") from exc
             yield
-        finally:
-            os.close(fd)
 
     def _write_json(self, path: str, data: Any, mode: int | None = None, *, sync: bool = True) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            with open(tmp, "w") as f:
-                if mode is not None:
-                    os.chmod(tmp, mode)
-                json.dump(data, f, indent=1, sort_keys=True, default=str)
-                if sync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_json_atomic(path, data, indent=1, sort_keys=True, mode=mode, sync=sync)
         except OSError as exc:
             self.health.failure(exc)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise StateUnavailable(f"cannot write {path}: {exc}") from exc
         self.health.success()
 

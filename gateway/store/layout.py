@@ -11,6 +11,17 @@
       wal/<writer_id>.<seq>.wal.ndjson   unflushed records (local disk)
       wal/<writer_id>.lock
 
+What trainer and evals keep next to the log (their paths are defined here, once)::
+
+      datasets/<name>/v<N>/              dataset versions (`datasets_root`; local even for a remote log)
+      models/<version>/model.json        the model registry (`models_root`)
+      evals/judge/<run_id>/              judge runs: summary.json, verdicts.parquet, judgements.parquet
+      evals/golden/<run_id>/             golden runs: summary.json, outputs.parquet (`eval_runs_dir`)
+      evals/cache/responses.jsonl        the judge's response cache (`judge_cache_path`)
+      drift/<route>/drift_*.json         drift reports (`drift_dir`)
+      controller/<route>.json            controller state (`controller_dir`)
+      triggers/policies.yaml             retraining trigger policies (`triggers_dir`)
+
 ``<stem>`` is the WAL segment a file came from (``<writer_id>.<seq>``), or
 ``compact-<time>-<random>`` for a compacted file. A file is in the log once a commit adds
 it; a WAL segment whose seq the table has committed for its writer (Delta app
@@ -30,11 +41,9 @@ the WAL stays on local disk (``store.wal_dir``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import secrets
 from collections import defaultdict
 from typing import Any
 
@@ -42,6 +51,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gateway.store.fileio import atomic_file, try_locked
 from gateway.store.schema import SCHEMA_VERSION, TABLES
 
 DEFAULT_LOG_DIR = "./shadowtune-data"
@@ -74,6 +84,52 @@ def default_wal_dir(log_dir: str) -> str:
     if is_remote(log_dir):
         return os.path.abspath("shadowtune-wal")
     return os.path.join(local_path(log_dir), "wal")
+
+
+# -- what trainer and evals keep next to the log (see the module docstring) ------------------
+RESULT_VIEWS = {
+    "judge_verdicts": "evals/judge/*/verdicts.parquet",
+    "judge_judgements": "evals/judge/*/judgements.parquet",
+}
+"""Views `LogStore` opens over result files, by view name: glob patterns under the log dir."""
+
+
+def datasets_root(log_dir: str) -> str:
+    """``<log_dir>/datasets``; for a log in object storage, ``$SHADOWTUNE_DATASETS_DIR`` (default
+    ``./shadowtune-datasets``): datasets are local files for the trainer."""
+    if is_remote(log_dir):
+        return os.path.abspath(os.environ.get("SHADOWTUNE_DATASETS_DIR") or "shadowtune-datasets")
+    return os.path.join(local_path(log_dir), "datasets")
+
+
+def models_root(log_dir: str) -> str:
+    """``<log_dir>/models``: the model registry."""
+    return os.path.join(local_path(log_dir), "models")
+
+
+def eval_runs_dir(log_dir: str, kind: str) -> str:
+    """``<log_dir>/evals/<kind>``: one folder per run of ``kind`` (``judge``, ``golden``)."""
+    return os.path.join(local_path(log_dir), "evals", kind)
+
+
+def judge_cache_path(log_dir: str) -> str:
+    """``<log_dir>/evals/cache/responses.jsonl``: the judge's response cache."""
+    return os.path.join(local_path(log_dir), "evals", "cache", "responses.jsonl")
+
+
+def drift_dir(log_dir: str) -> str:
+    """``<log_dir>/drift``: drift reports by route (and the classifier's calibration cache)."""
+    return os.path.join(local_path(log_dir), "drift")
+
+
+def controller_dir(log_dir: str) -> str:
+    """``<log_dir>/controller``: the canary controller's state (file state backend)."""
+    return os.path.join(local_path(log_dir), "controller")
+
+
+def triggers_dir(log_dir: str) -> str:
+    """``<log_dir>/triggers``: retraining trigger policies."""
+    return os.path.join(local_path(log_dir), "triggers")
 
 
 def filesystem(log_dir: str) -> tuple[pafs.FileSystem, str]:
@@ -172,23 +228,8 @@ def write_parquet(log_dir: str, table: str, day: str, stem: str, data: pa.Table)
         with fs.open_output_stream(final) as out:
             pq.write_table(data, out, compression="zstd")
         return final
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{final}.tmp-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(data, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:  # a full disk, an error mid-write: no temporary file is left behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_file(final) as f:  # fsync'd, renamed into place, no temporary file left on error
+        pq.write_table(data, f, compression="zstd")
     return final
 
 
@@ -270,16 +311,10 @@ def compact(log_dir: str, wal_dir: str, *, min_files: int = 2) -> int:
     see `gateway.store.table`); the ``flock`` on ``<wal_dir>/compact.lock`` only saves a
     second process on the same host from doing the same work.
     """
-    import fcntl
-
     from gateway.store.table import DeltaLog
 
-    os.makedirs(wal_dir, exist_ok=True)
-    lock_fd = os.open(os.path.join(wal_dir, "compact.lock"), os.O_CREAT | os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with try_locked(os.path.join(wal_dir, "compact.lock")) as mine:
+        if not mine:
             return 0
         removed = 0
         for table in TABLES:
@@ -288,8 +323,6 @@ def compact(log_dir: str, wal_dir: str, *, min_files: int = 2) -> int:
                 removed += log.compact(min_files=min_files)
                 log.vacuum()
         return removed
-    finally:
-        os.close(lock_fd)
 
 
 def prune(log_dir: str, before: dt.date) -> int:

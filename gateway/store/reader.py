@@ -47,10 +47,7 @@ from gateway.store.table import DeltaLog, split_stem
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
 
 # Result files that `evals` writes next to the log, exposed as views when they exist.
-EXTRA_VIEWS = {
-    "judge_verdicts": "evals/judge/*/verdicts.parquet",
-    "judge_judgements": "evals/judge/*/judgements.parquet",
-}
+EXTRA_VIEWS = layout.RESULT_VIEWS
 
 # Feedback may name a call by its x-request-id (call_id) or by the response's chatcmpl- id.
 EVENTS_RESOLVED_SQL = """

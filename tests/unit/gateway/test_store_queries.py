@@ -1,0 +1,198 @@
+"""The typed store queries (`gateway.store.queries`) on a real log written by LogWriter and read by DuckDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.store import LogStore, LogStoreError, LogWriter, queries
+from gateway.store.ids import new_id
+
+HOUR_US = 3600 * 1_000_000
+NOW_US = int(time.time() * 1e6)
+
+
+def _call(
+    route: str, *, ts: int, variant: str = "baseline", served: bool = True, status: int = 200, **kw: Any
+) -> dict[str, Any]:
+    request = {"model": route, "messages": [{"role": "user", "content": f"q {ts}"}]}
+    response = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"a {ts}"}}]}
+    return {
+        "call_id": new_id("call"),
+        "ts": ts,
+        "endpoint": "chat.completions",
+        "route": route,
+        "variant": variant,
+        "served": served,
+        "mode": "shadow",
+        "upstream_model": "m-" + variant,
+        "request": json.dumps(request),
+        "response": json.dumps(response),
+        "output_text": f"a {ts}",
+        "status": status,
+        "latency_ms": 5.0,
+        **kw,
+    }
+
+
+@pytest.fixture
+def log(log_dir: str) -> dict[str, Any]:
+    """One route's traffic over three hours, with every kind of call the filters must tell apart."""
+    t0 = NOW_US - 3 * HOUR_US
+    ids: dict[str, Any] = {"t0": t0, "ok": [], "pairs": []}
+    with LogWriter(log_dir) as w:
+        for i in range(6):  # served, successful baselines, each with a shadow candidate
+            b = _call("support", ts=t0 + i * HOUR_US // 2, response_id=f"chatcmpl-{i}")
+            c = _call(
+                "support",
+                ts=t0 + i * HOUR_US // 2,
+                variant="candidate",
+                served=False,
+                parent_call_id=b["call_id"],
+            )
+            w.append("calls", b)
+            w.append("calls", c)
+            ids["ok"].append(b["call_id"])
+            ids["pairs"].append((b["call_id"], c["call_id"]))
+        failed = _call("support", ts=t0 + 10, status=502)  # served but failed: no filter keeps it
+        w.append("calls", failed)
+        ids["failed"] = failed["call_id"]
+        b = _call("support", ts=t0 + 20)  # a baseline whose shadow candidate failed
+        w.append("calls", b)
+        w.append(
+            "calls",
+            _call(
+                "support",
+                ts=t0 + 20,
+                variant="candidate",
+                served=False,
+                status=500,
+                parent_call_id=b["call_id"],
+            ),
+        )
+        ids["ok"].append(b["call_id"])
+        ids["bad_shadow"] = b["call_id"]
+        emb = _call("support", ts=t0 + 30, endpoint="embeddings")  # served, not a chat call
+        w.append("calls", emb)
+        ids["ok"].append(emb["call_id"])
+        ids["embedding"] = emb["call_id"]
+        other = _call("billing", ts=t0 + 40)
+        w.append("calls", other)
+        ids["other"] = other["call_id"]
+        w.append(
+            "events",
+            {"event_id": new_id("evt"), "call_id": "call_nobody", "ts": t0, "kind": "thumbs", "value": "up"},
+        )
+        w.append(
+            "events",
+            {"event_id": new_id("evt"), "call_id": ids["ok"][0], "ts": t0, "kind": "thumbs", "value": "up"},
+        )
+        w.append(
+            "events",
+            {
+                "event_id": new_id("evt"),
+                "call_id": ids["ok"][1],
+                "ts": t0,
+                "kind": "regeneration",
+                "value": "retry",
+                "source": "detector",
+            },
+        )
+    return ids
+
+
+def _utc(us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC)
+
+
+def test_served_calls_are_the_routes_successful_served_calls_in_the_window(log_dir, log):
+    with LogStore.open(log_dir) as store:
+        every = queries.served_calls(store, "support")
+        assert {r["call_id"] for r in every} == set(log["ok"])
+        assert log["failed"] not in {r["call_id"] for r in every}
+        window = queries.served_calls(
+            store, "support", since=_utc(log["t0"] + HOUR_US), until=_utc(log["t0"] + 2 * HOUR_US)
+        )
+        assert {r["call_id"] for r in window} == set(log["ok"][2:4])
+        sample = queries.served_calls(store, "support", limit=3)
+        assert len(sample) == 3 and sample == queries.served_calls(store, "support", limit=3)  # stable sample
+        assert json.loads(every[0]["request"] or "{}")["model"] == "support"
+
+
+def test_count_served_counts_after_a_time(log_dir, log):
+    with LogStore.open(log_dir) as store:
+        assert queries.count_served(store, "support") == len(log["ok"])
+        assert queries.count_served(store, "support", after=_utc(log["t0"] + 2 * HOUR_US)) == 1
+        assert queries.count_served(store, "nobody") == 0
+
+
+def test_shadow_pairs_leave_out_failed_baselines_and_failed_candidates(log_dir, log):
+    with LogStore.open(log_dir) as store:
+        pairs = queries.shadow_pairs(store, "support")
+        assert [(p["call_id"], p["candidate_call_id"]) for p in pairs] == log["pairs"]
+        assert pairs[0]["baseline_model"] == "m-baseline" and pairs[0]["candidate_model"] == "m-candidate"
+        assert log["bad_shadow"] not in {p["call_id"] for p in pairs}
+        assert len(queries.shadow_pairs(store, "support", limit=2)) == 2
+        late = queries.shadow_pairs(store, "support", since=_utc(log["t0"] + 2 * HOUR_US))
+        assert [p["call_id"] for p in late] == [log["pairs"][4][0], log["pairs"][5][0]]
+
+
+def test_single_call_lookups_by_call_id_and_response_id(log_dir, log):
+    with LogStore.open(log_dir) as store:
+        assert queries.call_exists(store, log["ok"][0])
+        assert not queries.call_exists(store, "call_nobody")
+        found = queries.call_routes(store, ["chatcmpl-1", log["other"], "call_nobody"])
+        assert {(r["call_id"], r["route"], r["variant"]) for r in found} == {
+            (log["ok"][1], "support", "baseline"),
+            (log["other"], "billing", "baseline"),
+        }
+
+
+def test_signal_queries(log_dir, log):
+    with LogStore.open(log_dir) as store:
+        inputs = queries.regeneration_inputs(store, log["t0"], log["t0"] + 50)
+        assert [r["call_id"] for r in inputs] == [
+            log["ok"][0],
+            log["failed"],
+            log["bad_shadow"],
+            log["embedding"],
+            log["other"],
+        ]
+        assert all(isinstance(r["ts_us"], int) for r in inputs)
+        assert len(queries.regeneration_inputs(store, log["t0"], None)) == len(log["ok"]) + 2  # served only
+        assert queries.regenerated_call_ids(store) == {log["ok"][1]}
+        orphans = queries.orphan_events(store, NOW_US)
+        assert [o["call_id"] for o in orphans] == ["call_nobody"]
+        assert queries.orphan_events(store, log["t0"]) == []  # nothing older than the cutoff
+
+
+def test_training_calls_are_served_baseline_chat_calls_and_a_predicate_narrows_them(log_dir, log):
+    with LogStore.open(log_dir) as store:
+        rows = queries.training_calls(store, route="support")
+        ids = [r["call_id"] for r in rows]
+        assert log["embedding"] not in ids and log["other"] not in ids
+        assert log["failed"] in ids  # status is the dataset build's own filter (it counts what it drops)
+        assert rows[0]["thumbs_up"] == 1
+        assert queries.training_call_ids(store, "thumbs_up > 0", route="support") == {log["ok"][0]}
+        query, params = queries.training_query("support", _utc(log["t0"]), None)
+        assert "FROM calls_with_outcomes" in query and params == ["support", _utc(log["t0"])]
+        with pytest.raises(LogStoreError):
+            queries.training_call_ids(store, "no_such_column = 1")
+        with pytest.raises(LogStoreError, match="read-only"):
+            queries.training_call_ids(store, "true); DELETE FROM calls WHERE (true")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(route=st.text(max_size=40))
+def test_a_hostile_route_name_is_a_parameter_never_sql(log_dir, log, route):
+    with LogStore.open(log_dir) as store:
+        expected = {"support": set(log["ok"]), "billing": {log["other"]}}.get(route, set())
+        assert queries.count_served(store, route) == len(expected)
+        assert {r["call_id"] for r in queries.served_calls(store, route)} == expected
+        assert len(queries.shadow_pairs(store, route)) == (len(log["pairs"]) if route == "support" else 0)
