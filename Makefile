@@ -1,4 +1,4 @@
-# Shadowtune: every task has a target; CI (.ci/run) and pre-commit call the same ones.
+# Shadowtune: every task has a target; CI (.ci/run) calls the same ones (lint, typecheck, test).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
