@@ -296,18 +296,7 @@ class Telemetry:
                     errors[ekey] = errors.get(ekey, 0) + 1
                 if rec.get("cost_usd"):
                     cost[key] = cost.get(key, 0.0) + rec["cost_usd"]
-                for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
-                    if rec.get(col) is not None:
-                        self.tokens.record(rec[col], self._metric_attrs(key, "gen_ai.token.type", kind))
-                if rec.get("latency_ms") is not None:
-                    attrs = (
-                        self._metric_attrs(key, "error.type", error_type)
-                        if error_type
-                        else self._metric_attrs(key)
-                    )
-                    self.duration.record(rec["latency_ms"] / 1000, attrs)
-                if rec.get("ttft_ms") is not None:
-                    self.ttft.record(rec["ttft_ms"] / 1000, self._metric_attrs(key))
+                self._call_histograms(rec, key, error_type)
                 if tracing:
                     self._span(rec, self._attributes(rec))
             except Exception as exc:  # telemetry must never break the log agent
@@ -320,6 +309,19 @@ class Telemetry:
             self.errors.add(n, self._metric_attrs(ekey[:-1], "error.type", ekey[-1]))
         for key, usd in cost.items():
             self.cost.add(usd, self._metric_attrs(key))
+
+    def _call_histograms(self, rec: dict[str, Any], key: tuple[Any, ...], error_type: str | None) -> None:
+        """One call's points: token usage, duration (with its error type), time to first chunk."""
+        for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
+            if rec.get(col) is not None:
+                self.tokens.record(rec[col], self._metric_attrs(key, "gen_ai.token.type", kind))
+        if rec.get("latency_ms") is not None:
+            attrs = (
+                self._metric_attrs(key, "error.type", error_type) if error_type else self._metric_attrs(key)
+            )
+            self.duration.record(rec["latency_ms"] / 1000, attrs)
+        if rec.get("ttft_ms") is not None:
+            self.ttft.record(rec["ttft_ms"] / 1000, self._metric_attrs(key))
 
     def _on_events(self, records: list[dict[str, Any]]) -> None:
         """Outcome events by the route and variant of their call (``unknown`` when not found)."""
