@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import logging
 import os
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 from gateway.agent.tail import WalTailer
 from gateway.config import Settings
 from gateway.store import layout, quarantine
+from gateway.store.fileio import try_lock
 from gateway.store.wal import WalAppender, default_wal_dir
 from gateway.store.writer import LogWriter
 
@@ -261,16 +261,14 @@ class LogAgent:
     def _host_lock(self) -> Iterator[bool]:
         """``<wal_dir>/agent.lock`` for the round: two agents on one WAL never convert at once."""
         try:
-            fd = os.open(os.path.join(self.wal_dir, AGENT_LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+            fd = try_lock(os.path.join(self.wal_dir, AGENT_LOCK))
         except OSError:
             yield True  # no WAL directory: nothing to race for (the round reports why)
             return
+        if fd is None:
+            yield False
+            return
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                yield False
-                return
             yield True
         finally:
             os.close(fd)
@@ -286,15 +284,9 @@ class LogAgent:
         if self.own is not None and owner == self.own.writer_id and not self._stop.is_set():
             return None
         try:
-            fd = os.open(os.path.join(self.wal_dir, f"{owner}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+            return try_lock(os.path.join(self.wal_dir, f"{owner}.lock"))
         except OSError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
 
     def _live_writers_with_data(self) -> bool:
         """True while any segment is left (a live writer's, or one the store refused)."""
