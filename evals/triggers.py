@@ -40,7 +40,7 @@ import yaml
 
 from evals.drift import load_reports
 from evals.errors import TriggerError
-from gateway.store import LogStore
+from gateway.store import LogStore, queries
 from gateway.store.ids import new_id
 
 STEPS = ("build_dataset", "train", "evaluate", "register", "deploy")
@@ -184,12 +184,7 @@ def _drift_streak(log_dir: str, route: str, since: dt.datetime | None) -> int:
 
 
 def _new_examples(store: LogStore, route: str, since: dt.datetime | None) -> int:
-    rows = store.sql(
-        "SELECT count(*) AS n FROM calls WHERE route = $route AND served AND coalesce(status, 200) < 400 "
-        "AND ts > $since",
-        {"route": route, "since": since or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)},
-    )
-    return int(rows[0]["n"])
+    return queries.count_served(store, route, after=since)
 
 
 def _guardrail(log_dir: str, path: str | None, since: dt.datetime | None) -> dict[str, Any] | None:

@@ -15,9 +15,12 @@ import os
 import secrets
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError, Unauthorized
+
+if TYPE_CHECKING:
+    from gateway.state.base import StateBackend
 
 KEY_PREFIX = "sk-st-"
 
@@ -29,7 +32,7 @@ def _hash(key: str) -> str:
 class KeyFile:
     """Client keys in the state backend at ``location`` (a directory or a ``postgresql://`` URL)."""
 
-    def __init__(self, location: str, *, backend: Any = None) -> None:
+    def __init__(self, location: str, *, backend: StateBackend | None = None) -> None:
         from gateway import state
 
         self.backend = backend or state.open_backend(location)
@@ -64,7 +67,7 @@ class Authenticator:
     known keys keep working.
     """
 
-    def __init__(self, location: str, mode: str, *, backend: Any = None) -> None:
+    def __init__(self, location: str, mode: str, *, backend: StateBackend | None = None) -> None:
         self.mode = mode
         self.file = KeyFile(location, backend=backend)
         self._inline = self.file.backend.kind == "files"

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.state import Lease, StateUnavailable
+from gateway.state.base import StateBackend
 from gateway.store.fileio import try_locked
 
 log = logging.getLogger("shadowtune.jobs")
@@ -93,7 +94,13 @@ class Periodic:
     """
 
     def __init__(
-        self, backend: Any, name: str, interval: float, job: Callable[[], Any], *, owner: str | None = None
+        self,
+        backend: StateBackend,
+        name: str,
+        interval: float,
+        job: Callable[[], object],
+        *,
+        owner: str | None = None,
     ) -> None:
         self.backend = backend
         self.name = name

@@ -45,6 +45,7 @@ from evals.online.decision import (
 from evals.online.outcomes import METRICS, ArmStats, MetricSpec, srm_check
 from evals.online.outcomes_query import query_cells
 from evals.online.strata import Evidence, stratified_difference
+from gateway.state.base import StateBackend
 from gateway.store import layout
 
 log = logging.getLogger("shadowtune.controller")
@@ -125,7 +126,7 @@ def state_path(log_dir: str, route: str) -> Path:
     return controller_dir(log_dir) / (urllib.parse.quote(route, safe="") + ".json")
 
 
-def _backend(location: str) -> Any:
+def _backend(location: str) -> StateBackend:
     from gateway.state import open_backend
 
     return open_backend(location)

@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.config import RouteConfig, Settings, UpstreamConfig
 from gateway.errors import InvalidRequest, NotFound
-from gateway.state.base import StateUnavailable
+from gateway.state.base import StateBackend, StateUnavailable
 
 MODES = ("off", "shadow", "canary", "primary")
 
@@ -98,7 +98,9 @@ class RouteStateStore:
     `StateUnavailable` (a 503): nothing is changed, nothing is queued.
     """
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 0.5, backend: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, *, poll_interval: float = 0.5, backend: StateBackend | None = None
+    ) -> None:
         from gateway import state as state_backends
 
         self.backend = backend or state_backends.open_backend(state_backends.location_of(settings))

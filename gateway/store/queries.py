@@ -34,7 +34,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 if TYPE_CHECKING:
-    from gateway.store.reader import LogStore
+    from gateway.store.reader import LogStore, Params
 
 __all__ = [
     "CallRoute",
@@ -97,7 +97,7 @@ def training_filters() -> list[str]:
     ]
 
 
-def _rows(store: LogStore, query: str, params: list[Any] | dict[str, Any] | None = None) -> list[Any]:
+def _rows(store: LogStore, query: str, params: Params = None) -> list[dict[str, Any]]:
     return store.sql(query, params)
 
 

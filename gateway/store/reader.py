@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -43,6 +44,9 @@ from gateway.store.layout import LogStoreError
 from gateway.store.rows import convert, parse_lines, to_table
 from gateway.store.schema import TABLES
 from gateway.store.table import DeltaLog, split_stem
+
+Params = Sequence[object] | Mapping[str, object] | None
+"""Query parameters: positional (``?``, ``$1``) or named (``$name``)."""
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "SUMMARIZE"}
 
@@ -195,17 +199,17 @@ class LogStore:
         return out
 
     # -- queries ------------------------------------------------------------------------
-    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def sql(self, query: str, params: Params = None) -> list[dict[str, Any]]:
         """Run a read-only query; rows as dicts."""
         cur = self._execute(query, params)
         cols = [d[0] for d in cur.description or ()]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
-    def arrow(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
+    def arrow(self, query: str, params: Params = None) -> pa.Table:
         """Run a read-only query; an Arrow table."""
         return self._execute(query, params).to_arrow_table()
 
-    def _execute(self, query: str, params: list[Any] | dict[str, Any] | None) -> duckdb.DuckDBPyConnection:
+    def _execute(self, query: str, params: Params) -> duckdb.DuckDBPyConnection:
         check_read_only(query)
         try:
             return self.con.execute(query, params)
