@@ -55,7 +55,7 @@ class FileBackend:
                 raise StateUnavailable(f"the state directory {self.root} cannot be written: {exc}") from exc
             yield
 
-    def _write_json(self, path: str, data: Any, mode: int | None = None, *, sync: bool = True) -> None:
+    def _write_json(self, path: str, data: object, mode: int | None = None, *, sync: bool = True) -> None:
         try:
             write_json_atomic(path, data, indent=1, sort_keys=True, mode=mode, sync=sync)
         except OSError as exc:
