@@ -33,7 +33,9 @@ def payloads(sse: str) -> list[Any]:
     Parsed in one ``orjson.loads`` when the stream is plain ``data: {...}`` events (the common
     case), line by line otherwise.
     """
-    body = sse.replace("data: [DONE]", "").strip()
+    body = sse.rstrip()
+    if body.endswith("data: [DONE]"):
+        body = body[:-12].rstrip()
     if body.startswith("data: "):
         try:
             parsed = orjson.loads("[" + body[6:].replace("\n\ndata: ", ",") + "]")
@@ -63,18 +65,12 @@ def _objects(sse: str) -> list[dict[str, Any]]:
 def assemble_chat(sse: str) -> dict[str, Any]:
     """Rebuild a ``chat.completion`` object from the SSE text of a streamed completion.
 
-    The common case — one choice, text deltas only — takes a fast path.
+    The common case — one choice, text deltas only — takes a fast path (`_text_stream`).
     """
     chunks = _objects(sse)
-    if (
-        '"tool_calls"' not in sse
-        and '"error"' not in sse
-        and '"index":1' not in sse
-        and '"index": 1' not in sse
-    ):
-        fast = _text_stream(chunks)
-        if fast is not None:
-            return fast
+    fast = _text_stream(chunks)
+    if fast is not None:
+        return fast
     simple = _single_choice(chunks)
     if simple is not None:
         base, choices, usage, error = simple
@@ -103,27 +99,44 @@ def _completion(
 
 
 def _text_stream(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One choice of plain text deltas (most streams): comprehensions only; None if not that shape."""
+    """One choice of plain text deltas (most streams), in one pass; None if not that shape.
+
+    Not that shape: an error event, several choices, an index other than 0, tool calls,
+    logprobs, a refusal, a choice without a ``delta`` object, text that is not a string.
+    """
+    texts: list[str] = []
+    role = finish = usage = None
+    seen = False
     try:
-        with_choices = [c["choices"][0] for c in chunks if c.get("choices")]
-        deltas = [ch["delta"] for ch in with_choices]
-        if any(ch.get("logprobs") or ch.get("index", 0) for ch in with_choices) or any(
-            "refusal" in d and d["refusal"] for d in deltas
-        ):
-            return None
-        text = "".join([d.get("content") or "" for d in deltas])
+        for c in chunks:
+            if "error" in c:
+                return None
+            if c.get("usage"):
+                usage = c["usage"]
+            choices = c.get("choices")
+            if not choices:
+                continue
+            if len(choices) > 1:
+                return None
+            ch = choices[0]
+            d = ch["delta"]
+            if ch.get("logprobs") or ch.get("index", 0) or d.get("refusal") or "tool_calls" in d:
+                return None
+            seen = True
+            piece = d.get("content")
+            if piece:
+                texts.append(piece)
+            if role is None and d.get("role"):
+                role = d["role"]
+            if ch.get("finish_reason"):
+                finish = ch["finish_reason"]
+        text = "".join(texts)
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
     base = chunks[0] if chunks else {}
-    finish = next((ch["finish_reason"] for ch in reversed(with_choices) if ch.get("finish_reason")), None)
-    role = next((d["role"] for d in deltas if d.get("role")), "assistant")
-    choices = (
-        [{"index": 0, "message": {"role": role, "content": text or None}, "finish_reason": finish}]
-        if with_choices
-        else []
-    )
-    usage = next((c["usage"] for c in reversed(chunks) if c.get("usage")), None)
-    return _completion(base, choices, usage)
+    message = {"role": role or "assistant", "content": text or None}
+    choices_out = [{"index": 0, "message": message, "finish_reason": finish}] if seen else []
+    return _completion(base, choices_out, usage)
 
 
 _Parts = tuple[dict[str, Any], list[dict[str, Any]], Any, Any]
