@@ -43,6 +43,11 @@ def payloads(sse: str) -> list[Any]:
                 return parsed
         except orjson.JSONDecodeError:
             pass
+    return _line_payloads(sse)
+
+
+def _line_payloads(sse: str) -> list[Any]:
+    """`payloads` line by line: events with an ``event:`` line, or ``data:`` without its space."""
     out = []
     for line in sse.splitlines():
         if not line.startswith("data:"):
@@ -246,20 +251,7 @@ def _finish_choice(acc: dict[str, Any]) -> dict[str, Any]:
 # -- the Responses API and legacy completions -----------------------------------------------
 def _event_objects(sse: str) -> list[dict[str, Any]]:
     """Line by line: typed events may carry an ``event:`` line before their ``data:``."""
-    out = []
-    for line in sse.splitlines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if not payload or payload == "[DONE]":
-            continue
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
+    return [obj for obj in _line_payloads(sse) if isinstance(obj, dict)]
 
 
 def assemble_responses(sse: str) -> dict[str, Any]:
