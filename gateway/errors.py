@@ -19,15 +19,16 @@
 An upstream failure's ``message`` is generic (no URL, no credentials) and the caller also gets
 the call id; its ``detail`` (credentials redacted) goes to the log row and to stderr.
 
-Services raise; `error_body` is the one place that builds the body
-``{"error": {"message", "type", "param", "code"}}`` (``code`` a string or null).
+Services raise; the body ``{"error": {"message", "type", "param", "code"}}`` (``code`` a
+string or null) is built in one place, `gateway.protocol.errors` (`error_body` here is it).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from gateway.protocol.errors import error_body as error_body  # re-exported: the one body
+from gateway.protocol.errors import error_object
 
 
 class GatewayError(Exception):
@@ -120,10 +121,7 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
-def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
-    """The OpenAI error body, as bytes."""
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
-
-
 def error_dict(exc: GatewayError) -> dict[str, Any]:
-    return {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    """The ``error`` member of ``exc``'s body."""
+    inner: dict[str, Any] = error_object(exc.message, exc.type, param=exc.param, code=exc.code)["error"]
+    return inner

@@ -12,6 +12,8 @@ adds, per connection:
 - **OpenAI-shaped** answers to requests the parser refuses (a malformed request line, a
   bad or duplicated ``Content-Length``, a control character in a header): 400
   ``invalid_http_request`` and close.
+- an answer's status line and headers **in one write with its first body bytes**
+  (`gateway.coalesce`): one ``send()`` and one wake-up of the client instead of two.
 
 What uvicorn and httptools still answer themselves: nothing, for the cases above. A
 header *value* with bytes over 0x7f is valid HTTP (obs-text) and reaches the gateway,
@@ -31,6 +33,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.coalesce import HeadWithBody
 from gateway.config import ServerConfig, Settings
 from gateway.errors import error_body
 
@@ -140,7 +143,12 @@ class GatewayProtocol(HttpToolsProtocol):
         if size > self.max_header_bytes:
             self._too_large()
             raise _Refused("headers too large")  # stops the parser; uvicorn's handler finds it answered
+        before = self.cycle
         super().on_headers_complete()
+        if (
+            self.cycle is not None and self.cycle is not before
+        ):  # the head goes out with the body's first bytes
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts a pipelined request, or arms the keep-alive timer

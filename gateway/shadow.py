@@ -1,17 +1,27 @@
-"""Bounded background runner for shadow calls: nothing on the user's path waits on it.
+"""Shadow calls: which served calls get one (`ShadowSubmitter`), and the bounded runner
+that makes them in the background (`ShadowRunner`): nothing on the user's path waits on it.
+
+After a call is served, `ShadowSubmitter.after` looks at its plan: the variant to shadow is
+submitted as a job that calls it with the same request body (`gateway.serving`) and logs its
+answer as an ``attempt: shadow`` row; a call whose fallback already asked that variant, or
+that the route's ``shadow_rate`` left out, is counted as skipped with its reason.
 
 At most ``max_in_flight`` shadow calls run at once and ``queue_size`` wait; anything
-beyond is skipped and counted by reason, as are requests sampled out by a route's
-``shadow_rate``. A shadow call's failure is logged as its own row and never surfaces.
+beyond is skipped and counted by reason. A shadow call's failure is logged as its own row
+and never surfaces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from gateway.serving import Attempt, CallContext, Serving, drain
+from gateway.store.ids import new_id
 
 log = logging.getLogger("shadowtune.shadow")
 
@@ -75,3 +85,36 @@ class ShadowRunner:
                 {"route": r, "reason": why, "count": n} for (r, why), n in sorted(self.skipped.items())
             ],
         }
+
+
+class ShadowSubmitter:
+    """Decides, after a served call, whether it gets a shadow call, and submits it."""
+
+    def __init__(self, serving: Serving, runner: ShadowRunner) -> None:
+        self.serving = serving
+        self.runner = runner
+
+    def after(self, ctx: CallContext, why: str | None) -> None:
+        """Called once the served call is logged; ``why`` is the reason its plan was constrained."""
+        plan, state = ctx.plan, ctx.state
+        if plan.shadow is not None and plan.shadow == ctx.rec.variant:
+            self.runner.skip(state.route, "fallback")  # the fallback already asked that variant
+        elif plan.shadow is not None:
+            self.submit(ctx, plan.shadow)
+        elif state.mode in ("shadow", "primary") and state.candidate is not None:
+            self.runner.skip(state.route, why or "sampled")  # left out by the route's shadow_rate
+
+    def submit(self, ctx: CallContext, variant: str) -> None:
+        serving, state = self.serving, ctx.state
+        name = state.candidate if variant == "candidate" else state.baseline
+
+        async def job() -> None:
+            t0 = time.perf_counter()
+            # the caller's trace context goes along: the shadow span's link must find the served span
+            row = ctx.rec.shadow_of(new_id("call"), time.time_ns() // 1000, variant, ctx.stream)
+            attempt = Attempt(row.call_id, variant, name or "")
+            await serving.open(attempt, ctx, name)
+            serving.upstream_fields(row, attempt.upstream, ctx)
+            serving.log_attempt(row, attempt, t0, body=await drain(attempt), store_body=state.store_bodies)
+
+        self.runner.submit(state.route, job)

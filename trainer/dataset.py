@@ -48,6 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from gateway.protocol.messages import map_text
 from gateway.store import LogStore, LogStoreError, LogWriter, queries
 from gateway.store.ids import new_id
 from gateway.store.layout import is_remote, local_path
@@ -456,16 +457,8 @@ def _label(c: _Call) -> dict[str, Any] | None:
 
 def _redact_message(m: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     out = dict(m)
-    content = out.get("content")
-    if isinstance(content, str):
-        out["content"] = redactor(content)
-    elif isinstance(content, list):
-        out["content"] = [
-            {**part, "text": redactor(part["text"])}
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-            else part
-            for part in content
-        ]
+    if "content" in out:
+        out["content"] = map_text(out["content"], redactor)
     return out
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.protocol.errors import error_object
+from gateway.protocol.messages import message_text
 from trainer.errors import ServeError, TrainingError, missing_train_extra
 from trainer.registry import ModelVersion
 
@@ -38,16 +40,6 @@ class Completion:
     finish_reason: str
 
 
-def _flatten_content(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
-
-
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Messages as plain ``{"role", "content"}`` text, which every chat template accepts.
 
@@ -57,7 +49,7 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for m in messages:
         role = "system" if m.get("role") == "developer" else str(m.get("role"))
-        text = _flatten_content(m.get("content"))
+        text = message_text(m.get("content"), sep="")
         if not text and m.get("tool_calls"):
             text = json.dumps(m["tool_calls"])
         out.append({"role": role, "content": text})
@@ -277,12 +269,6 @@ class _BadRequest(Exception):
         self.code = code
 
 
-def _error_body(
-    message: str, type_: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def _parse(body: Any, served: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _BadRequest("the request body must be a JSON object")
@@ -348,7 +334,9 @@ def create_app(model: ChatModel) -> Any:
             args = _parse(body, model.name)
         except _BadRequest as exc:
             type_ = "not_found_error" if exc.status == 404 else "invalid_request_error"
-            return JSONResponse(_error_body(str(exc), type_, exc.param, exc.code), status_code=exc.status)
+            return JSONResponse(
+                error_object(str(exc), type_, param=exc.param, code=exc.code), status_code=exc.status
+            )
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
         if body.get("stream"):
@@ -360,7 +348,7 @@ def create_app(model: ChatModel) -> Any:
         try:
             done: Completion = await run_in_threadpool(lambda: model.complete(**args))
         except Exception as exc:
-            return JSONResponse(_error_body(f"generation failed: {exc}", "server_error"), status_code=500)
+            return JSONResponse(error_object(f"generation failed: {exc}", "server_error"), status_code=500)
         return JSONResponse(
             {
                 "id": cid,
@@ -423,7 +411,7 @@ def _sse(model: ChatModel, args: dict[str, Any], cid: str, now: int, include_usa
             else:
                 yield chunk({"content": item})
     except Exception as exc:  # one error event, then the end of the stream
-        yield f"data: {json.dumps(_error_body(f'generation failed: {exc}', 'server_error'))}\n\n"
+        yield f"data: {json.dumps(error_object(f'generation failed: {exc}', 'server_error'))}\n\n"
     yield "data: [DONE]\n\n"
 
 

@@ -23,11 +23,13 @@ value a caller controls can break a column of the log (``gateway.store.schema``)
 
 Only the log's copy is normalised: the request body goes upstream byte for byte.
 
-WAL keys are the column names of ``CALLS_SCHEMA`` plus four that feed derived columns or
+WAL keys are the column names of ``CALLS_SCHEMA`` plus six that feed derived columns or
 telemetry and are not columns: ``response_sse`` (the raw SSE text of a streamed answer,
 assembled into ``response`` off the request path), ``price_in`` / ``price_out`` (USD per
-million tokens, for ``cost_usd``), ``traceparent`` (the caller's W3C trace context) and
-``attempt`` (``fallback`` or ``shadow`` for a call the user did not see). Null fields are
+million tokens, for ``cost_usd``), ``traceparent`` (the caller's W3C trace context),
+``attempt`` (``fallback`` or ``shadow`` for a call the user did not see) and ``redact``
+(the redaction the log agent applies to the bodies, `gateway.protocol.redact`: the WAL
+holds them raw). Null fields are
 left out of the line. Derived columns (``response_id``, ``output_text``,
 ``finish_reason``, token counts, ``cost_usd``) are filled by ``gateway.store.rows``.
 
@@ -103,6 +105,8 @@ class CallRecord:
     ttft_ms: float | None = None
     upstream_ms: float | None = None
     overhead_ms: float | None = None
+    redact: dict[str, Any] | None = None
+    """The route's redaction (`gateway.protocol.redact.log_spec`), applied when the line becomes a row."""
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -170,6 +174,7 @@ class CallRecord:
             traceparent=self.traceparent,
             stream=stream,
             request=self.request,
+            redact=self.redact,
         )
 
     # -- the boundary -------------------------------------------------------------------
@@ -254,6 +259,8 @@ class CallRecord:
             out["upstream_ms"] = f
         if type(f := self.overhead_ms) is float or (type(f) is int and _I64_MIN <= f <= _I64_MAX):
             out["overhead_ms"] = f
+        if type(r := self.redact) is dict:  # set by the gateway, never from the request
+            out["redact"] = r
         return out
 
 
@@ -262,7 +269,10 @@ _TEXT = tuple(n for n, t in _TYPES.items() if t in ("str", "str | None"))
 _INT = tuple(n for n, t in _TYPES.items() if t in ("int", "int | None"))
 _FLOAT = tuple(n for n, t in _TYPES.items() if t == "float | None")
 _BOOL = tuple(n for n, t in _TYPES.items() if t in ("bool", "bool | None"))
-assert len(_TEXT) + len(_INT) + len(_FLOAT) + len(_BOOL) + 1 == len(_TYPES), "a field has no type rule"
+_OTHER = ("tags", "redact")
+assert len(_TEXT) + len(_INT) + len(_FLOAT) + len(_BOOL) + len(_OTHER) == len(_TYPES), (
+    "a field has no type rule"
+)
 
 WAL_FIELDS: tuple[str, ...] = tuple(_TYPES)
 """Every key `CallRecord.to_wal` may write."""

@@ -39,6 +39,7 @@ from typing import Any, cast
 
 import orjson
 
+from gateway.protocol.messages import message_text
 from gateway.store import queries
 from gateway.store.ids import new_id
 
@@ -203,24 +204,13 @@ def _turn(row: dict[str, Any]) -> _Turn | None:
         history_trimmed=_hash(trimmed) if trimmed is not None else None,
         full=_hash(messages),
         tail=tuple(_hash(m) for m in messages[last + 1 :]),
-        last_user=_text(messages[last]),
+        last_user=message_text(messages[last].get("content")),
         ok=not row["error_type"] and (status is None or status < 400),
     )
 
 
 def _hash(value: Any) -> str:
     return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
-
-
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
-    return ""
 
 
 def _epoch_us(value: dt.datetime | float) -> int:

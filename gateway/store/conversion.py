@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.store import layout, quarantine
 from gateway.store import table as tables
-from gateway.store.rows import Rejected, convert, group_by_table_and_date, parse_lines
+from gateway.store.rows import Rejected, convert, group_by_table_and_date, parse_lines, redacted_line
 
 
 @dataclass
@@ -84,9 +84,8 @@ def convert_segment(
         for rec, reason in rejected:
             n = where[id(rec)]
             name = rec.get("_t")
-            entries.append(
-                quarantine.Entry(stem, n, name if isinstance(name, str) else None, reason, lines[n])
-            )
+            line = redacted_line(rec, lines[n])
+            entries.append(quarantine.Entry(stem, n, name if isinstance(name, str) else None, reason, line))
     if entries:
         entries.sort(key=lambda e: e.line)
         quarantine.write(wal_dir, writer_id, entries)

@@ -74,7 +74,8 @@ def write(wal_dir: str, writer_id: str, entries: list[Entry]) -> str:
         except UnicodeDecodeError:
             obj["raw_b64"] = base64.b64encode(e.raw).decode()
         out += orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    # 0600 like the WAL: a line that does not parse is kept unredacted
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
     try:
         start = os.fstat(fd).st_size
         try:

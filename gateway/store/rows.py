@@ -9,7 +9,10 @@ background writer (and by `LogStore` for the not-yet-flushed tail).
 WAL record keys for ``calls`` are the column names of `CALLS_SCHEMA`, with these changes:
 ``ts`` is epoch microseconds; ``response_sse`` (raw SSE text) may stand instead of
 ``response`` (assembled into it; kept raw when its chunks cannot be assembled);
-``price_in`` / ``price_out`` (USD per million tokens) feed ``cost_usd``. The request path
+``price_in`` / ``price_out`` (USD per million tokens) feed ``cost_usd``; ``redact`` (the
+route's redaction, `gateway.protocol.redact.log_spec`) is applied to the request, the
+response (a stream once assembled, by `gateway.protocol.sse`) and the metadata before any
+column is derived from them. The request path
 appends `gateway.protocol.record.CallRecord.to_wal`, whose values fit their columns; the
 upstream's body is checked here (a non-string id, a non-integer token count is left out),
 and a record that still does not fit is quarantined by the writer (`convert`).
@@ -25,6 +28,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from gateway.protocol.redact import for_spec
+from gateway.protocol.sse import assemble as sse_assemble
 from gateway.store import surfaces
 from gateway.store.schema import SCHEMA_VERSION, TABLES
 
@@ -70,211 +75,25 @@ def parse_lines(
     return records, corrupt
 
 
-def _sse_payloads(sse: str) -> list[Any]:
-    """The JSON objects of an SSE text, parsed in one ``orjson.loads`` when the stream is
-    plain ``data: {...}`` events (the common case), line by line otherwise."""
-    body = sse.replace("data: [DONE]", "").strip()
-    if body.startswith("data: "):
-        try:
-            parsed = orjson.loads("[" + body[6:].replace("\n\ndata: ", ",") + "]")
-            if isinstance(parsed, list):
-                return parsed
-        except orjson.JSONDecodeError:
-            pass
-    out = []
-    for line in sse.splitlines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if not payload or payload == "[DONE]":
-            continue
-        try:
-            out.append(orjson.loads(payload))
-        except orjson.JSONDecodeError:
-            continue
-    return out
-
-
-def assemble_stream(sse: str) -> dict[str, Any]:
-    """Rebuild a ``chat.completion`` object from the SSE text of a streamed completion.
-
-    Concatenates content and tool-call argument deltas per choice, keeps the finish
-    reasons, the usage chunk (``stream_options.include_usage``) and logprobs. The common
-    case — one choice, text deltas only — takes a fast path.
-    """
-    chunks = [c for c in _sse_payloads(sse) if isinstance(c, dict)]
-    if (
-        '"tool_calls"' not in sse
-        and '"error"' not in sse
-        and '"index":1' not in sse
-        and '"index": 1' not in sse
-    ):
-        fast = _assemble_text_stream(chunks)
-        if fast is not None:
-            return fast
-    base: dict[str, Any] = {}
-    usage = None
-    error = None
-    texts: list[str] = []
-    role = None
-    finish = None
-    simple = True
-    for chunk in chunks:
-        if "error" in chunk:
-            error = chunk["error"]
-            continue
-        if not base:
-            base = chunk
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        choices = chunk.get("choices")
-        if not choices:
-            continue
-        if len(choices) > 1:
-            simple = False
-            break
-        ch = choices[0]
-        delta = ch.get("delta") or {}
-        if ch.get("index", 0) != 0 or "tool_calls" in delta or ch.get("logprobs") or delta.get("refusal"):
-            simple = False
-            break
-        piece = delta.get("content")
-        if piece:
-            texts.append(piece)
-        if delta.get("role"):
-            role = delta["role"]
-        if ch.get("finish_reason"):
-            finish = ch["finish_reason"]
-    if simple:
-        choice_list = (
-            [
-                {
-                    "index": 0,
-                    "message": {"role": role or "assistant", "content": "".join(texts) or None},
-                    "finish_reason": finish,
-                }
-            ]
-            if texts or role or finish
-            else []
-        )
-    else:
-        merged: dict[int, dict[str, Any]] = {}
-        for chunk in chunks:
-            if "error" in chunk:
-                continue
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for ch in chunk.get("choices") or ():
-                _merge_choice(merged, ch)
-        choice_list = [_finish_choice(merged[i]) for i in sorted(merged)]
-    out: dict[str, Any] = {
-        "id": base.get("id"),
-        "object": "chat.completion",
-        "created": base.get("created"),
-        "model": base.get("model"),
-        "choices": choice_list,
-    }
-    if base.get("system_fingerprint"):
-        out["system_fingerprint"] = base["system_fingerprint"]
-    if usage is not None:
-        out["usage"] = usage
-    if error is not None:
-        out["error"] = error
-    return out
-
-
-def _assemble_text_stream(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One choice of plain text deltas (most streams): comprehensions only; None if not that shape."""
-    try:
-        with_choices = [c["choices"][0] for c in chunks if c.get("choices")]
-        deltas = [ch["delta"] for ch in with_choices]
-        if any(ch.get("logprobs") or ch.get("index", 0) for ch in with_choices) or any(
-            "refusal" in d and d["refusal"] for d in deltas
-        ):
-            return None
-        text = "".join([d.get("content") or "" for d in deltas])
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-    base = chunks[0] if chunks else {}
-    finish = next((ch["finish_reason"] for ch in reversed(with_choices) if ch.get("finish_reason")), None)
-    role = next((d["role"] for d in deltas if d.get("role")), "assistant")
-    out: dict[str, Any] = {
-        "id": base.get("id"),
-        "object": "chat.completion",
-        "created": base.get("created"),
-        "model": base.get("model"),
-        "choices": [{"index": 0, "message": {"role": role, "content": text or None}, "finish_reason": finish}]
-        if with_choices
-        else [],
-    }
-    if base.get("system_fingerprint"):
-        out["system_fingerprint"] = base["system_fingerprint"]
-    usage = next((c["usage"] for c in reversed(chunks) if c.get("usage")), None)
-    if usage is not None:
-        out["usage"] = usage
-    return out
-
-
-def _merge_choice(choices: dict[int, dict[str, Any]], ch: dict[str, Any]) -> None:
-    idx = ch.get("index", 0)
-    acc = choices.setdefault(idx, {"index": idx, "role": None, "content": [], "tools": {}, "finish": None})
-    delta = ch.get("delta") or {}
-    if delta.get("role"):
-        acc["role"] = delta["role"]
-    if delta.get("content"):
-        acc["content"].append(delta["content"])
-    if delta.get("refusal"):
-        acc.setdefault("refusal", []).append(delta["refusal"])
-    for tc in delta.get("tool_calls") or ():
-        slot = acc["tools"].setdefault(
-            tc.get("index", 0), {"id": None, "type": "function", "name": [], "arguments": []}
-        )
-        if tc.get("id"):
-            slot["id"] = tc["id"]
-        if tc.get("type"):
-            slot["type"] = tc["type"]
-        fn = tc.get("function") or {}
-        if fn.get("name"):
-            slot["name"].append(fn["name"])
-        if fn.get("arguments"):
-            slot["arguments"].append(fn["arguments"])
-    if ch.get("logprobs"):
-        lp = acc.setdefault("logprobs", {"content": []})
-        lp["content"].extend((ch["logprobs"] or {}).get("content") or ())
-    if ch.get("finish_reason"):
-        acc["finish"] = ch["finish_reason"]
-
-
-def _finish_choice(acc: dict[str, Any]) -> dict[str, Any]:
-    msg: dict[str, Any] = {"role": acc["role"] or "assistant", "content": "".join(acc["content"]) or None}
-    if acc.get("refusal"):
-        msg["refusal"] = "".join(acc["refusal"])
-    if acc["tools"]:
-        msg["tool_calls"] = [
-            {
-                "id": t["id"],
-                "type": t["type"],
-                "function": {"name": "".join(t["name"]), "arguments": "".join(t["arguments"])},
-            }
-            for _, t in sorted(acc["tools"].items())
-        ]
-    out = {"index": acc["index"], "message": msg, "finish_reason": acc["finish"]}
-    if acc.get("logprobs"):
-        out["logprobs"] = acc["logprobs"]
-    return out
-
-
 def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
     """Fill the derived columns of one call record (in place) and return it."""
     resp: Any = None
     sse = rec.pop("response_sse", None)
+    spec = rec.pop("redact", None)
     if sse is not None:
         try:
-            resp = surfaces.ASSEMBLE.get(rec.get("endpoint") or "", assemble_stream)(sse)
+            resp = sse_assemble(rec.get("endpoint"), sse)
             rec["response"] = orjson.dumps(resp).decode()
         except Exception:  # chunks of a shape no stream has: keep what came, as it came
             rec["response"] = sse
-    elif rec.get("response"):
+            resp = None
+    if spec is not None:  # before anything is derived from the bodies (gateway.protocol.redact)
+        redact = for_spec(spec)
+        for key in ("request", "response", "metadata"):
+            if isinstance(rec.get(key), str):
+                rec[key] = redact(rec[key])
+        resp = None
+    if resp is None and rec.get("response"):
         try:
             resp = orjson.loads(rec["response"])
         except orjson.JSONDecodeError:
@@ -284,7 +103,7 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
         rec.setdefault("response_id", _text(resp.get("id")))
         model = resp.get("model")
         rec["_response_model"] = model if isinstance(model, str) else None  # not a column: telemetry
-        if rec.get("endpoint") in surfaces.ASSEMBLE:
+        if rec.get("endpoint") in ("responses", "completions"):
             surfaces.derive(rec, resp)
         choices = resp.get("choices") or ()
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -410,6 +229,17 @@ def convert(
                 continue
             rows.append(row)
         return (to_table(table, rows, derived=True) if rows else None), rows
+
+
+def redacted_line(rec: dict[str, Any], line: bytes) -> bytes:
+    """A WAL line as the quarantine keeps it: redacted by its record's ``redact`` spec, if any."""
+    spec = rec.get("redact")
+    if spec is None:
+        return line
+    try:
+        return for_spec(spec)(line.decode("utf-8", "replace")).encode()
+    except ValueError:  # not a spec of ours: nothing to apply
+        return line
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,7 +3,8 @@
 Rows are told apart by their ``endpoint`` column (``chat.completions``, ``embeddings``,
 ``responses``, ``completions``). What the request path logs for these is what it logs for
 chat: the raw request body and the raw answer (JSON, or SSE text). Here, off the request
-path, a streamed answer becomes one JSON object and the derived columns are filled:
+path, a streamed answer becomes one JSON object (`gateway.protocol.sse`) and the derived
+columns are filled:
 
 * ``responses`` (Responses API): the stream's last ``response.completed`` /
   ``response.incomplete`` / ``response.failed`` event carries the whole response object, which
@@ -18,97 +19,7 @@ Token counts come from ``usage`` (``input_tokens`` / ``output_tokens`` or the ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import orjson
-
-_FINAL = ("response.completed", "response.incomplete", "response.failed")
-
-
-def _payloads(sse: str) -> list[dict[str, Any]]:
-    out = []
-    for line in sse.splitlines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if not payload or payload == "[DONE]":
-            continue
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-def assemble_responses(sse: str) -> dict[str, Any]:
-    """The response object of a streamed Responses API answer (see the module docstring)."""
-    events = _payloads(sse)
-    error = None
-    for event in reversed(events):
-        if event.get("type") in _FINAL and isinstance(event.get("response"), dict):
-            return dict(event["response"])
-    base: dict[str, Any] = {}
-    texts: list[str] = []
-    for event in events:
-        kind = event.get("type")
-        if kind == "response.created" and isinstance(event.get("response"), dict):
-            base = dict(event["response"])
-        elif kind == "response.output_text.delta":
-            texts.append(str(event.get("delta") or ""))
-        elif kind == "error":
-            error = {k: event.get(k) for k in ("code", "message", "param")}
-    out: dict[str, Any] = {**base, "object": "response", "status": "failed" if error else "incomplete"}
-    out["output"] = [
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "".join(texts)}]}
-    ]
-    if error is not None:
-        out["error"] = error
-    return out
-
-
-def assemble_completions(sse: str) -> dict[str, Any]:
-    """A ``text_completion`` object from the chunks of a streamed legacy completion."""
-    chunks = _payloads(sse)
-    base = next((c for c in chunks if "choices" in c), {})
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, Any] = {}
-    usage = None
-    error = None
-    for chunk in chunks:
-        if "error" in chunk:
-            error = chunk["error"]
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for ch in chunk.get("choices") or ():
-            if not isinstance(ch, dict):
-                continue
-            idx = int(ch.get("index") or 0)
-            texts.setdefault(idx, []).append(str(ch.get("text") or ""))
-            if ch.get("finish_reason"):
-                finish[idx] = ch["finish_reason"]
-    out: dict[str, Any] = {
-        "id": base.get("id"),
-        "object": "text_completion",
-        "created": base.get("created"),
-        "model": base.get("model"),
-        "choices": [
-            {"index": i, "text": "".join(texts[i]), "finish_reason": finish.get(i)} for i in sorted(texts)
-        ],
-    }
-    if usage is not None:
-        out["usage"] = usage
-    if error is not None:
-        out["error"] = error
-    return out
-
-
-ASSEMBLE: dict[str, Callable[[str], dict[str, Any]]] = {
-    "responses": assemble_responses,
-    "completions": assemble_completions,
-}
 
 
 def derive(rec: dict[str, Any], resp: dict[str, Any]) -> None:

@@ -164,7 +164,8 @@ class WalAppender:
                     raise
                 self._lock_fd = fd
             self._seq += 1
-            self._fd = os.open(self._segment_path(self._seq), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+            # 0600: a segment holds raw bodies until the agent converts (and redacts) them
+            self._fd = os.open(self._segment_path(self._seq), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
             self._seg_bytes = self._seg_records = 0
             self.stats.segments += 1
             self._dir_unsynced = True

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from gateway.protocol.messages import message_text
+
 
 def _loads(text: str | None) -> Any:
     if not text:
@@ -20,25 +22,6 @@ def _loads(text: str | None) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
-
-
-def _content_text(content: Any) -> str:
-    """OpenAI content: a string, or a list of parts (text, image_url, input_audio, ...)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text":
-                parts.append(str(part.get("text", "")))
-            elif isinstance(part, dict):
-                parts.append(f"[{part.get('type', 'part')}]")
-            else:
-                parts.append(str(part))
-        return "\n".join(parts)
-    return json.dumps(content, ensure_ascii=False)
 
 
 def _tool_calls(raw: Any) -> list[dict[str, str]]:
@@ -67,7 +50,7 @@ def messages(request_json: str | None) -> list[dict[str, Any]]:
             {
                 "role": str(m.get("role") or "?"),
                 "name": m.get("name"),
-                "content": _content_text(m.get("content")),
+                "content": message_text(m.get("content"), sep="\n", placeholders=True),
                 "tool_calls": _tool_calls(m.get("tool_calls")),
                 "tool_call_id": m.get("tool_call_id"),
             }
@@ -93,7 +76,7 @@ def answer(call: dict[str, Any]) -> dict[str, Any]:
         first = body["choices"][0]
         if isinstance(first, dict) and isinstance(first.get("message"), dict):
             message = first["message"]
-    content = _content_text(message.get("content")) if message else ""
+    content = message_text(message.get("content"), sep="\n", placeholders=True) if message else ""
     return {
         "content": content or call.get("output_text") or "",
         "tool_calls": _tool_calls(message.get("tool_calls")),

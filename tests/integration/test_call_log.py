@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from gateway.auth import KeyFile
 from gateway.store import LogStore
+from gateway.store.wal import WAL_SUFFIX
 from tests.support.calllog import request, response, row, rows
 
 MESSAGES = [{"role": "user", "content": "hello log"}]
@@ -185,6 +186,37 @@ def test_emails_cards_and_custom_patterns_are_redacted_before_the_log(
     data = all_log_bytes(log_dir)
     for needle in (b"jane.doe@example.com", b"4111 1111 1111 1111", b"ACCT-123456"):
         assert needle not in data
+
+
+def test_redaction_runs_in_the_agent_not_on_the_request_path(make_settings, start_gateway, log_dir):
+    """The worker's WAL line holds the raw stream (not assembled) and the redaction to apply, in a
+    0600 file; the row the agent makes of it is redacted, and nothing raw is left once converted."""
+    gw = start_gateway(
+        make_settings(
+            store={"redact": {"emails": True, "cards": False, "patterns": []}, "flush_interval": 30}
+        )
+    )
+    messages = [{"role": "user", "content": "write to jane.doe@example.com"}]
+    with client_for(gw) as client:
+        stream = client.chat.completions.with_raw_response.create(
+            model="echo-r", messages=messages, stream=True
+        )
+        "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    call_id = stream.headers["x-request-id"]
+    wal_dir = gw.ctx.writer.wal_dir
+    lines = []
+    for name in os.listdir(wal_dir):
+        if name.endswith(WAL_SUFFIX):
+            assert os.stat(os.path.join(wal_dir, name)).st_mode & 0o777 == 0o600
+            with open(os.path.join(wal_dir, name), "rb") as f:
+                lines += [json.loads(x) for x in f.read().splitlines() if call_id.encode() in x]
+    (line,) = lines
+    assert "response" not in line and line["response_sse"].startswith("data: ")  # not assembled here
+    assert line["redact"] == {"emails": True, "cards": False, "patterns": []}
+    r = row(gw, log_dir, call_id)
+    assert r["output_text"] == "echo-r: write to [EMAIL]"
+    assert request(r)["messages"][0]["content"] == "write to [EMAIL]"
+    assert b"jane.doe@example.com" not in all_log_bytes(log_dir)
 
 
 def test_a_route_with_store_bodies_off_logs_no_bodies_but_still_logs_the_call(

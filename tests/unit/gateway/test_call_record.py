@@ -106,6 +106,7 @@ class TestNormalisation:
 
         good = {**{n: "t" for n in record._TEXT}, **{n: 1 for n in record._INT}}
         good |= {**{n: 1.5 for n in record._FLOAT}, **{n: True for n in record._BOOL}, "tags": ["a"]}
+        good["redact"] = {"emails": True, "cards": False, "patterns": []}
         assert set(good) == set(WAL_FIELDS)
         rec = built({})
         for name, value in good.items():
@@ -118,12 +119,14 @@ class TestNormalisation:
                 assert out[name] == '{"wrong":[1]}'
             elif name == "tags":
                 assert out[name] == ['{"wrong":[1]}']
+            elif name == "redact":  # the gateway's own, never the caller's: an object is kept
+                assert out[name] == {"wrong": [1]}
             else:
                 assert name not in out
             setattr(rec, name, good[name])
 
     def test_every_wal_key_is_a_column_or_one_of_the_documented_extra_keys(self):
-        extra = {"response_sse", "price_in", "price_out", "traceparent", "attempt"}
+        extra = {"response_sse", "price_in", "price_out", "traceparent", "attempt", "redact"}
         assert set(WAL_FIELDS) - set(CALLS_SCHEMA.names) == extra
 
     def test_copies_for_fallback_and_shadow_keep_the_callers_fields(self):

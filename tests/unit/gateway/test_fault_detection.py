@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamError
-from gateway.store.surfaces import assemble_completions, assemble_responses
+from gateway.protocol.sse import assemble_completions, assemble_responses
 from gateway.upstream import encoding, faults
 
 

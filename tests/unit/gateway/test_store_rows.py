@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gateway.store.rows import assemble_stream, derive, parse_lines, to_table
+from gateway.protocol.sse import assemble_chat as assemble_stream
+from gateway.store.rows import derive, parse_lines, to_table
 from gateway.store.schema import CALLS_SCHEMA
 
 
