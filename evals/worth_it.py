@@ -56,6 +56,7 @@ SELECT variant,
        quantile_cont(latency_ms, 0.95) FILTER (WHERE {_OK}) AS p95,
        quantile_cont(ttft_ms, 0.5) FILTER (WHERE {_OK} AND stream) AS ttft_p50,
        quantile_cont(ttft_ms, 0.95) FILTER (WHERE {_OK} AND stream) AS ttft_p95,
+       mode() WITHIN GROUP (ORDER BY upstream_model) AS model,
        min(epoch_us(ts)) AS first_us,
        max(epoch_us(ts)) AS last_us
 FROM calls WHERE {_WINDOW}
@@ -143,6 +144,7 @@ def worth_it_report(
 def _usage(r: Mapping[str, Any]) -> dict[str, Any]:
     calls = int(r["calls"])
     return {
+        "model": r["model"],
         "calls": calls,
         "served": int(r["served"]),
         "shadow": calls - int(r["served"]),
@@ -268,9 +270,10 @@ def _latest_judge(log_dir: str, route: str) -> dict[str, Any] | None:
 
 
 def _latest_golden(log_dir: str, variants: Mapping[str, Any]) -> dict[str, Any] | None:
-    del variants  # the run names its model; the newest run is the candidate's unless told otherwise
+    """The newest golden run of the candidate's model with the baseline scored beside it."""
+    model = (variants.get("candidate") or {}).get("model")
     for run in _reports.list_runs(log_dir, "golden"):
-        if run.get("baseline") is not None:
+        if run.get("baseline") is not None and (model is None or run.get("model") == model):
             return {k: run.get(k) for k in ("model", "source", "n", "metrics", "baseline", "delta")}
     return None
 

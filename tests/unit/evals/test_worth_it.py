@@ -212,6 +212,11 @@ def test_fast_evals_stored_in_the_log_dir_are_shown(log_dir, tmp_path):
             }
         )
     )
+    other = tmp_path / "log" / "evals" / "golden" / "20250617-run3"  # newer, another model's
+    other.mkdir(parents=True)
+    (other / "summary.json").write_text(
+        json.dumps({"model": "other-model", "n": 5, "metrics": {}, "baseline": {"metrics": {}}})
+    )
     r = _report(log, prices=PRICES)
     assert r["quality"]["judge"]["win_rate"] == 0.4
     assert r["quality"]["golden"]["model"] == "tiny-ft"
