@@ -42,7 +42,9 @@ from gateway.errors import (
     error_body,
 )
 from gateway.hints import missing_key_hint
+from gateway.protocol import transform as transform_spec
 from gateway.protocol.record import CallRecord
+from gateway.protocol.transform import RequestTransform
 from gateway.routing.modes import Plan, plan_for
 from gateway.routing.state import RouteState, RouteStateStore
 from gateway.shadow import ShadowRunner
@@ -108,6 +110,7 @@ class Attempt:
         "error",
         "first_byte",
         "reply",
+        "sent",
         "started",
         "status",
         "t_headers",
@@ -125,6 +128,7 @@ class Attempt:
         self.reply: UpstreamReply | None = None
         self.status = 0
         self.error: GatewayError | None = None
+        self.sent: bytes | None = None  # the body as sent, when the candidate's transform changed it
 
 
 class HotPath:
@@ -238,12 +242,14 @@ class HotPath:
         variant = plan.serve
         name = state.candidate if variant == "candidate" else state.baseline
         attempt = Attempt(rec.call_id, variant, name or "")
-        await self._open(attempt, req, body, endpoint, name, upstreams)
+        tf = _transform(state, variant, endpoint)
+        await self._open(attempt, req, body, endpoint, name, upstreams, tf)
         if variant == "candidate" and not _should_fall_back(attempt) and not stream:
             await _prefetch(attempt)  # a broken answer is a failure before the first byte too
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
             failed = rec.attempt_of(new_id("call"), "fallback")
+            _log_sent(failed, attempt, tf, state.store_bodies)
             self._upstream_fields(failed, attempt.upstream, upstreams, req)
             self._log_attempt(failed, attempt, t0, body=None)
             if attempt.reply is not None:
@@ -251,6 +257,7 @@ class HotPath:
             attempt = Attempt(rec.call_id, "baseline", state.baseline)
             await self._open(attempt, req, body, endpoint, state.baseline, upstreams)
         rec.variant = attempt.variant
+        _log_sent(rec, attempt, tf, state.store_bodies)
         self._upstream_fields(rec, attempt.upstream, upstreams, req)
         reply = attempt.reply
         if reply is None:
@@ -371,8 +378,12 @@ class HotPath:
         endpoint: str,
         name: str | None,
         upstreams: dict[str, UpstreamConfig],
+        transform: RequestTransform | None = None,
     ) -> None:
         """Start the upstream call; leaves ``attempt.reply`` or ``attempt.error`` set."""
+        if transform is not None:  # the candidate's own prompt (gateway.protocol.transform)
+            req = transform.apply(req)
+            body = attempt.sent = orjson.dumps(req)
         try:
             upstream = self._upstream(name, upstreams)
             model = upstream.model or (req["model"] if name == PASSTHROUGH else name)
@@ -433,7 +444,9 @@ class HotPath:
             # the caller's trace context goes along: the shadow span's link must find the served span
             row = rec.shadow_of(new_id("call"), time.time_ns() // 1000, variant, stream)
             attempt = Attempt(row.call_id, variant, name or "")
-            await self._open(attempt, req, body, endpoint, name, upstreams)
+            tf = _transform(state, variant, endpoint)
+            await self._open(attempt, req, body, endpoint, name, upstreams, tf)
+            _log_sent(row, attempt, tf, state.store_bodies)
             self._upstream_fields(row, attempt.upstream, upstreams, req)
             self._log_attempt(row, attempt, t0, body=await _drain(attempt), store_body=state.store_bodies)
 
@@ -609,6 +622,22 @@ def _sticky(
         return rec.client_key
     value = headers.get(key[len("header:") :].lower().encode())
     return value.decode("latin-1") if value else None
+
+
+def _transform(state: RouteState, variant: str, endpoint: str) -> RequestTransform | None:
+    """The candidate's request transform on this route, if any (never for embeddings)."""
+    if variant != "candidate" or state.candidate_transform is None or endpoint == "embeddings":
+        return None
+    return transform_spec.compiled(state.candidate_transform)
+
+
+def _log_sent(row: CallRecord, attempt: Attempt, tf: RequestTransform | None, bodies: bool) -> None:
+    """The row keeps what the candidate was actually sent, tagged with the transform's fingerprint."""
+    if tf is None or attempt.sent is None:
+        return
+    if bodies:
+        row.request = attempt.sent.decode()
+    row.tags = [*(row.tags or ()), transform_spec.TAG_PREFIX + tf.fingerprint]
 
 
 def _should_fall_back(attempt: Attempt) -> bool:

@@ -101,6 +101,13 @@ def dataset() -> None:
 @click.option(
     "--redact", default="secrets", show_default=True, help="none, secrets, pii or package.module:function."
 )
+@click.option(
+    "--transform",
+    "transform_choice",
+    default="auto",
+    show_default=True,
+    help="The candidate's request transform: auto (the route's), none, or a JSON/YAML spec file.",
+)
 @log_dir_option
 @json_option
 def dataset_build(
@@ -120,9 +127,15 @@ def dataset_build(
         no_regenerated=options.pop("no_regenerated"),
         where=options.pop("where"),
     )
+    from trainer.transform_source import route_transform
+
     with _domain_errors():
+        choice = options.pop("transform_choice")
+        spec, source = route_transform(choice, options.get("route"), log_dir=log_dir)
+        if spec is not None and not as_json:
+            click.echo(f"candidate transform from {source}: {spec}", err=True)
         dv = build_dataset(
-            log_dir, name, filters=filters, golden_call_ids=golden,
+            log_dir, name, filters=filters, golden_call_ids=golden, transform=spec,
             near_dup_threshold=None if near_dup >= 1 else near_dup, warn=not as_json, **options,
         )  # fmt: skip
     if as_json:
@@ -545,6 +558,11 @@ def models_serve(
 @click.option(
     "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin token (env SHADOWTUNE_ADMIN_TOKEN)."
 )
+@click.option(
+    "--set-transform",
+    is_flag=True,
+    help="Give the route the candidate transform the model's dataset was built with.",
+)
 @log_dir_option
 @json_option
 def models_deploy(
@@ -555,6 +573,7 @@ def models_deploy(
     reason: str | None,
     url: str,
     admin_token: str | None,
+    set_transform: bool,
     log_dir: str,
     as_json: bool,
 ) -> None:
@@ -571,6 +590,7 @@ def models_deploy(
             serve_url=serve_url,
             upstream=upstream,
             reason=reason,
+            set_transform=set_transform,
         )
     if as_json:
         _echo_json(dep)
