@@ -28,7 +28,7 @@ def test_drop_system_and_few_shot_turns_keeps_the_conversation():
     before = copy.deepcopy(REQ)
     out = t.apply(REQ)
     assert out["messages"] == [ASK]
-    assert REQ == before  # the caller's request is never changed
+    assert before == REQ  # the caller's request is never changed
     assert out["model"] == "bot" and out["temperature"] == 0.7
 
 
