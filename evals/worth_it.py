@@ -311,18 +311,21 @@ def _projection(
             if b and c and b.get(q) is not None and c.get(q) is not None:
                 at[f"{q}_saved_per_call"] = b[q] - c[q]
                 at[f"{q}_saved_mean"] = s * (b[q] - c[q])
-        at["quality"] = {
-            m: {
-                "diff": s * d["diff"],
-                "ci": [s * x if x is not None else None for x in d["ci"]],
-                "verdict": d["verdict"],
-            }
-            for m, d in quality.get("differences", {}).items()
-        }
+        at["quality"] = {m: _scaled(m, d, s) for m, d in quality.get("differences", {}).items()}
         out["at"][label] = at
     if cost_b is None or cost_c is None:
         missing.append("monthly cost: needs both variants' cost per call")
     return out
+
+
+def _scaled(metric: str, d: Mapping[str, Any], share: float) -> dict[str, Any]:
+    """A difference as it would show at ``share``; a rate's interval is clipped to [-1, 1] first."""
+    lo, hi = d["ci"]
+    if metric != "rating":
+        lo = max(-1.0, lo) if lo is not None else -1.0
+        hi = min(1.0, hi) if hi is not None else 1.0
+    ci = [share * x if x is not None else None for x in (lo, hi)]
+    return {"diff": share * d["diff"], "ci": ci, "verdict": d["verdict"]}
 
 
 def _num(x: Any) -> float | None:
@@ -339,7 +342,7 @@ def format_worth_it(r: Mapping[str, Any]) -> str:
     lines = [f"Worth it? route {r['route']}  {r['since'][:19]} → {r['until'][:19]} UTC", ""]
     rows: list[tuple[str, Callable[[Mapping[str, Any], str], str]]] = [
         ("calls (served / shadow)", lambda v, _: f"{v['calls']:,} ({v['served']:,} / {v['shadow']:,})"),
-        ("error rate", lambda v, _: _pct(v["error_rate"])),
+        ("error rate (all calls)", lambda v, _: _pct(v["error_rate"])),
         (
             "tokens in / out per call",
             lambda v, _: f"{_f(v['tokens_in_per_call'], 0)} / {_f(v['tokens_out_per_call'], 0)}",
@@ -351,7 +354,7 @@ def format_worth_it(r: Mapping[str, Any]) -> str:
     names = [n for n in VARIANTS if n in r["variants"]]
     outcomes = r["quality"]["outcomes"]
     for metric in (*QUALITY_RATES, "rating"):
-        if any(metric in outcomes.get(n, {}) for n in names):
+        if metric != "error_rate" and any(metric in outcomes.get(n, {}) for n in names):
             rows.append((metric.replace("_", " "), _outcome_cell(metric, outcomes)))
     width = max(len(label) for label, _ in rows)
     lines.append(f"{'':<{width}}  " + "  ".join(f"{n:>26}" for n in names))

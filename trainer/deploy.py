@@ -113,7 +113,7 @@ def deploy_version(
     timeout: float = 10.0,
     set_transform: bool = False,
 ) -> dict[str, Any]:
-    """Make ``version`` the shadow candidate of ``route`` on the gateway at ``url``; returns the deployment.
+    """Make ``version`` (or ``sweep:<id>``'s best run) the shadow candidate of ``route`` at ``url``.
 
     ``serve_url`` is the OpenAI-compatible base URL serving the model (``http://host:port/v1``:
     `trainer.serve` or vLLM); a hosted version defaults to its provider's URL. ``upstream`` is
@@ -126,6 +126,9 @@ def deploy_version(
         ServeError: the version is not ready, there is no ``serve_url``, the route's candidate
             transform is not the one the model was trained with, or the gateway refused.
     """
+    from trainer.sweep import resolve_version
+
+    version = resolve_version(log_dir, version)  # sweep:<id> is that sweep's best run
     registry = Registry(log_dir)
     mv = registry.get(version)
     if mv.status != "ready":

@@ -152,7 +152,8 @@ def test_quality_uses_the_outcome_definitions_and_scales_with_share(log_dir):
     assert full["diff"] == pytest.approx(diff["diff"])
     assert cur["diff"] == pytest.approx(diff["diff"] * 41 / 81)
     lo, hi = full["ci"]
-    assert lo < full["diff"] < hi
+    assert -1 <= lo < full["diff"] < hi <= 1  # a rate's difference stays a possible difference
+    assert cur["ci"] == pytest.approx([lo * 41 / 81, hi * 41 / 81])
 
 
 def test_missing_prices_are_said_plainly_never_zero(log_dir):
