@@ -69,7 +69,9 @@ def test_sweep_table_and_lineage(swept):
     assert resolve_version(log_dir, f"sweep:{table['sweep_id']}") == table["best"]
 
 
-def test_sweep_text_table_and_best_deployed_in_one_command(swept, make_settings, start_gateway, fake_upstream):
+def test_sweep_text_table_and_best_deployed_in_one_command(
+    swept, make_settings, start_gateway, fake_upstream
+):
     from trainer.sweep import format_sweep
 
     log_dir, table, _, _ = swept
