@@ -148,6 +148,35 @@ class UpstreamConfig(_Section):
         return self
 
 
+class TransformConfig(_Section):
+    """What the candidate is sent instead of the application's request (`gateway.protocol.transform`)."""
+
+    system: Literal["keep", "drop", "replace"] = "keep"
+    """The system (and developer) messages: ``keep``, ``drop``, or ``replace`` with ``system_prompt``."""
+    system_prompt: str | None = None
+    """The candidate's own system prompt (with ``system: replace``)."""
+    few_shot_turns: int = 0
+    """Drop the first N user/assistant pairs after the system messages (the prompt's fixed examples)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Parameters to set on the candidate's request (``temperature``, ``max_tokens``, ...)."""
+    drop_params: list[str] = Field(default_factory=list)
+    """Parameters to remove from the candidate's request."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> TransformConfig:
+        from gateway.protocol.transform import parse
+
+        parse(self.model_dump())
+        return self
+
+    def spec(self) -> dict[str, Any] | None:
+        """The canonical spec the route state keeps (None: no change)."""
+        from gateway.protocol.transform import parse
+
+        t = parse(self.model_dump())
+        return t.spec if t is not None else None
+
+
 class RouteConfig(_Section):
     """A model name clients send, and the starting state of its traffic split."""
 
@@ -169,6 +198,9 @@ class RouteConfig(_Section):
     """Salt of the canary hash; change it to reshuffle users."""
     store_bodies: bool = True
     """False keeps request and response bodies out of the log for this route."""
+    candidate_transform: TransformConfig | None = None
+    """The candidate's own prompt: drop or replace the system prompt, drop few-shot turns, set
+    parameters; applied in shadow, canary and primary, and when a dataset is built for the route."""
 
     @field_validator("mode", mode="before")
     @classmethod

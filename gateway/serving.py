@@ -27,13 +27,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway import responses
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError, UpstreamError, error_body
 from gateway.hints import missing_key_hint
+from gateway.protocol import transform as request_transform
 from gateway.protocol.errors import as_openai_error, upstream_error
 from gateway.protocol.record import CallRecord
 from gateway.protocol.requests import RequestView
+from gateway.protocol.transform import RequestTransform
 from gateway.routing.modes import Plan
 from gateway.routing.state import RouteState
 from gateway.store.ids import new_id
@@ -85,9 +89,11 @@ class Attempt:
         "error",
         "first_byte",
         "reply",
+        "sent",
         "started",
         "status",
         "t_headers",
+        "transform",
         "upstream",
         "variant",
     )
@@ -102,6 +108,10 @@ class Attempt:
         self.reply: UpstreamReply | None = None
         self.status = 0
         self.error: GatewayError | None = None
+        self.sent: bytes | None = None
+        """The body as sent, when the candidate's request transform changed it."""
+        self.transform: str | None = None
+        """That transform's fingerprint."""
 
 
 class Serving:
@@ -135,6 +145,7 @@ class Serving:
         if variant == "candidate" and _should_fall_back(attempt):
             # the candidate failed before the first byte: log that attempt, serve the baseline
             failed = rec.attempt_of(new_id("call"), "fallback")
+            log_sent(failed, attempt, state.store_bodies)
             self.upstream_fields(failed, attempt.upstream, ctx)
             self.log_attempt(failed, attempt, ctx.t0, body=None)
             if attempt.reply is not None:
@@ -142,6 +153,7 @@ class Serving:
             attempt = Attempt(rec.call_id, "baseline", state.baseline)
             await self.open(attempt, ctx, state.baseline)
         rec.variant = attempt.variant
+        log_sent(rec, attempt, state.store_bodies)
         self.upstream_fields(rec, attempt.upstream, ctx)
         reply = attempt.reply
         if reply is None:
@@ -264,20 +276,32 @@ class Serving:
 
     # -- one upstream call --------------------------------------------------------------
     async def open(self, attempt: Attempt, ctx: CallContext, name: str | None) -> None:
-        """Start the upstream call; leaves ``attempt.reply`` or ``attempt.error`` set."""
+        """Start the upstream call; leaves ``attempt.reply`` or ``attempt.error`` set.
+
+        The candidate is sent its own request when the route has a ``candidate_transform``
+        (`gateway.protocol.transform`); ``attempt.sent`` keeps it for the log.
+        """
         req = ctx.req
+        raw = req.raw
+        tf = _transform(ctx, attempt.variant)
+        if tf is not None:
+            raw = tf.apply(raw)
+            attempt.sent, attempt.transform = orjson.dumps(raw), tf.fingerprint
         try:
             upstream = self._upstream(name, ctx.upstreams)
             model = upstream.model or (req.model if name == PASSTHROUGH else name)
             if upstream.fast_path:
-                body = ctx.body if model == req.model else req.with_model(model)  # type: ignore[arg-type]
+                if attempt.sent is None:
+                    body = ctx.body if model == req.model else req.with_model(model)  # type: ignore[arg-type]
+                else:
+                    body = attempt.sent if model == req.model else orjson.dumps({**raw, "model": model})
                 caller = ctx.caller_auth if name == PASSTHROUGH else None
                 tp = ctx.rec.traceparent
                 if tp is not None:
                     tp = child_traceparent(tp, attempt.call_id if self.own_spans else None)
                 reply = await self.client.send(upstream, UPSTREAM_PATH[ctx.endpoint], body, caller, tp)
             else:
-                reply = await litellm_upstream.send(upstream, ctx.endpoint, {**req.raw, "model": model})
+                reply = await litellm_upstream.send(upstream, ctx.endpoint, {**raw, "model": model})
             attempt.reply = reply
             attempt.status = reply.status
         except GatewayError as exc:
@@ -431,3 +455,20 @@ async def drain(attempt: Attempt) -> tuple[bytes, float | None] | None:
     except GatewayError as exc:
         attempt.error = exc
     return b"".join(parts), first
+
+
+def _transform(ctx: CallContext, variant: str) -> RequestTransform | None:
+    """The route's candidate request transform for this attempt, if any (never for embeddings)."""
+    spec = ctx.state.candidate_transform
+    if variant != "candidate" or spec is None or ctx.endpoint == "embeddings":
+        return None
+    return request_transform.compiled(spec)
+
+
+def log_sent(row: CallRecord, attempt: Attempt, bodies: bool) -> None:
+    """The row keeps what the candidate was actually sent, tagged with its transform's fingerprint."""
+    if attempt.sent is None or attempt.transform is None:
+        return
+    if bodies:
+        row.request = attempt.sent.decode()
+    row.tags = [*(row.tags or ()), request_transform.TAG_PREFIX + attempt.transform]

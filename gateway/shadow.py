@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gateway.serving import Attempt, CallContext, Serving, drain
+from gateway.serving import Attempt, CallContext, Serving, drain, log_sent
 from gateway.store.ids import new_id
 
 log = logging.getLogger("shadowtune.shadow")
@@ -114,6 +114,7 @@ class ShadowSubmitter:
             row = ctx.rec.shadow_of(new_id("call"), time.time_ns() // 1000, variant, ctx.stream)
             attempt = Attempt(row.call_id, variant, name or "")
             await serving.open(attempt, ctx, name)
+            log_sent(row, attempt, state.store_bodies)
             serving.upstream_fields(row, attempt.upstream, ctx)
             serving.log_attempt(row, attempt, t0, body=await drain(attempt), store_body=state.store_bodies)
 

@@ -101,6 +101,13 @@ def dataset() -> None:
 @click.option(
     "--redact", default="secrets", show_default=True, help="none, secrets, pii or package.module:function."
 )
+@click.option(
+    "--transform",
+    "transform_choice",
+    default="auto",
+    show_default=True,
+    help="The candidate's request transform: auto (the route's), none, or a JSON/YAML spec file.",
+)
 @log_dir_option
 @json_option
 def dataset_build(
@@ -120,9 +127,15 @@ def dataset_build(
         no_regenerated=options.pop("no_regenerated"),
         where=options.pop("where"),
     )
+    from trainer.transform_source import route_transform
+
     with _domain_errors():
+        choice = options.pop("transform_choice")
+        spec, source = route_transform(choice, options.get("route"), log_dir=log_dir)
+        if spec is not None and not as_json:
+            click.echo(f"candidate transform from {source}: {spec}", err=True)
         dv = build_dataset(
-            log_dir, name, filters=filters, golden_call_ids=golden,
+            log_dir, name, filters=filters, golden_call_ids=golden, transform=spec,
             near_dup_threshold=None if near_dup >= 1 else near_dup, warn=not as_json, **options,
         )  # fmt: skip
     if as_json:
@@ -325,6 +338,48 @@ def train_lora_cmd(
             f"eval loss {m.get('eval_loss_before')} -> {m.get('eval_loss_after')}, "
             f"test exact match {m.get('test_exact_match')}"
         )
+
+
+@train.command("sweep")
+@click.option(
+    "--dataset", "dataset_name", required=True, help="Dataset NAME or NAME@vN (one version for all runs)."
+)
+@click.option("--base", "bases", multiple=True, required=True, help="A base model (repeatable).")
+@click.option(
+    "--param", "params", multiple=True, help="A grid axis, NAME=V1,V2 (repeatable), e.g. lora_r=8,16."
+)
+@click.option("--hp", multiple=True, help="A hyper-parameter for every run, KEY=VALUE (repeatable).")
+@click.option("--name", help="Model name of the runs (default DATASET-sweep).")
+@click.option(
+    "--eval-limit", type=int, default=100, show_default=True, help="Test examples answered per run."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@log_dir_option
+@json_option
+def train_sweep_cmd(
+    dataset_name: str,
+    bases: tuple[str, ...],
+    params: tuple[str, ...],
+    hp: tuple[str, ...],
+    name: str | None,
+    eval_limit: int,
+    no_progress: bool,
+    log_dir: str,
+    as_json: bool,
+) -> None:
+    """Train several bases/settings on one dataset version and compare them on its test split."""
+    from trainer.sweep import format_sweep, parse_grid, run_sweep
+
+    def on_run(i: int, n: int, run: Any) -> None:
+        if not as_json:
+            click.echo(f"[{i + 1}/{n}] {run.base} {run.params or ''}", err=True)
+
+    with _domain_errors():
+        table = run_sweep(
+            log_dir, dataset_name, bases, grid=parse_grid(params), name=name, hyperparameters=_parse_hp(hp),
+            eval_limit=eval_limit, progress=not (no_progress or as_json), on_run=on_run,
+        )  # fmt: skip
+    click.echo(json.dumps(table, indent=2, default=str) if as_json else format_sweep(table))
 
 
 @train.command("hosted")
@@ -545,6 +600,11 @@ def models_serve(
 @click.option(
     "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin token (env SHADOWTUNE_ADMIN_TOKEN)."
 )
+@click.option(
+    "--set-transform",
+    is_flag=True,
+    help="Give the route the candidate transform the model's dataset was built with.",
+)
 @log_dir_option
 @json_option
 def models_deploy(
@@ -555,6 +615,7 @@ def models_deploy(
     reason: str | None,
     url: str,
     admin_token: str | None,
+    set_transform: bool,
     log_dir: str,
     as_json: bool,
 ) -> None:
@@ -571,6 +632,7 @@ def models_deploy(
             serve_url=serve_url,
             upstream=upstream,
             reason=reason,
+            set_transform=set_transform,
         )
     if as_json:
         _echo_json(dep)

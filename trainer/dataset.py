@@ -44,10 +44,11 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from gateway.protocol import transform as request_transform
 from gateway.protocol.messages import map_text
 from gateway.store import LogStore, LogStoreError, LogWriter, queries
 from gateway.store.ids import new_id
@@ -237,6 +238,7 @@ def build_dataset(
     near_dup_threshold: float | None = 0.9,
     group_threshold: float | None = DEFAULT_GROUP_THRESHOLD,
     redact: str | Redactor | None = "secrets",
+    transform: Mapping[str, Any] | None = None,
     warn: bool = True,
 ) -> DatasetVersion:
     """Build the next version of dataset ``name`` from the log (see the module docstring).
@@ -256,10 +258,12 @@ def build_dataset(
         group_threshold: Jaccard similarity from which two inputs stay on the same side of the split
             (None: only inputs equal once the system prompt is left out).
         redact: ``none``, ``secrets``, ``pii``, ``module:function`` or a callable.
+        transform: the route's candidate request transform (`gateway.protocol.transform` spec):
+            every example's input is what the candidate will be sent; recorded in the manifest.
         warn: print the manifest's warnings to stderr.
 
     Raises:
-        DatasetError: no call matches, a bad filter, name, redactor or time.
+        DatasetError: no call matches, a bad filter, name, redactor, transform or time.
     """
     _check_name(name)
     filters = filters or Filters()
@@ -267,6 +271,7 @@ def build_dataset(
         raise DatasetError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     try:
         redactor = resolve_redactor(redact)
+        tf = request_transform.parse(transform)  # a TransformError is a ValueError
     except (ValueError, ImportError) as exc:
         raise DatasetError(str(exc)) from exc
     since_t, until_t = parse_time(since), parse_time(until)
@@ -288,6 +293,10 @@ def build_dataset(
     removed_by: dict[str, int] = {}
     calls = [c for c in (_parse_call(r) for r in rows) if c is not None]
     removed_by["no_body"] = len(rows) - len(calls)
+    if tf is not None:  # train on exactly what the candidate is served
+        for c in calls:
+            c.messages = tf.apply_messages(c.messages)
+            c.key = input_key(c.messages, c.tools)
     by_id = {c.call_id: c for c in calls}
 
     kept = [c for c in calls if not c.row.get("excluded")]
@@ -425,6 +434,7 @@ def build_dataset(
             "near_dup_threshold": near_dup_threshold,
             "kept_with_another_label": report.kept_other_label,
         },
+        "candidate_transform": tf.manifest() if tf is not None else None,
         "redaction": redact
         if isinstance(redact, str) or redact is None
         else getattr(redact, "__name__", "custom"),

@@ -10,6 +10,11 @@ name, which is the model id to register in the gateway.
 ``PUT /admin/upstreams/{name}`` registers where the model is served, then
 ``PATCH /admin/routes/{route}`` makes it the route's candidate in ``shadow`` mode. The
 deployment is recorded on the version in the registry.
+
+A model is served exactly what it was trained on: the candidate request transform its dataset
+was built with (`gateway.protocol.transform`, in the dataset's manifest) must be the route's
+``candidate_transform``; otherwise the deploy is refused, unless ``set_transform`` makes the
+route use the dataset's transform in the same change.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from urllib.parse import quote
 import httpx
 import yaml
 
-from trainer.errors import ServeError
+from gateway.protocol.transform import fingerprint
+from trainer._examples import load_dataset
+from trainer.errors import DatasetError, ServeError
 from trainer.registry import ModelVersion, Registry
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
@@ -104,16 +111,24 @@ def deploy_version(
     upstream: str | None = None,
     reason: str | None = None,
     timeout: float = 10.0,
+    set_transform: bool = False,
 ) -> dict[str, Any]:
-    """Make ``version`` the shadow candidate of ``route`` on the gateway at ``url``; returns the deployment.
+    """Make ``version`` (or ``sweep:<id>``'s best run) the shadow candidate of ``route`` at ``url``.
 
     ``serve_url`` is the OpenAI-compatible base URL serving the model (``http://host:port/v1``:
     `trainer.serve` or vLLM); a hosted version defaults to its provider's URL. ``upstream`` is
     the name registered in the gateway (the version by default).
 
+    ``set_transform`` sets the route's ``candidate_transform`` to the one the version's dataset
+    was built with; without it a different transform on the route refuses the deploy.
+
     Raises:
-        ServeError: the version is not ready, there is no ``serve_url``, or the gateway refused.
+        ServeError: the version is not ready, there is no ``serve_url``, the route's candidate
+            transform is not the one the model was trained with, or the gateway refused.
     """
+    from trainer.sweep import resolve_version
+
+    version = resolve_version(log_dir, version)  # sweep:<id> is that sweep's best run
     registry = Registry(log_dir)
     mv = registry.get(version)
     if mv.status != "ready":
@@ -126,19 +141,24 @@ def deploy_version(
     name = upstream or version
     token = admin_token or os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    trained = trained_transform(log_dir, mv)
+    route_path = f"/admin/routes/{quote(route, safe='')}"
+    change: dict[str, Any] = {"candidate": name, "mode": "shadow"}
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
+        if set_transform:
+            change["candidate_transform"] = trained
+        else:
+            current = (_call(http, "GET", route_path) or {}).get("candidate_transform")
+            if fingerprint(current) != fingerprint(trained):
+                raise ServeError(transform_mismatch(version, route, trained, current))
         _call(
             http,
             "PUT",
             f"/admin/upstreams/{quote(name, safe='')}",
             {"base_url": base_url, "model": mv.served_model},
         )
-        route_state = _call(
-            http,
-            "PATCH",
-            f"/admin/routes/{quote(route, safe='')}",
-            {"candidate": name, "mode": "shadow", "reason": reason or f"shadowtune models deploy {version}"},
-        )
+        change["reason"] = reason or f"shadowtune models deploy {version}"
+        route_state = _call(http, "PATCH", route_path, change)
     deployment = {
         "route": route,
         "upstream": name,
@@ -153,7 +173,35 @@ def deploy_version(
     return deployment
 
 
-def _call(http: httpx.Client, method: str, path: str, body: dict[str, Any]) -> Any:
+def trained_transform(log_dir: str, mv: ModelVersion) -> dict[str, Any] | None:
+    """The candidate transform spec ``mv``'s dataset was built with (None: none, or no dataset)."""
+    ds = mv.dataset or {}
+    if not ds.get("name"):
+        return None
+    try:
+        dv = load_dataset(log_dir, ds["name"], ds.get("version"))
+    except DatasetError:
+        return None  # trained on a dataset this log dir does not hold: nothing to compare
+    entry = dv.manifest.get("candidate_transform") or {}
+    spec: dict[str, Any] | None = entry.get("spec")
+    return spec
+
+
+def transform_mismatch(
+    version: str, route: str, trained: dict[str, Any] | None, current: dict[str, Any] | None
+) -> str:
+    def name(spec: dict[str, Any] | None) -> str:
+        return f"{fingerprint(spec)} {spec}" if spec else "no transform"
+
+    return (
+        f"{version} was trained on requests sent with {name(trained)}, but route {route!r} sends its "
+        f"candidate {name(current)}: the model would be served what it was not trained on. Deploy with "
+        "--set-transform to give the route the dataset's transform, or rebuild the dataset with the "
+        "route's transform (shadowtune dataset build --route ROUTE)"
+    )
+
+
+def _call(http: httpx.Client, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     try:
         resp = http.request(method, path, json=body)
     except httpx.HTTPError as exc:

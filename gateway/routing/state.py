@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.config import RouteConfig, Settings, UpstreamConfig
 from gateway.errors import InvalidRequest, NotFound
+from gateway.protocol import transform
 from gateway.state.base import StateBackend, StateUnavailable
 
 MODES = ("off", "shadow", "canary", "primary")
@@ -36,6 +37,8 @@ class RouteState:
     sticky_key: str = "user"
     salt: str = ""
     store_bodies: bool = True
+    candidate_transform: dict[str, Any] | None = None
+    """Canonical spec of the candidate's request transform (`gateway.protocol.transform`)."""
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +63,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sticky_key": (str,),
     "salt": (str,),
     "store_bodies": (bool,),
+    "candidate_transform": (dict, type(None)),
 }
 
 
@@ -82,6 +86,10 @@ def validate(state: RouteState, upstreams: dict[str, UpstreamConfig]) -> None:
         raise InvalidRequest(f"unknown upstream model {state.candidate!r}", param="candidate")
     if state.mode != "off" and state.candidate is None:
         raise InvalidRequest(f"mode {state.mode!r} needs a candidate", param="candidate")
+    try:
+        transform.parse(state.candidate_transform)
+    except transform.TransformError as exc:
+        raise InvalidRequest(str(exc), param="candidate_transform") from None
     key = state.sticky_key
     if key not in ("user", "session", "client_key") and not (key.startswith("header:") and len(key) > 7):
         raise InvalidRequest(
@@ -175,6 +183,8 @@ class RouteStateStore:
                 except TypeError as exc:
                     raise InvalidRequest(str(exc)) from exc
             validate(after, current.upstreams)
+            spec = transform.parse(after.candidate_transform)
+            after = replace(after, candidate_transform=spec.spec if spec else None)  # canonical form
             routes = dict(current.routes)
             routes[route] = after
             result.append(after)
@@ -247,4 +257,5 @@ def _from_config(name: str, rc: RouteConfig) -> RouteState:
         sticky_key=rc.sticky_key,
         salt=rc.salt,
         store_bodies=rc.store_bodies,
+        candidate_transform=rc.candidate_transform.spec() if rc.candidate_transform else None,
     )
