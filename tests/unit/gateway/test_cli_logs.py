@@ -181,11 +181,14 @@ class TestLogs:
 
     def test_list_as_text(self, populated):
         out = run("logs", "list", "--log-dir", populated)
-        lines = out.strip().splitlines()
+        header, *lines = out.strip().splitlines()
+        assert header.split() == ["CALL", "TIME", "ROUTE/VARIANT", "STATUS", "LATENCY", "USER", "FEEDBACK", "OUTPUT"]
         assert len(lines) == 4
         assert lines[0].startswith("call_C") and "upstream_error" in lines[0]
-        assert "(not served)" in lines[1]
-        assert "in transit" in lines[2]
+        assert "(not served)" in lines[1] and " u2 " in lines[1]
+        assert "in transit" in lines[2] and " u1 " in lines[2] and " up " in lines[2]
+        # the columns line up under the header
+        assert {line.index("bot/") for line in lines[1:]} == {header.index("ROUTE/VARIANT")}
 
     def test_show_renders_the_conversation(self, populated):
         out = run("logs", "show", "call_A", "--log-dir", populated)
