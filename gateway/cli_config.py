@@ -59,16 +59,18 @@ def keys_list(log_dir: str, as_json: bool, target: Any) -> None:
     emit(
         rows,
         as_json,
-        lambda rs: table(
-            rs,
-            [
-                ("NAME", lambda r: r["name"]),
-                ("PREFIX", lambda r: f"{r['prefix']}…"),
-                ("STATUS", lambda r: "revoked" if r.get("revoked") else "active"),
-            ],
-        )
-        if rs
-        else "no keys",
+        lambda rs: (
+            table(
+                rs,
+                [
+                    ("NAME", lambda r: r["name"]),
+                    ("PREFIX", lambda r: f"{r['prefix']}…"),
+                    ("STATUS", lambda r: "revoked" if r.get("revoked") else "active"),
+                ],
+            )
+            if rs
+            else "no keys"
+        ),
     )
 
 
@@ -118,6 +120,11 @@ def config_reference(as_json: bool) -> None:
     for line in text.splitlines()[2:]:
         setting, env, default, meaning = (c.strip() for c in line.strip("| ").split(" | ", 3))
         rows.append(
-            {"setting": setting.strip("`"), "env": env.strip("`"), "default": default.strip("`"), "meaning": meaning}
+            {
+                "setting": setting.strip("`"),
+                "env": env.strip("`"),
+                "default": default.strip("`"),
+                "meaning": meaning,
+            }
         )
     echo_json(rows)

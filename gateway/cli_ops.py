@@ -247,7 +247,13 @@ def logs_sql(query: str, log_dir: str, as_json: bool) -> None:
 @click.option("--route", help="Only this route.")
 @_json
 def logs_export(
-    log_dir: str, fmt: str, out_path: str, table: str, since: dt.datetime | None, route: str | None, as_json: bool
+    log_dir: str,
+    fmt: str,
+    out_path: str,
+    table: str,
+    since: dt.datetime | None,
+    route: str | None,
+    as_json: bool,
 ) -> None:
     """Export calls (or events) to Parquet or JSON Lines."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
@@ -490,4 +496,3 @@ def feedback_orphans(log_dir: str, as_json: bool, window: dt.timedelta) -> None:
         click.echo(
             f"{r['event_id']}  {r['call_id']}  {r['kind']}={r['value']}  age {r['age_s']:.0f}s  ({r['source']})"
         )
-

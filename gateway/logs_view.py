@@ -65,7 +65,10 @@ def call_table(rows: list[dict[str, Any]]) -> str:
         [
             ("CALL", lambda r: r["call_id"]),
             ("TIME", lambda r: r["ts"]),
-            ("ROUTE/VARIANT", lambda r: f"{r['route']}/{r['variant']}" + ("" if r["served"] else " (not served)")),
+            (
+                "ROUTE/VARIANT",
+                lambda r: f"{r['route']}/{r['variant']}" + ("" if r["served"] else " (not served)"),
+            ),
             ("STATUS", lambda r: r["status"]),
             ("LATENCY", _latency),
             ("USER", lambda r: r.get("user")),

@@ -6,7 +6,8 @@
 vLLM ``--config`` file) and a ``README.md``. The adapter is then served under the version's
 name, which is the model id to register in the gateway.
 
-`deploy_version` talks to a running gateway's admin API (over HTTP, never by import):
+`deploy_version` talks to a running gateway's admin API (over HTTP, never by import, with
+`gateway.admin_client.AdminClient`):
 ``PUT /admin/upstreams/{name}`` registers where the model is served, then
 ``PATCH /admin/routes/{route}`` makes it the route's candidate in ``shadow`` mode. The
 deployment is recorded on the version in the registry.
@@ -18,11 +19,10 @@ import datetime as dt
 import os
 import shlex
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import yaml
 
+from gateway.admin_client import AdminClient, AdminError
 from trainer.errors import ServeError
 from trainer.registry import ModelVersion, Registry
 
@@ -125,20 +125,19 @@ def deploy_version(
         )
     name = upstream or version
     token = admin_token or os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
-        _call(
-            http,
-            "PUT",
-            f"/admin/upstreams/{quote(name, safe='')}",
-            {"base_url": base_url, "model": mv.served_model},
-        )
-        route_state = _call(
-            http,
-            "PATCH",
-            f"/admin/routes/{quote(route, safe='')}",
-            {"candidate": name, "mode": "shadow", "reason": reason or f"shadowtune models deploy {version}"},
-        )
+    try:
+        with AdminClient(url, token, timeout=timeout) as admin:
+            admin.put_upstream(name, {"base_url": base_url, "model": mv.served_model})
+            route_state = admin.set_route(
+                route,
+                {
+                    "candidate": name,
+                    "mode": "shadow",
+                    "reason": reason or f"shadowtune models deploy {version}",
+                },
+            )
+    except AdminError as exc:
+        raise ServeError(exc.message, status_code=exc.status or None) from exc
     deployment = {
         "route": route,
         "upstream": name,
@@ -151,23 +150,3 @@ def deploy_version(
     }
     registry.update(version, deployments=[*mv.deployments, deployment])
     return deployment
-
-
-def _call(http: httpx.Client, method: str, path: str, body: dict[str, Any]) -> Any:
-    try:
-        resp = http.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        raise ServeError(f"cannot reach the gateway at {http.base_url}: {exc}") from exc
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = resp.text[:300]
-        raise ServeError(
-            f"{method} {path}: the gateway answered {resp.status_code}: {message}",
-            status_code=resp.status_code,
-        )
-    try:
-        return resp.json()
-    except ValueError:
-        return None

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from contextlib import ContextDecorator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -55,7 +55,14 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
 
-class Duration(click.ParamType):
+if TYPE_CHECKING:  # click 8.2+ types its ParamType; older ones cannot be subscripted
+    _DurationType = click.ParamType[dt.timedelta, Any]
+    _MomentType = click.ParamType[dt.datetime, Any]
+else:
+    _DurationType = _MomentType = click.ParamType
+
+
+class Duration(_DurationType):
     """A duration (``30m``, ``1.5h``, ``7d``) -> `datetime.timedelta`."""
 
     name = "duration"
@@ -69,7 +76,7 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class Moment(click.ParamType):
+class Moment(_MomentType):
     """A duration ago (``7d``) or an ISO date/time -> an aware `datetime.datetime`."""
 
     name = "time"
@@ -160,7 +167,7 @@ def _gateway_errors() -> tuple[type[BaseException], ...]:
     return (LogStoreError, AdminError, TargetError, StateUnavailable)
 
 
-class handle_errors(ContextDecorator):  # noqa: N801 - used as a decorator, named like one
+class handle_errors(ContextDecorator):
     """``@handle_errors(TrainerError)``: these errors (and the gateway's store, state and admin-API
     errors) become one-line `click.ClickException`s; anything else is a bug and keeps its traceback."""
 

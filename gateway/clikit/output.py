@@ -32,7 +32,9 @@ def _default(value: Any) -> Any:
 
 def dumps(data: Any, *, indent: bool = True) -> str:
     """The JSON text of ``data`` as every command prints it (NaN and infinity become null)."""
-    return orjson.dumps(data, default=_default, option=_OPTIONS | (orjson.OPT_INDENT_2 if indent else 0)).decode()
+    return orjson.dumps(
+        data, default=_default, option=_OPTIONS | (orjson.OPT_INDENT_2 if indent else 0)
+    ).decode()
 
 
 def echo_json(data: Any, *, lines: bool = False) -> None:

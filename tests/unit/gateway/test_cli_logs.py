@@ -182,7 +182,16 @@ class TestLogs:
     def test_list_as_text(self, populated):
         out = run("logs", "list", "--log-dir", populated)
         header, *lines = out.strip().splitlines()
-        assert header.split() == ["CALL", "TIME", "ROUTE/VARIANT", "STATUS", "LATENCY", "USER", "FEEDBACK", "OUTPUT"]
+        assert header.split() == [
+            "CALL",
+            "TIME",
+            "ROUTE/VARIANT",
+            "STATUS",
+            "LATENCY",
+            "USER",
+            "FEEDBACK",
+            "OUTPUT",
+        ]
         assert len(lines) == 4
         assert lines[0].startswith("call_C") and "upstream_error" in lines[0]
         assert "(not served)" in lines[1] and " u2 " in lines[1]
