@@ -23,6 +23,8 @@ from gateway.admin_client import Target
 from gateway.clikit.options import (
     DURATION,
     MOMENT,
+    admin_token_option,
+    default_url,
     gateway_options,
     handle_errors,
     json_option,
@@ -46,7 +48,10 @@ def _client_options(fn: F) -> F:
         "--api-key", envvar="SHADOWTUNE_API_KEY", help="Key for --url (env SHADOWTUNE_API_KEY)."
     )(fn)
     fn = click.option(
-        "--url", default="http://127.0.0.1:8000/v1", show_default=True, help="OpenAI-compatible base URL."
+        "--url",
+        default=lambda: default_url() + "/v1",
+        show_default="$SHADOWTUNE_URL/v1 or http://127.0.0.1:8000/v1",
+        help="OpenAI-compatible base URL (the gateway).",
     )(fn)
     return fn
 
@@ -133,9 +138,7 @@ def eval_group() -> None:
 @click.option(
     "--admin-url", help="Gateway admin base URL (default: --url without /v1 when --url is on loopback)."
 )
-@click.option(
-    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
-)
+@admin_token_option
 @_client_options
 @_common
 def judge_cmd(
@@ -266,9 +269,7 @@ def judge_cmd(
     "when the gateway says the route's baseline serves it).",
 )
 @click.option("--no-baseline", is_flag=True, help="Score --model alone (the report says so).")
-@click.option(
-    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
-)
+@admin_token_option
 @_client_options
 @_common
 def golden_cmd(

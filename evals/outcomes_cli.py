@@ -86,25 +86,22 @@ def outcomes(
     (constant share); versions are combined, never pooled, and calls from before the
     canary are never compared with canary calls. p-values are Holm-adjusted across metrics.
     """
-    from gateway.store import LogStore, LogStoreError
+    from gateway.store import LogStore
 
     mde = _parse_mde(mdes)
     now = time.time()
-    try:
-        with LogStore.open(log_dir) as store:
-            report = outcomes_report(
-                store,
-                route,
-                parse_since(since, now=now),
-                parse_since(until_, now=now) if until_ else None,
-                by_day=by == "day",
-                expected_share=expected_share / 100 if expected_share is not None else None,
-                alpha=alpha,
-                sticky_key=sticky_key,
-                mde=mde,
-            )
-    except (LogStoreError, OutcomesError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    with handle_errors(OutcomesError), LogStore.open(log_dir) as store:
+        report = outcomes_report(
+            store,
+            route,
+            parse_since(since, now=now),
+            parse_since(until_, now=now) if until_ else None,
+            by_day=by == "day",
+            expected_share=expected_share / 100 if expected_share is not None else None,
+            alpha=alpha,
+            sticky_key=sticky_key,
+            mde=mde,
+        )
     if as_json:
         echo_json(report)
         return
@@ -306,11 +303,9 @@ def resume(route: str, log_dir: str, target: Target, as_json: bool) -> None:
 @target_options
 def status(route: str, count: int, as_json: bool, log_dir: str, target: Target) -> None:
     """The controller's state for ROUTE and its recent decisions."""
-    try:
+    with handle_errors(ControllerError):
         state = read_state(target.state, route)
         decisions = read_decisions(target.state, route, limit=count)
-    except ControllerError as exc:
-        raise click.ClickException(str(exc)) from exc
     if as_json:
         echo_json({"route": route, "state": state, "decisions": decisions})
         return

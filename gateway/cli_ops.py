@@ -13,6 +13,7 @@ import click
 from gateway.clikit.options import (
     DURATION,
     MOMENT,
+    default_url,
     gateway_options,
     handle_errors,
     json_option,
@@ -435,7 +436,7 @@ def feedback() -> None:
 @click.option("--user", help="Who gave the feedback.")
 @click.option(
     "--url",
-    default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"),
+    default=default_url,
     show_default="$SHADOWTUNE_URL or http://127.0.0.1:8000",
     help="Running gateway.",
 )

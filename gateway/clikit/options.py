@@ -154,6 +154,20 @@ def gateway_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def default_url() -> str:
+    """The running gateway's base URL for commands without ``--config``: ``$SHADOWTUNE_URL``, else loopback."""
+    from gateway.admin_client import DEFAULT_URL
+
+    return (os.environ.get("SHADOWTUNE_URL") or DEFAULT_URL).rstrip("/").removesuffix("/v1")
+
+
+def admin_token_option(f: F) -> F:
+    """``--admin-token`` alone, for a command that reaches the admin API of the ``--url`` it is given."""
+    return click.option(
+        "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
+    )(f)
+
+
 def _message(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     return message if isinstance(message, str) and message else str(exc)

@@ -184,7 +184,7 @@ def test_route_names_are_quoted_by_every_command_that_administers_them(
     monkeypatch.setenv("SHADOWTUNE_ADMIN_TOKEN", TOKEN)
     state = steps._route_state(SimpleNamespace(route=ODD), {"gateway_url": gw.url})
     assert state is not None and state["route"] == ODD
-    families, models = _lookups.gateway_families(gw.url, TOKEN)
+    _, models = _lookups.gateway_families(gw.url, TOKEN)
     assert models["base"] == "echo-base"
 
 
