@@ -20,7 +20,7 @@ from gateway.clikit.options import (
     log_dir_option,
 )
 from gateway.clikit.output import echo_json, emit
-from gateway.logs_view import LIST_COLUMNS, call_feedback, call_table, describe_event
+from gateway.logs_view import call_feedback, call_table, describe_event, list_sql
 
 _log_dir = log_dir_option
 _json = json_option
@@ -147,13 +147,13 @@ def logs_list(
     if query:
         where.append("(request ILIKE ? OR response ILIKE ?)")
         params += [f"%{query}%"] * 2
-    sql = (
-        f"SELECT {LIST_COLUMNS} FROM calls_with_outcomes"
+    page = (
+        "SELECT * FROM calls"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY ts DESC, call_id DESC"
         + (f" LIMIT {int(count)}" if count else "")
     )
-    rows = _store(log_dir).sql(sql, params)
+    rows = _store(log_dir).sql(list_sql(page), params)
     if as_json:
         _echo_json(rows)
     elif not rows:

@@ -24,7 +24,10 @@ def parse_duration(text: str) -> dt.timedelta:
     m = _DURATION.match(text or "")
     if not m:
         raise ValueError(f"cannot read duration {text!r}: use {FORMS}")
-    return dt.timedelta(seconds=float(m.group(1)) * _SECONDS[m.group(2)])
+    try:
+        return dt.timedelta(seconds=float(m.group(1)) * _SECONDS[m.group(2)])
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long: use {FORMS}") from None
 
 
 def is_duration(text: str) -> bool:
@@ -34,7 +37,10 @@ def is_duration(text: str) -> bool:
 def parse_moment(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """A duration ago (``7d``: seven days before ``now``) or an ISO date/time -> an aware datetime."""
     if is_duration(text):
-        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
+        try:
+            return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
+        except OverflowError:
+            raise ValueError(f"{text!r} ago is before year 1: use {FORMS}") from None
     try:
         value = dt.datetime.fromisoformat(text.strip())
     except (ValueError, AttributeError):

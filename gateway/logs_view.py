@@ -1,6 +1,7 @@
 """What ``logs list`` and ``logs show`` print about calls: the list's columns, a call's feedback.
 
-`LIST_COLUMNS` is what ``logs list`` selects from ``calls_with_outcomes`` (the JSON rows are
+`list_sql` is what ``logs list`` selects: `LIST_COLUMNS` of a page of ``calls`` joined with
+their ``outcomes`` (the page is cut first, so the join is on the page only; the JSON rows are
 these); `call_table` prints them under a header with the user and a feedback summary
 (`feedback_summary`: thumbs, rating, choice, flags, regenerations, reviewers' thumbs,
 relabel, exclusion). `call_feedback` is every event posted against one call, oldest first,
@@ -18,6 +19,15 @@ LIST_COLUMNS = (
     "output_text, error_type, thumbs_up, thumbs_down, rating, choice, flags, regenerated, "
     "relabel IS NOT NULL AS relabelled, excluded, reviewer_thumbs_up, reviewer_thumbs_down"
 )
+
+
+def list_sql(page: str) -> str:
+    """`LIST_COLUMNS` of the calls that the query ``page`` selects (in its order), with their outcomes."""
+    return (
+        f"WITH page AS ({page}) SELECT {LIST_COLUMNS} FROM page LEFT JOIN outcomes USING (call_id) "
+        "ORDER BY ts DESC, call_id DESC"
+    )
+
 
 _EVENT_COLUMNS = (
     'event_id, call_id, ts, kind, value, value_num, comment, "user", source, client_key, key_id, reviewer'

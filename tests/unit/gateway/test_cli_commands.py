@@ -125,12 +125,20 @@ def test_an_age_is_read_the_same_way_by_every_parser(text):
     assert drift_duration(text) == durations.parse_duration(text)
 
 
-@given(st.text(max_size=12))
+@given(st.one_of(st.text(max_size=12), st.from_regex(r"\A\d{1,20}(\.\d{0,3})?[smhdw]\Z")))
 def test_bad_times_are_a_clear_error_never_a_crash(text):
     try:
         durations.parse_moment(text)
     except ValueError as exc:
         assert "use a duration such as" in str(exc)
+
+
+def test_an_age_too_long_for_the_calendar_is_a_clear_error():
+    for text in ("99999999999w", "2999999d"):
+        with pytest.raises(ValueError, match="use a duration such as"):
+            durations.parse_moment(text)
+    with pytest.raises(ValueError, match="too long"):
+        durations.parse_duration("1" * 20 + "w")
 
 
 def test_a_bad_since_is_a_usage_error_naming_the_forms(tmp_path):
