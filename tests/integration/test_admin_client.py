@@ -206,3 +206,22 @@ def test_commands_that_call_the_gateway_report_its_errors_in_one_line(odd_routes
     )
     down = run("feedback", "add", "call_x", "thumbs", "up", "--url", "http://127.0.0.1:9", code=1)
     assert "cannot reach the gateway at http://127.0.0.1:9" in down
+
+
+def test_feedback_add_prints_json_and_reaches_the_log(odd_routes, log_dir):
+    gw = odd_routes
+    reply = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "org/model", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    call_id = reply.headers["x-request-id"]
+    env = {"SHADOWTUNE_URL": gw.url}
+    posted = json.loads(
+        run("feedback", "add", call_id, "rating", "4", "--comment", "ok", "--user", "ann", "--json", env=env)
+    )
+    assert posted["id"].startswith("evt_")
+    assert run("feedback", "add", call_id, "thumbs", "up", env=env).strip().startswith("evt_")
+    gw.flush()
+    shown = json.loads(run("logs", "show", call_id, "--json", "--log-dir", gw.ctx.settings.store.log_dir))
+    kinds = [(e["kind"], e["comment"], e["poster"]) for e in shown["feedback"]]
+    assert [k[0] for k in kinds] == ["rating", "thumbs"] and kinds[0] == ("rating", "ok", "user ann")
