@@ -18,14 +18,13 @@ def gateway_families(base: str, admin_token: str | None) -> tuple[dict[str, str]
     Families by upstream name and model id (an upstream's own name wins over a shared model id),
     and routes by their baseline's. Empty, with a note on stderr, when the admin API cannot be read.
     """
-    import httpx
+    from gateway.admin_client import AdminClient, AdminError
 
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10.0) as http:
-            ups = http.get("/admin/upstreams").raise_for_status().json().get("data") or []
-            routes = http.get("/admin/routes").raise_for_status().json().get("data") or []
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        with AdminClient(base, admin_token) as admin:
+            ups = admin.upstreams()
+            routes = admin.routes().get("data") or []
+    except AdminError as exc:
         click.echo(
             f"note: no model families from {base}/admin ({exc}); only registry lineage and --family", err=True
         )
@@ -74,8 +73,7 @@ def judge_families(
 
 def route_baseline(log_dir: str, dataset: str, url: str, admin_token: str | None) -> str | None:
     """The dataset's route, when the gateway (on loopback) says its baseline serves every call."""
-    import httpx
-
+    from gateway.admin_client import AdminClient, AdminError
     from trainer.dataset import load_dataset
     from trainer.errors import DatasetError
 
@@ -85,12 +83,9 @@ def route_baseline(log_dir: str, dataset: str, url: str, admin_token: str | None
         return None
     if not route or not _loopback(url):
         return None
-    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    base = url.rstrip("/").removesuffix("/v1")
     try:
-        state = (
-            httpx.get(f"{base}/admin/routes/{route}", headers=headers, timeout=10).raise_for_status().json()
-        )
-    except (httpx.HTTPError, ValueError):
+        with AdminClient(url, admin_token) as admin:
+            state = admin.get_route(str(route))
+    except AdminError:
         return None
     return str(route) if isinstance(state, dict) and state.get("mode") in ("off", "shadow") else None

@@ -1,16 +1,14 @@
 """``shadowtune eval``, ``shadowtune drift`` and ``shadowtune triggers``: click groups loaded by the root CLI.
 
-Every command takes ``--log-dir`` (default ``$SHADOWTUNE_LOG_DIR``, else ``./shadowtune-data``)
-and ``--json``. Errors of the
-evals package become one-line `click.ClickException`s here and nowhere else.
+Every command takes ``--log-dir`` and ``--json`` (`gateway.clikit.options`). Errors of the
+evals package become one-line `click.ClickException`s here and nowhere else. ``eval outcomes``
+(`evals.outcomes_cli`) joins the ``eval`` group at the bottom of this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,33 +18,28 @@ import click
 
 from evals import _lookups, _reports
 from evals.errors import EvalError, JudgeError
-from gateway.admin_client import Target, target_options
-from gateway.store import LogStore, LogStoreError
-from gateway.store.layout import default_log_dir
+from evals.outcomes_cli import outcomes
+from gateway.admin_client import Target
+from gateway.clikit.options import (
+    DURATION,
+    MOMENT,
+    admin_token_option,
+    default_url,
+    gateway_options,
+    handle_errors,
+    json_option,
+    log_dir_option,
+)
+from gateway.clikit.output import emit
+from gateway.store import LogStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (EvalError, LogStoreError) as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
+target_options = gateway_options
 
 
 def _common(fn: F) -> F:
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
-    fn = click.option(
-        "--log-dir",
-        default=default_log_dir,
-        show_default="$SHADOWTUNE_LOG_DIR or ./shadowtune-data",
-        help="The call log directory.",
-    )(fn)
-    return _errors(fn)
+    """``--log-dir``, ``--json``, and the evals' errors as one-line messages."""
+    return log_dir_option(json_option(handle_errors(EvalError)(fn)))
 
 
 def _client_options(fn: F) -> F:
@@ -55,13 +48,15 @@ def _client_options(fn: F) -> F:
         "--api-key", envvar="SHADOWTUNE_API_KEY", help="Key for --url (env SHADOWTUNE_API_KEY)."
     )(fn)
     fn = click.option(
-        "--url", default="http://127.0.0.1:8000/v1", show_default=True, help="OpenAI-compatible base URL."
+        "--url",
+        default=lambda: default_url() + "/v1",
+        show_default="$SHADOWTUNE_URL/v1 or http://127.0.0.1:8000/v1",
+        help="OpenAI-compatible base URL (the gateway).",
     )(fn)
     return fn
 
 
-def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else text(data))
+_emit = emit
 
 
 @contextmanager
@@ -70,16 +65,21 @@ def _progress(length: int, label: str) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def _since(window: str | None) -> dt.datetime | None:
-    from evals.drift import parse_duration
-
-    return dt.datetime.now(dt.UTC) - parse_duration(window) if window else None
-
-
 def _loopback(url: str) -> bool:
     import httpx
 
     return httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
+
+
+def _window_length(reference: str, default: dt.timedelta) -> dt.timedelta:
+    from gateway.durations import parse_duration
+
+    if ":" not in reference:
+        return default
+    try:
+        return parse_duration(reference.split(":", 1)[1])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reference") from None
 
 
 # -- eval ----------------------------------------------------------------------------------
@@ -101,7 +101,12 @@ def eval_group() -> None:
 )
 @click.option("--both-orders", is_flag=True, help="Ask every item in both orders; flips count as ties.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the per-item order.")
-@click.option("--since", default=None, help="Shadow pairs of the last 24h, 7d, ... (default: all).")
+@click.option(
+    "--since",
+    type=MOMENT,
+    default=None,
+    help="Shadow pairs of the last 24h, 7d, ... or since an ISO date (default: all).",
+)
 @click.option("--limit", default=500, show_default=True, help="Most items to judge.")
 @click.option(
     "--criteria",
@@ -133,9 +138,7 @@ def eval_group() -> None:
 @click.option(
     "--admin-url", help="Gateway admin base URL (default: --url without /v1 when --url is on loopback)."
 )
-@click.option(
-    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
-)
+@admin_token_option
 @_client_options
 @_common
 def judge_cmd(
@@ -144,7 +147,7 @@ def judge_cmd(
     judges: str,
     both_orders: bool,
     seed: int,
-    since: str | None,
+    since: dt.datetime | None,
     limit: int,
     criteria: str | None,
     prices: str | None,
@@ -194,7 +197,7 @@ def judge_cmd(
 
     if source == "shadow":
         with LogStore.open(log_dir) as store:
-            pairs = shadow_pairs(store, route, since=_since(since), limit=limit)
+            pairs = shadow_pairs(store, route, since=since, limit=limit)
         if not pairs:
             raise click.ClickException(f"no shadow pairs for route {route}: is the route in shadow mode?")
     elif source.startswith("dataset:"):
@@ -266,9 +269,7 @@ def judge_cmd(
     "when the gateway says the route's baseline serves it).",
 )
 @click.option("--no-baseline", is_flag=True, help="Score --model alone (the report says so).")
-@click.option(
-    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin API token (env SHADOWTUNE_ADMIN_TOKEN)."
-)
+@admin_token_option
 @_client_options
 @_common
 def golden_cmd(
@@ -364,9 +365,13 @@ def drift() -> None:
     show_default=True,
     help="window (the --reference-window before the current one), window:7d, or dataset:NAME.",
 )
-@click.option("--reference-window", default="7d", show_default=True, help="Length of a window reference.")
-@click.option("--current", default="24h", show_default=True, help="Current window: 30m, 24h, 7d...")
-@click.option("--until", help="End of the current window (ISO time; default now).")
+@click.option(
+    "--reference-window", type=DURATION, default="7d", show_default=True, help="Length of a window reference."
+)
+@click.option(
+    "--current", type=DURATION, default="24h", show_default=True, help="Current window: 30m, 1.5h, 24h, 7d..."
+)
+@click.option("--until", type=MOMENT, help="End of the current window (an ISO time, or 2h ago; default now).")
 @click.option("--alpha", default=0.05, show_default=True, help="False alarm rate of the whole report.")
 @click.option(
     "--rounds", default=99, show_default=True, help="Calibration rounds of the classifier threshold."
@@ -379,9 +384,9 @@ def drift() -> None:
 def drift_check(
     route: str,
     reference: str,
-    reference_window: str,
-    current: str,
-    until: str | None,
+    reference_window: dt.timedelta,
+    current: dt.timedelta,
+    until: dt.datetime | None,
     alpha: float,
     rounds: int,
     max_current: int,
@@ -399,20 +404,18 @@ def drift_check(
         check_drift,
         load_dataset_reference,
         load_window,
-        parse_duration,
         save_report,
     )
 
-    end = dt.datetime.fromisoformat(until) if until else dt.datetime.now(dt.UTC)
-    end = end if end.tzinfo else end.replace(tzinfo=dt.UTC)
-    start = end - parse_duration(current)
+    end = until or dt.datetime.now(dt.UTC)
+    start = end - current
     with LogStore.open(log_dir) as store:
         cur = load_window(store, route, start, end)
         if reference.startswith("dataset:"):
             ref = load_dataset_reference(log_dir, reference.split(":", 1)[1])
             ref_label = reference
         elif reference == "window" or reference.startswith("window:"):
-            length = parse_duration(reference.split(":", 1)[1] if ":" in reference else reference_window)
+            length = _window_length(reference, reference_window)
             ref = load_window(store, route, start - length, start)
             ref_label = f"{(start - length).isoformat()} .. {start.isoformat()}"
         else:
@@ -577,10 +580,4 @@ def triggers_run(
     asyncio.run(job.run())
 
 
-def _register_outcomes() -> None:
-    from evals.outcomes_cli import outcomes
-
-    eval_group.add_command(outcomes)
-
-
-_register_outcomes()
+eval_group.add_command(outcomes)

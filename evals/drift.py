@@ -41,14 +41,13 @@ from typing import Any
 
 from evals.errors import DriftError
 from evals.golden.metrics import flatten, parse_json
+from gateway import durations
 from gateway.store import LogStore
 from gateway.store.ids import new_id
 
 _YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b")
 _NUMBER = re.compile(r"\b\d+(?:[.,]\d+)?\b")
 _WORD = re.compile(r"[^\W\d_]+", re.U)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def _require() -> None:
@@ -145,11 +144,11 @@ def load_dataset_reference(log_dir: str, name: str) -> list[Sample]:
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """``30m``, ``24h``, ``7d``, ``2w`` -> a timedelta."""
-    m = _DURATION.match(text)
-    if not m:
-        raise DriftError(f"cannot read duration {text!r}: use a number and one of s, m, h, d, w (e.g. 24h)")
-    return dt.timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    """``30m``, ``24h``, ``7d``, ``2w`` -> a timedelta (`gateway.durations`)."""
+    try:
+        return durations.parse_duration(text)
+    except ValueError as exc:
+        raise DriftError(str(exc)) from None
 
 
 # -- report --------------------------------------------------------------------------------

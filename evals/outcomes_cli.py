@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from typing import Any
 
 import click
-import orjson
 
 from evals.online.controller import (
     AdminClient,
@@ -24,35 +22,22 @@ from evals.online.controller import (
     set_paused,
 )
 from evals.online.outcomes import OutcomesError, outcomes_report
-from gateway.admin_client import Target, target_options
+from gateway import durations
+from gateway.admin_client import Target
+from gateway.clikit.options import gateway_options, handle_errors, json_option, log_dir_option
+from gateway.clikit.output import echo_json, emit
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+target_options = gateway_options
+_log_dir_option = log_dir_option
 
 
 def parse_since(text: str, *, now: float | None = None) -> float:
     """``7d``, ``12h``, ``30m``, ``2w`` ago, or an ISO date/time (UTC if no zone); epoch seconds."""
-    now = time.time() if now is None else now
-    m = _DURATION.match(text)
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    at = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
     try:
-        value = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a duration (7d, 12h, 30m) nor an ISO date") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.timestamp()
-
-
-def _log_dir_option(f: Any) -> Any:
-    return click.option(
-        "--log-dir",
-        envvar="SHADOWTUNE_LOG_DIR",
-        default="./shadowtune-data",
-        show_default=True,
-        help="Call log directory (env SHADOWTUNE_LOG_DIR).",
-    )(f)
+        return durations.parse_moment(text, now=at).timestamp()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("outcomes")
@@ -81,7 +66,7 @@ def _log_dir_option(f: Any) -> Any:
     metavar="METRIC=VALUE",
     help="Minimum detectable effect of a metric, in its units (the mSPRT's fixed mixing scale).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option
 @_log_dir_option
 def outcomes(
     route: str,
@@ -101,27 +86,24 @@ def outcomes(
     (constant share); versions are combined, never pooled, and calls from before the
     canary are never compared with canary calls. p-values are Holm-adjusted across metrics.
     """
-    from gateway.store import LogStore, LogStoreError
+    from gateway.store import LogStore
 
     mde = _parse_mde(mdes)
     now = time.time()
-    try:
-        with LogStore.open(log_dir) as store:
-            report = outcomes_report(
-                store,
-                route,
-                parse_since(since, now=now),
-                parse_since(until_, now=now) if until_ else None,
-                by_day=by == "day",
-                expected_share=expected_share / 100 if expected_share is not None else None,
-                alpha=alpha,
-                sticky_key=sticky_key,
-                mde=mde,
-            )
-    except (LogStoreError, OutcomesError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    with handle_errors(OutcomesError), LogStore.open(log_dir) as store:
+        report = outcomes_report(
+            store,
+            route,
+            parse_since(since, now=now),
+            parse_since(until_, now=now) if until_ else None,
+            by_day=by == "day",
+            expected_share=expected_share / 100 if expected_share is not None else None,
+            alpha=alpha,
+            sticky_key=sticky_key,
+            mde=mde,
+        )
     if as_json:
-        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        echo_json(report)
         return
     if not report["periods"]:
         click.echo(f"No served calls for route {route!r} since {report['since']}.")
@@ -236,7 +218,7 @@ def controller() -> None:
     default=None,
     help="Policy file (YAML or JSON); defaults apply without one.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print each decision as JSON.")
+@json_option
 @_log_dir_option
 @target_options
 def run(
@@ -267,7 +249,7 @@ def run(
 
 def _echo_decision(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(orjson.dumps(record).decode())
+        echo_json(record, lines=True)  # one object a line: ``run`` keeps printing
         return
     applied = "" if record.get("applied", True) else " (not applied)"
     if record.get("error"):
@@ -293,47 +275,39 @@ def describe_forecast(fc: dict[str, Any]) -> str:
 @click.option("--reason", default=None, help="Why, for the decision log.")
 @_log_dir_option
 @target_options
-def pause(route: str, reason: str | None, log_dir: str, target: Target) -> None:
+@json_option
+@handle_errors(ControllerError, OSError)
+def pause(route: str, reason: str | None, log_dir: str, target: Target, as_json: bool) -> None:
     """Pause the controller for ROUTE (it keeps checking but never acts)."""
-    try:
-        set_paused(target.state, route, True, reason=reason)
-    except (ControllerError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"Controller paused for route {route}.")
+    set_paused(target.state, route, True, reason=reason)
+    emit({"route": route, "paused": True}, as_json, f"Controller paused for route {route}.")
 
 
 @controller.command("resume")
 @click.argument("route")
 @_log_dir_option
 @target_options
-def resume(route: str, log_dir: str, target: Target) -> None:
+@json_option
+@handle_errors(ControllerError, OSError)
+def resume(route: str, log_dir: str, target: Target, as_json: bool) -> None:
     """Resume the controller for ROUTE."""
-    try:
-        set_paused(target.state, route, False)
-    except (ControllerError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"Controller resumed for route {route}.")
+    set_paused(target.state, route, False)
+    emit({"route": route, "paused": False}, as_json, f"Controller resumed for route {route}.")
 
 
 @controller.command("status")
 @click.argument("route")
 @click.option("-n", "--count", default=5, show_default=True, help="Recent decisions to show.")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@json_option
 @_log_dir_option
 @target_options
 def status(route: str, count: int, as_json: bool, log_dir: str, target: Target) -> None:
     """The controller's state for ROUTE and its recent decisions."""
-    try:
+    with handle_errors(ControllerError):
         state = read_state(target.state, route)
         decisions = read_decisions(target.state, route, limit=count)
-    except ControllerError as exc:
-        raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(
-            orjson.dumps(
-                {"route": route, "state": state, "decisions": decisions}, option=orjson.OPT_INDENT_2
-            ).decode()
-        )
+        echo_json({"route": route, "state": state, "decisions": decisions})
         return
     click.echo(
         f"route {route}: {'PAUSED' if state.get('paused') else 'active'}"

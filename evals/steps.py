@@ -202,16 +202,13 @@ def deploy(ctx: Any) -> dict[str, Any]:
 
 def _route_state(ctx: Any, params: dict[str, Any]) -> dict[str, Any] | None:
     url = params.get("gateway_url") or os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000")
-    token = os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    from gateway.admin_client import AdminClient, AdminError
+
     try:
-        resp = httpx.get(f"{url.rstrip('/')}/admin/routes/{ctx.route}", headers=headers, timeout=10)
-    except httpx.HTTPError:
+        with AdminClient(url, os.environ.get("SHADOWTUNE_ADMIN_TOKEN")) as admin:
+            return admin.get_route(ctx.route)
+    except AdminError:
         return None
-    if resp.status_code >= 400:
-        return None
-    state = resp.json()
-    return state if isinstance(state, dict) else None
 
 
 def _current_candidate(ctx: Any, params: dict[str, Any]) -> str | None:

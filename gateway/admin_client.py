@@ -10,21 +10,20 @@
   ``SHADOWTUNE_STORE__*`` variables apply as they do to the gateway;
 * the call log: ``--log-dir`` when given, else the config's ``store.log_dir``.
 
-`AdminClient` speaks the admin API (route names URL-quoted, so ``org/model`` works) and
-raises `AdminError` with the gateway's own message. `target_options` adds the options to a
-click command and passes it ``target``. Nothing here imports the server.
+`AdminClient` speaks the admin API (route and upstream names URL-quoted, so ``org/model``
+works) and raises `AdminError` with the gateway's own message; it is the one client of the
+gateway's HTTP API that commands, the trainer's deploy step and evals use.
+`gateway.clikit.options.gateway_options` adds the options to a click command and passes it
+``target``. Nothing here imports the server.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import click
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -83,62 +82,6 @@ def find_target(
     )
 
 
-def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--config``, ``--url``, ``--admin-token`` and ``--state``; the command gets ``target``.
-
-    A command's own ``--log-dir`` keeps working: given explicitly it wins, else the config's."""
-
-    @functools.wraps(f)
-    def wrapper(**kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        config_path = kwargs.pop("config_path")
-        has_config = bool(config_path or os.environ.get("SHADOWTUNE_CONFIG"))
-        given = kwargs.get("log_dir")
-        explicit = "log_dir" in kwargs and ctx.get_parameter_source("log_dir") not in (
-            click.core.ParameterSource.DEFAULT,
-            click.core.ParameterSource.DEFAULT_MAP,
-        )
-        try:
-            target = find_target(
-                config_path,
-                url=kwargs.pop("url"),
-                token=kwargs.pop("admin_token"),
-                state=kwargs.pop("state_url"),
-                log_dir=given if explicit or (given and not has_config) else None,
-            )
-        except TargetError as exc:
-            raise click.ClickException(str(exc)) from None
-        if "log_dir" in kwargs:
-            kwargs["log_dir"] = target.log_dir
-        return f(target=target, **kwargs)
-
-    options = [
-        click.option(
-            "-c",
-            "--config",
-            "config_path",
-            type=click.Path(exists=True, dir_okay=False),
-            help="The gateway's config file: its URL, admin token, state and log (default $SHADOWTUNE_CONFIG).",
-        ),
-        click.option(
-            "--url", help=f"Running gateway (default $SHADOWTUNE_URL, else --config's, else {DEFAULT_URL})."
-        ),
-        click.option(
-            "--admin-token",
-            help="Admin token (default $SHADOWTUNE_ADMIN_TOKEN, else --config's server.admin_token).",
-        ),
-        click.option(
-            "--state",
-            "state_url",
-            help="State backend: a directory or postgresql:// URL (default: --config's store.state_url, "
-            "else the log directory).",
-        ),
-    ]
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
-
-
 class AdminError(Exception):
     """The admin API refused (with its message) or could not be reached (status 0)."""
 
@@ -151,6 +94,10 @@ class AdminError(Exception):
 
 def route_path(route: str, suffix: str = "") -> str:
     return "/admin/routes/" + urllib.parse.quote(route, safe="") + suffix
+
+
+def upstream_path(name: str) -> str:
+    return "/admin/upstreams/" + urllib.parse.quote(name, safe="")
 
 
 class AdminClient:
@@ -212,6 +159,21 @@ class AdminClient:
             raise AdminError(f"GET {path}: the gateway answered no history list")
         return rows
 
+    # -- upstreams ---------------------------------------------------------------------------
+    def upstreams(self) -> list[dict[str, Any]]:
+        rows = self.request("GET", "/admin/upstreams").get("data")
+        if not isinstance(rows, list):
+            raise AdminError("GET /admin/upstreams: the gateway answered no upstream list")
+        return [u for u in rows if isinstance(u, dict)]
+
+    def put_upstream(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", upstream_path(name), config)
+
+    # -- the public API (a client built with a client key) ----------------------------------
+    def post_feedback(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/feedback``: the client's token is a client API key here."""
+        return self.request("POST", "/v1/feedback", body)
+
     # -- keys --------------------------------------------------------------------------------
     def create_key(self, name: str) -> str:
         return str(self.request("POST", "/admin/keys", {"name": name})["key"])
@@ -224,3 +186,11 @@ class AdminClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def __getattr__(name: str) -> Any:  # the options moved to gateway.clikit.options
+    if name == "target_options":
+        from gateway.clikit.options import gateway_options
+
+        return gateway_options
+    raise AttributeError(name)

@@ -6,17 +6,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 from typing import Any
 
 import click
 
-from gateway.store.layout import default_log_dir
-
-_log_dir = click.option(
-    "--log-dir", default=default_log_dir, show_default="./shadowtune-data", help="Call log directory or URI."
+from gateway.clikit.options import (
+    DURATION,
+    MOMENT,
+    default_url,
+    gateway_options,
+    handle_errors,
+    json_option,
+    log_dir_option,
 )
-_json = click.option("--json", "as_json", is_flag=True, help="JSON output.")
+from gateway.clikit.output import echo_json, emit
+from gateway.logs_view import call_feedback, call_table, describe_event, list_sql
+
+_log_dir = log_dir_option
+_json = json_option
+_echo_json = echo_json
 
 
 def _store(log_dir: str) -> Any:
@@ -26,26 +34,6 @@ def _store(log_dir: str) -> Any:
         return LogStore.open(log_dir)
     except LogStoreError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=1, default=str))
-
-
-def parse_since(value: str | None) -> dt.datetime | None:
-    """``7d``, ``24h``, ``30m``, ``90s`` (ago) or an ISO date/time."""
-    if not value:
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", value.strip())
-    if m:
-        n, unit = float(m.group(1)), m.group(2)
-        seconds = n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: use 7d, 24h, 30m or an ISO date") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 # -- logs ----------------------------------------------------------------------------------
@@ -60,7 +48,7 @@ def logs() -> None:
 def logs_path(log_dir: str, as_json: bool) -> None:
     """Print the call log's location."""
     path = os.path.abspath(log_dir) if "://" not in log_dir else log_dir
-    click.echo(json.dumps({"log_dir": path}) if as_json else path)
+    emit({"log_dir": path}, as_json, path)
 
 
 @logs.command("status")
@@ -114,8 +102,8 @@ def logs_status(log_dir: str, as_json: bool) -> None:
 @click.option("--route", help="Only this route.")
 @click.option("--variant", type=click.Choice(["baseline", "candidate"]))
 @click.option("--status", "status_", help="HTTP status, or 'error' / 'ok'.")
-@click.option("--since", help="7d, 24h, 30m or an ISO date.")
-@click.option("--until", help="ISO date/time.")
+@click.option("--since", type=MOMENT, help="7d, 24h, 1.5h, 30m (ago) or an ISO date.")
+@click.option("--until", type=MOMENT, help="Same forms as --since.")
 @click.option("--user", help="Only this user.")
 @click.option("-q", "--query", help="Text search in request and response.")
 @click.option("-n", "--count", default=20, show_default=True, help="How many (0: all).")
@@ -125,8 +113,8 @@ def logs_list(
     route: str | None,
     variant: str | None,
     status_: str | None,
-    since: str | None,
-    until: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
     user: str | None,
     query: str | None,
     count: int,
@@ -149,34 +137,29 @@ def logs_list(
         params.append(int(status_))
     if since:
         where.append("ts >= ?")
-        params.append(parse_since(since))
+        params.append(since)
     if until:
         where.append("ts < ?")
-        params.append(parse_since(until))
+        params.append(until)
     if user:
         where.append('"user" = ?')
         params.append(user)
     if query:
         where.append("(request ILIKE ? OR response ILIKE ?)")
         params += [f"%{query}%"] * 2
-    sql = (
-        "SELECT call_id, ts, route, variant, served, mode, status, latency_ms, input_tokens, output_tokens, "
-        "output_text, error_type FROM calls"
+    page = (
+        "SELECT * FROM calls"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY ts DESC, call_id DESC"
         + (f" LIMIT {int(count)}" if count else "")
     )
-    rows = _store(log_dir).sql(sql, params)
+    rows = _store(log_dir).sql(list_sql(page), params)
     if as_json:
         _echo_json(rows)
-        return
-    for r in rows:
-        text = (r["output_text"] or r["error_type"] or "").replace("\n", " ")[:60]
-        lat = f"{r['latency_ms']:.0f}ms" if r["latency_ms"] is not None else "-"
-        served = "" if r["served"] else " (not served)"
-        click.echo(
-            f"{r['call_id']}  {r['ts']:%Y-%m-%d %H:%M:%S}  {r['route']}/{r['variant']}{served}  {r['status']}  {lat}  {text}"
-        )
+    elif not rows:
+        click.echo("no calls match", err=True)
+    else:
+        click.echo(call_table(rows))
 
 
 @logs.command("show")
@@ -185,15 +168,17 @@ def logs_list(
 @_json
 def logs_show(call_id: str, log_dir: str, as_json: bool) -> None:
     """Show one call (by call id or the response's chatcmpl- id) as a conversation."""
-    rows = _store(log_dir).sql(
+    store = _store(log_dir)
+    rows = store.sql(
         "SELECT * FROM calls_with_outcomes WHERE call_id = ? OR response_id = ? ORDER BY served DESC LIMIT 1",
         [call_id, call_id],
     )
     if not rows:
         raise click.ClickException(f"no call {call_id!r} in {log_dir}")
     row = rows[0]
+    events = call_feedback(store, row["call_id"])
     if as_json:
-        _echo_json(row)
+        _echo_json({**row, "feedback": events})
         return
     click.echo(
         f"{row['call_id']}  {row['ts']}  route={row['route']} variant={row['variant']} mode={row['mode']}"
@@ -224,6 +209,10 @@ def logs_show(call_id: str, log_dir: str, as_json: bool) -> None:
             click.echo(f"  -> tool {fn.get('name')}({fn.get('arguments')})")
     if row.get("error_message"):
         click.echo(click.style(f"\n[error {row['error_type']}]", fg="red") + f"\n{row['error_message']}")
+    if events:
+        click.echo(click.style(f"\n[feedback: {len(events)}]", bold=True))
+        for ev in events:
+            click.echo(describe_event(ev))
 
 
 @logs.command("sql")
@@ -255,11 +244,17 @@ def logs_sql(query: str, log_dir: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="jsonl", show_default=True)
 @click.option("--out", "out_path", required=True, help="Output file.")
 @click.option("--table", default="calls", type=click.Choice(["calls", "events", "calls_with_outcomes"]))
-@click.option("--since", help="7d, 24h or an ISO date.")
+@click.option("--since", type=MOMENT, help="7d, 24h (ago) or an ISO date.")
 @click.option("--route", help="Only this route.")
 @_json
 def logs_export(
-    log_dir: str, fmt: str, out_path: str, table: str, since: str | None, route: str | None, as_json: bool
+    log_dir: str,
+    fmt: str,
+    out_path: str,
+    table: str,
+    since: dt.datetime | None,
+    route: str | None,
+    as_json: bool,
 ) -> None:
     """Export calls (or events) to Parquet or JSON Lines."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
@@ -269,7 +264,7 @@ def logs_export(
     params: list[Any] = []
     if since:
         where.append("ts >= ?")
-        params.append(parse_since(since))
+        params.append(since)
     if route and table != "events":
         where.append("route = ?")
         params.append(route)
@@ -300,7 +295,7 @@ def logs_compact(log_dir: str, as_json: bool) -> None:
     from gateway.store import layout
 
     removed = layout.compact(log_dir, layout.default_wal_dir(log_dir))
-    click.echo(json.dumps({"compacted_files": removed}) if as_json else f"compacted {removed} file(s)")
+    emit({"compacted_files": removed}, as_json, f"compacted {removed} file(s)")
 
 
 @logs.command("migrate")
@@ -320,43 +315,36 @@ def logs_migrate(log_dir: str, wal_dir: str | None, as_json: bool) -> None:
         layout.ensure_store(log_dir, wal_dir=wal_dir)
     except (OSError, layout.LogStoreError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps({"registered_files": done}) if as_json else f"registered {done} file(s)")
+    emit({"registered_files": done}, as_json, f"registered {done} file(s)")
 
 
 @logs.command("prune")
 @_log_dir
-@click.option("--before", required=True, help="Delete days before this date (YYYY-MM-DD) or age (30d).")
+@click.option(
+    "--before", required=True, type=MOMENT, help="Delete days before this date (YYYY-MM-DD) or age (30d)."
+)
 @click.option("--yes", is_flag=True, help="Do not ask.")
 @_json
-def logs_prune(log_dir: str, before: str, yes: bool, as_json: bool) -> None:
+def logs_prune(log_dir: str, before: dt.datetime, yes: bool, as_json: bool) -> None:
     """Delete the log's partitions older than a date (retention)."""
     from gateway.store import layout
 
-    cutoff = parse_since(before)
-    assert cutoff is not None
+    cutoff = before
     if not yes:
         click.confirm(f"delete every call and event before {cutoff.date()} in {log_dir}?", abort=True)
     n = layout.prune(log_dir, cutoff.date())
-    click.echo(
-        json.dumps({"deleted_files": n, "before": str(cutoff.date())}) if as_json else f"deleted {n} file(s)"
-    )
+    emit({"deleted_files": n, "before": str(cutoff.date())}, as_json, f"deleted {n} file(s)")
 
 
 # -- routes (admin API) --------------------------------------------------------------------
 def _admin_call(target: Any, fn: Any, *args: Any) -> Any:
-    from gateway.admin_client import AdminClient, AdminError
+    from gateway.admin_client import AdminClient
 
-    with AdminClient.for_target(target) as client:
-        try:
-            return fn(client, *args)
-        except AdminError as exc:
-            raise click.ClickException(exc.message) from None
+    with handle_errors(), AdminClient.for_target(target) as client:
+        return fn(client, *args)
 
 
-def _admin_opts(f: Any) -> Any:
-    from gateway.admin_client import target_options
-
-    return target_options(f)
+_admin_opts = gateway_options
 
 
 @click.group()
@@ -384,8 +372,9 @@ def routes_list(target: Any, as_json: bool) -> None:
 @routes.command("show")
 @click.argument("route")
 @_admin_opts
-def routes_show(route: str, target: Any) -> None:
-    """Show one route's state."""
+@_json
+def routes_show(route: str, target: Any, as_json: bool) -> None:
+    """Show one route's state (JSON)."""
     _echo_json(_admin_call(target, lambda c: c.get_route(route)))
 
 
@@ -400,8 +389,9 @@ def routes_show(route: str, target: Any) -> None:
 @click.option("--salt", help="Canary hash salt.")
 @click.option("--reason", help="Why (kept in the audit history).")
 @_admin_opts
-def routes_set(route: str, target: Any, reason: str | None, **changes: Any) -> None:
-    """Change a route's split, e.g. --mode canary --share 10 --reason 'ticket 123'."""
+@_json
+def routes_set(route: str, target: Any, reason: str | None, as_json: bool, **changes: Any) -> None:
+    """Change a route's split, e.g. --mode canary --share 10 --reason 'ticket 123'; prints its new state (JSON)."""
     body = {k: v for k, v in changes.items() if v is not None}
     if not body:
         raise click.UsageError("nothing to change")
@@ -446,19 +436,28 @@ def feedback() -> None:
 @click.option("--user", help="Who gave the feedback.")
 @click.option(
     "--url",
-    default=lambda: os.environ.get("SHADOWTUNE_URL", "http://127.0.0.1:8000"),
-    show_default="http://127.0.0.1:8000",
+    default=default_url,
+    show_default="$SHADOWTUNE_URL or http://127.0.0.1:8000",
+    help="Running gateway.",
 )
 @click.option(
     "--api-key",
     default=lambda: os.environ.get("SHADOWTUNE_API_KEY"),
     help="Client key (env SHADOWTUNE_API_KEY).",
 )
+@_json
 def feedback_add(
-    call_id: str, kind: str, value: str, comment: str | None, user: str | None, url: str, api_key: str | None
+    call_id: str,
+    kind: str,
+    value: str,
+    comment: str | None,
+    user: str | None,
+    url: str,
+    api_key: str | None,
+    as_json: bool,
 ) -> None:
-    """Record feedback, e.g. `feedback add call_01J... thumbs down` or `... rating 4`."""
-    import httpx
+    """Record feedback, e.g. `feedback add call_01J... thumbs down` or `... rating 4`; prints its event id."""
+    from gateway.admin_client import AdminClient
 
     parsed: Any = value
     if kind in ("rating",) or kind not in ("thumbs", "choice", "flag"):
@@ -468,32 +467,26 @@ def feedback_add(
             parsed = {"true": True, "false": False}.get(value.lower(), value)
     body = {"call_id": call_id, "kind": kind, "value": parsed, "comment": comment, "user": user}
     body = {k: v for k, v in body.items() if v is not None}
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        resp = httpx.post(url.rstrip("/") + "/v1/feedback", json=body, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from None
-    data = resp.json()
-    if resp.status_code >= 400:
-        err = data.get("error") or {}
-        param = f" ({err['param']})" if err.get("param") else ""
-        raise click.ClickException(f"{resp.status_code}: {err.get('message')}{param}")
-    click.echo(data["id"])
+    with handle_errors(), AdminClient(url, api_key) as client:
+        data = client.post_feedback(body)
+    emit(data, as_json, str(data.get("id")))
 
 
 @feedback.command("orphans")
 @_log_dir
 @_json
 @click.option(
-    "--window", default="1h", show_default=True, help="Join window: older feedback with no call is reported."
+    "--window",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Join window: older feedback with no call is reported.",
 )
-def feedback_orphans(log_dir: str, as_json: bool, window: str) -> None:
+def feedback_orphans(log_dir: str, as_json: bool, window: dt.timedelta) -> None:
     """Feedback naming a call id that matches no logged call after the join window (kept, reported)."""
     from gateway.signals.feedback import orphan_feedback
 
-    since = parse_since(window)
-    assert since is not None
-    window_s = (dt.datetime.now(dt.UTC) - since).total_seconds()
+    window_s = window.total_seconds()
     rows = orphan_feedback(_store(log_dir), window_s)
     if as_json:
         _echo_json(rows)
@@ -504,6 +497,3 @@ def feedback_orphans(log_dir: str, as_json: bool, window: str) -> None:
         click.echo(
             f"{r['event_id']}  {r['call_id']}  {r['kind']}={r['value']}  age {r['age_s']:.0f}s  ({r['source']})"
         )
-
-
-COMMANDS = [logs, routes, feedback]

@@ -10,44 +10,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from gateway.clikit.options import MOMENT, gateway_options, handle_errors, json_option, log_dir_option
+from gateway.clikit.output import echo_json, emit
 from trainer.errors import TrainerError
 
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_LOG_DIR = "./shadowtune-data"
+
+def _domain_errors() -> handle_errors:
+    return handle_errors(TrainerError)
 
 
-def _default_log_dir() -> str:
-    return (
-        os.environ.get("SHADOWTUNE_LOG_DIR") or os.environ.get("SHADOWTUNE_STORE__LOG_DIR") or DEFAULT_LOG_DIR
-    )
-
-
-def log_dir_option(f: F) -> F:
-    return click.option(
-        "--log-dir", default=_default_log_dir, show_default=DEFAULT_LOG_DIR, help="Call log directory."
-    )(f)
-
-
-def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="JSON output.")(f)
-
-
-@contextmanager
-def _domain_errors() -> Iterator[None]:
-    try:
-        yield
-    except TrainerError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+_echo_json = echo_json
 
 
 def _parse_hp(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -72,8 +48,12 @@ def dataset() -> None:
 @dataset.command("build")
 @click.argument("name")
 @click.option("--route", help="Only calls of this route.")
-@click.option("--since", help="Only calls at or after this time (ISO time, or an age such as 7d).")
-@click.option("--until", help="Only calls before this time.")
+@click.option(
+    "--since",
+    type=MOMENT,
+    help="Only calls at or after this time (an age such as 7d or 1.5h, or an ISO time).",
+)
+@click.option("--until", type=MOMENT, help="Only calls before this time (same forms as --since).")
 @click.option(
     "--test-fraction", type=float, default=0.1, show_default=True, help="Share of inputs in the test split."
 )
@@ -190,8 +170,9 @@ def dataset_list(log_dir: str, as_json: bool) -> None:
 @dataset.command("show")
 @click.argument("name")
 @log_dir_option
-def dataset_show(name: str, log_dir: str) -> None:
-    """Print the manifest of dataset NAME (or NAME@vN)."""
+@json_option
+def dataset_show(name: str, log_dir: str, as_json: bool) -> None:
+    """Print the manifest of dataset NAME (or NAME@vN) as JSON."""
     from trainer.dataset import load_dataset
 
     with _domain_errors():
@@ -224,8 +205,9 @@ def dataset_split(name: str, which: str, log_dir: str, as_json: bool) -> None:
 @click.option("--comment", help="Why it was corrected.")
 @click.option("--user", help="Who corrected it.")
 @log_dir_option
+@json_option
 def dataset_relabel(
-    call_id: str, answer: str | None, comment: str | None, user: str | None, log_dir: str
+    call_id: str, answer: str | None, comment: str | None, user: str | None, log_dir: str, as_json: bool
 ) -> None:
     """Record a corrected answer for CALL_ID (used as its label from the next build)."""
     from trainer.dataset import relabel
@@ -235,7 +217,7 @@ def dataset_relabel(
         raise click.UsageError("the corrected answer is empty")
     with _domain_errors():
         event_id = relabel(log_dir, call_id, text, user=user, comment=comment)
-    click.echo(f"relabelled {call_id} ({event_id})")
+    emit({"call_id": call_id, "event_id": event_id}, as_json, f"relabelled {call_id} ({event_id})")
 
 
 @dataset.command("exclude")
@@ -243,14 +225,16 @@ def dataset_relabel(
 @click.option("--reason", help="Why the calls are excluded.")
 @click.option("--user", help="Who excluded them.")
 @log_dir_option
-def dataset_exclude(call_ids: tuple[str, ...], reason: str | None, user: str | None, log_dir: str) -> None:
+@json_option
+def dataset_exclude(
+    call_ids: tuple[str, ...], reason: str | None, user: str | None, log_dir: str, as_json: bool
+) -> None:
     """Keep CALL_IDS out of every dataset built from now on."""
     from trainer.dataset import exclude
 
     with _domain_errors():
-        for call_id in call_ids:
-            exclude(log_dir, call_id, user=user, reason=reason)
-    click.echo(f"excluded {len(call_ids)} call(s)")
+        events = {call_id: exclude(log_dir, call_id, user=user, reason=reason) for call_id in call_ids}
+    emit({"excluded": events}, as_json, f"excluded {len(call_ids)} call(s)")
 
 
 @dataset.command("export")
@@ -338,48 +322,6 @@ def train_lora_cmd(
             f"eval loss {m.get('eval_loss_before')} -> {m.get('eval_loss_after')}, "
             f"test exact match {m.get('test_exact_match')}"
         )
-
-
-@train.command("sweep")
-@click.option(
-    "--dataset", "dataset_name", required=True, help="Dataset NAME or NAME@vN (one version for all runs)."
-)
-@click.option("--base", "bases", multiple=True, required=True, help="A base model (repeatable).")
-@click.option(
-    "--param", "params", multiple=True, help="A grid axis, NAME=V1,V2 (repeatable), e.g. lora_r=8,16."
-)
-@click.option("--hp", multiple=True, help="A hyper-parameter for every run, KEY=VALUE (repeatable).")
-@click.option("--name", help="Model name of the runs (default DATASET-sweep).")
-@click.option(
-    "--eval-limit", type=int, default=100, show_default=True, help="Test examples answered per run."
-)
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-@log_dir_option
-@json_option
-def train_sweep_cmd(
-    dataset_name: str,
-    bases: tuple[str, ...],
-    params: tuple[str, ...],
-    hp: tuple[str, ...],
-    name: str | None,
-    eval_limit: int,
-    no_progress: bool,
-    log_dir: str,
-    as_json: bool,
-) -> None:
-    """Train several bases/settings on one dataset version and compare them on its test split."""
-    from trainer.sweep import format_sweep, parse_grid, run_sweep
-
-    def on_run(i: int, n: int, run: Any) -> None:
-        if not as_json:
-            click.echo(f"[{i + 1}/{n}] {run.base} {run.params or ''}", err=True)
-
-    with _domain_errors():
-        table = run_sweep(
-            log_dir, dataset_name, bases, grid=parse_grid(params), name=name, hyperparameters=_parse_hp(hp),
-            eval_limit=eval_limit, progress=not (no_progress or as_json), on_run=on_run,
-        )  # fmt: skip
-    click.echo(json.dumps(table, indent=2, default=str) if as_json else format_sweep(table))
 
 
 @train.command("hosted")
@@ -491,8 +433,9 @@ def models_list(log_dir: str, as_json: bool) -> None:
 @models.command("show")
 @click.argument("version")
 @log_dir_option
-def models_show(version: str, log_dir: str) -> None:
-    """Print the record of VERSION."""
+@json_option
+def models_show(version: str, log_dir: str, as_json: bool) -> None:
+    """Print the record of VERSION as JSON."""
     from trainer.registry import Registry
 
     with _domain_errors():
@@ -567,10 +510,21 @@ def models_register(
     help="Where --vllm writes its files.",
 )
 @log_dir_option
+@json_option
 def models_serve(
-    version: str, host: str, port: int, device: str | None, vllm: bool, out_dir: str, log_dir: str
+    version: str,
+    host: str,
+    port: int,
+    device: str | None,
+    vllm: bool,
+    out_dir: str,
+    log_dir: str,
+    as_json: bool,
 ) -> None:
-    """Serve VERSION with an OpenAI-compatible dev server (or write its vLLM files with --vllm)."""
+    """Serve VERSION with an OpenAI-compatible dev server (or write its vLLM files with --vllm).
+
+    With ``--json``, ``--vllm`` prints the command and the files written as JSON, and the dev server
+    prints its base URL as one JSON line before it starts."""
     from trainer.registry import Registry
 
     with _domain_errors():
@@ -579,12 +533,18 @@ def models_serve(
 
             mv = Registry(log_dir).get(version)
             paths = write_vllm_files(mv, out_dir, port=port, host=host)
-            click.echo(" ".join(vllm_args(mv, port=port, host=host)))
+            args = vllm_args(mv, port=port, host=host)
+            if as_json:
+                echo_json({"command": args, "files": paths})
+                return
+            click.echo(" ".join(args))
             for p in paths.values():
                 click.echo(f"wrote {p}", err=True)
             return
         from trainer.serve import serve_version
 
+        if as_json:
+            echo_json({"version": version, "url": f"http://{host}:{port}/v1"}, lines=True)
         serve_version(log_dir, version, host=host, port=port, device=device)
 
 
@@ -595,17 +555,12 @@ def models_serve(
 @click.option("--upstream", help="Upstream name in the gateway (default: VERSION).")
 @click.option("--reason", help="Recorded in the route's history.")
 @click.option(
-    "--url", envvar="SHADOWTUNE_URL", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL."
-)
-@click.option(
-    "--admin-token", envvar="SHADOWTUNE_ADMIN_TOKEN", help="Admin token (env SHADOWTUNE_ADMIN_TOKEN)."
-)
-@click.option(
     "--set-transform",
     is_flag=True,
     help="Give the route the candidate transform the model's dataset was built with.",
 )
 @log_dir_option
+@gateway_options
 @json_option
 def models_deploy(
     version: str,
@@ -613,8 +568,7 @@ def models_deploy(
     serve_url: str | None,
     upstream: str | None,
     reason: str | None,
-    url: str,
-    admin_token: str | None,
+    target: Any,
     set_transform: bool,
     log_dir: str,
     as_json: bool,
@@ -627,8 +581,8 @@ def models_deploy(
             log_dir,
             version,
             route,
-            url=url,
-            admin_token=admin_token,
+            url=target.url,
+            admin_token=target.token,
             serve_url=serve_url,
             upstream=upstream,
             reason=reason,
@@ -638,3 +592,8 @@ def models_deploy(
         _echo_json(dep)
     else:
         click.echo(f"{version} is the shadow candidate of route {route} (upstream {dep['upstream']})")
+
+
+from trainer.sweep_cli import train_sweep_cmd  # noqa: E402  (it uses the helpers above)
+
+train.add_command(train_sweep_cmd)

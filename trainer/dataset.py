@@ -42,12 +42,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from gateway.durations import parse_moment
 from gateway.protocol import transform as request_transform
 from gateway.protocol.messages import map_text
 from gateway.store import LogStore, LogStoreError, LogWriter, queries
@@ -95,8 +95,6 @@ __all__ = [
     "load_dataset",
     "relabel",
 ]
-
-_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 
 
 @dataclass(frozen=True)
@@ -156,18 +154,14 @@ def exclude(log_dir: str, call_id: str, *, user: str | None = None, reason: str 
 
 # -- build -------------------------------------------------------------------------------------
 def parse_time(value: str | dt.datetime | None, *, now: dt.datetime | None = None) -> dt.datetime | None:
-    """An aware datetime from an ISO date/time or a relative age (``30m``, ``24h``, ``7d``, ``2w``)."""
+    """An aware datetime from an ISO date/time or a relative age (``30m``, ``1.5h``, ``7d``, ``2w``:
+    `gateway.durations`)."""
     if value is None or isinstance(value, dt.datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
-    m = _RELATIVE.match(value.strip())
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{unit: int(m.group(1))})
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return parse_moment(value, now=now)
     except ValueError as exc:
-        raise DatasetError(f"invalid time {value!r}: use an ISO date or an age such as 7d") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        raise DatasetError(str(exc)) from exc
 
 
 @dataclass

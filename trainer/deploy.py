@@ -6,7 +6,8 @@
 vLLM ``--config`` file) and a ``README.md``. The adapter is then served under the version's
 name, which is the model id to register in the gateway.
 
-`deploy_version` talks to a running gateway's admin API (over HTTP, never by import):
+`deploy_version` talks to a running gateway's admin API (over HTTP, never by import, with
+`gateway.admin_client.AdminClient`):
 ``PUT /admin/upstreams/{name}`` registers where the model is served, then
 ``PATCH /admin/routes/{route}`` makes it the route's candidate in ``shadow`` mode. The
 deployment is recorded on the version in the registry.
@@ -23,11 +24,10 @@ import datetime as dt
 import os
 import shlex
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import yaml
 
+from gateway.admin_client import AdminClient, AdminError
 from gateway.protocol.transform import fingerprint
 from trainer._examples import load_dataset
 from trainer.errors import DatasetError, ServeError
@@ -140,25 +140,21 @@ def deploy_version(
         )
     name = upstream or version
     token = admin_token or os.environ.get("SHADOWTUNE_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     trained = trained_transform(log_dir, mv)
-    route_path = f"/admin/routes/{quote(route, safe='')}"
     change: dict[str, Any] = {"candidate": name, "mode": "shadow"}
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
-        if set_transform:
-            change["candidate_transform"] = trained
-        else:
-            current = (_call(http, "GET", route_path) or {}).get("candidate_transform")
-            if fingerprint(current) != fingerprint(trained):
-                raise ServeError(transform_mismatch(version, route, trained, current))
-        _call(
-            http,
-            "PUT",
-            f"/admin/upstreams/{quote(name, safe='')}",
-            {"base_url": base_url, "model": mv.served_model},
-        )
-        change["reason"] = reason or f"shadowtune models deploy {version}"
-        route_state = _call(http, "PATCH", route_path, change)
+    try:
+        with AdminClient(url, token, timeout=timeout) as admin:
+            if set_transform:
+                change["candidate_transform"] = trained
+            else:
+                current = admin.get_route(route).get("candidate_transform")
+                if fingerprint(current) != fingerprint(trained):
+                    raise ServeError(transform_mismatch(version, route, trained, current))
+            admin.put_upstream(name, {"base_url": base_url, "model": mv.served_model})
+            change["reason"] = reason or f"shadowtune models deploy {version}"
+            route_state = admin.set_route(route, change)
+    except AdminError as exc:
+        raise ServeError(exc.message, status_code=exc.status or None) from exc
     deployment = {
         "route": route,
         "upstream": name,
@@ -199,23 +195,3 @@ def transform_mismatch(
         "--set-transform to give the route the dataset's transform, or rebuild the dataset with the "
         "route's transform (shadowtune dataset build --route ROUTE)"
     )
-
-
-def _call(http: httpx.Client, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    try:
-        resp = http.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        raise ServeError(f"cannot reach the gateway at {http.base_url}: {exc}") from exc
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = resp.text[:300]
-        raise ServeError(
-            f"{method} {path}: the gateway answered {resp.status_code}: {message}",
-            status_code=resp.status_code,
-        )
-    try:
-        return resp.json()
-    except ValueError:
-        return None

@@ -124,3 +124,104 @@ def test_the_client_quotes_route_names_and_reports_the_gateways_errors(setup):
     with AdminClient("http://127.0.0.1:9", TOKEN) as client, pytest.raises(AdminError) as err:
         client.routes()
     assert err.value.status == 0 and "cannot reach the gateway" in err.value.message
+
+
+ODD = "org/model?v=2 #b"
+"""A route name that only works quoted: ``?`` and ``#`` would end the path, ``/`` splits it."""
+
+
+@pytest.fixture
+def odd_routes(make_settings, start_gateway, tmp_path, log_dir):
+    settings = make_settings(
+        upstreams={"base": {"model": "echo-base"}, "cand": {"model": "echo-cand"}},
+        routes={
+            "org/model": {"baseline": "base", "candidate": "cand"},
+            "org": {"baseline": "base"},  # what an unquoted "org/model?v=2" would hit first
+            ODD: {"baseline": "base", "candidate": "cand"},
+        },
+        server={"admin_token": TOKEN, "auth": "auto"},
+        store={"state_dir": str(tmp_path / "state")},
+    )
+    return start_gateway(settings)
+
+
+def test_route_names_are_quoted_by_every_command_that_administers_them(
+    odd_routes, log_dir, tmp_path, monkeypatch
+):
+    gw = odd_routes
+    env = {"SHADOWTUNE_URL": gw.url, "SHADOWTUNE_ADMIN_TOKEN": TOKEN}
+    for route in ("org/model", ODD):
+        out = json.loads(run("routes", "set", route, "--mode", "shadow", "--reason", "q", "--json", env=env))
+        assert (out["route"], out["mode"]) == (route, "shadow")
+        assert gw.ctx.routes.get(route).mode == "shadow"
+        assert json.loads(run("routes", "show", route, env=env))["route"] == route
+        [h] = json.loads(run("routes", "history", route, "--json", env=env))
+        assert h["route"] == route
+    assert gw.ctx.routes.get("org").mode == "off"  # nothing reached the wrong route
+
+    # models deploy: SHADOWTUNE_URL and the admin token from the environment, the route quoted
+    from trainer.registry import Registry
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    mv = Registry(log_dir).register("ex", base_model="base-model", kind="lora", adapter_path=str(adapter))
+    for route in ("org/model", ODD):
+        dep = json.loads(
+            run(
+                "models", "deploy", mv.version, "--route", route, "--serve-url", gw.url + "/v1",
+                "--upstream", f"up {route}", "--json", "--log-dir", log_dir, env=env,
+            )
+        )  # fmt: skip
+        assert dep["gateway"] == gw.url and dep["route_state"]["route"] == route
+        assert gw.ctx.routes.get(route).candidate == f"up {route}"
+        assert f"up {route}" in gw.ctx.routes.snapshot.upstreams
+
+    # the trigger steps and the eval lookups read the route through the same client
+    from types import SimpleNamespace
+
+    from evals import _lookups, steps
+
+    monkeypatch.setenv("SHADOWTUNE_ADMIN_TOKEN", TOKEN)
+    state = steps._route_state(SimpleNamespace(route=ODD), {"gateway_url": gw.url})
+    assert state is not None and state["route"] == ODD
+    _, models = _lookups.gateway_families(gw.url, TOKEN)
+    assert models["base"] == "echo-base"
+
+
+def test_commands_that_call_the_gateway_report_its_errors_in_one_line(odd_routes, log_dir):
+    gw = odd_routes
+    for args in (
+        ["routes", "show", "no/such?route"],
+        ["routes", "set", "no/such?route", "--mode", "shadow"],
+        ["routes", "history", "org/model", "--admin-token", "wrong"],
+    ):
+        out = (
+            run(*args, "--url", gw.url, "--admin-token", TOKEN, code=1)
+            if "--admin-token" not in args
+            else run(*args, "--url", gw.url, code=1)
+        )
+        assert out.startswith("Error: ") and len(out.strip().splitlines()) == 1, out
+    assert "does not exist" in run(
+        "routes", "show", "no/such?route", "--url", gw.url, "--admin-token", TOKEN, code=1
+    )
+    down = run("feedback", "add", "call_x", "thumbs", "up", "--url", "http://127.0.0.1:9", code=1)
+    assert "cannot reach the gateway at http://127.0.0.1:9" in down
+
+
+def test_feedback_add_prints_json_and_reaches_the_log(odd_routes, log_dir):
+    gw = odd_routes
+    reply = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "org/model", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    call_id = reply.headers["x-request-id"]
+    env = {"SHADOWTUNE_URL": gw.url}
+    posted = json.loads(
+        run("feedback", "add", call_id, "rating", "4", "--comment", "ok", "--user", "ann", "--json", env=env)
+    )
+    assert posted["id"].startswith("evt_")
+    assert run("feedback", "add", call_id, "thumbs", "up", env=env).strip().startswith("evt_")
+    gw.flush()
+    shown = json.loads(run("logs", "show", call_id, "--json", "--log-dir", gw.ctx.settings.store.log_dir))
+    kinds = [(e["kind"], e["comment"], e["poster"]) for e in shown["feedback"]]
+    assert [k[0] for k in kinds] == ["rating", "thumbs"] and kinds[0] == ("rating", "ok", "user ann")

@@ -181,11 +181,23 @@ class TestLogs:
 
     def test_list_as_text(self, populated):
         out = run("logs", "list", "--log-dir", populated)
-        lines = out.strip().splitlines()
+        header, *lines = out.strip().splitlines()
+        assert header.split() == [
+            "CALL",
+            "TIME",
+            "ROUTE/VARIANT",
+            "STATUS",
+            "LATENCY",
+            "USER",
+            "FEEDBACK",
+            "OUTPUT",
+        ]
         assert len(lines) == 4
         assert lines[0].startswith("call_C") and "upstream_error" in lines[0]
-        assert "(not served)" in lines[1]
-        assert "in transit" in lines[2]
+        assert "(not served)" in lines[1] and " u2 " in lines[1]
+        assert "in transit" in lines[2] and " u1 " in lines[2] and " up " in lines[2]
+        # the columns line up under the header
+        assert {line.index("bot/") for line in lines[1:]} == {header.index("ROUTE/VARIANT")}
 
     def test_show_renders_the_conversation(self, populated):
         out = run("logs", "show", "call_A", "--log-dir", populated)
@@ -373,3 +385,85 @@ def test_every_logs_command_speaks_json(tmp_path):
         result = runner.invoke(main, [*args, "--log-dir", log_dir, "--json"])
         assert result.exit_code == 0, (args, result.output)
         _json.loads(result.stdout)
+
+
+@pytest.fixture
+def with_feedback(log_dir) -> str:
+    def event(n: int, kind: str, value: str | None, **more: object) -> dict[str, object]:
+        return {
+            "event_id": f"ev_{n}",
+            "call_id": "call_F",
+            "ts": NOW_US + n,
+            "kind": kind,
+            "value": value,
+            **more,
+        }
+
+    with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
+        for call_id, user in (("call_F", "ann"), ("call_G", None)):
+            w.append(
+                "calls",
+                {
+                    "call_id": call_id,
+                    "ts": NOW_US - 10,
+                    "route": "bot",
+                    "variant": "baseline",
+                    "served": True,
+                    "status": 200,
+                    "user": user,
+                    "latency_ms": 3.0,
+                    "request": request("when is the meeting"),
+                    "response": completion("on monday"),
+                },
+            )
+        w.append(
+            "events", event(1, "thumbs", "down", value_num=0, user="ann", client_key="app", source="api")
+        )
+        w.append("events", event(2, "rating", None, value_num=4, comment="close, wrong day", user="ann"))
+        w.append("events", event(3, "choice", "b", user="bob", source="api"))
+        w.append("events", event(4, "flag", "pii", source="detector"))
+        w.append("events", event(5, "regeneration", None, source="detector"))
+        w.append("events", event(6, "thumbs", "up", value_num=1, source="reviewer", reviewer="rita"))
+        w.append(
+            "events", event(7, "relabel", "on tuesday", source="reviewer", reviewer="rita", comment="fixed")
+        )
+    return log_dir
+
+
+class TestFeedbackInLogs:
+    def test_list_has_user_and_feedback_columns(self, with_feedback):
+        header, first, second = run("logs", "list", "--log-dir", with_feedback).strip().splitlines()
+        assert header.split()[5:7] == ["USER", "FEEDBACK"]
+        rows = {line.split()[0]: line for line in (first, second)}
+        feedback = rows["call_F"][header.index("FEEDBACK") : header.index("OUTPUT")].strip()
+        assert feedback == "down, rating 4, choice b, flag, regenerated, review up, relabelled"
+        assert rows["call_F"][header.index("USER") :].startswith("ann ")
+        assert rows["call_G"][header.index("FEEDBACK") :].startswith("-")
+        [row] = as_json("logs", "list", "--user", "ann", "--log-dir", with_feedback)
+        assert (row["user"], row["thumbs_down"], row["rating"], row["choice"]) == ("ann", 1, 4.0, "b")
+        assert (row["flags"], row["regenerated"], row["reviewer_thumbs_up"], row["relabelled"]) == (
+            1,
+            True,
+            1,
+            True,
+        )
+
+    def test_show_lists_the_feedback_and_who_posted_it(self, with_feedback):
+        out = run("logs", "show", "call_F", "--log-dir", with_feedback)
+        section = out[out.index("[feedback: 7]") :].splitlines()[1:]
+        assert len(section) == 7
+        assert "thumbs down  by user ann, key app (api)" in section[0]
+        assert "rating 4  by user ann" in section[1] and "close, wrong day" in section[1]
+        assert "choice b  by user bob (api)" in section[2]
+        assert "flag pii  by detector" in section[3]
+        assert "thumbs up  by reviewer rita" in section[5]
+        assert "relabel on tuesday  by reviewer rita" in section[6] and "fixed" in section[6]
+        data = as_json("logs", "show", "call_F", "--log-dir", with_feedback)
+        assert [(e["kind"], e["poster"]) for e in data["feedback"]][:3] == [
+            ("thumbs", "user ann, key app"),
+            ("rating", "user ann"),
+            ("choice", "user bob"),
+        ]
+        assert data["feedback"][1]["comment"] == "close, wrong day"
+        assert "[feedback" not in run("logs", "show", "call_G", "--log-dir", with_feedback)
+        assert as_json("logs", "show", "call_G", "--log-dir", with_feedback)["feedback"] == []

@@ -129,7 +129,7 @@ def test_deploy_errors_are_one_line(version, log_dir, make_settings, start_gatew
     base = ["deploy", "ex-lora-v1", "--route", "extract", "--url", gw.url, "--log-dir", log_dir]
     wrong = runner.invoke(models, [*base, "--serve-url", fake_upstream.base_url, "--admin-token", "nope"])
     assert wrong.exit_code == 1
-    assert "the gateway answered 401: invalid admin token" in wrong.output
+    assert "HTTP 401: invalid admin token" in wrong.output
     missing = runner.invoke(models, base, env={"SHADOWTUNE_ADMIN_TOKEN": TOKEN})
     assert "pass --serve-url" in missing.output
     ok = runner.invoke(

@@ -85,3 +85,29 @@ def test_models_register_records_a_family_that_versions_trained_from_it_inherit(
                 "--log-dir", log_dir, "--json")  # fmt: skip
     assert json.loads(child.stdout)["family"] is None  # not recorded: inherited along the lineage
     assert Registry(log_dir).families({})["child-1"] == "qwen"
+
+
+def test_build_since_reads_the_same_ages_as_logs_list(log_dir):
+    import datetime as dt
+
+    from gateway.cli import main
+
+    now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
+    old = log_extraction_task(log_dir, 40, seed=1, start_us=now_us - 3 * 3600 * 1_000_000)
+    recent = log_extraction_task(log_dir, 40, seed=2, start_us=now_us - 3600 * 1_000_000)
+    built = run(dataset, "build", "ex", "--since", "1.5h", "--near-dup", "1", "--json", "--log-dir", log_dir)
+    assert built.exit_code == 0, built.output
+    ids = {
+        e["call_id"]
+        for split in ("train", "test", "golden")
+        for e in json.loads(
+            run(dataset, "split", "ex", "--split", split, "--json", "--log-dir", log_dir).stdout
+        )
+    }
+    listed = json.loads(
+        CliRunner()
+        .invoke(main, ["logs", "list", "--since", "1.5h", "-n", "0", "--json", "--log-dir", log_dir])
+        .stdout
+    )
+    assert {r["call_id"] for r in listed} == {r["call_id"] for r in recent}
+    assert ids and ids <= {r["call_id"] for r in recent} and not ids & {r["call_id"] for r in old}
