@@ -145,9 +145,8 @@ class GatewayProtocol(HttpToolsProtocol):
             raise _Refused("headers too large")  # stops the parser; uvicorn's handler finds it answered
         before = self.cycle
         super().on_headers_complete()
-        if (
-            self.cycle is not None and self.cycle is not before
-        ):  # the head goes out with the body's first bytes
+        if self.cycle is not None and self.cycle is not before:
+            # a new request's cycle: its answer's head goes out with the body's first bytes
             self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:

@@ -155,3 +155,17 @@ class TestErrorBody:
             }
         }
         assert orjson.loads(as_openai_error(b"", 503))["error"]["message"] == "upstream answered 503"
+
+
+def test_the_protocol_layer_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import gateway.protocol.requests, gateway.protocol.messages, gateway.protocol.sse, "
+        "gateway.protocol.errors, gateway.protocol.redact, gateway.protocol.record; "
+        "print(','.join(sorted(m for m in ('pyarrow', 'duckdb', 'fastapi', 'uvicorn', 'opentelemetry') "
+        "if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
