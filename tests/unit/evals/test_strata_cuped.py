@@ -41,7 +41,11 @@ def nodes(pop):
         for arm, mask in zip(ARMS, (~c, c), strict=True):
             inside = mask & (n > 0)
             out[(str(p), arm)] = (y * inside, n * inside, inside)
-            out[(pre_period(str(p)), arm)] = (pop["Xy"] * inside, pop["Xn"] * inside, inside & (pop["Xn"] > 0))
+            out[(pre_period(str(p)), arm)] = (
+                pop["Xy"] * inside,
+                pop["Xn"] * inside,
+                inside & (pop["Xn"] > 0),
+            )
     return out
 
 
