@@ -342,7 +342,11 @@ class Canaries:
 
             summed: dict[tuple[int, ...], np.ndarray] = {}
 
-            def moments(cls: list[int]) -> np.ndarray:
+            def moments(
+                cls: list[int],
+                summed: dict[tuple[int, ...], np.ndarray] = summed,
+                mom: list[np.ndarray] = mom,
+            ) -> np.ndarray:
                 """The moments summed over the classes ``cls`` (computed once per set)."""
                 key = tuple(cls)
                 if key not in summed:
@@ -352,7 +356,7 @@ class Canaries:
             # nodes: (period name, column of Y, column of N) per step and kind
             kinds = [("main", 0)] + ([("pre", 2 * k)] if with_pre else [])
 
-            def node(s: int, kind: str) -> tuple[str, int, int]:
+            def node(s: int, kind: str, kinds: list[tuple[str, int]] = kinds) -> tuple[str, int, int]:
                 off = dict(kinds)[kind]
                 return (pre_period(str(s)) if kind == "pre" else str(s), off + s, off + k + s)
 
