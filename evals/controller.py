@@ -44,7 +44,7 @@ from evals.decision import (
 )
 from evals.outcomes import METRICS, ArmStats, MetricSpec, srm_check
 from evals.outcomes_query import query_cells
-from evals.strata import Evidence, stratified_difference
+from evals.strata import PRE, Evidence, stratified_difference
 
 log = logging.getLogger("shadowtune.controller")
 
@@ -328,7 +328,10 @@ class CanaryController:
         except LogStoreError as exc:
             raise ControllerError(str(exc)) from exc
         try:
-            groups, _ = query_cells(store, self.route, canary_since, now + 1, sticky_key=self.sticky_key)
+            pre = canary_since - self.policy.pre_period_s if self.policy.pre_period_s > 0 else None
+            groups, _ = query_cells(
+                store, self.route, canary_since, now + 1, sticky_key=self.sticky_key, pre_since=pre
+            )
             step_groups, _ = query_cells(store, self.route, step_since, now + 1, sticky_key=self.sticky_key)
         except LogStoreError as exc:
             raise ControllerError(str(exc)) from exc
@@ -367,7 +370,10 @@ def observation(
             spec = specs.get(name) or MetricSpec(name, "mean", True)
             specs.setdefault(name, spec)
             mine = [c for c in cells if c.period in compared]
-            evidence[name] = stratified_difference(mine, canary.cross.get(name), rate=spec.kind == "rate")
+            pre = [c for c in canary.covariates.get(name, []) if c.period.removeprefix(PRE) in compared]
+            evidence[name] = stratified_difference(
+                mine, canary.cross.get(name), rate=spec.kind == "rate", covariates=pre
+            )
         for arm in (base, cand):
             arms = [i.arms[arm.variant] for p, i in canary.periods.items() if p in compared]
             arm.calls = sum(a.calls for a in arms)

@@ -100,6 +100,10 @@ class CanaryPolicy(BaseModel):
     """Seconds between checks."""
     srm_alpha: float = Field(default=0.001, gt=0, lt=1)
     """Sample-ratio-mismatch threshold: below it the controller does not advance."""
+    pre_period_s: float = Field(default=7 * 86400.0, ge=0)
+    """Covariate window before the canary began, in seconds: each unit's calls and outcomes there
+    (every call served by the baseline) adjust the comparison (CUPED, `evals.strata`), which
+    removes most of the variance of users' own habits; 0 turns the adjustment off."""
 
     @field_validator("steps")
     @classmethod
