@@ -23,7 +23,7 @@ from evals.controller import (
     read_state,
     set_paused,
 )
-from evals.outcomes import OutcomesError, outcomes_report
+from evals.outcomes import OutcomesError, outcomes_report, route_history
 from gateway.admin_client import Target, target_options
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -117,6 +117,7 @@ def outcomes(
                 alpha=alpha,
                 sticky_key=sticky_key,
                 mde=mde,
+                history=route_history(log_dir, route),
             )
     except (LogStoreError, OutcomesError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -195,12 +196,17 @@ def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], a
     for x in period.get("excluded", []):
         calls = ", ".join(f"{n} {k}" for k, n in x["calls"].items())
         lines.append(f"  not compared: version {x['version']} ({calls} calls): {x['reason']}")
-    if "srm" in period:
-        s = period["srm"]
+    for who, r in period.get("reviewer", {}).items():
+        choices = ", ".join(f"{k} {n}" for k, n in sorted(r["choices"].items()))
+        lines.append(
+            f"  reviewers on {who} (not in the rates): {r['calls']} calls, thumbs up {r['thumbs_up']}, "
+            f"down {r['thumbs_down']}" + (f", choices {choices}" if choices else "")
+        )
+    for s in period["srm"]["versions"] if "srm" in period else []:
         obs = f"{100 * s['observed_share']:.2f}%" if s["observed_share"] is not None else "n/a"
         flag = "MISMATCH" if s["mismatch"] else "ok"
         lines.append(
-            f"  split: expected {100 * s['expected_share']:g}%, observed {obs} of "
+            f"  split of version {s['version']}: expected {100 * s['expected_share']:g}%, observed {obs} of "
             f"{s['units']['baseline'] + s['units']['candidate']} units, chi2 {s['chi2']:.3g}, "
             f"p {s['p_value']:.3g}: {flag}"
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evals.strata import Cell, Cross, pre_period
+from gateway.store.sources import REVIEWER_SOURCES
 
 UNIT_COLUMNS = {"user": '"user"', "session": "session_id", "client_key": "client_key"}
 """Sticky keys the log records, and their column."""
@@ -140,6 +141,26 @@ GROUP BY ALL
 """
 )
 
+_REVIEWER_SQL = (
+    "WITH"
+    + _CTE
+    + """,
+rv AS (
+  SELECT c.grp, c.period, c.variant, c.call_id, e.kind, e.reviewer,
+         CASE WHEN e.kind = 'thumbs' OR e.value IN ('a', 'b') THEN e.value
+              WHEN e.value = c.call_id THEN 'this_call' ELSE 'other_call' END AS value
+  FROM events_resolved e JOIN c ON e.call_id = c.call_id
+  WHERE coalesce(e.source, '') IN {reviewer_sources} AND e.kind IN ('thumbs', 'choice')
+  QUALIFY row_number() OVER (
+    PARTITION BY e.call_id, e.kind, coalesce(e.reviewer, '') ORDER BY e.ts DESC, e.event_id DESC) = 1
+)
+SELECT grp, period, variant, kind, value, count(*) AS events
+FROM rv GROUP BY ALL
+UNION ALL
+SELECT grp, period, variant, '*' AS kind, NULL AS value, count(DISTINCT call_id) AS events FROM rv GROUP BY ALL
+"""
+)
+
 _PERIODS_SQL = (
     "WITH"
     + _CTE
@@ -215,6 +236,9 @@ class Cells:
     covariates: dict[str, list[Cell]] = field(default_factory=dict)
     """Per metric: each cell's pre-period sums over its units (period `evals.strata.pre_period`),
     when a pre-period window was asked for."""
+    reviewer: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    """Per (period, variant): the reviewers' latest thumbs and choices (``thumbs:up``,
+    ``choice:a``, ...) and the ``calls`` reviewed: kept out of every rate, shown apart."""
     latency: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     """Per variant: p50 and p95 of latency over the compared periods (all, when none is)."""
 
@@ -254,7 +278,13 @@ def query_cells(
     params = {"route": route, "lo": lo, "plo": plo, "hi": epoch_us(until) if until is not None else 2**62}
     reserved = "(" + ", ".join(f"'{k}'" for k in _RESERVED_KINDS) + ")"
     group = "epoch_us(ts) // 86400000000" if by_day else "NULL::BIGINT"
-    cte = {"{group}": group, "{unit}": unit_column(sticky_key), "{reserved}": reserved}
+    reviewers = "(" + ", ".join(f"'{k}'" for k in REVIEWER_SOURCES) + ")"
+    cte = {
+        "{group}": group,
+        "{unit}": unit_column(sticky_key),
+        "{reserved}": reserved,
+        "{reviewer_sources}": reviewers,
+    }
 
     def sql(template: str) -> list[dict[str, Any]]:
         for k, v in cte.items():
@@ -314,6 +344,10 @@ def query_cells(
                 into[((pre_period(a[0]), a[1]), (pre_period(b[0]), b[1]))] = Cross(
                     float(r["pyy"]), pyn, pyn, float(r["pnn"])
                 )
+    for r in sql(_REVIEWER_SQL):
+        counts = out[day(r["grp"])].reviewer.setdefault((r["period"], r["variant"]), {})
+        name = "calls" if r["kind"] == "*" else f"{r['kind']}:{r['value']}"
+        counts[name] = counts.get(name, 0) + int(r["events"])
     for r in sql(_QUANTILES_SQL):
         out[day(r["grp"])].latency[r["variant"]] = (r["p50"], r["p95"])
     custom = {r["metric"]: (bool(r["hib"]), r["mde"]) for r in sql(_HIB_SQL)}
