@@ -205,8 +205,9 @@ def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], a
     for s in period["srm"]["versions"] if "srm" in period else []:
         obs = f"{100 * s['observed_share']:.2f}%" if s["observed_share"] is not None else "n/a"
         flag = "MISMATCH" if s["mismatch"] else "ok"
+        which = f" of version {s['version']}" if s["version"] is not None else ""
         lines.append(
-            f"  split of version {s['version']}: expected {100 * s['expected_share']:g}%, observed {obs} of "
+            f"  split{which}: expected {100 * s['expected_share']:g}%, observed {obs} of "
             f"{s['units']['baseline'] + s['units']['candidate']} units, chi2 {s['chi2']:.3g}, "
             f"p {s['p_value']:.3g}: {flag}"
         )
