@@ -26,7 +26,9 @@ variance. Rules, per check, while the route is in ``canary`` mode:
    sample-ratio-mismatch check at ``srm_alpha``.
 
 The mSPRT's mixing scale ``tau`` is the guardrail's margin (or its declared ``tau``): fixed
-by the policy, never re-estimated at a look.
+by the policy, never re-estimated at a look. Each unit's calls in the ``pre_period_s`` before
+the canary adjust the comparison (CUPED, `evals.strata`), so users' own habits, which make a
+sticky arm noisy, mostly cancel.
 """
 
 from __future__ import annotations

@@ -39,6 +39,23 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   ``sum_i Y_ij Y_ik, Y_ij N_ik, N_ij Y_ik, N_ij N_ik`` over the units in both (`Cell`,
   `Cross`): additive sufficient statistics a SQL ``GROUP BY`` computes.
 
+* **Users keep their habits (CUPED).** Most of a sticky arm's variance is its users' own
+  rates, which they had before the canary too. Each cell can carry a *covariate cell*
+  (period ``pre|<period>``): the same units' sums over a pre-period in which every call was
+  served by the baseline (`evals.outcomes_query`, ``pre_since``). A period's difference is
+  adjusted by the same difference of the pre-period ratios (Deng, Xu, Kohavi & Walker 2013, with
+  the delta method for ratio metrics)::
+
+      d_s = (R_cs - R_bs) - theta_s (Q_cs - Q_bs),   theta_s = Cov(R part, Q part) / Var(Q part)
+
+  Pre-period data cannot depend on the arm, so ``E[Q_cs - Q_bs] = 0`` and the adjustment keeps
+  the estimate unbiased for any ``theta_s``; ``theta_s`` minimises the variance
+  ``A - B^2 / C`` from the same quadratic form (`_Form`: ``A``, ``B``, ``C`` its values at the
+  period's cell and covariate coefficients). The combination then has coefficients on both
+  kinds of cells, and its variance includes every cross sum between them (a unit's pre-period
+  appears in every period it was seen in). Units without a pre-period add nothing to ``Q``;
+  without covariate cells nothing changes.
+
 For rates the unit-level variance is rescaled (its design effect kept) to a binomial
 variance per arm: the larger of the one at the arm's own smoothed rate ``(k + 1) / (n + 2)``
 and the one at the period's pooled rate ``(k_b + k_c + 1) / (n_b + n_c + 2)``. An arm with no
@@ -257,8 +274,9 @@ def stratified_difference(
             theta[p] = 0.0
         v = (v + abs(v)) / 2
         if rate:
-            raw, smooth = _raw(b) + _raw(c), _binomial_variance(b, b, c) + _binomial_variance(c, b, c)
-            v = _div(v * smooth, raw) + (raw == 0) * smooth
+            raw_p = _raw(b) + _raw(c)
+            smooth_p = _binomial_variance(b, b, c) + _binomial_variance(c, b, c)
+            v = _div(v * smooth_p, raw_p) + (raw_p == 0) * smooth_p
         inverse[p] = _div(1.0, v)
         degenerate = degenerate + (v <= 0) * (mh[p] > 0)
     # inverse-variance weights keep the combined evidence a sum of independent increments (what
