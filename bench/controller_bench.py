@@ -12,17 +12,24 @@ Scenarios (truth: the candidate's thumbs-down rate is equal, worse or better):
 * ``independent``: every call independent, constant rates;
 * ``daily_cycle``: thumbs-down 3-7 % over each day, in both arms;
 * ``trend``: thumbs-down rising 4 -> 8 % over the first 48 h, in both arms;
-* ``sticky_moderate`` / ``sticky_heavy``: sticky users (the split is by user) with
-  lognormal (sigma 1) / Pareto (alpha 1.1) call volumes and their own rates (gamma
-  multipliers with shape 2 / 0.5);
+* ``sticky_moderate`` / ``sticky_heavy``: 5,000 sticky users (the split is by user) with
+  lognormal (sigma 1) / Pareto (alpha 1.2) call volumes and their own rates (gamma
+  multipliers with shape 2 / 1), and a week of pre-canary traffic (all on the baseline)
+  whose per-user sums are the controller's covariates (CUPED, `CanaryPolicy.pre_period_s`);
 * ``worse`` / ``better``: the candidate's thumbs-down rate is 2.5 points higher / lower.
 
 ``rollback_rate``/``advance_rate``: share of runs rolled back / promoted to primary within
 the horizon; ``median_checks``: checks to the first decision (the first advance or a
-rollback); ``median_calls`` the calls (both arms) until then, next to
-``fixed_horizon_calls``, the calls a one-shot z-test at the same alpha with 80 % power needs
-at the first step's share (one-sided ``alpha / 3`` to detect the worse candidate, the
-binding guardrail's non-inferiority test otherwise; per call, so without any clustering).
+rollback); ``median_calls`` the calls (both arms) until then, next to the calls a one-shot
+z-test of the same decision at the same alpha with 80 % power needs at the first step's share
+(one-sided ``alpha / 3`` to detect the worse candidate, every guardrail's non-inferiority test
+otherwise): ``fixed_horizon_calls`` per call (no clustering), and, the valid comparators with
+sticky users, ``fixed_horizon_calls_clustered`` (variances times their design effect at that many
+calls; ``None`` when no sample size reaches 80 %, with the power reached in two years) and
+``fixed_horizon_calls_clustered_cuped`` (the design effect left after the same covariates);
+``calls_ratio`` and ``calls_ratio_clustered`` divide ``median_calls`` by the per-call and the
+CUPED-adjusted fixed horizon (`bench/controller_scenarios.py`). Sticky scenarios run in chunks
+of 100 canaries (their own seeds) spread over ``--jobs`` processes.
 
     python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1] [--jobs 2]
 """
