@@ -87,7 +87,7 @@ uc AS (
 pu AS (
   SELECT c.unit, l.metric, sum(l.y) AS y, sum(l.n) AS n
   FROM long l JOIN c_all c USING (call_id)
-  WHERE c.pre AND c.key IS NOT NULL
+  WHERE c.pre AND c.key IS NOT NULL AND c.variant = 'baseline'
   GROUP BY ALL
 )
 """
@@ -270,8 +270,10 @@ def query_cells(
 
     Groups are UTC days with ``by_day``, else one group (``None``). The custom metrics map
     to ``(higher_is_better, declared minimum detectable effect or None)``. With ``pre_since``,
-    each keyed unit's sums over ``[pre_since, since)`` are the cells' covariates
-    (`Cells.covariates`: CUPED, `evals.strata`).
+    each keyed unit's sums over the calls the baseline served in ``[pre_since, since)`` are the
+    cells' covariates (`Cells.covariates`: CUPED, `evals.strata`). Only the baseline's: a user
+    in the candidate's hash bucket was also in an earlier canary's, so outcomes an earlier
+    candidate served would depend on the arm and bias the adjustment.
     """
     lo = epoch_us(since)
     plo = min(lo, epoch_us(pre_since)) if pre_since is not None else lo

@@ -18,7 +18,8 @@ def write(log):
     """A shadow week (baseline served to all), then canary versions 2 (10 %) and 3 (50 %).
 
     Users keep their own thumbs-down rate throughout; a few calls carry no user (their own units,
-    no covariate). Returns per (period, arm) the users' (Y, N) and each user's pre-period (Y, N).
+    no covariate); an earlier candidate served the candidate bucket twice in the pre-period (its
+    outcomes depend on the arm, so they are no covariate). Returns per (period, arm) the users' (Y, N) and each user's pre-period (Y, N).
     """
     rng = np.random.default_rng(21)
     users = 300
@@ -68,6 +69,26 @@ def write(log):
                 acc = into.setdefault(u, [0.0, 0.0])
                 acc[0] += down
                 acc[1] += 1
+    for u in np.flatnonzero(bucket < 0.1):  # an earlier candidate's canary in the pre-period: left out
+        for _ in range(2):
+            i += 1
+            ts = int((T0 - 5 * DAY + rng.random() * 3600) * 1e6)
+            calls.append(
+                {
+                    "call_id": f"c{i:06d}",
+                    "ts": ts,
+                    "route": "chat",
+                    "variant": "candidate",
+                    "served": True,
+                    "mode": "canary",
+                    "route_version": 0,
+                    "user": f"u{u}",
+                    "status": 200,
+                    "latency_ms": 100.0,
+                }
+            )
+            event = {"event_id": f"e{i}", "call_id": f"c{i:06d}", "ts": ts + 1, "kind": "thumbs"}
+            events.append({**event, "value": "down", "value_num": 0.0})
     for j in range(40):  # unkeyed calls in the canary and before it
         i += 1
         calls.append(
