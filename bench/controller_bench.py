@@ -12,17 +12,24 @@ Scenarios (truth: the candidate's thumbs-down rate is equal, worse or better):
 * ``independent``: every call independent, constant rates;
 * ``daily_cycle``: thumbs-down 3-7 % over each day, in both arms;
 * ``trend``: thumbs-down rising 4 -> 8 % over the first 48 h, in both arms;
-* ``sticky_moderate`` / ``sticky_heavy``: sticky users (the split is by user) with
-  lognormal (sigma 1) / Pareto (alpha 1.1) call volumes and their own rates (gamma
-  multipliers with shape 2 / 0.5);
+* ``sticky_moderate`` / ``sticky_heavy``: 5,000 sticky users (the split is by user) with
+  lognormal (sigma 1) / Pareto (alpha 1.2) call volumes and their own rates (gamma
+  multipliers with shape 2 / 1), and a week of pre-canary traffic (all on the baseline)
+  whose per-user sums are the controller's covariates (CUPED, `CanaryPolicy.pre_period_s`);
 * ``worse`` / ``better``: the candidate's thumbs-down rate is 2.5 points higher / lower.
 
 ``rollback_rate``/``advance_rate``: share of runs rolled back / promoted to primary within
 the horizon; ``median_checks``: checks to the first decision (the first advance or a
-rollback); ``median_calls`` the calls (both arms) until then, next to
-``fixed_horizon_calls``, the calls a one-shot z-test at the same alpha with 80 % power needs
-at the first step's share (one-sided ``alpha / 3`` to detect the worse candidate, the
-binding guardrail's non-inferiority test otherwise; per call, so without any clustering).
+rollback); ``median_calls`` the calls (both arms) until then, next to the calls a one-shot
+z-test of the same decision at the same alpha with 80 % power needs at the first step's share
+(one-sided ``alpha / 3`` to detect the worse candidate, every guardrail's non-inferiority test
+otherwise): ``fixed_horizon_calls`` per call (no clustering), and, the valid comparators with
+sticky users, ``fixed_horizon_calls_clustered`` (variances times their design effect at that many
+calls; ``None`` when no sample size reaches 80 %, with the power reached in two years) and
+``fixed_horizon_calls_clustered_cuped`` (the design effect left after the same covariates);
+``calls_ratio`` and ``calls_ratio_clustered`` divide ``median_calls`` by the per-call and the
+CUPED-adjusted fixed horizon (`bench/controller_scenarios.py`). Sticky scenarios run in chunks
+of 100 canaries (their own seeds) spread over ``--jobs`` processes.
 
     python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1] [--jobs 2]
 """
@@ -30,71 +37,34 @@ binding guardrail's non-inferiority test otherwise; per call, so without any clu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from controller_scenarios import (
+    BASE,
+    HORIZON,
+    METRIC_NAMES,
+    SCENARIOS,
+    TRAFFIC,
+    Scenario,
+    fixed_horizon_calls,
+    fixed_horizon_clustered,
+)
 
 from evals.online.decision import CanaryPolicy, Observation, decide
 from evals.online.outcomes import METRICS, srm_check
-from evals.online.strata import Cell, Cross, Evidence, stratified_difference
-
-TRAFFIC = 2000
-BASE = {"error_rate": 0.01, "thumbs_down_rate": 0.05, "regeneration_rate": 0.03}
-METRIC_NAMES = tuple(BASE)
-HORIZON = 24 * 14
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    truth: str
-    delta: float = 0.0
-    """Candidate minus baseline thumbs-down rate."""
-    cycle: float = 0.0
-    """Amplitude of a daily cycle of the thumbs-down rate."""
-    trend: tuple[float, float] | None = None
-    """Thumbs-down rate from -> to over the first 48 h."""
-    users: int = 0
-    """Sticky users (0: independent calls)."""
-    volume: str = "lognormal"
-    volume_param: float = 1.0
-    heterogeneity: float = 2.0
-    """Shape of each user's gamma rate multiplier (smaller: more different users)."""
-
-    def thumbs_down(self, hour: float) -> float:
-        if self.trend is not None:
-            lo, hi = self.trend
-            return lo + (hi - lo) * min(hour, 48.0) / 48.0
-        return BASE["thumbs_down_rate"] + self.cycle * math.sin(2 * math.pi * hour / 24.0)
-
-    def rates(self, hour: float) -> dict[str, tuple[float, float]]:
-        """Per metric: (baseline, candidate) rate at ``hour``."""
-        td = self.thumbs_down(hour)
-        return {
-            "error_rate": (BASE["error_rate"],) * 2,
-            "thumbs_down_rate": (td, td + self.delta),
-            "regeneration_rate": (BASE["regeneration_rate"],) * 2,
-        }
-
-
-SCENARIOS = [
-    Scenario("independent", "equal"),
-    Scenario("daily_cycle", "equal", cycle=0.02),
-    Scenario("trend", "equal", trend=(0.04, 0.08)),
-    Scenario("sticky_moderate", "equal", users=5000, volume="lognormal", volume_param=1.0, heterogeneity=2.0),
-    Scenario("sticky_heavy", "equal", users=5000, volume="pareto", volume_param=1.2, heterogeneity=1.0),
-    Scenario("worse", "worse", delta=0.025),
-    Scenario("better", "better", delta=-0.025),
-]
+from evals.online.strata import Cell, Cross, Evidence, pre_period, stratified_difference
 
 
 @dataclass
@@ -125,6 +95,8 @@ class Canaries:
         self.first_calls = np.full(runs, float(HORIZON * TRAFFIC))
         self.rollback_share = np.full(runs, np.nan)
         self.ids = np.arange(runs)
+        self.finished = np.zeros(runs, dtype=bool)
+        """Rows whose canary ended (left out of decisions until the next compaction)."""
         self.step = np.zeros(runs, dtype=int)
         self.step_checks = np.zeros(runs, dtype=int)
         self.step_calls = np.zeros((runs, 2), dtype=np.int64)
@@ -137,15 +109,15 @@ class Canaries:
         self.screened = 0
 
     def _rows(self) -> list[str]:
-        names = ["ids", "step", "step_checks", "step_calls", "step_units", "calls", "n"]
+        names = ["ids", "step", "step_checks", "step_calls", "step_units", "calls", "n", "finished"]
         if self.s.users:
-            names += ["lam", "cur_n", "cur_seen"]
+            names += ["lam", "cur_n", "cur_seen", "xn"]
         return names
 
     def _compact(self, keep: np.ndarray) -> None:
         for name in self._rows():
             setattr(self, name, getattr(self, name)[keep])
-        tables = ("ev", "mult", "cur_y", "moments", "z_past", "class_sums")
+        tables = ("ev", "mult", "cur_y", "moments", "z_past", "class_sums", "xy")
         for d in tables if self.s.users else ("ev",):
             table = getattr(self, d)
             for m in list(table):
@@ -163,37 +135,51 @@ class Canaries:
             m: np.minimum(rng.gamma(s.heterogeneity, 1 / s.heterogeneity, size=(r, u)), 0.5 / BASE[m])
             for m in METRIC_NAMES
         }
+        # the pre-period: every call served by the baseline, at the scenario's starting rates
+        self.xn = rng.poisson(self.lam * s.pre_hours).astype(float)
+        start = s.rates(0.0)
+        self.xy = {
+            m: rng.binomial(self.xn.astype(np.int64), np.minimum(start[m][0] * self.mult[m], 1.0)).astype(
+                float
+            )
+            for m in METRIC_NAMES
+        }
         # users are exchangeable, so user i's bucket is i / u: at share x the candidate arm is i < x% of u
         self.cut = [round(x / 100 * u) for x in self.shares]
         self.bounds = [0, *self.cut, u]  # user class c: in the candidate arm from step c on
         self.cur_y = {m: np.zeros((r, u)) for m in METRIC_NAMES}  # the current step's per-user sums
         self.cur_n = np.zeros((r, u))
         self.cur_seen = np.zeros((r, u), dtype=bool)
-        # per user class, the frozen moments sum_u z z^T of the finished steps, z = (Y_0.., N_0..),
-        # and the frozen per-class sums of Y, N and units seen
-        self.moments = {m: np.zeros((r, k + 1, 2 * k, 2 * k)) for m in METRIC_NAMES}
-        self.z_past = {m: np.zeros((r, u, 2 * k)) for m in METRIC_NAMES}
-        self.class_sums = {m: np.zeros((r, 3, k + 1, k)) for m in METRIC_NAMES}  # units, y, n
+        # per user class, the frozen moments sum_u z z^T of the finished steps, z = (Y_0.., N_0..,
+        # PY_0.., PN_0..) with PY_s, PN_s the user's pre-period sums where seen at step s (the
+        # covariate cells' values), and the frozen per-class sums of Y, N and units seen
+        self.moments = {m: np.zeros((r, k + 1, 4 * k, 4 * k)) for m in METRIC_NAMES}
+        self.z_past = {m: np.zeros((r, u, 4 * k)) for m in METRIC_NAMES}
+        self.class_sums = {m: np.zeros((r, 5, k + 1, k)) for m in METRIC_NAMES}  # units, y, n, PY, PN
 
     def _sticky_hour(self, hour: float) -> None:
+        """One hour of calls: Poisson per user (2,000 per hour in all, by volume); only the users
+        called are touched afterwards."""
         rng, u = self.rng, self.s.users
-        icalls = rng.poisson(self.lam)
-        calls = icalls.astype(float)
-        cand = np.arange(u)[None, :] < np.array(self.cut)[self.step][:, None]
-        hit = np.nonzero(icalls)
-        hit_cand = cand[hit]
+        r = len(self.ids)
+        counts = rng.poisson(self.lam).ravel()
+        hit = np.flatnonzero(counts)
+        calls = counts[hit]
+        row, user = np.divmod(hit, u)
+        hit_cand = user < np.array(self.cut)[self.step][row]
         for m, (pb, pc) in self.s.rates(hour).items():
-            p = np.minimum(np.where(hit_cand, pc, pb) * self.mult[m][hit], 1.0)
-            self.cur_y[m][hit] += rng.binomial(icalls[hit], p)
-        self.cur_n += calls
-        self.cur_seen |= calls > 0
-        n_c = (calls * cand).sum(axis=1)
+            p = np.minimum(np.where(hit_cand, pc, pb) * self.mult[m][row, user], 1.0)
+            self.cur_y[m][row, user] += rng.binomial(calls, p)
+        self.cur_n[row, user] += calls
+        new = ~self.cur_seen[row, user]
+        self.cur_seen[row, user] = True
+        n_c = np.bincount(row, weights=calls * hit_cand, minlength=r)
+        n_all = np.bincount(row, weights=calls, minlength=r)
         self.step_calls[:, 1] += n_c.astype(np.int64)
-        self.step_calls[:, 0] += (calls.sum(axis=1) - n_c).astype(np.int64)
-        uc = (self.cur_seen & cand).sum(axis=1)
-        self.step_units[:, 1] = uc
-        self.step_units[:, 0] = self.cur_seen.sum(axis=1) - uc
-        self.calls += calls.sum(axis=1)
+        self.step_calls[:, 0] += (n_all - n_c).astype(np.int64)
+        self.step_units[:, 1] += np.bincount(row, weights=new & hit_cand, minlength=r).astype(np.int64)
+        self.step_units[:, 0] += np.bincount(row, weights=new & ~hit_cand, minlength=r).astype(np.int64)
+        self.calls += n_all
 
     def _freeze(self, rows: np.ndarray) -> None:
         """Rows that advance: their current step's sums become a finished step, and its moments frozen."""
@@ -204,6 +190,8 @@ class Canaries:
                 z = self.z_past[m][r]
                 z[:, s] = self.cur_y[m][r]
                 z[:, k + s] = self.cur_n[r]
+                z[:, 2 * k + s] = self.xy[m][r] * self.cur_seen[r]
+                z[:, 3 * k + s] = self.xn[r] * self.cur_seen[r]
                 for c in range(k + 1):
                     lo, hi = self.bounds[c], self.bounds[c + 1]
                     zc = z[lo:hi]
@@ -211,6 +199,8 @@ class Canaries:
                     self.class_sums[m][r, 0, c, s] = self.cur_seen[r, lo:hi].sum()
                     self.class_sums[m][r, 1, c, s] = self.cur_y[m][r, lo:hi].sum()
                     self.class_sums[m][r, 2, c, s] = self.cur_n[r, lo:hi].sum()
+                    self.class_sums[m][r, 3, c, s] = z[lo:hi, 2 * k + s].sum()
+                    self.class_sums[m][r, 4, c, s] = z[lo:hi, 3 * k + s].sum()
                 self.cur_y[m][r] = 0
             self.cur_n[r] = 0
             self.cur_seen[r] = False
@@ -239,8 +229,16 @@ class Canaries:
         return out
 
     def _sticky_evidence(self, sub: np.ndarray) -> dict[str, Evidence]:
-        """Cells and cross sums per metric, as the log query returns them, for the rows ``sub``."""
-        k, t1 = self.k, self.k
+        """Cells, covariate cells and cross sums per metric, as the log query returns them, for ``sub``.
+
+        Column ``j`` of a user's ``z`` (``4k`` columns) is one node's value: ``Y_s`` (``j = s``),
+        ``N_s`` (``k + s``), and the covariate cell's ``PY_s``, ``PN_s`` (``2k + s``, ``3k + s``).
+        """
+        k = self.k
+        if (
+            len(self.ids) // 2 < len(sub) < len(self.ids)
+        ):  # cheaper to compute every row than to copy most of them
+            return _take(self._sticky_evidence(np.arange(len(self.ids))), sub)
         rows = np.arange(len(sub))
         every = len(sub) == len(self.ids)  # no copies when every row is asked for
 
@@ -249,67 +247,101 @@ class Canaries:
 
         step = pick(self.step)
         cur_n, cur_seen = pick(self.cur_n), pick(self.cur_seen)
+        xn = pick(self.xn)
+        with_pre = self.s.pre_hours > 0
+        cols = (step, k + step, 2 * k + step, 3 * k + step)
+        # columns of finished steps (the only nonzero ones of z_past)
+        done = int(step.max()) if len(step) else 0
+        past = np.array([i * k + t for i in range(4) for t in range(done)], dtype=int)
         out = {}
         for m in METRIC_NAMES:
-            # moments: frozen ones plus those involving the current step (rows and columns s, k + s)
-            z_past = pick(self.z_past[m])  # (r, u, 2k)
-            cur = np.stack([pick(self.cur_y[m]), cur_n], axis=2)  # (r, u, 2)
+            # moments: frozen ones plus those involving the current step's columns
+            z_past = pick(self.z_past[m])  # (r, u, 4k)
+            seen = cur_seen.astype(float)
+            cur = np.stack([pick(self.cur_y[m]), cur_n, pick(self.xy[m]) * seen, xn * seen], axis=2)
             frozen = pick(self.moments[m])
             mom = []
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
-                cp = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), z_past[:, lo:hi])  # (r, 2, 2k)
-                cc = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), cur[:, lo:hi])  # (r, 2, 2)
+                cp = np.zeros((len(rows), 4, 4 * k))
+                if len(past):
+                    cp[:, :, past] = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), z_past[:, lo:hi][:, :, past])
+                cc = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), cur[:, lo:hi])  # (r, 4, 4)
                 mm = frozen[:, c].copy()
-                for i, col in enumerate((step, k + step)):
+                for i, col in enumerate(cols):
                     mm[rows, col, :] = cp[:, i, :]
                     mm[rows, :, col] = cp[:, i, :]
-                for i, ci in enumerate((step, k + step)):
-                    for j, cj in enumerate((step, k + step)):
+                for i, ci in enumerate(cols):
+                    for j, cj in enumerate(cols):
                         mm[rows, ci, cj] = cc[:, i, j]
                 mom.append(mm)
-            units: list[np.ndarray] = []
-            ysum: list[np.ndarray] = []
-            nsum: list[np.ndarray] = []
+            # per class: units, Y, N, PY, PN summed per step, (r, k) each
             sums = pick(self.class_sums[m])
+            now = (cur_seen, cur[:, :, 0], cur_n, cur[:, :, 2], cur[:, :, 3])
+            totals: list[list[np.ndarray]] = []
             for c in range(k + 1):
                 lo, hi = self.bounds[c], self.bounds[c + 1]
-                for i, (acc, now) in enumerate(((units, cur_seen), (ysum, cur[:, :, 0]), (nsum, cur_n))):
-                    total = sums[:, i, c, :].copy()  # (r, k)
-                    total[rows, step] += now[:, lo:hi].sum(axis=1)
-                    acc.append(total)
+                totals.append([])
+                for i, values in enumerate(now):
+                    total = sums[:, i, c, :].copy()
+                    total[rows, step] += values[:, lo:hi].sum(axis=1)
+                    totals[c].append(total)
 
-            def arm(c: int, s: int) -> str:
-                return "candidate" if c <= s else "baseline"
+            def classes(*pairs: tuple[int, str]) -> list[int]:
+                return _classes(k, pairs)
 
-            cells, cross = [], {}
+            summed: dict[tuple[int, ...], np.ndarray] = {}
+
+            def moments(
+                cls: list[int],
+                summed: dict[tuple[int, ...], np.ndarray] = summed,
+                mom: list[np.ndarray] = mom,
+            ) -> np.ndarray:
+                """The moments summed over the classes ``cls`` (computed once per set)."""
+                key = tuple(cls)
+                if key not in summed:
+                    summed[key] = sum((mom[c] for c in cls[1:]), mom[cls[0]].copy())
+                return summed[key]
+
+            # nodes: (period name, column of Y, column of N) per step and kind
+            kinds = [("main", 0)] + ([("pre", 2 * k)] if with_pre else [])
+
+            def node(s: int, kind: str, kinds: list[tuple[str, int]] = kinds) -> tuple[str, int, int]:
+                off = dict(kinds)[kind]
+                return (pre_period(str(s)) if kind == "pre" else str(s), off + s, off + k + s)
+
+            cells, covariates, cross = [], [], {}
             for s in range(k):
                 for a in ("baseline", "candidate"):
-                    cls = [c for c in range(k + 1) if arm(c, s) == a]
-                    mm = sum((mom[c] for c in cls), np.zeros_like(mom[0]))
-                    cells.append(
-                        Cell(
-                            str(s),
+                    cls = classes((s, a))
+                    mm = moments(cls)
+                    for kind, _ in kinds:
+                        name, iy, i_n = node(s, kind)
+                        j = 1 if kind == "main" else 3  # where this kind's Y and N sums are
+                        cell = Cell(
+                            name,
                             a,
-                            sum(units[c][:, s] for c in cls),
-                            sum(ysum[c][:, s] for c in cls),
-                            sum(nsum[c][:, s] for c in cls),
-                            mm[:, s, s],
-                            mm[:, t1 + s, t1 + s],
-                            mm[:, s, t1 + s],
+                            sum(totals[c][0][:, s] for c in cls),
+                            sum(totals[c][j][:, s] for c in cls),
+                            sum(totals[c][j + 1][:, s] for c in cls),
+                            mm[:, iy, iy],
+                            mm[:, i_n, i_n],
+                            mm[:, iy, i_n],
                         )
+                        (cells if kind == "main" else covariates).append(cell)
+            nodes = [(s, a, kind) for s in range(k) for a in ("baseline", "candidate") for kind, _ in kinds]
+            for i, (s, a, ka) in enumerate(nodes):
+                for t, b, kb in nodes[i + 1 :]:
+                    cls = classes((s, a), (t, b))
+                    if not cls:
+                        continue
+                    mm = moments(cls)
+                    ns, ys_, ns_ = node(s, ka)
+                    nt, yt, nt_ = node(t, kb)
+                    cross[((ns, a), (nt, b))] = Cross(
+                        mm[:, ys_, yt], mm[:, ys_, nt_], mm[:, ns_, yt], mm[:, ns_, nt_]
                     )
-            for s in range(k):
-                for t in range(s + 1, k):
-                    for a in ("baseline", "candidate"):
-                        for b in ("baseline", "candidate"):
-                            cls = [c for c in range(k + 1) if arm(c, s) == a and arm(c, t) == b]
-                            if cls:
-                                mm = sum((mom[c] for c in cls), np.zeros_like(mom[0]))
-                                cross[((str(s), a), (str(t), b))] = Cross(
-                                    mm[:, s, t], mm[:, s, t1 + t], mm[:, t1 + s, t], mm[:, t1 + s, t1 + t]
-                                )
-            out[m] = stratified_difference(cells, cross, rate=True)
+            out[m] = stratified_difference(cells, cross, rate=True, covariates=covariates)
         return out
 
     # -- independent calls ----------------------------------------------------------------
@@ -360,6 +392,8 @@ class Canaries:
             }
             done, advanced = [], []
             for j in possible:
+                if self.finished[j]:
+                    continue
                 ev = {m: Evidence(**{f: c[f][j] for f in _FIELDS}) for m, c in cols.items()}
                 action = self._decide(check, int(j), ev)
                 if action == "end":
@@ -373,10 +407,10 @@ class Canaries:
                 self.step_checks[j] = 0
                 self.step_calls[j] = 0
                 self.step_units[j] = 0
-            if done:
-                keep = np.ones(len(self.ids), dtype=bool)
-                keep[done] = False
-                self._compact(keep)
+            self.finished[done] = True
+            # copying every per-user array is costly: compact once a tenth of the rows has ended
+            if self.finished.sum() > max(len(self.ids) // 10, 0) or check == HORIZON:
+                self._compact(~self.finished)
 
     def _may_decide(self, evidence: dict[str, Evidence]) -> np.ndarray:
         """A necessary condition for a decision, so `decide` runs only where one is possible.
@@ -435,6 +469,19 @@ class Canaries:
 _FIELDS = tuple(f for f in Evidence.__dataclass_fields__ if f != "period_weights")
 
 
+@functools.cache
+def _classes(k: int, pairs: tuple[tuple[int, str], ...]) -> list[int]:
+    """User classes (class ``c``: in the candidate arm from step ``c`` on) in arm ``a`` at each step ``s``."""
+    return [c for c in range(k + 1) if all((c <= s) == (a == "candidate") for s, a in pairs)]
+
+
+def _take(evidence: dict[str, Evidence], rows: np.ndarray) -> dict[str, Evidence]:
+    """The rows ``rows`` of array evidence."""
+    return {
+        m: Evidence(**{f: np.asarray(getattr(ev, f))[rows] for f in _FIELDS}) for m, ev in evidence.items()
+    }
+
+
 def _spread(evidence: dict[str, Evidence], sub: np.ndarray, size: int) -> dict[str, Evidence]:
     """Evidence for the rows ``sub`` as full-size arrays; other rows have no observations (no decision)."""
     out = {}
@@ -448,39 +495,6 @@ def _spread(evidence: dict[str, Evidence], sub: np.ndarray, size: int) -> dict[s
     return out
 
 
-def fixed_horizon_calls(s: Scenario, policy: CanaryPolicy, power: float = 0.8) -> float:
-    """Calls at the first step's share that the same decision by one-shot z-tests needs (80 % power).
-
-    Worse: the one-sided test at ``alpha / len(guardrails)`` on thumbs-down. Otherwise the
-    advance: every guardrail's non-inferiority test at ``alpha`` must reject, so the power is
-    the product of the guardrails' powers (independent metrics); solved for the calls.
-    """
-    pi = policy.steps[0] / 100
-    nd = NormalDist()
-    tests = []
-    for g in policy.guardrails:
-        pb = BASE[g.metric]
-        pc = pb + (s.delta if g.metric == "thumbs_down_rate" else 0.0)
-        var_per_call = pc * (1 - pc) / pi + pb * (1 - pb) / (1 - pi)
-        if s.truth == "worse":
-            if g.metric == "thumbs_down_rate":
-                tests.append((var_per_call, s.delta, policy.alpha / len(policy.guardrails)))
-        else:
-            tests.append((var_per_call, g.margin + (pb - pc), policy.alpha))
-
-    def joint_power(calls: float) -> float:
-        out = 1.0
-        for var, effect, alpha in tests:
-            out *= nd.cdf(effect / math.sqrt(var / calls) - nd.inv_cdf(1 - alpha))
-        return out
-
-    lo, hi = 1.0, 1e9
-    for _ in range(100):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if joint_power(mid) < power else (lo, mid)
-    return hi
-
-
 def run_scenario(s: Scenario, policy: CanaryPolicy, runs: int, seed: int) -> Result:
     t0 = time.perf_counter()
     sim = Canaries(s, policy, runs, np.random.default_rng(seed))
@@ -492,6 +506,8 @@ def run_scenario(s: Scenario, policy: CanaryPolicy, runs: int, seed: int) -> Res
 
 def summary(res: Result, policy: CanaryPolicy) -> dict[str, Any]:
     fh = fixed_horizon_calls(res.scenario, policy)
+    fh_plain, power_plain = fixed_horizon_clustered(res.scenario, policy, covariates=False)
+    fh_cuped, power_cuped = fixed_horizon_clustered(res.scenario, policy, covariates=True)
     med_calls = float(np.median(res.first_calls))
     rolled = res.outcome == 1
     return {
@@ -504,16 +520,38 @@ def summary(res: Result, policy: CanaryPolicy) -> dict[str, Any]:
         "median_calls": med_calls,
         "fixed_horizon_calls": fh,
         "calls_ratio": med_calls / fh,
+        "fixed_horizon_calls_clustered": fh_plain,
+        "fixed_horizon_power_clustered": power_plain,
+        "fixed_horizon_calls_clustered_cuped": fh_cuped,
+        "fixed_horizon_power_clustered_cuped": power_cuped,
+        "calls_ratio_clustered": med_calls / fh_cuped if fh_cuped else None,
         "rollback_before_50": float((rolled & (res.rollback_share < 50)).mean()),
         "undecided_at_horizon": float((res.outcome == 0).mean()),
         "seconds": res.seconds,
     }
 
 
-def _one(job: tuple[int, int, int]) -> dict[str, Any]:
-    i, runs, seed = job
-    policy = CanaryPolicy()
-    return summary(run_scenario(SCENARIOS[i], policy, runs, seed + i), policy)
+CHUNK = 100
+"""Sticky canaries per job: the per-user arrays of 100 canaries x 5,000 users stay small, and
+the chunks spread over the ``--jobs`` processes."""
+
+
+def _one(job: tuple[int, int, int, int]) -> Result:
+    i, runs, seed, chunk = job
+    return run_scenario(SCENARIOS[i], CanaryPolicy(), runs, seed + i + 1000 * chunk)
+
+
+def _merge(parts: list[Result]) -> Result:
+    cat = np.concatenate
+    return Result(
+        parts[0].scenario,
+        sum(p.runs for p in parts),
+        cat([p.outcome for p in parts]),
+        cat([p.first_check for p in parts]),
+        cat([p.first_calls for p in parts]),
+        cat([p.rollback_share for p in parts]),
+        sum(p.seconds for p in parts),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -525,16 +563,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="Print the results as a JSON list.")
     args = ap.parse_args(argv)
     picked = [i for i, s in enumerate(SCENARIOS) if not args.only or s.name in args.only]
-    # the slow (sticky) scenarios first, so two workers finish together
-    jobs = sorted(((i, args.runs, args.seed) for i in picked), key=lambda j: -SCENARIOS[j[0]].users)
+    # sticky scenarios in chunks of CHUNK canaries (each with its own seed), the slow ones first,
+    # so the workers finish together
+    jobs = []
+    for i in picked:
+        size = CHUNK if SCENARIOS[i].users else args.runs
+        jobs += [
+            (i, min(size, args.runs - lo), args.seed, c) for c, lo in enumerate(range(0, args.runs, size))
+        ]
+    jobs.sort(key=lambda j: -SCENARIOS[j[0]].users)
     t0 = time.perf_counter()
     if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-            rows = pool.map(_one, jobs, chunksize=1)
+            parts = pool.map(_one, jobs, chunksize=1)
     else:
-        rows = [_one(j) for j in jobs]
+        parts = [_one(j) for j in jobs]
+    policy = CanaryPolicy()
+    rows = [
+        summary(_merge([p for p, j in zip(parts, jobs, strict=True) if j[0] == i]), policy) for i in picked
+    ]
     order = {s.name: i for i, s in enumerate(SCENARIOS)}
     rows.sort(key=lambda r: order[r["scenario"]])
     if args.json:

@@ -21,7 +21,7 @@ from evals.online.controller import (
     read_state,
     set_paused,
 )
-from evals.online.outcomes import OutcomesError, outcomes_report
+from evals.online.outcomes import OutcomesError, outcomes_report, route_history
 from gateway import durations
 from gateway.admin_client import Target
 from gateway.clikit.options import gateway_options, handle_errors, json_option, log_dir_option
@@ -101,6 +101,7 @@ def outcomes(
             alpha=alpha,
             sticky_key=sticky_key,
             mde=mde,
+            history=route_history(log_dir, route),
         )
     if as_json:
         echo_json(report)
@@ -177,12 +178,18 @@ def _format_period(route: str, period: dict[str, Any], report: dict[str, Any], a
     for x in period.get("excluded", []):
         calls = ", ".join(f"{n} {k}" for k, n in x["calls"].items())
         lines.append(f"  not compared: version {x['version']} ({calls} calls): {x['reason']}")
-    if "srm" in period:
-        s = period["srm"]
+    for who, r in period.get("reviewer", {}).items():
+        choices = ", ".join(f"{k} {n}" for k, n in sorted(r["choices"].items()))
+        lines.append(
+            f"  reviewers on {who} (not in the rates): {r['calls']} calls, thumbs up {r['thumbs_up']}, "
+            f"down {r['thumbs_down']}" + (f", choices {choices}" if choices else "")
+        )
+    for s in period["srm"]["versions"] if "srm" in period else []:
         obs = f"{100 * s['observed_share']:.2f}%" if s["observed_share"] is not None else "n/a"
         flag = "MISMATCH" if s["mismatch"] else "ok"
+        which = f" of version {s['version']}" if s["version"] is not None else ""
         lines.append(
-            f"  split: expected {100 * s['expected_share']:g}%, observed {obs} of "
+            f"  split{which}: expected {100 * s['expected_share']:g}%, observed {obs} of "
             f"{s['units']['baseline'] + s['units']['candidate']} units, chi2 {s['chi2']:.3g}, "
             f"p {s['p_value']:.3g}: {flag}"
         )

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from evals.online.canary_clock import canary_entered_at
@@ -44,7 +43,8 @@ from evals.online.decision import (
 )
 from evals.online.outcomes import METRICS, ArmStats, MetricSpec, srm_check
 from evals.online.outcomes_query import query_cells
-from evals.online.strata import Evidence, stratified_difference
+from evals.online.strata import PRE, Evidence, stratified_difference
+from gateway.admin_client import AdminClient, AdminError
 from gateway.state.base import StateBackend
 from gateway.store import layout
 
@@ -66,52 +66,14 @@ __all__ = [
 ]
 
 
-# -- the admin API client ----------------------------------------------------------------
-class AdminClient:
-    """The gateway's admin API (`gateway.admin_client`), raising `ControllerError`."""
-
-    def __init__(
-        self,
-        url: str,
-        token: str | None = None,
-        *,
-        timeout: float = 10.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        from gateway.admin_client import AdminClient as Client
-
-        self._client = Client(url, token, timeout=timeout, transport=transport)
-
-    def get_route(self, route: str) -> dict[str, Any]:
-        info: dict[str, Any] = self._call(self._client.get_route, route)
-        return info
-
-    def set_route(self, route: str, *, mode: str, share: float, reason: str) -> dict[str, Any]:
-        body = {"mode": mode, "share": float(share), "reason": reason, "actor": "controller"}
-        info: dict[str, Any] = self._call(self._client.set_route, route, body)
-        return info
-
-    def history(self, route: str, limit: int = 1000) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self._call(self._client.history, route, limit)
-        return rows
-
-    @staticmethod
-    def _call(fn: Callable[..., Any], *args: Any) -> Any:
-        from gateway.admin_client import AdminError
-
-        try:
-            return fn(*args)
-        except AdminError as exc:
-            raise ControllerError(f"admin API {exc.message}") from exc
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+# -- the admin API ----------------------------------------------------------------------
+# The shared client (`gateway.admin_client.AdminClient`: route names URL-quoted, the gateway's
+# own error messages); its `AdminError` becomes a `ControllerError` here.
+def _admin(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except AdminError as exc:
+        raise ControllerError(f"admin API {exc.message}") from exc
 
 
 # -- state and decision log --------------------------------------------------------------
@@ -238,7 +200,7 @@ class CanaryController:
             record.update(action="paused", reason=f"paused by {state.get('paused_by') or 'an operator'}")
             record_decision(self.state, record)
             return record
-        info = self.admin.get_route(self.route)
+        info: dict[str, Any] = _admin(self.admin.get_route, self.route)
         self.sticky_key = str(info.get("sticky_key") or "user")
         share = float(info.get("share") or 0.0)
         mode = str(info.get("mode") or "off")
@@ -287,9 +249,13 @@ class CanaryController:
         record["applied"] = False
         if decision.action in ("rollback", "advance"):
             try:
-                self.admin.set_route(
-                    self.route, mode=decision.mode_to, share=decision.share_to, reason=decision.reason
-                )
+                changes = {
+                    "mode": decision.mode_to,
+                    "share": float(decision.share_to),
+                    "reason": decision.reason,
+                    "actor": "controller",
+                }
+                _admin(self.admin.set_route, self.route, changes)
             except ControllerError as exc:
                 record["error"] = str(exc)
                 log.error("controller %s: %s not applied: %s", self.route, decision.action, exc)
@@ -310,11 +276,8 @@ class CanaryController:
         From the route's audit history (the admin API), so the clock does not start at the
         controller's first look; ``now`` for both when the history does not say (a config-file
         canary, or a gateway without history)."""
-        history = getattr(self.admin, "history", None)
-        if history is None:
-            return now, now
         try:
-            rows = history(self.route)
+            rows: list[dict[str, Any]] = _admin(self.admin.history, self.route, 1000)
         except ControllerError:
             return now, now
         return canary_entered_at(rows, info.get("candidate"), share, now)
@@ -330,7 +293,10 @@ class CanaryController:
         except LogStoreError as exc:
             raise ControllerError(str(exc)) from exc
         try:
-            groups, _ = query_cells(store, self.route, canary_since, now + 1, sticky_key=self.sticky_key)
+            pre = canary_since - self.policy.pre_period_s if self.policy.pre_period_s > 0 else None
+            groups, _ = query_cells(
+                store, self.route, canary_since, now + 1, sticky_key=self.sticky_key, pre_since=pre
+            )
             step_groups, _ = query_cells(store, self.route, step_since, now + 1, sticky_key=self.sticky_key)
         except LogStoreError as exc:
             raise ControllerError(str(exc)) from exc
@@ -369,7 +335,10 @@ def observation(
             spec = specs.get(name) or MetricSpec(name, "mean", True)
             specs.setdefault(name, spec)
             mine = [c for c in cells if c.period in compared]
-            evidence[name] = stratified_difference(mine, canary.cross.get(name), rate=spec.kind == "rate")
+            pre = [c for c in canary.covariates.get(name, []) if c.period.removeprefix(PRE) in compared]
+            evidence[name] = stratified_difference(
+                mine, canary.cross.get(name), rate=spec.kind == "rate", covariates=pre
+            )
         for arm in (base, cand):
             arms = [i.arms[arm.variant] for p, i in canary.periods.items() if p in compared]
             arm.calls = sum(a.calls for a in arms)

@@ -26,7 +26,9 @@ variance. Rules, per check, while the route is in ``canary`` mode:
    sample-ratio-mismatch check at ``srm_alpha``.
 
 The mSPRT's mixing scale ``tau`` is the guardrail's margin (or its declared ``tau``): fixed
-by the policy, never re-estimated at a look.
+by the policy, never re-estimated at a look. Each unit's calls in the ``pre_period_s`` before
+the canary adjust the comparison (CUPED, `evals.strata`), so users' own habits, which make a
+sticky arm noisy, mostly cancel.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class CanaryPolicy(BaseModel):
     """Seconds between checks."""
     srm_alpha: float = Field(default=0.001, gt=0, lt=1)
     """Sample-ratio-mismatch threshold: below it the controller does not advance."""
+    pre_period_s: float = Field(default=7 * 86400.0, ge=0)
+    """Covariate window before the canary began, in seconds: each unit's calls and outcomes there
+    (every call served by the baseline) adjust the comparison (CUPED, `evals.strata`), which
+    removes most of the variance of users' own habits; 0 turns the adjustment off."""
 
     @field_validator("steps")
     @classmethod

@@ -46,8 +46,8 @@ without a declared effect gets an estimate and no test. The report's p-values ar
 chance that any of the ~8 metrics shows a false difference stays below ``alpha``.
 
 Sample-ratio mismatch: a chi-square goodness-of-fit test (1 degree of freedom) of the
-number of distinct units per variant against the expected candidate share, on the latest
-compared version.
+number of distinct units per variant against the expected candidate share, on every
+compared version (each against its own share, from the route's audit history).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 from evals.online.outcomes_query import Cells, PeriodInfo, epoch_us, query_cells
+from evals.online.split_checks import route_history, srm_by_version, version_shares
 from evals.online.strata import Cell, Evidence, holm, normal_cdf, pooled_ratio, stratified_difference
 
 _STD_NORMAL = NormalDist()
@@ -343,12 +344,15 @@ def outcomes_report(
     alpha: float = 0.05,
     sticky_key: str | None = "user",
     mde: dict[str, float] | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``shadowtune eval outcomes`` report as JSON-ready data (one period per day with ``by_day``).
 
     Each period (the window, or a day) combines its route-state versions; ``versions`` has
     each one apart, and ``excluded`` the versions where only one arm was served.
-    ``expected_share`` (0-1) is checked against the latest compared version's units.
+    The split (sample-ratio) check runs on every compared version, each against the share the
+    route's audit ``history`` gives it; ``expected_share`` (0-1) stands in for the latest
+    compared version's share when the history does not say.
     """
     groups, custom = query_cells(store, route, since, until, sticky_key=sticky_key, by_day=by_day)
     specs = dict(METRICS)
@@ -363,10 +367,11 @@ def outcomes_report(
         mdes[name] = value
     periods = []
     unkeyed = 0
+    shares = version_shares(history or [], route)
     for key in sorted(groups, key=lambda d: d or ""):
         cells = groups[key]
         unkeyed += cells.unkeyed_calls
-        periods.append(_period_report(key, cells, specs, mdes, alpha, expected_share))
+        periods.append(_period_report(key, cells, specs, mdes, alpha, expected_share, shares))
     notes = []
     column = sticky_key or "user"
     if column not in ("user", "session", "client_key"):
@@ -395,6 +400,7 @@ def _period_report(
     mdes: dict[str, float | None],
     alpha: float,
     expected_share: float | None,
+    shares: dict[int, float] | None = None,
 ) -> dict[str, Any]:
     infos = sorted(cells.periods.values(), key=lambda p: p.first_ts)
     compared = {p.period for p in infos if p.compared}
@@ -409,6 +415,7 @@ def _period_report(
             comparison_summary(c) for c in compare_cells(cells, specs, mdes, alpha=alpha)
         ]
     period["versions"] = [_version_report(p, cells, specs, mdes, alpha) for p in infos if p.compared]
+    period["reviewer"] = reviewer_summary(cells, compared or {p.period for p in infos})
     period["excluded"] = [
         {
             "version": p.route_version,
@@ -421,20 +428,10 @@ def _period_report(
         for p in infos
         if not p.compared
     ]
-    if expected_share is not None:
-        latest = next((p for p in reversed(infos) if p.compared), infos[-1] if infos else None)
-        b = latest.arms["baseline"].units if latest and "baseline" in latest.arms else 0
-        c = latest.arms["candidate"].units if latest and "candidate" in latest.arms else 0
-        chi2, p = srm_check(b, c, expected_share)
-        period["srm"] = {
-            "version": latest.route_version if latest else None,
-            "expected_share": expected_share,
-            "observed_share": c / (b + c) if b + c else None,
-            "units": {"baseline": b, "candidate": c},
-            "chi2": chi2,
-            "p_value": p,
-            "mismatch": p < 0.001,
-        }
+    srm = srm_by_version(infos, expected_share, shares or {})
+    if srm:
+        worst = min(srm, key=lambda x: x["p_value"])
+        period["srm"] = {**worst, "mismatch": any(x["mismatch"] for x in srm), "versions": srm}
     return period
 
 
@@ -455,6 +452,23 @@ def _version_report(
         "variants": {v: arm_summary(cells, specs, v, alpha, only) for v in info.arms},
         "differences": [comparison_summary(c) for c in comps],
     }
+
+
+def reviewer_summary(cells: Cells, periods: set[str]) -> dict[str, dict[str, Any]]:
+    """Per variant, the reviewers' thumbs and choices on its calls in ``periods`` (never in the rates)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (period, variant), counts in sorted(cells.reviewer.items()):
+        if period not in periods:
+            continue
+        v = out.setdefault(variant, {"calls": 0, "thumbs_up": 0, "thumbs_down": 0, "choices": {}})
+        v["calls"] += counts.get("calls", 0)
+        v["thumbs_up"] += counts.get("thumbs:up", 0)
+        v["thumbs_down"] += counts.get("thumbs:down", 0)
+        for name, n in counts.items():
+            if name.startswith("choice:"):
+                key = name.removeprefix("choice:")
+                v["choices"][key] = v["choices"].get(key, 0) + n
+    return out
 
 
 def arm_summary(
@@ -538,6 +552,8 @@ __all__ = [
     "msprt_p_value",
     "normal_cdf",
     "outcomes_report",
+    "route_history",
     "srm_check",
+    "version_shares",
     "wilson_interval",
 ]

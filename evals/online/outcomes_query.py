@@ -18,7 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from evals.online.strata import Cell, Cross
+from evals.online.strata import Cell, Cross, pre_period
+from gateway.store.sources import REVIEWER_SOURCES
 
 UNIT_COLUMNS = {"user": '"user"', "session": "session_id", "client_key": "client_key"}
 """Sticky keys the log records, and their column."""
@@ -27,8 +28,8 @@ BUILTIN = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rat
 _RESERVED_KINDS = ("thumbs", "rating", "choice", "flag", "regeneration", "relabel", "exclude")
 
 _CTE = """
-c AS (
-  SELECT call_id, response_id, variant, ts, mode, route_version,
+c_all AS (
+  SELECT call_id, response_id, variant, ts, mode, route_version, epoch_us(ts) < $lo AS pre,
          {group} AS grp,
          coalesce(CAST(route_version AS VARCHAR), 'mode:' || coalesce(mode, 'unknown')) AS period,
          {unit} AS key,
@@ -37,14 +38,15 @@ c AS (
          latency_ms, cost_usd
   FROM calls
   WHERE served AND route = $route AND variant IN ('baseline', 'candidate')
-    AND epoch_us(ts) >= $lo AND epoch_us(ts) < $hi
+    AND epoch_us(ts) >= $plo AND epoch_us(ts) < $hi
 ),
+c AS (SELECT * EXCLUDE (pre) FROM c_all WHERE NOT pre),
 ev AS (
   SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.call_id
+  FROM user_events e JOIN c_all c ON e.call_id = c.call_id
   UNION ALL
   SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
+  FROM user_events e JOIN c_all c ON e.call_id = c.response_id AND c.response_id <> c.call_id
 ),
 o AS (
   SELECT call_id,
@@ -62,7 +64,7 @@ cu AS (
 ),
 long AS (
   SELECT c.call_id, m.metric, m.y, 1.0::DOUBLE AS n
-  FROM c LEFT JOIN o USING (call_id),
+  FROM c_all c LEFT JOIN o USING (call_id),
   LATERAL (VALUES
     ('thumbs_up_rate', CASE WHEN o.thumb = 'up' THEN 1.0 ELSE 0.0 END::DOUBLE),
     ('thumbs_down_rate', CASE WHEN o.thumb = 'down' THEN 1.0 ELSE 0.0 END::DOUBLE),
@@ -80,6 +82,12 @@ long AS (
 uc AS (
   SELECT c.grp, c.period, c.variant, c.unit, l.metric, sum(l.y) AS y, sum(l.n) AS n
   FROM long l JOIN c USING (call_id)
+  GROUP BY ALL
+),
+pu AS (
+  SELECT c.unit, l.metric, sum(l.y) AS y, sum(l.n) AS n
+  FROM long l JOIN c_all c USING (call_id)
+  WHERE c.pre AND c.key IS NOT NULL AND c.variant = 'baseline'
   GROUP BY ALL
 )
 """
@@ -105,6 +113,51 @@ FROM uc a JOIN uc b
  AND (a.period < b.period OR (a.period = b.period AND a.variant < b.variant))
 WHERE a.unit NOT LIKE 'call:%'
 GROUP BY ALL
+"""
+)
+
+_PRE_CELLS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT u.grp, u.period, u.variant, u.metric, count(*) AS units,
+       sum(p.y) AS y, sum(p.n) AS n, sum(p.y * p.y) AS yy, sum(p.n * p.n) AS nn, sum(p.y * p.n) AS yn
+FROM uc u JOIN pu p USING (unit, metric)
+GROUP BY ALL
+"""
+)
+
+_PRE_CROSS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT a.grp, a.metric, a.period AS pa, a.variant AS va, b.period AS pb, b.variant AS vb,
+       sum(a.y * p.y) AS yy, sum(a.y * p.n) AS yn, sum(a.n * p.y) AS ny, sum(a.n * p.n) AS nn,
+       sum(p.y * p.y) AS pyy, sum(p.y * p.n) AS pyn, sum(p.n * p.n) AS pnn
+FROM uc a JOIN uc b
+  ON a.unit = b.unit AND a.metric = b.metric AND a.grp IS NOT DISTINCT FROM b.grp
+JOIN pu p ON p.unit = a.unit AND p.metric = a.metric
+GROUP BY ALL
+"""
+)
+
+_REVIEWER_SQL = (
+    "WITH"
+    + _CTE
+    + """,
+rv AS (
+  SELECT c.grp, c.period, c.variant, c.call_id, e.kind, e.reviewer,
+         CASE WHEN e.kind = 'thumbs' OR e.value IN ('a', 'b') THEN e.value
+              WHEN e.value = c.call_id THEN 'this_call' ELSE 'other_call' END AS value
+  FROM events_resolved e JOIN c ON e.call_id = c.call_id
+  WHERE coalesce(e.source, '') IN {reviewer_sources} AND e.kind IN ('thumbs', 'choice')
+  QUALIFY row_number() OVER (
+    PARTITION BY e.call_id, e.kind, coalesce(e.reviewer, '') ORDER BY e.ts DESC, e.event_id DESC) = 1
+)
+SELECT grp, period, variant, kind, value, count(*) AS events
+FROM rv GROUP BY ALL
+UNION ALL
+SELECT grp, period, variant, '*' AS kind, NULL AS value, count(DISTINCT call_id) AS events FROM rv GROUP BY ALL
 """
 )
 
@@ -179,7 +232,13 @@ class Cells:
     cells: dict[str, list[Cell]] = field(default_factory=dict)
     """Per metric."""
     cross: dict[str, dict[tuple[tuple[str, str], tuple[str, str]], Cross]] = field(default_factory=dict)
-    """Per metric."""
+    """Per metric (covariate cells' cross sums included)."""
+    covariates: dict[str, list[Cell]] = field(default_factory=dict)
+    """Per metric: each cell's pre-period sums over its units (period `evals.strata.pre_period`),
+    when a pre-period window was asked for."""
+    reviewer: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    """Per (period, variant): the reviewers' latest thumbs and choices (``thumbs:up``,
+    ``choice:a``, ...) and the ``calls`` reviewed: kept out of every rate, shown apart."""
     latency: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     """Per variant: p50 and p95 of latency over the compared periods (all, when none is)."""
 
@@ -205,16 +264,29 @@ def query_cells(
     *,
     sticky_key: str | None = "user",
     by_day: bool = False,
+    pre_since: dt.datetime | float | None = None,
 ) -> tuple[dict[str | None, Cells], dict[str, tuple[bool, float | None]]]:
     """Per-group `Cells` of a route's served calls in ``[since, until)``, and the custom metrics.
 
     Groups are UTC days with ``by_day``, else one group (``None``). The custom metrics map
-    to ``(higher_is_better, declared minimum detectable effect or None)``.
+    to ``(higher_is_better, declared minimum detectable effect or None)``. With ``pre_since``,
+    each keyed unit's sums over the calls the baseline served in ``[pre_since, since)`` are the
+    cells' covariates (`Cells.covariates`: CUPED, `evals.strata`). Only the baseline's: a user
+    in the candidate's hash bucket was also in an earlier canary's, so outcomes an earlier
+    candidate served would depend on the arm and bias the adjustment.
     """
-    params = {"route": route, "lo": epoch_us(since), "hi": epoch_us(until) if until is not None else 2**62}
+    lo = epoch_us(since)
+    plo = min(lo, epoch_us(pre_since)) if pre_since is not None else lo
+    params = {"route": route, "lo": lo, "plo": plo, "hi": epoch_us(until) if until is not None else 2**62}
     reserved = "(" + ", ".join(f"'{k}'" for k in _RESERVED_KINDS) + ")"
     group = "epoch_us(ts) // 86400000000" if by_day else "NULL::BIGINT"
-    cte = {"{group}": group, "{unit}": unit_column(sticky_key), "{reserved}": reserved}
+    reviewers = "(" + ", ".join(f"'{k}'" for k in REVIEWER_SOURCES) + ")"
+    cte = {
+        "{group}": group,
+        "{unit}": unit_column(sticky_key),
+        "{reserved}": reserved,
+        "{reviewer_sources}": reviewers,
+    }
 
     def sql(template: str) -> list[dict[str, Any]]:
         for k, v in cte.items():
@@ -250,6 +322,34 @@ def query_cells(
     for r in sql(_CROSS_SQL):
         x = Cross(float(r["yy"]), float(r["yn"]), float(r["ny"]), float(r["nn"]))
         out[day(r["grp"])].cross.setdefault(r["metric"], {})[((r["pa"], r["va"]), (r["pb"], r["vb"]))] = x
+    if plo < lo:
+        for r in sql(_PRE_CELLS_SQL):
+            cell = Cell(
+                pre_period(r["period"]),
+                r["variant"],
+                int(r["units"]),
+                float(r["y"]),
+                float(r["n"]),
+                float(r["yy"]),
+                float(r["nn"]),
+                float(r["yn"]),
+            )
+            out[day(r["grp"])].covariates.setdefault(r["metric"], []).append(cell)
+        for r in sql(_PRE_CROSS_SQL):
+            into = out[day(r["grp"])].cross.setdefault(r["metric"], {})
+            a, b = (r["pa"], r["va"]), (r["pb"], r["vb"])
+            into[(a, (pre_period(b[0]), b[1]))] = Cross(
+                float(r["yy"]), float(r["yn"]), float(r["ny"]), float(r["nn"])
+            )
+            if a < b:
+                pyn = float(r["pyn"])
+                into[((pre_period(a[0]), a[1]), (pre_period(b[0]), b[1]))] = Cross(
+                    float(r["pyy"]), pyn, pyn, float(r["pnn"])
+                )
+    for r in sql(_REVIEWER_SQL):
+        counts = out[day(r["grp"])].reviewer.setdefault((r["period"], r["variant"]), {})
+        name = "calls" if r["kind"] == "*" else f"{r['kind']}:{r['value']}"
+        counts[name] = counts.get(name, 0) + int(r["events"])
     for r in sql(_QUANTILES_SQL):
         out[day(r["grp"])].latency[r["variant"]] = (r["p50"], r["p95"])
     custom = {r["metric"]: (bool(r["hib"]), r["mde"]) for r in sql(_HIB_SQL)}

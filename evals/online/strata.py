@@ -39,6 +39,23 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   ``sum_i Y_ij Y_ik, Y_ij N_ik, N_ij Y_ik, N_ij N_ik`` over the units in both (`Cell`,
   `Cross`): additive sufficient statistics a SQL ``GROUP BY`` computes.
 
+* **Users keep their habits (CUPED).** Most of a sticky arm's variance is its users' own
+  rates, which they had before the canary too. Each cell can carry a *covariate cell*
+  (period ``pre|<period>``): the same units' sums over a pre-period in which every call was
+  served by the baseline (`evals.outcomes_query`, ``pre_since``). A period's difference is
+  adjusted by the same difference of the pre-period ratios (Deng, Xu, Kohavi & Walker 2013, with
+  the delta method for ratio metrics)::
+
+      d_s = (R_cs - R_bs) - theta_s (Q_cs - Q_bs),   theta_s = Cov(R part, Q part) / Var(Q part)
+
+  Pre-period data cannot depend on the arm, so ``E[Q_cs - Q_bs] = 0`` and the adjustment keeps
+  the estimate unbiased for any ``theta_s``; ``theta_s`` minimises the variance
+  ``A - B^2 / C`` from the same quadratic form (`_Form`: ``A``, ``B``, ``C`` its values at the
+  period's cell and covariate coefficients). The combination then has coefficients on both
+  kinds of cells, and its variance includes every cross sum between them (a unit's pre-period
+  appears in every period it was seen in). Units without a pre-period add nothing to ``Q``;
+  without covariate cells nothing changes.
+
 For rates the unit-level variance is rescaled (its design effect kept) to a binomial
 variance per arm: the larger of the one at the arm's own smoothed rate ``(k + 1) / (n + 2)``
 and the one at the period's pooled rate ``(k_b + k_c + 1) / (n_b + n_c + 2)``. An arm with no
@@ -165,24 +182,101 @@ class Evidence:
     (so ``weight / balance`` is the information one balanced observation adds)."""
 
 
+PRE = "pre|"
+"""Prefix of a covariate cell's period: ``pre|<period>`` holds the pre-period sums of ``<period>``'s units."""
+
+
+def pre_period(period: str) -> str:
+    """The period name of ``period``'s covariate cells."""
+    return PRE + period
+
+
+CrossMap = Mapping[tuple[tuple[str, str], tuple[str, str]], Cross]
+
+
+class _Form:
+    """The delta-method quadratic form over cells: ``Q(c, c') = sum_i psi_i(c) psi_i(c')``.
+
+    ``psi_i(c) = sum_k c_k (Y_ik - R_k N_ik) / n_k``: a linear combination ``sum_k c_k R_k`` of
+    cell ratios has variance ``Q(c, c)``, expanded into each cell's own sums and the cross sums
+    of every pair of cells that share units (each with the cells' small-sample factors).
+    """
+
+    def __init__(self, by_key: Mapping[tuple[str, str], Cell], cross: CrossMap | None) -> None:
+        self.self_: dict[tuple[str, str], Num] = {}
+        self.factor: dict[tuple[str, str], Num] = {}
+        for key, cell in by_key.items():
+            g = cell.effective_units
+            f = _div(g, g - 1) + (g <= 1)
+            self.factor[key] = f
+            self.self_[key] = _div(cell.ss * f, cell.n * cell.n)
+        self.pairs: list[tuple[tuple[str, str], tuple[str, str], Num]] = []
+        for (j, k), x in (cross or {}).items():
+            if j not in by_key or k not in by_key or j == k:
+                continue
+            cj, ck = by_key[j], by_key[k]
+            rj, rk = cj.mean, ck.mean
+            res = x.yy - rk * x.yn - rj * x.ny + rj * rk * x.nn
+            f = (self.factor[j] * self.factor[k]) ** 0.5
+            self.pairs.append((j, k, _div(f * res, cj.n * ck.n)))
+
+    def __call__(self, a: Mapping[tuple[str, str], Num], b: Mapping[tuple[str, str], Num]) -> Num:
+        out: Num = 0.0
+        for key, ca in a.items():
+            cb = b.get(key)
+            if cb is not None and key in self.self_:
+                out = out + ca * cb * self.self_[key]
+        for j, k, v in self.pairs:
+            t = a.get(j, 0.0) * b.get(k, 0.0) + a.get(k, 0.0) * b.get(j, 0.0)
+            out = out + t * v
+        return out
+
+
 def stratified_difference(
     cells: Sequence[Cell],
-    cross: Mapping[tuple[tuple[str, str], tuple[str, str]], Cross] | None = None,
+    cross: CrossMap | None = None,
     *,
     rate: bool = False,
+    covariates: Sequence[Cell] = (),
 ) -> Evidence:
-    """Combine per-period candidate-minus-baseline differences (see the module docstring)."""
+    """Combine per-period candidate-minus-baseline differences (see the module docstring).
+
+    ``covariates``: per cell, the pre-period sums of its units (period `pre_period(p)`, same
+    arm), and ``cross`` may hold their cross sums with any cell. Each period's difference is
+    then adjusted by its covariates (CUPED, the module docstring), with its own coefficient.
+    """
     by_key = {c.key: c for c in cells}
+    pre = {c.key: c for c in covariates}
     periods = sorted({c.period for c in cells})
+    form = _Form({**by_key, **pre}, cross)
     mh: dict[str, Num] = {}
     inverse: dict[str, Num] = {}
+    theta: dict[str, Num] = {}
+    main: dict[str, dict[tuple[str, str], Num]] = {}
+    covar: dict[str, dict[tuple[str, str], Num]] = {}
     degenerate: Num = 0
     for p in periods:
         b, c = by_key.get((p, "baseline")), by_key.get((p, "candidate"))
         if b is None or c is None:
             continue
         mh[p] = _div(b.n * c.n, b.n + c.n)
-        v = period_variance(b, c, rate=rate)
+        main[p] = {c.key: 1.0, b.key: -1.0}
+        covar[p] = {}
+        for arm, sign in (("candidate", 1.0), ("baseline", -1.0)):
+            if (pre_period(p), arm) in pre:
+                covar[p][(pre_period(p), arm)] = sign
+        v = form(main[p], main[p])
+        if covar[p]:
+            bxy, cxx = form(main[p], covar[p]), form(covar[p], covar[p])
+            theta[p] = _div(bxy, cxx)
+            v = v - theta[p] * bxy
+        else:
+            theta[p] = 0.0
+        v = (v + abs(v)) / 2
+        if rate:
+            raw_p = _raw(b) + _raw(c)
+            smooth_p = _binomial_variance(b, b, c) + _binomial_variance(c, b, c)
+            v = _div(v * smooth_p, raw_p) + (raw_p == 0) * smooth_p
         inverse[p] = _div(1.0, v)
         degenerate = degenerate + (v <= 0) * (mh[p] > 0)
     # inverse-variance weights keep the combined evidence a sum of independent increments (what
@@ -195,12 +289,14 @@ def stratified_difference(
         total = total + w
     coef: dict[tuple[str, str], Num] = {}
     for p, w in weights.items():
-        coef[(p, "candidate")] = _div(w, total)
-        coef[(p, "baseline")] = -_div(w, total)
+        share = _div(w, total)
+        for key, sign in main[p].items():
+            coef[key] = sign * share
+        for key, sign in covar[p].items():
+            coef[key] = -sign * share * theta[p]
     est: Num = 0.0
     mean_b: Num = 0.0
     mean_c: Num = 0.0
-    ss: Num = 0.0
     raw: Num = 0.0
     smooth: Num = 0.0
     nb: Num = 0.0
@@ -210,38 +306,39 @@ def stratified_difference(
     n_periods: Num = 0
     gb: Num = 0.0
     gc: Num = 0.0
-    factor: dict[tuple[str, str], Num] = {}
     for key, ck in coef.items():
+        if key in pre:
+            continue
         cell = by_key[key]
         r = cell.mean
         est = est + ck * r
-        a = _div(ck, cell.n)
         g = cell.effective_units
-        f = _div(g, g - 1) + (g <= 1)
-        factor[key] = f
-        ss = ss + a * a * cell.ss * f
         if rate:
             raw = raw + _div(ck * ck * r * (1 - r), cell.n)
             pb, pc = by_key[(key[0], "baseline")], by_key[(key[0], "candidate")]
             smooth = smooth + ck * ck * _binomial_variance(cell, pb, pc)
+        # each arm's mean, adjusted towards the period's pooled pre-period ratio (so that the
+        # arms' difference is the estimate)
+        adjust: Num = 0.0
+        pk = (pre_period(key[0]), key[1])
+        if pk in pre:
+            pb_, pc_ = pre.get((pk[0], "baseline")), pre.get((pk[0], "candidate"))
+            yp = (pb_.y if pb_ else 0.0) + (pc_.y if pc_ else 0.0)
+            np_ = (pb_.n if pb_ else 0.0) + (pc_.n if pc_ else 0.0)
+            adjust = theta[key[0]] * (pre[pk].mean - _div(yp, np_)) * (pre[pk].n > 0)
         if key[1] == "baseline":
-            mean_b = mean_b - ck * r
+            mean_b = mean_b - ck * (r - adjust)
             nb, ub, gb = nb + cell.n, ub + cell.units, gb + g
         else:
-            mean_c = mean_c + ck * r
+            mean_c = mean_c + ck * (r - adjust)
             nc, uc, gc = nc + cell.n, uc + cell.units, gc + g
             n_periods = n_periods + (cell.n > 0) * (by_key[(key[0], "baseline")].n > 0)
-    for (j, k), x in (cross or {}).items():
-        if j not in coef or k not in coef or j == k:
-            continue
-        cj, ck_ = by_key[j], by_key[k]
-        rj, rk = cj.mean, ck_.mean
-        aj, ak = _div(coef[j], cj.n), _div(coef[k], ck_.n)
-        f = (factor[j] * factor[k]) ** 0.5
-        ss = ss + 2 * aj * ak * f * (x.yy - rk * x.yn - rj * x.ny + rj * rk * x.nn)
-    variance = ss
+    for key, ck in coef.items():
+        if key in pre:
+            est = est + ck * pre[key].mean
+    variance = form(coef, coef)
     if rate:
-        variance = _div(ss * smooth, raw) + (raw == 0) * smooth
+        variance = _div(variance * smooth, raw) + (raw == 0) * smooth
     variance = (variance + abs(variance)) / 2  # rounding can leave -1e-20 where the truth is 0
     info = _div(1.0, variance)
     balance: Num = 0.0
@@ -250,22 +347,23 @@ def stratified_difference(
     return Evidence(est, variance, info, nb, nc, ub, uc, n_periods, mean_b, mean_c, gb, gc, weights, balance)
 
 
+def _raw(cell: Cell) -> Num:
+    r = cell.mean
+    return _div(r * (1 - r), cell.n)
+
+
 def period_variance(baseline: Cell, candidate: Cell, *, rate: bool = False) -> Num:
     """Variance of one period's difference: the delta method over units (module docstring).
 
     For rates its design effect is applied to the binomial variance at the period's pooled,
     smoothed rate (the null's), so an arm's own few events do not shrink its own variance.
     """
-    v: Num = 0.0
-    raw: Num = 0.0
-    for cell in (baseline, candidate):
-        g = cell.effective_units
-        f = _div(g, g - 1) + (g <= 1)
-        v = v + _div(cell.ss * f, cell.n * cell.n)
-        r = cell.mean
-        raw = raw + _div(r * (1 - r), cell.n)
+    form = _Form({baseline.key: baseline, candidate.key: candidate}, None)
+    c = {candidate.key: 1.0, baseline.key: -1.0}
+    v = form(c, c)
     if not rate:
         return v
+    raw = _raw(baseline) + _raw(candidate)
     smooth = _binomial_variance(baseline, baseline, candidate) + _binomial_variance(
         candidate, baseline, candidate
     )

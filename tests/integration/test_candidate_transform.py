@@ -113,11 +113,14 @@ def test_transform_changes_are_versioned_audited_and_validated(make_settings, st
     assert bad.status_code == 400
     err = bad.json()["error"]
     assert err["param"] == "candidate_transform" and "system must be one of" in err["message"]
+    seen = len(fake_upstream.requests)
     _ask(gw, "On 4 July")
-    assert fake_upstream.requests[-1]["body"]["messages"][0] == {
-        "role": "system",
-        "content": "Dates as JSON.",
-    }
+    deadline = time.monotonic() + 15
+    cand: list[dict] = []
+    while not cand and time.monotonic() < deadline:  # the shadow call goes out after the answer
+        cand = [r["body"] for r in fake_upstream.requests[seen:] if r["body"]["model"] == "echo-cand"]
+        time.sleep(0.05)
+    assert cand and cand[0]["messages"][0] == {"role": "system", "content": "Dates as JSON."}
 
 
 def test_dataset_input_equals_what_the_candidate_was_sent_and_deploy_checks_it(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from evals.online.decision import CanaryPolicy
-from evals.online.strata import Cell, Cross, stratified_difference
+from evals.online.strata import Cell, Cross, pre_period, stratified_difference
 
 _PATH = Path(__file__).resolve().parents[3] / "bench" / "controller_bench.py"
 
@@ -26,34 +26,39 @@ def bench():
 
 
 def brute_force(sim, row, metric):
-    """Cells and cross sums from the per-user, per-step sums of one simulated canary."""
+    """Cells, covariate cells and cross sums from the per-user, per-step sums of one simulated canary."""
     k = sim.k
-    y = sim.z_past[metric][row, :, :k].copy()
-    n = sim.z_past[metric][row, :, k:].copy()
+    z = sim.z_past[metric][row]
+    y, n, py, pn = (z[:, i * k : (i + 1) * k].copy() for i in range(4))
     s_now = sim.step[row]
+    seen = sim.cur_seen[row]
     y[:, s_now] = sim.cur_y[metric][row]
     n[:, s_now] = sim.cur_n[row]
-    users = sim.s.users
-    arm = {(u, s): ("candidate" if u < sim.cut[s] else "baseline") for u in range(users) for s in range(k)}
-    cells, cross = [], {}
+    py[:, s_now] = sim.xy[metric][row] * seen
+    pn[:, s_now] = sim.xn[row] * seen
+    users = np.arange(sim.s.users)
+    nodes = {}
     for s in range(k):
-        for a in ("baseline", "candidate"):
-            cells.append(
-                Cell.from_values(str(s), a, ((y[u, s], n[u, s]) for u in range(users) if arm[u, s] == a))
-            )
-    for s in range(k):
-        for t in range(s + 1, k):
-            for a in ("baseline", "candidate"):
-                for b in ("baseline", "candidate"):
-                    both = [u for u in range(users) if arm[u, s] == a and arm[u, t] == b]
-                    if both:
-                        cross[((str(s), a), (str(t), b))] = Cross(
-                            sum(y[u, s] * y[u, t] for u in both),
-                            sum(y[u, s] * n[u, t] for u in both),
-                            sum(n[u, s] * y[u, t] for u in both),
-                            sum(n[u, s] * n[u, t] for u in both),
-                        )
-    return stratified_difference(cells, cross, rate=True)
+        cand = users < sim.cut[s]
+        for a, mask in (("baseline", ~cand), ("candidate", cand)):
+            nodes[(str(s), a)] = (y[:, s] * mask, n[:, s] * mask, mask)
+            nodes[(pre_period(str(s)), a)] = (py[:, s] * mask, pn[:, s] * mask, mask)
+    cells, covariates, cross = [], [], {}
+    for (period, a), (yv, nv, mask) in nodes.items():
+        cell = Cell.from_values(period, a, zip(yv[mask], nv[mask], strict=True))
+        (covariates if period.startswith("pre|") else cells).append(cell)
+    keys = list(nodes)
+    for i, j in enumerate(keys):
+        for kk in keys[i + 1 :]:
+            (yj, nj, mj), (yk, nk, mk) = nodes[j], nodes[kk]
+            if (mj & mk).any():
+                cross[(j, kk)] = Cross(
+                    float((yj * yk).sum()),
+                    float((yj * nk).sum()),
+                    float((nj * yk).sum()),
+                    float((nj * nk).sum()),
+                )
+    return stratified_difference(cells, cross, rate=True, covariates=covariates)
 
 
 def test_sticky_sufficient_statistics_match_brute_force(bench):
