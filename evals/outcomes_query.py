@@ -1,5 +1,8 @@
 """The log query behind `evals.outcomes`: per-unit sums per period and arm, from the call log.
 
+The SQL is `gateway.store.outcomes` (shared with the review dashboard, so both show the same
+numbers); this module turns its rows into `evals.strata` cells.
+
 A *period* is one route-state version (``route_version`` on every call: the share, the
 candidate and the mode are constant within it), optionally split by UTC day. A *unit* is
 the value of the route's sticky key on the call (``user``, ``session_id`` or
@@ -19,129 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evals.strata import Cell, Cross
+from gateway.store import outcomes as store_outcomes
 
-UNIT_COLUMNS = {"user": '"user"', "session": "session_id", "client_key": "client_key"}
+UNIT_COLUMNS = store_outcomes.UNIT_COLUMNS
 """Sticky keys the log records, and their column."""
-
-BUILTIN = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate", "flag_rate")
-_RESERVED_KINDS = ("thumbs", "rating", "choice", "flag", "regeneration", "relabel", "exclude")
-
-_CTE = """
-c AS (
-  SELECT call_id, response_id, variant, ts, mode, route_version,
-         {group} AS grp,
-         coalesce(CAST(route_version AS VARCHAR), 'mode:' || coalesce(mode, 'unknown')) AS period,
-         {unit} AS key,
-         coalesce({unit}, 'call:' || call_id) AS unit,
-         (coalesce(status, 200) >= 400 OR error_type IS NOT NULL) AS is_error,
-         latency_ms, cost_usd
-  FROM calls
-  WHERE served AND route = $route AND variant IN ('baseline', 'candidate')
-    AND epoch_us(ts) >= $lo AND epoch_us(ts) < $hi
-),
-ev AS (
-  SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.call_id
-  UNION ALL
-  SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
-),
-o AS (
-  SELECT call_id,
-         arg_max(value, ts) FILTER (WHERE kind = 'thumbs') AS thumb,
-         avg(value_num) FILTER (WHERE kind = 'rating') AS rating,
-         bool_or(kind = 'regeneration') AS regenerated,
-         bool_or(kind = 'flag') AS flagged
-  FROM ev GROUP BY call_id
-),
-cu AS (
-  SELECT call_id, kind AS metric, avg(value_num) AS y
-  FROM ev
-  WHERE kind NOT IN {reserved} AND value_num IS NOT NULL
-  GROUP BY ALL
-),
-long AS (
-  SELECT c.call_id, m.metric, m.y, 1.0::DOUBLE AS n
-  FROM c LEFT JOIN o USING (call_id),
-  LATERAL (VALUES
-    ('thumbs_up_rate', CASE WHEN o.thumb = 'up' THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('thumbs_down_rate', CASE WHEN o.thumb = 'down' THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('regeneration_rate', CASE WHEN o.regenerated THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('error_rate', CASE WHEN c.is_error THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('flag_rate', CASE WHEN o.flagged THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('rating', o.rating::DOUBLE),
-    ('latency_ms', c.latency_ms::DOUBLE),
-    ('cost_usd', c.cost_usd::DOUBLE)
-  ) AS m(metric, y)
-  WHERE m.y IS NOT NULL
-  UNION ALL
-  SELECT call_id, metric, y::DOUBLE, 1.0::DOUBLE FROM cu
-),
-uc AS (
-  SELECT c.grp, c.period, c.variant, c.unit, l.metric, sum(l.y) AS y, sum(l.n) AS n
-  FROM long l JOIN c USING (call_id)
-  GROUP BY ALL
-)
-"""
-
-_CELLS_SQL = (
-    "WITH"
-    + _CTE
-    + """
-SELECT grp, period, variant, metric, count(*) AS units,
-       sum(y) AS y, sum(n) AS n, sum(y * y) AS yy, sum(n * n) AS nn, sum(y * n) AS yn
-FROM uc GROUP BY ALL ORDER BY ALL
-"""
-)
-
-_CROSS_SQL = (
-    "WITH"
-    + _CTE
-    + """
-SELECT a.grp, a.metric, a.period AS pa, a.variant AS va, b.period AS pb, b.variant AS vb,
-       sum(a.y * b.y) AS yy, sum(a.y * b.n) AS yn, sum(a.n * b.y) AS ny, sum(a.n * b.n) AS nn
-FROM uc a JOIN uc b
-  ON a.unit = b.unit AND a.metric = b.metric AND a.grp IS NOT DISTINCT FROM b.grp
- AND (a.period < b.period OR (a.period = b.period AND a.variant < b.variant))
-WHERE a.unit NOT LIKE 'call:%'
-GROUP BY ALL
-"""
-)
-
-_PERIODS_SQL = (
-    "WITH"
-    + _CTE
-    + """
-SELECT grp, period, variant, any_value(mode) AS mode, min(route_version) AS route_version,
-       count(*) AS calls, count(DISTINCT unit) AS units, count(*) FILTER (WHERE key IS NULL) AS unkeyed,
-       epoch_us(min(ts)) AS first_us, epoch_us(max(ts)) AS last_us,
-       quantile_cont(latency_ms, 0.5) AS latency_p50, quantile_cont(latency_ms, 0.95) AS latency_p95
-FROM c GROUP BY ALL ORDER BY ALL
-"""
-)
-
-_QUANTILES_SQL = (
-    "WITH"
-    + _CTE
-    + """,
-cmp AS (SELECT grp, period FROM c GROUP BY ALL HAVING count(DISTINCT variant) = 2)
-SELECT grp, variant, quantile_cont(latency_ms, 0.5) AS p50, quantile_cont(latency_ms, 0.95) AS p95
-FROM c WHERE NOT EXISTS (SELECT 1 FROM cmp)
-   OR (grp, period) IN (SELECT (grp, period) FROM cmp)
-GROUP BY ALL
-"""
-)
-
-_HIB_SQL = (
-    "WITH"
-    + _CTE
-    + """
-SELECT kind AS metric,
-       bool_and(coalesce(try_cast(json_extract(data, '$.higher_is_better') AS BOOLEAN), true)) AS hib,
-       max(try_cast(json_extract(data, '$.mde') AS DOUBLE)) AS mde
-FROM ev WHERE kind NOT IN {reserved} AND value_num IS NOT NULL GROUP BY ALL
-"""
-)
+BUILTIN = store_outcomes.BUILTIN
+unit_column = store_outcomes.unit_column
+_DAY_US = 86_400_000_000
 
 
 @dataclass
@@ -192,11 +79,6 @@ class Cells:
         return sum(a.calls for p in self.periods.values() for a in p.arms.values())
 
 
-def unit_column(sticky_key: str | None) -> str:
-    """The column of ``sticky_key``; ``NULL`` (each call its own unit) for keys the log lacks."""
-    return UNIT_COLUMNS.get(sticky_key or "user", "NULL::VARCHAR")
-
-
 def query_cells(
     store: Any,
     route: str,
@@ -211,19 +93,15 @@ def query_cells(
     Groups are UTC days with ``by_day``, else one group (``None``). The custom metrics map
     to ``(higher_is_better, declared minimum detectable effect or None)``.
     """
-    params = {"route": route, "lo": epoch_us(since), "hi": epoch_us(until) if until is not None else 2**62}
-    reserved = "(" + ", ".join(f"'{k}'" for k in _RESERVED_KINDS) + ")"
-    group = "epoch_us(ts) // 86400000000" if by_day else "NULL::BIGINT"
-    cte = {"{group}": group, "{unit}": unit_column(sticky_key), "{reserved}": reserved}
+    lo, hi = epoch_us(since), (epoch_us(until) if until is not None else None)
+    bucket = _DAY_US if by_day else None
 
     def sql(template: str) -> list[dict[str, Any]]:
-        for k, v in cte.items():
-            template = template.replace(k, v)
-        rows: list[dict[str, Any]] = store.sql(template, params)
-        return rows
+        rows = store_outcomes.run(store, template, route, lo, hi, sticky_key=sticky_key, bucket_us=bucket)
+        return [r for r in rows if r.get("metric") != "rated_rate"]  # the dashboard's, not a compared metric
 
     out: dict[str | None, Cells] = defaultdict(Cells)
-    for r in sql(_PERIODS_SQL):
+    for r in sql(store_outcomes.PERIODS_SQL):
         g = out[day(r["grp"])]
         info = g.periods.get(r["period"])
         if info is None:
@@ -235,7 +113,7 @@ def query_cells(
         info.arms[r["variant"]] = ArmPeriod(
             r["calls"], r["units"], r["unkeyed"], r["latency_p50"], r["latency_p95"]
         )
-    for r in sql(_CELLS_SQL):
+    for r in sql(store_outcomes.CELLS_SQL):
         cell = Cell(
             r["period"],
             r["variant"],
@@ -247,12 +125,12 @@ def query_cells(
             float(r["yn"]),
         )
         out[day(r["grp"])].cells.setdefault(r["metric"], []).append(cell)
-    for r in sql(_CROSS_SQL):
+    for r in sql(store_outcomes.CROSS_SQL):
         x = Cross(float(r["yy"]), float(r["yn"]), float(r["ny"]), float(r["nn"]))
         out[day(r["grp"])].cross.setdefault(r["metric"], {})[((r["pa"], r["va"]), (r["pb"], r["vb"]))] = x
-    for r in sql(_QUANTILES_SQL):
+    for r in sql(store_outcomes.QUANTILES_SQL):
         out[day(r["grp"])].latency[r["variant"]] = (r["p50"], r["p95"])
-    custom = {r["metric"]: (bool(r["hib"]), r["mde"]) for r in sql(_HIB_SQL)}
+    custom = {r["metric"]: (bool(r["hib"]), r["mde"]) for r in sql(store_outcomes.CUSTOM_SQL)}
     return dict(out), custom
 
 
