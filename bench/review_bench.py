@@ -33,8 +33,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.review_gen import generate  # noqa: E402
-from gateway.store import LogStore  # noqa: E402
+from bench.review_gen import generate
+from gateway.store import LogStore
 
 
 def _port() -> int:
@@ -112,7 +112,9 @@ def time_pages(url: str, targets: dict[str, str], repeat: int) -> list[dict[str,
                     "median_ms": round(statistics.median(times) * 1000),
                 }
             )
-            print(f"  {name:34s} {status}  first {out[-1]['first_ms']:>6} ms  median {out[-1]['median_ms']:>6} ms")
+            print(
+                f"  {name:34s} {status}  first {out[-1]['first_ms']:>6} ms  median {out[-1]['median_ms']:>6} ms"
+            )
     return out
 
 
@@ -137,7 +139,9 @@ def main() -> None:
         print(f"generated {g['calls']:,} calls and {g['events']:,} events in {g['generate_s']} s")
     with LogStore.open(log_dir) as s:
         n = s.count()
-    print(f"local log: {n:,} calls, {disk_use(log_dir) / 1e6:,.0f} MB on disk ({disk_use(log_dir) / n:.0f} B/call)")
+    print(
+        f"local log: {n:,} calls, {disk_use(log_dir) / 1e6:,.0f} MB on disk ({disk_use(log_dir) / n:.0f} B/call)"
+    )
     with serve(log_dir) as url:
         time_pages(url, pages(log_dir), a.repeat)
     if a.s3:

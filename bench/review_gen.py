@@ -37,9 +37,7 @@ _ALPHA = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 def _b32(expr: str, chars: int) -> str:
     """SQL: ``expr`` (a non-negative integer) as ``chars`` Crockford base32 digits, most significant first."""
-    parts = [
-        f"substr('{_ALPHA}', (({expr}) >> {5 * (chars - 1 - k)}) % 32 + 1, 1)" for k in range(chars)
-    ]
+    parts = [f"substr('{_ALPHA}', (({expr}) >> {5 * (chars - 1 - k)}) % 32 + 1, 1)" for k in range(chars)]
     return " || ".join(parts)
 
 
