@@ -46,7 +46,11 @@ BUILTIN = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rat
 RESERVED_KINDS = ("thumbs", "rating", "choice", "flag", "regeneration", "relabel", "exclude")
 
 _CTE = """
-cs AS (SELECT * FROM {calls} WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi),
+cs AS (
+  SELECT call_id, response_id, route, variant, served, ts, mode, route_version, status, error_type,
+         latency_ms, cost_usd, "user", session_id, client_key
+  FROM {calls} WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi
+),
 c AS (
   SELECT call_id, response_id, variant, ts, mode, route_version,
          {group} AS grp,
@@ -58,11 +62,16 @@ c AS (
   FROM cs
   WHERE served AND route = $route AND variant IN ('baseline', 'candidate')
 ),
+ew AS (
+  SELECT event_id, call_id, ts, kind, value, value_num, data, source, key_id, reviewer, "user"
+  FROM {events} WHERE epoch_us(ts) >= $lo
+),
 er AS (
   SELECT e.* REPLACE (coalesce(m.call_id, e.call_id) AS call_id)
-  FROM (SELECT * FROM {events} WHERE epoch_us(ts) >= $lo) e
+  FROM ew e
   LEFT JOIN (SELECT any_value(call_id) AS call_id, response_id FROM cs
-             WHERE served AND response_id IS NOT NULL GROUP BY response_id) m
+             WHERE served AND response_id IN (SELECT call_id FROM ew WHERE NOT starts_with(call_id, 'call_'))
+             GROUP BY response_id) m
     ON e.call_id = m.response_id
 ),
 user_events AS (
@@ -77,7 +86,8 @@ ev AS (
   FROM user_events e JOIN c ON e.call_id = c.call_id
   UNION ALL
   SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
+  FROM (SELECT * FROM user_events WHERE NOT starts_with(call_id, 'call_')) e
+  JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
 ),
 o AS (
   SELECT call_id,
@@ -93,27 +103,37 @@ cu AS (
   WHERE kind NOT IN {reserved} AND value_num IS NOT NULL
   GROUP BY ALL
 ),
-long AS (
-  SELECT c.call_id, m.metric, m.y, 1.0::DOUBLE AS n
-  FROM c LEFT JOIN o USING (call_id),
-  LATERAL (VALUES
-    ('thumbs_up_rate', CASE WHEN o.thumb = 'up' THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('thumbs_down_rate', CASE WHEN o.thumb = 'down' THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('rated_rate', CASE WHEN o.thumb IS NOT NULL THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('regeneration_rate', CASE WHEN o.regenerated THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('error_rate', CASE WHEN c.is_error THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('flag_rate', CASE WHEN o.flagged THEN 1.0 ELSE 0.0 END::DOUBLE),
-    ('rating', o.rating::DOUBLE),
-    ('latency_ms', c.latency_ms::DOUBLE),
-    ('cost_usd', c.cost_usd::DOUBLE)
-  ) AS m(metric, y)
-  WHERE m.y IS NOT NULL
-  UNION ALL
-  SELECT call_id, metric, y::DOUBLE, 1.0::DOUBLE FROM cu
+w AS (
+  SELECT c.grp, c.period, c.variant, c.unit, count(*)::DOUBLE AS n_all,
+         sum(CASE WHEN o.thumb = 'up' THEN 1.0 ELSE 0.0 END) AS thumbs_up_rate,
+         sum(CASE WHEN o.thumb = 'down' THEN 1.0 ELSE 0.0 END) AS thumbs_down_rate,
+         sum(CASE WHEN o.thumb IS NOT NULL THEN 1.0 ELSE 0.0 END) AS rated_rate,
+         sum(CASE WHEN o.regenerated THEN 1.0 ELSE 0.0 END) AS regeneration_rate,
+         sum(CASE WHEN c.is_error THEN 1.0 ELSE 0.0 END) AS error_rate,
+         sum(CASE WHEN o.flagged THEN 1.0 ELSE 0.0 END) AS flag_rate,
+         sum(o.rating::DOUBLE) AS rating, count(o.rating)::DOUBLE AS n_rating,
+         sum(c.latency_ms::DOUBLE) AS latency_ms, count(c.latency_ms)::DOUBLE AS n_latency,
+         sum(c.cost_usd::DOUBLE) AS cost_usd, count(c.cost_usd)::DOUBLE AS n_cost
+  FROM c LEFT JOIN o USING (call_id)
+  GROUP BY ALL
 ),
 uc AS (
-  SELECT c.grp, c.period, c.variant, c.unit, l.metric, sum(l.y) AS y, sum(l.n) AS n
-  FROM long l JOIN c USING (call_id)
+  SELECT w.grp, w.period, w.variant, w.unit, m.metric, m.y, m.n
+  FROM w, LATERAL (VALUES
+    ('thumbs_up_rate', w.thumbs_up_rate, w.n_all),
+    ('thumbs_down_rate', w.thumbs_down_rate, w.n_all),
+    ('rated_rate', w.rated_rate, w.n_all),
+    ('regeneration_rate', w.regeneration_rate, w.n_all),
+    ('error_rate', w.error_rate, w.n_all),
+    ('flag_rate', w.flag_rate, w.n_all),
+    ('rating', w.rating, w.n_rating),
+    ('latency_ms', w.latency_ms, w.n_latency),
+    ('cost_usd', w.cost_usd, w.n_cost)
+  ) AS m(metric, y, n)
+  WHERE m.n > 0
+  UNION ALL
+  SELECT c.grp, c.period, c.variant, c.unit, cu.metric, sum(cu.y)::DOUBLE AS y, count(*)::DOUBLE AS n
+  FROM cu JOIN c USING (call_id)
   GROUP BY ALL
 )
 """

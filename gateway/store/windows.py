@@ -48,9 +48,7 @@ def source(store: LogStore, table: str, lo_us: int | None = None, hi_us: int | N
     lo_day = day_of(lo_us) if lo_us is not None else ""
     hi_day = day_of(hi_us - 1) if hi_us is not None else "9999-12-31"
     files = [
-        f.uri.removeprefix("file://")
-        for f in store.data_files.get(table, ())
-        if lo_day <= f.day <= hi_day
+        f.uri.removeprefix("file://") for f in store.data_files.get(table, ()) if lo_day <= f.day <= hi_day
     ]
     tail = f"SELECT * FROM _{table}_tail"
     if not files:

@@ -82,7 +82,7 @@ class SharedStore:
 class Cached:
     """Results by key, recomputed in the background once older than ``ttl`` seconds."""
 
-    def __init__(self, ttl: float = 30.0, max_entries: int = 64) -> None:
+    def __init__(self, ttl: float = 60.0, max_entries: int = 64) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._items: dict[Hashable, tuple[float, Any]] = {}
