@@ -60,7 +60,7 @@ c AS (
          (coalesce(status, 200) >= 400 OR error_type IS NOT NULL) AS is_error,
          latency_ms, cost_usd
   FROM cs
-  WHERE served AND route = $route AND variant IN ('baseline', 'candidate')
+  WHERE served AND list_contains($routes, route) AND variant IN ('baseline', 'candidate')
 ),
 ew AS (
   SELECT event_id, call_id, ts, kind, value, value_num, data, source, key_id, reviewer, "user"
@@ -209,7 +209,7 @@ def unit_column(sticky_key: str | None) -> str:
 def run(
     store: LogStore,
     template: str,
-    route: str,
+    route: str | list[str],
     lo_us: int,
     hi_us: int | None = None,
     *,
@@ -219,14 +219,18 @@ def run(
 ) -> list[dict[str, Any]]:
     """Run one of the ``*_SQL`` queries over a route's served calls in ``[lo_us, hi_us)``.
 
-    ``grp`` in the rows is ``epoch_us(ts) // bucket_us`` (None without buckets).
+    ``grp`` in the rows is ``epoch_us(ts) // bucket_us`` (None without buckets). With a list of
+    routes (one scan for all, as the dashboard asks), ``grp`` is ``"<route>|<bucket or empty>"``.
     """
     hi = hi_us if hi_us is not None else 2**62
     listed = tuple(metrics) if metrics is not None else ()
+    group = f"epoch_us(ts) // {int(bucket_us)}" if bucket_us else "NULL::BIGINT"
+    if isinstance(route, list):
+        group = f"route || '|' || coalesce(CAST({group} AS VARCHAR), '')"
     filled = {
         "{calls}": windows.source(store, "calls", lo_us, hi_us),
         "{events}": windows.source(store, "events", lo_us, None),
-        "{group}": f"epoch_us(ts) // {int(bucket_us)}" if bucket_us else "NULL::BIGINT",
+        "{group}": group,
         "{unit}": unit_column(sticky_key),
         "{poster}": POSTER_SQL,
         "{reviewer}": REVIEWER_SQL,
@@ -236,7 +240,8 @@ def run(
     sql = template
     for k, v in filled.items():
         sql = sql.replace(k, v)
-    rows: list[dict[str, Any]] = store.sql(sql, {"route": route, "lo": int(lo_us), "hi": int(hi)})
+    routes = route if isinstance(route, list) else [route]
+    rows: list[dict[str, Any]] = store.sql(sql, {"routes": routes, "lo": int(lo_us), "hi": int(hi)})
     return rows
 
 

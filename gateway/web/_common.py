@@ -141,6 +141,13 @@ def _usd(value: float | None) -> str:
     return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
 
 
+def _num(value: object) -> str:
+    """Numbers as ``%g`` (``20`` and ``20.0`` alike), anything else as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
+
+
 def _epoch(value: float | None) -> str:
     return "—" if value is None else _ts(int(value * 1e6))
 
@@ -152,7 +159,7 @@ env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(ts=_ts, ms=ms, pct=pct, usd=_usd, epoch=_epoch)
+env.filters.update(ts=_ts, ms=ms, pct=pct, usd=_usd, epoch=_epoch, num=_num)
 
 
 def page(
@@ -223,8 +230,7 @@ def event(
 def append(request: Request, record: dict[str, Any]) -> None:
     """Write a reviewer's event through the gateway's writer; the next read sees it."""
     request.app.state.ctx.writer.append("events", record)
-    shared(request).touch()
-    cache(request).clear()
+    shared(request).touch()  # (the dashboard's cache stays: reviewers' events are not in its numbers)
 
 
 def is_error(row: dict[str, Any]) -> bool:

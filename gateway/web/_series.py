@@ -89,17 +89,23 @@ def unrouted(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
 
 
 def outcome_rates(
-    store: LogStore, route: str, lo: int, hi: int, bucket: int | None, sticky_key: str | None
-) -> dict[tuple[int | None, str, str], oq.ArmRate]:
-    """``{(bucket start or None, variant, metric): ArmRate}`` of the route's served calls."""
+    store: LogStore, routes: list[str], lo: int, hi: int, bucket: int | None, sticky_key: str | None
+) -> dict[str, dict[tuple[int | None, str, str], oq.ArmRate]]:
+    """Per route ``{(bucket start or None, variant, metric): ArmRate}`` of its served calls (one scan)."""
+    if not routes:
+        return {}
     rows = oq.run(
-        store, oq.CELLS_SQL, route, lo, hi, sticky_key=sticky_key, bucket_us=bucket, metrics=RATE_METRICS
+        store, oq.CELLS_SQL, routes, lo, hi, sticky_key=sticky_key, bucket_us=bucket, metrics=RATE_METRICS
     )
-    cells: dict[tuple[int | None, str, str], list[dict[str, Any]]] = defaultdict(list)
+    cells: dict[tuple[str, int | None, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        start = int(r["grp"]) * bucket if bucket and r["grp"] is not None else None
-        cells[(start, r["variant"], r["metric"])].append(r)
-    return {k: oq.arm_rate(v) for k, v in cells.items()}
+        route, _, b = str(r["grp"]).rpartition("|")
+        start = int(b) * bucket if bucket and b else None
+        cells[(route, start, r["variant"], r["metric"])].append(r)
+    out: dict[str, dict[tuple[int | None, str, str], oq.ArmRate]] = defaultdict(dict)
+    for (route, start, variant, metric), v in cells.items():
+        out[route][(start, variant, metric)] = oq.arm_rate(v)
+    return out
 
 
 def judge_days(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
@@ -140,13 +146,16 @@ def dashboard(
             for t, v in sorted(served.items())
             if (total := sum(v.values()))
         ]
-        key = sticky_keys.get(route, "user")
-        out["routes"][route] = {
-            "traffic": mine,
-            "canary_share": share,
-            "rates": outcome_rates(store, route, lo, hi, None, key),
-            "rate_series": outcome_rates(store, route, lo, hi, bucket, key),
-        }
+        out["routes"][route] = {"traffic": mine, "canary_share": share, "rates": {}, "rate_series": {}}
+    keys = {sticky_keys.get(r, "user") for r in routes}
+    groups = [[r for r in routes if sticky_keys.get(r, "user") == k] for k in sorted(keys, key=str)]
+    for group in groups:  # one scan per sticky key (usually one for all routes)
+        key = sticky_keys.get(group[0], "user")
+        whole = outcome_rates(store, group, lo, hi, None, key)
+        per_bucket = outcome_rates(store, group, lo, hi, bucket, key)
+        for route in group:
+            out["routes"][route]["rates"] = whole.get(route, {})
+            out["routes"][route]["rate_series"] = per_bucket.get(route, {})
     out["unrouted"] = unrouted(store, lo, hi)
     out["judge"] = judge_days(store, lo, hi)
     return out

@@ -42,7 +42,12 @@ def _state(request: Request) -> dict[str, Any]:
     backend = ctx.routes.backend
     snap = ctx.routes.snapshot
     routes = [s.public() for _, s in sorted(snap.routes.items())]
-    out: dict[str, Any] = {"routes": routes, "version": snap.version, "controllers": {}, "triggers": {}}
+    out: dict[str, Any] = {
+        "routes": routes,
+        "routes_version": snap.version,
+        "controllers": {},
+        "triggers": {},
+    }
     out["history"] = list(reversed(ctx.routes.history(None, 50)))
     for r in routes:
         name = r["route"]
@@ -158,5 +163,4 @@ async def controller(route: str, request: Request) -> Response:
         )
 
     await asyncio.to_thread(write)
-    web.cache(request).clear()
     return RedirectResponse(f"/review/ops?done={action}", status_code=303)

@@ -89,7 +89,12 @@ async def dashboard(request: Request) -> Response:
     def compute() -> dict[str, Any]:
         return store.run(lambda s: series.dashboard(s, period, q.now_us(), sticky))
 
-    data, at = await web.cache(request).get(("dashboard", period), compute)
+    got = await web.cache(request).get(("dashboard", period), compute)
+    if got is None:
+        return web.page(
+            request, who, "computing.html", nav="dashboard", period=period, periods=list(q.PERIODS)
+        )
+    data, at = got
     x_range = (data["lo"], data["hi"])
     names = sorted(data["routes"])
     decisions = await asyncio.to_thread(_decisions, request, names)
