@@ -85,11 +85,11 @@ def line_chart(
             f'<text class="axis" x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end">{escape(y_fmt(v))}</text>'
         )
     for k in range(5):  # time labels
-        x = lo_x + span * k // 4
+        tx = lo_x + span * k // 4
         anchor = "start" if k == 0 else ("end" if k == 4 else "middle")
         parts.append(
-            f'<text class="axis" x="{px(x):.1f}" y="{H - 8}" text-anchor="{anchor}">'
-            f"{escape(_time_label(x, span))}</text>"
+            f'<text class="axis" x="{px(tx):.1f}" y="{H - 8}" text-anchor="{anchor}">'
+            f"{escape(_time_label(tx, span))}</text>"
         )
     for m in markers:
         if not lo_x <= m.x <= hi_x:
@@ -102,7 +102,7 @@ def line_chart(
             f"<title>{escape(m.tip)}</title></g>"
         )
     for s in series:
-        pts = sorted(s.points, key=lambda p: p.x)
+        pts = sorted((p for p in s.points if lo_x <= p.x <= hi_x), key=lambda p: p.x)
         band = [p for p in pts if p.lo is not None and p.hi is not None]
         if len(band) > 1:
             upper = " ".join(f"{px(p.x):.1f},{py(p.hi or 0):.1f}" for p in band)

@@ -187,6 +187,16 @@ def shared(request: Request) -> SharedStore:
     return store
 
 
+def background(request: Request) -> SharedStore:
+    """A second store for the cached aggregates, so their minutes never queue the other pages."""
+    state = request.app.state
+    store: SharedStore | None = getattr(state, "review_background_store", None)
+    if store is None:
+        cfg = state.ctx.settings.store
+        store = state.review_background_store = SharedStore(cfg.log_dir, wal_dir=cfg.wal_dir, max_age=10.0)
+    return store
+
+
 def cache(request: Request) -> Cached:
     state = request.app.state
     found: Cached | None = getattr(state, "review_cache", None)

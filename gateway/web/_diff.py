@@ -46,7 +46,7 @@ def _parse(text: str) -> Any:
     s = text.strip()
     if s.startswith("```"):  # a fenced block: ```json ... ```
         s = s.strip("`")
-        s = s[4:] if s.startswith("json") else s
+        s = (s[4:] if s.startswith("json") else s).strip()
     if not s or s[0] not in "{[":
         return None
     try:

@@ -136,7 +136,9 @@ class Pin:
             raise NotFound(f"no review queue {kind!r}", code="queue_not_found")
         p = request.query_params
         self.kind = kind
-        self.period = p.get("period") if p.get("period") in q.PERIODS else "7d"
+        self.period: str = p.get("period") or "7d"
+        if self.period not in q.PERIODS:
+            self.period = "7d"
         try:
             self.until = int(p.get("until") or q.now_us())
         except ValueError:
@@ -262,7 +264,11 @@ async def bulk(request: Request) -> Response:
         raise NotFound(f"no call {missing[0]!r} in the log", code="call_not_found")
     kind, value = BULK[action]
     for call_id in ids:
-        rec = thumb_event(call_id, value, who) if kind == "thumbs" else web.event(call_id, kind, value, who)
+        rec = (
+            thumb_event(call_id, value or "", who)
+            if kind == "thumbs"
+            else web.event(call_id, kind, value, who)
+        )
         web.append(request, rec)
     back = web.safe_back((fields.get("back") or [""])[-1], "/review/calls")
     sep = "&" if "?" in back else "?"

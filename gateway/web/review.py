@@ -84,7 +84,7 @@ async def dashboard(request: Request) -> Response:
     snap = request.app.state.ctx.routes.snapshot
     routes = [state.public() for _, state in sorted(snap.routes.items())]
     sticky = {r["route"]: r.get("sticky_key") or "user" for r in routes}
-    store = web.shared(request)
+    store = web.background(request)
 
     def compute() -> dict[str, Any]:
         return store.run(lambda s: series.dashboard(s, period, q.now_us(), sticky))
@@ -154,11 +154,8 @@ async def calls(request: Request) -> Response:
     who = web.reviewer(request)
     flt = _filter(request)
 
-    def read(store: LogStore) -> tuple[list[dict[str, Any]], bool, dict[str, list[str]]]:
-        rows, has_next = q.list_calls(store, flt)
-        return rows, has_next, q.facets(store)
-
-    rows, has_next, facets = await web.read(request, read)
+    rows, has_next = await web.read(request, lambda s: q.list_calls(s, flt))
+    facets = await _facets(request)
     for row in rows:
         row["summary"] = conv.last_user_text(row.pop("request"))
         row["is_error"] = web.is_error(row)
@@ -177,6 +174,18 @@ async def calls(request: Request) -> Response:
         next_url=_calls_url(flt, flt.page + 1),
         here=str(request.url.path) + ("?" + request.url.query if request.url.query else ""),
     )
+
+
+async def _facets(request: Request) -> dict[str, list[str]]:
+    """The filter drop-downs' routes and variants (the last 30 days, cached; the configured ones meanwhile)."""
+    store = web.background(request)
+    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=1.0)
+    if got is not None:
+        return got[0]
+    return {
+        "routes": sorted(request.app.state.ctx.routes.snapshot.routes),
+        "variants": ["baseline", "candidate"],
+    }
 
 
 def _calls_url(flt: q.CallFilter, page: int) -> str:
