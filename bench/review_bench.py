@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--s3", action="store_true", help="also on an S3-compatible server (moto)")
     ap.add_argument("--s3-calls", type=int, default=None)
+    ap.add_argument("--only", default="", help="time only the pages whose name contains this")
     a = ap.parse_args()
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     tmp = None
@@ -150,7 +151,7 @@ def main() -> None:
         f"local log: {n:,} calls, {disk_use(log_dir) / 1e6:,.0f} MB on disk ({disk_use(log_dir) / n:.0f} B/call)"
     )
     with serve(log_dir) as url:
-        time_pages(url, pages(log_dir), a.repeat)
+        time_pages(url, {k: v for k, v in pages(log_dir).items() if a.only in k}, a.repeat)
     if a.s3:
         from tests.support.s3 import MotoServer
 
@@ -161,7 +162,7 @@ def main() -> None:
             g = generate(uri, a.s3_calls or a.calls)
             print(f"s3 log: generated {g['calls']:,} calls in {g['generate_s']} s")
             with serve(uri, moto.env) as url:
-                time_pages(url, pages(uri), a.repeat)
+                time_pages(url, {k: v for k, v in pages(uri).items() if a.only in k}, a.repeat)
         finally:
             moto.stop()
     if tmp:

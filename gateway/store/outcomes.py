@@ -49,7 +49,7 @@ _CTE = """
 cs AS (
   SELECT call_id, response_id, route, variant, served, ts, mode, route_version, status, error_type,
          latency_ms, cost_usd, "user", session_id, client_key
-  FROM {calls} WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi
+  FROM {calls} WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi)
 ),
 c AS (
   SELECT call_id, response_id, variant, ts, mode, route_version,
@@ -64,7 +64,7 @@ c AS (
 ),
 ew AS (
   SELECT event_id, call_id, ts, kind, value, value_num, data, source, key_id, reviewer, "user"
-  FROM {events} WHERE epoch_us(ts) >= $lo
+  FROM {events} WHERE ts >= make_timestamptz($lo)
 ),
 er AS (
   SELECT e.* REPLACE (coalesce(m.call_id, e.call_id) AS call_id)

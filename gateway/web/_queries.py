@@ -26,6 +26,7 @@ PERIODS: dict[str, int] = {"24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 
 PAGE_SIZE = 50
 DAY_US = win.DAY_US
+HOUR_US = 3_600_000_000
 ERROR_SQL = "(coalesce(status, 0) >= 400 OR error_type IS NOT NULL)"
 
 
@@ -104,7 +105,7 @@ def newest_first(
         rows = store.sql(
             f"""
             SELECT call_id, epoch_us(ts) AS ts_us FROM {win.source(store, "calls", lo, hi)}
-            WHERE epoch_us(ts) >= $lo_ AND epoch_us(ts) < $hi_ AND {where}
+            WHERE ts >= make_timestamptz($lo_) AND ts < make_timestamptz($hi_) AND {where}
             ORDER BY ts DESC, call_id DESC LIMIT $limit_
             """,
             {**params, "lo_": max(lo, since_us or lo), "hi_": hi, "limit_": need - len(out)},
@@ -133,8 +134,9 @@ def rows_by_id(
     if not ids:
         return []
     rows = store.sql(
-        f"SELECT {columns} FROM {win.source(store, 'calls', lo_us, hi_us + 1)} WHERE list_contains($ids, call_id)",
-        {"ids": ids},
+        f"SELECT {columns} FROM {win.source(store, 'calls', lo_us, hi_us + 1)} "
+        "WHERE ts BETWEEN make_timestamptz($lo) AND make_timestamptz($hi) AND call_id IN (SELECT unnest($ids))",
+        {"ids": ids, "lo": lo_us, "hi": hi_us},
     )
     by_id = {r["call_id"]: r for r in rows}
     ordered = [by_id[i] for i in ids if i in by_id]
@@ -189,7 +191,7 @@ def facets(store: LogStore) -> dict[str, list[str]]:
     """The routes and variants of the last 30 days, for the filter drop-downs."""
     lo = now_us() - PERIODS["30d"] * 1_000_000
     rows = store.sql(
-        f"SELECT DISTINCT route, variant FROM {win.source(store, 'calls', lo, None)} WHERE epoch_us(ts) >= $lo",
+        f"SELECT DISTINCT route, variant FROM {win.source(store, 'calls', lo, None)} WHERE ts >= make_timestamptz($lo)",
         {"lo": lo},
     )
     return {
@@ -209,7 +211,15 @@ CALL_COLUMNS = """
 def _find(
     store: LogStore, where: str, params: dict[str, Any], lo: int | None, hi: int | None
 ) -> list[dict[str, Any]]:
-    return store.sql(f"SELECT {CALL_COLUMNS} FROM {win.source(store, 'calls', lo, hi)} WHERE {where}", params)
+    """Rows matching ``where`` in ``[lo, hi)`` (the partitions, and ``ts`` itself: DuckDB skips the
+    other rows' vectors before it reads their bodies)."""
+    if lo is None or hi is None:
+        return store.sql(f"SELECT {CALL_COLUMNS} FROM calls WHERE {where}", params)
+    return store.sql(
+        f"SELECT {CALL_COLUMNS} FROM {win.source(store, 'calls', lo, hi)} "
+        f"WHERE ts >= make_timestamptz($lo_) AND ts < make_timestamptz($hi_) AND ({where})",
+        {**params, "lo_": lo, "hi_": hi},
+    )
 
 
 def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
@@ -218,19 +228,21 @@ def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
     A call id made by `new_id` says when the call was made: the partitions within a day of
     that are read first, the whole log only if the call is not there.
     """
-    around = win.id_window(call_id)
-    lo, hi = around if around else (None, None)
-    rows = _find(store, "call_id = $id", {"id": call_id}, lo, hi)
-    if not rows and around:
-        lo = hi = None
+    rows: list[dict[str, Any]] = []
+    for margin in (HOUR_US, DAY_US):  # an id is made when its call starts: its row is right there
+        around = win.id_window(call_id, margin_us=margin)
+        if around is not None and not rows:
+            rows = _find(store, "call_id = $id", {"id": call_id}, *around)
+    if not rows:  # an id of another shape (imported logs): the whole log
         rows = _find(store, "call_id = $id", {"id": call_id}, None, None)
     if not rows:
         return None
     call = rows[0]
     root = call["parent_call_id"] or call["call_id"]
-    if lo is not None:
-        lo, hi = call["ts_us"] - DAY_US, call["ts_us"] + DAY_US
+    lo, hi = call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US  # shadow and fallback calls follow at once
     family = _find(store, "call_id = $root OR parent_call_id = $root", {"root": root}, lo, hi)
+    if not any(r["call_id"] == call_id for r in family):
+        family.append(call)
     family.sort(key=lambda r: (not r["served"], r["variant"] or "", r["ts_us"]))
     since = min(r["ts_us"] for r in family)
     attach_outcomes(store, family, since)

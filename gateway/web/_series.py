@@ -50,7 +50,7 @@ def traffic(store: LogStore, lo: int, hi: int, bucket: int) -> list[dict[str, An
                approx_quantile(latency_ms, 0.5) AS p50_ms, approx_quantile(latency_ms, 0.95) AS p95_ms,
                sum(cost_usd) AS cost_usd
         FROM {win.source(store, "calls", lo, hi)}
-        WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi AND route IS NOT NULL
+        WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) AND route IS NOT NULL
         GROUP BY ALL ORDER BY ALL
         """,
         {"lo": lo, "hi": hi},
@@ -67,7 +67,7 @@ def totals(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
                quantile_cont(latency_ms, 0.5) AS p50_ms, quantile_cont(latency_ms, 0.95) AS p95_ms,
                sum(cost_usd) AS cost_usd
         FROM {win.source(store, "calls", lo, hi)}
-        WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi AND route IS NOT NULL
+        WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) AND route IS NOT NULL
         GROUP BY ALL ORDER BY ALL
         """,
         {"lo": lo, "hi": hi},
@@ -81,7 +81,7 @@ def unrouted(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
         SELECT status, coalesce(error_type, '') AS error_type, count(*) AS calls,
                epoch_us(max(ts)) AS last_us
         FROM {win.source(store, "calls", lo, hi)}
-        WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi AND route IS NULL
+        WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) AND route IS NULL
         GROUP BY ALL ORDER BY calls DESC
         """,
         {"lo": lo, "hi": hi},
@@ -119,7 +119,7 @@ def judge_days(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
                count(*) FILTER (WHERE v.outcome = 'baseline') AS losses,
                count(*) FILTER (WHERE v.outcome NOT IN ('candidate', 'baseline')) AS ties
         FROM judge_verdicts v JOIN {win.source(store, "calls", lo, hi)} c ON c.call_id = v.call_id
-        WHERE epoch_us(c.ts) >= $lo AND epoch_us(c.ts) < $hi
+        WHERE c.ts >= make_timestamptz($lo) AND c.ts < make_timestamptz($hi)
         GROUP BY ALL ORDER BY ALL
         """,
         {"lo": lo, "hi": hi},

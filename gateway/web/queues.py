@@ -59,7 +59,7 @@ def _event_queue(store: LogStore, lo: int, hi: int, kinds: str, *, unreviewed: b
     rows = store.sql(
         f"""
         SELECT call_id, max(ts) AS last FROM {ev}
-        WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi AND NOT {REVIEWER_SQL} AND ({kinds}) {skip}
+        WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) AND NOT {REVIEWER_SQL} AND ({kinds}) {skip}
         GROUP BY call_id ORDER BY last DESC, call_id DESC LIMIT {MAX_ITEMS}
         """,
         {"lo": lo, "hi": hi},
@@ -88,14 +88,14 @@ def queue_ids(store: LogStore, kind: str, lo: int, hi: int, seed: str) -> list[s
         return _event_queue(store, lo, hi, kinds, unreviewed=True)
     if kind == "errors":
         rows = q.newest_first(
-            store, f"route IS NOT NULL AND {q.ERROR_SQL} AND epoch_us(ts) < {hi}", {}, MAX_ITEMS, since_us=lo
+            store, f"route IS NOT NULL AND {q.ERROR_SQL} AND ts < make_timestamptz({hi})", {}, MAX_ITEMS, since_us=lo
         )
         return [r["call_id"] for r in rows]
     if kind == "sample":
         rows = store.sql(
             f"""
             SELECT call_id FROM {win.source(store, "calls", lo, hi)}
-            WHERE epoch_us(ts) >= $lo AND epoch_us(ts) < $hi AND served AND route IS NOT NULL
+            WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) AND served AND route IS NOT NULL
             ORDER BY hash(call_id || $seed), call_id LIMIT {MAX_ITEMS}
             """,
             {"lo": lo, "hi": hi, "seed": seed},
@@ -107,7 +107,7 @@ def queue_ids(store: LogStore, kind: str, lo: int, hi: int, seed: str) -> list[s
         rows = store.sql(
             f"""
             SELECT v.call_id FROM judge_verdicts v JOIN {win.source(store, "calls", lo, hi)} c ON c.call_id = v.call_id
-            WHERE v.outcome = 'baseline' AND epoch_us(c.ts) >= $lo AND epoch_us(c.ts) < $hi
+            WHERE v.outcome = 'baseline' AND c.ts >= make_timestamptz($lo) AND c.ts < make_timestamptz($hi)
             GROUP BY v.call_id ORDER BY max(c.ts) DESC LIMIT {MAX_ITEMS}
             """,
             {"lo": lo, "hi": hi},

@@ -179,7 +179,7 @@ async def calls(request: Request) -> Response:
 async def _facets(request: Request) -> dict[str, list[str]]:
     """The filter drop-downs' routes and variants (the last 30 days, cached; the configured ones meanwhile)."""
     store = web.background(request)
-    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=1.0)
+    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=0.3)
     if got is not None:
         return got[0]
     return {
