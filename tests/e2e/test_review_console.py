@@ -12,6 +12,7 @@ with its audit entry are checked end to end. Screenshots go to ``tmp_path`` (and
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shutil
@@ -457,3 +458,74 @@ def test_every_new_action_needs_same_origin_and_csrf(console, log_dir):
         assert bad_choice.status_code == 400
     assert events(log_dir) == events(log_dir, "source <> 'reviewer' OR reviewer = 'someone'")
     assert httpx.get(gw.url + "/admin/routes/bot").json()["share"] == 20
+
+
+def test_the_judges_verdicts_and_drift_reports_show_where_evals_writes_them(
+    make_settings, start_gateway, log_dir
+):
+    """``eval judge`` writes ``evals/judge/<run>/verdicts.parquet`` and ``drift check`` ``drift/<route>/*.json``
+    under the log directory: the call page, the judge-lost queue and the dashboard read them."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    known = write_known_log(log_dir)
+    pair, shadow = known["pair"], known["shadow"]
+    run = Path(log_dir) / "evals" / "judge" / "run-1"
+    run.mkdir(parents=True)
+    verdicts = [
+        {
+            "run_id": "run-1",
+            "route": "bot",
+            "item_id": "i1",
+            "outcome": "baseline",
+            "call_id": pair,
+            "candidate_call_id": shadow,
+            "identical": False,
+            "position_consistent": True,
+            "votes": json.dumps({"judge-a": "baseline"}),
+            "reasons": json.dumps({"judge-a": "the year is <wrong>"}),
+            "consistency": "{}",
+            "abstained": False,
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(verdicts), run / "verdicts.parquet")
+    drift = Path(log_dir) / "drift" / "bot"
+    drift.mkdir(parents=True)
+    now = time.time()
+    for k, stat in enumerate((0.05, 0.4)):
+        report = {
+            "report_id": f"drift_{k}",
+            "route": "bot",
+            "created_at": __import__("datetime")
+            .datetime.fromtimestamp(now - 3600 * (2 - k), __import__("datetime").UTC)
+            .isoformat(),
+            "checks": [
+                {
+                    "name": "output_years",
+                    "statistic": stat,
+                    "threshold": 0.2,
+                    "threshold_on": "statistic",
+                    "drifted": stat > 0.2,
+                }
+            ],
+        }
+        (drift / f"drift_{k}.json").write_text(json.dumps(report))
+    gw = start_gateway(
+        make_settings(
+            upstreams={"base": {"model": "echo-base"}, "cand": {"model": "echo-cand"}},
+            routes={"bot": {"baseline": "base", "candidate": "cand", "mode": "canary", "share": 20}},
+        )
+    )
+    page = httpx.get(f"{gw.url}/review/calls/{pair}").text
+    assert '<tr data-outcome="baseline">' in page and "the year is &lt;wrong&gt;" in page
+    lost = httpx.get(f"{gw.url}/review/queues/judge_lost").text
+    assert re.findall(r'<tr data-call-id="([^"]+)"', lost) == [pair]
+    dash = httpx.get(f"{gw.url}/review").text
+    judge = re.search(r'<svg class="chart" id="judge-win-rate".*?</svg>', dash, re.S)
+    assert judge and 'data-y="0"' in judge.group(0) and "lost 1" in judge.group(0)
+    drift_svg = re.search(r'<svg class="chart" id="drift-bot".*?</svg>', dash, re.S)
+    assert drift_svg is not None
+    assert re.findall(r'data-y="([0-9.]+)"', drift_svg.group(0)) == ["0.25", "2"]  # statistic / threshold
+    assert "DRIFT" in drift_svg.group(0)
