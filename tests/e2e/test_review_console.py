@@ -498,9 +498,7 @@ def test_the_judges_verdicts_and_drift_reports_show_where_evals_writes_them(
         report = {
             "report_id": f"drift_{k}",
             "route": "bot",
-            "created_at": __import__("datetime")
-            .datetime.fromtimestamp(now - 3600 * (2 - k), __import__("datetime").UTC)
-            .isoformat(),
+            "created_at": dt.datetime.fromtimestamp(now - 3600 * (2 - k), dt.UTC).isoformat(),
             "checks": [
                 {
                     "name": "output_years",
