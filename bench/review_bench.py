@@ -137,21 +137,24 @@ def main() -> None:
     ap.add_argument("--s3", action="store_true", help="also on an S3-compatible server (moto)")
     ap.add_argument("--s3-calls", type=int, default=None)
     ap.add_argument("--only", default="", help="time only the pages whose name contains this")
+    ap.add_argument("--s3-only", action="store_true", help="skip the local log (implies --s3)")
     a = ap.parse_args()
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     tmp = None
     log_dir = a.log_dir
-    if log_dir is None or not os.path.exists(os.path.join(log_dir, "store.json")):
-        log_dir = log_dir or (tmp := tempfile.mkdtemp(prefix="st-reviewbench-"))
-        g = generate(log_dir, a.calls)
-        print(f"generated {g['calls']:,} calls and {g['events']:,} events in {g['generate_s']} s")
-    with LogStore.open(log_dir) as s:
-        n = s.count()
-    print(
-        f"local log: {n:,} calls, {disk_use(log_dir) / 1e6:,.0f} MB on disk ({disk_use(log_dir) / n:.0f} B/call)"
-    )
-    with serve(log_dir) as url:
-        time_pages(url, {k: v for k, v in pages(log_dir).items() if a.only in k}, a.repeat)
+    if a.s3_only:
+        a.s3 = True
+    else:
+        if log_dir is None or not os.path.exists(os.path.join(log_dir, "store.json")):
+            log_dir = log_dir or (tmp := tempfile.mkdtemp(prefix="st-reviewbench-"))
+            g = generate(log_dir, a.calls)
+            print(f"generated {g['calls']:,} calls and {g['events']:,} events in {g['generate_s']} s")
+        with LogStore.open(log_dir) as s:
+            n = s.count()
+        size = disk_use(log_dir)
+        print(f"local log: {n:,} calls, {size / 1e6:,.0f} MB on disk ({size / n:.0f} B/call)")
+        with serve(log_dir) as url:
+            time_pages(url, {k: v for k, v in pages(log_dir).items() if a.only in k}, a.repeat)
     if a.s3:
         from tests.support.s3 import MotoServer
 

@@ -87,8 +87,9 @@ def newest_first(
 ) -> list[dict[str, Any]]:
     """Up to ``need`` ``(call_id, ts_us)`` of calls matching ``where``, newest first.
 
-    Walks back from today one chunk of days at a time (1, 2, 4, ... days), stopping when it
-    has ``need`` rows, reaches ``since_us`` or passes the oldest partition.
+    Walks back from now in growing chunks (1 hour, 2, 4, ... and so on), stopping when it has
+    ``need`` rows, reaches ``since_us`` or passes the oldest partition: a first page sorts
+    the last hour's calls, not the whole log's.
     """
     days = win.days(store, "calls")
     oldest = (
@@ -96,12 +97,12 @@ def newest_first(
         if days
         else _day_start(now_us())
     )
-    hi = _day_start(max(now_us(), _newest_day_us(days))) + DAY_US
+    hi = now_us() + HOUR_US  # (rows a skewed clock put a little ahead)
     floor = max(oldest, _day_start(since_us)) if since_us is not None else oldest
     out: list[dict[str, Any]] = []
-    span = 1
+    span = 2
     while len(out) < need and hi > floor:
-        lo = max(floor, hi - span * DAY_US)
+        lo = max(floor, hi - span * HOUR_US)
         rows = store.sql(
             f"""
             SELECT call_id, epoch_us(ts) AS ts_us FROM {win.source(store, "calls", lo, hi)}
@@ -113,12 +114,6 @@ def newest_first(
         out.extend(rows)
         hi, span = lo, span * 2
     return out
-
-
-def _newest_day_us(days: list[str]) -> int:
-    if not days:
-        return 0
-    return int(dt.datetime.fromisoformat(days[-1]).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
 
 
 LIST_COLUMNS = """

@@ -88,7 +88,11 @@ def queue_ids(store: LogStore, kind: str, lo: int, hi: int, seed: str) -> list[s
         return _event_queue(store, lo, hi, kinds, unreviewed=True)
     if kind == "errors":
         rows = q.newest_first(
-            store, f"route IS NOT NULL AND {q.ERROR_SQL} AND ts < make_timestamptz({hi})", {}, MAX_ITEMS, since_us=lo
+            store,
+            f"route IS NOT NULL AND {q.ERROR_SQL} AND ts < make_timestamptz({hi})",
+            {},
+            MAX_ITEMS,
+            since_us=lo,
         )
         return [r["call_id"] for r in rows]
     if kind == "sample":
