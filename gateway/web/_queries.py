@@ -125,13 +125,21 @@ LIST_COLUMNS = """
 def rows_by_id(
     store: LogStore, ids: list[str], lo_us: int, hi_us: int, columns: str = LIST_COLUMNS
 ) -> list[dict[str, Any]]:
-    """The calls ``ids`` (all within ``[lo_us, hi_us)``), in the order of ``ids``, with their outcomes."""
+    """The calls ``ids`` (all within ``[lo_us, hi_us]``), in the order of ``ids``, with their outcomes.
+
+    The ids are a literal ``IN`` list, which DuckDB checks on ``call_id`` before it reads any
+    body; ids made by `new_id` narrow the time range to theirs.
+    """
     if not ids:
         return []
+    spans = [w for w in (win.id_window(i, margin_us=HOUR_US) for i in ids) if w is not None]
+    if len(spans) == len(ids):
+        lo_us, hi_us = max(lo_us, min(w[0] for w in spans)), min(hi_us, max(w[1] for w in spans))
+    marks = ", ".join(f"$id{n}" for n in range(len(ids)))
     rows = store.sql(
         f"SELECT {columns} FROM {win.source(store, 'calls', lo_us, hi_us + 1)} "
-        "WHERE ts BETWEEN make_timestamptz($lo) AND make_timestamptz($hi) AND call_id IN (SELECT unnest($ids))",
-        {"ids": ids, "lo": lo_us, "hi": hi_us},
+        f"WHERE ts BETWEEN make_timestamptz($lo) AND make_timestamptz($hi) AND call_id IN ({marks})",
+        {"lo": lo_us, "hi": hi_us, **{f"id{n}": v for n, v in enumerate(ids)}},
     )
     by_id = {r["call_id"]: r for r in rows}
     ordered = [by_id[i] for i in ids if i in by_id]

@@ -1,6 +1,7 @@
 """Review queues and bulk actions, under ``/review/queues`` and ``/review/bulk``.
 
-A queue is a list of at most `MAX_ITEMS` calls, newest first, from the period's partitions:
+A queue is a list of at most `MAX_ITEMS` calls, newest first, from the period's partitions
+(``period``: 24h by default, or 7d, 30d):
 
 ``thumbs_down``     served calls a user gave a thumbs-down
 ``regenerated``     served calls a user regenerated
@@ -140,9 +141,9 @@ class Pin:
             raise NotFound(f"no review queue {kind!r}", code="queue_not_found")
         p = request.query_params
         self.kind = kind
-        self.period: str = p.get("period") or "7d"
+        self.period: str = p.get("period") or "24h"
         if self.period not in q.PERIODS:
-            self.period = "7d"
+            self.period = "24h"
         try:
             self.until = int(p.get("until") or q.now_us())
         except ValueError:
