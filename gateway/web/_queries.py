@@ -133,14 +133,20 @@ def rows_by_id(
     if not ids:
         return []
     spans = [w for w in (win.id_window(i, margin_us=HOUR_US) for i in ids) if w is not None]
-    if len(spans) == len(ids):
-        lo_us, hi_us = max(lo_us, min(w[0] for w in spans)), min(hi_us, max(w[1] for w in spans))
-    marks = ", ".join(f"$id{n}" for n in range(len(ids)))
-    rows = store.sql(
-        f"SELECT {columns} FROM {win.source(store, 'calls', lo_us, hi_us + 1)} "
-        f"WHERE ts BETWEEN make_timestamptz($lo) AND make_timestamptz($hi) AND call_id IN ({marks})",
-        {"lo": lo_us, "hi": hi_us, **{f"id{n}": v for n, v in enumerate(ids)}},
-    )
+    ranges = [(lo_us, hi_us)]
+    if len(spans) == len(ids):  # first where the ids say, then (rows whose ts is not their id's) all of it
+        ranges.insert(0, (max(lo_us, min(w[0] for w in spans)), min(hi_us, max(w[1] for w in spans))))
+    rows: list[dict[str, Any]] = []
+    for lo, hi in ranges:
+        want = [i for i in ids if i not in {r["call_id"] for r in rows}]
+        if not want or lo > hi:
+            continue
+        marks = ", ".join(f"$id{n}" for n in range(len(want)))
+        rows += store.sql(
+            f"SELECT {columns} FROM {win.source(store, 'calls', lo, hi + 1)} "
+            f"WHERE ts BETWEEN make_timestamptz($lo) AND make_timestamptz($hi) AND call_id IN ({marks})",
+            {"lo": lo, "hi": hi, **{f"id{n}": v for n, v in enumerate(want)}},
+        )
     by_id = {r["call_id"]: r for r in rows}
     ordered = [by_id[i] for i in ids if i in by_id]
     attach_outcomes(store, ordered, lo_us)
