@@ -527,3 +527,17 @@ def test_the_judges_verdicts_and_drift_reports_show_where_evals_writes_them(
     assert drift_svg is not None
     assert re.findall(r'data-y="([0-9.]+)"', drift_svg.group(0)) == ["0.25", "2"]  # statistic / threshold
     assert "DRIFT" in drift_svg.group(0)
+
+
+def test_the_random_sample_is_every_served_call_once_in_a_seeded_order(console):
+    gw, _ = console
+
+    def listed(seed):
+        html = httpx.get(f"{gw.url}/review/queues/sample", params={"seed": seed}).text
+        return re.findall(r'<tr data-call-id="([^"]+)"', html)
+
+    a, again, b = listed("s1"), listed("s1"), listed("s2")
+    assert len(a) == 60 and len(set(a)) == 60  # 40 + 20 served; no shadow call, no unrouted request
+    assert a == again and sorted(a) == sorted(b) and a != b
+    first = httpx.get(f"{gw.url}/review/queues/sample/0", params={"seed": "s1"}).text
+    assert f"<code>{a[0]}</code>" in first  # the item pages follow the list's order
