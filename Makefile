@@ -55,6 +55,9 @@ bench: $(VENV)/.installed-light ## Gateway vs direct, LiteLLM and Portkey (../sh
 bench-log: $(VENV)/.installed-light ## Call-log write throughput, request-path cost, dashboard query at 1M/10M rows
 	$(BIN)/python bench/log_bench.py $(ARGS)
 
+bench-review: $(VENV)/.installed-dev ## Review pages' median times over 10M calls, local disk and S3 (moto); ARGS=--calls N
+	$(BIN)/python bench/review_bench.py --s3 $(ARGS)
+
 bench-shadow: $(VENV)/.installed-dev ## User-path latency with shadow at 100 % vs off
 	$(BIN)/python bench/shadow_bench.py $(ARGS)
 
@@ -67,4 +70,4 @@ fuzz: $(VENV)/.installed-dev ## 100k hostile requests; counts by endpoint and st
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-shadow bench-controller fuzz clean
+.PHONY: help install install-dev serve test test-clock lint format typecheck bench bench-log bench-review bench-shadow bench-controller fuzz clean

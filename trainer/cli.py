@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import click
@@ -197,27 +196,6 @@ def dataset_split(name: str, which: str, log_dir: str, as_json: bool) -> None:
     else:
         for e in examples:
             click.echo(e.call_id)
-
-
-@dataset.command("relabel")
-@click.argument("call_id")
-@click.option("--answer", help="The corrected answer (read from stdin when omitted).")
-@click.option("--comment", help="Why it was corrected.")
-@click.option("--user", help="Who corrected it.")
-@log_dir_option
-@json_option
-def dataset_relabel(
-    call_id: str, answer: str | None, comment: str | None, user: str | None, log_dir: str, as_json: bool
-) -> None:
-    """Record a corrected answer for CALL_ID (used as its label from the next build)."""
-    from trainer.dataset import relabel
-
-    text = answer if answer is not None else sys.stdin.read()
-    if not text.strip():
-        raise click.UsageError("the corrected answer is empty")
-    with _domain_errors():
-        event_id = relabel(log_dir, call_id, text, user=user, comment=comment)
-    emit({"call_id": call_id, "event_id": event_id}, as_json, f"relabelled {call_id} ({event_id})")
 
 
 @dataset.command("exclude")
@@ -597,3 +575,7 @@ def models_deploy(
 from trainer.sweep_cli import train_sweep_cmd  # noqa: E402  (it uses the helpers above)
 
 train.add_command(train_sweep_cmd)
+
+from trainer.relabel_cli import dataset_relabel  # noqa: E402
+
+dataset.add_command(dataset_relabel)

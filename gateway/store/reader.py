@@ -43,7 +43,7 @@ from gateway.store import layout
 from gateway.store.layout import LogStoreError
 from gateway.store.rows import convert, parse_lines, to_table
 from gateway.store.schema import TABLES
-from gateway.store.table import DeltaLog, split_stem
+from gateway.store.table import DataFile, DeltaLog, split_stem
 
 Params = Sequence[object] | Mapping[str, object] | None
 """Query parameters: positional (``?``, ``$1``) or named (``$name``)."""
@@ -64,6 +64,8 @@ LEFT JOIN (SELECT any_value(call_id) AS call_id, response_id FROM calls
 
 
 _IS_REVIEWER = "coalesce(source, '') IN ('reviewer', 'review')"
+REVIEWER_SQL = _IS_REVIEWER
+"""SQL: the ``events`` row was posted by a reviewer (kept out of the users' outcomes)."""
 
 POSTER_SQL = (
     "coalesce('key:' || key_id, 'reviewer:' || reviewer, 'user:' || \"user\", "
@@ -110,6 +112,8 @@ class LogStore:
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
         self.con = duckdb.connect(":memory:")
         self._logs: dict[str, DeltaLog] = {}
+        self.data_files: dict[str, list[DataFile]] = {}
+        """Per table, the snapshot's data files (path, day partition, rows)."""
         self.refresh()
 
     @classmethod
@@ -128,9 +132,9 @@ class LogStore:
         for table, schema in TABLES.items():
             log = self._logs.setdefault(table, DeltaLog.for_log(self.log_dir, table))
             snapshot = log.load() if log.exists() else None
-            files = (
-                [f.uri.removeprefix("file://") for f in log.files(snapshot)] if snapshot is not None else []
-            )
+            data_files = log.files(snapshot) if snapshot is not None else []
+            self.data_files[table] = data_files  # with their day partition: `gateway.store.windows`
+            files = [f.uri.removeprefix("file://") for f in data_files]
             committed: dict[str, int] = {}
             recs: list[dict[str, Any]] = []
             for stem, stem_recs in tails.items():

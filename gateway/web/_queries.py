@@ -1,47 +1,37 @@
 """What the review pages read from the call log: plain functions over an open `LogStore`.
 
-Every function here blocks (DuckDB); the router calls them through `asyncio.to_thread`
-with a store opened for that one request. Timestamps come back as epoch microseconds
-(``ts_us``) so that formatting stays out of SQL and free of time-zone surprises.
+Every function here blocks (DuckDB); the router calls them through the process's
+`gateway.web._store.SharedStore`. Timestamps come back as epoch microseconds (``ts_us``).
+
+Every query is bounded: it reads only the day partitions of its time window
+(`gateway.store.windows`), and the calls list walks back from the newest day in growing
+chunks until it has its page, so its cost does not grow with the log. Outcomes (thumbs,
+relabels, ...) are joined to the 50 calls of a page, never to the whole log. The charts'
+aggregates are in `gateway.web._series`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.store import LogStore
+from gateway.store import windows as win
+from gateway.store.reader import OUTCOMES_SQL
 
 PERIODS: dict[str, int] = {"24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
-"""The dashboard's period selector: label -> seconds."""
+"""The period selector: label -> seconds."""
 
 PAGE_SIZE = 50
+DAY_US = win.DAY_US
+HOUR_US = 3_600_000_000
+ERROR_SQL = "(coalesce(status, 0) >= 400 OR error_type IS NOT NULL)"
 
-_ERROR = "(coalesce(status, 0) >= 400 OR error_type IS NOT NULL)"
 
-
-def dashboard(store: LogStore, period: str, *, now: float | None = None) -> list[dict[str, Any]]:
-    """One row per (route, variant) over the last ``period``: volume, errors, latency, thumbs, cost."""
-    since = (time.time() if now is None else now) - PERIODS[period]
-    return store.sql(
-        f"""
-        SELECT coalesce(route, '') AS route, coalesce(variant, '') AS variant,
-               count(*) AS calls,
-               count(*) FILTER (WHERE served) AS served,
-               avg(CASE WHEN {_ERROR} THEN 1.0 ELSE 0.0 END) AS error_rate,
-               quantile_cont(latency_ms, 0.5) AS p50_ms,
-               quantile_cont(latency_ms, 0.95) AS p95_ms,
-               sum(coalesce(thumbs_up, 0)) AS thumbs_up,
-               sum(coalesce(thumbs_down, 0)) AS thumbs_down,
-               sum(cost_usd) AS cost_usd
-        FROM calls_with_outcomes
-        WHERE epoch_us(ts) >= $since
-        GROUP BY ALL
-        ORDER BY route, variant
-        """,
-        {"since": int(since * 1_000_000)},
-    )
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)
@@ -53,21 +43,24 @@ class CallFilter:
     status: str = ""  # "", "ok" or "error"
     q: str = ""
     served: bool = False
+    period: str = ""  # "" (any time) or a key of PERIODS; a text search defaults to 24h
     page: int = 1
 
     def where(self) -> tuple[str, dict[str, Any]]:
         clauses: list[str] = []
         params: dict[str, Any] = {}
-        if self.route:
+        if self.route == "(unrouted)":
+            clauses.append("route IS NULL")
+        elif self.route:
             clauses.append("route = $route")
             params["route"] = self.route
         if self.variant:
             clauses.append("variant = $variant")
             params["variant"] = self.variant
         if self.status == "ok":
-            clauses.append(f"NOT {_ERROR}")
+            clauses.append(f"NOT {ERROR_SQL}")
         elif self.status == "error":
-            clauses.append(_ERROR)
+            clauses.append(ERROR_SQL)
         if self.q:
             clauses.append(
                 "(call_id = $q_raw OR contains(lower(coalesce(output_text, '')), $q)"
@@ -79,75 +72,238 @@ class CallFilter:
             clauses.append("served")
         return (" AND ".join(clauses) or "TRUE"), params
 
+    def window_s(self) -> int | None:
+        if self.period in PERIODS:
+            return PERIODS[self.period]
+        return PERIODS["24h"] if self.q else None
+
+
+def _day_start(us: int) -> int:
+    return (us // DAY_US) * DAY_US
+
+
+def newest_first(
+    store: LogStore, where: str, params: dict[str, Any], need: int, *, since_us: int | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``need`` ``(call_id, ts_us)`` of calls matching ``where``, newest first.
+
+    Walks back from now in growing chunks (1 hour, 2, 4, ... and so on), stopping when it has
+    ``need`` rows, reaches ``since_us`` or passes the oldest partition: a first page sorts
+    the last hour's calls, not the whole log's.
+    """
+    days = win.days(store, "calls")
+    oldest = (
+        int(dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+        if days
+        else _day_start(now_us())
+    )
+    hi = now_us() + HOUR_US  # (rows a skewed clock put a little ahead)
+    floor = max(oldest, _day_start(since_us)) if since_us is not None else oldest
+    out: list[dict[str, Any]] = []
+    span = 2
+    while len(out) < need and hi > floor:
+        lo = max(floor, hi - span * HOUR_US)
+        rows = store.sql(
+            f"""
+            SELECT call_id, epoch_us(ts) AS ts_us FROM {win.source(store, "calls", lo, hi)}
+            WHERE ts >= make_timestamptz($lo_) AND ts < make_timestamptz($hi_) AND {where}
+            ORDER BY ts DESC, call_id DESC LIMIT $limit_
+            """,
+            {**params, "lo_": max(lo, since_us or lo), "hi_": hi, "limit_": need - len(out)},
+        )
+        out.extend(rows)
+        hi, span = lo, span * 2
+    return out
+
+
+LIST_COLUMNS = """
+    call_id, parent_call_id, epoch_us(ts) AS ts_us, route, variant, served, mode, upstream_model,
+    status, error_type, latency_ms, cost_usd, request, output_text, response_id, "user"
+"""
+
+
+def rows_by_id(
+    store: LogStore, ids: list[str], lo_us: int, hi_us: int, columns: str = LIST_COLUMNS
+) -> list[dict[str, Any]]:
+    """The calls ``ids`` (all within ``[lo_us, hi_us]``), in the order of ``ids``, with their outcomes.
+
+    The ids are a literal ``IN`` list, which DuckDB checks on ``call_id`` before it reads any
+    body; ids made by `new_id` narrow the time range to theirs.
+    """
+    if not ids:
+        return []
+    spans = [w for w in (win.id_window(i, margin_us=HOUR_US) for i in ids) if w is not None]
+    ranges = [(lo_us, hi_us)]
+    if len(spans) == len(ids):  # first where the ids say, then (rows whose ts is not their id's) all of it
+        ranges.insert(0, (max(lo_us, min(w[0] for w in spans)), min(hi_us, max(w[1] for w in spans))))
+    rows: list[dict[str, Any]] = []
+    for lo, hi in ranges:
+        want = [i for i in ids if i not in {r["call_id"] for r in rows}]
+        if not want or lo > hi:
+            continue
+        marks = ", ".join(f"$id{n}" for n in range(len(want)))
+        rows += store.sql(
+            f"SELECT {columns} FROM {win.source(store, 'calls', lo, hi + 1)} "
+            f"WHERE ts BETWEEN make_timestamptz($lo) AND make_timestamptz($hi) AND call_id IN ({marks})",
+            {"lo": lo, "hi": hi, **{f"id{n}": v for n, v in enumerate(want)}},
+        )
+    by_id = {r["call_id"]: r for r in rows}
+    ordered = [by_id[i] for i in ids if i in by_id]
+    attach_outcomes(store, ordered, lo_us)
+    return ordered
+
+
+def attach_outcomes(store: LogStore, rows: list[dict[str, Any]], lo_us: int) -> None:
+    """Add each call's outcomes (`gateway.store.reader.OUTCOMES_SQL`, over its own events only)."""
+    if not rows:
+        return
+    ids = [r["call_id"] for r in rows]
+    rids = [r["response_id"] for r in rows if r.get("response_id")]
+    rcids = [r["call_id"] for r in rows if r.get("response_id")]
+    resolved = f"""
+        SELECT e.* REPLACE (coalesce(m.call_id, e.call_id) AS call_id)
+        FROM {win.source(store, "events", lo_us, None)} e
+        LEFT JOIN (SELECT unnest($rids) AS response_id, unnest($rcids) AS call_id) m
+          ON e.call_id = m.response_id
+        WHERE list_contains($ids, e.call_id) OR list_contains($rids, e.call_id)
+    """
+    sql = OUTCOMES_SQL.replace("FROM events_resolved", f"FROM ({resolved})")
+    found = {o["call_id"]: o for o in store.sql(sql, {"ids": ids, "rids": rids, "rcids": rcids})}
+    for r in rows:
+        o = found.get(r["call_id"]) or {}
+        r["thumbs_up"] = o.get("thumbs_up") or 0
+        r["thumbs_down"] = o.get("thumbs_down") or 0
+        r["reviewer_thumbs_up"] = o.get("reviewer_thumbs_up") or 0
+        r["reviewer_thumbs_down"] = o.get("reviewer_thumbs_down") or 0
+        r["regenerated"] = bool(o.get("regenerated"))
+        r["choice"] = o.get("choice")
+        r["relabel"] = o.get("relabel")
+        r["relabelled"] = o.get("relabel") is not None
+        r["excluded"] = bool(o.get("excluded"))
+
 
 def list_calls(store: LogStore, flt: CallFilter) -> tuple[list[dict[str, Any]], bool]:
     """One page of calls, newest first; ``(rows, has_next_page)``."""
     where, params = flt.where()
-    params["limit"] = PAGE_SIZE + 1
-    params["offset"] = (max(flt.page, 1) - 1) * PAGE_SIZE
-    rows = store.sql(
-        f"""
-        SELECT call_id, parent_call_id, epoch_us(ts) AS ts_us, route, variant, served, mode,
-               upstream_model, status, error_type, latency_ms, cost_usd, request, output_text,
-               coalesce(thumbs_up, 0) AS thumbs_up, coalesce(thumbs_down, 0) AS thumbs_down,
-               relabel IS NOT NULL AS relabelled, coalesce(excluded, false) AS excluded
-        FROM calls_with_outcomes
-        WHERE {where}
-        ORDER BY ts DESC, call_id DESC
-        LIMIT $limit OFFSET $offset
-        """,
-        params,
-    )
-    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+    offset = (max(flt.page, 1) - 1) * PAGE_SIZE
+    window = flt.window_s()
+    since = now_us() - window * 1_000_000 if window else None
+    keys = newest_first(store, where, params, offset + PAGE_SIZE + 1, since_us=since)
+    page = keys[offset : offset + PAGE_SIZE]
+    if not page:
+        return [], False
+    lo, hi = min(k["ts_us"] for k in page), max(k["ts_us"] for k in page)
+    return rows_by_id(store, [k["call_id"] for k in page], lo, hi), len(keys) > offset + PAGE_SIZE
 
 
 def facets(store: LogStore) -> dict[str, list[str]]:
-    """The routes and variants present in the log, for the filter drop-downs."""
-    rows = store.sql("SELECT DISTINCT route, variant FROM calls")
+    """The routes and variants of the last 30 days, for the filter drop-downs."""
+    lo = now_us() - PERIODS["30d"] * 1_000_000
+    rows = store.sql(
+        f"SELECT DISTINCT route, variant FROM {win.source(store, 'calls', lo, None)} WHERE ts >= make_timestamptz($lo)",
+        {"lo": lo},
+    )
     return {
         "routes": sorted({r["route"] for r in rows if r["route"]}),
         "variants": sorted({r["variant"] for r in rows if r["variant"]}),
     }
 
 
-_CALL_COLUMNS = """
-    c.call_id, c.parent_call_id, epoch_us(c.ts) AS ts_us, c.endpoint, c.route, c.variant, c.served,
-    c.mode, c.route_version, c.upstream, c.upstream_model, c.user, c.session_id, c.stream,
-    c.request, c.response, c.output_text, c.finish_reason, c.status, c.error_type, c.error_message,
-    c.latency_ms, c.ttft_ms, c.input_tokens, c.output_tokens, c.cost_usd,
-    coalesce(c.thumbs_up, 0) AS thumbs_up, coalesce(c.thumbs_down, 0) AS thumbs_down,
-    coalesce(c.reviewer_thumbs_up, 0) AS reviewer_thumbs_up,
-    coalesce(c.reviewer_thumbs_down, 0) AS reviewer_thumbs_down,
-    c.relabel, coalesce(c.excluded, false) AS excluded
+CALL_COLUMNS = """
+    call_id, parent_call_id, epoch_us(ts) AS ts_us, endpoint, route, variant, served,
+    mode, route_version, upstream, upstream_model, "user", session_id, stream,
+    request, response, response_id, output_text, finish_reason, status, error_type, error_message,
+    latency_ms, ttft_ms, input_tokens, output_tokens, cost_usd
 """
 
 
-def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
-    """The call, its family (the served call and its shadow/fallback siblings) and its events."""
-    rows = store.sql(
-        f"SELECT {_CALL_COLUMNS} FROM calls_with_outcomes c WHERE c.call_id = $id", {"id": call_id}
+def _find(
+    store: LogStore, where: str, params: dict[str, Any], lo: int | None, hi: int | None
+) -> list[dict[str, Any]]:
+    """Rows matching ``where`` in ``[lo, hi)`` (the partitions, and ``ts`` itself: DuckDB skips the
+    other rows' vectors before it reads their bodies)."""
+    if lo is None or hi is None:
+        return store.sql(f"SELECT {CALL_COLUMNS} FROM calls WHERE {where}", params)
+    return store.sql(
+        f"SELECT {CALL_COLUMNS} FROM {win.source(store, 'calls', lo, hi)} "
+        f"WHERE ts >= make_timestamptz($lo_) AND ts < make_timestamptz($hi_) AND ({where})",
+        {**params, "lo_": lo, "hi_": hi},
     )
+
+
+def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
+    """The call, its family (the served call and its shadow/fallback siblings) and its events.
+
+    A call id made by `new_id` says when the call was made: the partitions within a day of
+    that are read first, the whole log only if the call is not there.
+    """
+    rows: list[dict[str, Any]] = []
+    for margin in (HOUR_US, DAY_US):  # an id is made when its call starts: its row is right there
+        around = win.id_window(call_id, margin_us=margin)
+        if around is not None and not rows:
+            rows = _find(store, "call_id = $id", {"id": call_id}, *around)
+    if not rows:  # an id of another shape (imported logs): the whole log
+        rows = _find(store, "call_id = $id", {"id": call_id}, None, None)
     if not rows:
         return None
     call = rows[0]
     root = call["parent_call_id"] or call["call_id"]
-    family = store.sql(
-        f"""
-        SELECT {_CALL_COLUMNS} FROM calls_with_outcomes c
-        WHERE c.call_id = $root OR c.parent_call_id = $root
-        ORDER BY c.served DESC, c.variant, c.ts
-        """,
-        {"root": root},
-    )
+    lo, hi = call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US  # shadow and fallback calls follow at once
+    family = _find(store, "call_id = $root OR parent_call_id = $root", {"root": root}, lo, hi)
+    if not any(r["call_id"] == call_id for r in family):
+        family.append(call)
+    family.sort(key=lambda r: (not r["served"], r["variant"] or "", r["ts_us"]))
+    since = min(r["ts_us"] for r in family)
+    attach_outcomes(store, family, since)
+    call = next(r for r in family if r["call_id"] == call_id)
     events = store.sql(
-        """
-        SELECT event_id, epoch_us(ts) AS ts_us, kind, value, value_num, comment, user, source
-        FROM events_resolved WHERE call_id = $id ORDER BY ts, event_id
+        f"""
+        SELECT event_id, epoch_us(ts) AS ts_us, kind, value, value_num, comment, "user", source, reviewer
+        FROM {win.source(store, "events", since, None)}
+        WHERE call_id = $id OR (call_id = $rid AND $rid IS NOT NULL) ORDER BY ts, event_id
         """,
-        {"id": call_id},
+        {"id": call_id, "rid": call.get("response_id")},
     )
     return {"call": call, "family": family, "events": events}
 
 
 def call_exists(store: LogStore, call_id: str) -> bool:
+    around = win.id_window(call_id)
+    if around:
+        sql = f"SELECT 1 AS x FROM {win.source(store, 'calls', *around)} WHERE call_id = $id LIMIT 1"
+        if store.sql(sql, {"id": call_id}):
+            return True
     return bool(store.sql("SELECT 1 AS x FROM calls WHERE call_id = $id LIMIT 1", {"id": call_id}))
+
+
+def judge_verdicts(store: LogStore, call_ids: list[str]) -> list[dict[str, Any]]:
+    """The pairwise judge's verdicts on these calls (as baseline or candidate), newest run last."""
+    if not _has_view(store, "judge_verdicts"):
+        return []
+    return store.sql(
+        """
+        SELECT run_id, item_id, outcome, call_id, candidate_call_id, votes, reasons, position_consistent
+        FROM judge_verdicts
+        WHERE list_contains($ids, call_id) OR list_contains($ids, candidate_call_id)
+        ORDER BY filename, item_id
+        """,
+        {"ids": call_ids},
+    )
+
+
+def _has_view(store: LogStore, name: str) -> bool:
+    return bool(
+        store.sql("SELECT 1 AS x FROM duckdb_views() WHERE view_name = $n AND NOT internal", {"n": name})
+    )
+
+
+def existing(store: LogStore, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are calls in the log (one query over the days their ids name)."""
+    spans = [w for w in (win.id_window(i) for i in ids) if w is not None]
+    lo = min((w[0] for w in spans), default=None) if len(spans) == len(ids) else None
+    hi = max((w[1] for w in spans), default=None) if len(spans) == len(ids) else None
+    rows = store.sql(
+        f"SELECT DISTINCT call_id FROM {win.source(store, 'calls', lo, hi)} WHERE list_contains($ids, call_id)",
+        {"ids": ids},
+    )
+    return {r["call_id"] for r in rows}

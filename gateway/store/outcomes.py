@@ -1,0 +1,302 @@
+"""The outcome-rate query: per-unit sums per period and arm, from the call log.
+
+The review dashboard's query (`arm_rates`). ``shadowtune eval outcomes`` and the canary
+controller run `evals.online.outcomes_query`, which has the same definitions and adds what the
+dashboard does not show (the pre-period users' baseline outcomes for CUPED, reviewers' votes);
+a test checks that the page's rates and intervals equal the report's on a known log. Folding
+both into this one query is left to do. The definitions, per *served* call of a route's
+``baseline`` / ``candidate``:
+
+``thumbs_up_rate``
+    share of served calls whose latest user thumb is up (**among all served calls**: an
+    unrated call counts as not up). ``rated_rate`` is the share with any thumb, and
+    ``up_among_rated`` = thumbs_up_rate / rated_rate is "thumbs-up rate among rated calls".
+``thumbs_down_rate``, ``regeneration_rate``, ``flag_rate``, ``error_rate``
+    the same over all served calls; an error is HTTP status >= 400 or an error type.
+``rating``, ``latency_ms``, ``cost_usd``, custom metrics
+    means over the calls that have a value.
+
+Events are the users' own (`gateway.store.reader.USER_EVENTS_SQL`: reviewers' events kept
+out, one per call, kind and poster). A *period* is one route-state version (``route_version``:
+share, candidate and mode constant within it), optionally split into time buckets
+(``bucket_us``: a UTC day for ``eval outcomes --by day``, an hour on the dashboard). A *unit*
+is the value of the route's sticky key (``user``, ``session_id`` or ``client_key``); a call
+without one is its own unit.
+
+Only the day partitions of ``[lo, hi)`` are read for calls, and those from ``lo`` on for
+events (`gateway.store.windows`): an event always comes after its call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+from gateway.store import windows
+from gateway.store.reader import POSTER_SQL, REVIEWER_SQL
+
+if TYPE_CHECKING:
+    from gateway.store.reader import LogStore
+
+UNIT_COLUMNS = {"user": '"user"', "session": "session_id", "client_key": "client_key"}
+"""Sticky keys the log records, and their column."""
+
+BUILTIN = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate", "flag_rate")
+RESERVED_KINDS = ("thumbs", "rating", "choice", "flag", "regeneration", "relabel", "exclude")
+
+_CTE = """
+cs AS (
+  SELECT call_id, response_id, route, variant, served, ts, mode, route_version, status, error_type,
+         latency_ms, cost_usd, "user", session_id, client_key
+  FROM {calls} WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi)
+),
+c AS (
+  SELECT call_id, response_id, variant, ts, mode, route_version,
+         {group} AS grp,
+         coalesce(CAST(route_version AS VARCHAR), 'mode:' || coalesce(mode, 'unknown')) AS period,
+         {unit} AS key,
+         coalesce({unit}, 'call:' || call_id) AS unit,
+         (coalesce(status, 200) >= 400 OR error_type IS NOT NULL) AS is_error,
+         latency_ms, cost_usd
+  FROM cs
+  WHERE served AND list_contains($routes, route) AND variant IN ('baseline', 'candidate')
+),
+ew AS (
+  SELECT event_id, call_id, ts, kind, value, value_num, data, source, key_id, reviewer, "user"
+  FROM {events} WHERE ts >= make_timestamptz($lo)
+),
+er AS (
+  SELECT e.* REPLACE (coalesce(m.call_id, e.call_id) AS call_id)
+  FROM ew e
+  LEFT JOIN (SELECT any_value(call_id) AS call_id, response_id FROM cs
+             WHERE served AND response_id IN (SELECT call_id FROM ew WHERE NOT starts_with(call_id, 'call_'))
+             GROUP BY response_id) m
+    ON e.call_id = m.response_id
+),
+user_events AS (
+  SELECT * EXCLUDE (_rn) FROM (
+    SELECT *, row_number() OVER (
+      PARTITION BY call_id, kind, {poster} ORDER BY ts DESC, event_id DESC) AS _rn
+    FROM er WHERE NOT {reviewer}
+  ) WHERE _rn = 1
+),
+ev AS (
+  SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
+  FROM user_events e JOIN c ON e.call_id = c.call_id
+  UNION ALL
+  SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
+  FROM (SELECT * FROM user_events WHERE NOT starts_with(call_id, 'call_')) e
+  JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
+),
+o AS (
+  SELECT call_id,
+         arg_max(value, ts) FILTER (WHERE kind = 'thumbs') AS thumb,
+         avg(value_num) FILTER (WHERE kind = 'rating') AS rating,
+         bool_or(kind = 'regeneration') AS regenerated,
+         bool_or(kind = 'flag') AS flagged
+  FROM ev GROUP BY call_id
+),
+cu AS (
+  SELECT call_id, kind AS metric, avg(value_num) AS y
+  FROM ev
+  WHERE kind NOT IN {reserved} AND value_num IS NOT NULL
+  GROUP BY ALL
+),
+w AS (
+  SELECT c.grp, c.period, c.variant, c.unit, count(*)::DOUBLE AS n_all,
+         sum(CASE WHEN o.thumb = 'up' THEN 1.0 ELSE 0.0 END) AS thumbs_up_rate,
+         sum(CASE WHEN o.thumb = 'down' THEN 1.0 ELSE 0.0 END) AS thumbs_down_rate,
+         sum(CASE WHEN o.thumb IS NOT NULL THEN 1.0 ELSE 0.0 END) AS rated_rate,
+         sum(CASE WHEN o.regenerated THEN 1.0 ELSE 0.0 END) AS regeneration_rate,
+         sum(CASE WHEN c.is_error THEN 1.0 ELSE 0.0 END) AS error_rate,
+         sum(CASE WHEN o.flagged THEN 1.0 ELSE 0.0 END) AS flag_rate,
+         sum(o.rating::DOUBLE) AS rating, count(o.rating)::DOUBLE AS n_rating,
+         sum(c.latency_ms::DOUBLE) AS latency_ms, count(c.latency_ms)::DOUBLE AS n_latency,
+         sum(c.cost_usd::DOUBLE) AS cost_usd, count(c.cost_usd)::DOUBLE AS n_cost
+  FROM c LEFT JOIN o USING (call_id)
+  GROUP BY ALL
+),
+uc AS (
+  SELECT w.grp, w.period, w.variant, w.unit, m.metric, m.y, m.n
+  FROM w, LATERAL (VALUES
+    ('thumbs_up_rate', w.thumbs_up_rate, w.n_all),
+    ('thumbs_down_rate', w.thumbs_down_rate, w.n_all),
+    ('rated_rate', w.rated_rate, w.n_all),
+    ('regeneration_rate', w.regeneration_rate, w.n_all),
+    ('error_rate', w.error_rate, w.n_all),
+    ('flag_rate', w.flag_rate, w.n_all),
+    ('rating', w.rating, w.n_rating),
+    ('latency_ms', w.latency_ms, w.n_latency),
+    ('cost_usd', w.cost_usd, w.n_cost)
+  ) AS m(metric, y, n)
+  WHERE m.n > 0
+  UNION ALL
+  SELECT c.grp, c.period, c.variant, c.unit, cu.metric, sum(cu.y)::DOUBLE AS y, count(*)::DOUBLE AS n
+  FROM cu JOIN c USING (call_id)
+  GROUP BY ALL
+)
+"""
+
+CELLS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT grp, period, variant, metric, count(*) AS units,
+       sum(y) AS y, sum(n) AS n, sum(y * y) AS yy, sum(n * n) AS nn, sum(y * n) AS yn
+FROM uc WHERE metric IN {metrics} GROUP BY ALL ORDER BY ALL
+"""
+)
+
+CROSS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT a.grp, a.metric, a.period AS pa, a.variant AS va, b.period AS pb, b.variant AS vb,
+       sum(a.y * b.y) AS yy, sum(a.y * b.n) AS yn, sum(a.n * b.y) AS ny, sum(a.n * b.n) AS nn
+FROM uc a JOIN uc b
+  ON a.unit = b.unit AND a.metric = b.metric AND a.grp IS NOT DISTINCT FROM b.grp
+ AND (a.period < b.period OR (a.period = b.period AND a.variant < b.variant))
+WHERE a.unit NOT LIKE 'call:%' AND a.metric IN {metrics}
+GROUP BY ALL
+"""
+)
+
+PERIODS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT grp, period, variant, any_value(mode) AS mode, min(route_version) AS route_version,
+       count(*) AS calls, count(DISTINCT unit) AS units, count(*) FILTER (WHERE key IS NULL) AS unkeyed,
+       epoch_us(min(ts)) AS first_us, epoch_us(max(ts)) AS last_us,
+       quantile_cont(latency_ms, 0.5) AS latency_p50, quantile_cont(latency_ms, 0.95) AS latency_p95
+FROM c GROUP BY ALL ORDER BY ALL
+"""
+)
+
+QUANTILES_SQL = (
+    "WITH"
+    + _CTE
+    + """,
+cmp AS (SELECT grp, period FROM c GROUP BY ALL HAVING count(DISTINCT variant) = 2)
+SELECT grp, variant, quantile_cont(latency_ms, 0.5) AS p50, quantile_cont(latency_ms, 0.95) AS p95
+FROM c WHERE NOT EXISTS (SELECT 1 FROM cmp)
+   OR (grp, period) IN (SELECT (grp, period) FROM cmp)
+GROUP BY ALL
+"""
+)
+
+CUSTOM_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT kind AS metric,
+       bool_and(coalesce(try_cast(json_extract(data, '$.higher_is_better') AS BOOLEAN), true)) AS hib,
+       max(try_cast(json_extract(data, '$.mde') AS DOUBLE)) AS mde
+FROM ev WHERE kind NOT IN {reserved} AND value_num IS NOT NULL GROUP BY ALL
+"""
+)
+
+ALL_METRICS = None
+"""``metrics=ALL_METRICS``: every metric, custom ones included."""
+
+
+def unit_column(sticky_key: str | None) -> str:
+    """The column of ``sticky_key``; ``NULL`` (each call its own unit) for keys the log lacks."""
+    return UNIT_COLUMNS.get(sticky_key or "user", "NULL::VARCHAR")
+
+
+def run(
+    store: LogStore,
+    template: str,
+    route: str | list[str],
+    lo_us: int,
+    hi_us: int | None = None,
+    *,
+    sticky_key: str | None = "user",
+    bucket_us: int | None = None,
+    metrics: Iterable[str] | None = ALL_METRICS,
+) -> list[dict[str, Any]]:
+    """Run one of the ``*_SQL`` queries over a route's served calls in ``[lo_us, hi_us)``.
+
+    ``grp`` in the rows is ``epoch_us(ts) // bucket_us`` (None without buckets). With a list of
+    routes (one scan for all, as the dashboard asks), ``grp`` is ``"<route>|<bucket or empty>"``.
+    """
+    hi = hi_us if hi_us is not None else 2**62
+    listed = tuple(metrics) if metrics is not None else ()
+    group = f"epoch_us(ts) // {int(bucket_us)}" if bucket_us else "NULL::BIGINT"
+    if isinstance(route, list):
+        group = f"route || '|' || coalesce(CAST({group} AS VARCHAR), '')"
+    filled = {
+        "{calls}": windows.source(store, "calls", lo_us, hi_us),
+        "{events}": windows.source(store, "events", lo_us, None),
+        "{group}": group,
+        "{unit}": unit_column(sticky_key),
+        "{poster}": POSTER_SQL,
+        "{reviewer}": REVIEWER_SQL,
+        "{reserved}": _sql_list(RESERVED_KINDS),
+        "{metrics}": _sql_list(listed) if listed else "(SELECT DISTINCT metric FROM uc)",
+    }
+    sql = template
+    for k, v in filled.items():
+        sql = sql.replace(k, v)
+    routes = route if isinstance(route, list) else [route]
+    rows: list[dict[str, Any]] = store.sql(sql, {"routes": routes, "lo": int(lo_us), "hi": int(hi)})
+    return rows
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+
+
+# -- the dashboard's view: one arm's rate per bucket, with its interval -------------------
+@dataclass(frozen=True)
+class ArmRate:
+    """One variant's rate (or mean) in one bucket, pooled over its periods, with its interval."""
+
+    value: float | None
+    count: float
+    """For rates: the calls with the outcome (sum of ``y``)."""
+    n: float
+    units: int
+    lo: float | None
+    hi: float | None
+
+
+def arm_rate(cells: list[dict[str, Any]], *, rate: bool = True, alpha: float = 0.05) -> ArmRate:
+    """Pool one arm's cells (rows of `CELLS_SQL` for one variant and metric) like ``eval outcomes``.
+
+    The ratio of sums, its unit-level (delta method) variance, and for a rate the Wilson
+    interval at the effective sample size (`evals.outcomes.arm_summary`); periods' shared
+    units are ignored here (the dashboard's buckets split by time, where they rarely share).
+    """
+    y = sum(float(c["y"]) for c in cells)
+    n = sum(float(c["n"]) for c in cells)
+    units = sum(int(c["units"]) for c in cells)
+    if n <= 0:
+        return ArmRate(None, y, n, units, None, None)
+    r = y / n
+    ss = sum(float(c["yy"]) - 2 * r * float(c["yn"]) + r * r * float(c["nn"]) for c in cells)
+    f = units / (units - 1) if units > 1 else 1.0
+    var = max(ss, 0.0) * f / (n * n)
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    if not rate:
+        half = z * math.sqrt(var)
+        return ArmRate(r, y, n, units, r - half, r + half)
+    binomial = r * (1 - r) / n
+    n_eff = n * binomial / var if var > 0 and binomial > 0 else n
+    lo, hi = wilson_interval(r * n_eff, n_eff, z)
+    return ArmRate(r, y, n, units, lo, hi)
+
+
+def wilson_interval(k: float, n: float, z: float) -> tuple[float, float]:
+    """The Wilson score interval of ``k`` successes in ``n`` at normal quantile ``z``."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
