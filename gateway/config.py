@@ -270,6 +270,9 @@ class StoreConfig(_Section):
     """Where the control-plane state lives (route state and history, client keys, controller and trigger
     state, job leases): a directory (default: `state_dir`; right for one host) or ``postgresql://user@host/db``
     for several hosts (``pip install 'shadowtune[postgres]'``; password from ``PGPASSWORD`` or the URL)."""
+    response_ids_days: Annotated[float, Field(gt=0)] = 30.0
+    """Days the state backend remembers which upstream created each Responses API id (for
+    ``previous_response_id`` and ``GET``/``DELETE /v1/responses/{id}``, from any worker or replica)."""
     flush_interval: float = 1.0
     """Seconds between Parquet flushes."""
     max_pending: int = 100_000

@@ -143,7 +143,7 @@ class HotPath:
         self.shadow = shadow
         self.client = OpenAICompatClient()
         self.health = faults.UpstreamHealth()
-        self.origins = responses.ResponseOrigins()
+        self.origins = responses.ResponseOrigins(routes.backend, settings.store.response_ids_days * 86400)
         self.max_body = settings.server.max_body_bytes
         r = settings.store.redact
         self.redact = Redactor(r.emails, r.cards, r.patterns) if (r.emails or r.cards or r.patterns) else None
@@ -193,7 +193,7 @@ class HotPath:
         if not state.store_bodies:
             rec.request = None
         plan = plan_for(state, _sticky(state, rec, req, headers), random.random())
-        plan, why = responses.constrain(endpoint, req, plan, self.origins)
+        plan, why = await self.origins.constrain(endpoint, req, plan, state)
         if why is not None:  # server-side state only one variant knows (previous_response_id)
             rec.tags = [*(rec.tags or ()), why]
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
@@ -213,7 +213,6 @@ class HotPath:
             # the answer was complete (logged) and the client left after it: shadow as usual
         finally:
             watcher.cancel()
-        self.origins.note(rec)
         if plan.shadow is not None and plan.shadow == rec.variant:
             self.shadow.skip(state.route, "fallback")  # the fallback already asked that variant
         elif plan.shadow is not None:
@@ -286,6 +285,8 @@ class HotPath:
         if state.store_bodies:
             rec.response = data.decode("utf-8", "replace")
         self._finish(rec, t0, upstream_s, None)
+        if endpoint == "responses":  # noted before the caller has the id (shared by every worker)
+            await self.origins.note(rec, data)
         headers = [
             _JSON,
             (b"x-request-id", rec.call_id.encode()),
@@ -344,6 +345,8 @@ class HotPath:
             raise
         if not logged:
             self._finish_stream(rec, attempt, parts, t0, first, bodies)
+        if rec.endpoint == "responses":  # noted before the stream ends (shared by every worker)
+            await self.origins.note(rec, parts)
         await send({"type": "http.response.body", "body": last or b""})
 
     def _finish_stream(
