@@ -43,9 +43,7 @@ def routed(make_settings, start_gateway, cand_upstream):
                 "base": {"model": "base-model"},
                 "cand": {"model": "cand-model", "base_url": cand_upstream.base_url},
             },
-            routes={
-                "bot": {"baseline": "base", "candidate": "cand", "mode": mode, "share": share, **extra}
-            },
+            routes={"bot": {"baseline": "base", "candidate": "cand", "mode": mode, "share": share, **extra}},
         )
         return start_gateway(settings)
 
@@ -93,7 +91,7 @@ def test_retrieve_input_items_and_delete_go_to_the_upstream_that_created_the_res
     assert gets(fake_upstream) == []  # the baseline never saw any of it
     assert ("GET", f"/v1/responses/{created.id}") in gets(cand_upstream)
     assert ("DELETE", f"/v1/responses/{created.id}") in gets(cand_upstream)
-    assert [q for q in cand_upstream.requests if q["path"].endswith("/input_items")][0]["query"] == [
+    assert next(q for q in cand_upstream.requests if q["path"].endswith("/input_items"))["query"] == [
         ("limit", "2"),
         ("order", "asc"),
     ]
@@ -104,9 +102,7 @@ def test_retrieve_input_items_and_delete_go_to_the_upstream_that_created_the_res
     assert len(rows(gw, log_dir, "true")) == 1
 
 
-def test_a_rolled_back_route_still_reads_the_candidates_response_from_the_candidate(
-    routed, cand_upstream
-):
+def test_a_rolled_back_route_still_reads_the_candidates_response_from_the_candidate(routed, cand_upstream):
     gw = routed()
     with client_for(gw) as client:
         created = client.responses.create(model="bot", input="keep me", user="bob")
