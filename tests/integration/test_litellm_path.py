@@ -169,3 +169,25 @@ def test_a_provider_429_through_litellm_is_retried_by_the_gateway(
         reply = client.chat.completions.create(model="r", messages=[{"role": "user", "content": "retry me"}])
     assert reply.choices[0].message.content == "flaky-429: retry me"
     assert len([q for q in fake_upstream.requests if q["body"].get("model") == "flaky-429"]) == 2
+
+
+def test_stored_responses_through_litellm(make_settings, start_gateway, fake_upstream, monkeypatch):
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", KEY)
+    upstream = {"provider": "hosted_vllm", "model": "model-x", "api_key_env": "FAKE_PROVIDER_KEY"}
+    settings = make_settings(
+        server={"passthrough_url": None}, upstreams={"llm": upstream}, routes={"r": {"baseline": "llm"}}
+    )
+    gw = start_gateway(settings)
+    with client_for(gw) as client:
+        made = client.responses.create(model="r", input=[{"role": "user", "content": "keep"}])
+        assert client.responses.retrieve(made.id).output_text == "model-x: keep"
+        items = client.responses.input_items.list(made.id, limit=5)
+        assert [i.content[0].text for i in items.data] == ["keep"]
+        upstream_id = next(iter(fake_upstream.stored))  # litellm's id wraps the provider's
+        fake_upstream.stored.pop(upstream_id)  # gone upstream: the provider's 404 comes back as one
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(made.id)
+    seen = [(q.get("method"), q["path"]) for q in fake_upstream.requests if q.get("method")]
+    assert seen[0] == ("GET", f"/v1/responses/{upstream_id}")
+    assert seen[1] == ("GET", f"/v1/responses/{upstream_id}/input_items")
+    assert fake_upstream.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
