@@ -51,7 +51,9 @@ class AgentLink:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket_path, limit=32),
+                connector=aiohttp.UnixConnector(  # idle connections closed before the agent's 5 s keep-alive does
+                    path=self.socket_path, limit=32, keepalive_timeout=2.0
+                ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             )
