@@ -231,7 +231,18 @@ class Gen:
         return self.request(b"GET", b"/v1/models" + model)
 
     def responses(self) -> bytes:
-        path = self.rng.choice([b"/v1/responses", b"/v1/completions"])
+        r = self.rng
+        if r.random() < 0.3:  # a stored response: retrieve, delete, input items, cancel, hostile ids
+            rid = r.choice(
+                [b"resp_1", b"%00", b"x" * 300, self.text().encode("utf-8", "surrogatepass").hex().encode()]
+            )
+            suffix = r.choice([b"", b"/input_items", b"/cancel", b"/x"])
+            query = r.choice(
+                [b"", b"?limit=" + str(r.choice([0, 5, 10**22])).encode(), b"?order=%ff", b"?stream=true"]
+            )
+            method = r.choice([b"GET", b"DELETE", b"POST", b"PUT"])
+            return self.request(method, b"/v1/responses/" + rid + suffix + query)
+        path = r.choice([b"/v1/responses", b"/v1/completions"])
         return self.request(b"POST", path, self.encode({"model": "R", "input": self.value()}))
 
     def probes(self) -> bytes:
@@ -298,6 +309,7 @@ class Tally:
         self.hot_calls: set[str] = set()
         self.problems: list[str] = []
         self.sent = 0
+        self.seconds: dict[str, list[float]] = collections.defaultdict(list)  # review path kind -> latencies
 
     def add(self, endpoint: str, status: int, headers: dict[bytes, bytes], body: bytes, sent: bytes) -> None:
         self.by_endpoint[endpoint][status] += 1
@@ -322,6 +334,7 @@ async def worker(port: int, gen: Gen, count: int, tally: Tally) -> None:
     reader = writer = None
     for _ in range(count):
         endpoint, data = gen.next()
+        t0 = time.monotonic()
         for attempt in range(2):
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -344,6 +357,8 @@ async def worker(port: int, gen: Gen, count: int, tally: Tally) -> None:
                 if attempt == 1:  # closed without an answer twice: count it as 0
                     status, headers, body = 0, {}, b""
         tally.add(endpoint, status, headers, body, data)
+        if endpoint == "review":
+            tally.seconds[_review_kind(data)].append(time.monotonic() - t0)
         tally.sent += 1
         if tally.sent % 10_000 == 0:
             print(f"  {tally.sent} requests", file=sys.stderr, flush=True)
@@ -355,6 +370,13 @@ async def worker(port: int, gen: Gen, count: int, tally: Tally) -> None:
 
 
 # -- the run -----------------------------------------------------------------------------------
+def _review_kind(data: bytes) -> str:
+    path = data.split(b" ", 2)[1]
+    if path.startswith(b"/review/calls/"):
+        return "call page"
+    return "call list" if path.startswith(b"/review/calls") else "dashboard"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -380,6 +402,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the log directory (printed) for a look afterwards"
+    )
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
@@ -493,6 +518,12 @@ def main() -> int:
         print(
             f"hot-path calls answered: {len(tally.hot_calls)}; not in the log: {missing}; secrets in the log: {secrets_logged}"
         )
+        for kind, seconds in sorted(tally.seconds.items()):
+            seconds.sort()
+            print(
+                f"review {kind}: {len(seconds)} answered in p50 {seconds[len(seconds) // 2]:.2f} s, "
+                f"p90 {seconds[int(len(seconds) * 0.9)]:.2f} s, max {seconds[-1]:.2f} s"
+            )
         for p in tally.problems:
             print("  problem:", p)
         ok = fivexx == 0 and alive and missing == 0 and secrets_logged == 0 and not tally.problems
@@ -510,7 +541,10 @@ def main() -> int:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_log(log_dir: str, answered: set[str]) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from gateway import __version__, jobs
+from gateway import __version__, jobs, stored_responses
 from gateway.agent.proxy import AgentLink, is_agent_path
 from gateway.auth import Authenticator
 from gateway.config import Settings
@@ -103,6 +103,7 @@ class GatewayApp:
         self.hot = ctx.hot
         self.link: AgentLink | None = ctx.agent if isinstance(ctx.agent, AgentLink) else None
         self.edge = ctx.edge
+        self.stored = stored_responses.StoredResponses(ctx.hot)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,6 +115,10 @@ class GatewayApp:
             await send_error(send, refusal, new_id("req"), 0.0)
             return
         receive = self.edge.guard(receive)
+        stored = stored_responses.match(scope["path"]) if endpoint is None else None
+        if stored is not None:  # GET/DELETE /v1/responses/{id}, .../input_items, .../cancel
+            await self.stored(scope, receive, send, stored)
+            return
         if endpoint is not None:
             if scope["method"] == "POST":
                 await self.hot(scope, receive, send, endpoint)

@@ -106,7 +106,8 @@ class UpstreamConfig(_Section):
     """Extra headers sent upstream (e.g. ``api-version`` for Azure)."""
     ca_file: str | None = None
     """PEM bundle of the CA(s) that signed this upstream's certificate (a private CA), instead of the
-    system's. Proxies come from ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``."""
+    system's (OpenAI-compatible upstreams; litellm ones take ``SSL_CERT_FILE``). Proxies come from
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``."""
     cert_file: str | None = None
     """PEM client certificate sent to this upstream (mTLS); the key in it or in ``key_file``."""
     key_file: str | None = None
@@ -120,6 +121,11 @@ class UpstreamConfig(_Section):
                 raise ValueError(f"{name} {path!r} is not a readable file")
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file (the client certificate)")
+        if (self.ca_file or self.cert_file) and self.provider not in OPENAI_COMPATIBLE:
+            raise ValueError(
+                f"ca_file and cert_file apply to OpenAI-compatible upstreams (the direct path); provider "
+                f"{self.provider!r} goes through litellm, which takes a private CA from SSL_CERT_FILE only"
+            )
         return self
 
     @property
@@ -302,6 +308,9 @@ class StoreConfig(_Section):
     """Where the control-plane state lives (route state and history, client keys, controller and trigger
     state, job leases): a directory (default: `state_dir`; right for one host) or ``postgresql://user@host/db``
     for several hosts (``pip install 'shadowtune[postgres]'``; password from ``PGPASSWORD`` or the URL)."""
+    response_ids_days: Annotated[float, Field(gt=0)] = 30.0
+    """Days the state backend remembers which upstream created each Responses API id (for
+    ``previous_response_id`` and ``GET``/``DELETE /v1/responses/{id}``, from any worker or replica)."""
     flush_interval: float = 1.0
     """Seconds between Parquet flushes."""
     max_pending: int = 100_000

@@ -72,7 +72,7 @@ class HotPath:
         self.auth = auth
         self.shadow = shadow
         self.health = faults.UpstreamHealth()
-        self.origins = responses.ResponseOrigins()
+        self.origins = responses.ResponseOrigins(routes.backend, settings.store.response_ids_days * 86400)
         self.max_body = settings.server.max_body_bytes
         r = settings.store.redact
         passthrough = settings.server.passthrough_url
@@ -88,6 +88,7 @@ class HotPath:
             # forwarded traceparents name the gateway's own span as the parent when spans are exported
             own_spans=bool(settings.telemetry.otlp_endpoint),
             redact=log_spec(r.emails, r.cards, r.patterns),
+            origins=self.origins,
         )
         self.client = self.serving.client
         self.submitter = ShadowSubmitter(self.serving, shadow)
@@ -130,7 +131,7 @@ class HotPath:
         if not state.store_bodies:
             rec.request = None
         plan = plan_for(state, _sticky(state, rec, headers), random.random())
-        plan, why = responses.constrain(endpoint, req.raw, plan, self.origins)
+        plan, why = await self.origins.constrain(endpoint, req.raw, plan, state)
         if why is not None:  # server-side state only one variant knows (previous_response_id)
             rec.tags = [*(rec.tags or ()), why]
         ctx = CallContext(
@@ -153,7 +154,6 @@ class HotPath:
             # the answer was complete (logged) and the client left after it: shadow as usual
         finally:
             watcher.cancel()
-        self.origins.note(rec)
         self.submitter.after(ctx, why)
 
     async def close(self) -> None:

@@ -125,6 +125,7 @@ class Serving:
         *,
         own_spans: bool,
         redact: dict[str, Any] | None,
+        origins: responses.ResponseOrigins | None = None,
     ) -> None:
         self.writer = writer
         self.health = health
@@ -132,6 +133,7 @@ class Serving:
         self.own_spans = own_spans  # forwarded traceparents name the gateway's span as the parent
         self.redact = redact  # the log's redaction spec, carried by every record to the agent
         self.client = OpenAICompatClient()
+        self.origins = origins  # which upstream made each Responses id (shared by every worker)
 
     # -- the served call ----------------------------------------------------------------
     async def serve(self, ctx: CallContext) -> None:
@@ -191,6 +193,8 @@ class Serving:
         if bodies:
             rec.response = data.decode("utf-8", "replace")
         self.finish(rec, t0, upstream_s, None)
+        if ctx.endpoint == "responses" and self.origins is not None:
+            await self.origins.note(rec, data)  # noted before the caller has the id
         headers = [
             _JSON,
             (b"x-request-id", rec.call_id.encode()),
@@ -255,6 +259,8 @@ class Serving:
             raise
         if not logged:
             self._finish_stream(rec, attempt, parts, t0, first, bodies)
+        if rec.endpoint == "responses" and self.origins is not None:
+            await self.origins.note(rec, parts)  # noted before the stream ends
         await send({"type": "http.response.body", "body": last or b""})
 
     def _finish_stream(

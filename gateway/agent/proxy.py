@@ -51,7 +51,9 @@ class AgentLink:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket_path, limit=32),
+                connector=aiohttp.UnixConnector(  # idle connections closed before the agent's 5 s keep-alive does
+                    path=self.socket_path, limit=32, keepalive_timeout=2.0
+                ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             )
@@ -89,22 +91,35 @@ class AgentLink:
         if scope.get("query_string"):
             target = target + b"?" + scope["query_string"]
         url = "http://shadowtune-agent" + target.decode("latin-1")
+        started = False
         try:
-            async with self.session().request(
-                scope["method"],
-                url,
-                headers=headers,
-                data=b"".join(parts),
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=120, sock_connect=2),
-            ) as resp:
-                out = [(k, v) for k, v in resp.raw_headers if k.lower() not in _HOP]
-                await send({"type": "http.response.start", "status": resp.status, "headers": out})
-                async for chunk in resp.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+            for attempt in (0, 1):
+                try:
+                    async with self.session().request(
+                        scope["method"],
+                        url,
+                        headers=headers,
+                        data=b"".join(parts),
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=120, sock_connect=2),
+                    ) as resp:
+                        out = [(k, v) for k, v in resp.raw_headers if k.lower() not in _HOP]
+                        started = True
+                        await send({"type": "http.response.start", "status": resp.status, "headers": out})
+                        async for chunk in resp.content.iter_any():
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        await send({"type": "http.response.body", "body": b""})
+                    return
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                    # a pooled connection the agent had closed (broken pipe, seen under make fuzz):
+                    # nothing was answered, so once more on a fresh one
+                    if started or attempt == 1:
+                        raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("log agent unreachable for %s: %r", scope["path"], exc)
+            if started:  # the answer had begun: end it, a second one cannot follow
+                await send({"type": "http.response.body", "body": b""})
+                return
             message = "the log agent is not reachable (it is restarting); try again in a moment"
             await self._error(send, 503, message, "server_error", code="log_agent_unavailable")
 

@@ -3,7 +3,8 @@
 The control plane's state is small and shared by every worker of every replica: the live
 route state with its version, the audit history of changes, client keys (hashes only),
 named documents (controller state, trigger state and runs), append-only records
-(controller decisions) and job leases. `StateBackend` is the whole contract; the request
+(controller decisions), job leases, and which upstream created a Responses API response id
+(`note_response`, kept for a TTL). `StateBackend` is the whole contract; the request
 path never calls it (workers keep a snapshot and refresh it in the background).
 
 Failures to reach the backend raise `StateUnavailable`, an OpenAI-shaped 503: a change
@@ -147,6 +148,16 @@ class StateBackend(Protocol):
         None (the lease was lost, or someone else ran it)."""
 
     def release_lease(self, name: str, owner: str) -> None: ...
+
+    # -- Responses API ids -----------------------------------------------------------------
+    def note_response(self, response_id: str, origin: dict[str, Any], ttl: float) -> None:
+        """Remember ``origin`` (route, variant, upstream, client key) of ``response_id`` for ``ttl``
+        seconds; expired entries are swept now and then by the writers."""
+
+    def response_origin(self, response_id: str) -> dict[str, Any] | None:
+        """What `note_response` stored for ``response_id``, unless it expired or was forgotten."""
+
+    def forget_response(self, response_id: str) -> None: ...
 
     # -- notifications -------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str], None]) -> None:

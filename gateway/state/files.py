@@ -9,6 +9,7 @@ Layout (the same files earlier versions wrote, so an existing directory keeps wo
     triggers/runs/<id>.json  trigger runs; triggers/state/<route>.json trigger state
     controller/decisions.jsonl  records (one ``write`` per line, O_APPEND)
     leases.json              job leases: owner, expiry, last run
+    responses/<ab>/<sha256>.json  the origin of a Responses API id (its mtime is its expiry)
 
 Every change happens under an exclusive ``flock`` on a lock file next to what it changes,
 so several processes on one host are serialised. Readers never lock: files are replaced
@@ -19,6 +20,7 @@ use PostgreSQL (``store.state_url: postgresql://...``) for several hosts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -33,6 +35,9 @@ _DOC_DIRS = {"trigger_run": "triggers/runs", "trigger_state": "triggers/state"}
 _RECORD_FILES = {"decisions": "controller/decisions.jsonl"}
 
 
+_SWEEP_EVERY = 256  # notes between two sweeps of one shard of response ids (256 shards)
+
+
 class FileBackend:
     kind = "files"
 
@@ -40,6 +45,7 @@ class FileBackend:
         self.root = os.path.abspath(root)
         self.health = Health(self.kind, self.root)
         self._routes_cache: tuple[int, int, dict[str, Any]] | None = None  # mtime, version, doc
+        self._notes = 0
 
     # -- helpers ---------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -249,6 +255,54 @@ class FileBackend:
                 rec["expires_at"] = 0.0
 
         self._leases(release)
+
+    # -- Responses API ids -----------------------------------------------------------------
+    def _response_path(self, response_id: str) -> str:
+        digest = hashlib.sha256(response_id.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._p("responses", digest[:2], digest + ".json")
+
+    def note_response(self, response_id: str, origin: dict[str, Any], ttl: float) -> None:
+        """One small file per id, replaced atomically (no fsync: a lost id only sends its
+        continuation to the baseline); its mtime is set to its expiry, which the sweep reads."""
+        path = self._response_path(response_id)
+        expires = time.time() + ttl
+        self._write_json(path, {"id": response_id, "origin": origin, "expires_at": expires}, sync=False)
+        with contextlib.suppress(OSError):
+            os.utime(path, (expires, expires))
+        self._notes += 1
+        if self._notes % _SWEEP_EVERY == 0:
+            self._sweep_responses(f"{(self._notes // _SWEEP_EVERY) % 256:02x}")
+
+    def _sweep_responses(self, shard: str) -> int:
+        folder = self._p("responses", shard)
+        now = time.time()
+        removed = 0
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return 0
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.name.endswith(".json") and entry.stat().st_mtime < now:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def response_origin(self, response_id: str) -> dict[str, Any] | None:
+        try:
+            data = self._read_json(self._response_path(response_id))
+        except (OSError, ValueError):
+            return None  # unreadable or half-written by a foreign tool: unknown
+        if not isinstance(data, dict) or data.get("id") != response_id:
+            return None
+        if float(data.get("expires_at") or 0) < time.time():
+            return None
+        origin = data.get("origin")
+        return origin if isinstance(origin, dict) else None
+
+    def forget_response(self, response_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self._response_path(response_id))
 
     # -- notifications ---------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str], None]) -> None:

@@ -76,7 +76,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE response_origins (
+            id text PRIMARY KEY,
+            doc jsonb NOT NULL,
+            expires_at double precision NOT NULL
+        );
+        CREATE INDEX response_origins_expiry ON response_origins (expires_at);
+        """,
+    ),
 ]
+_SWEEP_EVERY = 256  # notes between two deletions of expired response ids (per process)
 
 
 def redact(url: str) -> str:
@@ -110,6 +122,7 @@ class PostgresBackend:
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
         self._recover_lock = threading.Lock()
+        self._notes = 0
         self.pool = self._new_pool(min_size, max_size)
         try:
             self.migrate()
@@ -337,6 +350,30 @@ class PostgresBackend:
     def release_lease(self, name: str, owner: str) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE leases SET expires_at = 0 WHERE name = %s AND owner = %s", (name, owner))
+
+    # -- Responses API ids -----------------------------------------------------------------
+    def note_response(self, response_id: str, origin: dict[str, Any], ttl: float) -> None:
+        self._notes += 1
+        sweep = self._notes % _SWEEP_EVERY == 0
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO response_origins (id, doc, expires_at) VALUES (%s, %s, {_NOW} + %s) "
+                "ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, expires_at = EXCLUDED.expires_at",
+                (response_id, self._json(origin), ttl),
+            )
+            if sweep:
+                conn.execute(f"DELETE FROM response_origins WHERE expires_at < {_NOW}")
+
+    def response_origin(self, response_id: str) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT doc FROM response_origins WHERE id = %s AND expires_at >= {_NOW}", (response_id,)
+            ).fetchone()
+        return dict(row[0]) if row else None
+
+    def forget_response(self, response_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM response_origins WHERE id = %s", (response_id,))
 
     # -- notifications ---------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str], None]) -> None:

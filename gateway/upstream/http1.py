@@ -307,8 +307,10 @@ class Http1Pool:
         timeout: float,
         connect_timeout: float,
         tls: TLSFiles | None = None,
+        method: str = "POST",
     ) -> tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], _Conn]:
-        """POST ``body``; returns (status, headers, body chunks, connection) once the headers are in."""
+        """POST ``body`` (or ``method``: the stored-responses calls also GET and DELETE); returns
+        (status, headers, body chunks, connection) once the headers are in."""
         (scheme, host, port), path, host_header = _target(url)
         key: _Key = (scheme, host, port, tls if scheme == "https" else None)
         proxy = self.proxy_for(scheme, host) if scheme == "http" else None
@@ -317,7 +319,7 @@ class Http1Pool:
             auth = _proxy_auth(proxy)
             if auth:
                 headers = {**headers, "Proxy-Authorization": auth}
-        head = _head(path, host_header, headers, len(body))
+        head = _head(path, host_header, headers, len(body), method)
         for attempt in (0, 1):
             idle = self._idle.get(key)
             while idle and idle[-1].closed:
@@ -431,7 +433,7 @@ def _target(url: str) -> tuple[tuple[str, str, int], str, str]:
     return out
 
 
-def _head(path: str, host: str, headers: dict[str, str], length: int) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {length}"]
+def _head(path: str, host: str, headers: dict[str, str], length: int, method: str = "POST") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {length}"]
     lines.extend(f"{k}: {v}" for k, v in headers.items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -82,8 +82,9 @@ class OpenAICompatClient:
         body: bytes,
         caller_auth: bytes | None,
         traceparent: str | None = None,
+        method: str = "POST",
     ) -> UpstreamReply:
-        """POST ``body`` to ``upstream``'s ``path``; the reply's body is not read yet.
+        """POST ``body`` to ``upstream``'s ``path`` (or ``method``); the reply's body is not read yet.
 
         ``traceparent`` (W3C trace context) is sent along, so the upstream's spans join the caller's trace.
         """
@@ -114,7 +115,7 @@ class OpenAICompatClient:
         while True:
             try:
                 status, resp_headers, chunks, conn = await self.pool.post(
-                    url, body, headers, upstream.timeout, connect_timeout, tls
+                    url, body, headers, upstream.timeout, connect_timeout, tls, method
                 )
             except ConnectTimeout as exc:
                 raise UpstreamTimeout(

@@ -152,6 +152,25 @@ def test_responses_and_completions(target, body, headers):
         target.send("POST", path, content=body, headers=headers)
 
 
+@FUZZ
+@given(
+    rid=st.sampled_from(["", "resp_x", "%00", "a/b", "x" * 300]) | st.text(max_size=40),
+    suffix=st.sampled_from(["", "/input_items", "/cancel", "/nope", "/"]),
+    method=st.sampled_from(["GET", "DELETE", "POST", "PUT", "PATCH", "HEAD"]),
+    query=st.text(max_size=60),
+    body=fz.encoded(fz.json_values),
+    headers=fz.request_headers(),
+)
+def test_stored_responses(target, rid, suffix, method, query, body, headers):
+    """``/v1/responses/{id}`` and its ``input_items`` and ``cancel``, with a real id too."""
+    made = target.send("POST", "/v1/responses", json={"model": "R", "input": "fuzz"})
+    real = made.json()["id"] if made.status_code == 200 else "resp_none"
+    for response_id in (real, rid):
+        path = "/v1/responses/" + quote(response_id, safe="") + suffix + "?" + quote(query, safe="=&")
+        r = target.send(method, path, content=body, headers=headers)
+        assert r.status_code < 500, r.text
+
+
 # -- admin ---------------------------------------------------------------------------------
 @FUZZ
 @given(

@@ -98,3 +98,96 @@ def test_responses_and_completions_through_litellm(provider, log_dir):
     assert legacy.choices[0].text == "model-x: once"
     r = row(gw, log_dir, raw.headers["x-request-id"])
     assert (r["endpoint"], r["status"], r["output_text"]) == ("responses", 200, "model-x: hi there")
+
+
+@pytest.fixture
+def tls_provider(tmp_path, make_settings, start_gateway, monkeypatch):
+    """A litellm provider on a real TLS server whose certificate no trusted CA signed, reached
+    through a TCP relay that counts the connections (each attempt is one)."""
+    from tests.support.fake_upstream import FakeUpstream
+    from tests.support.proxy import Proxy
+    from tests.support.tls import make_authority
+
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", KEY)
+    up = FakeUpstream(make_authority(tmp_path / "pki").server_context()).start()
+    relay = Proxy(relay_to=up.port).start()
+
+    def start(name: str, retries: int = 2):
+        base = f"https://127.0.0.1:{relay.port}" + ("/v1" if name == "hosted_vllm" else "")
+        upstream = {
+            "provider": name,
+            "base_url": base,
+            "model": "model-x",
+            "api_key_env": "FAKE_PROVIDER_KEY",
+        }
+        settings = make_settings(
+            upstreams={"llm": {**upstream, "retries": retries}}, routes={"r": {"baseline": "llm"}}
+        )
+        return start_gateway(settings)
+
+    yield start, up, relay
+    relay.stop()
+    up.stop()
+
+
+@pytest.mark.parametrize("name", ["hosted_vllm", "anthropic"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_untrusted_certificate_through_litellm_is_a_tls_error_tried_once(
+    tls_provider, log_dir, name, stream
+):
+    start, up, relay = tls_provider
+    gw = start(name)
+    with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
+        resp = client.post(
+            gw.base_url + "/chat/completions", json={"model": "r", "messages": MESSAGES, "stream": stream}
+        )
+    assert resp.status_code == 502, resp.text
+    err = resp.json()["error"]
+    assert (err["type"], err["code"]) == ("upstream_error", "upstream_tls_error")
+    assert err["message"].startswith("TLS with the upstream failed")
+    assert "127.0.0.1" not in err["message"] and KEY not in resp.text
+    assert relay.requests == ["RELAY"]  # one connection: a certificate failure is not retried
+    r = row(gw, log_dir, resp.headers["x-request-id"])
+    assert (r["status"], r["error_type"]) == (502, "upstream_error")
+    assert "certificate" in r["error_message"].lower() or "CERTIFICATE_VERIFY_FAILED" in r["error_message"]
+    assert KEY not in str(r)
+    assert up.requests == []
+
+
+def test_a_provider_429_through_litellm_is_retried_by_the_gateway(
+    make_settings, start_gateway, fake_upstream, monkeypatch
+):
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", KEY)
+    upstream = {
+        "provider": "hosted_vllm",
+        "model": "flaky-429",
+        "api_key_env": "FAKE_PROVIDER_KEY",
+        "retries": 1,
+    }
+    gw = start_gateway(make_settings(upstreams={"llm": upstream}, routes={"r": {"baseline": "llm"}}))
+    with client_for(gw) as client:
+        reply = client.chat.completions.create(model="r", messages=[{"role": "user", "content": "retry me"}])
+    assert reply.choices[0].message.content == "flaky-429: retry me"
+    assert len([q for q in fake_upstream.requests if q["body"].get("model") == "flaky-429"]) == 2
+
+
+def test_stored_responses_through_litellm(make_settings, start_gateway, fake_upstream, monkeypatch):
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", KEY)
+    upstream = {"provider": "hosted_vllm", "model": "model-x", "api_key_env": "FAKE_PROVIDER_KEY"}
+    settings = make_settings(
+        server={"passthrough_url": None}, upstreams={"llm": upstream}, routes={"r": {"baseline": "llm"}}
+    )
+    gw = start_gateway(settings)
+    with client_for(gw) as client:
+        made = client.responses.create(model="r", input=[{"role": "user", "content": "keep"}])
+        assert client.responses.retrieve(made.id).output_text == "model-x: keep"
+        items = client.responses.input_items.list(made.id, limit=5)
+        assert [i.content[0].text for i in items.data] == ["keep"]
+        upstream_id = next(iter(fake_upstream.stored))  # litellm's id wraps the provider's
+        fake_upstream.stored.pop(upstream_id)  # gone upstream: the provider's 404 comes back as one
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(made.id)
+    seen = [(q.get("method"), q["path"]) for q in fake_upstream.requests if q.get("method")]
+    assert seen[0] == ("GET", f"/v1/responses/{upstream_id}")
+    assert seen[1] == ("GET", f"/v1/responses/{upstream_id}/input_items")
+    assert fake_upstream.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"

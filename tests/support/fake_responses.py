@@ -9,7 +9,12 @@ of `FakeUpstream`, scripted by the model name like its chat completions:
 * ``badjson``: 200 with a truncated JSON body.
 
 A ``previous_response_id`` the server did not create answers 404, as OpenAI does; the ids it
-created are kept in ``FakeUpstream.response_ids``.
+created are kept in ``FakeUpstream.response_ids``. Responses created without ``store: false``
+are kept in ``FakeUpstream.stored`` with their input items, for ``GET /v1/responses/{id}``
+(``stream=true`` re-sends ``response.created`` and the final event, after ``starting_after``),
+``DELETE``, ``GET .../input_items`` (``after``, ``limit``, ``order``) and ``POST .../cancel`` (a
+``background: true`` response, answered ``queued``, becomes ``cancelled``; others answer 400).
+An unknown id answers OpenAI's 404.
 """
 
 from __future__ import annotations
@@ -96,6 +101,11 @@ async def responses(up: Any, request: web.Request) -> web.StreamResponse:
     rid = f"resp_{time.time_ns()}"
     up.response_ids.add(rid)
     text = f"{model}: {_input_text(body.get('input'))}"
+    if body.get("store", True) is not False:
+        status = "queued" if body.get("background") else "completed"
+        up.stored[rid] = {"response": _response(rid, model, text, status, prev), "items": _items(rid, body)}
+        if body.get("background"):
+            return web.json_response(up.stored[rid]["response"])
     if model == "badjson":
         data = json.dumps(_response(rid, model, text, "completed", prev)).encode()
         return web.Response(body=data[: len(data) // 2], content_type="application/json")
@@ -148,6 +158,101 @@ async def responses(up: Any, request: web.Request) -> web.StreamResponse:
     await emit("response.completed", response=final)
     await resp.write_eof()
     return resp
+
+
+def _items(rid: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    value = body.get("input")
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    items = []
+    for i, item in enumerate(value or []):
+        if isinstance(item, dict):
+            content = item.get("content")
+            if isinstance(content, str):
+                content = [{"type": "input_text", "text": content}]
+            role = item.get("role", "user")
+            items.append({"type": "message", "id": f"msg_{rid[5:]}_{i}", "role": role, "content": content})
+    return items
+
+
+def _not_found(rid: str) -> web.Response:
+    error = {"message": f"Response with id '{rid}' not found.", "type": "invalid_request_error"}
+    return web.json_response({"error": {**error, "param": None, "code": None}}, status=404)
+
+
+def _seen(up: Any, request: web.Request) -> str:
+    up.requests.append(
+        {
+            "path": request.path,
+            "method": request.method,
+            "query": list(request.query.items()),
+            "headers": dict(request.headers),
+            "body": None,
+        }
+    )
+    return request.match_info["rid"]
+
+
+async def retrieve(up: Any, request: web.Request) -> web.StreamResponse:
+    rid = _seen(up, request)
+    if rid not in up.stored:
+        return _not_found(rid)
+    final = up.stored[rid]["response"]
+    if request.query.get("stream") != "true":
+        return web.json_response(final)
+    after = int(request.query.get("starting_after", "-1"))
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    created = {**final, "status": "in_progress", "output": []}
+    for seq, (kind, obj) in enumerate([("response.created", created), ("response.completed", final)]):
+        if seq > after:
+            event = {"type": kind, "sequence_number": seq, "response": obj}
+            await resp.write(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+    await resp.write_eof()
+    return resp
+
+
+async def delete(up: Any, request: web.Request) -> web.Response:
+    rid = _seen(up, request)
+    if up.stored.pop(rid, None) is None:
+        return _not_found(rid)
+    return web.json_response({"id": rid, "object": "response", "deleted": True})
+
+
+async def input_items(up: Any, request: web.Request) -> web.Response:
+    rid = _seen(up, request)
+    if rid not in up.stored:
+        return _not_found(rid)
+    items = list(up.stored[rid]["items"])
+    if request.query.get("order", "desc") == "desc":
+        items.reverse()
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    limit = int(request.query.get("limit", "20"))
+    page = items[:limit]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+async def cancel(up: Any, request: web.Request) -> web.Response:
+    rid = _seen(up, request)
+    if rid not in up.stored:
+        return _not_found(rid)
+    response = up.stored[rid]["response"]
+    if response["status"] not in ("queued", "in_progress"):
+        error = {"message": "Only background responses can be cancelled.", "type": "invalid_request_error"}
+        return web.json_response({"error": {**error, "param": None, "code": None}}, status=400)
+    response["status"] = "cancelled"
+    return web.json_response(response)
 
 
 async def completions(up: Any, request: web.Request) -> web.StreamResponse:

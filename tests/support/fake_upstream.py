@@ -21,7 +21,8 @@ A request field ``x_reply_extra`` (an object) is merged into the answer (every c
 streamed), to check that unknown response fields come back unchanged. ``extra_headers``
 are added to every chat answer (e.g. a provider's own ``x-request-id``).
 
-``/v1/responses`` and ``/v1/completions``: see `tests.support.fake_responses`; an
+``/v1/responses`` (with its stored responses: retrieve, delete, input items, cancel) and
+``/v1/completions``: see `tests.support.fake_responses`; an
 Anthropic-shaped ``/v1/messages`` (for the litellm path): `tests.support.fake_anthropic`.
 
 Every request is recorded in ``FakeUpstream.requests`` (path, headers, JSON body).
@@ -50,6 +51,7 @@ class FakeUpstream:
         self.extra_headers: dict[str, str] = {}
         self._flaky_seen: set[str] = set()
         self.response_ids: set[str] = set()
+        self.stored: dict[str, dict[str, Any]] = {}  # response id -> {"response", "items"} (store != false)
         # model name -> (status, headers, raw body): answered byte for byte (hypothesis tests)
         self.scripted: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +77,12 @@ class FakeUpstream:
             app.router.add_get("/v1/models", self.models)
             app.router.add_post("/v1/responses", lambda r: fake_responses.responses(self, r))
             app.router.add_post("/v1/completions", lambda r: fake_responses.completions(self, r))
+            app.router.add_get("/v1/responses/{rid}", lambda r: fake_responses.retrieve(self, r))
+            app.router.add_delete("/v1/responses/{rid}", lambda r: fake_responses.delete(self, r))
+            app.router.add_get(
+                "/v1/responses/{rid}/input_items", lambda r: fake_responses.input_items(self, r)
+            )
+            app.router.add_post("/v1/responses/{rid}/cancel", lambda r: fake_responses.cancel(self, r))
             app.router.add_post("/v1/messages", lambda r: fake_anthropic.messages(self, r))
             self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             loop.run_until_complete(self._runner.setup())

@@ -6,6 +6,8 @@
   host and forwards the request, rewritten to origin form, then pipes both ways.
 * ``auth="user:password"``: requires ``Proxy-Authorization: Basic ...`` (407 otherwise).
 * ``blackhole=True``: accepts connections and never answers (a proxy that hangs).
+* ``relay_to=port``: a plain TCP relay to ``127.0.0.1:port`` (no HTTP at all), each connection
+  recorded as ``RELAY`` (counts the connections a client opens, TLS ones included).
 
 ``requests`` records each connection's first line (``CONNECT 127.0.0.1:443``, ``POST http://...``)
 and ``auth_seen`` its ``Proxy-Authorization`` header.
@@ -21,9 +23,12 @@ from urllib.parse import urlsplit
 
 
 class Proxy:
-    def __init__(self, *, auth: str | None = None, blackhole: bool = False) -> None:
+    def __init__(
+        self, *, auth: str | None = None, blackhole: bool = False, relay_to: int | None = None
+    ) -> None:
         self.auth = auth
         self.blackhole = blackhole
+        self.relay_to = relay_to
         self.requests: list[str] = []
         self.auth_seen: list[str | None] = []
         self.port = 0
@@ -64,6 +69,11 @@ class Proxy:
         try:
             if self.blackhole:
                 await reader.read()
+                return
+            if self.relay_to is not None:
+                self.requests.append("RELAY")
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.relay_to)
+                await _pipe_both(reader, writer, up_reader, up_writer)
                 return
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
