@@ -417,6 +417,22 @@ def drift_check(
             ref_label = f"{(start - length).isoformat()} .. {start.isoformat()}"
         else:
             raise click.BadParameter("use window, window:7d or dataset:NAME", param_hint="--reference")
+        from evals.drift.run import check_window_outputs
+
+        ref_length = parse_duration(
+            reference.split(":", 1)[1] if reference.startswith("window:") else reference_window
+        )
+        outputs = check_window_outputs(
+            store,
+            log_dir,
+            route,
+            reference,
+            start,
+            end,
+            reference_length=ref_length,
+            alpha=alpha,
+            save=not no_save,
+        )
     config = DriftConfig(
         alpha=alpha, calibration_rounds=rounds, max_current=max_current, max_reference=max_reference
     )
@@ -432,8 +448,13 @@ def drift_check(
     data = report.to_dict()
     if not no_save:
         data["stored_at"] = str(save_report(log_dir, report))
-    _emit(data, as_json, _reports.format_drift_report)
-    if fail_on_drift and report.drifted:
+    data["outputs"] = outputs
+    from evals.drift.text import format_output_report
+
+    _emit(
+        data, as_json, lambda d: _reports.format_drift_report(d) + "\n" + format_output_report(d["outputs"])
+    )
+    if fail_on_drift and (report.drifted or outputs["drifted"]):
         sys.exit(3)
 
 

@@ -272,6 +272,9 @@ class CanaryController:
             state.update(step_started_at=now, step_share=share)
         obs = self._observe(mode, share, state["canary_started_at"], state["step_started_at"], now)
         decision = decide(self.policy, obs)
+        from evals.drift.guardrail import hold_canary  # output drift on the candidate rolls it back
+
+        decision = hold_canary(decision, self.log_dir, self.route, info.get("candidate"))
         record.update(decision.to_dict())
         record.update(
             canary_started_at=state["canary_started_at"],
