@@ -506,7 +506,7 @@ def _policy_option(fn: F) -> F:
 
 
 def _policies(log_dir: str, policy_file: str | None, route: str | None) -> dict[str, Any]:
-    from evals.triggers import load_policies, policies_path
+    from evals.retrain.triggers import load_policies, policies_path
 
     policies = load_policies(policy_file or policies_path(log_dir))
     if route is not None:
@@ -525,7 +525,7 @@ def triggers_status(
     route: str | None, policy_file: str | None, log_dir: str, as_json: bool, target: Target
 ) -> None:
     """Per route: the signals, whether a trigger would fire now, and the last run."""
-    from evals.triggers import status
+    from evals.retrain.triggers import status
 
     entries = status(log_dir, _policies(log_dir, policy_file, route), state_at=target.state)
     if route is not None:
@@ -559,7 +559,7 @@ def triggers_run(
     target: Target,
 ) -> None:
     """Evaluate the trigger policies and run the retraining pipeline where one fires."""
-    from evals.triggers import Pipeline, run
+    from evals.retrain.triggers import Pipeline, run
 
     policies = _policies(log_dir, policy_file, route)
     if not policies:

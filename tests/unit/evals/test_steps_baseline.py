@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from evals.steps import baseline_score
+from evals.retrain.steps import baseline_score
 from gateway.store import LogStore
 from trainer.dataset import Example
 

@@ -285,6 +285,7 @@ def _not_connected(name: str) -> Step:
 def load_step(spec: str) -> Step:
     """A step callable from ``module:function``."""
     module, _, attr = spec.partition(":")
+    module = {"evals.steps": "evals.retrain.steps"}.get(module, module)  # the former home of the steps
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as exc:

@@ -6,11 +6,11 @@ Name them in a trigger policy (``<log_dir>/triggers/policies.yaml``)::
       orders:
         drift_windows: 2
         steps:
-          build_dataset: evals.steps:build_dataset
-          train: evals.steps:train
-          evaluate: evals.steps:evaluate
-          register: evals.steps:register
-          deploy: evals.steps:deploy
+          build_dataset: evals.retrain.steps:build_dataset
+          train: evals.retrain.steps:train
+          evaluate: evals.retrain.steps:evaluate
+          register: evals.retrain.steps:register
+          deploy: evals.retrain.steps:deploy
         params:
           base_model: /models/qwen2.5-0.5b     # local path or hub id available offline
           dataset: orders-auto                  # dataset name (default <route>-auto)
