@@ -525,12 +525,13 @@ def triggers_status(
     route: str | None, policy_file: str | None, log_dir: str, as_json: bool, target: Target
 ) -> None:
     """Per route: the signals, whether a trigger would fire now, and the last run."""
+    from evals.retrain.text import format_status
     from evals.retrain.triggers import status
 
     entries = status(log_dir, _policies(log_dir, policy_file, route), state_at=target.state)
     if route is not None:
         entries = [e for e in entries if e["route"] == route]
-    _emit(entries, as_json, _reports.format_trigger_status)
+    _emit(entries, as_json, format_status)
 
 
 @triggers.command(name="run")
@@ -559,30 +560,19 @@ def triggers_run(
     target: Target,
 ) -> None:
     """Evaluate the trigger policies and run the retraining pipeline where one fires."""
-    from evals.retrain.triggers import Pipeline, run
+    from evals.retrain.cli import run_round
+    from evals.retrain.text import format_run
+    from gateway.progress import set_quiet
 
+    set_quiet(as_json)
     policies = _policies(log_dir, policy_file, route)
     if not policies:
         raise click.ClickException(f"no trigger policies in {policy_file or log_dir + '/triggers'}")
     url = admin_url or target.url
 
     def once() -> list[dict[str, Any]]:
-        records = []
-        with LogStore.open(log_dir) as store:
-            for policy in policies.values():
-                pipeline = Pipeline.from_policy(policy, admin_url=url, admin_token=target.token)
-                records.append(
-                    run(
-                        policy,
-                        log_dir,
-                        pipeline,
-                        dry_run=dry_run,
-                        force=force,
-                        store=store,
-                        state_at=target.state,
-                    )
-                )
-        _emit(records, as_json, lambda rs: "\n".join(_reports.format_trigger_run(r) for r in rs))
+        records = run_round(policies, log_dir, target, admin_url=url, dry_run=dry_run, force=force)
+        _emit(records, as_json, lambda rs: "\n".join(format_run(r) for r in rs))
         return records
 
     if every is None:
@@ -600,8 +590,11 @@ def triggers_run(
 
 def _register_outcomes() -> None:
     from evals.outcomes_cli import outcomes
+    from evals.retrain.cli import COMMANDS
 
     eval_group.add_command(outcomes)
+    for command in COMMANDS:  # triggers pause / resume / cancel / history
+        triggers.add_command(command)
 
 
 _register_outcomes()

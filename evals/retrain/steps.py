@@ -73,7 +73,7 @@ def train(ctx: Any) -> dict[str, Any]:
         params["base_model"],
         dataset,
         hyperparameters=params.get("hyperparameters"),
-        progress=False,
+        progress=True,  # a bar on a terminal (quiet under --json); step and loss in the run record
         exact_match_limit=0,
     )
     return {"version": mv.version, "metrics": mv.metrics}
@@ -109,14 +109,19 @@ def evaluate(ctx: Any) -> dict[str, Any]:
     current_score = exact_match(current, test)
     floor = float(params.get("min_exact_match", 0.0))
     wins = new_score > current_score and new_score >= floor
-    return {
+    result = {
         "wins": wins,
         "metric": "exact_match",
         "test_examples": len(test),
-        "new": {"version": new.version, "exact_match": new_score},
-        "current": {"model": current_label, "exact_match": current_score},
+        "new": {"version": new.version, "exact_match": round(new_score, 4)},
+        "current": {"model": current_label, "exact_match": round(current_score, 4)},
         "baseline": baseline_score(ctx, params, test),
     }
+    if not wins:  # never deployed: `models list` says rejected, and why
+        why = f"fast eval: exact match {new_score:.3f} vs {current_score:.3f} ({current_label}), floor {floor:g}"
+        metrics = {**registry.get(new.version).metrics, "fast_eval": result}
+        registry.update(new.version, status="rejected", error=why, metrics=metrics)
+    return result
 
 
 def baseline_score(ctx: Any, params: dict[str, Any], test: list[Any]) -> dict[str, Any]:
@@ -136,18 +141,31 @@ def baseline_score(ctx: Any, params: dict[str, Any], test: list[Any]) -> dict[st
         model = ctx.route
     key = os.environ.get("SHADOWTUNE_API_KEY")
     headers = {"x-shadowtune-tags": "fast-eval", **({"Authorization": f"Bearer {key}"} if key else {})}
-    hits = failed = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-        for e in test:
-            body = {"model": model, "messages": e.messages, "temperature": 0}
-            try:
-                resp = http.post("/v1/chat/completions", json=body)
-                text = resp.raise_for_status().json()["choices"][0]["message"].get("content") or ""
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-                failed += 1
-                continue
-            hits += text.strip() == e.answer.strip()
-    out: dict[str, Any] = {"model": str(model), "exact_match": hits / len(test), "failed": failed}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.progress import Bar
+
+    def ask(http: httpx.Client, e: Any) -> bool | None:
+        body = {"model": model, "messages": e.messages, "temperature": 0}
+        try:
+            resp = http.post("/v1/chat/completions", json=body)
+            text = resp.raise_for_status().json()["choices"][0]["message"].get("content") or ""
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            return None
+        return bool(text.strip() == e.answer.strip())
+
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=120) as http,
+        ThreadPoolExecutor(4) as pool,
+        Bar(len(test), f"eval baseline {model}", unit="ex") as bar,
+    ):
+        answers = []
+        for got in pool.map(lambda e: ask(http, e), test):
+            answers.append(got)
+            bar.update(1)
+    hits = sum(a is True for a in answers)
+    failed = sum(a is None for a in answers)
+    out: dict[str, Any] = {"model": str(model), "exact_match": round(hits / len(test), 4), "failed": failed}
     if failed == len(test):
         out["error"] = f"every call to {model} through {url} failed"
     return out
