@@ -55,3 +55,40 @@ def greedy_answers(
                 answers.append(tok.decode(row[width:], skip_special_tokens=True))
             bar.update(len(batch))
     return answers
+
+
+def field_match(answer: str, label: str) -> float:
+    """Share of the label's JSON fields the answer has equal (1.0 or 0.0 by exact text when not JSON)."""
+    import json
+
+    try:
+        want = json.loads(label)
+    except (json.JSONDecodeError, TypeError):
+        return float(answer.strip() == label.strip())
+    if not isinstance(want, dict) or not want:
+        return float(answer.strip() == label.strip())
+    try:
+        got = json.loads(answer)
+    except (json.JSONDecodeError, TypeError):
+        return 0.0
+    if not isinstance(got, dict):
+        return 0.0
+    return float(sum(got.get(k) == v for k, v in want.items()) / len(want))
+
+
+def score(model: Any, examples: Sequence[Any], *, batch_size: int = 16) -> dict[str, float]:
+    """``exact_match`` and ``field_match`` of ``model``'s greedy answers on ``examples`` (one pass)."""
+    if not examples:
+        return {"exact_match": 0.0, "field_match": 0.0}
+    answers = greedy_answers(model, examples, batch_size=batch_size)
+    return scores(answers, [e.answer for e in examples])
+
+
+def scores(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    n = len(labels) or 1
+    return {
+        "exact_match": round(
+            sum(a.strip() == b.strip() for a, b in zip(answers, labels, strict=True)) / n, 4
+        ),
+        "field_match": round(sum(field_match(a, b) for a, b in zip(answers, labels, strict=True)) / n, 4),
+    }
