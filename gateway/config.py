@@ -349,6 +349,8 @@ class DriftCheckConfig(_Section):
     """Seconds between runs."""
     timeout_s: float = 600
     """A run taking longer is stopped."""
+    rounds: int = Field(default=99, ge=19)
+    """Calibration rounds of the domain classifier (``drift check --rounds``): fewer run faster, with a coarser threshold."""
 
 
 class DriftConfig(_Section):

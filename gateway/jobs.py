@@ -210,6 +210,8 @@ def run_drift_check(ctx: Any, check: Any) -> dict[str, Any] | None:
         "--route", check.route, "--reference", check.reference, "--current", check.current,
         "--log-dir", settings.store.log_dir, "--json",
     ]  # fmt: skip
+    if getattr(check, "rounds", 99) != 99:
+        cmd += ["--rounds", str(check.rounds)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=check.timeout_s)
     if proc.returncode not in (0, 3):
         log.warning("drift check for %s failed: %s", check.route, proc.stderr.strip()[-500:])

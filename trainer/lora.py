@@ -189,6 +189,12 @@ def train_lora(
             target_modules=hp["target_modules"],
             task_type="CAUSAL_LM",
         )
+        from gateway.progress import enabled
+
+        if not (progress and enabled()):  # TRL's dataset preparation draws bars of its own
+            import datasets
+
+            datasets.disable_progress_bars()
         trainer = SFTTrainer(
             model=model,
             args=config,

@@ -29,8 +29,13 @@ def check_window_outputs(
     save: bool = True,
 ) -> dict[str, Any]:
     """Every variant's outputs in ``[start, end)`` against ``reference`` (``dataset:NAME`` or a window
-    before ``start``) and each other; stored with its guardrail record unless ``save`` is false."""
+    before ``start``) and each other; stored with its guardrail record unless ``save`` is false.
+
+    Only the newest candidate model's calls count: a window spanning a redeploy must not blame
+    the new model for what the old one wrote."""
     current = load_outputs(store, route, start, end)
+    newest = next((o.model for o in current if o.variant == "candidate"), None)
+    current = [o for o in current if o.variant != "candidate" or o.model == newest]
     if reference.startswith("dataset:"):
         ref = dataset_outputs(log_dir, reference.split(":", 1)[1])
         label = reference

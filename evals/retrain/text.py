@@ -81,6 +81,8 @@ def format_status(entries: Sequence[Mapping[str, Any]]) -> str:
         fire = "FIRE" if e.get("would_fire") else "PAUSED" if state.get("paused") else "idle"
         if sig.get("backoff"):
             fire = "BACKOFF"
+        if (e.get("last_run") or {}).get("status") == "running":
+            fire = "RUNNING"
         out = sig.get("output_drift") or {}
         lines.append(
             f"{e['route']}: {fire}  drift streak {sig.get('drift_streak', '-')}  new examples "
