@@ -239,6 +239,9 @@ def shadow_through_gateway(
     wait_http(f"http://127.0.0.1:{port}/healthz", gw, 60)
     rng = random.Random(1)
     latencies = []
+    import datetime as dt
+
+    since = dt.datetime.now(dt.UTC)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=120) as http:
         for _ in range(n):
             messages, _ = extraction_example(rng)
@@ -254,7 +257,8 @@ def shadow_through_gateway(
         time.sleep(1)
         with LogStore.open(log_dir) as store:
             rows = store.sql(
-                "SELECT variant, served, status, upstream FROM calls WHERE route = 'orders' AND ts > now() - INTERVAL 1 HOUR"
+                "SELECT variant, served, status, upstream FROM calls WHERE route = 'orders' AND ts >= $since",
+                {"since": since},
             )
         shadow = [r for r in rows if r["variant"] == "candidate" and not r["served"]]
         if len(shadow) >= n or time.monotonic() > deadline:

@@ -3,8 +3,8 @@
 `bar(total, label)` returns a `Bar`: a tqdm bar on stderr with the rate and ETA when tqdm is
 installed and progress is on, else nothing is drawn; either way its ``listeners`` see every
 update (the retraining run record shows a step's progress in ``shadowtune triggers status``).
-Progress is off when `quiet` says so (``--json`` sets it), when ``SHADOWTUNE_PROGRESS=0``, or
-inside `quiet()`; ``SHADOWTUNE_PROGRESS=1`` draws bars even when stderr is not a terminal.
+Progress is off under ``--json`` (any command of this process), when `set_quiet` says so,
+when ``SHADOWTUNE_PROGRESS=0``, or inside `quiet()`; ``SHADOWTUNE_PROGRESS=1`` draws bars even when stderr is not a terminal.
 
 `rounded` makes the numbers of a summary readable (``0.123456789`` -> ``0.1235``).
 """
@@ -31,7 +31,7 @@ _LISTENERS: contextvars.ContextVar[tuple[Listener, ...]] = contextvars.ContextVa
 def enabled() -> bool:
     """Whether bars are drawn here (not whether listeners are told)."""
     env = os.environ.get("SHADOWTUNE_PROGRESS")
-    if _QUIET.get() or env == "0":
+    if _QUIET.get() or env == "0" or "--json" in sys.argv[1:]:  # every command's --json is quiet
         return False
     return env == "1" or sys.stderr.isatty()
 
@@ -100,7 +100,7 @@ class Bar:
                 self._tqdm.total = total
             if info:
                 self._tqdm.set_postfix(rounded(info), refresh=False)
-            self._tqdm.update(step)
+            self._tqdm.update(int(step) if float(step).is_integer() else step)
         now = time.monotonic()
         if self.listeners and (now - self._told >= self.every_s or (self.total and done >= self.total)):
             self._told = now

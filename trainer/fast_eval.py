@@ -58,7 +58,7 @@ def greedy_answers(
 
 
 def field_match(answer: str, label: str) -> float:
-    """Share of the label's JSON fields the answer has equal (1.0 or 0.0 by exact text when not JSON)."""
+    """Share of the label's JSON fields the answer's first JSON object has equal (exact text when the label is not JSON)."""
     import json
 
     try:
@@ -67,8 +67,9 @@ def field_match(answer: str, label: str) -> float:
         return float(answer.strip() == label.strip())
     if not isinstance(want, dict) or not want:
         return float(answer.strip() == label.strip())
-    try:
-        got = json.loads(answer)
+    start = answer.find("{")
+    try:  # the first JSON object of the answer (a model may go on writing after it)
+        got, _ = json.JSONDecoder().raw_decode(answer[start:]) if start >= 0 else (None, 0)
     except (json.JSONDecodeError, TypeError):
         return 0.0
     if not isinstance(got, dict):

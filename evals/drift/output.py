@@ -111,15 +111,18 @@ def _leaves(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
 
 
 def _parse(text: str) -> Any:
+    """The first JSON object or array in ``text`` (after a code fence or a lead-in; text after it is ignored)."""
     body = text.strip()
     if body.startswith("```"):
         body = body.strip("`").split("\n", 1)[-1] if "\n" in body else ""
-    if body[:1] not in ("{", "["):
+    starts = [i for i in (body.find("{"), body.find("[")) if i >= 0]
+    if not starts:
         return None
     try:
-        return json.loads(body)
+        value, _ = json.JSONDecoder().raw_decode(body[min(starts) :])
     except (json.JSONDecodeError, RecursionError):
         return None
+    return value
 
 
 def features(item: Output) -> Features:
