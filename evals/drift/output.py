@@ -51,6 +51,7 @@ _REFUSAL = re.compile(
     r"|\bi (?:can(?:'|no)t|won't) (?:help|assist|comply|provide)",
     re.I,
 )
+_PAIR = re.compile(r'"([\w.\-]{1,64})"\s*:\s*"?([^",{}\[\]]{0,80})')
 VARIANTS = ("baseline", "candidate")
 
 
@@ -141,8 +142,11 @@ def features(item: Output) -> Features:
             fields.setdefault(path, _type(value))
             if novel and isinstance(value, str | int) and set(_YEAR.findall(str(value))) & set(novel):
                 year_fields.add(path)
-    elif novel:
-        year_fields.add("text")
+    elif novel:  # broken JSON (common in small models): the key written before the year
+        for m in _PAIR.finditer(text):
+            if set(_YEAR.findall(m.group(2))) & set(novel):
+                year_fields.add(m.group(1))
+        year_fields = year_fields or {"text"}
     return Features(
         novel_years=novel,
         novel_dates=dates,

@@ -215,6 +215,9 @@ def evaluate(
         from evals.drift.guardrail import guardrail_path
 
         out = _guardrail(log_dir, str(guardrail_path(log_dir, policy.route)), since)
+        current = state.get("last_deployed_model")
+        if out is not None and out["breached"] and current and current not in _output_models(out["file"]):
+            out.update(breached=False, stale=f"the finding is about another model than {current}")
         if out is not None and not out.get("missing"):
             signals["output_drift"] = out
             if out["breached"]:
@@ -228,6 +231,13 @@ def evaluate(
         signals["backoff"] = held
         fire = False
     return Evaluation(policy.route, fire, reasons, signals)
+
+
+def _output_models(path: str) -> list[str]:
+    try:
+        return list(json.loads(Path(path).read_text(encoding="utf-8"))["guardrails"][0].get("models") or [])
+    except (OSError, ValueError, KeyError, IndexError):
+        return []
 
 
 def _output_reason(path: str) -> str:
