@@ -28,19 +28,18 @@ def _result(step: Mapping[str, Any]) -> str:
         return str(step["error"])[:160]
     res = step.get("result")
     if step.get("step") == "evaluate" and isinstance(res, Mapping):
+        metric = str(res.get("metric") or "exact_match")
         new, cur, base = res.get("new") or {}, res.get("current") or {}, res.get("baseline") or {}
-        parts = [
-            f"new {new.get('exact_match', 0):.2f}",
-            f"current {cur.get('exact_match', 0):.2f} ({cur.get('model')})",
-        ]
-        if base.get("exact_match") is not None:
-            parts.append(f"baseline {base['exact_match']:.2f}")
+        parts = [f"new {new.get(metric, 0):.2f}", f"current {cur.get(metric, 0):.2f} ({cur.get('model')})"]
+        if base.get(metric) is not None:
+            parts.append(f"baseline {base[metric]:.2f}")
         elif base.get("error"):
             parts.append(f"baseline: {base['error'][:60]}")
+        verdict = "  -> wins" if res.get("wins") else "  -> rejected"
         return (
-            f"exact match on {res.get('test_examples')} test examples: "
+            f"{metric.replace('_', ' ')} on {res.get('test_examples')} test examples: "
             + ", ".join(parts)
-            + ("  -> wins" if res.get("wins") else "  -> rejected")
+            + verdict
         )
     if step.get("step") == "train" and isinstance(res, Mapping):
         m = res.get("metrics") or {}
