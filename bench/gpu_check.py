@@ -72,7 +72,8 @@ def build_model(path: str, billions: float, cpu: bool) -> dict[str, Any]:
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16 if not cpu else torch.float32)
+    model: Any = Qwen2ForCausalLM(config)
+    model = model.to(dtype=torch.bfloat16 if not cpu else torch.float32)
     model.save_pretrained(path)
     n = sum(p.numel() for p in model.parameters())
     return {"params": n, "layers": layers, "hidden": width, "vocab": config.vocab_size}
@@ -98,7 +99,7 @@ def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return time.monotonic() - t0
