@@ -10,6 +10,8 @@ mask hides it).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,23 +59,40 @@ def greedy_answers(
     return answers
 
 
-def field_match(answer: str, label: str) -> float:
-    """Share of the label's JSON fields the answer's first JSON object has equal (exact text when the label is not JSON)."""
-    import json
+_PAIR = re.compile(r'"([^"\\]{1,64})"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?|true|false|null)')
 
+
+def _fields(answer: str) -> dict[str, Any]:
+    """The answer's first JSON object; for broken JSON, the ``"key": value`` pairs it does hold."""
+    start = answer.find("{")
+    if start >= 0:
+        try:
+            got, _ = json.JSONDecoder().raw_decode(answer[start:])
+        except json.JSONDecodeError:
+            got = None
+        if isinstance(got, dict):
+            return got
+    out: dict[str, Any] = {}
+    for m in _PAIR.finditer(answer):
+        try:
+            out.setdefault(m.group(1), json.loads(m.group(2)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def field_match(answer: str, label: str) -> float:
+    """Share of the label's JSON fields the answer has equal (exact text when the label is not JSON).
+
+    The answer's fields are its first JSON object, or the ``"key": value`` pairs of broken JSON
+    (small models often write most of an object right and break one field)."""
     try:
         want = json.loads(label)
     except (json.JSONDecodeError, TypeError):
         return float(answer.strip() == label.strip())
     if not isinstance(want, dict) or not want:
         return float(answer.strip() == label.strip())
-    start = answer.find("{")
-    try:  # the first JSON object of the answer (a model may go on writing after it)
-        got, _ = json.JSONDecoder().raw_decode(answer[start:]) if start >= 0 else (None, 0)
-    except (json.JSONDecodeError, TypeError):
-        return 0.0
-    if not isinstance(got, dict):
-        return 0.0
+    got = _fields(answer)
     return float(sum(got.get(k) == v for k, v in want.items()) / len(want))
 
 

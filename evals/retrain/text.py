@@ -89,6 +89,9 @@ def format_status(entries: Sequence[Mapping[str, Any]]) -> str:
             f"last training {str(sig.get('last_training_at') or 'never')[:19]}  runs {e['runs']}"
         )
         lines.extend(f"  reason: {r}" for r in e.get("reasons") or ())
+        if sig.get("waiting_for_data"):
+            w = sig["waiting_for_data"]
+            lines.append(f"  waiting for data: {w['new_examples']} new examples, need {w['need']}")
         if sig.get("backoff"):
             lines.append(
                 f"  backing off until {sig['backoff']['until'][:19]} ({sig['backoff']['runs']} rejected in a row)"

@@ -79,6 +79,8 @@ class TriggerPolicy:
     """Fire when the route's latest output-drift report finds drift on the candidate (`evals.drift.output`)."""
     backoff_s: float = 3600.0
     """After a rejected or failed run, wait this long (doubled per rejection in a row, at most 8x)."""
+    min_new_examples: int | None = None
+    """Whatever fires, wait for this many new served calls since the last training (new data to learn from)."""
     auto_canary: Mapping[str, Any] | None = None
     """Move a shadow candidate to canary when the judge finds it not worse (`evals.retrain.promote`)."""
 
@@ -223,6 +225,19 @@ def evaluate(
             if out["breached"]:
                 reasons.append(f"output drift: {_output_reason(out['file'])}")
     fire = bool(reasons) and policy.enabled
+    if fire and policy.min_new_examples:
+        fresh: int | None = signals.get("new_examples")
+        if fresh is None:
+            own = store is None
+            st = store or LogStore.open(log_dir)
+            try:
+                fresh = _new_examples(st, policy.route, since)
+            finally:
+                if own:
+                    st.close()
+        if fresh < policy.min_new_examples:
+            signals["waiting_for_data"] = {"new_examples": fresh, "need": policy.min_new_examples}
+            fire = False
     if fire and state.get("paused"):
         signals["paused"] = {"by": state.get("paused_by"), "at": state.get("paused_at")}
         fire = False

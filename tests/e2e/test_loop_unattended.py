@@ -56,6 +56,7 @@ def policies(tmp_path: Any, model: str, gateway_url: str, judge_url: str) -> str
         "drift_windows": None,  # input drift alone does not retrain here: what the candidate writes does
         "new_examples": None,
         "output_drift": True,
+        "min_new_examples": 200,  # ...once there is new data to learn from
         "backoff_s": 3600,
         "steps": steps,
         "params": {

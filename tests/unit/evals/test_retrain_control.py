@@ -126,6 +126,17 @@ def test_output_drift_on_the_candidate_fires_the_trigger(log_dir):
     ).fire
 
 
+def test_a_firing_trigger_waits_for_new_data_when_the_policy_says_so(log_dir):
+    _drifted(log_dir, "orders", 2)
+    policy = TriggerPolicy("orders", drift_windows=2, new_examples=None, min_new_examples=5)
+    waiting = evaluate(policy, log_dir)
+    assert not waiting.fire and waiting.signals["waiting_for_data"] == {"new_examples": 1, "need": 5}
+    with LogWriter(log_dir) as w:
+        for _ in range(4):
+            w.append("calls", call_row(route="orders", prompt="q", answer="a"))
+    assert evaluate(policy, log_dir).fire
+
+
 def test_the_verdict_needs_the_interval_not_the_point():
     assert verdict({"n_judged": 40, "wins": 0, "ties": 40, "losses": 0}, 0.1) == "not_worse"
     assert verdict({"n_judged": 40, "wins": 18, "ties": 4, "losses": 18}, 0.1) == "undecided"
