@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.drift.samples import message_text
+from evals.drift.text import describe
 from gateway.store import LogStore
 from gateway.store.ids import new_id
 
@@ -430,50 +431,6 @@ def _field_checks(
     return checks
 
 
-def _describe(c: OutputCheck) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "variant": c.variant,
-        "against": c.against,
-        "check": c.name,
-        "field": c.field,
-        "p_value": c.p_value,
-    }
-    if c.rate_current is not None:
-        out.update(rate=round(c.rate_current, 3), rate_against=round(c.rate_against or 0.0, 3))
-    pct = f"{100 * (c.rate_current or 0):.0f}%"
-    other = f"{100 * (c.rate_against or 0):.0f}%"
-    if c.name == "novel_years":
-        years = sorted(c.details.get("years") or {})
-        out["years"] = years
-        out["input_years"] = sorted(c.details.get("input_years") or {})
-        where = f" in field {c.field}" if c.field else ""
-        out["summary"] = (
-            f"{c.variant} writes year {', '.join(years) or '?'}{where}, absent from its input "
-            f"(inputs say {', '.join(out['input_years']) or 'no year'}), in {pct} of {c.n_current} outputs; "
-            f"{c.against}: {other}"
-        )
-    elif c.name == "novel_dates":
-        out["dates"] = sorted(c.details.get("dates") or {})
-        out["summary"] = (
-            f"{c.variant} writes dates absent from its input in {pct} of outputs; {c.against}: {other}"
-        )
-    elif c.name in ("field_present", "field_type"):
-        what = (
-            "present" if c.name == "field_present" else "types " + json.dumps(c.details.get("types_current"))
-        )
-        out["summary"] = (
-            f"{c.variant} field {c.field}: {what} {pct if c.name == 'field_present' else ''} vs {c.against} {other if c.name == 'field_present' else json.dumps(c.details.get('types_against'))}".strip()
-        )
-    elif c.name == "length":
-        out["summary"] = (
-            f"{c.variant} length median {c.details['median_current']:.0f} vs {c.against} "
-            f"{c.details['median_against']:.0f} chars"
-        )
-    else:
-        out["summary"] = f"{c.variant} {c.name.replace('is_json', 'JSON')} rate {pct} vs {c.against} {other}"
-    return out
-
-
 def check_outputs(
     current: Sequence[Output],
     reference: Sequence[Output] = (),
@@ -532,8 +489,15 @@ def check_outputs(
             c.rate_current is None
             or abs(c.rate_current - (c.rate_against or 0.0)) >= c.details.get("needs_rate", 0.0)
         )
-    findings = [_describe(c) for c in checks if c.drifted]
-    findings.sort(key=lambda f: (f["check"] != "novel_years", f["variant"] != "candidate", f["p_value"]))
+    findings = [describe(c) for c in checks if c.drifted]
+    findings.sort(
+        key=lambda f: (
+            f["check"] != "novel_years",
+            f["variant"] != "candidate",
+            f["against"] != "reference",
+            f["p_value"],
+        )
+    )
     return OutputDriftReport(
         report_id=new_id("odrift"),
         route=route,

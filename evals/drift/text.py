@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,3 +27,48 @@ def format_output_report(r: Mapping[str, Any] | None) -> str:
     for name, why in (r.get("skipped") or {}).items():
         lines.append(f"  skip  {name}: {why}")
     return "\n".join(lines)
+
+
+def describe(c: Any) -> dict[str, Any]:
+    """A drifted `evals.drift.output.OutputCheck` in words: variant, against, field, years, a summary."""
+    out: dict[str, Any] = {
+        "variant": c.variant,
+        "against": c.against,
+        "check": c.name,
+        "field": c.field,
+        "p_value": c.p_value,
+    }
+    if c.rate_current is not None:
+        out.update(rate=round(c.rate_current, 3), rate_against=round(c.rate_against or 0.0, 3))
+    pct = f"{100 * (c.rate_current or 0):.0f}%"
+    other = f"{100 * (c.rate_against or 0):.0f}%"
+    if c.name == "novel_years":
+        years = sorted(c.details.get("years") or {})
+        out["years"] = years
+        out["input_years"] = sorted(c.details.get("input_years") or {})
+        where = f" in field {c.field}" if c.field else ""
+        out["summary"] = (
+            f"{c.variant} writes year {', '.join(years) or '?'}{where}, absent from its input "
+            f"(inputs say {', '.join(out['input_years']) or 'no year'}), in {pct} of {c.n_current} outputs; "
+            f"{c.against}: {other}"
+        )
+    elif c.name == "novel_dates":
+        out["dates"] = sorted(c.details.get("dates") or {})
+        out["summary"] = (
+            f"{c.variant} writes dates absent from its input in {pct} of outputs; {c.against}: {other}"
+        )
+    elif c.name in ("field_present", "field_type"):
+        what = (
+            "present" if c.name == "field_present" else "types " + json.dumps(c.details.get("types_current"))
+        )
+        out["summary"] = (
+            f"{c.variant} field {c.field}: {what} {pct if c.name == 'field_present' else ''} vs {c.against} {other if c.name == 'field_present' else json.dumps(c.details.get('types_against'))}".strip()
+        )
+    elif c.name == "length":
+        out["summary"] = (
+            f"{c.variant} length median {c.details['median_current']:.0f} vs {c.against} "
+            f"{c.details['median_against']:.0f} chars"
+        )
+    else:
+        out["summary"] = f"{c.variant} {c.name.replace('is_json', 'JSON')} rate {pct} vs {c.against} {other}"
+    return out

@@ -130,6 +130,11 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
             )
     build_dataset(log_dir, "orders-auto", route="orders", warn=False)
     v1 = train_lora(log_dir, model, "orders-auto", hyperparameters=HP_V1, progress=False, exact_match_limit=0)
+    from evals.retrain.state import update_state
+    from gateway.state import location_of
+
+    # the first round was trained by hand: the trigger state says when, so "new data" means since then
+    update_state(location_of(settings_for_state(log_dir)), "orders", last_training_at=v1.created_at)
     served = _start_dev_server(log_dir, v1.version, _free_port())
     pids, v1_url = [served["pid"]], served["url"]
     judge = FakeJudge()
@@ -268,6 +273,12 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
 
 
 WALKTHROUGH = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "walkthrough.md")
+
+
+def settings_for_state(log_dir: str) -> Any:
+    from gateway.config import Settings
+
+    return Settings.model_validate({"store": {"log_dir": log_dir}})
 
 
 def _command(args: list[str]) -> str:
