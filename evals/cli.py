@@ -19,6 +19,7 @@ import click
 from evals import _lookups, _reports
 from evals.errors import EvalError, JudgeError
 from evals.outcomes_cli import outcomes
+from evals.retrain.cli import COMMANDS as RETRAIN_COMMANDS
 from gateway.admin_client import Target
 from gateway.clikit.options import (
     DURATION,
@@ -420,6 +421,20 @@ def drift_check(
             ref_label = f"{(start - length).isoformat()} .. {start.isoformat()}"
         else:
             raise click.BadParameter("use window, window:7d or dataset:NAME", param_hint="--reference")
+        from evals.drift.run import check_window_outputs
+
+        ref_length = _window_length(reference, reference_window)
+        outputs = check_window_outputs(
+            store,
+            log_dir,
+            route,
+            reference,
+            start,
+            end,
+            reference_length=ref_length,
+            alpha=alpha,
+            save=not no_save,
+        )
     config = DriftConfig(
         alpha=alpha, calibration_rounds=rounds, max_current=max_current, max_reference=max_reference
     )
@@ -435,8 +450,13 @@ def drift_check(
     data = report.to_dict()
     if not no_save:
         data["stored_at"] = str(save_report(log_dir, report))
-    _emit(data, as_json, _reports.format_drift_report)
-    if fail_on_drift and report.drifted:
+    data["outputs"] = outputs
+    from evals.drift.text import format_output_report
+
+    _emit(
+        data, as_json, lambda d: _reports.format_drift_report(d) + "\n" + format_output_report(d["outputs"])
+    )
+    if fail_on_drift and (report.drifted or outputs["drifted"]):
         sys.exit(3)
 
 
@@ -488,7 +508,7 @@ def _policy_option(fn: F) -> F:
 
 
 def _policies(log_dir: str, policy_file: str | None, route: str | None) -> dict[str, Any]:
-    from evals.triggers import load_policies, policies_path
+    from evals.retrain.triggers import load_policies, policies_path
 
     policies = load_policies(policy_file or policies_path(log_dir))
     if route is not None:
@@ -507,12 +527,13 @@ def triggers_status(
     route: str | None, policy_file: str | None, log_dir: str, as_json: bool, target: Target
 ) -> None:
     """Per route: the signals, whether a trigger would fire now, and the last run."""
-    from evals.triggers import status
+    from evals.retrain.text import format_status
+    from evals.retrain.triggers import status
 
     entries = status(log_dir, _policies(log_dir, policy_file, route), state_at=target.state)
     if route is not None:
         entries = [e for e in entries if e["route"] == route]
-    _emit(entries, as_json, _reports.format_trigger_status)
+    _emit(entries, as_json, format_status)
 
 
 @triggers.command(name="run")
@@ -541,30 +562,19 @@ def triggers_run(
     target: Target,
 ) -> None:
     """Evaluate the trigger policies and run the retraining pipeline where one fires."""
-    from evals.triggers import Pipeline, run
+    from evals.retrain.cli import run_round
+    from evals.retrain.text import format_run
+    from gateway.progress import set_quiet
 
+    set_quiet(as_json)
     policies = _policies(log_dir, policy_file, route)
     if not policies:
         raise click.ClickException(f"no trigger policies in {policy_file or log_dir + '/triggers'}")
     url = admin_url or target.url
 
     def once() -> list[dict[str, Any]]:
-        records = []
-        with LogStore.open(log_dir) as store:
-            for policy in policies.values():
-                pipeline = Pipeline.from_policy(policy, admin_url=url, admin_token=target.token)
-                records.append(
-                    run(
-                        policy,
-                        log_dir,
-                        pipeline,
-                        dry_run=dry_run,
-                        force=force,
-                        store=store,
-                        state_at=target.state,
-                    )
-                )
-        _emit(records, as_json, lambda rs: "\n".join(_reports.format_trigger_run(r) for r in rs))
+        records = run_round(policies, log_dir, target, admin_url=url, dry_run=dry_run, force=force)
+        _emit(records, as_json, lambda rs: "\n".join(format_run(r) for r in rs))
         return records
 
     if every is None:
@@ -581,3 +591,5 @@ def triggers_run(
 
 
 eval_group.add_command(outcomes)
+for _command in RETRAIN_COMMANDS:  # triggers pause / resume / cancel / history
+    triggers.add_command(_command)

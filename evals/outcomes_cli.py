@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from evals.drift.guardrail import hold_canary
 from evals.online.controller import (
     AdminClient,
     CanaryController,
@@ -240,7 +241,7 @@ def run(
     try:
         policy = CanaryPolicy.from_file(policy_file, route) if policy_file else CanaryPolicy(route=route)
         with AdminClient(target.url, target.token) as admin:
-            ctl = CanaryController(policy, admin, log_dir, route, state=target.state)
+            ctl = CanaryController(policy, admin, log_dir, route, state=target.state, hold=hold_canary)
             if once:
                 _echo_decision(ctl.check(), as_json)
                 return

@@ -390,6 +390,8 @@ class DriftCheckConfig(_Section):
     """Seconds between runs."""
     timeout_s: float = 600
     """A run taking longer is stopped."""
+    rounds: int = Field(default=99, ge=19)
+    """Calibration rounds of the domain classifier (``drift check --rounds``): fewer run faster, with a coarser threshold."""
 
 
 class DriftConfig(_Section):
@@ -413,6 +415,24 @@ class ControllerRouteConfig(_Section):
 class ControllerConfig(_Section):
     routes: list[ControllerRouteConfig] = Field(default_factory=list)
     """Routes whose canary the gateway controls itself (one leader among workers and replicas)."""
+
+
+class TriggerRouteConfig(_Section):
+    """Retraining triggers the gateway evaluates for a route on a schedule (``shadowtune triggers run``; ``evals`` and ``train`` extras)."""
+
+    route: str
+    """Route whose trigger policy is evaluated (its pipeline runs as a subprocess, one at a time cluster-wide)."""
+    policy: str | None = None
+    """Policies file; ``<log_dir>/triggers/policies.yaml`` by default."""
+    every_s: float = 300
+    """Seconds between evaluations."""
+    timeout_s: float = 7200
+    """A pipeline running longer is killed and its run marked cancelled."""
+
+
+class TriggersConfig(_Section):
+    routes: list[TriggerRouteConfig] = Field(default_factory=list)
+    """Routes whose retraining triggers the gateway runs itself (one leader among workers and replicas)."""
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -453,6 +473,8 @@ class Settings(BaseSettings):
     """Scheduled drift checks."""
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     """Canary controllers run by the gateway."""
+    triggers: TriggersConfig = Field(default_factory=TriggersConfig)
+    """Scheduled retraining triggers."""
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,8 @@
 * scheduled drift checks: runs ``shadowtune drift check --json`` as a
   subprocess — the gateway never imports ``evals`` — stores the report through that command and
   exports its scores to OpenTelemetry (`Telemetry.record_drift`);
+* retraining triggers: ``shadowtune triggers run`` for a route, a supervised subprocess
+  (`run_triggers`, in `gateway.jobs_triggers`);
 * canary controllers: ``shadowtune controller run --once`` against this
   gateway's own admin API; each decision goes to the route's audit history (through the API),
   the state backend's decision records and telemetry (`Telemetry.record_decision`).
@@ -51,6 +53,11 @@ def start(ctx: Any) -> list[asyncio.Task[None]]:
     for ctl in settings.controller.routes:
         job = Periodic(
             backend, f"controller-{ctl.route}", ctl.every_s, functools.partial(run_controller, ctx, ctl)
+        )
+        tasks.append(loop.create_task(job.run()))
+    for trig in getattr(getattr(settings, "triggers", None), "routes", ()):
+        job = Periodic(
+            backend, f"triggers-{trig.route}", trig.every_s, functools.partial(run_triggers, ctx, trig)
         )
         tasks.append(loop.create_task(job.run()))
     for check in settings.drift.checks:
@@ -201,6 +208,8 @@ def run_drift_check(ctx: Any, check: Any) -> dict[str, Any] | None:
         "--route", check.route, "--reference", check.reference, "--current", check.current,
         "--log-dir", settings.store.log_dir, "--json",
     ]  # fmt: skip
+    if getattr(check, "rounds", 99) != 99:
+        cmd += ["--rounds", str(check.rounds)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=check.timeout_s)
     if proc.returncode not in (0, 3):
         log.warning("drift check for %s failed: %s", check.route, proc.stderr.strip()[-500:])
@@ -243,3 +252,9 @@ def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
         if decision.get("action") not in (None, "wait"):
             log.warning("controller %s on %s: %s", decision.get("action"), ctl.route, decision.get("reason"))
     return decisions
+
+
+def run_triggers(ctx: Any, trig: Any) -> list[dict[str, Any]] | None:
+    from gateway.jobs_triggers import run_triggers as run
+
+    return run(ctx, trig)

@@ -202,6 +202,9 @@ class Telemetry:
             unit="{decision}",
             description="Canary controller decisions by action",
         )
+        self.triggers = m.create_counter(
+            "shadowtune.triggers.runs", unit="{run}", description="Scheduled retraining runs by status"
+        )
         self._drift: dict[str, dict[str, Any]] = {}
         m.create_observable_gauge(
             "shadowtune.drift.statistic",
@@ -478,6 +481,24 @@ class Telemetry:
             if decision.get(key) is not None:
                 attrs[f"shadowtune.controller.{key}"] = decision[key]
         self.tracer.start_span(f"canary decision {route}", attributes=attrs).end()
+
+    def record_trigger(self, route: str, record: dict[str, Any]) -> None:
+        """A scheduled retraining run (or auto-canary look): a counter by status, a span per step."""
+        status = str(record.get("status") or "unknown")
+        attrs: dict[str, Any] = {"shadowtune.route": route, "shadowtune.trigger.status": status}
+        self.triggers.add(1, attrs)
+        if self.tracer_provider is None or not record.get("run_id"):
+            return
+        span = self.tracer.start_span(
+            f"retraining {route}", attributes={**attrs, "shadowtune.trigger.run_id": str(record["run_id"])}
+        )
+        for step in record.get("steps") or ():
+            span.add_event(
+                "shadowtune.trigger.step",
+                {"shadowtune.trigger.step": str(step.get("step")), "shadowtune.trigger.step_status": str(step.get("status")),
+                 "shadowtune.trigger.duration_s": float(step.get("duration_s") or 0.0)},
+            )  # fmt: skip
+        span.end()
 
     def record_drift(self, route: str, report: dict[str, Any]) -> None:
         """Keep a drift report's scores as gauges, and record the check as a span with one event per check."""

@@ -261,6 +261,9 @@ def build_dataset(
     """
     _check_name(name)
     filters = filters or Filters()
+    from gateway.progress import Bar
+
+    bar = Bar(3, f"dataset {name}", unit="stage")  # read, parse, dedup + split + write
     if not 0.0 <= test_fraction < 1.0:
         raise DatasetError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     try:
@@ -285,6 +288,7 @@ def build_dataset(
     counts: dict[str, int] = {"calls": len(rows)}
     warnings: list[str] = []
     removed_by: dict[str, int] = {}
+    bar.update(1, stage="parse")
     calls = [c for c in (_parse_call(r) for r in rows) if c is not None]
     removed_by["no_body"] = len(rows) - len(calls)
     if tf is not None:  # train on exactly what the candidate is served
@@ -367,6 +371,7 @@ def build_dataset(
     report = Reduction()
     candidates = list(examples.values())
     thresholds = [t for t in (near_dup_threshold, group_threshold) if t is not None]
+    bar.update(1, stage="near-duplicates")
     similar = similarity_pairs(candidates, min(thresholds)) if thresholds else []
     survivors = reduce_duplicates(candidates, near_dup_threshold, similar, report)
     previous = _previous_version(log_dir, name)
@@ -443,6 +448,8 @@ def build_dataset(
     if warn:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
+    bar.set(3, stage="written")
+    bar.close()
     return dv
 
 

@@ -179,7 +179,7 @@ def train_lora(
             save_total_limit=2,
             eval_strategy="no",
             report_to=[],
-            disable_tqdm=not progress,
+            disable_tqdm=True,  # our own bar (`gateway.progress`): step, loss, ETA; quiet under --json
             dataloader_num_workers=0,
         )
         peft_config = LoraConfig(
@@ -189,6 +189,12 @@ def train_lora(
             target_modules=hp["target_modules"],
             task_type="CAUSAL_LM",
         )
+        from gateway.progress import enabled
+
+        if not (progress and enabled()):  # TRL's dataset preparation draws bars of its own
+            import datasets
+
+            datasets.disable_progress_bars()
         trainer = SFTTrainer(
             model=model,
             args=config,
@@ -197,10 +203,10 @@ def train_lora(
             processing_class=tokenizer,
             peft_config=peft_config,
         )
-        if not progress:  # without progress bars, transformers prints every log dict to stdout
-            from transformers.trainer_callback import PrinterCallback
+        from transformers.trainer_callback import PrinterCallback
 
-            trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+        trainer.add_callback(_progress_callback(progress, mv.version))
         metrics: dict[str, Any] = dict(mv.metrics) if resume else {}
         if test and "eval_loss_before" not in metrics:
             metrics["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])
@@ -223,6 +229,7 @@ def train_lora(
         tuned: Any = trainer.model
         tuned.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
+        metrics = _rounded(metrics)
         if test and exact_match_limit > 0:
             from trainer.serve import ChatModel
 
@@ -246,16 +253,54 @@ def _last_checkpoint(ckpt_dir: str) -> str | None:
     return os.path.join(ckpt_dir, max(names, key=lambda n: int(n[11:]))) if names else None
 
 
-def exact_match(model: Any, examples: Sequence[Example], *, max_tokens: int | None = None) -> float:
+def exact_match(
+    model: Any, examples: Sequence[Example], *, max_tokens: int | None = None, batch_size: int = 16
+) -> float:
     """Share of ``examples`` whose greedy answer equals the label (surrounding white space ignored).
 
-    ``model`` is a `trainer.serve.ChatModel`.
+    ``model`` is a `trainer.serve.ChatModel`; answers are generated ``batch_size`` at a time
+    (`trainer.fast_eval.greedy_answers`), with a progress bar.
     """
+    from trainer.fast_eval import greedy_answers
+
     if not examples:
         return 0.0
-    hits = 0
-    for e in examples:
-        budget = max_tokens or max(16, 2 * len(model.tokenizer(e.answer)["input_ids"]) + 8)
-        got = model.complete(e.messages, max_tokens=budget, temperature=0.0).text
-        hits += got.strip() == e.answer.strip()
+    answers = greedy_answers(model, examples, max_tokens=max_tokens, batch_size=batch_size)
+    hits = sum(got.strip() == e.answer.strip() for got, e in zip(answers, examples, strict=True))
     return hits / len(examples)
+
+
+def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    from gateway.progress import rounded
+
+    return dict(rounded(metrics))
+
+
+def _progress_callback(progress: bool, label: str) -> Any:
+    """A `TrainerCallback` that moves a `gateway.progress` bar: step of total, the last loss."""
+    from transformers import TrainerCallback
+
+    from gateway.progress import Bar, quiet
+
+    class _Progress(TrainerCallback):
+        bar: Bar | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            with quiet(not progress):
+                self.bar = Bar(state.max_steps, f"train {label}", unit="step")
+            self.bar.set(state.global_step)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set(state.global_step, loss=float(logs["loss"]), epoch=float(state.epoch or 0))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.set(state.global_step)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return _Progress()

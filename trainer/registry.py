@@ -10,7 +10,8 @@ A version is named ``<name>-v<N>`` (``extract-lora-v3``); ``N`` counts per name 
 version takes its directory with an atomic ``mkdir``, so two runs never share one. The
 record is rewritten atomically (temporary file, then rename) on every change of status.
 Statuses: ``training`` -> ``ready`` | ``failed``; hosted jobs go ``queued`` -> ``training``
--> ``ready`` | ``failed`` | ``cancelled``.
+-> ``ready`` | ``failed`` | ``cancelled``. A ``ready`` version that lost its fast eval in a
+retraining run becomes ``rejected`` (it is never deployed; `metrics.fast_eval` says why).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gateway.store.fileio import write_json_atomic
 from gateway.store.layout import is_remote, models_root
 from trainer.errors import RegistryError
 
-STATUSES = ("queued", "training", "ready", "failed", "cancelled")
+STATUSES = ("queued", "training", "ready", "failed", "cancelled", "rejected")
 KINDS = ("lora", "hosted", "external")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 

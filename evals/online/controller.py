@@ -176,8 +176,12 @@ class CanaryController:
         clock: Callable[[], float] = time.time,
         open_store: Callable[[str], Any] | None = None,
         state: str | None = None,
+        hold: Callable[[Decision, str, str, str | None], Decision] | None = None,
     ) -> None:
         self.policy = policy
+        self.hold = hold
+        """A guardrail outside the outcome statistics (``evals.drift.guardrail.hold_canary``:
+        output drift on the candidate rolls it back), given by the CLI that runs the controller."""
         self.admin = admin
         self.log_dir = log_dir
         self.state = state or log_dir
@@ -236,6 +240,8 @@ class CanaryController:
             state.update(step_started_at=now, step_share=share)
         obs = self._observe(mode, share, state["canary_started_at"], state["step_started_at"], now)
         decision = decide(self.policy, obs)
+        if self.hold is not None:
+            decision = self.hold(decision, self.log_dir, self.route, info.get("candidate"))
         record.update(decision.to_dict())
         record.update(
             canary_started_at=state["canary_started_at"],

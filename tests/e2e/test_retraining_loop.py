@@ -69,7 +69,9 @@ def test_drift_fires_the_trigger_and_a_new_model_reaches_shadow(
     assert any("2024" in json.dumps(c) for c in report["checks"] if c["drifted"])
 
     policy = tmp_path / "policies.yaml"
-    steps = {s: f"evals.steps:{s}" for s in ("build_dataset", "train", "evaluate", "register", "deploy")}
+    steps = {
+        s: f"evals.retrain.steps:{s}" for s in ("build_dataset", "train", "evaluate", "register", "deploy")
+    }
     params = {"base_model": shared_tiny_model(), "hyperparameters": HP, "serve": "dev", "gateway_url": gw.url}
     policy.write_text(
         yaml.safe_dump(

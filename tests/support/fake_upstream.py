@@ -11,6 +11,9 @@ Behaviour is scripted by the model name the gateway sends upstream:
 * ``stall``: streams two chunks, then hangs (for timeouts and disconnects).
 * ``break``: streams two chunks, then drops the connection.
 * ``len-<n>``: answers ``n`` characters.
+* ``extract-*``: a prompted extraction model: ``Order from Alice: 3 lamp to Paris. Ordered on
+  2024-05-14.`` -> ``{"name": "Alice", "qty": 3, "item": "lamp", "city": "Paris", "date": "2024-05-14"}``
+  (`extract_order`; the date copied from the message, as a good prompt makes a model do).
 * ``reject-<status>``: answers that status with an OpenAI error naming ``param`` and ``code``.
 * ``html-<status>``: answers that status with a non-JSON (HTML) body.
 * any model in ``FakeUpstream.scripted``: that exact status, headers and body bytes.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import threading
 import time
@@ -175,6 +179,8 @@ class FakeUpstream:
             text = f"{model}: {last}"
             if model.startswith("len-"):
                 text = "x" * int(model.split("-", 1)[1])
+            if model.startswith("extract-"):
+                text = extract_order(last)
             if body.get("stream"):
                 return await self._stream(request, body, model, text)
             out = _completion(body, model, text)
@@ -342,3 +348,17 @@ def _error(status: int, message: str, type_: str) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": type_, "param": None, "code": None}}, status=status
     )
+
+
+_ORDER = re.compile(r"Order from (\w+): (\d+) (\w+) to (\w+)\.(?: Ordered on (\d{4}-\d\d-\d\d)\.)?")
+
+
+def extract_order(text: str) -> str:
+    """The ``extract-*`` model's answer: the order's fields as JSON (``{"error": ...}`` when unreadable)."""
+    m = _ORDER.search(text)
+    if not m:
+        return json.dumps({"error": "no order found"})
+    out: dict[str, Any] = {"name": m.group(1), "qty": int(m.group(2)), "item": m.group(3), "city": m.group(4)}
+    if m.group(5):
+        out["date"] = m.group(5)
+    return json.dumps(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from evals.steps import baseline_score
+from evals.retrain.steps import baseline_score
 from gateway.store import LogStore
 from trainer.dataset import Example
 
@@ -40,7 +40,7 @@ def test_the_baseline_is_scored_on_the_same_split_through_the_route(make_setting
     )
     ctx = SimpleNamespace(route="orders", log_dir=log_dir)
     got = baseline_score(ctx, {"gateway_url": gw.url}, TEST)
-    assert got == {"model": "orders", "exact_match": 0.75, "failed": 0}
+    assert got == {"model": "orders", "exact_match": 0.75, "field_match": 0.75, "failed": 0}
     gw.flush()
     tags = LogStore.open(log_dir).sql("SELECT tags FROM calls WHERE route = 'orders' AND served")
     assert len(tags) == 4 and all("fast-eval" in r["tags"] for r in tags)

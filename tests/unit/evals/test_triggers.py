@@ -11,7 +11,7 @@ from evals_traffic import call_row
 
 from evals.drift import DriftReport, save_report
 from evals.errors import TriggerError
-from evals.triggers import (
+from evals.retrain.triggers import (
     AdminDeploy,
     Pipeline,
     PipelineContext,

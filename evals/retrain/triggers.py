@@ -31,6 +31,7 @@ import datetime as dt
 import importlib
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,17 @@ import yaml
 
 from evals.drift import load_reports
 from evals.errors import TriggerError
+from evals.retrain.control import Cancelled, after_run, backoff, check_cancel, mark_cancelled
+from evals.retrain.state import (
+    _backend,
+    _iso,
+    _now,
+    _parse_time,
+    load_runs,
+    load_state,
+    save_run,
+    update_state,
+)
 from gateway.store import LogStore, queries
 from gateway.store.ids import new_id
 
@@ -63,6 +75,14 @@ class TriggerPolicy:
     params: Mapping[str, Any] = field(default_factory=dict)
     """Passed to every step (backend, base model, judges...)."""
     enabled: bool = True
+    output_drift: bool = True
+    """Fire when the route's latest output-drift report finds drift on the candidate (`evals.drift.output`)."""
+    backoff_s: float = 3600.0
+    """After a rejected or failed run, wait this long (doubled per rejection in a row, at most 8x)."""
+    min_new_examples: int | None = None
+    """Whatever fires, wait for this many new served calls since the last training (new data to learn from)."""
+    auto_canary: Mapping[str, Any] | None = None
+    """Move a shadow candidate to canary when the judge finds it not worse (`evals.retrain.promote`)."""
 
 
 def policies_path(log_dir: str) -> Path:
@@ -100,64 +120,6 @@ def load_policies(path: str | os.PathLike[str]) -> dict[str, TriggerPolicy]:
             )
         out[str(route)] = TriggerPolicy(route=str(route), **spec)
     return out
-
-
-# -- state ---------------------------------------------------------------------------------
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.isoformat()
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
-def _backend(location: str) -> Any:
-    from gateway.state import open_backend
-
-    return open_backend(location)
-
-
-def _state_call(fn: Callable[..., Any], *args: Any) -> Any:
-    from gateway.state import StateUnavailable
-
-    try:
-        return fn(*args)
-    except StateUnavailable as exc:
-        raise TriggerError(f"trigger state: {exc.message}") from exc
-
-
-def load_state(location: str) -> dict[str, dict[str, Any]]:
-    """Per route: last training time, model, dataset, run (from the state backend at ``location``)."""
-    docs = _state_call(_backend(location).list_docs, "trigger_state")
-    return {str(d["route"]): d for d in docs if isinstance(d, dict) and d.get("route")}
-
-
-def _update_state(location: str, route: str, **values: Any) -> None:
-    backend = _backend(location)
-    state = _state_call(backend.get_doc, "trigger_state", route) or {}
-    state.update(values, route=route)
-    _state_call(backend.put_doc, "trigger_state", route, json.loads(json.dumps(state, default=str)))
-
-
-def load_runs(location: str, route: str | None = None) -> list[dict[str, Any]]:
-    """Recorded runs, oldest first."""
-    runs = _state_call(_backend(location).list_docs, "trigger_run")
-    return [r for r in runs if route is None or r.get("route") == route]
-
-
-def _save_run(location: str, record: dict[str, Any]) -> None:
-    doc = json.loads(json.dumps(record, default=str))
-    _state_call(_backend(location).put_doc, "trigger_run", record["run_id"], doc)
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -246,7 +208,54 @@ def evaluate(
         if guard["breached"]:
             names = ", ".join(guard["names"]) or "slow-eval guardrail"
             reasons.append(f"guardrail breached: {names}")
-    return Evaluation(policy.route, bool(reasons) and policy.enabled, reasons, signals)
+    if policy.output_drift:
+        from evals.drift.guardrail import guardrail_path
+
+        out = _guardrail(log_dir, str(guardrail_path(log_dir, policy.route)), since)
+        current = state.get("last_deployed_model")
+        if out is not None and out["breached"] and current and current not in _output_models(out["file"]):
+            out.update(breached=False, stale=f"the finding is about another model than {current}")
+        if out is not None and not out.get("missing"):
+            signals["output_drift"] = out
+            if out["breached"]:
+                reasons.append(f"output drift: {_output_reason(out['file'])}")
+    fire = bool(reasons) and policy.enabled
+    if fire and policy.min_new_examples:
+        fresh: int | None = signals.get("new_examples")
+        if fresh is None:
+            own = store is None
+            st = store or LogStore.open(log_dir)
+            try:
+                fresh = _new_examples(st, policy.route, since)
+            finally:
+                if own:
+                    st.close()
+        if fresh < policy.min_new_examples:
+            signals["waiting_for_data"] = {"new_examples": fresh, "need": policy.min_new_examples}
+            fire = False
+    if fire and state.get("paused"):
+        signals["paused"] = {"by": state.get("paused_by"), "at": state.get("paused_at")}
+        fire = False
+    held = backoff(state)
+    if fire and held is not None:
+        signals["backoff"] = held
+        fire = False
+    return Evaluation(policy.route, fire, reasons, signals)
+
+
+def _output_models(path: str) -> list[str]:
+    try:
+        return list(json.loads(Path(path).read_text(encoding="utf-8"))["guardrails"][0].get("models") or [])
+    except (OSError, ValueError, KeyError, IndexError):
+        return []
+
+
+def _output_reason(path: str) -> str:
+    try:
+        entry = json.loads(Path(path).read_text(encoding="utf-8"))["guardrails"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return "on the candidate"
+    return str(entry.get("reason") or "on the candidate")
 
 
 # -- pipeline ------------------------------------------------------------------------------
@@ -280,6 +289,7 @@ def _not_connected(name: str) -> Step:
 def load_step(spec: str) -> Step:
     """A step callable from ``module:function``."""
     module, _, attr = spec.partition(":")
+    module = {"evals.steps": "evals.retrain.steps"}.get(module, module)  # the former home of the steps
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as exc:
@@ -354,6 +364,10 @@ class Pipeline:
         return out
 
 
+class RunBusy(TriggerError):
+    """Another process runs this route's pipeline now."""
+
+
 @contextlib.contextmanager
 def _route_lock(location: str, route: str) -> Iterator[None]:
     """One run per route at a time, across hosts: a lease in the state backend, renewed while it runs."""
@@ -365,7 +379,7 @@ def _route_lock(location: str, route: str) -> Iterator[None]:
         ):
             yield
     except LeaseBusy as exc:
-        raise TriggerError(str(exc)) from exc
+        raise RunBusy(str(exc)) from exc
     except StateUnavailable as exc:
         raise TriggerError(f"trigger state: {exc.message}") from exc
 
@@ -416,45 +430,81 @@ def run(
         return record
     run_id = new_id("trig")
     started = _now()
-    record.update(run_id=run_id, started_at=_iso(started), status="running")
+    record.update(
+        run_id=run_id,
+        kind="train",
+        started_at=_iso(started),
+        status="running",
+        pid=os.getpid(),
+        host=socket.gethostname(),
+    )
     since = _parse_time(ev.signals.get("last_training_at"))
     ctx = PipelineContext(policy.route, policy, log_dir, run_id, "; ".join(reasons), since)
     with _route_lock(loc, policy.route):
-        _save_run(loc, record)
-        for name in STEPS:
-            entry: dict[str, Any] = {"step": name, "started_at": _iso(_now()), "status": "running"}
-            record["steps"].append(entry)
-            _save_run(loc, record)
-            try:
-                result = getattr(pipeline, name)(ctx)
-            except Exception as exc:  # a step is user code: record whatever it raised
-                entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=_iso(_now()))
-                record["status"] = "failed"
-                break
-            ctx.results[name] = result
-            entry.update(status="ok", result=_jsonable(result), finished_at=_iso(_now()))
-            if name == "train":
-                _update_state(loc, policy.route, last_training_at=_iso(started), last_run_id=run_id)
-            if name == "evaluate" and not _wins(result):
-                record["status"] = "rejected"
-                break
-        else:
-            record["status"] = "deployed"
-            deployed = ctx.results.get("deploy") or {}
-            _update_state(
-                loc,
-                policy.route,
-                last_deployed_model=deployed.get("candidate")
-                if isinstance(deployed, Mapping)
-                else str(deployed),
-                last_deployed_at=_iso(_now()),
-            )
+        save_run(loc, record)
+        try:
+            _run_steps(pipeline, ctx, record, loc)
+        except Cancelled as exc:
+            mark_cancelled(loc, record, str(exc))
         record["finished_at"] = _iso(_now())
-        _save_run(loc, record)
-    _update_state(
+        record["duration_s"] = round((_now() - started).total_seconds(), 1)
+        save_run(loc, record)
+    update_state(
         loc, policy.route, last_run_id=run_id, last_run_status=record["status"], last_reason=ctx.reason
     )
+    after_run(loc, policy.route, record["status"], policy.backoff_s)
     return record
+
+
+def _cancelled(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, Cancelled):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _run_steps(pipeline: Pipeline, ctx: PipelineContext, record: dict[str, Any], loc: str) -> None:
+    """The steps in order, each with its progress in the run record; stops at a rejection or failure."""
+    from gateway.progress import listening
+
+    route, run_id = ctx.route, ctx.run_id
+    for name in STEPS:
+        check_cancel(loc, route, run_id)
+        entry: dict[str, Any] = {"step": name, "started_at": _iso(_now()), "status": "running"}
+        record["steps"].append(entry)
+        save_run(loc, record)
+
+        def progress(snapshot: dict[str, Any], entry: dict[str, Any] = entry) -> None:
+            entry["progress"] = snapshot
+            save_run(loc, record)
+            check_cancel(loc, route, run_id)
+
+        t0 = _now()
+        try:
+            with listening(progress):
+                result = getattr(pipeline, name)(ctx)
+        except Exception as exc:  # a step is user code: record whatever it raised
+            if _cancelled(exc):
+                raise Cancelled(f"run {run_id} cancelled by an operator during {name}") from exc
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished_at=_iso(_now()))
+            record["status"] = "failed"
+            return
+        ctx.results[name] = result
+        entry.update(status="ok", result=_jsonable(result), finished_at=_iso(_now()))
+        entry["duration_s"] = round((_now() - t0).total_seconds(), 1)
+        if name == "evaluate" and not _wins(result):
+            record["status"] = "rejected"
+            return
+    record["status"] = "deployed"
+    deployed = ctx.results.get("deploy") or {}
+    update_state(
+        loc,
+        route,
+        last_training_at=record["started_at"],
+        last_deployed_model=deployed.get("candidate") if isinstance(deployed, Mapping) else str(deployed),
+        last_deployed_at=_iso(_now()),
+    )
 
 
 def status(

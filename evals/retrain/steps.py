@@ -6,11 +6,11 @@ Name them in a trigger policy (``<log_dir>/triggers/policies.yaml``)::
       orders:
         drift_windows: 2
         steps:
-          build_dataset: evals.steps:build_dataset
-          train: evals.steps:train
-          evaluate: evals.steps:evaluate
-          register: evals.steps:register
-          deploy: evals.steps:deploy
+          build_dataset: evals.retrain.steps:build_dataset
+          train: evals.retrain.steps:train
+          evaluate: evals.retrain.steps:evaluate
+          register: evals.retrain.steps:register
+          deploy: evals.retrain.steps:deploy
         params:
           base_model: /models/qwen2.5-0.5b     # local path or hub id available offline
           dataset: orders-auto                  # dataset name (default <route>-auto)
@@ -73,50 +73,62 @@ def train(ctx: Any) -> dict[str, Any]:
         params["base_model"],
         dataset,
         hyperparameters=params.get("hyperparameters"),
-        progress=False,
+        progress=True,  # a bar on a terminal (quiet under --json); step and loss in the run record
         exact_match_limit=0,
     )
     return {"version": mv.version, "metrics": mv.metrics}
 
 
 def evaluate(ctx: Any) -> dict[str, Any]:
-    """Exact match on the fixed test split: the new version against the current model."""
+    """Exact and field match on the fixed test split: the new version against the current model.
+
+    ``params.metric`` (``exact_match``, or ``field_match`` for JSON answers: the share of the
+    label's fields answered equal) decides; both are reported, for the baseline too."""
     from trainer.dataset import load_dataset
-    from trainer.lora import exact_match
+    from trainer.fast_eval import score
     from trainer.registry import Registry
     from trainer.serve import ChatModel
 
     params = _params(ctx)
+    metric = str(params.get("metric") or "exact_match")
+    if metric not in ("exact_match", "field_match"):
+        raise TriggerError(f"params.metric {metric!r}: use exact_match or field_match", step="evaluate")
     dataset = load_dataset(ctx.log_dir, ctx.results["build_dataset"])
     test = dataset.examples("test")
     if not test:
         raise TriggerError("the dataset's test split is empty: nothing to evaluate on", step="evaluate")
     registry = Registry(ctx.log_dir)
     new = registry.get(ctx.results["train"]["version"])
-    new_score = exact_match(ChatModel.from_version(new), test)
+    new_scores = score(ChatModel.from_version(new), test)
     current_name = _current_candidate(ctx, params)
     current_version = None
     try:
         current_version = registry.get(current_name) if current_name else None
     except Exception:  # the candidate is not a registered version (e.g. a hosted model): compare with base
         current_version = None
-    if current_version is not None:
+    if current_version is not None and current_version.status == "ready":
         current = ChatModel.from_version(current_version)
         current_label = current_version.version
     else:
         current = ChatModel.load(params["base_model"])
         current_label = f"base:{params['base_model']}"
-    current_score = exact_match(current, test)
+    current_scores = score(current, test)
     floor = float(params.get("min_exact_match", 0.0))
-    wins = new_score > current_score and new_score >= floor
-    return {
+    new_score, current_score = new_scores[metric], current_scores[metric]
+    wins = new_score > current_score and new_scores["exact_match"] >= floor
+    result = {
         "wins": wins,
-        "metric": "exact_match",
+        "metric": metric,
         "test_examples": len(test),
-        "new": {"version": new.version, "exact_match": new_score},
-        "current": {"model": current_label, "exact_match": current_score},
+        "new": {"version": new.version, **new_scores},
+        "current": {"model": current_label, **current_scores},
         "baseline": baseline_score(ctx, params, test),
     }
+    if not wins:  # never deployed: `models list` says rejected, and why
+        why = f"fast eval: {metric} {new_score:.3f} vs {current_score:.3f} ({current_label}), floor {floor:g}"
+        metrics = {**registry.get(new.version).metrics, "fast_eval": result}
+        registry.update(new.version, status="rejected", error=why, metrics=metrics)
+    return result
 
 
 def baseline_score(ctx: Any, params: dict[str, Any], test: list[Any]) -> dict[str, Any]:
@@ -136,18 +148,32 @@ def baseline_score(ctx: Any, params: dict[str, Any], test: list[Any]) -> dict[st
         model = ctx.route
     key = os.environ.get("SHADOWTUNE_API_KEY")
     headers = {"x-shadowtune-tags": "fast-eval", **({"Authorization": f"Bearer {key}"} if key else {})}
-    hits = failed = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-        for e in test:
-            body = {"model": model, "messages": e.messages, "temperature": 0}
-            try:
-                resp = http.post("/v1/chat/completions", json=body)
-                text = resp.raise_for_status().json()["choices"][0]["message"].get("content") or ""
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-                failed += 1
-                continue
-            hits += text.strip() == e.answer.strip()
-    out: dict[str, Any] = {"model": str(model), "exact_match": hits / len(test), "failed": failed}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.progress import Bar
+    from trainer.fast_eval import scores
+
+    def ask(http: httpx.Client, e: Any) -> str | None:
+        body = {"model": model, "messages": e.messages, "temperature": 0}
+        try:
+            resp = http.post("/v1/chat/completions", json=body)
+            text = resp.raise_for_status().json()["choices"][0]["message"].get("content") or ""
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            return None
+        return str(text)
+
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=120) as http,
+        ThreadPoolExecutor(4) as pool,
+        Bar(len(test), f"eval baseline {model}", unit="ex") as bar,
+    ):
+        answers = []
+        for answer in pool.map(lambda e: ask(http, e), test):
+            answers.append(answer)
+            bar.update(1)
+    failed = sum(a is None for a in answers)
+    got = scores([a or "" for a in answers], [e.answer for e in test])
+    out: dict[str, Any] = {"model": str(model), **got, "failed": failed}
     if failed == len(test):
         out["error"] = f"every call to {model} through {url} failed"
     return out
