@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__, jobs
+from gateway.agent import feedback as agent_feedback
 from gateway.agent.core import AgentLog, HostStats, LogAgent
 from gateway.auth import Authenticator
 from gateway.config import Settings
@@ -46,6 +47,9 @@ class AgentContext:
     address comes along from the worker in ``x-shadowtune-client``)."""
     port: int | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    feedback_index: Any = None
+    """`gateway.signals.ownership.FeedbackIndex`, fed by the agent's WAL tail: the workers ask it
+    who owns a call (`gateway.agent.feedback`)."""
 
 
 def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers: Any = ()) -> AgentContext:
@@ -80,6 +84,10 @@ def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers
     )
     ctx.telemetry.resolve_calls = telemetry.log_resolver(store.log_dir, agent.wal_dir)
     agent.tailer.listeners.append(ctx.telemetry.on_records)
+    from gateway.signals.ownership import FeedbackIndex
+
+    ctx.feedback_index = FeedbackIndex(store.log_dir, agent.wal_dir, poll=agent.tailer.poll)
+    agent.tailer.listeners.append(ctx.feedback_index.on_records)
     return ctx
 
 
@@ -97,6 +105,7 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
             for task in ctx.background:
                 task.cancel()
             await asyncio.to_thread(ctx.agent.stop)
+            ctx.feedback_index.close()
             ctx.telemetry.shutdown()
 
     api = FastAPI(title="Shadowtune log agent", version=__version__, lifespan=lifespan)
@@ -129,6 +138,12 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
         _admin(request)
         rows = await asyncio.to_thread(ctx.writer.flush)
         return {"flushed_rows": rows}
+
+    @api.post(agent_feedback.LOOKUP_PATH)
+    async def feedback_lookup(request: Request) -> Response:
+        body = await request.json()
+        answer = await asyncio.to_thread(agent_feedback.answer, ctx.feedback_index, body)
+        return JSONResponse(answer)
 
     @api.post(REPORT_PATH)
     async def report(request: Request) -> Response:
