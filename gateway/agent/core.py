@@ -7,7 +7,8 @@ Two threads, so that a slow or failing object store never delays telemetry:
 * the convert thread (every ``store.flush_interval``) converts closed segments with
   `LogWriter.convert_segment`: every segment of a writer but its newest (its open one), and
   all segments of a writer whose ``flock`` is free (a dead worker: see `gateway.store.wal`).
-  A segment is drained by the tailer before it is converted. When the store refuses a
+  A segment is drained by the tailer before it is converted, and converted from the rows the
+  tailer parsed and derived (each record is parsed once: `gateway.agent.tail.Parsed`). When the store refuses a
   write, the segment stays in the WAL and is tried again at the next round; the failure is
   counted in ``flush_errors`` and ``/readyz`` reports the store degraded.
 
@@ -136,7 +137,8 @@ class LogAgent:
             create_bucket=store.create_bucket,
         )
         self.own = own
-        self.tailer = WalTailer(self.wal_dir, full_records=settings.telemetry.capture_content)
+        # one parse per record: the tail's derived rows feed telemetry, the feedback index and conversion
+        self.tailer = WalTailer(self.wal_dir, full_records=settings.telemetry.capture_content, keep_rows=True)
         self.host = HostStats()
         self.stats = AgentStats()
         self._convert_lock = threading.Lock()
@@ -231,7 +233,8 @@ class LogAgent:
                     for seg in closed:
                         self.tailer.drain(seg)
                         try:
-                            rows += self.converter.convert_segment(seg)
+                            parsed = self.tailer.parsed(seg) or self.tailer.reparse(seg)
+                            rows += self.converter.convert_segment(seg, parsed)
                         except FileNotFoundError:
                             pass
                         except OSError as exc:

@@ -48,6 +48,7 @@ from typing import Any
 
 from gateway.store import conversion, layout, quarantine
 from gateway.store import table as tables
+from gateway.store.conversion import Parsed
 from gateway.store.wal import WalAppender, WalStats
 
 log = logging.getLogger("shadowtune.store")
@@ -257,7 +258,7 @@ class LogWriter:
             self.stats.last_flush_at = time.time()
             return rows
 
-    def _convert_segment(self, seg: str, *, strict_tail: bool) -> int:
+    def _convert_segment(self, seg: str, *, strict_tail: bool, parsed: Parsed | None = None) -> int:
         """Segment → Parquet (+ quarantine), then removed; its records are counted once, here."""
         done = conversion.convert_segment(
             self.log_dir,
@@ -266,6 +267,7 @@ class LogWriter:
             seg,
             strict_tail=strict_tail,
             valid_len=self.wal.valid_len.get(seg),
+            parsed=parsed,
         )
         self.stats.parquet_files += done.files
         if done.corrupt:
@@ -289,14 +291,15 @@ class LogWriter:
         self.stats.flushed_rows += done.rows
         return done.rows
 
-    def convert_segment(self, seg: str) -> int:
+    def convert_segment(self, seg: str, parsed: Parsed | None = None) -> int:
         """Convert one closed WAL segment (any writer's) to Parquet, then delete it; returns its rows.
 
         The log agent's entry point (`gateway.agent.core`). Raises ``OSError`` when the
         store refuses the write (the segment stays, to be tried again) and
-        ``FileNotFoundError`` when the segment is already gone.
+        ``FileNotFoundError`` when the segment is already gone. ``parsed``: the segment's rows
+        as the agent's WAL tail parsed and derived them (the segment is not parsed again).
         """
-        return self._convert_segment(seg, strict_tail=True)
+        return self._convert_segment(seg, strict_tail=True, parsed=parsed)
 
     def housekeeping(self) -> None:
         """Compaction and retention, when their interval has passed (the log agent calls this)."""
