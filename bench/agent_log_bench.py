@@ -24,12 +24,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from log_bench import realistic_record  # noqa: E402
+from log_bench import realistic_record
 
-from gateway.agent.app import build_agent  # noqa: E402
-from gateway.config import Settings  # noqa: E402
-from gateway.store import LogStore  # noqa: E402
-from gateway.store.wal import WalAppender  # noqa: E402
+from gateway.agent.app import build_agent
+from gateway.config import Settings
+from gateway.store import LogStore
+from gateway.store.wal import WalAppender
 
 
 def append_worker(wal_dir: str, n: int, segment_rows: int, offset: int, start: mp.synchronize.Event) -> None:
@@ -44,7 +44,9 @@ def append_worker(wal_dir: str, n: int, segment_rows: int, offset: int, start: m
     wal.close()
 
 
-def run(rows: int, writers: int, segment_rows: int, flush_interval: float) -> dict[str, float | int]:
+def run(
+    rows: int, writers: int, segment_rows: int, flush_interval: float, telemetry: bool = True
+) -> dict[str, float | int]:
     tmp = tempfile.mkdtemp(prefix="st-agentbench-", dir=os.environ.get("BENCH_DIR"))
     settings = Settings.model_validate(
         {
@@ -55,6 +57,8 @@ def run(rows: int, writers: int, segment_rows: int, flush_interval: float) -> di
     )
     ctx = build_agent(settings)
     agent = ctx.agent
+    if not telemetry:  # what the metrics and spans cost: the tail without their listener
+        agent.tailer.listeners.remove(ctx.telemetry.on_records)
     start = mp.Event()
     per = rows // writers
     procs = [
@@ -90,8 +94,10 @@ def run(rows: int, writers: int, segment_rows: int, flush_interval: float) -> di
         "appended_s": round(appended_at or elapsed, 2),
         "agent_s": round(elapsed, 2),
         "rows_s": round(per * writers / elapsed),
-        "agent_cpu_s": round(
-            (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 2
+        "telemetry": telemetry,
+        "agent_cpu_s": round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 2),
+        "agent_cpu_us_per_row": round(
+            ((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)) / (per * writers) * 1e6, 1
         ),
         "agent_peak_rss_mib": round(cpu1.ru_maxrss / 1024),
         "rows_in_store": stored,
@@ -105,13 +111,15 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=2)
     ap.add_argument("--segment-rows", type=int, default=20_000)
     ap.add_argument("--flush-interval", type=float, default=1.0)
+    ap.add_argument("--no-telemetry", action="store_true", help="the tail without the metrics listener")
     ap.add_argument("--json-out")
     args = ap.parse_args()
-    out = run(args.rows, args.writers, args.segment_rows, args.flush_interval)
+    out = run(args.rows, args.writers, args.segment_rows, args.flush_interval, not args.no_telemetry)
     print(
         f"log agent: {out['rows']:,} calls of ~{out['record_bytes']} B from {out['writers']} writers: "
         f"{out['rows_s']:,} rows/s sustained (target >= 50,000; WAL appends done at {out['appended_s']} s, "
-        f"last row committed at {out['agent_s']} s), agent CPU {out['agent_cpu_s']} s, "
+        f"last row committed at {out['agent_s']} s), agent CPU {out['agent_cpu_s']} s "
+        f"({out['agent_cpu_us_per_row']} µs/row: {1e6 / out['agent_cpu_us_per_row']:,.0f} rows per CPU-second), "
         f"peak RSS {out['agent_peak_rss_mib']} MiB (target <= 300), rows in store {out['rows_in_store']:,}, "
         f"tailed {out['tailed']:,}"
     )
