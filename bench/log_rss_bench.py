@@ -60,6 +60,11 @@ def rss_mib(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(line.split()[0]) for line in out.stdout.splitlines() if line.strip()]
@@ -119,6 +124,7 @@ routes:
         workers = [p for p in children(gw.pid) if p != agent]
         print(f"gateway pid {gw.pid}: workers {workers}, agent {agent}; run dir {run}", flush=True)
         samples: list[dict[str, float]] = []
+        cpu0 = {p: cpu_s(p) for p in (*workers, agent)}
         total = 0
         mode = 0
         t_start = time.monotonic()
@@ -143,6 +149,10 @@ routes:
                 flush=True,
             )
         elapsed = time.monotonic() - t_start
+        cpu_ms = {
+            ("agent" if p == agent else f"worker{workers.index(p)}"): round((cpu_s(p) - c) / total * 1000, 3)
+            for p, c in cpu0.items()
+        }
         time.sleep(3)
         with httpx.Client(timeout=60) as c:
             c.post(url + "/admin/flush")
@@ -153,6 +163,7 @@ routes:
             "seconds": round(elapsed),
             "logged_rows": logged,
             "loadavg": [round(x, 2) for x in load],
+            "cpu_ms_per_call": cpu_ms,
             "samples": samples,
         }
         for key in samples[0]:
@@ -161,6 +172,7 @@ routes:
             vals = [s[key] for s in samples]
             summary[key] = {"first": round(vals[0]), "last": round(vals[-1]), "max": round(max(vals))}
             print(f"{key}: first {vals[0]:.0f} MiB, last {vals[-1]:.0f} MiB, max {max(vals):.0f} MiB")
+        print(f"CPU ms per call: {cpu_ms}")
         print(f"{total:,} calls in {elapsed:.0f} s; agent flushed {logged:,} rows; load average {load}")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(summary, indent=1))
