@@ -76,6 +76,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--round-s", type=int, default=20)
+    ap.add_argument(
+        "--max-s", type=float, default=0, help="stop after this long even short of --calls (0: never)"
+    )
     ap.add_argument("--json-out")
     args = ap.parse_args()
     run = Path(tempfile.mkdtemp(prefix="st-rssbench-", dir=os.environ.get("BENCH_DIR")))
@@ -128,7 +131,7 @@ routes:
         total = 0
         mode = 0
         t_start = time.monotonic()
-        while total < args.calls:
+        while total < args.calls and not (args.max_s and time.monotonic() - t_start > args.max_s):
             model = ("bench-model", "bench-model-stream")[mode % 2]
             env = dict(os.environ, BENCH_MODEL=model, BENCH_STREAM=str(mode % 2))
             out = subprocess.run(

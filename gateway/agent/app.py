@@ -97,7 +97,8 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ctx.agent.own.start()  # type: ignore[union-attr]
-        await asyncio.to_thread(ctx.agent.start)
+        # the backlog a restarted agent finds is converted in its thread: the workers reach it at once
+        await asyncio.to_thread(ctx.agent.start, first_round_in_background=True)
         ctx.background = jobs.start(ctx)
         try:
             yield

@@ -146,20 +146,24 @@ class LogAgent:
         self._threads: list[threading.Thread] = []
         self._store_ready = False
         self._stopped = False
+        self._first_round_pending = False
 
     @staticmethod
     def wal_dir_of(settings: Settings) -> str:
         return settings.store.wal_dir or default_wal_dir(settings.store.log_dir)
 
     # -- life cycle ---------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, first_round_in_background: bool = False) -> None:
+        """Start the tail and convert threads, after a first tail poll and conversion round (the
+        backlog a restarted agent finds), or with ``first_round_in_background`` right away: the
+        agent process then answers the workers (``/metrics``, ``/admin/status``) while it catches up."""
         try:
             os.makedirs(self.wal_dir, exist_ok=True)
         except OSError as exc:  # the writers report it too; the rounds try again
             self._error(f"cannot create the WAL directory {self.wal_dir}: {exc}")
-        if self._ensure_store():
-            self.tailer.poll()
-            self.convert()
+        self._first_round_pending = first_round_in_background
+        if not first_round_in_background:
+            self._first_round()
         for name, target in (("tail", self._tail_loop), ("convert", self._convert_loop)):
             t = threading.Thread(target=target, name=f"shadowtune-agent-{name}", daemon=True)
             t.start()
@@ -201,7 +205,17 @@ class LogAgent:
             except Exception as exc:  # the tail must survive anything
                 log.error("agent: WAL tail failed: %r", exc)
 
+    def _first_round(self) -> None:
+        if self._ensure_store():
+            self.tailer.poll()
+            self.convert()
+
     def _convert_loop(self) -> None:
+        if self._first_round_pending:
+            try:
+                self._first_round()
+            except Exception as exc:  # the converter must survive anything
+                self._error(f"agent: conversion round failed: {exc!r}")
         while not self._stop.wait(self.flush_interval):
             try:
                 if self.convert():
