@@ -27,6 +27,7 @@ from gateway.routing.state import RouteStateStore
 from gateway.store.wal import WalAppender, new_writer_id
 
 CLIENT_HEADER = b"x-shadowtune-client"
+FEEDBACK_INDEX_ENTRIES = 50_000  # call and response ids the agent's feedback index keeps (~14 MiB)
 REPORT_PATH = "/_agent/report"
 
 
@@ -86,7 +87,10 @@ def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers
     agent.tailer.listeners.append(ctx.telemetry.on_records)
     from gateway.signals.ownership import FeedbackIndex
 
-    ctx.feedback_index = FeedbackIndex(store.log_dir, agent.wal_dir, poll=agent.tailer.poll)
+    # recent calls (~1/4 KB each; older ones are found in the table), so the agent's memory stays bounded
+    ctx.feedback_index = FeedbackIndex(
+        store.log_dir, agent.wal_dir, poll=agent.tailer.poll, max_entries=FEEDBACK_INDEX_ENTRIES
+    )
     agent.tailer.listeners.append(ctx.feedback_index.on_records)
     return ctx
 
