@@ -336,6 +336,18 @@ def logs_prune(log_dir: str, before: dt.datetime, yes: bool, as_json: bool) -> N
     emit({"deleted_files": n, "before": str(cutoff.date())}, as_json, f"deleted {n} file(s)")
 
 
+@logs.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@_log_dir
+@click.option("--route", help="Route of the imported calls (default: each request's model).")
+@_json
+def logs_import(file: str, log_dir: str, route: str | None, as_json: bool) -> None:
+    """Import existing traffic from a JSONL file (one call a line), in one atomic commit."""
+    from gateway.store.imports import run_cli
+
+    run_cli(file, log_dir, route=route, as_json=as_json)
+
+
 # -- routes (admin API) --------------------------------------------------------------------
 def _admin_call(target: Any, fn: Any, *args: Any) -> Any:
     from gateway.admin_client import AdminClient

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__, jobs
+from gateway.agent import feedback as agent_feedback
 from gateway.agent.core import AgentLog, HostStats, LogAgent
 from gateway.auth import Authenticator
 from gateway.config import Settings
@@ -26,6 +27,7 @@ from gateway.routing.state import RouteStateStore
 from gateway.store.wal import WalAppender, new_writer_id
 
 CLIENT_HEADER = b"x-shadowtune-client"
+FEEDBACK_INDEX_ENTRIES = 50_000  # call and response ids the agent's feedback index keeps (~14 MiB)
 REPORT_PATH = "/_agent/report"
 
 
@@ -46,6 +48,9 @@ class AgentContext:
     address comes along from the worker in ``x-shadowtune-client``)."""
     port: int | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    feedback_index: Any = None
+    """`gateway.signals.ownership.FeedbackIndex`, fed by the agent's WAL tail: the workers ask it
+    who owns a call (`gateway.agent.feedback`)."""
 
 
 def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers: Any = ()) -> AgentContext:
@@ -80,6 +85,13 @@ def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers
     )
     ctx.telemetry.resolve_calls = telemetry.log_resolver(store.log_dir, agent.wal_dir)
     agent.tailer.listeners.append(ctx.telemetry.on_records)
+    from gateway.signals.ownership import FeedbackIndex
+
+    # recent calls (~1/4 KB each; older ones are found in the table), so the agent's memory stays bounded
+    ctx.feedback_index = FeedbackIndex(
+        store.log_dir, agent.wal_dir, poll=agent.tailer.poll, max_entries=FEEDBACK_INDEX_ENTRIES
+    )
+    agent.tailer.listeners.append(ctx.feedback_index.on_records)
     return ctx
 
 
@@ -89,7 +101,8 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ctx.agent.own.start()  # type: ignore[union-attr]
-        await asyncio.to_thread(ctx.agent.start)
+        # the backlog a restarted agent finds is converted in its thread: the workers reach it at once
+        await asyncio.to_thread(ctx.agent.start, first_round_in_background=True)
         ctx.background = jobs.start(ctx)
         try:
             yield
@@ -97,6 +110,7 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
             for task in ctx.background:
                 task.cancel()
             await asyncio.to_thread(ctx.agent.stop)
+            ctx.feedback_index.close()
             ctx.telemetry.shutdown()
 
     api = FastAPI(title="Shadowtune log agent", version=__version__, lifespan=lifespan)
@@ -129,6 +143,12 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
         _admin(request)
         rows = await asyncio.to_thread(ctx.writer.flush)
         return {"flushed_rows": rows}
+
+    @api.post(agent_feedback.LOOKUP_PATH)
+    async def feedback_lookup(request: Request) -> Response:
+        body = await request.json()
+        answer = await asyncio.to_thread(agent_feedback.answer, ctx.feedback_index, body)
+        return JSONResponse(answer)
 
     @api.post(REPORT_PATH)
     async def report(request: Request) -> Response:

@@ -7,7 +7,8 @@ Two threads, so that a slow or failing object store never delays telemetry:
 * the convert thread (every ``store.flush_interval``) converts closed segments with
   `LogWriter.convert_segment`: every segment of a writer but its newest (its open one), and
   all segments of a writer whose ``flock`` is free (a dead worker: see `gateway.store.wal`).
-  A segment is drained by the tailer before it is converted. When the store refuses a
+  A segment is drained by the tailer before it is converted, and converted from the rows the
+  tailer parsed and derived (each record is parsed once: `gateway.agent.tail.Parsed`). When the store refuses a
   write, the segment stays in the WAL and is tried again at the next round; the failure is
   counted in ``flush_errors`` and ``/readyz`` reports the store degraded.
 
@@ -136,7 +137,8 @@ class LogAgent:
             create_bucket=store.create_bucket,
         )
         self.own = own
-        self.tailer = WalTailer(self.wal_dir, full_records=settings.telemetry.capture_content)
+        # one parse per record: the tail's derived rows feed telemetry, the feedback index and conversion
+        self.tailer = WalTailer(self.wal_dir, full_records=settings.telemetry.capture_content, keep_rows=True)
         self.host = HostStats()
         self.stats = AgentStats()
         self._convert_lock = threading.Lock()
@@ -144,20 +146,24 @@ class LogAgent:
         self._threads: list[threading.Thread] = []
         self._store_ready = False
         self._stopped = False
+        self._first_round_pending = False
 
     @staticmethod
     def wal_dir_of(settings: Settings) -> str:
         return settings.store.wal_dir or default_wal_dir(settings.store.log_dir)
 
     # -- life cycle ---------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, first_round_in_background: bool = False) -> None:
+        """Start the tail and convert threads, after a first tail poll and conversion round (the
+        backlog a restarted agent finds), or with ``first_round_in_background`` right away: the
+        agent process then answers the workers (``/metrics``, ``/admin/status``) while it catches up."""
         try:
             os.makedirs(self.wal_dir, exist_ok=True)
         except OSError as exc:  # the writers report it too; the rounds try again
             self._error(f"cannot create the WAL directory {self.wal_dir}: {exc}")
-        if self._ensure_store():
-            self.tailer.poll()
-            self.convert()
+        self._first_round_pending = first_round_in_background
+        if not first_round_in_background:
+            self._first_round()
         for name, target in (("tail", self._tail_loop), ("convert", self._convert_loop)):
             t = threading.Thread(target=target, name=f"shadowtune-agent-{name}", daemon=True)
             t.start()
@@ -199,7 +205,17 @@ class LogAgent:
             except Exception as exc:  # the tail must survive anything
                 log.error("agent: WAL tail failed: %r", exc)
 
+    def _first_round(self) -> None:
+        if self._ensure_store():
+            self.tailer.poll()
+            self.convert()
+
     def _convert_loop(self) -> None:
+        if self._first_round_pending:
+            try:
+                self._first_round()
+            except Exception as exc:  # the converter must survive anything
+                self._error(f"agent: conversion round failed: {exc!r}")
         while not self._stop.wait(self.flush_interval):
             try:
                 if self.convert():
@@ -231,7 +247,8 @@ class LogAgent:
                     for seg in closed:
                         self.tailer.drain(seg)
                         try:
-                            rows += self.converter.convert_segment(seg)
+                            parsed = self.tailer.parsed(seg) or self.tailer.reparse(seg)
+                            rows += self.converter.convert_segment(seg, parsed)
                         except FileNotFoundError:
                             pass
                         except OSError as exc:

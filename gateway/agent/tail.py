@@ -4,6 +4,14 @@ The agent's telemetry comes from here, not from Parquet flushes, so metrics and 
 flowing while the object store refuses writes. Only complete lines are consumed (a line
 being written stays for the next poll); a segment is drained to its end before the agent
 converts and deletes it, so each record reaches the listeners once per agent lifetime.
+
+Each record is parsed and derived once, here (`gateway.store.rows.derive`): the listeners
+(telemetry, the feedback index) get the derived rows, and with ``keep_rows`` the tailer
+builds them into Arrow tables per segment right away (`gateway.store.conversion.Parsed`,
+with the line numbers of what cannot become a row), so that the conversion of a closed
+segment neither reads nor parses it again, and no Python rows are held between polls.
+What is kept is bounded (``max_kept_bytes`` of Arrow data); a segment past the bound is
+read again by the conversion (`Parsed.complete` is false).
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ from typing import Any
 
 import orjson
 
+from gateway.store.conversion import Parsed
 from gateway.store.rows import derive, parse_lines
 from gateway.store.wal import WAL_SUFFIX
 
 log = logging.getLogger("shadowtune.agent")
 
 Listener = Callable[[str, list[dict[str, Any]]], None]
-MAX_READ = 16 * 2**20  # bytes read from one segment per poll
+MAX_READ = 4 * 2**20  # bytes read from one segment at a time (bounds the records held at once)
 
 
 TELEMETRY_FIELDS = (
@@ -80,13 +89,24 @@ def derive_for_telemetry(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 class WalTailer:
-    def __init__(self, wal_dir: str, *, full_records: bool = False) -> None:
+    def __init__(
+        self,
+        wal_dir: str,
+        *,
+        full_records: bool = False,
+        keep_rows: bool = False,
+        max_kept_bytes: int = 64 * 2**20,
+    ) -> None:
         self.wal_dir = wal_dir
         self.full_records = full_records  # every derived column (prompt/completion text in spans)
+        self.keep_rows = keep_rows
+        self.max_kept_bytes = max_kept_bytes
         self.listeners: list[Listener] = []
         self.records = 0
         self.corrupt = 0
         self._offsets: dict[str, int] = {}
+        self._parsed: dict[str, Parsed] = {}
+        self._kept_bytes = 0
         self._lock = threading.Lock()
 
     def poll(self) -> int:
@@ -100,6 +120,7 @@ class WalTailer:
             paths = {os.path.join(self.wal_dir, name) for name in names}
             for gone in set(self._offsets) - paths:
                 del self._offsets[gone]  # converted (by us) or removed
+                self._drop_parsed(gone)
             for path in sorted(paths):
                 n += self._read(path, final=False)
         return n
@@ -112,9 +133,37 @@ class WalTailer:
     def forget(self, path: str) -> None:
         with self._lock:
             self._offsets.pop(path, None)
+            self._drop_parsed(path)
+
+    def parsed(self, path: str) -> Parsed | None:
+        """The rows kept for a drained segment, when complete (else the conversion reads it)."""
+        with self._lock:
+            kept = self._parsed.get(path)
+            return kept if kept is not None and kept.complete else None
+
+    def reparse(self, path: str) -> Parsed | None:
+        """A closed segment read again into Arrow, chunk by chunk (no listeners: they had it);
+        for a segment whose tables were not kept (`Parsed.complete` false)."""
+        other = WalTailer(self.wal_dir, keep_rows=True, max_kept_bytes=2**62)
+        other._read(path, final=True)
+        kept = other._parsed.get(path)
+        return kept if kept is not None and kept.complete else None
+
+    def _drop_parsed(self, path: str) -> None:
+        kept = self._parsed.pop(path, None)
+        if kept is not None:
+            self._kept_bytes -= kept.nbytes
+
+    def _incomplete(self, path: str) -> None:
+        kept = self._parsed.get(path)
+        if kept is not None and kept.complete:
+            self._kept_bytes -= kept.nbytes
+            self._parsed[path] = Parsed(complete=False)
 
     def _read(self, path: str, *, final: bool) -> int:
         offset = self._offsets.get(path, 0)
+        if self.keep_rows and path not in self._parsed:
+            self._parsed[path] = Parsed(complete=offset == 0)
         total = 0
         while True:
             try:
@@ -123,6 +172,7 @@ class WalTailer:
                     data = f.read(MAX_READ)
             except FileNotFoundError:
                 self._offsets.pop(path, None)
+                self._drop_parsed(path)
                 return total
             if not data:
                 break
@@ -131,32 +181,62 @@ class WalTailer:
                 if final or len(data) >= MAX_READ:
                     offset += len(data)  # a torn last line of a closed segment, or a giant line
                     self.corrupt += 1
+                    self._torn(path, data, giant=len(data) >= MAX_READ)
                 break
             offset += end
-            total += self._emit(data[:end])
+            total += self._emit(data[:end], path)
             if len(data) < MAX_READ:
                 if final and end < len(data):
                     offset += len(data) - end
                     self.corrupt += 1
+                    self._torn(path, data[end:], giant=False)
                 break
         self._offsets[path] = offset
         return total
 
-    def _emit(self, chunk: bytes) -> int:
-        records, corrupt = parse_lines(chunk)
+    def _torn(self, path: str, line: bytes, *, giant: bool) -> None:
+        kept = self._parsed.get(path)
+        if kept is None or not kept.complete:
+            return
+        if giant:  # the conversion reads it whole (the tail reads at most MAX_READ at once)
+            self._incomplete(path)
+        else:
+            kept.add([], [], [(0, line)], [], 1)
+
+    def _emit(self, chunk: bytes, path: str | None = None) -> int:
+        kept = self._parsed.get(path) if path is not None else None
+        keep = kept is not None and kept.complete
+        bad: list[tuple[int, bytes]] = []
+        positions: list[int] = []
+        records, corrupt = parse_lines(chunk, bad=bad, positions=positions)
         self.corrupt += corrupt
         by_table: dict[str, list[dict[str, Any]]] = {}
-        for rec in records:
+        rows: list[dict[str, Any]] = []
+        at: list[int] = []
+        rejected: list[tuple[int, str | None, str]] = []
+        for rec, n in zip(records, positions, strict=True):
             table = rec.get("_t")
             if not isinstance(table, str):
+                rejected.append((n, None, f"unknown table {table!r}"))
                 continue
             try:
-                if table == "calls" and not self.full_records:
-                    by_table.setdefault(table, []).append(derive_for_telemetry(rec))
+                if table == "calls" and not self.full_records and not keep:
+                    row = derive_for_telemetry(rec)
                 else:
-                    by_table.setdefault(table, []).append(derive(table, rec))
+                    row = derive(table, rec)
             except Exception as exc:  # a record that cannot be derived still counts as seen
                 log.debug("tail: cannot derive a %s record: %r", table, exc)
+                rejected.append((n, table, f"{type(exc).__name__}: {exc}"[:500]))
+                continue
+            by_table.setdefault(table, []).append(row)
+            rows.append(row)
+            at.append(n)
+        if kept is not None and kept.complete:
+            if not keep or self._kept_bytes > self.max_kept_bytes:
+                assert path is not None
+                self._incomplete(path)
+            else:
+                self._kept_bytes += kept.add(rows, at, bad, rejected, chunk.count(b"\n"))
         for table, rows in by_table.items():
             for listener in self.listeners:
                 try:

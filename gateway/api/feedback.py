@@ -28,31 +28,65 @@ from fastapi.responses import Response
 if TYPE_CHECKING:
     from gateway.signals.ownership import FeedbackIndex
 
+from gateway.agent import feedback as agent_feedback
+from gateway.agent.proxy import AgentLink
 from gateway.edge import parse_json
 from gateway.errors import InvalidRequest, NotFound, RateLimited
 from gateway.signals.feedback import (
+    CallOwner,
     CustomMetric,
     FeedbackError,
     RateLimiter,
     key_id,
     poster_id,
+    same_feedback,
     validate_feedback,
 )
 
 router = APIRouter()
 
 
-def _state(request: Request) -> tuple[FeedbackIndex, RateLimiter]:
+def _limiter(request: Request) -> RateLimiter:
     state = request.app.state
+    if getattr(state, "feedback_limiter", None) is None:
+        signals = state.ctx.settings.signals
+        state.feedback_limiter = RateLimiter(signals.feedback_rate_per_min, signals.feedback_burst)
+    limiter: RateLimiter = state.feedback_limiter
+    return limiter
+
+
+def _index(request: Request) -> FeedbackIndex | None:
+    """The in-process ownership index (one process: the log agent is in it), None in a worker of serve."""
+    state = request.app.state
+    if isinstance(state.ctx.agent, AgentLink):
+        return None  # the log agent keeps the index: a worker never loads DuckDB
     if getattr(state, "feedback_index", None) is None:
-        ctx = state.ctx
-        signals = ctx.settings.signals
+        settings = state.ctx.settings
         # the ownership index reads the call log (DuckDB): loaded at the first feedback, not at start
         from gateway.signals.ownership import FeedbackIndex
 
-        state.feedback_index = FeedbackIndex(ctx.settings.store.log_dir, ctx.settings.store.wal_dir)
-        state.feedback_limiter = RateLimiter(signals.feedback_rate_per_min, signals.feedback_burst)
-    return state.feedback_index, state.feedback_limiter
+        state.feedback_index = FeedbackIndex(settings.store.log_dir, settings.store.wal_dir)
+    index: FeedbackIndex = state.feedback_index
+    return index
+
+
+async def _lookup(
+    request: Request, rec: dict[str, Any], keyed: bool
+) -> tuple[CallOwner | None, dict[str, Any] | None]:
+    """The call's owner (waited for when keyed) and the stored event this post may repeat."""
+    index = _index(request)
+    if index is None:
+        link = request.app.state.ctx.agent
+        return await agent_feedback.ask(link, rec["call_id"], rec["kind"], poster_id(rec), wait=keyed)
+    owner = await asyncio.to_thread(index.owner, rec["call_id"], wait=keyed)
+    stored = await asyncio.to_thread(
+        index.existing,
+        owner.call_id if owner else rec["call_id"],
+        rec["call_id"],
+        rec["kind"],
+        poster_id(rec),
+    )
+    return owner, stored
 
 
 def _is_admin(request: Request, header: str) -> bool:
@@ -73,7 +107,7 @@ async def post_feedback(request: Request) -> Any:
     admin = _is_admin(request, header)
     key_name = None if admin else ctx.auth.check(header.encode() or None)
     kid = key_id(header.partition(" ")[2].strip()) if key_name is not None else None
-    index, limiter = _state(request)
+    limiter = _limiter(request)
     who = (
         f"key:{kid}" if kid else "admin" if admin else f"addr:{request.client.host if request.client else ''}"
     )
@@ -104,23 +138,16 @@ async def post_feedback(request: Request) -> Any:
     except FeedbackError as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
     keyed = key_name is not None
-    owner = await asyncio.to_thread(index.owner, rec["call_id"], wait=keyed)
+    owner, stored = await _lookup(request, rec, keyed)
     if keyed and (owner is None or owner.client_key != key_name):
         raise NotFound(f"no call {rec['call_id']!r} made with this key", code="call_not_found")
-    stored = await asyncio.to_thread(
-        index.existing,
-        owner.call_id if owner else rec["call_id"],
-        rec["call_id"],
-        rec["kind"],
-        poster_id(rec),
-    )
     out = {"object": "feedback", "call_id": rec["call_id"], "kind": rec["kind"]}
-    from gateway.signals.ownership import same_feedback
-
     if stored is not None and same_feedback(stored, rec):
         return {"id": stored["event_id"], **out, "duplicate": True}
     ctx.writer.append("events", rec)
-    index.remember({**rec, "call_id": owner.call_id if owner else rec["call_id"]})
+    index = _index(request)
+    if index is not None:
+        index.remember({**rec, "call_id": owner.call_id if owner else rec["call_id"]})
     return {"id": rec["event_id"], **out, "duplicate": False}
 
 

@@ -38,6 +38,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import orjson
@@ -351,3 +352,22 @@ class RateLimiter:
                 self._buckets.clear()
             self._buckets[who] = (tokens - 1.0, t)
             return None
+
+
+@dataclass(frozen=True)
+class CallOwner:
+    """A logged call and the name of the client key that made it (None in open mode)."""
+
+    call_id: str
+    client_key: str | None
+    recent: bool = False
+    """Found in the WAL tail: its events, if any, are there too."""
+
+
+def same_feedback(stored: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` repeats ``stored`` (same value, number and comment)."""
+    return (
+        stored.get("value") == record.get("value")
+        and stored.get("value_num") == record.get("value_num")
+        and stored.get("comment") == record.get("comment")
+    )

@@ -15,7 +15,10 @@ event of one ``(call, kind, poster)``; a post equal to it is a repeat and is not
 Two workers racing on the same repeat may both store it: the ``user_events`` view keeps only
 the latest, so it still counts once.
 
-Blocking (file reads, DuckDB): call it from a worker thread.
+Blocking (file reads, DuckDB): call it from a worker thread. Under ``shadowtune serve`` it
+lives in the host's log agent, fed by the agent's WAL tail (`gateway.agent.tail.WalTailer`:
+one parse of each record for telemetry, conversion and ownership), and request workers ask
+it over the agent's socket (`gateway.agent.feedback`): they never load DuckDB.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from gateway.signals.feedback import poster_id
+from gateway.signals.feedback import CallOwner, poster_id, same_feedback
 from gateway.store import LogStore, layout
 from gateway.store.reader import POSTER_SQL
 from gateway.store.rows import derive, parse_lines
@@ -43,16 +46,6 @@ SELECT event_id, value, value_num, comment FROM events
 WHERE call_id IN ($call, $posted) AND kind = $kind AND {POSTER_SQL} = $poster
 ORDER BY ts DESC, event_id DESC LIMIT 1
 """
-
-
-@dataclass(frozen=True)
-class CallOwner:
-    """A logged call and the name of the client key that made it (None in open mode)."""
-
-    call_id: str
-    client_key: str | None
-    recent: bool = False
-    """Found in the WAL tail: its events, if any, are there too."""
 
 
 class _WalTail:
@@ -84,10 +77,10 @@ class _WalTail:
                     for rec in parse_lines(data[:end])[0]:
                         self.add(rec)
 
-    def add(self, rec: dict[str, Any]) -> None:
+    def add(self, rec: dict[str, Any], *, derived: bool = False) -> None:
         table = rec.get("_t")
         if table == "calls" and rec.get("call_id"):
-            row = derive("calls", rec)
+            row = rec if derived else derive("calls", rec)
             owner = CallOwner(str(row["call_id"]), row.get("client_key"), recent=True)
             self._put(self.owners, owner.call_id, owner)
             if row.get("response_id") and row.get("served") is not False:
@@ -109,15 +102,39 @@ class FeedbackIndex:
     """Call owners and stored feedback: the WAL tail first, then the Parquet log."""
 
     def __init__(
-        self, log_dir: str, wal_dir: str | None = None, *, wait_s: float = 0.5, max_entries: int = 200_000
+        self,
+        log_dir: str,
+        wal_dir: str | None = None,
+        *,
+        wait_s: float = 0.5,
+        max_entries: int = 200_000,
+        poll: Callable[[], object] | None = None,
     ) -> None:
+        """``poll``: read the WAL's new records now, which reach `on_records` (the agent's tail);
+        without it, the index reads the WAL itself."""
         self.log_dir = log_dir
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
         self.wait_s = wait_s
         self._tail = _WalTail(self.wal_dir, max_entries)
+        self._poll = poll
         self._store: LogStore | None = None
         self._snapshot_at = 0.0
         self._lock = threading.Lock()
+
+    def on_records(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """A listener of the agent's WAL tail: derived rows just appended to the WAL."""
+        with self._lock:
+            for row in rows:
+                self._tail.add(row if "_t" in row else dict(row, _t=table), derived=True)
+
+    def _fresh(self) -> None:
+        """Read the WAL up to now (call without ``_lock``: the tail's listener takes it)."""
+        if self._poll is not None:
+            self._poll()
+
+    def _poll_own_locked(self) -> None:
+        if self._poll is None:
+            self._tail.poll()
 
     def _sql(self, query: str, params: dict[str, Any], *, newer_than: float | None) -> list[dict[str, Any]]:
         """Query the Parquet log, on a snapshot taken after ``newer_than`` (monotonic time) when given."""
@@ -137,8 +154,9 @@ class FeedbackIndex:
         asked = time.monotonic()
         deadline = asked + (self.wait_s if wait else 0.0)
         while True:
+            self._fresh()
             with self._lock:
-                self._tail.poll()
+                self._poll_own_locked()
                 found = self._tail.owners.get(call_id)
                 if found is None:
                     rows = self._sql(_OWNER_SQL, {"id": call_id}, newer_than=asked)
@@ -157,8 +175,9 @@ class FeedbackIndex:
         WAL tail did not have). An event another worker wrote and flushed between two polls
         may be missed: stored again, it still counts once in ``user_events``.
         """
+        self._fresh()
         with self._lock:
-            self._tail.poll()
+            self._poll_own_locked()
             for cid in (call_id, posted):
                 rec = self._tail.events.get((cid, kind, poster))
                 if rec is not None:
@@ -179,10 +198,4 @@ class FeedbackIndex:
                 self._store = None
 
 
-def same_feedback(stored: dict[str, Any], record: dict[str, Any]) -> bool:
-    """Whether ``record`` repeats ``stored`` (same value, number and comment)."""
-    return (
-        stored.get("value") == record.get("value")
-        and stored.get("value_num") == record.get("value_num")
-        and stored.get("comment") == record.get("comment")
-    )
+__all__ = ["CallOwner", "FeedbackIndex", "same_feedback"]

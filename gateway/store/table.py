@@ -549,3 +549,27 @@ def committed_seq(log_dir: str, writer_id: str) -> int:
             if log.exists():
                 raise  # a table that cannot be read: the caller must not guess
     return max(seqs)
+
+
+def write_data_file(log_dir: str, table: str, day: str, stem: str, data: pa.Table) -> Any:
+    """Write ``data`` as one data file of ``table`` (not yet in the table); returns its add action
+    for `commit_files`. A file never committed is invisible to readers (vacuum removes it)."""
+    return _writer_log(log_dir, table)._write_file(log_dir, day, stem, data)
+
+
+def commit_files(
+    log_dir: str, table: str, writer_id: str, seq: int, actions: list[Any], *, operation: str
+) -> bool:
+    """Add the files of `write_data_file` in one commit recorded as the app transaction
+    ``(writer_id, seq)``: exactly once (False, nothing done, when that version is committed)."""
+    log = _writer_log(log_dir, table)
+    if log.committed_seq(writer_id) >= seq:
+        return False
+    dl = _deltalake()
+    props = dl.CommitProperties(
+        app_transactions=[dl.Transaction(writer_id, seq)],
+        custom_metadata={"shadowtune.operation": operation, "shadowtune.writer": writer_id},
+        max_commit_retries=MAX_ATTEMPTS,
+    )
+    log._commit(actions, props)
+    return True

@@ -18,9 +18,20 @@ Segment protocol (shared with `gateway.agent.core.LogAgent`):
    derive from the segment name, so converting a segment twice (agent killed in between)
    rewrites the same files: every record lands exactly once.
 
+A line goes in whole or not at all: a short write (disk full) is completed, and when the
+rest cannot be written the segment is cut back to the line's start and the line is retried
+whole later, so a torn line is never left in the middle of a segment. With
+``wal_fsync_ms`` set, a thread ``fdatasync``s the segment that often when it was written to
+(group commit: one sync covers every record since the last), so a machine crash loses at
+most that window; the request path never waits for it.
+
 Nothing is dropped silently: when the WAL cannot be written, records wait in a bounded
 memory queue and are retried at each rotation; past the bound they are dropped, counted by
 reason in `WalStats.dropped`, and `healthy` turns false.
+
+This is the one implementation of segment open/close, whole-line writes and group commit:
+request workers use it directly, and `gateway.store.writer.LogWriter` (CLI commands, one
+process owning its log) writes through one.
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ def new_writer_id(suffix: str = "") -> str:
 class WalStats:
     appended: int = 0
     wal_errors: int = 0
+    short_writes: int = 0
     segments: int = 0
     wal_fsyncs: int = 0
     wal_fsync_s: float = 0.0
@@ -83,6 +95,8 @@ class WalAppender:
         writer_id: str | None = None,
         lazy: bool = False,
         wal_fsync_ms: float = 0.0,
+        stats: WalStats | None = None,
+        rotate_thread: bool = True,
     ) -> None:
         self.wal_dir = wal_dir
         self.wal_fsync_ms = wal_fsync_ms
@@ -91,9 +105,15 @@ class WalAppender:
         self.max_pending = max_pending
         self.writer_id = writer_id or new_writer_id()
         self.lazy = lazy  # open the lock and a segment at the first append (the agent's own writer)
-        self.stats = WalStats()
+        self.stats = stats if stats is not None else WalStats()
+        self.rotate_thread = rotate_thread  # False: the owner calls `rotate` (LogWriter's flush thread)
         self.flush_hooks: list[Callable[[], int]] = []
         """Called by `flush` after the rotation (in one process, the embedded agent's conversion)."""
+        self.on_pending: Callable[[], None] | None = None
+        """Called (under the append lock) when a record has to wait in memory: retry soon."""
+        self.valid_len: dict[str, int] = {}
+        """Retired segments whose torn last line could not be cut back: where their whole lines end."""
+        self._retired: list[str] = []  # segments closed by a failed write, handed out by `rotate`
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -109,13 +129,29 @@ class WalAppender:
         self._sync_thread: threading.Thread | None = None
 
     # -- life cycle ---------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the writer lock now (before `start`), or raise `OSError`."""
+        with self._lock:
+            self._lock_locked()
+
+    @property
+    def seq(self) -> int:
+        """The current (or last) segment's seq; the next segment is ``seq + 1``."""
+        return self._seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        with self._lock:
+            self._seq = value
+
     def start(self) -> None:
         self._started = True
         if not self.lazy:
             with self._lock:
                 self._open_locked()
-        self._thread = threading.Thread(target=self._run, name="shadowtune-wal-rotate", daemon=True)
-        self._thread.start()
+        if self.rotate_thread:
+            self._thread = threading.Thread(target=self._run, name="shadowtune-wal-rotate", daemon=True)
+            self._thread.start()
         if self.wal_fsync_ms > 0:
             self._sync_thread = threading.Thread(
                 target=self._sync_loop, name="shadowtune-wal-fsync", daemon=True
@@ -151,23 +187,33 @@ class WalAppender:
     def _lock_path(self) -> str:
         return os.path.join(self.wal_dir, f"{self.writer_id}.lock")
 
+    def _lock_locked(self) -> None:
+        if self._lock_fd is None:
+            os.makedirs(self.wal_dir, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a segment is open for appends."""
+        return self._fd is not None
+
     def _open_locked(self) -> bool:
         """Take the writer lock (if not held) and open the next segment; False if the disk said no."""
         try:
-            if self._lock_fd is None:
-                os.makedirs(self.wal_dir, exist_ok=True)
-                fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    raise
-                self._lock_fd = fd
-            self._seq += 1
+            self._lock_locked()
+            path = self._segment_path(self._seq + 1)
             # 0600: a segment holds raw bodies until the agent converts (and redacts) them
-            self._fd = os.open(self._segment_path(self._seq), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            self._fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            self._seq += 1
             self._seg_bytes = self._seg_records = 0
             self.stats.segments += 1
+            self._unsynced = False
             self._dir_unsynced = True
             return True
         except OSError as exc:
@@ -193,10 +239,7 @@ class WalAppender:
             new_segment = self._dir_unsynced
             self._unsynced = self._dir_unsynced = False
         try:
-            t0 = time.perf_counter()
-            os.fdatasync(fd)
-            self.stats.wal_fsyncs += 1
-            self.stats.wal_fsync_s += time.perf_counter() - t0
+            self._fdatasync(fd)
             if new_segment:  # the segment's directory entry must survive the crash too
                 dir_fd = os.open(self.wal_dir, os.O_RDONLY)
                 try:
@@ -204,10 +247,23 @@ class WalAppender:
                 finally:
                     os.close(dir_fd)
         except OSError as exc:
-            self.stats.last_error = f"WAL fdatasync failed: {exc}"
-            self._dir_unsynced = self._dir_unsynced or new_segment
+            self.stats.last_error = f"WAL fsync failed: {exc}"
+            with self._lock:
+                self._dir_unsynced = self._dir_unsynced or new_segment
         finally:
             os.close(fd)
+
+    def _fdatasync(self, fd: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            self.stats.last_error = f"WAL fdatasync failed: {exc}"
+            with self._lock:
+                self._unsynced = True
+            raise
+        self.stats.wal_fsyncs += 1
+        self.stats.wal_fsync_s += time.perf_counter() - t0
 
     def _segment_path(self, seq: int) -> str:
         return os.path.join(self.wal_dir, f"{self.writer_id}.{seq:08d}{WAL_SUFFIX}")
@@ -260,6 +316,7 @@ class WalAppender:
         assert self._fd is not None
         done = os.write(self._fd, line)
         if done != len(line):
+            self.stats.short_writes += 1
             try:
                 while done < len(line):
                     n = os.write(self._fd, line[done:])
@@ -269,13 +326,26 @@ class WalAppender:
             except OSError:
                 try:
                     os.ftruncate(self._fd, self._seg_bytes)
-                except OSError:  # cannot cut back: this segment ends here (a torn last line is skipped)
-                    os.close(self._fd)
-                    self._fd = None
+                except OSError:  # cannot cut back: retire the segment, remembering where its lines end
+                    self._retire_locked()
                 raise
         self._seg_bytes += len(line)
         self._seg_records += 1
         self._unsynced = True
+
+    def _retire_locked(self) -> None:
+        """Close the current segment for good after a write that could not be cut back."""
+        assert self._fd is not None
+        path = self._segment_path(self._seq)
+        os.close(self._fd)
+        self._fd = None
+        if self._seg_bytes:
+            self.valid_len[path] = self._seg_bytes
+            self._retired.append(path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._seg_bytes = self._seg_records = 0
 
     def _queue_pending(self, line: bytes) -> None:
         if len(self._pending) >= self.max_pending:
@@ -286,6 +356,13 @@ class WalAppender:
                 "call log: %s; holding records in memory (max %d)", self.stats.last_error, self.max_pending
             )
         self._pending.append(line)
+        if self.on_pending is not None:
+            self.on_pending()
+
+    def count_dropped(self, reason: str, n: int) -> None:
+        """Count ``n`` records dropped for ``reason`` (the owner's, e.g. quarantined at conversion)."""
+        with self._lock:
+            self._drop(reason, n)
 
     def _drop(self, reason: str, n: int) -> None:
         total = self.stats.dropped.get(reason, 0) + n
@@ -294,36 +371,54 @@ class WalAppender:
             log.error("call log: dropped %d record(s) so far: %s (%s)", total, reason, self.stats.last_error)
 
     # -- rotation -----------------------------------------------------------------------
-    def rotate(self) -> None:
-        """Close the current segment if it has data, and open the next (see protocol, point 2)."""
+    def rotate(self) -> list[str]:
+        """Close the current segment if it has data, and open the next (see protocol, point 2).
+
+        Returns the segments closed since the last call (the one rotated out, and any that a
+        failed write retired), oldest first. With group commit, a closed segment is synced
+        whole once, outside the append lock.
+        """
         with self._lock:
-            if self._fd is None:
-                if self.lazy and not self._pending:
-                    return
-                if not self._open_locked():
-                    return
-            if self._segment_deleted():
-                self._drop("wal_deleted", self._seg_records)
-                assert self._fd is not None
-                os.close(self._fd)
-                self._fd = None
-                if self._lock_fd is not None:
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
-                self._seg_bytes = self._seg_records = 0
-                return
-            self._drain_pending_locked()
-            if self._seg_bytes == 0 or self._fd is None:
-                return
-            old = self._fd
+            old, unsynced, closed = self._rotate_locked()
+            closed = [*self._retired, *closed]
+            self._retired.clear()
+        if old is not None:
+            try:
+                if unsynced and self.wal_fsync_ms > 0:
+                    self._fdatasync(old)
+            except OSError:
+                pass  # recorded in last_error; the segment is converted (and synced as Parquet) next
+            finally:
+                os.close(old)
+        return closed
+
+    def _rotate_locked(self) -> tuple[int | None, bool, list[str]]:
+        """Swap in a new segment: (the old segment's fd to close, whether it has unsynced bytes, its path)."""
+        if self._fd is None:
+            if self.lazy and not self._pending:
+                return None, False, []
             if not self._open_locked():
-                self._fd = old
-                return
-            if self._unsynced and self.wal_fsync_ms > 0:  # the closed segment is synced whole, once
-                with contextlib.suppress(OSError):
-                    os.fdatasync(old)
-                self._unsynced = False
-            os.close(old)
+                return None, False, []
+        if self._segment_deleted():
+            # someone removed the WAL (the log directory) under us: what it held is gone
+            self._drop("wal_deleted", self._seg_records)
+            assert self._fd is not None
+            os.close(self._fd)
+            self._fd = None
+            if self._lock_fd is not None:  # the lock file went with the directory
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self._seg_bytes = self._seg_records = 0
+            return None, False, []
+        self._drain_pending_locked()
+        if self._seg_bytes == 0 or self._fd is None:
+            return None, False, []
+        old, path, unsynced = self._fd, self._segment_path(self._seq), self._unsynced
+        seg_bytes, seg_records = self._seg_bytes, self._seg_records
+        if not self._open_locked():
+            self._fd, self._seg_bytes, self._seg_records = old, seg_bytes, seg_records
+            return None, False, []
+        return old, unsynced, [path]
 
     def _segment_deleted(self) -> bool:
         try:
@@ -340,7 +435,7 @@ class WalAppender:
                 self.stats.last_error = f"WAL write failed: {exc}"
                 return
             self._pending.popleft()
-        if not self._pending:
+        if not self._pending and (self.stats.last_error or "").startswith("WAL"):
             self.stats.last_error = None
 
     def flush(self) -> int:
@@ -382,6 +477,7 @@ class WalAppender:
             "backlog_bytes": self.backlog_bytes,
             "segments": s.segments,
             "wal_errors": s.wal_errors,
+            "short_writes": s.short_writes,
             "wal_fsync_ms": self.wal_fsync_ms,
             "wal_fsyncs": s.wal_fsyncs,
             "wal_fsync_avg_ms": round(s.wal_fsync_s / s.wal_fsyncs * 1000, 3) if s.wal_fsyncs else None,

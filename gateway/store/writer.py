@@ -2,16 +2,11 @@
 
 Durability contract:
 
-1. The request path calls `LogWriter.append`, which serialises the record and does one
-   plain ``write()`` to the current WAL segment (no fsync): once it returns, a killed
-   process loses nothing, because the kernel holds the bytes. A line goes in whole or
-   not at all: a short write is completed, and when the rest cannot be written (disk
-   full) the segment is cut back to the line's start and the line is retried whole
-   later, so a torn line is never left in the middle of a segment.
-   With ``wal_fsync_ms`` set, a background thread also calls ``fdatasync`` on the segment
-   every ``wal_fsync_ms`` when something was written (group commit: one sync covers every
-   record appended since the last one), so a machine crash loses at most that window;
-   the request path never waits for it.
+1. `LogWriter.append` writes through a `gateway.store.wal.WalAppender` (the request
+   workers' WAL writer): the record is serialised and written with one plain ``write()``
+   to the current WAL segment (no fsync); once it returns, a killed process loses
+   nothing, because the kernel holds the bytes. Whole lines, short-write retry and
+   ``wal_fsync_ms`` group commit are the appender's (see `gateway.store.wal`).
 2. A background thread rotates the segment every ``flush_interval`` seconds, turns the
    closed segment into Parquet files partitioned by table and date
    (``<log_dir>/<table>/date=YYYY-MM-DD/<segment>.parquet``, zstd), commits them to the
@@ -44,18 +39,17 @@ import datetime as dt
 import fcntl
 import logging
 import os
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from gateway.store import conversion, layout, quarantine
 from gateway.store import table as tables
+from gateway.store.conversion import Parsed
+from gateway.store.wal import WalAppender, WalStats
 
 log = logging.getLogger("shadowtune.store")
 
@@ -67,21 +61,14 @@ COMPACT_AFTER_FILES = 64
 
 
 @dataclass
-class WriterStats:
-    """Counters an operator sees (metrics, ``logs status``, ``/readyz``)."""
+class WriterStats(WalStats):
+    """Counters an operator sees (metrics, ``logs status``, ``/readyz``): the WAL's and the conversion's."""
 
-    appended: int = 0
     flushed_rows: int = 0
     parquet_files: int = 0
     corrupt_records: int = 0
     replayed_segments: int = 0
-    wal_errors: int = 0
     flush_errors: int = 0
-    short_writes: int = 0
-    wal_fsyncs: int = 0
-    wal_fsync_s: float = 0.0
-    dropped: dict[str, int] = field(default_factory=dict)
-    last_error: str | None = None
     last_flush_at: float | None = None
 
 
@@ -105,36 +92,44 @@ class LogWriter:
         self.log_dir = log_dir
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
         self.flush_interval = flush_interval
-        self.max_pending = max_pending
         self.max_backlog_bytes = max_backlog_bytes
         self.compact_interval = compact_interval
         self.retention_days = retention_days
-        self.wal_fsync_ms = wal_fsync_ms
         self.create_bucket = create_bucket
-        self.writer_id = writer_id or f"{int(time.time() * 1000):013d}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stats = WriterStats()
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._seq = 0
-        self._seg_bytes = 0
-        self._seg_records = 0
+        self.wal = WalAppender(
+            self.wal_dir,
+            max_pending=max_pending,
+            writer_id=writer_id,
+            wal_fsync_ms=wal_fsync_ms,
+            stats=self.stats,
+            rotate_thread=False,  # this writer's flush thread rotates, then converts
+        )
+        self.writer_id = self.wal.writer_id
         self._closed: deque[str] = deque()  # closed segments waiting for conversion
-        self._pending: deque[bytes] = deque()  # lines the WAL could not take yet
-        self._lock_fd: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.wal.on_pending = self._wake.set  # a record waits in memory: retry soon
         self._flush_lock = threading.Lock()
         self._last_compact = time.monotonic()
         self._files_at_compact = 0  # stats.parquet_files at the last compaction
-        self._unsynced = False  # bytes in the current segment since the last fdatasync
-        self._dir_unsynced = False  # a segment created since the last directory fsync
-        self._valid_len: dict[str, int] = {}  # closed segments whose tail could not be cut back
         self._failures: dict[str, int] = {}  # segment -> conversions failed for a non-I/O reason
         self._adopted: dict[str, int] = {}  # dead owner -> its lock fd, held until its segments are done
-        self._sync_thread: threading.Thread | None = None
         self.listeners: list[Callable[[str, list[dict[str, Any]]], None]] = []
         """Called in the writer thread with each batch of flushed (derived) records: telemetry hooks in here."""
+
+    @property
+    def max_pending(self) -> int:
+        return self.wal.max_pending
+
+    @property
+    def wal_fsync_ms(self) -> float:
+        return self.wal.wal_fsync_ms
+
+    @property
+    def _sync_thread(self) -> threading.Thread | None:
+        return self.wal._sync_thread
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -142,27 +137,22 @@ class LogWriter:
         try:
             os.makedirs(self.wal_dir, exist_ok=True)
             layout.ensure_store(self.log_dir, create_bucket=self.create_bucket, wal_dir=self.wal_dir)
-            self._lock_fd = os.open(
-                os.path.join(self.wal_dir, f"{self.writer_id}.lock"), os.O_CREAT | os.O_RDWR
-            )
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.wal.acquire()
         except OSError as exc:
+            self.wal.start()  # no segment: appends wait in memory, the flush thread retries the WAL
             self._error(f"cannot open the call log at {self.log_dir}: {exc}")
         else:
             self.replay()  # never raises: what it cannot convert now is retried in the background
             try:
                 # a reused writer id continues after its committed segments (exactly-once is by seq)
-                self._seq = max(self._seq, tables.committed_seq(self.log_dir, self.writer_id))
-                self._open_segment()
+                self.wal.seq = max(self.wal.seq, tables.committed_seq(self.log_dir, self.writer_id))
             except OSError as exc:
                 self._error(f"cannot open the call log at {self.log_dir}: {exc}")
+            self.wal.start()
+            if not self.wal.is_open:
+                self._error(f"cannot open the call log at {self.log_dir}: {self.stats.last_error}")
         self._thread = threading.Thread(target=self._run, name="shadowtune-log-writer", daemon=True)
         self._thread.start()
-        if self.wal_fsync_ms > 0:
-            self._sync_thread = threading.Thread(
-                target=self._sync_loop, name="shadowtune-wal-fsync", daemon=True
-            )
-            self._sync_thread.start()
 
     def close(self) -> None:
         """Flush everything to Parquet and release the lock."""
@@ -170,115 +160,28 @@ class LogWriter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self._sync_thread is not None:
-            self._sync_thread.join(timeout=30)
         self.flush()
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-        self._remove_current_if_empty()
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.wal_dir, f"{self.writer_id}.lock"))
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.wal.close()  # syncs, closes (and removes when empty) the current segment, releases the lock
         for owner in list(self._adopted):  # segments still unconverted: the next start retries them
             os.close(self._adopted.pop(owner))
 
     # -- request path -------------------------------------------------------------------
     def append(self, table: str, record: dict[str, Any]) -> None:
         """Append one record to the WAL: one ``write()``, never blocks on the disk's flush."""
-        record["_t"] = table
-        try:
-            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError as exc:  # not JSON (a surrogate, an int over 64 bits, an object)
-            salvaged = self._salvage(table, record, exc)
-            if salvaged is None:
-                return
-            line = salvaged
-        with self._lock:
-            self.stats.appended += 1
-            if self._fd is not None and not self._pending:
-                try:
-                    self._write_locked(line)
-                    return
-                except OSError as exc:
-                    self.stats.wal_errors += 1
-                    self.stats.last_error = f"WAL write failed: {exc}"
-            self._queue_pending(line)
+        self.wal.append(table, record)
 
-    def _write_locked(self, line: bytes) -> None:
-        """Write one whole line to the current segment, or raise `OSError` having written none of it."""
-        assert self._fd is not None
-        n = os.write(self._fd, line)
-        if n != len(line):
-            self._finish_short_write(line, n)
-        self._seg_bytes += len(line)
-        self._seg_records += 1
-        self._unsynced = True
-
-    def _finish_short_write(self, line: bytes, done: int) -> None:
-        assert self._fd is not None
-        self.stats.short_writes += 1
-        try:
-            while done < len(line):
-                n = os.write(self._fd, line[done:])
-                if n <= 0:
-                    raise OSError(28, "No space left on device (short write)")
-                done += n
-        except OSError:
-            try:  # cut the segment back to the line's start: the line is retried whole
-                os.ftruncate(self._fd, self._seg_bytes)
-            except OSError:  # cannot: retire the segment, remembering where its whole lines end
-                path = self._segment_path(self._seq)
-                self._valid_len[path] = self._seg_bytes
-                os.close(self._fd)
-                self._fd = None
-                if self._seg_bytes:
-                    self._closed.append(path)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                self._seg_bytes = self._seg_records = 0
-            raise
-
-    def _salvage(self, table: str, record: dict[str, Any], exc: Exception) -> bytes | None:
-        """A record orjson cannot write: its strings scrubbed, or else quarantined (None)."""
-        line, reason, error = quarantine.salvage(
-            self.wal_dir, self.writer_id, table, record, exc, self.stats.appended
-        )
-        if line is not None:
-            return line
-        with self._lock:
-            self.stats.appended += 1
-            if error is not None:
-                self.stats.last_error = error
-            self._drop(reason or "quarantined", 1)
-        return None
-
-    def _queue_pending(self, line: bytes) -> None:
-        if len(self._pending) >= self.max_pending:
-            self._drop("queue_full", 1)
-            return
-        if not self._pending:
-            log.error(
-                "call log: %s; holding records in memory (max %d)", self.stats.last_error, self.max_pending
-            )
-        self._pending.append(line)
-        self._wake.set()
+    def sync_wal(self) -> None:
+        """``fdatasync`` the current segment if anything was written to it since the last sync."""
+        self.wal.sync()
 
     def _drop(self, reason: str, n: int) -> None:
-        total = self.stats.dropped.get(reason, 0) + n
-        self.stats.dropped[reason] = total
-        if total & (total - 1) == 0:  # log at 1, 2, 4, 8, ... so a long outage does not flood the log
-            log.error("call log: dropped %d record(s) so far: %s (%s)", total, reason, self.stats.last_error)
+        self.wal.count_dropped(reason, n)
 
     # -- state --------------------------------------------------------------------------
     @property
     def backlog_bytes(self) -> int:
         """Bytes accepted but not yet in Parquet (closed segments, current one, memory queue)."""
-        total = self._seg_bytes + sum(len(x) for x in self._pending)
+        total = self.wal.backlog_bytes
         for seg in list(self._closed):
             with contextlib.suppress(OSError):
                 total += os.path.getsize(seg)
@@ -288,124 +191,25 @@ class LogWriter:
     def healthy(self) -> bool:
         """False while records wait in memory, were dropped recently, or the backlog is too big."""
         return (
-            self._fd is not None
-            and not self._pending
-            and self.stats.flush_errors == 0
-            and self.backlog_bytes <= self.max_backlog_bytes
+            self.wal.healthy and self.stats.flush_errors == 0 and self.backlog_bytes <= self.max_backlog_bytes
         )
 
     def status(self) -> dict[str, Any]:
         s = self.stats
         return {
-            "writer_id": self.writer_id,
+            **self.wal.status(),
             "healthy": self.healthy,
-            "wal_open": self._fd is not None,
-            "appended": s.appended,
+            "backlog_bytes": self.backlog_bytes,
             "flushed_rows": s.flushed_rows,
             "parquet_files": s.parquet_files,
-            "pending_in_memory": len(self._pending),
-            "backlog_bytes": self.backlog_bytes,
             "closed_segments": len(self._closed),
             "corrupt_records": s.corrupt_records,
             "replayed_segments": s.replayed_segments,
-            "wal_errors": s.wal_errors,
             "flush_errors": s.flush_errors,
-            "short_writes": s.short_writes,
             "quarantined": s.dropped.get("quarantined", 0),
             "quarantine_dir": quarantine.directory(self.wal_dir),
-            "wal_fsync_ms": self.wal_fsync_ms,
-            "wal_fsyncs": s.wal_fsyncs,
-            "wal_fsync_avg_ms": round(s.wal_fsync_s / s.wal_fsyncs * 1000, 3) if s.wal_fsyncs else None,
-            "dropped": dict(s.dropped),
-            "last_error": s.last_error,
             "last_flush_at": s.last_flush_at,
         }
-
-    # -- segments -----------------------------------------------------------------------
-    def _segment_path(self, seq: int) -> str:
-        return os.path.join(self.wal_dir, f"{self.writer_id}.{seq:08d}{layout.WAL_SUFFIX}")
-
-    def _open_segment(self) -> None:
-        seq = self._seq + 1
-        self._fd = os.open(self._segment_path(seq), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-        self._seq = seq
-        self._seg_bytes = self._seg_records = 0
-        self._unsynced = False
-        self._dir_unsynced = True
-
-    def _rotate(self) -> None:
-        """Close the current segment (if it has data) and open the next one."""
-        with self._lock:
-            unsynced = self._unsynced
-            old_fd = self._rotate_locked()
-        if old_fd is not None:
-            try:
-                if unsynced and self.wal_fsync_ms > 0:  # outside the lock: appends do not wait for it
-                    self._fdatasync(old_fd)
-            except OSError:
-                pass  # recorded in last_error; the segment is converted (and fsynced as Parquet) next
-            finally:
-                os.close(old_fd)
-
-    def _rotate_locked(self) -> int | None:
-        """Swap in a new segment; returns the old segment's fd for the caller to close."""
-        if self._fd is None:
-            try:
-                os.makedirs(self.wal_dir, exist_ok=True)  # the log may be back after a failed start
-                if self._lock_fd is None:
-                    lock_path = os.path.join(self.wal_dir, f"{self.writer_id}.lock")
-                    self._lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._open_segment()
-            except OSError as exc:
-                self.stats.last_error = f"WAL open failed: {exc}"
-                return None
-        if self._fd is not None and self._segment_deleted():
-            # someone removed the WAL (the log directory) under us: what it held is gone
-            self._drop("wal_deleted", self._seg_records)
-            os.close(self._fd)
-            self._fd = None
-            if self._lock_fd is not None:  # the lock file went with the directory
-                os.close(self._lock_fd)
-                self._lock_fd = None
-            self._seg_bytes = self._seg_records = 0
-            return None
-        self._drain_pending_locked()
-        if self._seg_bytes == 0 or self._fd is None:
-            return None
-        old_fd, old_path = self._fd, self._segment_path(self._seq)
-        try:
-            self._open_segment()
-        except OSError as exc:
-            self.stats.last_error = f"WAL rotate failed: {exc}"
-            return None
-        self._closed.append(old_path)
-        return old_fd
-
-    def _segment_deleted(self) -> bool:
-        assert self._fd is not None
-        try:
-            return os.fstat(self._fd).st_nlink == 0
-        except OSError:
-            return True
-
-    def _drain_pending_locked(self) -> None:
-        while self._pending and self._fd is not None:
-            line = self._pending[0]
-            try:
-                self._write_locked(line)
-            except OSError as exc:
-                self.stats.last_error = f"WAL write failed: {exc}"
-                return
-            self._pending.popleft()
-        if not self._pending:
-            self.stats.last_error = None if self.stats.flush_errors == 0 else self.stats.last_error
-
-    def _remove_current_if_empty(self) -> None:
-        path = self._segment_path(self._seq)
-        with contextlib.suppress(OSError):
-            if os.path.getsize(path) == 0:
-                os.unlink(path)
 
     # -- background ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -423,7 +227,7 @@ class LogWriter:
     def flush(self) -> int:
         """Rotate and convert every closed segment to Parquet now; returns rows written."""
         with self._flush_lock:
-            self._rotate()
+            self._closed.extend(self.wal.rotate())
             rows = 0
             while self._closed:
                 seg = self._closed[0]
@@ -445,21 +249,20 @@ class LogWriter:
                         n = conversion.quarantine_segment(
                             self.wal_dir, self.writer_id, seg, f"segment conversion failed: {exc!r}"
                         )
-                        with self._lock:
-                            self._drop("quarantined", n)
+                        self._drop("quarantined", n)
                     except OSError as err:
                         self.stats.flush_errors += 1
                         self._error(f"cannot quarantine {os.path.basename(seg)}: {err}")
                         break
                 self._closed.popleft()
                 self._failures.pop(seg, None)
-                self._valid_len.pop(seg, None)
+                self.wal.valid_len.pop(seg, None)
                 self.stats.flush_errors = 0
             self._release_adopted()
             self.stats.last_flush_at = time.time()
             return rows
 
-    def _convert_segment(self, seg: str, *, strict_tail: bool) -> int:
+    def _convert_segment(self, seg: str, *, strict_tail: bool, parsed: Parsed | None = None) -> int:
         """Segment → Parquet (+ quarantine), then removed; its records are counted once, here."""
         done = conversion.convert_segment(
             self.log_dir,
@@ -467,15 +270,15 @@ class LogWriter:
             self.writer_id,
             seg,
             strict_tail=strict_tail,
-            valid_len=self._valid_len.get(seg),
+            valid_len=self.wal.valid_len.get(seg),
+            parsed=parsed,
         )
         self.stats.parquet_files += done.files
         if done.corrupt:
             self.stats.corrupt_records += done.corrupt
             log.warning("call log: skipped %d corrupt record(s) in %s", done.corrupt, os.path.basename(seg))
         if done.quarantined:
-            with self._lock:
-                self._drop("quarantined", done.quarantined)
+            self._drop("quarantined", done.quarantined)
             log.warning(
                 "call log: quarantined %d record(s) of %s in %s (first: %s)",
                 done.quarantined,
@@ -492,14 +295,15 @@ class LogWriter:
         self.stats.flushed_rows += done.rows
         return done.rows
 
-    def convert_segment(self, seg: str) -> int:
+    def convert_segment(self, seg: str, parsed: Parsed | None = None) -> int:
         """Convert one closed WAL segment (any writer's) to Parquet, then delete it; returns its rows.
 
         The log agent's entry point (`gateway.agent.core`). Raises ``OSError`` when the
         store refuses the write (the segment stays, to be tried again) and
-        ``FileNotFoundError`` when the segment is already gone.
+        ``FileNotFoundError`` when the segment is already gone. ``parsed``: the segment's rows
+        as the agent's WAL tail parsed and derived them (the segment is not parsed again).
         """
-        return self._convert_segment(seg, strict_tail=True)
+        return self._convert_segment(seg, strict_tail=True, parsed=parsed)
 
     def housekeeping(self) -> None:
         """Compaction and retention, when their interval has passed (the log agent calls this)."""
@@ -561,44 +365,6 @@ class LogWriter:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.wal_dir, f"{owner}.lock"))
             os.close(self._adopted.pop(owner))
-
-    # -- group commit -------------------------------------------------------------------
-    def _sync_loop(self) -> None:
-        while not self._stop.wait(self.wal_fsync_ms / 1000):
-            self.sync_wal()
-
-    def sync_wal(self) -> None:
-        """``fdatasync`` the current segment if anything was written to it since the last sync."""
-        with self._lock:
-            if not self._unsynced or self._fd is None:
-                return
-            fd = os.dup(self._fd)  # the segment may rotate meanwhile: sync through our own fd
-            new_segment = self._dir_unsynced
-            self._unsynced = self._dir_unsynced = False
-        try:
-            self._fdatasync(fd)
-            if new_segment:  # the segment's directory entry must survive the crash too
-                dir_fd = os.open(self.wal_dir, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        except OSError:
-            self._dir_unsynced = self._dir_unsynced or new_segment
-        finally:
-            os.close(fd)
-
-    def _fdatasync(self, fd: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            self.stats.last_error = f"WAL fdatasync failed: {exc}"
-            with self._lock:
-                self._unsynced = True
-            raise
-        self.stats.wal_fsyncs += 1
-        self.stats.wal_fsync_s += time.perf_counter() - t0
 
     def _housekeeping(self) -> None:
         now = time.monotonic()

@@ -70,3 +70,45 @@ def test_ownership_and_idempotency_hold_across_workers(serve, log_dir):
         time.sleep(0.2)
     assert [(r["up"], r["down"]) for r in rows] == [(1, 0)] * 12
     assert posters == [{"client_key": "alice"}]
+
+
+HEAVY = ("pyarrow", "duckdb", "opentelemetry.sdk", "polars", "pandas")
+
+
+def worker_modules(url: str, workers: int = 2, tries: int = 400) -> dict[int, list[str]]:
+    """pid -> ``sys.modules`` of each request worker (fresh connections reach both in time)."""
+    seen: dict[int, list[str]] = {}
+    for _ in range(tries):
+        r = httpx.get(url + "/admin/process", headers={"Connection": "close"}, timeout=10)
+        assert r.status_code == 200, r.text
+        seen[r.json()["pid"]] = r.json()["modules"]
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def test_request_workers_load_no_duckdb_or_pyarrow_after_feedback_posts(serve):
+    """The ownership index lives in the log agent: workers ask it, and stay lean."""
+    proc, keys = serve
+    for i in range(8):  # answers and feedback spread over both workers
+        r = post(proc.url, keys["alice"], "/v1/chat/completions", {
+            "model": "bot", "messages": [{"role": "user", "content": f"lean {i}"}]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        call_id = r.headers["x-request-id"]
+        r = post(
+            proc.url, keys["alice"], "/v1/feedback", {"call_id": call_id, "kind": "thumbs", "value": "up"}
+        )
+        assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+        again = post(
+            proc.url, keys["alice"], "/v1/feedback", {"call_id": call_id, "kind": "thumbs", "value": "up"}
+        )
+        assert again.status_code == 200 and again.json()["duplicate"] is True, again.text
+        other = post(
+            proc.url, keys["bob"], "/v1/feedback", {"call_id": call_id, "kind": "thumbs", "value": "up"}
+        )
+        assert other.status_code == 404, other.text
+    seen = worker_modules(proc.url)
+    assert len(seen) == 2
+    for pid, modules in seen.items():
+        loaded = [m for m in modules if m in HEAVY or m.startswith(tuple(h + "." for h in HEAVY))]
+        assert loaded == [], f"worker {pid} imported {loaded[:5]} after feedback posts"

@@ -253,3 +253,64 @@ def test_the_tails_light_derivation_gives_telemetry_the_same_fields_as_the_full_
             for key in TELEMETRY_FIELDS:
                 assert light.get(key) == pytest.approx(full.get(key)), (name, key)
             assert "response_sse" not in light
+
+
+def quarantined(wal_dir: str) -> list[dict[str, Any]]:
+    import json
+
+    from gateway.store import quarantine
+
+    out = []
+    for path in sorted(Path(quarantine.directory(wal_dir)).glob("*.ndjson")):
+        out.extend(json.loads(line) for line in path.read_text().splitlines())
+    return out
+
+
+def test_each_record_is_parsed_once_and_what_cannot_be_a_row_is_quarantined_by_line(tmp_path, monkeypatch):
+    """The conversion takes the tail's Arrow tables (no second parse); quarantine entries keep their
+    line numbers and raw lines, whether the tail kept the segment or it had to be read again."""
+    import json
+
+    import pytest
+
+    from gateway.agent import tail
+    from gateway.store import conversion
+
+    for kept in (True, False):
+        log_dir = str(tmp_path / f"log-{kept}")
+        agent = LogAgent(settings(log_dir))
+        agent.start()
+        seen = tailed(agent)
+        if not kept:
+            agent.tailer.max_kept_bytes = -1  # nothing kept: the conversion reads the segment again
+        dead = WalAppender(agent.wal_dir, rotate_interval=60)
+        dead.start()
+        dead.append("calls", record(0, status=200))
+        dead.append("calls", record(1, status="not a number"))  # does not fit its column
+        dead.append("calls", record(2, status=200))
+        dead.close()
+        seg = next(Path(agent.wal_dir).glob("*.wal.ndjson"))
+        with seg.open("ab") as f:
+            f.write(b"{not json\n")
+        parses: list[int] = []
+        real = tail.parse_lines
+        with monkeypatch.context() as m:
+            m.setattr(
+                tail, "parse_lines", lambda data, _p=parses, _r=real, **kw: _p.append(1) or _r(data, **kw)
+            )
+            m.setattr(conversion, "parse_lines", lambda *a, **kw: pytest.fail("the conversion parsed again"))
+            agent.tailer.poll()
+            polls = len(parses)
+            assert (agent.tailer.parsed(str(seg)) is not None) is kept
+            assert agent.convert() == 2
+            assert len(parses) == polls + (0 if kept else 1)  # read again only when nothing was kept
+        agent.stop()
+        entries = sorted(quarantined(agent.wal_dir), key=lambda e: e["line"])
+        assert [(e["line"], e["segment"]) for e in entries] == [
+            (1, seg.name[: -len(".wal.ndjson")]),
+            (3, seg.name[: -len(".wal.ndjson")]),
+        ]
+        assert json.loads(entries[0]["raw"])["call_id"] == "call-1" and entries[1]["raw"] == "{not json"
+        assert agent.status()["quarantined"] == 2
+        assert seen == ["call-0", "call-1", "call-2"]  # telemetry saw each parsed record once
+        assert logged(log_dir) == ["call-0", "call-2"]

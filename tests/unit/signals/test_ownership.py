@@ -48,3 +48,47 @@ def test_recent_calls_and_events_come_from_the_wal_tail_older_ones_from_parquet(
     assert later.existing("call_a", "chatcmpl-a", "thumbs", "key:k1")["event_id"] == "evt_1"
     later.close()
     index.close()
+
+
+def test_an_index_fed_by_the_agents_tail_finds_what_was_appended_a_moment_ago(log_dir):
+    from gateway.agent.tail import WalTailer
+
+    with LogWriter(log_dir, flush_interval=3600, compact_interval=0) as w:
+        tailer = WalTailer(w.wal_dir)
+        index = FeedbackIndex(log_dir, w.wal_dir, wait_s=0.0, poll=tailer.poll)
+        tailer.listeners.append(index.on_records)
+        w.append("calls", call("call_b", "bob", "chatcmpl-b"))  # not polled yet: the lookup reads it
+        found = index.owner("chatcmpl-b", wait=False)
+        assert found is not None and (found.call_id, found.client_key, found.recent) == (
+            "call_b",
+            "bob",
+            True,
+        )
+        event = {"event_id": "evt_2", "call_id": "call_b", "ts": int(time.time() * 1e6), "kind": "thumbs",
+                 "value": "down", "key_id": "k2", "source": "api"}  # fmt: skip
+        w.append("events", event)
+        assert index.existing("call_b", "call_b", "thumbs", poster_id(event))["event_id"] == "evt_2"
+        assert index._tail.offsets == {}  # the index never read the WAL itself: one parse, the tail's
+        index.close()
+
+
+def test_a_worker_asking_an_unreachable_agent_gets_a_503_when_keyed_and_goes_on_in_open_mode(tmp_path):
+    import asyncio
+
+    import pytest
+
+    from gateway.agent import feedback as agent_feedback
+    from gateway.agent.proxy import AgentLink
+    from gateway.errors import Overloaded
+
+    async def run() -> None:
+        link = AgentLink(str(tmp_path / "no-agent.sock"), ctx=None)
+        try:
+            with pytest.raises(Overloaded) as err:
+                await agent_feedback.ask(link, "call_x", "thumbs", "key:k", wait=True)
+            assert err.value.status == 503 and err.value.code == "log_agent_unavailable"
+            assert await agent_feedback.ask(link, "call_x", "thumbs", "addr:1", wait=False) == (None, None)
+        finally:
+            await link.close()
+
+    asyncio.run(run())

@@ -1,0 +1,132 @@
+"""make bench-log ARGS=--agent: the log agent's sustained rows/s and RSS, with ~2 KB call records.
+
+Request workers (separate processes, ``--writers`` of them) append realistic ~2 KB calls
+(half streamed as raw SSE, `log_bench.realistic_record`) to the WAL as fast as they can,
+rotating every ``--segment-rows`` records, while the host's log agent (`gateway.agent.app.
+build_agent`: WAL tail → telemetry (Prometheus) and the feedback index, conversion →
+Parquet → Delta commits) runs in this process. Reported: rows/s from the agent's start to
+the last row committed (the appenders finish well before: the figure is the agent's), the
+agent's peak RSS (``ru_maxrss``) and its CPU seconds. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from log_bench import realistic_record
+
+from gateway.agent.app import build_agent
+from gateway.config import Settings
+from gateway.store import LogStore
+from gateway.store.wal import WalAppender
+
+
+def append_worker(wal_dir: str, n: int, segment_rows: int, offset: int, start: mp.synchronize.Event) -> None:
+    records = [realistic_record(offset + i) for i in range(n)]
+    start.wait()
+    wal = WalAppender(wal_dir, rotate_interval=3600)
+    wal.start()
+    for i, rec in enumerate(records):
+        wal.append("calls", rec)
+        if i % segment_rows == segment_rows - 1:
+            wal.rotate()
+    wal.close()
+
+
+def run(
+    rows: int, writers: int, segment_rows: int, flush_interval: float, telemetry: bool = True
+) -> dict[str, float | int]:
+    tmp = tempfile.mkdtemp(prefix="st-agentbench-", dir=os.environ.get("BENCH_DIR"))
+    settings = Settings.model_validate(
+        {
+            "store": {"log_dir": tmp, "flush_interval": flush_interval, "compact_interval": 0},
+            "server": {"auth": "open"},
+            "routes": {},
+        }
+    )
+    ctx = build_agent(settings)
+    agent = ctx.agent
+    if not telemetry:  # what the metrics and spans cost: the tail without their listener
+        agent.tailer.listeners.remove(ctx.telemetry.on_records)
+    start = mp.Event()
+    per = rows // writers
+    procs = [
+        mp.Process(target=append_worker, args=(agent.wal_dir, per, segment_rows, k * per, start))
+        for k in range(writers)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(max(2.0, per / 40_000))  # the workers build their records first
+    size = statistics.mean(len(json.dumps(realistic_record(i))) for i in range(200))
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    start.set()
+    agent.start()
+    appended_at = None
+    while agent.converter.stats.flushed_rows < per * writers:
+        if appended_at is None and not any(p.is_alive() for p in procs):
+            appended_at = time.perf_counter() - t0
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    agent.stop()
+    for p in procs:
+        p.join()
+    with LogStore.open(tmp) as store:
+        stored = store.count()
+    ctx.feedback_index.close()
+    shutil.rmtree(tmp)
+    return {
+        "rows": per * writers,
+        "record_bytes": round(size),
+        "writers": writers,
+        "appended_s": round(appended_at or elapsed, 2),
+        "agent_s": round(elapsed, 2),
+        "rows_s": round(per * writers / elapsed),
+        "telemetry": telemetry,
+        "agent_cpu_s": round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime), 2),
+        "agent_cpu_us_per_row": round(
+            ((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)) / (per * writers) * 1e6, 1
+        ),
+        "agent_peak_rss_mib": round(cpu1.ru_maxrss / 1024),
+        "rows_in_store": stored,
+        "tailed": agent.tailer.records,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=300_000)
+    ap.add_argument("--writers", type=int, default=2)
+    ap.add_argument("--segment-rows", type=int, default=20_000)
+    ap.add_argument("--flush-interval", type=float, default=1.0)
+    ap.add_argument("--no-telemetry", action="store_true", help="the tail without the metrics listener")
+    ap.add_argument("--json-out")
+    args = ap.parse_args()
+    out = run(args.rows, args.writers, args.segment_rows, args.flush_interval, not args.no_telemetry)
+    print(
+        f"log agent: {out['rows']:,} calls of ~{out['record_bytes']} B from {out['writers']} writers: "
+        f"{out['rows_s']:,} rows/s sustained (target >= 50,000; WAL appends done at {out['appended_s']} s, "
+        f"last row committed at {out['agent_s']} s), agent CPU {out['agent_cpu_s']} s "
+        f"({out['agent_cpu_us_per_row']} µs/row: {1e6 / out['agent_cpu_us_per_row']:,.0f} rows per CPU-second), "
+        f"peak RSS {out['agent_peak_rss_mib']} MiB (target <= 300), rows in store {out['rows_in_store']:,}, "
+        f"tailed {out['tailed']:,}"
+    )
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
