@@ -222,9 +222,9 @@ def run_drift_check(ctx: Any, check: Any) -> dict[str, Any] | None:
     return report
 
 
-def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
-    """One controller check for a route; returns its decisions (None when it failed)."""
-    import subprocess
+def subprocess_env(ctx: Any) -> tuple[dict[str, str], str]:
+    """The environment and gateway URL of a ``shadowtune …`` job subprocess (admin token, state)."""
+    from gateway import state
 
     settings = ctx.settings
     server = settings.server
@@ -232,12 +232,20 @@ def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
     env = dict(os.environ)
     if server.admin_token is not None:
         env["SHADOWTUNE_ADMIN_TOKEN"] = server.admin_token.get_secret_value()
-    from gateway import state
-
     env["SHADOWTUNE_STORE__STATE_URL"] = state.location_of(settings)
+    env["SHADOWTUNE_PROGRESS"] = "0"
+    return env, f"http://{host}:{ctx.port or server.port}"
+
+
+def run_controller(ctx: Any, ctl: Any) -> list[dict[str, Any]] | None:
+    """One controller check for a route; returns its decisions (None when it failed)."""
+    import subprocess
+
+    settings = ctx.settings
+    env, url = subprocess_env(ctx)
     cmd = [
         sys.executable, "-m", "gateway", "controller", "run", "--once", "--json",
-        "--route", ctl.route, "--url", f"http://{host}:{ctx.port or server.port}",
+        "--route", ctl.route, "--url", url,
         "--log-dir", settings.store.log_dir,
     ]  # fmt: skip
     if ctl.policy:

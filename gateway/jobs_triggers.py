@@ -19,27 +19,15 @@ import subprocess
 import sys
 from typing import Any
 
+from gateway.jobs import subprocess_env
+
 log = logging.getLogger("shadowtune.jobs")
-
-
-def _env(ctx: Any) -> tuple[dict[str, str], str]:
-    from gateway import state
-
-    settings = ctx.settings
-    server = settings.server
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    env = dict(os.environ)
-    if server.admin_token is not None:
-        env["SHADOWTUNE_ADMIN_TOKEN"] = server.admin_token.get_secret_value()
-    env["SHADOWTUNE_STORE__STATE_URL"] = state.location_of(settings)
-    env["SHADOWTUNE_PROGRESS"] = "0"
-    return env, f"http://{host}:{ctx.port or server.port}"
 
 
 def run_triggers(ctx: Any, trig: Any) -> list[dict[str, Any]] | None:
     """One scheduled evaluation of ``trig.route``'s policy (and its pipeline when it fires)."""
     settings = ctx.settings
-    env, url = _env(ctx)
+    env, url = subprocess_env(ctx)
     base = [sys.executable, "-m", "gateway", "triggers"]
     common = ["--route", trig.route, "--url", url, "--log-dir", settings.store.log_dir, "--json"]
     cmd = [*base, "run", *common] + (["--policy", trig.policy] if trig.policy else [])

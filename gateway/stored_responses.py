@@ -42,16 +42,14 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode
 
-import orjson
-
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    error_body,
 )
+from gateway.protocol.errors import as_openai_error
 from gateway.store.ids import new_id
 from gateway.upstream import faults
 from gateway.upstream import litellm as litellm_upstream
@@ -202,7 +200,7 @@ class StoredResponses:
         if status < 400 and faults.invalid_json(data):
             raise faults.invalid_answer(data, reply.content_type)
         if status >= 400:
-            data = _openai_error(data, status)
+            data = as_openai_error(data, status, clean=faults.redact)
             if status >= 500:
                 log.warning("stored response: the upstream answered %d (%s)", status, request_id)
         headers = _ids([_JSON, *reply.headers], request_id, t0)
@@ -243,17 +241,6 @@ async def _read_body(receive: Receive) -> bytes:
         parts.append(chunk)
         if not message.get("more_body"):
             return b"".join(parts)
-
-
-def _openai_error(data: bytes, status: int) -> bytes:
-    try:
-        parsed = orjson.loads(data)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            return data
-    except orjson.JSONDecodeError:
-        pass
-    text = faults.redact(data[:2000].decode("utf-8", "replace")) or f"upstream answered {status}"
-    return error_body(text, "upstream_error", code=str(status))
 
 
 def _ids(headers: list[tuple[bytes, bytes]], request_id: str, t0: float) -> list[tuple[bytes, bytes]]:

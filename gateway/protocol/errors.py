@@ -8,6 +8,7 @@ already in it. ``code`` is a string or null. Import-light: orjson only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -38,13 +39,15 @@ def upstream_error(data: bytes) -> tuple[str, str]:
     return "upstream_error", data[:500].decode("utf-8", "replace")
 
 
-def as_openai_error(data: bytes, status: int) -> bytes:
-    """Pass an upstream error through; wrap it in OpenAI's shape if it is not already."""
+def as_openai_error(data: bytes, status: int, *, clean: Callable[[str], str] | None = None) -> bytes:
+    """Pass an upstream error through; wrap it in OpenAI's shape if it is not already (its text
+    passed through ``clean`` first, e.g. `gateway.upstream.faults.redact`)."""
     try:
         parsed = orjson.loads(data)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
             return data
     except orjson.JSONDecodeError:
         pass
-    text = data[:2000].decode("utf-8", "replace") or f"upstream answered {status}"
+    text = data[:2000].decode("utf-8", "replace")
+    text = (clean(text) if clean is not None else text) or f"upstream answered {status}"
     return error_body(text, "upstream_error", code=str(status))
