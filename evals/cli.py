@@ -423,7 +423,7 @@ def drift_check(
             raise click.BadParameter("use window, window:7d or dataset:NAME", param_hint="--reference")
         from evals.drift.run import check_window_outputs
 
-        ref_length = _window_length(reference, reference_window)
+        ref_length = length if reference.startswith("window") else reference_window
         outputs = check_window_outputs(
             store,
             log_dir,

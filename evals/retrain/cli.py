@@ -9,16 +9,16 @@ after a rejection ``backoff``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from evals.errors import EvalError
-from gateway.admin_client import Target, target_options
+from gateway.admin_client import Target
+from gateway.clikit.options import gateway_options, handle_errors, json_option, log_dir_option
+from gateway.clikit.output import emit
 from gateway.store import LogStore
-from gateway.store.layout import default_log_dir
 
 
 def run_round(
@@ -72,27 +72,18 @@ def run_round(
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+    emit(data, as_json, text)
 
 
 def _common(fn: Any) -> Any:
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
-    fn = click.option("--log-dir", default=default_log_dir, help="The call log directory.")(fn)
+    fn = json_option(fn)
+    fn = log_dir_option(fn)
     fn = click.option("--route", required=True, help="The route.")(fn)
-    return target_options(fn)
+    return gateway_options(fn)
 
 
 def _guard(fn: Any) -> Any:
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EvalError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
+    return handle_errors(EvalError)(fn)
 
 
 @click.command(name="pause")
