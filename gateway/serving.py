@@ -27,8 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from gateway import responses
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError, UpstreamError, error_body
@@ -36,7 +34,7 @@ from gateway.hints import missing_key_hint
 from gateway.protocol import transform as request_transform
 from gateway.protocol.errors import as_openai_error, upstream_error
 from gateway.protocol.record import CallRecord
-from gateway.protocol.requests import RequestView
+from gateway.protocol.requests import RequestView, dump
 from gateway.protocol.transform import RequestTransform
 from gateway.routing.modes import Plan
 from gateway.routing.state import RouteState
@@ -290,17 +288,17 @@ class Serving:
         req = ctx.req
         raw = req.raw
         tf = _transform(ctx, attempt.variant)
-        if tf is not None:
-            raw = tf.apply(raw)
-            attempt.sent, attempt.transform = orjson.dumps(raw), tf.fingerprint
         try:
+            if tf is not None:
+                raw = tf.apply(raw)
+                attempt.sent, attempt.transform = dump(raw), tf.fingerprint
             upstream = self._upstream(name, ctx.upstreams)
             model = upstream.model or (req.model if name == PASSTHROUGH else name)
             if upstream.fast_path:
                 if attempt.sent is None:
                     body = ctx.body if model == req.model else req.with_model(model)  # type: ignore[arg-type]
                 else:
-                    body = attempt.sent if model == req.model else orjson.dumps({**raw, "model": model})
+                    body = attempt.sent if model == req.model else dump({**raw, "model": model})
                 caller = ctx.caller_auth if name == PASSTHROUGH else None
                 tp = ctx.rec.traceparent
                 if tp is not None:

@@ -46,7 +46,7 @@ class RequestView:
 
     def with_model(self, model: str) -> bytes:
         """The body with ``model`` replaced, every other field kept."""
-        return orjson.dumps({**self.raw, "model": model})
+        return dump({**self.raw, "model": model})
 
 
 class ChatRequest(RequestView):
@@ -159,3 +159,15 @@ def check_chat(req: dict[str, Any]) -> None:
 def check_embeddings(req: dict[str, Any]) -> None:
     if "input" not in req:
         raise InvalidRequest("'input' is required", param="input")
+
+
+def dump(body: dict[str, Any]) -> bytes:
+    """A request body to send on, re-encoded; nesting JSON cannot re-encode is the caller's 400.
+
+    orjson reads up to 1,024 levels but writes 254: a body nested deeper parses, and cannot be
+    sent on once changed (another model, the candidate's transform).
+    """
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"the request cannot be forwarded: {exc} (JSON nested too deeply?)") from None

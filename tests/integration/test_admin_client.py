@@ -179,7 +179,8 @@ def test_route_names_are_quoted_by_every_command_that_administers_them(
     # the trigger steps and the eval lookups read the route through the same client
     from types import SimpleNamespace
 
-    from evals import _lookups, steps
+    from evals import _lookups
+    from evals.retrain import steps
 
     monkeypatch.setenv("SHADOWTUNE_ADMIN_TOKEN", TOKEN)
     state = steps._route_state(SimpleNamespace(route=ODD), {"gateway_url": gw.url})
