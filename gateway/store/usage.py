@@ -69,7 +69,7 @@ _COST_SQL = f"""
 SELECT variant, coalesce(upstream, '') AS upstream, any_value(upstream_model) AS model,
        count(*) AS answered,
        count(cost_usd) AS priced,
-       coalesce(sum(cost_usd), 0) AS cost,
+       coalesce(sum(CAST(cost_usd AS DECIMAL(38, 12))), 0) AS cost,  -- exact: the same total every run
        coalesce(sum(input_tokens) FILTER (WHERE cost_usd IS NULL), 0) AS unpriced_in,
        coalesce(sum(output_tokens) FILTER (WHERE cost_usd IS NULL), 0) AS unpriced_out
 FROM {{calls}} WHERE {_WINDOW} AND {_OK}
