@@ -13,10 +13,21 @@ from gateway.web import _worth as worth
 from tests.unit.evals.test_worth_it import DAY, PRICES, T0, write_log
 
 LO, HI = int((T0 - 10) * 1e6), int((T0 + 3 * DAY) * 1e6)
-USAGE = (
-    "model calls served shadow answered error_rate tokens_in_per_call tokens_out_per_call "
-    "latency_p50_ms latency_p95_ms ttft_p50_ms ttft_p95_ms cost_per_1k_usd"
-).split()
+USAGE = [
+    "model",
+    "calls",
+    "served",
+    "shadow",
+    "answered",
+    "error_rate",
+    "tokens_in_per_call",
+    "tokens_out_per_call",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "cost_per_1k_usd",
+]
 
 
 @pytest.fixture(scope="module")
