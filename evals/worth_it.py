@@ -197,7 +197,7 @@ def format_worth_it(r: Mapping[str, Any]) -> str:
     p = r.get("projection")
     if p:
         lines.append(
-            f"\nprojection: {p['monthly_calls']:,.0f} calls a month (from {p['observed_days']:.1f} days)"
+            f"\nprojection: {p['monthly_calls']:,.0f} calls a month (from {_span(p['observed_days'])})"
         )
         for label, at in p["at"].items():
             if at is None:
@@ -210,7 +210,7 @@ def format_worth_it(r: Mapping[str, Any]) -> str:
                 else "cost unknown"
             )
             lat = at.get("latency_p50_ms_saved_per_call")
-            lat_s = f"; p50 {_f(lat, 0)} ms faster per candidate call" if lat is not None else ""
+            lat_s = f"; p50 {_faster(lat)} per candidate call" if lat is not None else ""
             lines.append(f"{head}: {cost}{lat_s}")
             for m, d in at["quality"].items():
                 lo, hi = d["ci"]
@@ -242,6 +242,15 @@ def _score(v: Any) -> str:
         x = v.get("mean", v.get("value", next(iter(v.values()), None)))
         return _f(x, 3)
     return _f(v, 3)
+
+
+def _span(days: float) -> str:
+    return f"{days:.1f} days" if days >= 1 else f"{24 * days:.1f} hours"
+
+
+def _faster(saved_ms: float) -> str:
+    """A latency saving as words: ``500 ms faster``, ``4,642 ms slower``."""
+    return f"{_f(abs(saved_ms), 0)} ms {'faster' if saved_ms >= 0 else 'slower'}"
 
 
 def _pct(x: float | None) -> str:
