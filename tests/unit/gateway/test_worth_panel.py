@@ -77,6 +77,7 @@ def test_the_panel_renders_the_numbers_and_says_when_a_price_is_missing(log_dir)
     monthly = (100 + 41) / 2.0 * 30
     saved_full = monthly * (2.8 - 0.175) / 1000
     assert f"saving ${saved_full:,.2f} against all-baseline" in html
+    assert "p50 500 ms faster per candidate call" in html
     assert 'href="#charts-chat"' in html and 'href="#rates"' in html
 
     _, unpriced = _both(log_dir, {})
