@@ -4,22 +4,18 @@
 knows about cost, speed and quality side by side, then projects the monthly difference at the
 route's current candidate share and at 100 %:
 
-* **usage** (every call of the route in the window, served or shadow: a shadow candidate's cost
-  and latency are as real as a served one's): calls, answered calls, error rate, input and output
-  tokens per answered call, cost per 1,000 answered calls, latency p50/p95 and time to first
-  token p50/p95 (streamed calls).
-* **cost** comes from the log's ``cost_usd`` (the upstream's prices when the call was made); rows
-  logged without a price are priced from ``prices`` (the upstream settings now, per million
-  tokens) when given. A variant with calls that have neither is reported as *missing*, with the
-  upstream to configure, never as zero.
+* **usage, cost and the projection's cost and latency** are `gateway.store.usage.route_worth`'s,
+  the computation the review dashboard's "Worth it?" panel shows too (see its definitions): every
+  call of the route in the window, served or shadow; cost from the log's ``cost_usd``, else
+  ``prices`` (the upstream settings now, per million tokens), else reported *missing*, never zero.
 * **quality**: the slow eval (`evals.online.outcomes.outcomes_report`: outcome rates among the served
   calls with unit-level intervals, candidate minus baseline with always-valid intervals) and the
   fast evals stored under the log dir (the newest judge run of the route; the newest golden run
   of the candidate's model on the fixed test split, with its baseline beside it).
 * **projection**: served calls per day over the observed part of the window, times 30, at the
-  latest route-state version's observed candidate share and at 100 %. The quality difference that
-  comes with it is the measured difference (and its interval) on each outcome rate, scaled by the
-  share of calls that would get the candidate.
+  latest route-state version's observed candidate share and at 100 % (`gateway.store.usage`);
+  the quality difference that comes with it is the measured difference (and its interval) on
+  each outcome rate, scaled by the share of calls that would get the candidate.
 
 Every figure that cannot be computed is ``None`` with a sentence in ``missing``.
 """
@@ -34,61 +30,13 @@ from typing import Any
 from evals import _reports
 from evals.online.outcomes import outcomes_report
 from evals.online.outcomes_query import epoch_us
+from gateway.store import usage
 
-DAYS_PER_MONTH = 30
-VARIANTS = ("baseline", "candidate")
 QUALITY_RATES = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate", "flag_rate")
 
-_OK = "coalesce(status, 200) < 400 AND error_type IS NULL"
-_WINDOW = (
-    "route = $route AND epoch_us(ts) >= $lo AND epoch_us(ts) < $hi AND variant IN ('baseline', 'candidate')"
-)
-
-_USAGE_SQL = f"""
-SELECT variant,
-       count(*) AS calls,
-       count(*) FILTER (WHERE served) AS served,
-       count(*) FILTER (WHERE NOT ({_OK})) AS errors,
-       count(*) FILTER (WHERE {_OK}) AS answered,
-       avg(input_tokens) FILTER (WHERE {_OK}) AS tokens_in,
-       avg(output_tokens) FILTER (WHERE {_OK}) AS tokens_out,
-       quantile_cont(latency_ms, 0.5) FILTER (WHERE {_OK}) AS p50,
-       quantile_cont(latency_ms, 0.95) FILTER (WHERE {_OK}) AS p95,
-       quantile_cont(ttft_ms, 0.5) FILTER (WHERE {_OK} AND stream) AS ttft_p50,
-       quantile_cont(ttft_ms, 0.95) FILTER (WHERE {_OK} AND stream) AS ttft_p95,
-       mode() WITHIN GROUP (ORDER BY upstream_model) AS model,
-       min(epoch_us(ts)) AS first_us,
-       max(epoch_us(ts)) AS last_us
-FROM calls WHERE {_WINDOW}
-GROUP BY variant
-"""
-
-_COST_SQL = f"""
-SELECT variant, coalesce(upstream, '') AS upstream, any_value(upstream_model) AS model,
-       count(*) AS answered,
-       count(cost_usd) AS priced,
-       coalesce(sum(cost_usd), 0) AS cost,
-       coalesce(sum(input_tokens) FILTER (WHERE cost_usd IS NULL), 0) AS unpriced_in,
-       coalesce(sum(output_tokens) FILTER (WHERE cost_usd IS NULL), 0) AS unpriced_out
-FROM calls WHERE {_WINDOW} AND {_OK}
-GROUP BY variant, coalesce(upstream, '')
-"""
-
-_SHARE_SQL = f"""
-WITH v AS (
-  SELECT route_version FROM calls WHERE {_WINDOW} AND served AND route_version IS NOT NULL
-  ORDER BY epoch_us(ts) DESC LIMIT 1
-)
-SELECT any_value(c.route_version) AS version, any_value(c.mode) AS mode,
-       count(*) FILTER (WHERE c.variant = 'candidate') AS candidate,
-       count(*) AS served
-FROM calls c JOIN v ON c.route_version = v.route_version
-WHERE c.route = $route AND epoch_us(c.ts) >= $lo AND epoch_us(c.ts) < $hi AND c.served
-  AND c.variant IN ('baseline', 'candidate')
-"""
-
-Prices = Mapping[str, tuple[float | None, float | None]]
-"""Upstream name → (USD per million input tokens, USD per million output tokens)."""
+Prices = usage.Prices
+DAYS_PER_MONTH = usage.DAYS_PER_MONTH
+VARIANTS = usage.VARIANTS
 
 
 def worth_it_report(
@@ -106,22 +54,13 @@ def worth_it_report(
     now = time.time() if now is None else now
     lo = epoch_us(since)
     hi = epoch_us(until) if until is not None else epoch_us(now) + 1
-    params = {"route": route, "lo": lo, "hi": hi}
-    missing: list[str] = []
-    variants: dict[str, dict[str, Any]] = {}
-    for r in store.sql(_USAGE_SQL, params):
-        variants[r["variant"]] = _usage(r)
-    for name in VARIANTS:
-        if name not in variants:
-            missing.append(f"no {name} calls on route {route!r} in the window")
-    costs = _costs(store.sql(_COST_SQL, params), prices or {})
-    for name, v in variants.items():
-        v["cost_per_1k_usd"], why = costs.get(name, (None, "no answered calls"))
-        if why:
-            missing.append(f"{name} cost: {why}")
-    served_days = _observed_days(variants, lo, hi)
-    share = _current_share(store, params)
+    worth = usage.route_worth(store, route, lo, hi, prices)
+    variants, missing = worth["variants"], worth["missing"]
     quality = _quality(store, route, since, until, alpha, variants, log_dir, missing)
+    projection = worth["projection"]
+    for at in (projection or {}).get("at", {}).values():
+        if at is not None:
+            at["quality"] = {m: _scaled(m, d, at["share"]) for m, d in quality.get("differences", {}).items()}
     return {
         "route": route,
         "since": _iso(lo),
@@ -135,84 +74,9 @@ def worth_it_report(
         },
         "variants": variants,
         "quality": quality,
-        "current_share": share,
-        "projection": _projection(variants, share, served_days, quality, missing),
+        "current_share": worth["current_share"],
+        "projection": projection,
         "missing": missing,
-    }
-
-
-def _usage(r: Mapping[str, Any]) -> dict[str, Any]:
-    calls = int(r["calls"])
-    return {
-        "model": r["model"],
-        "calls": calls,
-        "served": int(r["served"]),
-        "shadow": calls - int(r["served"]),
-        "answered": int(r["answered"]),
-        "error_rate": int(r["errors"]) / calls if calls else None,
-        "tokens_in_per_call": _num(r["tokens_in"]),
-        "tokens_out_per_call": _num(r["tokens_out"]),
-        "latency_p50_ms": _num(r["p50"]),
-        "latency_p95_ms": _num(r["p95"]),
-        "ttft_p50_ms": _num(r["ttft_p50"]),
-        "ttft_p95_ms": _num(r["ttft_p95"]),
-        "first_us": r["first_us"],
-        "last_us": r["last_us"],
-    }
-
-
-def _costs(rows: list[dict[str, Any]], prices: Prices) -> dict[str, tuple[float | None, str | None]]:
-    """Per variant: (USD per 1,000 answered calls, why it is missing or None)."""
-    total: dict[str, float] = {}
-    answered: dict[str, int] = {}
-    unknown: dict[str, list[str]] = {}
-    for r in rows:
-        name, upstream = r["variant"], r["upstream"]
-        answered[name] = answered.get(name, 0) + int(r["answered"])
-        cost = float(r["cost"])
-        unpriced = int(r["answered"]) - int(r["priced"])
-        if unpriced:
-            p_in, p_out = prices.get(upstream, (None, None))
-            if p_in is None and p_out is None:
-                label = upstream or "(unnamed)"
-                unknown.setdefault(name, []).append(
-                    f"{unpriced} of {r['answered']} calls to upstream {label!r} have no price"
-                    f" (set upstreams.{label}.price_in / price_out)"
-                )
-            else:
-                cost += (
-                    int(r["unpriced_in"]) * (p_in or 0.0) + int(r["unpriced_out"]) * (p_out or 0.0)
-                ) / 1e6
-        total[name] = total.get(name, 0.0) + cost
-    out: dict[str, tuple[float | None, str | None]] = {}
-    for name, n in answered.items():
-        if name in unknown:
-            out[name] = (None, "; ".join(unknown[name]))
-        else:
-            out[name] = (1000 * total[name] / n if n else None, None if n else "no answered calls")
-    return out
-
-
-def _observed_days(variants: Mapping[str, Mapping[str, Any]], lo: int, hi: int) -> float | None:
-    """Days between the window's first and last call (at least an hour), or None without calls."""
-    firsts = [int(v["first_us"]) for v in variants.values() if v["first_us"] is not None]
-    lasts = [int(v["last_us"]) for v in variants.values() if v["last_us"] is not None]
-    if not firsts:
-        return None
-    span_us = min(hi, max(lasts)) - max(lo, min(firsts))
-    return float(max(span_us, 3600 * 1e6) / 86400e6)
-
-
-def _current_share(store: Any, params: Mapping[str, Any]) -> dict[str, Any] | None:
-    rows = store.sql(_SHARE_SQL, dict(params))
-    if not rows or not rows[0]["served"]:
-        return None
-    r = rows[0]
-    return {
-        "version": r["version"],
-        "mode": r["mode"],
-        "share": int(r["candidate"]) / int(r["served"]),
-        "served_calls": int(r["served"]),
     }
 
 
@@ -278,46 +142,6 @@ def _latest_golden(log_dir: str, variants: Mapping[str, Any]) -> dict[str, Any] 
     return None
 
 
-def _projection(
-    variants: Mapping[str, Mapping[str, Any]],
-    share: Mapping[str, Any] | None,
-    days: float | None,
-    quality: Mapping[str, Any],
-    missing: list[str],
-) -> dict[str, Any] | None:
-    if days is None:
-        return None
-    served = sum(v["served"] for v in variants.values())
-    monthly_calls = served / days * DAYS_PER_MONTH
-    b, c = variants.get("baseline"), variants.get("candidate")
-    cost_b = b["cost_per_1k_usd"] if b else None
-    cost_c = c["cost_per_1k_usd"] if c else None
-    out: dict[str, Any] = {"monthly_calls": monthly_calls, "observed_days": days, "at": {}}
-    shares = {"current": share["share"] if share else None, "full": 1.0}
-    if share is None:
-        missing.append("projection at the current share: no served calls with a route version in the window")
-    for label, s in shares.items():
-        if s is None:
-            out["at"][label] = None
-            continue
-        at: dict[str, Any] = {"share": s}
-        if cost_b is not None and cost_c is not None:
-            all_baseline = monthly_calls * cost_b / 1000
-            at["monthly_cost_usd"] = monthly_calls * ((1 - s) * cost_b + s * cost_c) / 1000
-            at["monthly_saved_usd"] = all_baseline - at["monthly_cost_usd"]
-        else:
-            at["monthly_cost_usd"] = at["monthly_saved_usd"] = None
-        for q in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms"):
-            if b and c and b.get(q) is not None and c.get(q) is not None:
-                at[f"{q}_saved_per_call"] = b[q] - c[q]
-                at[f"{q}_saved_mean"] = s * (b[q] - c[q])
-        at["quality"] = {m: _scaled(m, d, s) for m, d in quality.get("differences", {}).items()}
-        out["at"][label] = at
-    if cost_b is None or cost_c is None:
-        missing.append("monthly cost: needs both variants' cost per call")
-    return out
-
-
 def _scaled(metric: str, d: Mapping[str, Any], share: float) -> dict[str, Any]:
     """A difference as it would show at ``share``; a rate's interval is clipped to [-1, 1] first."""
     lo, hi = d["ci"]
@@ -326,10 +150,6 @@ def _scaled(metric: str, d: Mapping[str, Any], share: float) -> dict[str, Any]:
         hi = min(1.0, hi) if hi is not None else 1.0
     ci = [share * x if x is not None else None for x in (lo, hi)]
     return {"diff": share * d["diff"], "ci": ci, "verdict": d["verdict"]}
-
-
-def _num(x: Any) -> float | None:
-    return None if x is None else float(x)
 
 
 def _iso(us: int) -> str:
@@ -377,7 +197,7 @@ def format_worth_it(r: Mapping[str, Any]) -> str:
     p = r.get("projection")
     if p:
         lines.append(
-            f"\nprojection: {p['monthly_calls']:,.0f} calls a month (from {p['observed_days']:.1f} days)"
+            f"\nprojection: {p['monthly_calls']:,.0f} calls a month (from {_span(p['observed_days'])})"
         )
         for label, at in p["at"].items():
             if at is None:
@@ -390,7 +210,7 @@ def format_worth_it(r: Mapping[str, Any]) -> str:
                 else "cost unknown"
             )
             lat = at.get("latency_p50_ms_saved_per_call")
-            lat_s = f"; p50 {_f(lat, 0)} ms faster per candidate call" if lat is not None else ""
+            lat_s = f"; p50 {_faster(lat)} per candidate call" if lat is not None else ""
             lines.append(f"{head}: {cost}{lat_s}")
             for m, d in at["quality"].items():
                 lo, hi = d["ci"]
@@ -422,6 +242,15 @@ def _score(v: Any) -> str:
         x = v.get("mean", v.get("value", next(iter(v.values()), None)))
         return _f(x, 3)
     return _f(v, 3)
+
+
+def _span(days: float) -> str:
+    return f"{days:.1f} days" if days >= 1 else f"{24 * days:.1f} hours"
+
+
+def _faster(saved_ms: float) -> str:
+    """A latency saving as words: ``500 ms faster``, ``4,642 ms slower``."""
+    return f"{_f(abs(saved_ms), 0)} ms {'faster' if saved_ms >= 0 else 'slower'}"
 
 
 def _pct(x: float | None) -> str:

@@ -138,7 +138,8 @@ def pct(value: float | None) -> str:
 def _usd(value: float | None) -> str:
     if value is None:
         return "—"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    return f"{sign}${value:.4f}" if value < 1 else f"{sign}${value:,.2f}"
 
 
 def _num(value: object) -> str:

@@ -2,7 +2,8 @@
 
 ``/review``
     dashboard: per route and variant over 24h/7d/30d: a table (calls, error rate, p50/p95,
-    the outcome rates of ``eval outcomes`` with their definitions, cost) and SVG charts over
+    the outcome rates of ``eval outcomes`` with their definitions, cost), the "Worth it?" panel
+    (`gateway.web._worth`: ``report worth-it``'s cost, speed and projection) and SVG charts over
     time (traffic, error rate, latency, outcome rates with 95 % intervals, the canary's share
     with the controller's decisions, drift scores, the judge's win rate); requests that
     matched no route apart; the live route states.
@@ -44,6 +45,7 @@ from gateway.web import _dashboard as dash
 from gateway.web import _diff as diff
 from gateway.web import _queries as q
 from gateway.web import _series as series
+from gateway.web import _worth as worth
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 
@@ -86,8 +88,15 @@ async def dashboard(request: Request) -> Response:
     sticky = {r["route"]: r.get("sticky_key") or "user" for r in routes}
     store = web.background(request)
 
+    price = worth.prices(request.app.state.ctx.settings.upstreams)
+
+    def on(s: LogStore) -> dict[str, Any]:
+        data = series.dashboard(s, period, q.now_us(), sticky)
+        data["worth"] = worth.panel(s, sorted(data["routes"]), data["lo"], data["hi"], price)
+        return data
+
     def compute() -> dict[str, Any]:
-        return store.run(lambda s: series.dashboard(s, period, q.now_us(), sticky))
+        return store.run(on)
 
     got = await web.cache(request).get(("dashboard", period), compute)
     if got is None:
@@ -124,6 +133,8 @@ async def dashboard(request: Request) -> Response:
         charts=charts,
         drift=drift,
         judge=dash.judge_chart(data["judge"], x_range),
+        worth=data["worth"],
+        anchors={r: "charts-" + worth.slug(r) for r in names},
         routes=routes,
         routes_version=snap.version,
         computed_age=max(0, round(time.time() - at)),

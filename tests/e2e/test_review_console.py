@@ -45,6 +45,10 @@ def _call(cid: str, ts: float, variant: str, j: int, **extra):
         "user": f"u{j % 30}",
         "status": 200,
         "latency_ms": float((100 if variant == "baseline" else 50) + j),
+        "upstream": "base" if variant == "baseline" else "cand",
+        "upstream_model": "echo-base" if variant == "baseline" else "echo-cand",
+        "input_tokens": 1000 if variant == "baseline" else 200,
+        "output_tokens": 100 if variant == "baseline" else 50,
         "request": orjson.dumps(
             {"model": "bot", "messages": [{"role": "user", "content": f"question {j}"}]}
         ).decode(),
@@ -130,7 +134,10 @@ def console(make_settings, start_gateway, log_dir):
     known = write_known_log(log_dir)
     gw = start_gateway(
         make_settings(
-            upstreams={"base": {"model": "echo-base"}, "cand": {"model": "echo-cand"}},
+            upstreams={
+                "base": {"model": "echo-base", "price_in": 2.0, "price_out": 8.0},
+                "cand": {"model": "echo-cand", "price_in": 0.5, "price_out": 1.5},
+            },
             routes={"bot": {"baseline": "base", "candidate": "cand", "mode": "canary", "share": 20}},
         )
     )
@@ -168,11 +175,14 @@ def points(page, chart: str, series: str) -> list[float]:
 @pytest.mark.browser
 def test_the_dashboard_charts_and_rates_are_the_numbers_of_eval_outcomes(console, log_dir, tmp_path):
     from evals.online.outcomes import outcomes_report
+    from evals.worth_it import worth_it_report
 
     sync_api = browser_or_skip()
     gw, _known = console
     with LogStore.open(log_dir) as s:
         report = outcomes_report(s, "bot", since=time.time() - 23 * HOUR)
+        prices = {"base": (2.0, 8.0), "cand": (0.5, 1.5)}
+        worth = worth_it_report(s, "bot", time.time() - 23 * HOUR, prices=prices)
     (period,) = report["periods"]
     expected = period["variants"]
     with sync_api.sync_playwright() as pw:
@@ -228,6 +238,32 @@ def test_the_dashboard_charts_and_rates_are_the_numbers_of_eval_outcomes(console
             assert "20/60" in tip
             p50 = points(page, "latency-bot", "baseline p50")[0]
             assert 115 <= p50 <= 125  # latencies 100..139 ms
+
+            # the "Worth it?" panel: report worth-it's figures, prices from the gateway's settings
+            panel = page.locator('#worth .worth[data-route="bot"]')
+            for variant in ("baseline", "candidate"):
+                row, want = panel.locator(f'tr[data-variant="{variant}"]'), worth["variants"][variant]
+                calls = row.locator("td.calls")
+                assert int(calls.get_attribute("data-served")) == want["served"]
+                assert int(calls.get_attribute("data-shadow")) == want["shadow"]
+                cost = float(row.locator("td.cost").get_attribute("data-value"))
+                assert cost == pytest.approx(want["cost_per_1k_usd"], rel=1e-12)
+                lat = row.locator("td.latency")
+                assert float(lat.get_attribute("data-p50")) == pytest.approx(want["latency_p50_ms"])
+                assert float(lat.get_attribute("data-p95")) == pytest.approx(want["latency_p95_ms"])
+            assert panel.locator('tr[data-variant="candidate"] td.calls').inner_text() == "21 (20 / 1)"
+            assert panel.locator('tr[data-variant="baseline"] td.cost').inner_text() == "$2.80"
+            assert panel.locator('tr[data-variant="candidate"] td.cost').inner_text() == "$0.1750"
+            assert panel.locator('tr[data-variant="baseline"] td.tokens').inner_text() == "1,000 / 100"
+            for label in ("current", "full"):
+                at = panel.locator(f'ul.projection li[data-at="{label}"]')
+                want_at = worth["projection"]["at"][label]
+                assert float(at.get_attribute("data-share")) == pytest.approx(want_at["share"])
+                saved = float(at.get_attribute("data-saved"))
+                assert saved == pytest.approx(want_at["monthly_saved_usd"], rel=1e-12)
+            assert "no price" not in panel.inner_text()
+            panel.locator('a[href="#charts-bot"]').first.click()
+            assert page.locator("#charts-bot").is_visible()
             page.screenshot(path=str(tmp_path / "dashboard-charts.png"), full_page=True)
         finally:
             browser.close()
@@ -512,7 +548,10 @@ def test_the_judges_verdicts_and_drift_reports_show_where_evals_writes_them(
         (drift / f"drift_{k}.json").write_text(json.dumps(report))
     gw = start_gateway(
         make_settings(
-            upstreams={"base": {"model": "echo-base"}, "cand": {"model": "echo-cand"}},
+            upstreams={
+                "base": {"model": "echo-base", "price_in": 2.0, "price_out": 8.0},
+                "cand": {"model": "echo-cand", "price_in": 0.5, "price_out": 1.5},
+            },
             routes={"bot": {"baseline": "base", "candidate": "cand", "mode": "canary", "share": 20}},
         )
     )
