@@ -246,11 +246,14 @@ def train_lora(
 
 
 def _last_checkpoint(ckpt_dir: str) -> str | None:
+    """The newest complete checkpoint: a run killed while saving leaves one without its
+    ``trainer_state.json`` (written last), which is skipped."""
     try:
         names = [n for n in os.listdir(ckpt_dir) if n.startswith("checkpoint-") and n[11:].isdigit()]
     except FileNotFoundError:
         return None
-    return os.path.join(ckpt_dir, max(names, key=lambda n: int(n[11:]))) if names else None
+    done = [n for n in names if os.path.exists(os.path.join(ckpt_dir, n, "trainer_state.json"))]
+    return os.path.join(ckpt_dir, max(done, key=lambda n: int(n[11:]))) if done else None
 
 
 def exact_match(

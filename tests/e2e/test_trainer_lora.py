@@ -142,7 +142,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_base, tmp_path
     ckpts = os.path.join(log_dir, "models", "small-lora-v1", "checkpoints")
     try:
         deadline = time.monotonic() + 240
-        while not (os.path.isdir(ckpts) and any(n.startswith("checkpoint-") for n in os.listdir(ckpts))):
+
+        def complete() -> bool:  # trainer_state.json is written last: a checkpoint there is whole
+            names = os.listdir(ckpts) if os.path.isdir(ckpts) else []
+            return any(os.path.exists(os.path.join(ckpts, n, "trainer_state.json")) for n in names)
+
+        while not complete():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no checkpoint was written"
             time.sleep(0.2)
