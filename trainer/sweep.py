@@ -30,12 +30,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.store.fileio import write_json_atomic
 from gateway.store.ids import new_id
+from gateway.store.outcomes import wilson_interval
 from trainer._examples import DatasetVersion, load_dataset
 from trainer.errors import RegistryError, TrainingError
 from trainer.registry import Registry
 
 LATENCY_SAMPLES = 5
+Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -71,16 +74,6 @@ def plan(bases: Sequence[str], grid: Mapping[str, Sequence[Any]] | None = None) 
         dict(zip(keys, values, strict=True)) for values in itertools.product(*((grid or {})[k] for k in keys))
     ]
     return [SweepRun(base, combo) for base in bases for combo in combos or [{}]]
-
-
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95 % Wilson score interval of ``k / n`` (``(0, 1)`` when ``n == 0``)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def run_sweep(
@@ -132,7 +125,7 @@ def run_sweep(
         "test_examples": len(labels),
         "baseline": {
             "exact_match": baseline_k / len(labels),
-            "ci": list(wilson(baseline_k, len(labels))),
+            "ci": list(wilson_interval(baseline_k, len(labels), Z95)),
             "note": "the labels are the baseline's own answers, except relabelled ones",
         },
         "runs": rows,
@@ -161,7 +154,7 @@ def _measure(
         "version": mv.version,
         "base": run.base,
         "params": run.params,
-        "quality": {"exact_match": k / n if n else None, "ci": list(wilson(k, n)), "n": n},
+        "quality": {"exact_match": k / n if n else None, "ci": list(wilson_interval(k, n, Z95)), "n": n},
         "adapter_bytes": _size(mv.adapter_path),
         "train_s": round(train_s, 1),
         "latency_ms": round(1000 * statistics.median(times), 1) if times else None,
@@ -184,17 +177,13 @@ def _best(rows: Sequence[Mapping[str, Any]]) -> str | None:
 
 
 def _dir(log_dir: str) -> str:
-    return os.path.join(Registry(log_dir).path("_sweeps"))
+    return Registry(log_dir).path("_sweeps")
 
 
 def _save(log_dir: str, table: Mapping[str, Any]) -> None:
     folder = _dir(log_dir)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{table['sweep_id']}.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(os.path.join(folder, f"{table['sweep_id']}.json"), table)
 
 
 def load_sweep(log_dir: str, sweep_id: str) -> dict[str, Any]:

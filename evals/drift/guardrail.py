@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from evals.drift.output import outputs_dir
+from gateway.store.fileio import write_json_atomic
 
 GUARDRAIL = "output_drift"
 
@@ -48,9 +48,7 @@ def guardrail_record(report: dict[str, Any], variant: str = "candidate") -> dict
 def write_guardrail(log_dir: str, report: dict[str, Any]) -> Path:
     path = guardrail_path(log_dir, str(report.get("route") or "_"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(guardrail_record(report), indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, guardrail_record(report))
     return path
 
 
