@@ -263,6 +263,10 @@ class ServerConfig(_Section):
     ``/redoc``, ``/openapi.json``), ``readyz`` (the readiness detail, with file paths). Otherwise they
     answer loopback clients and the admin token only; ``/healthz`` and ``/readyz``'s status code and
     ``status`` stay open to all (Kubernetes probes)."""
+    agent_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    """Niceness the log agent process adds to itself (0 to 19): the request workers get the CPU first, so
+    the agent's conversion and compaction bursts do not stretch the request path's tail (p99); the
+    agent catches up on the WAL in the gaps. 0 runs it at the workers' priority."""
     gil_switch_interval_ms: float = 2.0
     """Python's thread switch interval while serving (default 5 ms): lower shortens the request path's wait
     when the log writer's thread is busy (p99), at some CPU cost for streamed calls."""

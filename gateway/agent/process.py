@@ -52,6 +52,8 @@ def main() -> None:
     from gateway.config import Settings
 
     settings = Settings.model_validate(json.loads(os.environ[ENV_SETTINGS]))
+    if settings.server.agent_nice:
+        os.nice(settings.server.agent_nice)  # the request workers first (docs/benchmarks.md)
     path = os.environ[ENV_SOCKET]
     level = os.environ.get(ENV_LOG_LEVEL, "info")
     if os.path.exists(path):

@@ -7,6 +7,7 @@ exits when the supervisor dies (its pipe closes): no orphan holds the port.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -28,6 +29,10 @@ def main() -> None:
         **uvicorn_options(settings),  # httptools with header deadlines and limits (gateway.server)
     )
     server = uvicorn.Server(config)
+    # what start-up made lives as long as the worker: out of the collector's way, so its full collections
+    # (which walk every tracked object) stay short on the request path
+    gc.collect()
+    gc.freeze()
     watch_parent(server, hard_exit_after=20)
     sock = socket.socket(fileno=int(os.environ[ENV_LISTEN_FD]))
     server.run(sockets=[sock])

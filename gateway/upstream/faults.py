@@ -19,6 +19,7 @@ and writes at most one stderr line per upstream and error code every ``interval`
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -62,6 +63,7 @@ def redact(text: str) -> str:
     return _QUERY.sub(r"\1***", text)
 
 
+@functools.lru_cache(maxsize=1024)  # an upstream's few URLs, on every call (10 µs of regexes each)
 def safe_url(url: str) -> str:
     """An upstream URL fit for the log: no password, no key-like query values."""
     return redact(url)
