@@ -184,10 +184,10 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
     log_dir, make_settings, start_gateway, tmp_path, monkeypatch
 ):
     from evals.retrain.state import load_runs, load_state
-    from evals.retrain.steps import _free_port, _start_dev_server
     from trainer.dataset import build_dataset
     from trainer.lora import train_lora
     from trainer.registry import Registry
+    from trainer.serve import start_dev_server
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two cores shared: torch threads spinning slow it all down
     setup_t0 = time.monotonic()
@@ -208,8 +208,8 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
 
     # the first round was trained by hand: the trigger state says when, so "new data" means since then
     update_state(location_of(settings_for_state(log_dir)), "orders", last_training_at=v1.created_at)
-    served = _start_dev_server(log_dir, v1.version, _free_port())
-    pids, v1_url = [served["pid"]], served["url"]
+    served = start_dev_server(log_dir, v1.version)
+    pids, v1_url = [served.pid], served.url
     judge = FakeJudge()
     judge_server = ServerThread(judge.app).__enter__()
     ctl_policy = tmp_path / "canary.yaml"
