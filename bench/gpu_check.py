@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,6 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_model(path: str, billions: float, cpu: bool) -> dict[str, Any]:
@@ -119,6 +112,8 @@ def start_server(
 
         dev = start_dev_server(log_dir, version, timeout=900, output=log)
         return dev.pid, dev.url, version, version, dev.start_s
+    from tests.support.servers import free_port
+
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
@@ -208,6 +203,7 @@ def shadow_through_gateway(
     import yaml
 
     from gateway.store import LogStore
+    from tests.support.servers import free_port
     from tests.support.tiny_model import extraction_example
 
     port = free_port()

@@ -60,6 +60,10 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
+_MIN_TEMPERATURE = 1e-3
+"""Below this, sampling is greedy decoding in effect, and logits divided by it can overflow: greedy."""
+
+
 def pick_device(device: str | None = None) -> str:
     import torch
 
@@ -128,6 +132,11 @@ class ChatModel:
             raise ServeError(f"{mv.version} is {mv.status}, not ready")
         return cls.load(mv.base_model, mv.adapter_path, name=mv.version, device=device)
 
+    @property
+    def context_length(self) -> int:
+        """The most positions the model was built for (the cap on ``max_tokens``)."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
+
     def _inputs(self, messages: list[dict[str, Any]]) -> Any:
         enc = self.tokenizer.apply_chat_template(
             template_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -142,7 +151,7 @@ class ChatModel:
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
         }
-        if temperature > 0:
+        if temperature >= _MIN_TEMPERATURE:
             import torch
 
             if seed is not None:
@@ -263,7 +272,7 @@ def _held_back(text: str, stop: list[str] | None) -> int:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-def _parse(body: bytes, served: str) -> tuple[ChatRequest, dict[str, Any]]:
+def _parse(body: bytes, served: str, context: int) -> tuple[ChatRequest, dict[str, Any]]:
     """The request and `ChatModel` arguments of a chat completions body, read as the gateway reads
     one (`gateway.protocol.requests`); the dev server's own limits after that. Raises the 4xx."""
     req = ChatRequest(load_object(body))
@@ -276,9 +285,9 @@ def _parse(body: bytes, served: str) -> tuple[ChatRequest, dict[str, Any]]:
         )
     if (req.n or 1) != 1:
         raise InvalidRequest("this server returns one choice per request (n=1)", param="n")
-    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or 256
-    if not _is_int(max_tokens) or max_tokens < 1:
-        raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
+    max_tokens = _first(req, "max_completion_tokens", "max_tokens", default=min(256, context))
+    if not _is_int(max_tokens) or not 1 <= max_tokens <= context:
+        raise InvalidRequest(f"max_tokens must be an integer from 1 to {context}", param="max_tokens")
     temperature = _number(req, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(req, "top_p", 1.0, 0.0, 1.0)
     stop = req.get("stop")
@@ -287,8 +296,8 @@ def _parse(body: bytes, served: str) -> tuple[ChatRequest, dict[str, Any]]:
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise InvalidRequest("stop must be a string or a list of strings", param="stop")
     seed = req.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise InvalidRequest("seed must be an integer", param="seed")
+    if seed is not None and not (_is_int(seed) and -(2**63) <= seed < 2**64):
+        raise InvalidRequest("seed must be a 64-bit integer", param="seed")
     args = {
         "messages": req.messages,
         "max_tokens": max_tokens,
@@ -298,6 +307,10 @@ def _parse(body: bytes, served: str) -> tuple[ChatRequest, dict[str, Any]]:
         "seed": seed,
     }
     return req, args
+
+
+def _first(req: ChatRequest, *keys: str, default: Any) -> Any:
+    return next((req.get(k) for k in keys if req.get(k) is not None), default)
 
 
 def _is_int(value: Any) -> bool:
@@ -335,7 +348,7 @@ def create_app(model: ChatModel) -> Any:
 
     async def chat(request: Request) -> Response:
         try:
-            req, args = _parse(await request.body(), model.name)
+            req, args = _parse(await request.body(), model.name, model.context_length)
         except GatewayError as exc:
             return error(exc)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"

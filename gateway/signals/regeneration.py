@@ -39,6 +39,7 @@ from typing import Any, cast
 
 import orjson
 
+from gateway.durations import epoch_us
 from gateway.protocol.messages import message_text
 from gateway.store import queries
 from gateway.store.ids import new_id
@@ -78,8 +79,8 @@ def detect_regenerations(
     before ``since`` are read too, so a call just before ``since`` can be marked by a
     retry just after it. Returns the records to append; writes nothing.
     """
-    since_us = _epoch_us(since)
-    until_us = _epoch_us(until) if until is not None else None
+    since_us = epoch_us(since)
+    until_us = epoch_us(until) if until is not None else None
     lookback = max(window_s, rephrase_window_s if rephrase else 0.0)
     rows = cast(
         "list[dict[str, Any]]", queries.regeneration_inputs(store, since_us - int(lookback * 1e6), until_us)
@@ -234,11 +235,3 @@ def _turn(row: dict[str, Any]) -> _Turn | None:
 
 def _hash(value: Any) -> str:
     return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
-
-
-def _epoch_us(value: dt.datetime | float) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1_000_000)
-    return int(value * 1_000_000)
