@@ -32,9 +32,10 @@ Layout, next to the log (``<log_dir>/datasets/``)::
     <name>/v<N>/preferences.parquet  one row per preference pair (same split rule)
     <name>/v<N>/manifest.json        source query, filters, counts, split sizes, warnings, content hash
 
-Records, reading and writing versions live in `trainer._examples` (re-exported here). A
-version directory is written in full under a temporary name and renamed into place, so a
-reader never sees half a version, and two builds never take the same number.
+Stages 2 to 4 are `trainer._selection` (`Filters` is re-exported here); records, reading and
+writing versions live in `trainer._examples` (re-exported here). A version directory is
+written in full under a temporary name and renamed into place, so a reader never sees half a
+version, and two builds never take the same number.
 """
 
 from __future__ import annotations
