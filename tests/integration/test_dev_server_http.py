@@ -129,3 +129,13 @@ def test_hostile_bodies_get_a_4xx_never_a_5xx(served, body):
         return  # a valid request, answered (max_tokens at most 3: quick)
     assert 400 <= resp.status_code < 500, (body, resp.status_code, resp.text)
     error_of(resp)
+
+
+def test_a_dev_server_that_cannot_start_says_so(tmp_path):
+    from trainer.errors import ServeError
+    from trainer.serve import start_dev_server
+
+    out = tmp_path / "server.log"
+    with pytest.raises(ServeError, match=r"the dev server for nope-v1 exited with [1-9]"):
+        start_dev_server(str(tmp_path / "log"), "nope-v1", timeout=120, output=str(out))
+    assert "nope-v1" in out.read_text()  # its own message, in the file it was given
