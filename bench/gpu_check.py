@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,6 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_model(path: str, billions: float, cpu: bool) -> dict[str, Any]:
@@ -111,35 +104,27 @@ def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float) -> float:
 
 def start_server(
     model_dir: str, version: str, adapter: str, log_dir: str, cpu: bool, out_dir: str
-) -> tuple[Any, str, str, str, float]:
-    """vLLM with the adapter (GPU) or the dev server (``--cpu``); returns proc, url, base name, adapter name, start s."""
-    port = free_port()
+) -> tuple[int, str, str, str, float]:
+    """vLLM with the adapter (GPU) or the dev server (``--cpu``); returns pid, url, base name, adapter name, start s."""
+    log = os.path.join(out_dir, "server.log")
     if cpu:
-        cmd = [
-            sys.executable,
-            "-m",
-            "gateway",
-            "models",
-            "serve",
-            version,
-            "--port",
-            str(port),
-            "--log-dir",
-            log_dir,
-        ]
-        health, base_name = f"http://127.0.0.1:{port}/health", version
-    else:
-        cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-            "--served-model-name", "base", "--enable-lora", "--lora-modules", f"{version}={adapter}",
-            "--max-lora-rank", "64", "--max-model-len", "512", "--gpu-memory-utilization", "0.5",
-            "--port", str(port), "--dtype", "bfloat16",
-        ]  # fmt: skip
-        health, base_name = f"http://127.0.0.1:{port}/health", "base"
-    log = open(os.path.join(out_dir, "server.log"), "w")  # noqa: SIM115 - the server outlives this block
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    took = wait_http(health, proc, 900)
-    return proc, f"http://127.0.0.1:{port}/v1", base_name, version, took
+        from trainer.serve import start_dev_server
+
+        dev = start_dev_server(log_dir, version, timeout=900, output=log)
+        return dev.pid, dev.url, version, version, dev.start_s
+    from tests.support.servers import free_port
+
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+        "--served-model-name", "base", "--enable-lora", "--lora-modules", f"{version}={adapter}",
+        "--max-lora-rank", "64", "--max-model-len", "512", "--gpu-memory-utilization", "0.5",
+        "--port", str(port), "--dtype", "bfloat16",
+    ]  # fmt: skip
+    with open(log, "w") as sink:  # the server keeps its own copy of the file
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    took = wait_http(f"http://127.0.0.1:{port}/health", proc, 900)
+    return proc.pid, f"http://127.0.0.1:{port}/v1", "base", version, took
 
 
 def main() -> int:
@@ -154,7 +139,7 @@ def main() -> int:
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="shadowtune-gpu-check-")
     figures: dict[str, Any] = {"mode": "cpu" if args.cpu else "cuda", "work": work}
-    procs: list[subprocess.Popen[Any]] = []
+    pids: list[int] = []
     try:
         import torch
 
@@ -189,19 +174,19 @@ def main() -> int:
         if not args.cpu:
             figures["train"]["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             torch.cuda.empty_cache()
-        proc, url, base_name, lora_name, start_s = start_server(
+        pid, url, base_name, lora_name, start_s = start_server(
             model_dir, mv.version, str(mv.adapter_path), log_dir, args.cpu, work
         )
-        procs.append(proc)
+        pids.append(pid)
         figures["server"] = {"kind": "dev" if args.cpu else "vllm", "start_s": round(start_s, 1)}
         figures["gateway"] = shadow_through_gateway(
-            work, log_dir, url, base_name, lora_name, args.requests, procs
+            work, log_dir, url, base_name, lora_name, args.requests, pids
         )
         figures["ok"] = figures["gateway"]["shadow_ok"] == figures["gateway"]["served"] == args.requests
     finally:
-        for p in procs:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGTERM)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out:
@@ -211,13 +196,14 @@ def main() -> int:
 
 
 def shadow_through_gateway(
-    work: str, log_dir: str, url: str, base_name: str, lora_name: str, n: int, procs: list[Any]
+    work: str, log_dir: str, url: str, base_name: str, lora_name: str, n: int, pids: list[int]
 ) -> dict[str, Any]:
     """``shadowtune serve`` with the base as baseline and the adapter in shadow; ``n`` calls; the log read back."""
     import httpx
     import yaml
 
     from gateway.store import LogStore
+    from tests.support.servers import free_port
     from tests.support.tiny_model import extraction_example
 
     port = free_port()
@@ -236,7 +222,7 @@ def shadow_through_gateway(
     log = open(os.path.join(work, "gateway.log"), "w")  # noqa: SIM115 - the gateway outlives this block
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", path], stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    procs.append(gw)
+    pids.append(gw.pid)
     wait_http(f"http://127.0.0.1:{port}/healthz", gw, 60)
     rng = random.Random(1)
     latencies = []

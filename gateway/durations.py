@@ -46,3 +46,12 @@ def parse_moment(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     except (ValueError, AttributeError):
         raise ValueError(f"cannot read time {text!r}: use {FORMS} (ago) or an ISO date/time") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def epoch_us(value: dt.datetime | float) -> int:
+    """A moment (a datetime, UTC when naive, or epoch seconds) as the log's epoch microseconds."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp() * 1_000_000)
+    return int(value * 1_000_000)

@@ -25,10 +25,8 @@ string or null) is built in one place, `gateway.protocol.errors` (`error_body` h
 
 from __future__ import annotations
 
-from typing import Any
-
+from gateway.protocol.errors import ErrorInfo, error_object
 from gateway.protocol.errors import error_body as error_body  # re-exported: the one body
-from gateway.protocol.errors import error_object
 
 
 class GatewayError(Exception):
@@ -121,7 +119,6 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
-def error_dict(exc: GatewayError) -> dict[str, Any]:
+def error_dict(exc: GatewayError) -> ErrorInfo:
     """The ``error`` member of ``exc``'s body."""
-    inner: dict[str, Any] = error_object(exc.message, exc.type, param=exc.param, code=exc.code)["error"]
-    return inner
+    return error_object(exc.message, exc.type, param=exc.param, code=exc.code)["error"]

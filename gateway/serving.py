@@ -31,6 +31,7 @@ from gateway import responses
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError, UpstreamError, error_body
 from gateway.hints import missing_key_hint
+from gateway.protocol import sse
 from gateway.protocol import transform as request_transform
 from gateway.protocol.errors import as_openai_error, upstream_error
 from gateway.protocol.record import CallRecord
@@ -243,7 +244,7 @@ class Serving:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except GatewayError as exc:
             if not logged:  # a stream that fails midway: one SSE error event, then a clean close
-                event = b"data: " + faults.public_body(exc, rec.call_id) + b"\n\n"
+                event = sse.event(faults.public_body(exc, rec.call_id))
                 parts.append(event)
                 rec.status = exc.status
                 rec.error_type, rec.error_message = exc.type, faults.log_message(exc)

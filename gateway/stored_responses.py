@@ -49,6 +49,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from gateway.protocol import sse
 from gateway.protocol.errors import as_openai_error
 from gateway.store.ids import new_id
 from gateway.upstream import faults
@@ -192,7 +193,7 @@ class StoredResponses:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except GatewayError as exc:  # broke off midway: one SSE error event, then a clean close
                 log.warning("stored response stream failed (%s): %s", request_id, faults.log_message(exc))
-                event = b"data: " + faults.public_body(exc, request_id) + b"\n\n"
+                event = sse.event(faults.public_body(exc, request_id))
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             return

@@ -32,28 +32,27 @@ Layout, next to the log (``<log_dir>/datasets/``)::
     <name>/v<N>/preferences.parquet  one row per preference pair (same split rule)
     <name>/v<N>/manifest.json        source query, filters, counts, split sizes, warnings, content hash
 
-Records, reading and writing versions live in `trainer._examples` (re-exported here). A
-version directory is written in full under a temporary name and renamed into place, so a
-reader never sees half a version, and two builds never take the same number.
+Stages 2 to 4 are `trainer._selection` (`Filters` is re-exported here); records, reading and
+writing versions live in `trainer._examples` (re-exported here). A version directory is
+written in full under a temporary name and renamed into place, so a reader never sees half a
+version, and two builds never take the same number.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from gateway.durations import parse_moment
 from gateway.protocol import transform as request_transform
 from gateway.protocol.messages import map_text
+from gateway.protocol.transform import RequestTransform
 from gateway.store import LogStore, LogStoreError, LogWriter, queries
 from gateway.store.ids import new_id
 from gateway.store.layout import is_remote, local_path
-from trainer._coverage import region_warnings
 from trainer._examples import (
     EXAMPLES_SCHEMA,
     MANIFEST_VERSION,
@@ -78,6 +77,16 @@ from trainer._leakage import (
     similarity_pairs,
 )
 from trainer._redact import Redactor, resolve_redactor
+from trainer._selection import (
+    Filters,
+    Selection,
+    SourceCall,
+    answered_ok,
+    apply_filters,
+    assistant_message,
+    filter_steps,
+    select,
+)
 from trainer.errors import DatasetError
 from trainer.split import DEFAULT_SALT, DEFAULT_TEST_FRACTION, assign_split, input_hash, input_key, split_key
 
@@ -95,25 +104,6 @@ __all__ = [
     "load_dataset",
     "relabel",
 ]
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Optional quality filters; each one is checked for removing a region of the input space."""
-
-    thumbs_up_only: bool = False
-    """Keep only calls with a thumbs up and no thumbs down (a user's or a reviewer's)."""
-    min_rating: float | None = None
-    """Keep only calls rated at least this (unrated calls are dropped)."""
-    no_flags: bool = False
-    """Drop calls that were flagged."""
-    no_regenerated: bool = False
-    """Drop calls the user asked again for."""
-    where: str | None = None
-    """An SQL predicate over ``calls_with_outcomes`` that kept calls must satisfy."""
-
-    def active(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, False)}
 
 
 # -- events written from the CLI -------------------------------------------------------------
@@ -164,59 +154,6 @@ def parse_time(value: str | dt.datetime | None, *, now: dt.datetime | None = Non
         raise DatasetError(str(exc)) from exc
 
 
-@dataclass
-class _Call:
-    call_id: str
-    ts: dt.datetime
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    served: dict[str, Any] | None  # the served assistant message
-    response: dict[str, Any] | None
-    row: dict[str, Any]
-    key: str = ""
-
-    @property
-    def relabelled(self) -> bool:
-        return self.row.get("relabel") is not None
-
-
-def _parse_call(row: dict[str, Any]) -> _Call | None:
-    try:
-        request = json.loads(row["request"]) if row["request"] else None
-        response = json.loads(row["response"]) if row["response"] else None
-    except json.JSONDecodeError:
-        return None
-    if (
-        not isinstance(request, dict)
-        or not isinstance(request.get("messages"), list)
-        or not request["messages"]
-    ):
-        return None
-    served = None
-    if isinstance(response, dict) and response.get("choices"):
-        msg = (response["choices"][0] or {}).get("message")
-        if isinstance(msg, dict):
-            served = _assistant(msg)
-    if served is None and row.get("output_text") is not None:
-        served = {"role": "assistant", "content": row["output_text"]}
-    tools = request.get("tools") or None
-    call = _Call(row["call_id"], row["ts"], request["messages"], tools, served, response, row)
-    call.key = input_key(call.messages, call.tools)
-    return call
-
-
-def _assistant(msg: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": "assistant", "content": msg.get("content")}
-    if msg.get("tool_calls"):
-        out["tool_calls"] = msg["tool_calls"]
-    return out
-
-
-def _ok(row: dict[str, Any]) -> bool:
-    status = row.get("status")
-    return (status is None or 200 <= status < 300) and not row.get("error_type")
-
-
 def build_dataset(
     log_dir: str,
     name: str,
@@ -264,146 +201,29 @@ def build_dataset(
     from gateway.progress import Bar
 
     bar = Bar(3, f"dataset {name}", unit="stage")  # read, parse, dedup + split + write
-    if not 0.0 <= test_fraction < 1.0:
-        raise DatasetError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-    try:
-        redactor = resolve_redactor(redact)
-        tf = request_transform.parse(transform)  # a TransformError is a ValueError
-    except (ValueError, ImportError) as exc:
-        raise DatasetError(str(exc)) from exc
+    redactor, tf = _options(test_fraction, redact, transform)
     since_t, until_t = parse_time(since), parse_time(until)
     window: dict[str, Any] = {"route": route, "since": since_t, "until": until_t}
     query, params = queries.training_query(route, since_t, until_t)  # recorded in the manifest
-    try:
-        with LogStore.open(log_dir) as store:
-            rows = cast("list[dict[str, Any]]", queries.training_calls(store, **window))
-            where_ids = _where_ids(store, filters.where, window) if filters.where else None
-    except LogStoreError as exc:
-        raise DatasetError(str(exc)) from exc
-    if not rows:
-        raise DatasetError(
-            f"no served baseline calls{f' on route {route!r}' if route else ''} in that period"
-        )
-
-    counts: dict[str, int] = {"calls": len(rows)}
-    warnings: list[str] = []
-    removed_by: dict[str, int] = {}
+    rows, where_ids = _read_source(log_dir, filters, window)
     bar.update(1, stage="parse")
-    calls = [c for c in (_parse_call(r) for r in rows) if c is not None]
-    removed_by["no_body"] = len(rows) - len(calls)
-    if tf is not None:  # train on exactly what the candidate is served
-        for c in calls:
-            c.messages = tf.apply_messages(c.messages)
-            c.key = input_key(c.messages, c.tools)
-    by_id = {c.call_id: c for c in calls}
-
-    kept = [c for c in calls if not c.row.get("excluded")]
-    removed_by["excluded"] = len(calls) - len(kept)
-    golden_ids = set(golden_call_ids)
-    if golden_tag:
-        golden_ids |= {c.call_id for c in kept if golden_tag in (c.row.get("tags") or [])}
-    golden = [c for c in kept if c.call_id in golden_ids]
-    missing_golden = golden_ids - {c.call_id for c in golden}
-    if missing_golden:
-        warnings.append(
-            f"{len(missing_golden)} golden call(s) not found among the source calls (or excluded)"
-        )
-    pool = [c for c in kept if c.call_id not in golden_ids]
-
-    steps: list[tuple[str, Any]] = [
-        ("errors", lambda c: c.relabelled or (_ok(c.row) and c.served is not None))
-    ]
-    if filters.thumbs_up_only:
-        steps.append(
-            (
-                "thumbs_up_only",
-                lambda c: (
-                    c.relabelled
-                    or (
-                        (c.row["thumbs_up"] or 0) + (c.row["reviewer_thumbs_up"] or 0) > 0
-                        and not c.row["thumbs_down"]
-                        and not c.row["reviewer_thumbs_down"]
-                    )
-                ),
-            )
-        )
-    if filters.min_rating is not None:
-        floor = filters.min_rating
-        steps.append(
-            (
-                "min_rating",
-                lambda c: c.relabelled or (c.row["rating"] is not None and c.row["rating"] >= floor),
-            )
-        )
-    if filters.no_flags:
-        steps.append(("no_flags", lambda c: c.relabelled or not c.row["flags"]))
-    if filters.no_regenerated:
-        steps.append(("no_regenerated", lambda c: c.relabelled or not c.row["regenerated"]))
-    if where_ids is not None:
-        steps.append(("where", lambda c: c.call_id in where_ids))
-    for step, keep in steps:
-        after = [c for c in pool if keep(c)]
-        removed = {c.call_id for c in pool} - {c.call_id for c in after}
-        removed_by[step] = len(removed)
-        for rw in region_warnings(step, [(c.call_id, c.messages, c.tools) for c in pool], removed):
-            warnings.append(rw.message())
-        pool = after
-
-    examples: dict[str, Example] = {}
-    for split_name, group in (("golden", golden), ("pool", pool)):
-        for c in group:
-            label = _label(c)
-            if label is None:
-                continue
-            msgs = [_redact_message(m, redactor) for m in c.messages]
-            key = input_key(msgs, c.tools)
-            examples[c.call_id] = Example(
-                example_id=c.call_id,
-                call_id=c.call_id,
-                split="golden" if split_name == "golden" else "pool",  # the pool is split below
-                messages=msgs,
-                tools=c.tools,
-                completion=_redact_message(label, redactor),
-                label_source="relabel" if c.relabelled else "served",
-                input_hash=input_hash(key),
-                ts=c.ts,
-            )
-    report = Reduction()
-    candidates = list(examples.values())
-    thresholds = [t for t in (near_dup_threshold, group_threshold) if t is not None]
+    sel = select(rows, tf, set(golden_call_ids), golden_tag)
+    sel.pool = apply_filters(sel, filter_steps(filters, where_ids))
     bar.update(1, stage="near-duplicates")
-    similar = similarity_pairs(candidates, min(thresholds)) if thresholds else []
-    survivors = reduce_duplicates(candidates, near_dup_threshold, similar, report)
-    previous = _previous_version(log_dir, name)
-    survivors = assign_splits(
-        survivors,
-        similar if group_threshold is not None else [],
+    report = Reduction()
+    final = _reduce_and_split(
+        _examples(sel, redactor),
+        previous=_previous_version(log_dir, name),
+        near_dup_threshold=near_dup_threshold,
+        group_threshold=group_threshold,
         test_fraction=test_fraction,
         salt=salt,
-        group_threshold=group_threshold if group_threshold is not None else 1.0,
-        previous_test=previous_test_inputs(previous, test_fraction, salt),
         report=report,
     )
-    removed_by.update(report.removed)
-    final = sorted(survivors, key=lambda e: (e.ts or dt.datetime.min.replace(tzinfo=dt.UTC), e.example_id))
-    pairs = _preferences(
-        calls,
-        by_id,
-        redactor,
-        test_fraction,
-        salt,
-        excluded={c.call_id for c in calls} - {c.call_id for c in kept},
-        sides=_sides(final),
-    )
+    sel.removed_by.update(report.removed)
+    pairs = _preferences(sel.calls, redactor, test_fraction, salt, excluded=sel.excluded, sides=_sides(final))
     golden_inputs = {e.input_hash for e in final if e.split == "golden"}
     pairs = [p for p in pairs if _hash_of(p) not in golden_inputs]
-
-    splits = {s: sum(1 for e in final if e.split == s) for s in ("train", "test", "golden")}
-    counts.update(
-        examples=len(final),
-        relabelled=sum(1 for e in final if e.label_source == "relabel"),
-        preference_pairs=len(pairs),
-    )
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "name": name,
@@ -416,9 +236,9 @@ def build_dataset(
             "query": query,
             "params": [p.isoformat() if isinstance(p, dt.datetime) else p for p in params],
             "filters": filters.active(),
-            "golden": sorted(golden_ids),
+            "golden": sorted(sel.golden_ids),
             "golden_tag": golden_tag,
-            "last_call_ts": max(c.ts for c in calls).isoformat() if calls else None,
+            "last_call_ts": max(c.ts for c in sel.calls).isoformat() if sel.calls else None,
         },
         "split": {
             "method": "sha256(salt, user-visible input of its near-duplicate cluster's centre)",
@@ -437,20 +257,115 @@ def build_dataset(
         "redaction": redact
         if isinstance(redact, str) or redact is None
         else getattr(redact, "__name__", "custom"),
-        "counts": counts,
-        "removed": removed_by,
-        "removed_why": {k: REASONS.get(k, k) for k, v in removed_by.items() if v},
-        "splits": splits,
-        "preference_splits": {s: sum(1 for p in pairs if p.split == s) for s in ("train", "test", "golden")},
-        "warnings": warnings,
+        **_counts(len(rows), sel, final, pairs),
+        "warnings": sel.warnings,
     }
     dv = _write_version(log_dir, name, final, pairs, manifest)
     if warn:
-        for w in warnings:
+        for w in sel.warnings:
             print(f"warning: {w}", file=sys.stderr)
     bar.set(3, stage="written")
     bar.close()
     return dv
+
+
+def _options(
+    test_fraction: float, redact: str | Redactor | None, transform: Mapping[str, Any] | None
+) -> tuple[Redactor, RequestTransform | None]:
+    """The build's redactor and candidate transform, once its options are checked."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise DatasetError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    try:
+        return resolve_redactor(redact), request_transform.parse(
+            transform
+        )  # a TransformError is a ValueError
+    except (ValueError, ImportError) as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def _read_source(
+    log_dir: str, filters: Filters, window: dict[str, Any]
+) -> tuple[list[dict[str, Any]], set[str] | None]:
+    """Stage 1: the served baseline calls of the window, and the ids ``filters.where`` keeps."""
+    try:
+        with LogStore.open(log_dir) as store:
+            rows = cast("list[dict[str, Any]]", queries.training_calls(store, **window))
+            where_ids = _where_ids(store, filters.where, window) if filters.where else None
+    except LogStoreError as exc:
+        raise DatasetError(str(exc)) from exc
+    if not rows:
+        route = window["route"]
+        raise DatasetError(
+            f"no served baseline calls{f' on route {route!r}' if route else ''} in that period"
+        )
+    return rows, where_ids
+
+
+def _examples(sel: Selection, redactor: Redactor) -> list[Example]:
+    """Stages 5 and 6: one labelled, redacted example per golden or pooled call that has a label."""
+    examples: dict[str, Example] = {}
+    for split_name, group in (("golden", sel.golden), ("pool", sel.pool)):
+        for c in group:
+            label = _label(c)
+            if label is None:
+                continue
+            msgs = [_redact_message(m, redactor) for m in c.messages]
+            examples[c.call_id] = Example(
+                example_id=c.call_id,
+                call_id=c.call_id,
+                split=split_name,  # the pool is split below
+                messages=msgs,
+                tools=c.tools,
+                completion=_redact_message(label, redactor),
+                label_source="relabel" if c.relabelled else "served",
+                input_hash=input_hash(input_key(msgs, c.tools)),
+                ts=c.ts,
+            )
+    return list(examples.values())
+
+
+def _reduce_and_split(
+    candidates: list[Example],
+    *,
+    previous: DatasetVersion | None,
+    near_dup_threshold: float | None,
+    group_threshold: float | None,
+    test_fraction: float,
+    salt: str,
+    report: Reduction,
+) -> list[Example]:
+    """Stages 7 and 8: duplicates reduced, then the split; in time order."""
+    thresholds = [t for t in (near_dup_threshold, group_threshold) if t is not None]
+    similar = similarity_pairs(candidates, min(thresholds)) if thresholds else []
+    survivors = reduce_duplicates(candidates, near_dup_threshold, similar, report)
+    survivors = assign_splits(
+        survivors,
+        similar if group_threshold is not None else [],
+        test_fraction=test_fraction,
+        salt=salt,
+        group_threshold=group_threshold if group_threshold is not None else 1.0,
+        previous_test=previous_test_inputs(previous, test_fraction, salt),
+        report=report,
+    )
+    return sorted(survivors, key=lambda e: (e.ts or dt.datetime.min.replace(tzinfo=dt.UTC), e.example_id))
+
+
+def _counts(
+    n_rows: int, sel: Selection, final: Sequence[Example], pairs: Sequence[PreferencePair]
+) -> dict[str, Any]:
+    """The manifest's counts: calls read, examples and pairs made, what each stage removed and why."""
+    return {
+        "counts": {
+            "calls": n_rows,
+            "examples": len(final),
+            "relabelled": sum(1 for e in final if e.label_source == "relabel"),
+            "preference_pairs": len(pairs),
+        },
+        "removed": sel.removed_by,
+        "removed_why": {k: REASONS.get(k, k) for k, v in sel.removed_by.items() if v},
+        "splits": {s: sum(1 for e in final if e.split == s) for s in ("train", "test", "golden")},
+        "preference_splits": {s: sum(1 for p in pairs if p.split == s) for s in ("train", "test", "golden")},
+    }
 
 
 def _where_ids(store: LogStore, predicate: str, window: dict[str, Any]) -> set[str]:
@@ -460,7 +375,7 @@ def _where_ids(store: LogStore, predicate: str, window: dict[str, Any]) -> set[s
         raise DatasetError(f"invalid --where predicate: {exc}") from exc
 
 
-def _label(c: _Call) -> dict[str, Any] | None:
+def _label(c: SourceCall) -> dict[str, Any] | None:
     if c.relabelled:
         return {"role": "assistant", "content": c.row["relabel"]}
     return c.served
@@ -491,16 +406,16 @@ def _previous_version(log_dir: str, name: str) -> DatasetVersion | None:
 
 
 def _preferences(
-    calls: Sequence[_Call],
-    by_id: dict[str, _Call],
+    calls: Sequence[SourceCall],
     redactor: Redactor,
     test_fraction: float,
     salt: str,
     excluded: set[str],
     sides: dict[str, str],
 ) -> list[PreferencePair]:
+    by_id = {c.call_id: c for c in calls}
     by_response = {c.row.get("response_id"): c for c in calls if c.row.get("response_id")}
-    raw: list[tuple[_Call, dict[str, Any], dict[str, Any], str]] = []
+    raw: list[tuple[SourceCall, dict[str, Any], dict[str, Any], str]] = []
     for c in calls:
         if c.call_id in excluded:
             continue
@@ -515,7 +430,7 @@ def _preferences(
                 and earlier.key == c.key
                 and earlier.served is not None
                 and c.served is not None
-                and _ok(c.row)
+                and answered_ok(c.row)
                 and not c.row.get("regenerated")
                 and not c.row.get("thumbs_down")
                 and earlier.served != c.served
@@ -523,7 +438,7 @@ def _preferences(
                 raw.append((earlier, c.served, earlier.served, "regeneration"))
         choice = c.row.get("choice")
         if choice in ("a", "b") and c.response and len(c.response.get("choices") or []) >= 2:
-            options = [_assistant((ch or {}).get("message") or {}) for ch in c.response["choices"][:2]]
+            options = [assistant_message((ch or {}).get("message") or {}) for ch in c.response["choices"][:2]]
             idx = 0 if choice == "a" else 1
             if options[0] != options[1]:
                 raw.append((c, options[idx], options[1 - idx], "choice"))

@@ -99,41 +99,14 @@ def train_lora(
         from datasets import Dataset
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-        from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
+        from trl import SFTTrainer  # type: ignore[attr-defined]
     except ImportError as exc:
         raise missing_train_extra(exc) from exc
 
     registry = Registry(log_dir)
-    if resume:
-        mv = registry.get(resume)
-        if mv.kind != "lora":
-            raise TrainingError(f"{resume} is not a local LoRA run")
-        if mv.status == "ready":
-            raise TrainingError(f"{resume} already finished; nothing to resume")
-        dataset = f"{mv.dataset['name']}@v{mv.dataset['version']}" if mv.dataset else dataset
-        base_model = mv.base_model
-        hp = dict(mv.hyperparameters)
-    dv = dataset if isinstance(dataset, DatasetVersion) else load_dataset(log_dir, dataset)
+    mv, dv, hp = _start_run(registry, log_dir, base_model, dataset, name, hyperparameters, resume)
+    base_model = mv.base_model
     train, test = dv.examples("train"), dv.examples("test")
-    if not train:
-        raise TrainingError(f"{dv.ref} has no training examples")
-    if not resume:
-        hp = {**default_hyperparameters(len(train)), **(hyperparameters or {})}
-        version = registry.allocate(name or f"{dv.name}-lora")
-        mv = registry.save(
-            ModelVersion(
-                version=version,
-                kind="lora",
-                base_model=base_model,
-                status="training",
-                dataset={
-                    "name": dv.name,
-                    "version": dv.version,
-                    "content_hash": dv.manifest.get("content_hash"),
-                },
-                hyperparameters=hp,
-            )
-        )
     folder = registry.path(mv.version)
     ckpt_dir = os.path.join(folder, "checkpoints")
     last_ckpt = _last_checkpoint(ckpt_dir)
@@ -153,35 +126,7 @@ def train_lora(
         model = AutoModelForCausalLM.from_pretrained(
             base_model, dtype=torch.bfloat16 if bf16 else torch.float32
         )
-        steps_per_epoch = math.ceil(len(train) / (hp["batch_size"] * hp["gradient_accumulation_steps"]))
-        total_steps = max(1, steps_per_epoch * math.ceil(hp["epochs"]))
-        save_steps = int(hp.get("save_steps") or max(10, total_steps // 10))
-        config = SFTConfig(
-            output_dir=ckpt_dir,
-            num_train_epochs=float(hp["epochs"]),
-            learning_rate=float(hp["learning_rate"]),
-            per_device_train_batch_size=int(hp["batch_size"]),
-            per_device_eval_batch_size=int(hp["batch_size"]),
-            gradient_accumulation_steps=int(hp["gradient_accumulation_steps"]),
-            lr_scheduler_type=str(hp["lr_scheduler"]),
-            warmup_steps=float(hp["warmup_ratio"]),
-            max_length=int(hp["max_length"]),
-            completion_only_loss=True,
-            seed=int(hp["seed"]),
-            data_seed=int(hp["seed"]),
-            bf16=bf16,
-            fp16=False,
-            use_cpu=not use_cuda,
-            gradient_checkpointing=False,
-            logging_steps=max(1, min(10, total_steps // 20)),
-            save_strategy="steps",
-            save_steps=save_steps,
-            save_total_limit=2,
-            eval_strategy="no",
-            report_to=[],
-            disable_tqdm=True,  # our own bar (`gateway.progress`): step, loss, ETA; quiet under --json
-            dataloader_num_workers=0,
-        )
+        config = _sft_config(hp, ckpt_dir, len(train), use_cuda=use_cuda, bf16=bf16)
         peft_config = LoraConfig(
             r=int(hp["lora_r"]),
             lora_alpha=int(hp["lora_alpha"]),
@@ -243,6 +188,84 @@ def train_lora(
         registry.update(mv.version, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise TrainingError(f"training {mv.version} failed: {type(exc).__name__}: {exc}") from exc
     return registry.update(mv.version, status="ready", adapter_path=adapter_dir, metrics=metrics)
+
+
+def _start_run(
+    registry: Registry,
+    log_dir: str,
+    base_model: str,
+    dataset: str | DatasetVersion,
+    name: str | None,
+    hyperparameters: dict[str, Any] | None,
+    resume: str | None,
+) -> tuple[ModelVersion, DatasetVersion, dict[str, Any]]:
+    """The version to train (a new one, or the interrupted ``resume``), its dataset and hyper-parameters."""
+    resumed = _resumable(registry, resume) if resume else None
+    if resumed is not None and resumed.dataset:
+        dataset = f"{resumed.dataset['name']}@v{resumed.dataset['version']}"
+    dv = dataset if isinstance(dataset, DatasetVersion) else load_dataset(log_dir, dataset)
+    n_train = len(dv.examples("train"))
+    if not n_train:
+        raise TrainingError(f"{dv.ref} has no training examples")
+    if resumed is not None:
+        return resumed, dv, dict(resumed.hyperparameters)
+    hp = {**default_hyperparameters(n_train), **(hyperparameters or {})}
+    mv = registry.save(
+        ModelVersion(
+            version=registry.allocate(name or f"{dv.name}-lora"),
+            kind="lora",
+            base_model=base_model,
+            status="training",
+            dataset={"name": dv.name, "version": dv.version, "content_hash": dv.manifest.get("content_hash")},
+            hyperparameters=hp,
+        )
+    )
+    return mv, dv, hp
+
+
+def _resumable(registry: Registry, version: str) -> ModelVersion:
+    """The interrupted LoRA run ``version`` (a finished one, or another kind, cannot resume)."""
+    mv = registry.get(version)
+    if mv.kind != "lora":
+        raise TrainingError(f"{version} is not a local LoRA run")
+    if mv.status == "ready":
+        raise TrainingError(f"{version} already finished; nothing to resume")
+    return mv
+
+
+def _sft_config(hp: dict[str, Any], ckpt_dir: str, n_train: int, *, use_cuda: bool, bf16: bool) -> Any:
+    """TRL's `SFTConfig` for the hyper-parameters: completion-only loss, a checkpoint every tenth of the run."""
+    from trl import SFTConfig  # type: ignore[attr-defined]
+
+    steps_per_epoch = math.ceil(n_train / (hp["batch_size"] * hp["gradient_accumulation_steps"]))
+    total_steps = max(1, steps_per_epoch * math.ceil(hp["epochs"]))
+    save_steps = int(hp.get("save_steps") or max(10, total_steps // 10))
+    return SFTConfig(
+        output_dir=ckpt_dir,
+        num_train_epochs=float(hp["epochs"]),
+        learning_rate=float(hp["learning_rate"]),
+        per_device_train_batch_size=int(hp["batch_size"]),
+        per_device_eval_batch_size=int(hp["batch_size"]),
+        gradient_accumulation_steps=int(hp["gradient_accumulation_steps"]),
+        lr_scheduler_type=str(hp["lr_scheduler"]),
+        warmup_steps=float(hp["warmup_ratio"]),
+        max_length=int(hp["max_length"]),
+        completion_only_loss=True,
+        seed=int(hp["seed"]),
+        data_seed=int(hp["seed"]),
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not use_cuda,
+        gradient_checkpointing=False,
+        logging_steps=max(1, min(10, total_steps // 20)),
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,  # our own bar (`gateway.progress`): step, loss, ETA; quiet under --json
+        dataloader_num_workers=0,
+    )
 
 
 def _last_checkpoint(ckpt_dir: str) -> str | None:

@@ -11,9 +11,11 @@ of the gateway needs:
   ``stream_options.include_usage`` adds a usage chunk). One choice per request;
 * ``GET /health``.
 
-Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``. Requests are
-generated one at a time (a lock): this server is for development, evaluation and CPU, not
-for production traffic; for that, see `trainer.vllm`.
+Bodies are read as the gateway reads them (`gateway.protocol.requests`: the same 400s), then
+checked against what this server does (its one model, one choice, the sampling ranges). Errors
+are the gateway's (`gateway.errors`, in OpenAI's body); streams are framed by
+`gateway.protocol.sse`. Requests are generated one at a time (a lock): this server is for
+development, evaluation and CPU, not for production traffic; for that, see `trainer.vllm`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.protocol.errors import error_object
+from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.protocol import sse
 from gateway.protocol.messages import message_text
+from gateway.protocol.requests import ChatRequest, check_chat, load_object
 from trainer.errors import ServeError, TrainingError, missing_train_extra
 from trainer.registry import ModelVersion
 
@@ -54,6 +58,10 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             text = json.dumps(m["tool_calls"])
         out.append({"role": role, "content": text})
     return out
+
+
+_MIN_TEMPERATURE = 1e-3
+"""Below this, sampling is greedy decoding in effect, and logits divided by it can overflow: greedy."""
 
 
 def pick_device(device: str | None = None) -> str:
@@ -124,6 +132,11 @@ class ChatModel:
             raise ServeError(f"{mv.version} is {mv.status}, not ready")
         return cls.load(mv.base_model, mv.adapter_path, name=mv.version, device=device)
 
+    @property
+    def context_length(self) -> int:
+        """The most positions the model was built for (the cap on ``max_tokens``)."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
+
     def _inputs(self, messages: list[dict[str, Any]]) -> Any:
         enc = self.tokenizer.apply_chat_template(
             template_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -138,7 +151,7 @@ class ChatModel:
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
         }
-        if temperature > 0:
+        if temperature >= _MIN_TEMPERATURE:
             import torch
 
             if seed is not None:
@@ -259,53 +272,58 @@ def _held_back(text: str, stop: list[str] | None) -> int:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-class _BadRequest(Exception):
-    def __init__(
-        self, message: str, param: str | None = None, status: int = 400, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.param = param
-        self.status = status
-        self.code = code
-
-
-def _parse(body: Any, served: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise _BadRequest("the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise _BadRequest("messages must be a non-empty list of message objects", "messages")
-    model = body.get("model")
-    if model not in (served, None):
-        raise _BadRequest(
-            f"the model '{model}' does not exist; this server serves '{served}'",
-            "model",
-            404,
-            "model_not_found",
+def _parse(body: bytes, served: str, context: int) -> tuple[ChatRequest, dict[str, Any]]:
+    """The request and `ChatModel` arguments of a chat completions body, read as the gateway reads
+    one (`gateway.protocol.requests`); the dev server's own limits after that. Raises the 4xx."""
+    req = ChatRequest(load_object(body))
+    check_chat(req.raw)
+    if req.model != served:
+        raise NotFound(
+            f"the model '{req.model}' does not exist; this server serves '{served}'",
+            param="model",
+            code="model_not_found",
         )
-    if (body.get("n") or 1) != 1:
-        raise _BadRequest("this server returns one choice per request (n=1)", "n")
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise _BadRequest("max_tokens must be a positive integer", "max_tokens")
-    temperature = body.get("temperature")
-    temperature = 1.0 if temperature is None else temperature
-    if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-        raise _BadRequest("temperature must be between 0 and 2", "temperature")
-    top_p = body.get("top_p")
-    stop = body.get("stop")
+    if (req.n or 1) != 1:
+        raise InvalidRequest("this server returns one choice per request (n=1)", param="n")
+    max_tokens = _first(req, "max_completion_tokens", "max_tokens", default=min(256, context))
+    if not _is_int(max_tokens) or not 1 <= max_tokens <= context:
+        raise InvalidRequest(f"max_tokens must be an integer from 1 to {context}", param="max_tokens")
+    temperature = _number(req, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(req, "top_p", 1.0, 0.0, 1.0)
+    stop = req.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise _BadRequest("stop must be a string or a list of strings", "stop")
-    return {
-        "messages": messages,
+        raise InvalidRequest("stop must be a string or a list of strings", param="stop")
+    seed = req.get("seed")
+    if seed is not None and not (_is_int(seed) and -(2**63) <= seed < 2**64):
+        raise InvalidRequest("seed must be a 64-bit integer", param="seed")
+    args = {
+        "messages": req.messages,
         "max_tokens": max_tokens,
-        "temperature": float(temperature),
-        "top_p": float(1.0 if top_p is None else top_p),
+        "temperature": temperature,
+        "top_p": top_p,
         "stop": stop,
-        "seed": body.get("seed"),
+        "seed": seed,
     }
+    return req, args
+
+
+def _first(req: ChatRequest, *keys: str, default: Any) -> Any:
+    return next((req.get(k) for k in keys if req.get(k) is not None), default)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(req: ChatRequest, key: str, default: float, lo: float, hi: float) -> float:
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise InvalidRequest(f"{key} must be between {lo:g} and {hi:g}", param=key)
+    return float(value)
 
 
 def create_app(model: ChatModel) -> Any:
@@ -318,6 +336,9 @@ def create_app(model: ChatModel) -> Any:
 
     created = int(time.time())
 
+    def error(exc: GatewayError) -> Response:
+        return Response(exc.body(), status_code=exc.status, media_type="application/json")
+
     async def models(request: Request) -> Response:
         card = {"id": model.name, "object": "model", "created": created, "owned_by": "shadowtune"}
         return JSONResponse({"object": "list", "data": [card]})
@@ -327,20 +348,14 @@ def create_app(model: ChatModel) -> Any:
 
     async def chat(request: Request) -> Response:
         try:
-            try:
-                body = json.loads(await request.body())
-            except json.JSONDecodeError:
-                raise _BadRequest("the request body is not valid JSON") from None
-            args = _parse(body, model.name)
-        except _BadRequest as exc:
-            type_ = "not_found_error" if exc.status == 404 else "invalid_request_error"
-            return JSONResponse(
-                error_object(str(exc), type_, param=exc.param, code=exc.code), status_code=exc.status
-            )
+            req, args = _parse(await request.body(), model.name, model.context_length)
+        except GatewayError as exc:
+            return error(exc)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if req.stream:
+            options = req.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return StreamingResponse(
                 iterate_in_threadpool(_sse(model, args, cid, now, include_usage)),
                 media_type="text/event-stream",
@@ -348,7 +363,7 @@ def create_app(model: ChatModel) -> Any:
         try:
             done: Completion = await run_in_threadpool(lambda: model.complete(**args))
         except Exception as exc:
-            return JSONResponse(error_object(f"generation failed: {exc}", "server_error"), status_code=500)
+            return error(GatewayError(f"generation failed: {exc}"))
         return JSONResponse(
             {
                 "id": cid,
@@ -384,10 +399,10 @@ def _usage(done: Completion) -> dict[str, int]:
     }
 
 
-def _sse(model: ChatModel, args: dict[str, Any], cid: str, now: int, include_usage: bool) -> Iterator[str]:
+def _sse(model: ChatModel, args: dict[str, Any], cid: str, now: int, include_usage: bool) -> Iterator[bytes]:
     def chunk(
         delta: dict[str, Any], finish: str | None = None, usage: Any = None, choices: bool = True
-    ) -> str:
+    ) -> bytes:
         body: dict[str, Any] = {
             "id": cid,
             "object": "chat.completion.chunk",
@@ -399,7 +414,7 @@ def _sse(model: ChatModel, args: dict[str, Any], cid: str, now: int, include_usa
         )
         if include_usage:
             body["usage"] = usage
-        return f"data: {json.dumps(body)}\n\n"
+        return sse.event(body)
 
     yield chunk({"role": "assistant", "content": ""})
     try:
@@ -411,8 +426,8 @@ def _sse(model: ChatModel, args: dict[str, Any], cid: str, now: int, include_usa
             else:
                 yield chunk({"content": item})
     except Exception as exc:  # one error event, then the end of the stream
-        yield f"data: {json.dumps(error_object(f'generation failed: {exc}', 'server_error'))}\n\n"
-    yield "data: [DONE]\n\n"
+        yield sse.event(GatewayError(f"generation failed: {exc}").body())
+    yield sse.DONE
 
 
 def serve_version(
@@ -428,3 +443,73 @@ def serve_version(
     except ImportError as exc:  # pragma: no cover - uvicorn is a core dependency
         raise TrainingError(str(exc)) from exc
     uvicorn.run(create_app(model), host=host, port=port, log_level="info")
+
+
+@dataclass(frozen=True)
+class DevServer:
+    """A dev server running in the background (`start_dev_server`)."""
+
+    url: str
+    """Its OpenAI base URL (``http://127.0.0.1:<port>/v1``)."""
+    pid: int
+    """The process, leader of its own session: stop it with ``os.killpg(pid, signal.SIGTERM)``."""
+    start_s: float
+    """Seconds until it answered."""
+
+
+def start_dev_server(
+    log_dir: str,
+    version: str,
+    port: int | None = None,
+    *,
+    timeout: float = 300.0,
+    output: str | None = None,
+) -> DevServer:
+    """``shadowtune models serve VERSION`` in the background, returned once ``/health`` answers.
+
+    ``port`` is a free one when None; the server's output goes to the file ``output`` (nowhere
+    when None). Raises `ServeError` when it exits first, or does not answer within ``timeout``
+    (it is killed then).
+    """
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = port or _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "models",
+        "serve",
+        version,
+        "--port",
+        str(port),
+        "--log-dir",
+        log_dir,
+    ]
+    with open(output or os.devnull, "w") as sink:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise ServeError(f"the dev server for {version} exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return DevServer(f"http://127.0.0.1:{port}/v1", proc.pid, time.monotonic() - t0)
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    raise ServeError(f"the dev server for {version} did not answer within {timeout:g}s")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -45,6 +45,7 @@ from evals.online.outcomes import METRICS, ArmStats, MetricSpec, srm_check
 from evals.online.outcomes_query import query_cells
 from evals.online.strata import PRE, Evidence, stratified_difference
 from gateway.admin_client import AdminClient, AdminError
+from gateway.state import pause
 from gateway.state.base import StateBackend
 from gateway.store import layout
 
@@ -116,29 +117,13 @@ def write_state(location: str, route: str, state: dict[str, Any]) -> None:
 def set_paused(
     location: str, route: str, paused: bool, *, actor: str = "operator", reason: str | None = None
 ) -> dict[str, Any]:
-    """Pause or resume the controller for a route; returns the new state."""
-    state = read_state(location, route)
-    state.update(
-        {
-            "route": route,
-            "paused": paused,
-            "paused_by": actor if paused else None,
-            "paused_reason": reason if paused else None,
-            "paused_at": time.time() if paused else None,
-        }
-    )
-    write_state(location, route, state)
-    record_decision(
-        location,
-        {
-            "ts": time.time(),
-            "route": route,
-            "action": "pause" if paused else "resume",
-            "actor": actor,
-            "reason": reason,
-        },
-    )
-    return state
+    """Pause or resume the controller for a route; returns the new state (`gateway.state.pause`)."""
+    from gateway.state import StateUnavailable
+
+    try:
+        return pause.set_paused(_backend(location), route, paused, actor=actor, reason=reason)
+    except StateUnavailable as exc:
+        raise ControllerError(f"cannot write controller state of {route}: {exc.message}") from exc
 
 
 def record_decision(location: str, record: dict[str, Any]) -> None:
@@ -200,8 +185,9 @@ class CanaryController:
         now = self.clock()
         state = read_state(self.state, self.route)
         record: dict[str, Any] = {"ts": now, "route": self.route}
-        if state.get("paused"):
-            record.update(action="paused", reason=f"paused by {state.get('paused_by') or 'an operator'}")
+        paused = pause.pause_of(state)
+        if paused is not None:
+            record.update(action="paused", reason=f"paused by {paused['by'] or 'an operator'}")
             record_decision(self.state, record)
             return record
         info: dict[str, Any] = _admin(self.admin.get_route, self.route)

@@ -36,9 +36,6 @@ route's candidate in **shadow** mode, never straight to users.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from typing import Any
 
 import httpx
@@ -206,7 +203,7 @@ def deploy(ctx: Any) -> dict[str, Any]:
             raise TriggerError(
                 "set params.serve_url, or params.serve: dev to start the dev server", step="deploy"
             )
-        served = _start_dev_server(ctx.log_dir, version, int(params.get("serve_port") or _free_port()))
+        served = _start_dev_server(ctx.log_dir, version, params.get("serve_port"))
         serve_url = served["url"]
     deployment = deploy_version(
         ctx.log_dir,
@@ -243,38 +240,13 @@ def _current_candidate(ctx: Any, params: dict[str, Any]) -> str | None:
     return str(candidate) if candidate else None
 
 
-def _free_port() -> int:
-    import socket
+def _start_dev_server(log_dir: str, version: str, port: Any) -> dict[str, Any]:
+    """The version's dev server (`trainer.serve.start_dev_server`): its URL and pid once it answers."""
+    from trainer.errors import ServeError
+    from trainer.serve import start_dev_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_dev_server(log_dir: str, version: str, port: int, timeout: float = 300.0) -> dict[str, Any]:
-    """``shadowtune models serve VERSION`` in the background; returns its URL and pid once it answers."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "gateway",
-        "models",
-        "serve",
-        version,
-        "--port",
-        str(port),
-        "--log-dir",
-        log_dir,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TriggerError(f"the dev server for {version} exited with {proc.returncode}", step="deploy")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return {"url": url, "pid": proc.pid}
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise TriggerError(f"the dev server for {version} did not answer within {timeout:g}s", step="deploy")
+    try:
+        server = start_dev_server(log_dir, version, int(port) if port else None)
+    except ServeError as exc:
+        raise TriggerError(str(exc), step="deploy") from exc
+    return {"url": server.url, "pid": server.pid}

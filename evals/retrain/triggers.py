@@ -186,20 +186,20 @@ def evaluate(
     since = _parse_time(state.get("last_training_at"))
     reasons: list[str] = []
     signals: dict[str, Any] = {"last_training_at": state.get("last_training_at")}
+
+    def count_new() -> int:
+        if store is not None:
+            return _new_examples(store, policy.route, since)
+        with LogStore.open(log_dir) as own:
+            return _new_examples(own, policy.route, since)
+
     if policy.drift_windows:
         streak = _drift_streak(log_dir, policy.route, since)
         signals["drift_streak"] = streak
         if streak >= policy.drift_windows:
             reasons.append(f"drift in {streak} windows in a row (policy: {policy.drift_windows})")
     if policy.new_examples:
-        own = store is None
-        st = store or LogStore.open(log_dir)
-        try:
-            n = _new_examples(st, policy.route, since)
-        finally:
-            if own:
-                st.close()
-        signals["new_examples"] = n
+        n = signals["new_examples"] = count_new()
         if n >= policy.new_examples:
             reasons.append(f"{n} new examples since the last training (policy: {policy.new_examples})")
     guard = _guardrail(log_dir, policy.guardrail_file, since)
@@ -209,38 +209,53 @@ def evaluate(
             names = ", ".join(guard["names"]) or "slow-eval guardrail"
             reasons.append(f"guardrail breached: {names}")
     if policy.output_drift:
-        from evals.drift.guardrail import guardrail_path
+        _output_drift_signal(log_dir, policy.route, since, state, reasons, signals)
+    fire = bool(reasons) and policy.enabled and not _held(policy, state, signals, count_new)
+    return Evaluation(policy.route, fire, reasons, signals)
 
-        out = _guardrail(log_dir, str(guardrail_path(log_dir, policy.route)), since)
-        current = state.get("last_deployed_model")
-        if out is not None and out["breached"] and current and current not in _output_models(out["file"]):
-            out.update(breached=False, stale=f"the finding is about another model than {current}")
-        if out is not None and not out.get("missing"):
-            signals["output_drift"] = out
-            if out["breached"]:
-                reasons.append(f"output drift: {_output_reason(out['file'])}")
-    fire = bool(reasons) and policy.enabled
-    if fire and policy.min_new_examples:
+
+def _output_drift_signal(
+    log_dir: str,
+    route: str,
+    since: dt.datetime | None,
+    state: dict[str, Any],
+    reasons: list[str],
+    signals: dict[str, Any],
+) -> None:
+    """The route's output-drift guardrail, unless its finding is about another model than the deployed one."""
+    from evals.drift.guardrail import guardrail_path
+
+    out = _guardrail(log_dir, str(guardrail_path(log_dir, route)), since)
+    if out is None or out.get("missing"):
+        return
+    current = state.get("last_deployed_model")
+    if out["breached"] and current and current not in _output_models(out["file"]):
+        out.update(breached=False, stale=f"the finding is about another model than {current}")
+    signals["output_drift"] = out
+    if out["breached"]:
+        reasons.append(f"output drift: {_output_reason(out['file'])}")
+
+
+def _held(
+    policy: TriggerPolicy, state: dict[str, Any], signals: dict[str, Any], count_new: Callable[[], int]
+) -> bool:
+    """Whether a policy that fires waits instead: for new data, for an operator's pause, or a back-off
+    (the first that holds it is recorded in ``signals``)."""
+    if policy.min_new_examples:
         fresh: int | None = signals.get("new_examples")
         if fresh is None:
-            own = store is None
-            st = store or LogStore.open(log_dir)
-            try:
-                fresh = _new_examples(st, policy.route, since)
-            finally:
-                if own:
-                    st.close()
+            fresh = count_new()
         if fresh < policy.min_new_examples:
             signals["waiting_for_data"] = {"new_examples": fresh, "need": policy.min_new_examples}
-            fire = False
-    if fire and state.get("paused"):
+            return True
+    if state.get("paused"):
         signals["paused"] = {"by": state.get("paused_by"), "at": state.get("paused_at")}
-        fire = False
+        return True
     held = backoff(state)
-    if fire and held is not None:
+    if held is not None:
         signals["backoff"] = held
-        fire = False
-    return Evaluation(policy.route, fire, reasons, signals)
+        return True
+    return False
 
 
 def _output_models(path: str) -> list[str]:

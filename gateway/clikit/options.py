@@ -28,6 +28,9 @@ import click
 from gateway import durations
 from gateway.store.layout import DEFAULT_LOG_DIR, default_log_dir
 
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_DIR_DEFAULT = f"$SHADOWTUNE_LOG_DIR, $SHADOWTUNE_STORE__LOG_DIR or {DEFAULT_LOG_DIR}"
@@ -198,7 +201,7 @@ class handle_errors(ContextDecorator):
             raise click.ClickException(_message(exc)) from exc
 
 
-def load_settings(config_path: str | None, **overrides: Any) -> Any:
+def load_settings(config_path: str | None, **overrides: Any) -> Settings:
     """`gateway.config.Settings.load`, with an invalid or unreadable config as a clear error."""
     from pydantic import ValidationError
 

@@ -9,14 +9,29 @@ already in it. ``code`` is a string or null. Import-light: orjson only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 import orjson
 
 
+class ErrorInfo(TypedDict):
+    """The ``error`` member of the body: ``code`` is a string or null, as in OpenAI's API."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorObject(TypedDict):
+    """OpenAI's error body."""
+
+    error: ErrorInfo
+
+
 def error_object(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
+) -> ErrorObject:
     """The OpenAI error body as a dict."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 
-def message_text(content: Any, *, sep: str = " ", placeholders: bool = False) -> str:
+def message_text(content: object, *, sep: str = " ", placeholders: bool = False) -> str:
     """The text of ``content``.
 
     A string is its own text. Of a list, the ``text`` of every part that has a string one,
@@ -47,7 +47,7 @@ def message_text(content: Any, *, sep: str = " ", placeholders: bool = False) ->
         return repr(content)
 
 
-def map_text(content: Any, fn: Callable[[str], str]) -> Any:
+def map_text(content: object, fn: Callable[[str], str]) -> Any:
     """``content`` with ``fn`` applied to its text: the string, or each part's string ``text``.
 
     Parts without text and values of other shapes are kept as they are.

@@ -104,7 +104,7 @@ def log_rules(emails: bool, cards: bool, patterns: Iterable[str]) -> list[Rule]:
 _CACHE: dict[tuple[bool, bool, tuple[str, ...]], Redactor] = {}
 
 
-def for_spec(spec: Any) -> Redactor:
+def for_spec(spec: object) -> Redactor:
     """The redactor of a record's `log_spec` (compiled once per distinct spec).
 
     Raises `ValueError` for a spec of the wrong shape or a pattern that does not compile.

@@ -1,4 +1,4 @@
-"""Streamed answers (server-sent events) assembled into the one JSON object they stand for.
+"""Server-sent events: framed (`event`, `DONE`), and assembled into the one JSON object they stand for.
 
 The request path relays a stream chunk by chunk and logs its raw SSE text; off the request
 path (`gateway.store.rows`, in the log agent) that text becomes the answer a non-streamed
@@ -13,6 +13,9 @@ call would have had, per surface (`assemble`):
 * ``completions`` (legacy): a ``text_completion``, ``choices[].text`` concatenated per
   choice (`assemble_completions`).
 
+A stream the gateway writes itself (an error event, a provider SDK's chunks, the trainer's dev
+server) is framed by `event` and, for chat and legacy completions, ends with `DONE`.
+
 Payloads are the upstream's, not ours: every value is type-checked before use, and a
 stream of no known shape raises (the caller keeps the raw text). Import-light: orjson only.
 """
@@ -25,6 +28,16 @@ from typing import Any
 import orjson
 
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
+
+DONE = b"data: [DONE]\n\n"
+"""The event that ends a chat or legacy completions stream."""
+
+
+def event(data: Any, *, name: str | None = None) -> bytes:
+    """One event: ``data`` as JSON (bytes are taken as already encoded), after ``event: name`` when named."""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    head = b"event: " + name.encode() + b"\n" if name else b""
+    return head + b"data: " + payload + b"\n\n"
 
 
 def payloads(sse: str) -> list[Any]:

@@ -134,8 +134,9 @@ class RequestTransform:
         return [*system, *rest]
 
 
-def _role(message: Any) -> Any:
-    return message.get("role") if isinstance(message, Mapping) else None
+def _role(message: object) -> str | None:
+    role = message.get("role") if isinstance(message, Mapping) else None
+    return role if isinstance(role, str) else None
 
 
 def fingerprint(spec: Mapping[str, Any] | None) -> str | None:

@@ -39,6 +39,7 @@ from typing import Any, cast
 
 import orjson
 
+from gateway.durations import epoch_us
 from gateway.protocol.messages import message_text
 from gateway.store import queries
 from gateway.store.ids import new_id
@@ -78,40 +79,60 @@ def detect_regenerations(
     before ``since`` are read too, so a call just before ``since`` can be marked by a
     retry just after it. Returns the records to append; writes nothing.
     """
-    since_us = _epoch_us(since)
-    until_us = _epoch_us(until) if until is not None else None
+    since_us = epoch_us(since)
+    until_us = epoch_us(until) if until is not None else None
     lookback = max(window_s, rephrase_window_s if rephrase else 0.0)
     rows = cast(
         "list[dict[str, Any]]", queries.regeneration_inputs(store, since_us - int(lookback * 1e6), until_us)
     )
-    marked = queries.regenerated_call_ids(store)
-    found: dict[str, tuple[int, dict[str, Any]]] = {}
+    marks = _Marks(queries.regenerated_call_ids(store))
+    _mark_explicit(marks, rows, since_us)
+    turns = [t for t in (_turn(r) for r in rows) if t is not None]
+    _mark_retries(marks, turns, since_us, int(window_s * 1e6))
+    if rephrase:
+        _mark_rephrases(marks, turns, since_us, int(rephrase_window_s * 1e6), rephrase_similarity)
+    return marks.records()
 
-    def mark(rule: str, earlier: str, later: str, later_ts: int, gap_us: int | None) -> None:
-        if earlier in marked or earlier == later:
+
+class _Marks:
+    """The events found so far: one per earlier call, the rule of highest precedence winning."""
+
+    def __init__(self, already: set[str]) -> None:
+        self.already = already  # calls with a regeneration event in the log: never marked again
+        self.found: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def mark(self, rule: str, earlier: str, later: str, later_ts: int, gap_us: int | None) -> None:
+        if earlier in self.already or earlier == later:
             return
         rank = _RULE_ORDER[rule]
-        if earlier in found and found[earlier][0] <= rank:
+        if earlier in self.found and self.found[earlier][0] <= rank:
             return
         data: dict[str, Any] = {"by": later}
         if gap_us is not None:
             data["gap_s"] = round(gap_us / 1e6, 3)
-        found[earlier] = (
-            rank,
-            {
-                "event_id": new_id("evt"),
-                "call_id": earlier,
-                "ts": later_ts,
-                "kind": "regeneration",
-                "value": rule,
-                "value_num": 1.0,
-                "comment": None,
-                "user": None,
-                "source": "detector",
-                "data": orjson.dumps(data).decode(),
-            },
-        )
+        self.found[earlier] = (rank, _event(earlier, rule, later_ts, data))
 
+    def records(self) -> list[dict[str, Any]]:
+        return [rec for _, rec in sorted(self.found.values(), key=lambda x: (x[1]["ts"], x[1]["call_id"]))]
+
+
+def _event(call_id: str, rule: str, ts_us: int, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": new_id("evt"),
+        "call_id": call_id,
+        "ts": ts_us,
+        "kind": "regeneration",
+        "value": rule,
+        "value_num": 1.0,
+        "comment": None,
+        "user": None,
+        "source": "detector",
+        "data": orjson.dumps(data).decode(),
+    }
+
+
+def _mark_explicit(marks: _Marks, rows: list[dict[str, Any]], since_us: int) -> None:
+    """``explicit``: a call names the one it regenerates (by call id or response id)."""
     by_response = {r["response_id"]: r["call_id"] for r in rows if r["response_id"]}
     ts_of = {r["call_id"]: r["ts_us"] for r in rows}
     for r in rows:
@@ -119,31 +140,34 @@ def detect_regenerations(
         if target and r["ts_us"] >= since_us:
             target = by_response.get(target, target)
             gap = r["ts_us"] - ts_of[target] if target in ts_of else None
-            mark("explicit", target, r["call_id"], r["ts_us"], gap)
+            marks.mark("explicit", target, r["call_id"], r["ts_us"], gap)
 
-    turns = [t for t in (_turn(r) for r in rows) if t is not None]
-    window_us = int(window_s * 1e6)
+
+def _mark_retries(marks: _Marks, turns: list[_Turn], since_us: int, window_us: int) -> None:
+    """``retry``: the same conversation sent again on the same route, within the window."""
     for group in _group(turns, lambda t: (t.key, t.prefix)).values():
         for a, b in itertools.pairwise(group):
             if b.ts_us < since_us or b.ts_us - a.ts_us > window_us:
                 continue
             if len(b.tail) > len(a.tail) and b.tail[: len(a.tail)] == a.tail:
                 continue  # B continues A (tool-call loop), it does not retry it
-            mark("retry", a.call_id, b.call_id, b.ts_us, b.ts_us - a.ts_us)
+            marks.mark("retry", a.call_id, b.call_id, b.ts_us, b.ts_us - a.ts_us)
 
-    if rephrase:
-        rwin = int(rephrase_window_s * 1e6)
-        for group in _group(turns, lambda t: t.key).values():
-            for i, b in enumerate(group):
-                if b.ts_us < since_us:
-                    continue
-                for a in reversed(group[:i]):
-                    if b.ts_us - a.ts_us > rwin:
-                        break
-                    if _is_rephrase(a, b, rephrase_similarity):
-                        mark("rephrase", a.call_id, b.call_id, b.ts_us, b.ts_us - a.ts_us)
-                        break
-    return [rec for _, rec in sorted(found.values(), key=lambda x: (x[1]["ts"], x[1]["call_id"]))]
+
+def _mark_rephrases(
+    marks: _Marks, turns: list[_Turn], since_us: int, window_us: int, similarity: float
+) -> None:
+    """``rephrase``: the nearest earlier call of the same user that B's last message rephrases."""
+    for group in _group(turns, lambda t: t.key).values():
+        for i, b in enumerate(group):
+            if b.ts_us < since_us:
+                continue
+            for a in reversed(group[:i]):
+                if b.ts_us - a.ts_us > window_us:
+                    break
+                if _is_rephrase(a, b, similarity):
+                    marks.mark("rephrase", a.call_id, b.call_id, b.ts_us, b.ts_us - a.ts_us)
+                    break
 
 
 def record_regenerations(writer: Any, events: Iterable[dict[str, Any]]) -> int:
@@ -211,11 +235,3 @@ def _turn(row: dict[str, Any]) -> _Turn | None:
 
 def _hash(value: Any) -> str:
     return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
-
-
-def _epoch_us(value: dt.datetime | float) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1_000_000)
-    return int(value * 1_000_000)

@@ -26,6 +26,7 @@ import orjson
 
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
+from gateway.protocol import sse
 from gateway.upstream.faults import redact, safe_url
 from gateway.upstream.reply import UpstreamReply
 
@@ -143,10 +144,10 @@ async def _call(call: Any, params: dict[str, Any], upstream: UpstreamConfig, whe
 async def _sse(stream: Any, where: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in stream:
-            yield b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n"
+            yield sse.event(chunk.model_dump(exclude_none=True))
     except Exception as exc:
         raise _map_error(exc, where) from exc
-    yield b"data: [DONE]\n\n"
+    yield sse.DONE
 
 
 async def _typed_sse(stream: Any, where: str) -> AsyncIterator[bytes]:
@@ -154,7 +155,7 @@ async def _typed_sse(stream: Any, where: str) -> AsyncIterator[bytes]:
     try:
         async for event in stream:
             data = event.model_dump(mode="json", exclude_none=True)
-            yield f"event: {data.get('type')}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+            yield sse.event(data, name=str(data.get("type")))
     except Exception as exc:
         raise _map_error(exc, where) from exc
 

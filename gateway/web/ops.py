@@ -20,7 +20,6 @@ Same access, same-origin and CSRF rules as every review form (`gateway.web._comm
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +28,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from gateway.errors import InvalidRequest, NotFound
 from gateway.routing.state import MODES
+from gateway.state import pause
 from gateway.web import _common as web
 
 router = APIRouter()
@@ -144,23 +144,5 @@ async def controller(route: str, request: Request) -> Response:
     actor = f"reviewer:{who.who}"
     backend = request.app.state.ctx.routes.backend
     paused = action == "pause"
-
-    def write() -> None:  # as `evals.controller.set_paused` does
-        state = backend.get_doc("controller", route) or {}
-        state.update(
-            {
-                "route": route,
-                "paused": paused,
-                "paused_by": actor if paused else None,
-                "paused_reason": reason if paused else None,
-                "paused_at": time.time() if paused else None,
-            }
-        )
-        backend.put_doc("controller", route, state)
-        backend.append_record(
-            "decisions",
-            {"ts": time.time(), "route": route, "action": action, "actor": actor, "reason": reason},
-        )
-
-    await asyncio.to_thread(write)
+    await asyncio.to_thread(pause.set_paused, backend, route, paused, actor=actor, reason=reason)
     return RedirectResponse(f"/review/ops?done={action}", status_code=303)

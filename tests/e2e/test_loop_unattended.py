@@ -105,16 +105,89 @@ class Traffic(threading.Thread):
                 time.sleep(0.4)
 
 
+class LoopWatch:
+    """What the test sees of the loop, read from the log dir and the state once a second (`poll`):
+    each milestone's time since the start in ``marks``, printed as it is reached."""
+
+    def __init__(self, log_dir: str, loc: str, policy_file: str) -> None:
+        self.log_dir, self.loc, self.policy_file = log_dir, loc, policy_file
+        self.t0 = time.monotonic()
+        self.marks: dict[str, float] = {}
+        self.reports: list[dict[str, Any]] = []
+        self.finding: dict[str, Any] | None = None
+        self.outcome: dict[str, Any] | None = None
+        self.v2: str | None = None
+        self.status_at_deploy = ""
+        self.pids: list[int] = []
+
+    def mark(self, name: str) -> None:
+        if name not in self.marks:
+            self.marks[name] = round(time.monotonic() - self.t0, 1)
+            print(f"[{self.marks[name]:6.1f}s] {name}", flush=True)
+
+    def poll(self) -> bool:
+        """Read the state once; True when the loop has gone as far as it will (the controller decided,
+        or the training run ended otherwise than deployed)."""
+        from evals.drift.output import load_output_reports
+        from evals.online.controller import read_decisions
+        from evals.retrain.state import load_runs
+
+        self.reports = load_output_reports(self.log_dir, "orders")
+        self.finding = next(
+            (
+                f
+                for r in self.reports
+                for f in r["findings"]
+                if f["variant"] == "candidate" and f["check"] == "novel_years"
+            ),
+            None,
+        )
+        if self.finding:
+            self.mark("output drift flagged on the candidate")
+        runs = load_runs(self.loc, "orders")
+        trained = [r for r in runs if r.get("kind", "train") == "train"]
+        if trained and not self._training_run(trained[0]):
+            return True
+        if any(r["status"] == "canary" for r in runs if r.get("kind") == "promote"):
+            self.mark("judge: not worse -> canary")
+        if self.v2 and any(
+            d.get("candidate") == self.v2 and d.get("mode") == "canary"
+            for d in read_decisions(self.loc, "orders")
+        ):
+            self.mark("controller decided on the canary")
+            return True
+        return False
+
+    def _training_run(self, run: dict[str, Any]) -> bool:
+        """Marks the first training run's steps; False once it ended otherwise than deployed."""
+        self.mark("trigger fired")
+        for step in run["steps"]:
+            if step["status"] != "running":
+                self.mark(f"step {step['step']} {step['status']}")
+        if run["status"] == "running":
+            return True
+        self.outcome = run
+        self.mark(f"run {run['status']}")
+        if run["status"] != "deployed":
+            return False
+        if self.v2 is None:
+            self.status_at_deploy = _command(["triggers", "status", "--route", "orders", "--policy",
+                                              self.policy_file, "--log-dir", self.log_dir])  # fmt: skip
+        deployed = run["steps"][-1]["result"]
+        self.v2 = deployed["candidate"]
+        if deployed["pid"] not in self.pids:
+            self.pids.append(deployed["pid"])
+        return True
+
+
 def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
     log_dir, make_settings, start_gateway, tmp_path, monkeypatch
 ):
-    from evals.drift.output import load_output_reports
-    from evals.online.controller import read_decisions
     from evals.retrain.state import load_runs, load_state
-    from evals.retrain.steps import _free_port, _start_dev_server
     from trainer.dataset import build_dataset
     from trainer.lora import train_lora
     from trainer.registry import Registry
+    from trainer.serve import start_dev_server
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two cores shared: torch threads spinning slow it all down
     setup_t0 = time.monotonic()
@@ -135,8 +208,8 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
 
     # the first round was trained by hand: the trigger state says when, so "new data" means since then
     update_state(location_of(settings_for_state(log_dir)), "orders", last_training_at=v1.created_at)
-    served = _start_dev_server(log_dir, v1.version, _free_port())
-    pids, v1_url = [served["pid"]], served["url"]
+    served = start_dev_server(log_dir, v1.version)
+    pids, v1_url = [served.pid], served.url
     judge = FakeJudge()
     judge_server = ServerThread(judge.app).__enter__()
     ctl_policy = tmp_path / "canary.yaml"
@@ -170,64 +243,22 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
     loc = location_of(settings)
     gw = start_gateway(settings)  # -- start: from here on nothing is typed --
     policies(tmp_path, model, gw.url, judge_server.url)  # the gateway reads the file at each tick
-    t0 = time.monotonic()
-    marks: dict[str, float] = {}
-
-    def mark(name: str) -> None:
-        if name not in marks:
-            marks[name] = round(time.monotonic() - t0, 1)
-            print(f"[{marks[name]:6.1f}s] {name}", flush=True)
-
+    watch = LoopWatch(log_dir, loc, policy_file)
     traffic = Traffic(gw.url)
     traffic.start()
     try:
-        v2 = None
-        outcome = None
-        status_at_deploy = ""
-        while time.monotonic() - t0 < DEADLINE_S:
+        while time.monotonic() - watch.t0 < DEADLINE_S:
             time.sleep(1)
-            reports = load_output_reports(log_dir, "orders")
-            finding = next(
-                (
-                    f
-                    for r in reports
-                    for f in r["findings"]
-                    if f["variant"] == "candidate" and f["check"] == "novel_years"
-                ),
-                None,
-            )
-            if finding:
-                mark("output drift flagged on the candidate")
-            runs = [r for r in load_runs(loc, "orders") if r.get("kind", "train") == "train"]
-            if runs:
-                mark("trigger fired")
-                for step in runs[0]["steps"]:
-                    if step["status"] != "running":
-                        mark(f"step {step['step']} {step['status']}")
-                if runs[0]["status"] not in ("running",):
-                    outcome = runs[0]
-                    mark(f"run {outcome['status']}")
-                    if outcome["status"] != "deployed":
-                        break
-                    if v2 is None:
-                        status_at_deploy = _command(["triggers", "status", "--route", "orders", "--policy",
-                                                     policy_file, "--log-dir", log_dir])  # fmt: skip
-                    v2 = outcome["steps"][-1]["result"]["candidate"]
-                    pids.append(outcome["steps"][-1]["result"]["pid"])
-            promoted = [r for r in load_runs(loc, "orders") if r.get("kind") == "promote"]
-            if any(r["status"] == "canary" for r in promoted):
-                mark("judge: not worse -> canary")
-            if v2 and any(
-                d.get("candidate") == v2 and d.get("mode") == "canary" for d in read_decisions(loc, "orders")
-            ):
-                mark("controller decided on the canary")
+            if watch.poll():
                 break
     finally:
         traffic.stop.set()
         traffic.join(30)
         judge_server.__exit__(None, None, None)
+    finding, outcome, v2, marks = watch.finding, watch.outcome, watch.v2, watch.marks
+    pids += watch.pids
 
-    elapsed = time.monotonic() - t0
+    elapsed = time.monotonic() - watch.t0
     cpu = os.times()
     print(
         f"setup {setup_s:.0f}s; unattended loop {elapsed:.0f}s (budget {BUDGET_S}s); {traffic.sent} client calls; "
@@ -261,8 +292,8 @@ def test_the_loop_runs_by_itself_from_drifted_traffic_to_the_controller(
         assert route.candidate == v2
         history = gw.ctx.routes.history("orders", 20)
         assert any("auto canary" in (h.get("reason") or "") for h in history)
-        outputs = walkthrough_outputs(log_dir, gw.url, tmp_path, reports, marks)
-        outputs["triggers status"] = status_at_deploy
+        outputs = walkthrough_outputs(log_dir, gw.url, tmp_path, watch.reports, marks)
+        outputs["triggers status"] = watch.status_at_deploy
         if not os.environ.get("WALKTHROUGH_OUT"):
             check_walkthrough(outputs)
     finally:

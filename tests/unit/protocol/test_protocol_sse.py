@@ -89,3 +89,20 @@ def test_a_stream_with_an_error_event_or_tool_calls_is_merged_in_full():
     tool = {"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t1"}]}}]}
     assert sse._text_stream([tool]) is None and sse._text_stream([err]) is None
     assert sse.assemble_chat(sse_text([tool, err]))["error"] == {"message": "boom"}
+
+
+class TestEventFraming:
+    def test_an_event_carries_its_json_and_parses_back(self):
+        from gateway.protocol.sse import DONE, event, payloads
+
+        chunk = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "é\n"}}]}
+        text = (event(chunk) + event(b'{"already": "encoded"}') + DONE).decode()
+        assert text.startswith('data: {"id":"chatcmpl-1"') and text.endswith("data: [DONE]\n\n")
+        assert payloads(text) == [chunk, {"already": "encoded"}]
+
+    def test_a_named_event_has_its_event_line(self):
+        from gateway.protocol.sse import event
+
+        assert event({"type": "response.created"}, name="response.created") == (
+            b'event: response.created\ndata: {"type":"response.created"}\n\n'
+        )
