@@ -10,7 +10,7 @@ bucket is ``i / users``: at share ``x`` the candidate arm is the users ``i < x% 
 Arrays carry the metric first (``M`` metrics), then the row, then the user. Per row:
 
 * the current step's per-user sums ``cur_y`` (M, r, u), ``cur_n``, ``cur_seen`` (r, u);
-* the finished steps' per-user sums ``past_y`` (M, r, u, k), ``past_n``, ``past_seen`` (r, u, k);
+* the finished steps' per-user sums ``past_y`` (k, M, r, u), ``past_n``, ``past_seen`` (k, r, u);
 * frozen per-class moments of the finished steps (``frozen``, M x r x classes x 4k x 4k) and sums
   (``sums``: units, Y, N, PY, PN; M x r x 5 x classes x k), so a check only touches the current step.
 
@@ -33,10 +33,10 @@ from controller_scenarios import BASE, METRIC_NAMES, TRAFFIC, Scenario
 from evals.online.strata import Cell, Cross, Evidence, pre_period, stratified_difference
 
 M = len(METRIC_NAMES)
-ROW_ARRAYS = ("lam", "xn", "cur_n", "cur_seen", "past_n", "past_seen")
+ROW_ARRAYS = ("lam", "cum", "xn", "cur_n", "cur_seen")
 """Arrays with the row first (compacted as canaries end)."""
-METRIC_ARRAYS = ("mult", "xy", "cur_y", "past_y", "frozen", "sums")
-"""Arrays with the metric first, then the row."""
+METRIC_ARRAYS = ("mult", "xy", "cur_y", "frozen", "sums", "past_n", "past_seen")
+"""Arrays with the row second (the metric, or the step, first)."""
 
 
 class StickyUsers:
@@ -50,6 +50,8 @@ class StickyUsers:
         else:
             vol = rng.lognormal(0.0, s.volume_param, size=(r, u))
         self.lam = TRAFFIC * vol / vol.sum(axis=1, keepdims=True)
+        self.cum = np.cumsum(vol, axis=1) / vol.sum(axis=1, keepdims=True)
+        self.cum[:, -1] = 1.0  # each row's volumes as a distribution over its users
         self.mult = np.stack(
             [
                 np.minimum(rng.gamma(s.heterogeneity, 1 / s.heterogeneity, size=(r, u)), 0.5 / BASE[m])
@@ -66,9 +68,9 @@ class StickyUsers:
         self.cur_y = np.zeros((M, r, u))
         self.cur_n = np.zeros((r, u))
         self.cur_seen = np.zeros((r, u), dtype=bool)
-        self.past_y = np.zeros((M, r, u, k))
-        self.past_n = np.zeros((r, u, k))
-        self.past_seen = np.zeros((r, u, k), dtype=bool)
+        self.past_y = np.zeros((k, M, r, u))
+        self.past_n = np.zeros((k, r, u))
+        self.past_seen = np.zeros((k, r, u))
         self.frozen = np.zeros((M, r, k + 1, 4 * k, 4 * k))
         self.sums = np.zeros((M, r, 5, k + 1, k))
 
@@ -77,57 +79,60 @@ class StickyUsers:
             setattr(self, name, getattr(self, name)[keep])
         for name in METRIC_ARRAYS:
             setattr(self, name, getattr(self, name)[:, keep])
+        self.past_y = self.past_y[:, :, keep]
 
     # -- calls ------------------------------------------------------------------------------
     def hour(self, hour: float, step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One hour of calls: Poisson per user (2,000 per hour in all, by volume).
+        """One hour of calls: Poisson per user (2,000 per hour in all, by volume), drawn as a
+        Poisson total per row and each call's user from the volumes (the same distribution);
+        each call's events are Bernoulli at its user's rates.
 
         Returns per row the calls to each arm ``(r, 2)``, the users new to the step per arm
         ``(r, 2)``, and all calls ``(r,)``.
         """
         rng, u = self.rng, self.s.users
         r = len(step)
-        counts = rng.poisson(self.lam).ravel()
-        hit = np.flatnonzero(counts)
-        calls = counts[hit]
-        row, user = np.divmod(hit, u)
+        totals = rng.poisson(TRAFFIC, r)
+        flat = np.concatenate(
+            [np.searchsorted(self.cum[j], rng.random(totals[j]), side="right") + j * u for j in range(r)]
+        )
+        row, user = np.divmod(flat, u)
         cand = user < self.cut[step][row]
         rates = self.s.rates(hour)
         pb = np.array([rates[m][0] for m in METRIC_NAMES])[:, None]
         pc = np.array([rates[m][1] for m in METRIC_NAMES])[:, None]
-        p = np.minimum(np.where(cand, pc, pb) * self.mult[:, row, user], 1.0)
-        self.cur_y[:, row, user] += rng.binomial(np.broadcast_to(calls, p.shape), p)
-        self.cur_n[row, user] += calls
-        new = ~self.cur_seen[row, user]
-        self.cur_seen[row, user] = True
-        n_c = np.bincount(row, weights=calls * cand, minlength=r)
-        n_all = np.bincount(row, weights=calls, minlength=r)
+        events = rng.random((M, len(flat))) < np.where(cand, pc, pb) * self.mult[:, row, user]
+        size = r * u
+        calls = np.bincount(flat, minlength=size).reshape(r, u)
+        for i in range(M):
+            self.cur_y[i] += np.bincount(flat, weights=events[i], minlength=size).reshape(r, u)
+        self.cur_n += calls
+        called = calls > 0
+        new = called & ~self.cur_seen
+        self.cur_seen |= called
+        in_cand = np.arange(u)[None, :] < self.cut[step][:, None]
+        n_all = calls.sum(axis=1)
+        n_c = (calls * in_cand).sum(axis=1)
         arm_calls = np.stack([n_all - n_c, n_c], axis=1).astype(np.int64)
-        units = np.stack(
-            [
-                np.bincount(row, weights=new & ~cand, minlength=r),
-                np.bincount(row, weights=new & cand, minlength=r),
-            ],
-            axis=1,
-        ).astype(np.int64)
-        return arm_calls, units, n_all
+        units = np.stack([(new & ~in_cand).sum(axis=1), (new & in_cand).sum(axis=1)], axis=1).astype(np.int64)
+        return arm_calls, units, n_all.astype(float)
 
     # -- steps ------------------------------------------------------------------------------
     def _z(self, rows: np.ndarray, steps: int) -> np.ndarray:
         """Node values of the finished steps ``< steps``: (M, rows, u, 4 steps), kind-major."""
-        seen = self.past_seen[rows][:, :, :steps]
-        n = np.broadcast_to(self.past_n[rows][:, :, :steps], (M, *seen.shape))
+        seen = np.moveaxis(self.past_seen[:steps, rows], 0, -1)
+        n = np.broadcast_to(np.moveaxis(self.past_n[:steps, rows], 0, -1), (M, *seen.shape))
         pn = np.broadcast_to(self.xn[rows][:, :, None] * seen, (M, *seen.shape))
         py = self.xy[:, rows][..., None] * seen
-        return np.concatenate([self.past_y[:, rows][..., :steps], n, py, pn], axis=3)
+        return np.concatenate([np.moveaxis(self.past_y[:steps, :, rows], 0, -1), n, py, pn], axis=3)
 
     def freeze(self, rows: np.ndarray, step: np.ndarray) -> None:
         """Rows that advance: their current step's sums become a finished step, its moments frozen."""
         k = self.k
         for j, s in zip(rows.tolist(), step.tolist(), strict=True):
-            self.past_y[:, j, :, s] = self.cur_y[:, j]
-            self.past_n[j, :, s] = self.cur_n[j]
-            self.past_seen[j, :, s] = self.cur_seen[j]
+            self.past_y[s, :, j] = self.cur_y[:, j]
+            self.past_n[s, j] = self.cur_n[j]
+            self.past_seen[s, j] = self.cur_seen[j]
             seen = self.cur_seen[j]
             now = (seen, self.cur_y[:, j], self.cur_n[j], self.xy[:, j] * seen, self.xn[j] * seen)
             for c in range(k + 1):
@@ -190,36 +195,36 @@ class StickyUsers:
         """Per user group, the moments over the node values of steps ``0..s`` (M, rows, 4(s+1), 4(s+1))
         and the per-step sums (M, rows, 5, s+1), the current step's added to the frozen ones."""
         k, w = self.k, s + 1
+        every = len(rows) == len(self.cur_n)  # views, not copies, when every row is asked for
+
+        def pick(a: np.ndarray, axis: int = 0) -> np.ndarray:
+            return a if every else np.take(a, rows, axis=axis)
+
+        y_all, n_all, x_all, xn_all = pick(self.cur_y, 1), pick(self.cur_n), pick(self.xy, 1), pick(self.xn)
+        seen_all = pick(self.cur_seen).astype(float)
+        past = [(pick(self.past_y[t], 1), pick(self.past_n[t]), pick(self.past_seen[t])) for t in range(s)]
         frozen_cols = np.array([i * k + t for i in range(4) for t in range(w)])
-        cur_cols = np.array([i * w + s for i in range(4)])
-        seen = self.cur_seen[rows]
-        cur = np.stack(
-            [
-                self.cur_y[:, rows],
-                np.broadcast_to(self.cur_n[rows], (M, *seen.shape)),
-                self.xy[:, rows] * seen,
-                np.broadcast_to(self.xn[rows] * seen, (M, *seen.shape)),
-            ],
-            axis=3,
-        )  # (M, rows, u, 4)
-        z_past = self._z(rows, s) if s else None
-        frozen = self.frozen[:, rows][..., frozen_cols[:, None], frozen_cols[None, :]]
-        sums = self.sums[:, rows][..., :w]
+        frozen = pick(self.frozen, 1)[..., frozen_cols[:, None], frozen_cols[None, :]]
+        sums = pick(self.sums, 1)[..., :w]
         moments, totals = [], []
         for lo, hi, classes in self._groups(s):
+            g = slice(lo, hi)
+            x, xn, seen = x_all[..., g], xn_all[:, g], seen_all[:, g]
+            cur = [y_all[..., g], n_all[:, g], x * seen, xn * seen]  # Y, N, PY, PN at the current step
             mm = frozen[:, :, classes].sum(axis=2)
-            cc = cur[:, :, lo:hi]
-            block = np.matmul(cc.transpose(0, 1, 3, 2), cc)
-            if z_past is not None:
-                past_cols = np.array([i * w + t for i in range(4) for t in range(s)])
-                cp = np.matmul(cc.transpose(0, 1, 3, 2), z_past[:, :, lo:hi])  # (M, rows, 4, 4s)
-                mm[:, :, cur_cols[:, None], past_cols[None, :]] = cp
-                mm[:, :, past_cols[:, None], cur_cols[None, :]] = cp.transpose(0, 1, 3, 2)
-            mm[:, :, cur_cols[:, None], cur_cols[None, :]] = block
+            for a in range(4):
+                for b in range(a, 4):
+                    mm[..., a * w + s, b * w + s] = mm[..., b * w + s, a * w + s] = _dot(cur[a], cur[b])
+            for t, (py_t, pn_t, ps_t) in enumerate(past):
+                old = [py_t[..., g], pn_t[:, g], x * ps_t[:, g], xn * ps_t[:, g]]
+                for a in range(4):
+                    for b in range(4):
+                        mm[..., a * w + s, b * w + t] = mm[..., b * w + t, a * w + s] = _dot(cur[a], old[b])
             moments.append(mm)
             total = sums[:, :, :, classes].sum(axis=3)
-            total[:, :, 0, s] += seen[:, lo:hi].sum(axis=1)
-            total[:, :, 1:, s] += cc.sum(axis=2)
+            total[:, :, 0, s] += seen.sum(axis=1)
+            for i, values in enumerate(cur):
+                total[:, :, 1 + i, s] += values.sum(axis=-1)
             totals.append(total)
         return moments, totals
 
@@ -268,6 +273,15 @@ class StickyUsers:
 
 
 FIELDS = tuple(f for f in Evidence.__dataclass_fields__ if f != "period_weights")
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_users a * b`` as (M, rows): ``a`` and ``b`` are (M, rows, users) or (rows, users)."""
+    if a.ndim == 2 and b.ndim == 2:
+        return np.broadcast_to(np.einsum("rg,rg->r", a, b), (M, a.shape[0]))
+    sub = {3: "mrg", 2: "rg"}
+    out: np.ndarray = np.einsum(f"{sub[a.ndim]},{sub[b.ndim]}->mr", a, b)
+    return out
 
 
 @functools.cache

@@ -28,8 +28,8 @@ def bench():
 def brute_force(sim, row, metric):
     """Cells, covariate cells and cross sums from the per-user, per-step sums of one simulated canary."""
     k, st, m = sim.k, sim.users, list(sim.ev).index(metric)
-    y, n = st.past_y[m, row].copy(), st.past_n[row].copy()
-    seen = st.past_seen[row].copy()
+    y, n = st.past_y[:, m, row].T.copy(), st.past_n[:, row].T.copy()
+    seen = st.past_seen[:, row].T.astype(bool)
     s_now = sim.step[row]
     y[:, s_now] = st.cur_y[m, row]
     n[:, s_now] = st.cur_n[row]
