@@ -19,17 +19,22 @@ Scenarios (truth: the candidate's thumbs-down rate is equal, worse or better):
 * ``worse`` / ``better``: the candidate's thumbs-down rate is 2.5 points higher / lower.
 
 ``rollback_rate``/``advance_rate``: share of runs rolled back / promoted to primary within
-the horizon; ``median_checks``: checks to the first decision (the first advance or a
-rollback); ``median_calls`` the calls (both arms) until then, next to the calls a one-shot
-z-test of the same decision at the same alpha with 80 % power needs at the first step's share
-(one-sided ``alpha / 3`` to detect the worse candidate, every guardrail's non-inferiority test
-otherwise): ``fixed_horizon_calls`` per call (no clustering), and, the valid comparators with
-sticky users, ``fixed_horizon_calls_clustered`` (variances times their design effect at that many
-calls; ``None`` when no sample size reaches 80 %, with the power reached in two years) and
-``fixed_horizon_calls_clustered_cuped`` (the design effect left after the same covariates);
-``calls_ratio`` and ``calls_ratio_clustered`` divide ``median_calls`` by the per-call and the
-CUPED-adjusted fixed horizon (`bench/controller_scenarios.py`). Sticky scenarios run in chunks
-of 100 canaries (their own seeds) spread over ``--jobs`` processes.
+the horizon; ``median_checks``: checks to the first decision (the first tested advance or a
+rollback; widening a step too small to test is not a decision, ``widened`` counts the runs
+widened); ``median_calls`` the calls (both arms) until then, next to the calls a one-shot
+z-test of the same decision at the same alpha with 80 % power needs (one-sided ``alpha / 3`` to
+detect the worse candidate, every guardrail's non-inferiority test otherwise,
+`bench/controller_scenarios.py`): ``fixed_horizon_calls`` per call at the first step's share
+(the valid comparator without sticky users); ``fixed_horizon_calls_clustered`` and
+``..._clustered_cuped``, the same with each variance times the population's design effect
+(without and with the covariates; ``None`` when no sample size reaches 80 %); and, the valid
+comparator with sticky users, ``fixed_horizon_calls_simulated``: the fixed-horizon design with
+the controller's estimator and rules, its power simulated over populations (`controller_horizon`).
+``calls_ratio``, ``calls_ratio_clustered`` and ``calls_ratio_valid`` divide ``median_calls`` by
+the per-call, the CUPED-clustered and the valid fixed horizon; ``decided_right_by_valid_horizon``
+is the share of canaries whose first decision was the right one by then (80 % for the fixed
+design). Sticky scenarios run in chunks of 250 canaries (their own seeds) spread over
+``--jobs`` processes, with their simulated fixed horizons as jobs of their own.
 
     python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1] [--jobs 2]
 """

@@ -88,14 +88,15 @@ def _cells(y: np.ndarray, n: np.ndarray, xy: np.ndarray, xn: np.ndarray, cut: in
     return stratified_difference(cells, cross, rate=True, covariates=pre)
 
 
-def _decides(s: Scenario, policy: CanaryPolicy, ev: Evidence) -> np.ndarray:
-    """Per population, whether the one-shot z-tests take the right decision (and may test at all)."""
+def _decides(s: Scenario, policy: CanaryPolicy, ev: Evidence, guard: bool) -> np.ndarray:
+    """Per population, whether the one-shot z-tests take the right decision (``guard``: and the
+    arms are worth ``min_units`` effective units)."""
     nd = NormalDist()
     est = np.asarray(ev.estimate)
     sd = np.sqrt(np.asarray(ev.variance))
     sd = np.where(sd > 0, sd, np.inf)
     units = np.minimum(np.asarray(ev.effective_units_baseline), np.asarray(ev.effective_units_candidate))
-    ok = np.broadcast_to(units >= policy.min_units, est.shape).all(axis=0)
+    ok = np.broadcast_to((units >= policy.min_units) | (not guard), est.shape).all(axis=0)
     index = {m: i for i, m in enumerate(METRIC_NAMES)}
     if s.truth == "worse":
         i = index["thumbs_down_rate"]
@@ -115,6 +116,7 @@ def _path(
     cut: int,
     hours: np.ndarray,
     rng: np.random.Generator,
+    guard: bool,
 ) -> np.ndarray:
     """Whether each population's test decides correctly after each of ``hours`` at one share
     (calls accumulate along the grid)."""
@@ -139,19 +141,20 @@ def _path(
             n.ravel()[hit] += more[hit]
             before = h
         if h > 0:
-            out[i] = _decides(s, policy, _cells(y, n, xy, xn, cut))
+            out[i] = _decides(s, policy, _cells(y, n, xy, xn, cut), guard)
     return out
 
 
 def simulated_power_curve(
-    s: Scenario, policy: CanaryPolicy, *, reps: int = 400, seed: int = 99
+    s: Scenario, policy: CanaryPolicy, *, reps: int = 400, seed: int = 99, rules: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(hours, power at each, share of populations widened)`` of the fixed-horizon design."""
+    """``(hours, power at each, share of populations widened)`` of the fixed-horizon design at the
+    first step's share; with ``rules``, the controller's ``min_units`` guard and widening too."""
     rng = np.random.default_rng(seed)
     shares = [x for x in policy.steps if x < 100]
     hours = grid_hours()
     dwell = policy.min_step_s / policy.check_interval_s  # checks (hours) at the first step before widening
-    can_widen = len(shares) > 1 and shares[1] <= policy.max_untested_share
+    can_widen = rules and len(shares) > 1 and shares[1] <= policy.max_untested_share
     hits = np.zeros(len(hours))
     widened = 0
     for lo in range(0, reps, BATCH):
@@ -169,6 +172,6 @@ def simulated_power_curve(
         for mask, cut, at in ((~widen, cut0, hours), (widen, cut1, np.maximum(hours - dwell, 0.0))):
             if mask.any():
                 sub = tuple(a[:, mask] if a.ndim == 3 else a[mask] for a in pop)
-                result[:, mask] = _path(s, policy, sub, cut, at, rng)
+                result[:, mask] = _path(s, policy, sub, cut, at, rng, rules)
         hits += result.sum(axis=1)
     return hours, hits / reps, widened / reps

@@ -22,7 +22,12 @@ variance. Rules, per check, while the route is in ``canary`` mode:
    at ``alpha`` on every guardrail (an intersection-union test needs no correction),
    each arm has ``min_samples`` calls, and the current step has lasted ``min_step_s``
    seconds with ``min_step_samples`` candidate calls, so each step is actually observed.
-3. Otherwise **wait**; also wait (never advance) while the split fails the
+3. **Widen, untested** (the next step, at most ``max_untested_share``, default 5 %) when the
+   step is too small to test: after the dwell time, the candidate's arm is worth fewer than
+   ``min_units`` effective units, now and as projected for the step (a few heavy users carry
+   it, `evals.strata.Cell.projected_units`), so no test, sequential or fixed, can ever decide
+   at that share. The decision says so (``widened``); rollbacks stay possible at the wider step.
+4. Otherwise **wait**; also wait (never advance or widen) while the split fails the
    sample-ratio-mismatch check at ``srm_alpha``.
 
 The mSPRT's mixing scale ``tau`` is the guardrail's margin (or its declared ``tau``): fixed

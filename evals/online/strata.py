@@ -46,12 +46,18 @@ Two facts of a canary break the textbook two-sample test, and this module answer
   adjusted by the same difference of the pre-period ratios (Deng, Xu, Kohavi & Walker 2013, with
   the delta method for ratio metrics)::
 
-      d_s = (R_cs - R_bs) - theta_s (Q_cs - Q_bs),   theta_s = Cov(R part, Q part) / Var(Q part)
+      d_s = (R_cs - R_bs) - theta_s (Q_cs - Q_bs),   theta_s = beta_s M_s / N_s
 
   Pre-period data cannot depend on the arm, so ``E[Q_cs - Q_bs] = 0`` and the adjustment keeps
-  the estimate unbiased for any ``theta_s``; ``theta_s`` minimises the variance
-  ``A - B^2 / C`` from the same quadratic form (`_Form`: ``A``, ``B``, ``C`` its values at the
-  period's cell and covariate coefficients). The combination then has coefficients on both
+  the estimate unbiased for any ``theta_s``. ``beta_s = sum e_i f_i / sum f_i^2`` is the per-unit
+  regression of canary residuals ``e_i = Y_i - R N_i`` on pre-period residuals ``f_i = X_i - Q M_i``
+  over the units of *both* arms (each around its own arm's ratios; ``M_s / N_s`` turns it from
+  per-unit sums into ratios), as in Deng et al. The coefficient that minimises the period's own
+  variance estimate, ``B / C`` with the quadratic form's ``A``, ``B``, ``C`` (`_Form`), is not used:
+  at a 1 % step it is fitted to the few effective units of the small arm, whose residuals it
+  then also uses to estimate ``A - B^2 / C``, which understates the variance (it raised
+  false rollbacks with 5,000 sticky users from 0.2 % to 3.4 %). With the pooled ``theta_s`` the
+  variance is ``A - 2 theta_s B + theta_s^2 C`` (`_pooled_theta`, `_period`). The combination then has coefficients on both
   kinds of cells, and its variance includes every cross sum between them (a unit's pre-period
   appears in every period it was seen in). Units without a pre-period add nothing to ``Q``;
   without covariate cells nothing changes.
