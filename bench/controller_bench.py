@@ -28,10 +28,11 @@ detect the worse candidate, every guardrail's non-inferiority test otherwise,
 (the valid comparator without sticky users); ``fixed_horizon_calls_clustered`` and
 ``..._clustered_cuped``, the same with each variance times the population's design effect
 (without and with the covariates; ``None`` when no sample size reaches 80 %); and, the valid
-comparator with sticky users, ``fixed_horizon_calls_simulated``: the fixed-horizon design with
-the controller's estimator and rules, its power simulated over populations (`controller_horizon`).
-``calls_ratio``, ``calls_ratio_clustered`` and ``calls_ratio_valid`` divide ``median_calls`` by
-the per-call, the CUPED-clustered and the valid fixed horizon; ``decided_right_by_valid_horizon``
+comparator with sticky users besides the latter, ``fixed_horizon_calls_simulated``: the one-shot
+design with the controller's estimator, its power averaged over simulated populations
+(`controller_horizon`). ``calls_ratio``, ``calls_ratio_clustered`` and ``calls_ratio_valid``
+divide ``median_calls`` by the per-call, the CUPED-clustered and the valid fixed horizon (with
+sticky users the smaller, so the more demanding, of the two CUPED ones); ``decided_right_by_valid_horizon``
 is the share of canaries whose first decision was the right one by then (80 % for the fixed
 design). Sticky scenarios run in chunks of 250 canaries (their own seeds) spread over
 ``--jobs`` processes, with their simulated fixed horizons as jobs of their own.
@@ -303,7 +304,9 @@ def summary(
     fh_plain, power_plain = fixed_horizon_clustered(res.scenario, policy, covariates=False)
     fh_cuped, power_cuped = fixed_horizon_clustered(res.scenario, policy, covariates=True)
     fh_sim, power_sim, widened_sim = simulated if simulated is not None else (None, None, None)
-    valid = fh_sim if res.scenario.users else fh
+    # with sticky users, the more demanding (smaller) of the two clustered, CUPED-adjusted horizons
+    valid = min(x for x in (fh_cuped, fh_sim, math.inf) if x) if res.scenario.users else fh
+    valid = None if valid == math.inf else valid
     med_calls = float(np.median(res.first_calls))
     rolled = res.outcome == 1
     right = res.extra["first_action"] == (1 if res.scenario.truth == "worse" else 2)
