@@ -19,17 +19,23 @@ Scenarios (truth: the candidate's thumbs-down rate is equal, worse or better):
 * ``worse`` / ``better``: the candidate's thumbs-down rate is 2.5 points higher / lower.
 
 ``rollback_rate``/``advance_rate``: share of runs rolled back / promoted to primary within
-the horizon; ``median_checks``: checks to the first decision (the first advance or a
-rollback); ``median_calls`` the calls (both arms) until then, next to the calls a one-shot
-z-test of the same decision at the same alpha with 80 % power needs at the first step's share
-(one-sided ``alpha / 3`` to detect the worse candidate, every guardrail's non-inferiority test
-otherwise): ``fixed_horizon_calls`` per call (no clustering), and, the valid comparators with
-sticky users, ``fixed_horizon_calls_clustered`` (variances times their design effect at that many
-calls; ``None`` when no sample size reaches 80 %, with the power reached in two years) and
-``fixed_horizon_calls_clustered_cuped`` (the design effect left after the same covariates);
-``calls_ratio`` and ``calls_ratio_clustered`` divide ``median_calls`` by the per-call and the
-CUPED-adjusted fixed horizon (`bench/controller_scenarios.py`). Sticky scenarios run in chunks
-of 100 canaries (their own seeds) spread over ``--jobs`` processes.
+the horizon; ``median_checks``: checks to the first decision (the first tested advance or a
+rollback; widening a step too small to test is not a decision, ``widened`` counts the runs
+widened); ``median_calls`` the calls (both arms) until then, next to the calls a one-shot
+z-test of the same decision at the same alpha with 80 % power needs (one-sided ``alpha / 3`` to
+detect the worse candidate, every guardrail's non-inferiority test otherwise,
+`bench/controller_scenarios.py`): ``fixed_horizon_calls`` per call at the first step's share
+(the valid comparator without sticky users); ``fixed_horizon_calls_clustered`` and
+``..._clustered_cuped``, the same with each variance times the population's design effect
+(without and with the covariates; ``None`` when no sample size reaches 80 %); and, the valid
+comparator with sticky users besides the latter, ``fixed_horizon_calls_simulated``: the one-shot
+design with the controller's estimator, its power averaged over simulated populations
+(`controller_horizon`). ``calls_ratio``, ``calls_ratio_clustered`` and ``calls_ratio_valid``
+divide ``median_calls`` by the per-call, the CUPED-clustered and the valid fixed horizon (with
+sticky users the smaller, so the more demanding, of the two CUPED ones); ``decided_right_by_valid_horizon``
+is the share of canaries whose first decision was the right one by then (80 % for the fixed
+design). Sticky scenarios run in chunks of 250 canaries (their own seeds) spread over
+``--jobs`` processes, with their simulated fixed horizons as jobs of their own.
 
     python bench/controller_bench.py [--runs 500] [--json] [--only NAME] [--seed 1] [--jobs 2]
 """
@@ -37,7 +43,6 @@ of 100 canaries (their own seeds) spread over ``--jobs`` processes.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
@@ -52,7 +57,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from controller_scenarios import (
-    BASE,
     HORIZON,
     METRIC_NAMES,
     SCENARIOS,
@@ -60,11 +64,13 @@ from controller_scenarios import (
     Scenario,
     fixed_horizon_calls,
     fixed_horizon_clustered,
+    fixed_horizon_simulated,
 )
+from controller_sticky import FIELDS, StickyUsers
 
 from evals.online.decision import CanaryPolicy, Observation, decide
 from evals.online.outcomes import METRICS, srm_check
-from evals.online.strata import Cell, Cross, Evidence, pre_period, stratified_difference
+from evals.online.strata import Cell, Evidence, stratified_difference
 
 
 @dataclass
@@ -94,6 +100,10 @@ class Canaries:
         self.first_check = np.full(runs, HORIZON)
         self.first_calls = np.full(runs, float(HORIZON * TRAFFIC))
         self.rollback_share = np.full(runs, np.nan)
+        self.first_action = np.zeros(runs, dtype=int)
+        """The first decision: 1 rollback, 2 advance (0: none)."""
+        self.widened = np.full(runs, np.nan)
+        """The share each run was widened from (`CanaryPolicy.max_untested_share`), or NaN."""
         self.ids = np.arange(runs)
         self.finished = np.zeros(runs, dtype=bool)
         """Rows whose canary ended (left out of decisions until the next compaction)."""
@@ -104,245 +114,37 @@ class Canaries:
         self.calls = np.zeros(runs)
         self.n = np.zeros((runs, self.k, 2))  # independent calls: calls per step and arm
         self.ev = {m: np.zeros((runs, self.k, 2)) for m in METRIC_NAMES}  # and events
-        if scenario.users:
-            self._init_users()
+        self.users = StickyUsers(scenario, self.shares, runs, rng) if scenario.users else None
         self.screened = 0
 
-    def _rows(self) -> list[str]:
-        names = ["ids", "step", "step_checks", "step_calls", "step_units", "calls", "n", "finished"]
-        if self.s.users:
-            names += ["lam", "cur_n", "cur_seen", "xn"]
-        return names
-
     def _compact(self, keep: np.ndarray) -> None:
-        for name in self._rows():
+        for name in ("ids", "step", "step_checks", "step_calls", "step_units", "calls", "n", "finished"):
             setattr(self, name, getattr(self, name)[keep])
-        tables = ("ev", "mult", "cur_y", "moments", "z_past", "class_sums", "xy")
-        for d in tables if self.s.users else ("ev",):
-            table = getattr(self, d)
-            for m in list(table):
-                table[m] = table[m][keep]
+        self.ev = {m: table[keep] for m, table in self.ev.items()}
+        if self.users is not None:
+            self.users.compact(keep)
 
-    # -- sticky users ---------------------------------------------------------------------
-    def _init_users(self) -> None:
-        s, rng, u, r, k = self.s, self.rng, self.s.users, self.runs, self.k
-        if s.volume == "pareto":
-            vol = rng.pareto(s.volume_param, size=(r, u)) + 1.0
-        else:
-            vol = rng.lognormal(0.0, s.volume_param, size=(r, u))
-        self.lam = TRAFFIC * vol / vol.sum(axis=1, keepdims=True)
-        self.mult = {
-            m: np.minimum(rng.gamma(s.heterogeneity, 1 / s.heterogeneity, size=(r, u)), 0.5 / BASE[m])
-            for m in METRIC_NAMES
-        }
-        # the pre-period: every call served by the baseline, at the scenario's starting rates
-        self.xn = rng.poisson(self.lam * s.pre_hours).astype(float)
-        start = s.rates(0.0)
-        self.xy = {
-            m: rng.binomial(self.xn.astype(np.int64), np.minimum(start[m][0] * self.mult[m], 1.0)).astype(
-                float
-            )
-            for m in METRIC_NAMES
-        }
-        # users are exchangeable, so user i's bucket is i / u: at share x the candidate arm is i < x% of u
-        self.cut = [round(x / 100 * u) for x in self.shares]
-        self.bounds = [0, *self.cut, u]  # user class c: in the candidate arm from step c on
-        self.cur_y = {m: np.zeros((r, u)) for m in METRIC_NAMES}  # the current step's per-user sums
-        self.cur_n = np.zeros((r, u))
-        self.cur_seen = np.zeros((r, u), dtype=bool)
-        # per user class, the frozen moments sum_u z z^T of the finished steps, z = (Y_0.., N_0..,
-        # PY_0.., PN_0..) with PY_s, PN_s the user's pre-period sums where seen at step s (the
-        # covariate cells' values), and the frozen per-class sums of Y, N and units seen
-        self.moments = {m: np.zeros((r, k + 1, 4 * k, 4 * k)) for m in METRIC_NAMES}
-        self.z_past = {m: np.zeros((r, u, 4 * k)) for m in METRIC_NAMES}
-        self.class_sums = {m: np.zeros((r, 5, k + 1, k)) for m in METRIC_NAMES}  # units, y, n, PY, PN
-
+    # -- sticky users (`controller_sticky`) ------------------------------------------------
     def _sticky_hour(self, hour: float) -> None:
-        """One hour of calls: Poisson per user (2,000 per hour in all, by volume); only the users
-        called are touched afterwards."""
-        rng, u = self.rng, self.s.users
-        r = len(self.ids)
-        counts = rng.poisson(self.lam).ravel()
-        hit = np.flatnonzero(counts)
-        calls = counts[hit]
-        row, user = np.divmod(hit, u)
-        hit_cand = user < np.array(self.cut)[self.step][row]
-        for m, (pb, pc) in self.s.rates(hour).items():
-            p = np.minimum(np.where(hit_cand, pc, pb) * self.mult[m][row, user], 1.0)
-            self.cur_y[m][row, user] += rng.binomial(calls, p)
-        self.cur_n[row, user] += calls
-        new = ~self.cur_seen[row, user]
-        self.cur_seen[row, user] = True
-        n_c = np.bincount(row, weights=calls * hit_cand, minlength=r)
-        n_all = np.bincount(row, weights=calls, minlength=r)
-        self.step_calls[:, 1] += n_c.astype(np.int64)
-        self.step_calls[:, 0] += (n_all - n_c).astype(np.int64)
-        self.step_units[:, 1] += np.bincount(row, weights=new & hit_cand, minlength=r).astype(np.int64)
-        self.step_units[:, 0] += np.bincount(row, weights=new & ~hit_cand, minlength=r).astype(np.int64)
-        self.calls += n_all
+        assert self.users is not None
+        arm_calls, units, calls = self.users.hour(hour, self.step)
+        self.step_calls += arm_calls
+        self.step_units += units
+        self.calls += calls
 
     def _freeze(self, rows: np.ndarray) -> None:
-        """Rows that advance: their current step's sums become a finished step, and its moments frozen."""
-        k = self.k
-        for r in rows:
-            s = self.step[r]
-            for m in METRIC_NAMES:
-                z = self.z_past[m][r]
-                z[:, s] = self.cur_y[m][r]
-                z[:, k + s] = self.cur_n[r]
-                z[:, 2 * k + s] = self.xy[m][r] * self.cur_seen[r]
-                z[:, 3 * k + s] = self.xn[r] * self.cur_seen[r]
-                for c in range(k + 1):
-                    lo, hi = self.bounds[c], self.bounds[c + 1]
-                    zc = z[lo:hi]
-                    self.moments[m][r, c] = zc.T @ zc
-                    self.class_sums[m][r, 0, c, s] = self.cur_seen[r, lo:hi].sum()
-                    self.class_sums[m][r, 1, c, s] = self.cur_y[m][r, lo:hi].sum()
-                    self.class_sums[m][r, 2, c, s] = self.cur_n[r, lo:hi].sum()
-                    self.class_sums[m][r, 3, c, s] = z[lo:hi, 2 * k + s].sum()
-                    self.class_sums[m][r, 4, c, s] = z[lo:hi, 3 * k + s].sum()
-                self.cur_y[m][r] = 0
-            self.cur_n[r] = 0
-            self.cur_seen[r] = False
+        """Rows that advance: their current step's sums become a finished step."""
+        assert self.users is not None
+        self.users.freeze(rows, self.step[rows])
 
     def _effective_units(self) -> np.ndarray:
-        """Per run, the smaller arm's effective units (`Cell.effective_units` summed over compared steps)."""
-        k, t1 = self.k, self.k
-        m0 = METRIC_NAMES[0]
-        rows = np.arange(len(self.ids))
-        n = self.class_sums[m0][:, 2].copy()  # (r, classes, steps)
-        nn = np.stack([self.moments[m0][:, c, t1 + np.arange(k), t1 + np.arange(k)] for c in range(k + 1)], 1)
-        for c in range(k + 1):
-            lo, hi = self.bounds[c], self.bounds[c + 1]
-            n[rows, c, self.step] += self.cur_n[:, lo:hi].sum(axis=1)
-            nn[rows, c, self.step] = (self.cur_n[:, lo:hi] ** 2).sum(axis=1)
-        eff = np.zeros((len(rows), 2))
-        for st in range(k):
-            cells = []
-            for cand in (False, True):
-                cls = [c for c in range(k + 1) if (c <= st) == cand]
-                cells.append((n[:, cls, st].sum(axis=1), nn[:, cls, st].sum(axis=1)))
-            both = (cells[0][0] > 0) & (cells[1][0] > 0)
-            for a, (nx, nnx) in enumerate(cells):
-                eff[:, a] += np.where(both, nx * nx / np.where(nnx > 0, nnx, 1.0), 0.0)
-        out: np.ndarray = eff.min(axis=1)
-        return out
+        assert self.users is not None
+        return self.users.effective_units(self.step)
 
     def _sticky_evidence(self, sub: np.ndarray) -> dict[str, Evidence]:
-        """Cells, covariate cells and cross sums per metric, as the log query returns them, for ``sub``.
-
-        Column ``j`` of a user's ``z`` (``4k`` columns) is one node's value: ``Y_s`` (``j = s``),
-        ``N_s`` (``k + s``), and the covariate cell's ``PY_s``, ``PN_s`` (``2k + s``, ``3k + s``).
-        """
-        k = self.k
-        if (
-            len(self.ids) // 2 < len(sub) < len(self.ids)
-        ):  # cheaper to compute every row than to copy most of them
-            return _take(self._sticky_evidence(np.arange(len(self.ids))), sub)
-        rows = np.arange(len(sub))
-        every = len(sub) == len(self.ids)  # no copies when every row is asked for
-
-        def pick(a: np.ndarray) -> np.ndarray:
-            return a if every else a[sub]
-
-        step = pick(self.step)
-        cur_n, cur_seen = pick(self.cur_n), pick(self.cur_seen)
-        xn = pick(self.xn)
-        with_pre = self.s.pre_hours > 0
-        cols = (step, k + step, 2 * k + step, 3 * k + step)
-        # columns of finished steps (the only nonzero ones of z_past)
-        done = int(step.max()) if len(step) else 0
-        past = np.array([i * k + t for i in range(4) for t in range(done)], dtype=int)
-        out = {}
-        for m in METRIC_NAMES:
-            # moments: frozen ones plus those involving the current step's columns
-            z_past = pick(self.z_past[m])  # (r, u, 4k)
-            seen = cur_seen.astype(float)
-            cur = np.stack([pick(self.cur_y[m]), cur_n, pick(self.xy[m]) * seen, xn * seen], axis=2)
-            frozen = pick(self.moments[m])
-            mom = []
-            for c in range(k + 1):
-                lo, hi = self.bounds[c], self.bounds[c + 1]
-                cp = np.zeros((len(rows), 4, 4 * k))
-                if len(past):
-                    cp[:, :, past] = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), z_past[:, lo:hi][:, :, past])
-                cc = np.matmul(cur[:, lo:hi].transpose(0, 2, 1), cur[:, lo:hi])  # (r, 4, 4)
-                mm = frozen[:, c].copy()
-                for i, col in enumerate(cols):
-                    mm[rows, col, :] = cp[:, i, :]
-                    mm[rows, :, col] = cp[:, i, :]
-                for i, ci in enumerate(cols):
-                    for j, cj in enumerate(cols):
-                        mm[rows, ci, cj] = cc[:, i, j]
-                mom.append(mm)
-            # per class: units, Y, N, PY, PN summed per step, (r, k) each
-            sums = pick(self.class_sums[m])
-            now = (cur_seen, cur[:, :, 0], cur_n, cur[:, :, 2], cur[:, :, 3])
-            totals: list[list[np.ndarray]] = []
-            for c in range(k + 1):
-                lo, hi = self.bounds[c], self.bounds[c + 1]
-                totals.append([])
-                for i, values in enumerate(now):
-                    total = sums[:, i, c, :].copy()
-                    total[rows, step] += values[:, lo:hi].sum(axis=1)
-                    totals[c].append(total)
-
-            def classes(*pairs: tuple[int, str]) -> list[int]:
-                return _classes(k, pairs)
-
-            summed: dict[tuple[int, ...], np.ndarray] = {}
-
-            def moments(
-                cls: list[int],
-                summed: dict[tuple[int, ...], np.ndarray] = summed,
-                mom: list[np.ndarray] = mom,
-            ) -> np.ndarray:
-                """The moments summed over the classes ``cls`` (computed once per set)."""
-                key = tuple(cls)
-                if key not in summed:
-                    summed[key] = sum((mom[c] for c in cls[1:]), mom[cls[0]].copy())
-                return summed[key]
-
-            # nodes: (period name, column of Y, column of N) per step and kind
-            kinds = [("main", 0)] + ([("pre", 2 * k)] if with_pre else [])
-
-            def node(s: int, kind: str, kinds: list[tuple[str, int]] = kinds) -> tuple[str, int, int]:
-                off = dict(kinds)[kind]
-                return (pre_period(str(s)) if kind == "pre" else str(s), off + s, off + k + s)
-
-            cells, covariates, cross = [], [], {}
-            for s in range(k):
-                for a in ("baseline", "candidate"):
-                    cls = classes((s, a))
-                    mm = moments(cls)
-                    for kind, _ in kinds:
-                        name, iy, i_n = node(s, kind)
-                        j = 1 if kind == "main" else 3  # where this kind's Y and N sums are
-                        cell = Cell(
-                            name,
-                            a,
-                            sum(totals[c][0][:, s] for c in cls),
-                            sum(totals[c][j][:, s] for c in cls),
-                            sum(totals[c][j + 1][:, s] for c in cls),
-                            mm[:, iy, iy],
-                            mm[:, i_n, i_n],
-                            mm[:, iy, i_n],
-                        )
-                        (cells if kind == "main" else covariates).append(cell)
-            nodes = [(s, a, kind) for s in range(k) for a in ("baseline", "candidate") for kind, _ in kinds]
-            for i, (s, a, ka) in enumerate(nodes):
-                for t, b, kb in nodes[i + 1 :]:
-                    cls = classes((s, a), (t, b))
-                    if not cls:
-                        continue
-                    mm = moments(cls)
-                    ns, ys_, ns_ = node(s, ka)
-                    nt, yt, nt_ = node(t, kb)
-                    cross[((ns, a), (nt, b))] = Cross(
-                        mm[:, ys_, yt], mm[:, ys_, nt_], mm[:, ns_, yt], mm[:, ns_, nt_]
-                    )
-            out[m] = stratified_difference(cells, cross, rate=True, covariates=covariates)
-        return out
+        """Cells, covariate cells and cross sums per metric, as the log query returns them, for ``sub``."""
+        assert self.users is not None
+        return self.users.evidence(sub, self.step[sub])
 
     # -- independent calls ----------------------------------------------------------------
     def _independent_hour(self, hour: float) -> None:
@@ -377,24 +179,19 @@ class Canaries:
                 return
             if self.s.users:
                 self._sticky_hour(float(check))
-                # an arm worth fewer than min_units effective units decides nothing (every
-                # guardrail is "insufficient"), so only the others need the full evidence
-                sub = np.flatnonzero(self._effective_units() >= self.policy.min_units)
-                evidence = _spread(self._sticky_evidence(sub), sub, len(self.ids)) if len(sub) else {}
+                evidence = self._sticky_evidence(np.arange(len(self.ids)))
             else:
                 self._independent_hour(float(check))
                 evidence = self._independent_evidence()
             self.step_checks += 1
             possible = np.flatnonzero(self._may_decide(evidence)) if evidence else np.zeros(0, dtype=int)
             self.screened += len(self.ids) - len(possible)
-            cols = {
-                m: {f: np.asarray(getattr(ev, f)).tolist() for f in _FIELDS} for m, ev in evidence.items()
-            }
+            cols = {m: {f: np.asarray(getattr(ev, f)).tolist() for f in FIELDS} for m, ev in evidence.items()}
             done, advanced = [], []
             for j in possible:
                 if self.finished[j]:
                     continue
-                ev = {m: Evidence(**{f: c[f][j] for f in _FIELDS}) for m, c in cols.items()}
+                ev = {m: Evidence(**{f: c[f][j] for f in FIELDS}) for m, c in cols.items()}
                 action = self._decide(check, int(j), ev)
                 if action == "end":
                     done.append(j)
@@ -434,7 +231,20 @@ class Canaries:
             seen = (np.asarray(ev.n_baseline) > 0) & (np.asarray(ev.n_candidate) > 0)
             rollback |= seen & (zw * zw / 2 > math.log(len(pol.guardrails) / pol.alpha))
             advance &= seen & (zn * zn / 2 > math.log(1 / pol.alpha))
-        return rollback | advance
+        return rollback | advance | self._may_widen(evidence)
+
+    def _may_widen(self, evidence: dict[str, Evidence]) -> np.ndarray:
+        """Rows whose step may be too small to test (`evals.online.decision.too_small_to_test`)."""
+        pol = self.policy
+        nxt = np.array([*self.shares[1:], 100.0])[self.step]
+        out = (nxt <= pol.max_untested_share) & (self.step_checks * pol.check_interval_s >= pol.min_step_s)
+        for g in pol.guardrails:
+            ev = evidence[g.metric]
+            units = np.maximum(
+                np.asarray(ev.effective_units_candidate), np.asarray(ev.projected_units_candidate)
+            )
+            out &= units < pol.min_units
+        return out
 
     def _decide(self, check: int, j: int, evidence: dict[str, Evidence]) -> str:
         share = self.shares[self.step[j]]
@@ -454,9 +264,13 @@ class Canaries:
         if d.action == "wait":
             return "wait"
         r = self.ids[j]
+        if d.widened:  # an untested advance: not a decision
+            self.widened[r] = share
+            return "advance"
         if self.first_check[r] == HORIZON:
             self.first_check[r] = check
             self.first_calls[r] = self.calls[j]
+            self.first_action[r] = 1 if d.action == "rollback" else 2
         if d.action == "rollback":
             self.outcome[r], self.rollback_share[r] = 1, share
             return "end"
@@ -466,50 +280,36 @@ class Canaries:
         return "advance"
 
 
-_FIELDS = tuple(f for f in Evidence.__dataclass_fields__ if f != "period_weights")
-
-
-@functools.cache
-def _classes(k: int, pairs: tuple[tuple[int, str], ...]) -> list[int]:
-    """User classes (class ``c``: in the candidate arm from step ``c`` on) in arm ``a`` at each step ``s``."""
-    return [c for c in range(k + 1) if all((c <= s) == (a == "candidate") for s, a in pairs)]
-
-
-def _take(evidence: dict[str, Evidence], rows: np.ndarray) -> dict[str, Evidence]:
-    """The rows ``rows`` of array evidence."""
-    return {
-        m: Evidence(**{f: np.asarray(getattr(ev, f))[rows] for f in _FIELDS}) for m, ev in evidence.items()
-    }
-
-
-def _spread(evidence: dict[str, Evidence], sub: np.ndarray, size: int) -> dict[str, Evidence]:
-    """Evidence for the rows ``sub`` as full-size arrays; other rows have no observations (no decision)."""
-    out = {}
-    for m, ev in evidence.items():
-        vals: dict[str, Any] = {}
-        for f in _FIELDS:
-            full = np.zeros(size)
-            full[sub] = np.asarray(getattr(ev, f), dtype=float)
-            vals[f] = full
-        out[m] = Evidence(**vals)
-    return out
-
-
 def run_scenario(s: Scenario, policy: CanaryPolicy, runs: int, seed: int) -> Result:
     t0 = time.perf_counter()
     sim = Canaries(s, policy, runs, np.random.default_rng(seed))
     sim.run()
     return Result(
-        s, runs, sim.outcome, sim.first_check, sim.first_calls, sim.rollback_share, time.perf_counter() - t0
+        s,
+        runs,
+        sim.outcome,
+        sim.first_check,
+        sim.first_calls,
+        sim.rollback_share,
+        time.perf_counter() - t0,
+        {"widened": sim.widened, "first_action": sim.first_action},
     )
 
 
-def summary(res: Result, policy: CanaryPolicy) -> dict[str, Any]:
+def summary(
+    res: Result, policy: CanaryPolicy, simulated: tuple[float | None, float, float] | None
+) -> dict[str, Any]:
+    """The scenario's row; ``simulated``: `fixed_horizon_simulated` (sticky scenarios only)."""
     fh = fixed_horizon_calls(res.scenario, policy)
     fh_plain, power_plain = fixed_horizon_clustered(res.scenario, policy, covariates=False)
     fh_cuped, power_cuped = fixed_horizon_clustered(res.scenario, policy, covariates=True)
+    fh_sim, power_sim, widened_sim = simulated if simulated is not None else (None, None, None)
+    # with sticky users, the more demanding (smaller) of the two clustered, CUPED-adjusted horizons
+    valid = min(x for x in (fh_cuped, fh_sim, math.inf) if x) if res.scenario.users else fh
+    valid = None if valid == math.inf else valid
     med_calls = float(np.median(res.first_calls))
     rolled = res.outcome == 1
+    right = res.extra["first_action"] == (1 if res.scenario.truth == "worse" else 2)
     return {
         "scenario": res.scenario.name,
         "truth": res.scenario.truth,
@@ -525,19 +325,35 @@ def summary(res: Result, policy: CanaryPolicy) -> dict[str, Any]:
         "fixed_horizon_calls_clustered_cuped": fh_cuped,
         "fixed_horizon_power_clustered_cuped": power_cuped,
         "calls_ratio_clustered": med_calls / fh_cuped if fh_cuped else None,
+        "fixed_horizon_calls_simulated": fh_sim,
+        "fixed_horizon_power_simulated": power_sim,
+        "fixed_horizon_widened_simulated": widened_sim,
+        "fixed_horizon_calls_valid": valid,
+        "calls_ratio_valid": med_calls / valid if valid else None,
+        "decided_right_by_valid_horizon": float((right & (res.first_calls <= valid)).mean())
+        if valid
+        else None,
         "rollback_before_50": float((rolled & (res.rollback_share < 50)).mean()),
         "undecided_at_horizon": float((res.outcome == 0).mean()),
+        "widened": float(np.isfinite(res.extra["widened"]).mean()),
         "seconds": res.seconds,
     }
 
 
-CHUNK = 100
-"""Sticky canaries per job: the per-user arrays of 100 canaries x 5,000 users stay small, and
-the chunks spread over the ``--jobs`` processes."""
+CHUNK = 250
+"""Sticky canaries per job: the per-user arrays of 250 canaries x 5,000 users stay small (about
+350 MB), and the chunks spread over the ``--jobs`` processes."""
 
 
-def _one(job: tuple[int, int, int, int]) -> Result:
+FIXED_HORIZON_REPS = 200
+"""Populations in `fixed_horizon_simulated` per sticky scenario."""
+
+
+def _one(job: tuple[int, int, int, int]) -> Any:
+    """A chunk of canaries; chunk -1: the scenario's simulated fixed horizon."""
     i, runs, seed, chunk = job
+    if chunk < 0:
+        return fixed_horizon_simulated(SCENARIOS[i], CanaryPolicy(), reps=FIXED_HORIZON_REPS)
     return run_scenario(SCENARIOS[i], CanaryPolicy(), runs, seed + i + 1000 * chunk)
 
 
@@ -551,6 +367,7 @@ def _merge(parts: list[Result]) -> Result:
         cat([p.first_calls for p in parts]),
         cat([p.rollback_share for p in parts]),
         sum(p.seconds for p in parts),
+        {k: cat([p.extra[k] for p in parts]) for k in ("widened", "first_action")},
     )
 
 
@@ -571,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs += [
             (i, min(size, args.runs - lo), args.seed, c) for c, lo in enumerate(range(0, args.runs, size))
         ]
+        if SCENARIOS[i].users:
+            jobs.append((i, 0, args.seed, -1))
     jobs.sort(key=lambda j: -SCENARIOS[j[0]].users)
     t0 = time.perf_counter()
     if args.jobs > 1 and len(jobs) > 1:
@@ -581,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parts = [_one(j) for j in jobs]
     policy = CanaryPolicy()
-    rows = [
-        summary(_merge([p for p, j in zip(parts, jobs, strict=True) if j[0] == i]), policy) for i in picked
-    ]
+    rows = []
+    for i in picked:
+        mine = [(p, j) for p, j in zip(parts, jobs, strict=True) if j[0] == i]
+        sim = next((p for p, j in mine if j[3] < 0), None)
+        rows.append(summary(_merge([p for p, j in mine if j[3] >= 0]), policy, sim))
     order = {s.name: i for i, s in enumerate(SCENARIOS)}
     rows.sort(key=lambda r: order[r["scenario"]])
     if args.json:
@@ -593,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['scenario']:16} {r['truth']:6} runs {r['runs']}  rollback {r['rollback_rate']:.3f}  "
             f"advance {r['advance_rate']:.3f}  median checks {r['median_checks']:.0f}  calls "
-            f"{r['median_calls']:.0f} vs fixed-horizon {r['fixed_horizon_calls']:.0f} "
-            f"({r['calls_ratio']:.2f}x)  rollback<50% {r['rollback_before_50']:.3f}  "
-            f"undecided {r['undecided_at_horizon']:.3f}  [{r['seconds']:.0f}s]"
+            f"{r['median_calls']:.0f} vs fixed-horizon {r['fixed_horizon_calls_valid'] or float('nan'):.0f} "
+            f"({r['calls_ratio_valid'] or float('nan'):.2f}x; per call {r['calls_ratio']:.2f}x)  rollback<50% "
+            f"{r['rollback_before_50']:.3f}  undecided {r['undecided_at_horizon']:.3f}  widened {r['widened']:.3f}  "
+            f"[{r['seconds']:.0f}s]"
         )
     print(f"total {time.perf_counter() - t0:.0f}s with {args.jobs} job(s)")
     return 0

@@ -199,3 +199,42 @@ def fixed_horizon_clustered(
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if joint(mid) >= power else (mid, hi)
     return hi * TRAFFIC, power
+
+
+def fixed_horizon_simulated(
+    s: Scenario,
+    policy: CanaryPolicy,
+    *,
+    power: float = 0.8,
+    reps: int = 400,
+    seed: int = 99,
+    rules: bool = False,
+) -> tuple[float | None, float, float]:
+    """The clustered fixed-horizon sample size, by simulation with the controller's own estimator.
+
+    Each of ``reps`` populations of the scenario's users (volumes, own rates, a pre-period on
+    the baseline) gets the canary's first step: 1 % of the users (their bucket), whose share of
+    the calls and effective units vary from one population to the next (with Pareto volumes a
+    median 0.73 % of the calls). At ``n`` calls the design tests once:
+    `evals.online.strata.stratified_difference` (per-user sums, delta method, CUPED with the
+    same covariates), then one-sided z-tests of the same decision at the same level (every
+    guardrail's non-inferiority at ``alpha``, or thumbs-down worse at ``alpha / len(guardrails)``).
+    Its power is the share of populations in which it decides correctly. With ``rules`` the
+    design also keeps the controller's rules: no test while an arm is worth fewer than
+    ``min_units`` effective units (by its users' call rates), and such a first step widened after
+    the dwell time (whose calls count). Returns ``(calls for 80 %, power reached, share of
+    populations widened)``; ``None`` calls when 80 % is not reached within twice the horizon.
+    """
+    from controller_horizon import simulated_power_curve
+
+    hours, curve, widened = simulated_power_curve(s, policy, reps=reps, seed=seed, rules=rules)
+    reach = np.flatnonzero(curve >= power)
+    if not len(reach):
+        return None, float(curve.max()), widened
+    i = int(reach[0])
+    if i == 0:
+        return float(hours[0] * TRAFFIC), power, widened
+    # linear interpolation between the grid points around the crossing
+    h0, h1, p0, p1 = hours[i - 1], hours[i], curve[i - 1], curve[i]
+    h = h0 + (power - p0) / (p1 - p0) * (h1 - h0) if p1 > p0 else h1
+    return float(h * TRAFFIC), power, widened

@@ -22,7 +22,12 @@ variance. Rules, per check, while the route is in ``canary`` mode:
    at ``alpha`` on every guardrail (an intersection-union test needs no correction),
    each arm has ``min_samples`` calls, and the current step has lasted ``min_step_s``
    seconds with ``min_step_samples`` candidate calls, so each step is actually observed.
-3. Otherwise **wait**; also wait (never advance) while the split fails the
+3. **Widen, untested** (the next step, at most ``max_untested_share``, default 5 %) when the
+   step is too small to test: after the dwell time, the candidate's arm is worth fewer than
+   ``min_units`` effective units, now and as projected for the step (a few heavy users carry
+   it, `evals.strata.Cell.projected_units`), so no test, sequential or fixed, can ever decide
+   at that share. The decision says so (``widened``); rollbacks stay possible at the wider step.
+4. Otherwise **wait**; also wait (never advance or widen) while the split fails the
    sample-ratio-mismatch check at ``srm_alpha``.
 
 The mSPRT's mixing scale ``tau`` is the guardrail's margin (or its declared ``tau``): fixed
@@ -102,6 +107,12 @@ class CanaryPolicy(BaseModel):
     """Seconds between checks."""
     srm_alpha: float = Field(default=0.001, gt=0, lt=1)
     """Sample-ratio-mismatch threshold: below it the controller does not advance."""
+    max_untested_share: float = Field(default=5.0, ge=0, le=100)
+    """Highest share the controller *widens* to from a step too small to test: after the dwell
+    time, the candidate's arm is worth fewer than ``min_units`` effective units, both now and as
+    projected for the step (its units' volumes, `evals.strata.Evidence.projected_units_candidate`),
+    so no test can ever decide at that share. The advance is untested (``Decision.widened``);
+    rollbacks stay possible at the wider step. 0 turns widening off."""
     pre_period_s: float = Field(default=7 * 86400.0, ge=0)
     """Covariate window before the canary began, in seconds: each unit's calls and outcomes there
     (every call served by the baseline) adjust the comparison (CUPED, `evals.strata`), which
@@ -215,6 +226,8 @@ class Decision:
     mode_to: str
     reason: str
     checks: tuple[GuardrailCheck, ...] = ()
+    widened: bool = False
+    """An untested advance: the step was too small to test (`CanaryPolicy.max_untested_share`)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -285,6 +298,19 @@ def decide(policy: CanaryPolicy, obs: Observation) -> Decision:
 
     if obs.srm_p is not None and obs.srm_p < policy.srm_alpha:
         return wait(f"sample ratio mismatch (p {obs.srm_p:.3g} < {policy.srm_alpha:g})")
+    nxt = policy.next_share(share)
+    if nxt is not None and too_small_to_test(policy, obs, nxt):
+        units = min(float(c.effective_units) for c in checks)
+        return Decision(
+            "advance",
+            share,
+            nxt,
+            "canary",
+            f"widen {share:g}% -> {nxt:g}% untested: the candidate's arm is worth {units:.3g} effective "
+            f"units, fewer than {policy.min_units:g}, and will stay so at this share; {summary}",
+            checks,
+            widened=True,
+        )
     pending = [c.metric for c in checks if c.status != "not_worse"]
     if pending:
         return wait(f"not yet shown not worse on {', '.join(pending)}")
@@ -292,7 +318,6 @@ def decide(policy: CanaryPolicy, obs: Observation) -> Decision:
         return wait(f"{obs.step_calls[1]} candidate calls at this step, need {policy.min_step_samples}")
     if obs.step_age_s is not None and obs.step_age_s < policy.min_step_s:
         return wait(f"at this step for {obs.step_age_s:.0f}s, need {policy.min_step_s:g}s")
-    nxt = policy.next_share(share)
     if nxt is None:
         return Decision(
             "advance",
@@ -310,6 +335,21 @@ def decide(policy: CanaryPolicy, obs: Observation) -> Decision:
         f"advance {share:g}% -> {nxt:g}%: not worse on every guardrail; {summary}",
         checks,
     )
+
+
+def too_small_to_test(policy: CanaryPolicy, obs: Observation, nxt: float) -> bool:
+    """Whether the current step can never yield a test: after the dwell time, every guardrail's
+    candidate arm is worth fewer than ``min_units`` effective units now and as projected for the
+    step, and the next share is at most ``max_untested_share``."""
+    if nxt > policy.max_untested_share or (obs.step_age_s is not None and obs.step_age_s < policy.min_step_s):
+        return False
+    for g in policy.guardrails:
+        ev = obs.evidence_for(g.metric)
+        if ev is None or not ev.n_candidate:
+            return False
+        if max(float(ev.effective_units_candidate), float(ev.projected_units_candidate)) >= policy.min_units:
+            return False
+    return True
 
 
 # -- how long a decision will take -------------------------------------------------------

@@ -27,19 +27,19 @@ def bench():
 
 def brute_force(sim, row, metric):
     """Cells, covariate cells and cross sums from the per-user, per-step sums of one simulated canary."""
-    k = sim.k
-    z = sim.z_past[metric][row]
-    y, n, py, pn = (z[:, i * k : (i + 1) * k].copy() for i in range(4))
+    k, st, m = sim.k, sim.users, list(sim.ev).index(metric)
+    y, n = st.past_y[:, m, row].T.copy(), st.past_n[:, row].T.copy()
+    seen = st.past_seen[:, row].T.astype(bool)
     s_now = sim.step[row]
-    seen = sim.cur_seen[row]
-    y[:, s_now] = sim.cur_y[metric][row]
-    n[:, s_now] = sim.cur_n[row]
-    py[:, s_now] = sim.xy[metric][row] * seen
-    pn[:, s_now] = sim.xn[row] * seen
+    y[:, s_now] = st.cur_y[m, row]
+    n[:, s_now] = st.cur_n[row]
+    seen[:, s_now] = st.cur_seen[row]
+    py = st.xy[m, row][:, None] * seen
+    pn = st.xn[row][:, None] * seen
     users = np.arange(sim.s.users)
     nodes = {}
     for s in range(k):
-        cand = users < sim.cut[s]
+        cand = users < st.cut[s]
         for a, mask in (("baseline", ~cand), ("candidate", cand)):
             nodes[(str(s), a)] = (y[:, s] * mask, n[:, s] * mask, mask)
             nodes[(pre_period(str(s)), a)] = (py[:, s] * mask, pn[:, s] * mask, mask)
