@@ -1,11 +1,13 @@
 """The outcome-rate query: per-unit sums per period and arm, from the call log.
 
-The review dashboard's query (`arm_rates`). ``shadowtune eval outcomes`` and the canary
-controller run `evals.online.outcomes_query`, which has the same definitions and adds what the
-dashboard does not show (the pre-period users' baseline outcomes for CUPED, reviewers' votes);
-a test checks that the page's rates and intervals equal the report's on a known log. Folding
-both into this one query is left to do. The definitions, per *served* call of a route's
-``baseline`` / ``candidate``:
+The one copy of it: the review dashboard (`arm_rate` over `CELLS_SQL`), ``shadowtune eval
+outcomes`` and the canary controller (`evals.online.outcomes_query`, which shapes these rows
+into its cells) all run `run` with one of the ``*_SQL`` templates below, so the page's rates
+and intervals are the report's. Besides the cells, the templates give the cross sums of
+cells that share units, the pre-period covariates for CUPED (`PRE_CELLS_SQL`,
+`PRE_CROSS_SQL`: each keyed unit's outcomes on the baseline before the window), the
+reviewers' votes kept apart (`REVIEWER_SQL`), the periods, latency quantiles and custom
+metrics. The definitions, per *served* call of a route's ``baseline`` / ``candidate``:
 
 ``thumbs_up_rate``
     share of served calls whose latest user thumb is up (**among all served calls**: an
@@ -23,8 +25,9 @@ share, candidate and mode constant within it), optionally split into time bucket
 is the value of the route's sticky key (``user``, ``session_id`` or ``client_key``); a call
 without one is its own unit.
 
-Only the day partitions of ``[lo, hi)`` are read for calls, and those from ``lo`` on for
-events (`gateway.store.windows`): an event always comes after its call.
+Only the day partitions of ``[plo, hi)`` are read for calls (``plo`` is ``lo`` unless a
+pre-period is asked for), and those from ``plo`` on for events (`gateway.store.windows`): an
+event always comes after its call.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from gateway.store import windows
-from gateway.store.reader import POSTER_SQL, REVIEWER_SQL
+from gateway.store.reader import POSTER_SQL
+from gateway.store.reader import REVIEWER_SQL as IS_REVIEWER_SQL
 
 if TYPE_CHECKING:
     from gateway.store.reader import LogStore
@@ -51,10 +55,10 @@ _CTE = """
 cs AS (
   SELECT call_id, response_id, route, variant, served, ts, mode, route_version, status, error_type,
          latency_ms, cost_usd, "user", session_id, client_key
-  FROM {calls} WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi)
+  FROM {calls} WHERE ts >= make_timestamptz($plo) AND ts < make_timestamptz($hi)
 ),
-c AS (
-  SELECT call_id, response_id, variant, ts, mode, route_version,
+c_all AS (
+  SELECT call_id, response_id, variant, ts, mode, route_version, ts < make_timestamptz($lo) AS pre,
          {group} AS grp,
          coalesce(CAST(route_version AS VARCHAR), 'mode:' || coalesce(mode, 'unknown')) AS period,
          {unit} AS key,
@@ -64,9 +68,10 @@ c AS (
   FROM cs
   WHERE served AND list_contains($routes, route) AND variant IN ('baseline', 'candidate')
 ),
+c AS (SELECT * EXCLUDE (pre) FROM c_all WHERE NOT pre),
 ew AS (
   SELECT event_id, call_id, ts, kind, value, value_num, data, source, key_id, reviewer, "user"
-  FROM {events} WHERE ts >= make_timestamptz($lo)
+  FROM {events} WHERE ts >= make_timestamptz($plo)
 ),
 er AS (
   SELECT e.* REPLACE (coalesce(m.call_id, e.call_id) AS call_id)
@@ -85,11 +90,11 @@ user_events AS (
 ),
 ev AS (
   SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
-  FROM user_events e JOIN c ON e.call_id = c.call_id
+  FROM user_events e JOIN c_all c ON e.call_id = c.call_id
   UNION ALL
   SELECT c.call_id, e.ts, e.kind, e.value, e.value_num, e.data
   FROM (SELECT * FROM user_events WHERE NOT starts_with(call_id, 'call_')) e
-  JOIN c ON e.call_id = c.response_id AND c.response_id <> c.call_id
+  JOIN c_all c ON e.call_id = c.response_id AND c.response_id <> c.call_id
 ),
 o AS (
   SELECT call_id,
@@ -106,7 +111,39 @@ cu AS (
   GROUP BY ALL
 ),
 w AS (
-  SELECT c.grp, c.period, c.variant, c.unit, count(*)::DOUBLE AS n_all,
+  SELECT c.grp, c.period, c.variant, c.unit, {sums}
+  FROM c LEFT JOIN o USING (call_id)
+  GROUP BY ALL
+),
+uc AS (
+  SELECT w.grp, w.period, w.variant, w.unit, m.metric, m.y, m.n
+  FROM w, LATERAL (VALUES {values}) AS m(metric, y, n)
+  WHERE m.n > 0
+  UNION ALL
+  SELECT c.grp, c.period, c.variant, c.unit, cu.metric, sum(cu.y)::DOUBLE AS y, count(*)::DOUBLE AS n
+  FROM cu JOIN c USING (call_id)
+  GROUP BY ALL
+),
+pw AS (
+  SELECT c.unit, {sums}
+  FROM c_all c LEFT JOIN o USING (call_id)
+  WHERE c.pre AND c.key IS NOT NULL AND c.variant = 'baseline'
+  GROUP BY ALL
+),
+pu AS (
+  SELECT w.unit, m.metric, m.y, m.n
+  FROM pw w, LATERAL (VALUES {values}) AS m(metric, y, n)
+  WHERE m.n > 0
+  UNION ALL
+  SELECT c.unit, cu.metric, sum(cu.y)::DOUBLE AS y, count(*)::DOUBLE AS n
+  FROM cu JOIN c_all c USING (call_id)
+  WHERE c.pre AND c.key IS NOT NULL AND c.variant = 'baseline'
+  GROUP BY ALL
+)
+"""
+
+# one unit's sums over its calls, and the same as (metric, y, n) rows
+_SUMS = """count(*)::DOUBLE AS n_all,
          sum(CASE WHEN o.thumb = 'up' THEN 1.0 ELSE 0.0 END) AS thumbs_up_rate,
          sum(CASE WHEN o.thumb = 'down' THEN 1.0 ELSE 0.0 END) AS thumbs_down_rate,
          sum(CASE WHEN o.thumb IS NOT NULL THEN 1.0 ELSE 0.0 END) AS rated_rate,
@@ -115,13 +152,8 @@ w AS (
          sum(CASE WHEN o.flagged THEN 1.0 ELSE 0.0 END) AS flag_rate,
          sum(o.rating::DOUBLE) AS rating, count(o.rating)::DOUBLE AS n_rating,
          sum(c.latency_ms::DOUBLE) AS latency_ms, count(c.latency_ms)::DOUBLE AS n_latency,
-         sum(c.cost_usd::DOUBLE) AS cost_usd, count(c.cost_usd)::DOUBLE AS n_cost
-  FROM c LEFT JOIN o USING (call_id)
-  GROUP BY ALL
-),
-uc AS (
-  SELECT w.grp, w.period, w.variant, w.unit, m.metric, m.y, m.n
-  FROM w, LATERAL (VALUES
+         sum(c.cost_usd::DOUBLE) AS cost_usd, count(c.cost_usd)::DOUBLE AS n_cost"""
+_VALUES = """
     ('thumbs_up_rate', w.thumbs_up_rate, w.n_all),
     ('thumbs_down_rate', w.thumbs_down_rate, w.n_all),
     ('rated_rate', w.rated_rate, w.n_all),
@@ -131,14 +163,8 @@ uc AS (
     ('rating', w.rating, w.n_rating),
     ('latency_ms', w.latency_ms, w.n_latency),
     ('cost_usd', w.cost_usd, w.n_cost)
-  ) AS m(metric, y, n)
-  WHERE m.n > 0
-  UNION ALL
-  SELECT c.grp, c.period, c.variant, c.unit, cu.metric, sum(cu.y)::DOUBLE AS y, count(*)::DOUBLE AS n
-  FROM cu JOIN c USING (call_id)
-  GROUP BY ALL
-)
-"""
+  """
+_CTE = _CTE.replace("{sums}", _SUMS).replace("{values}", _VALUES)
 
 CELLS_SQL = (
     "WITH"
@@ -149,6 +175,8 @@ SELECT grp, period, variant, metric, count(*) AS units,
 FROM uc WHERE metric IN {metrics} GROUP BY ALL ORDER BY ALL
 """
 )
+"""Per ``(grp, period, variant, metric)``: the unit count and the sums over units of ``y``, ``n``,
+``y²``, ``n²``, ``y·n`` (`evals.online.strata.Cell`)."""
 
 CROSS_SQL = (
     "WITH"
@@ -163,6 +191,60 @@ WHERE a.unit NOT LIKE 'call:%' AND a.metric IN {metrics}
 GROUP BY ALL
 """
 )
+"""Per pair of cells sharing units: the cross sums over those units (`evals.online.strata.Cross`)."""
+
+PRE_CELLS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT u.grp, u.period, u.variant, u.metric, count(*) AS units,
+       sum(p.y) AS y, sum(p.n) AS n, sum(p.y * p.y) AS yy, sum(p.n * p.n) AS nn, sum(p.y * p.n) AS yn
+FROM uc u JOIN pu p USING (unit, metric)
+WHERE u.metric IN {metrics}
+GROUP BY ALL
+"""
+)
+"""Per cell: its keyed units' sums over the calls the baseline served to them in ``[plo, lo)``
+(the CUPED covariate; ``run(..., pre_lo_us=)``)."""
+
+PRE_CROSS_SQL = (
+    "WITH"
+    + _CTE
+    + """
+SELECT a.grp, a.metric, a.period AS pa, a.variant AS va, b.period AS pb, b.variant AS vb,
+       sum(a.y * p.y) AS yy, sum(a.y * p.n) AS yn, sum(a.n * p.y) AS ny, sum(a.n * p.n) AS nn,
+       sum(p.y * p.y) AS pyy, sum(p.y * p.n) AS pyn, sum(p.n * p.n) AS pnn
+FROM uc a JOIN uc b
+  ON a.unit = b.unit AND a.metric = b.metric AND a.grp IS NOT DISTINCT FROM b.grp
+JOIN pu p ON p.unit = a.unit AND p.metric = a.metric
+WHERE a.metric IN {metrics}
+GROUP BY ALL
+"""
+)
+"""Per pair of cells: the cross sums of one cell's outcomes with the other's covariates
+(``yy``...``nn``), and of the two covariates (``pyy``, ``pyn``, ``pnn``)."""
+
+REVIEWER_SQL = (
+    "WITH"
+    + _CTE
+    + """,
+rv AS (
+  SELECT c.grp, c.period, c.variant, c.call_id, e.kind, e.reviewer,
+         CASE WHEN e.kind = 'thumbs' OR e.value IN ('a', 'b') THEN e.value
+              WHEN e.value = c.call_id THEN 'this_call' ELSE 'other_call' END AS value
+  FROM er e JOIN c ON e.call_id = c.call_id
+  WHERE {reviewer} AND e.kind IN ('thumbs', 'choice')
+  QUALIFY row_number() OVER (
+    PARTITION BY e.call_id, e.kind, coalesce(e.reviewer, '') ORDER BY e.ts DESC, e.event_id DESC) = 1
+)
+SELECT grp, period, variant, kind, value, count(*) AS events
+FROM rv GROUP BY ALL
+UNION ALL
+SELECT grp, period, variant, '*' AS kind, NULL AS value, count(DISTINCT call_id) AS events FROM rv GROUP BY ALL
+"""
+)
+"""Per cell: the reviewers' latest thumbs and choices (kept out of every rate), and ``*``: the
+calls reviewed."""
 
 PERIODS_SQL = (
     "WITH"
@@ -175,6 +257,7 @@ SELECT grp, period, variant, any_value(mode) AS mode, min(route_version) AS rout
 FROM c GROUP BY ALL ORDER BY ALL
 """
 )
+"""Per ``(grp, period, variant)``: calls, units, calls without a key, first and last call, latency."""
 
 QUANTILES_SQL = (
     "WITH"
@@ -187,6 +270,7 @@ FROM c WHERE NOT EXISTS (SELECT 1 FROM cmp)
 GROUP BY ALL
 """
 )
+"""Per group and variant: latency p50/p95 over the periods both arms served (all, if none)."""
 
 CUSTOM_SQL = (
     "WITH"
@@ -198,6 +282,7 @@ SELECT kind AS metric,
 FROM ev WHERE kind NOT IN {reserved} AND value_num IS NOT NULL GROUP BY ALL
 """
 )
+"""The custom metrics in the events: direction and declared minimum detectable effect."""
 
 ALL_METRICS = None
 """``metrics=ALL_METRICS``: every metric, custom ones included."""
@@ -218,24 +303,28 @@ def run(
     sticky_key: str | None = "user",
     bucket_us: int | None = None,
     metrics: Iterable[str] | None = ALL_METRICS,
+    pre_lo_us: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run one of the ``*_SQL`` queries over a route's served calls in ``[lo_us, hi_us)``.
 
     ``grp`` in the rows is ``epoch_us(ts) // bucket_us`` (None without buckets). With a list of
     routes (one scan for all, as the dashboard asks), ``grp`` is ``"<route>|<bucket or empty>"``.
+    ``pre_lo_us`` opens the pre-period ``[pre_lo_us, lo_us)`` that `PRE_CELLS_SQL` and
+    `PRE_CROSS_SQL` read (the other queries count only ``[lo_us, hi_us)`` either way).
     """
     hi = hi_us if hi_us is not None else 2**62
+    plo = min(lo_us, pre_lo_us) if pre_lo_us is not None else lo_us
     listed = tuple(metrics) if metrics is not None else ()
     group = f"epoch_us(ts) // {int(bucket_us)}" if bucket_us else "NULL::BIGINT"
     if isinstance(route, list):
         group = f"route || '|' || coalesce(CAST({group} AS VARCHAR), '')"
     filled = {
-        "{calls}": windows.source(store, "calls", lo_us, hi_us),
-        "{events}": windows.source(store, "events", lo_us, None),
+        "{calls}": windows.source(store, "calls", plo, hi_us),
+        "{events}": windows.source(store, "events", plo, None),
         "{group}": group,
         "{unit}": unit_column(sticky_key),
         "{poster}": POSTER_SQL,
-        "{reviewer}": REVIEWER_SQL,
+        "{reviewer}": IS_REVIEWER_SQL,
         "{reserved}": _sql_list(RESERVED_KINDS),
         "{metrics}": _sql_list(listed) if listed else "(SELECT DISTINCT metric FROM uc)",
     }
@@ -243,7 +332,9 @@ def run(
     for k, v in filled.items():
         sql = sql.replace(k, v)
     routes = route if isinstance(route, list) else [route]
-    rows: list[dict[str, Any]] = store.sql(sql, {"routes": routes, "lo": int(lo_us), "hi": int(hi)})
+    rows: list[dict[str, Any]] = store.sql(
+        sql, {"routes": routes, "lo": int(lo_us), "plo": int(plo), "hi": int(hi)}
+    )
     return rows
 
 
