@@ -234,37 +234,53 @@ def _find(
 def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
     """The call, its family (the served call and its shadow/fallback siblings) and its events.
 
-    A call id made by `new_id` says when the call was made: the partitions within a day of
-    that are read first, the whole log only if the call is not there.
+    A call id made by `new_id` says when the call was made: the row group around that time is
+    read first (a minute, then an hour, then a day), the whole log only if the call is not
+    there. The family's ids come from the id columns of the hour after the root call (shadow
+    and fallback calls follow at once), and their rows from around their own ids.
     """
-    rows: list[dict[str, Any]] = []
-    for margin in (HOUR_US, DAY_US):  # an id is made when its call starts: its row is right there
-        around = win.id_window(call_id, margin_us=margin)
-        if around is not None and not rows:
-            rows = _find(store, "call_id = $id", {"id": call_id}, *around)
-    if not rows:  # an id of another shape (imported logs): the whole log
-        rows = _find(store, "call_id = $id", {"id": call_id}, None, None)
-    if not rows:
+    call = _by_id(store, call_id)
+    if call is None:
         return None
-    call = rows[0]
     root = call["parent_call_id"] or call["call_id"]
-    lo, hi = call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US  # shadow and fallback calls follow at once
-    family = _find(store, "call_id = $root OR parent_call_id = $root", {"root": root}, lo, hi)
-    if not any(r["call_id"] == call_id for r in family):
-        family.append(call)
+    lo, hi = call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US
+    ids = store.sql(
+        f"SELECT call_id FROM {win.source(store, 'calls', lo, hi)} "
+        "WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) "
+        "AND (call_id = $root OR parent_call_id = $root)",
+        {"root": root, "lo": lo, "hi": hi},
+    )
+    family = [call] + [r for r in (_by_id(store, i["call_id"]) for i in ids if i["call_id"] != call_id) if r]
     family.sort(key=lambda r: (not r["served"], r["variant"] or "", r["ts_us"]))
     since = min(r["ts_us"] for r in family)
     attach_outcomes(store, family, since)
-    call = next(r for r in family if r["call_id"] == call_id)
+    names = [call_id] + ([call["response_id"]] if call.get("response_id") else [])
     events = store.sql(
         f"""
         SELECT event_id, epoch_us(ts) AS ts_us, kind, value, value_num, comment, "user", source, reviewer
         FROM {win.source(store, "events", since, None)}
-        WHERE call_id = $id OR (call_id = $rid AND $rid IS NOT NULL) ORDER BY ts, event_id
-        """,
-        {"id": call_id, "rid": call.get("response_id")},
+        WHERE call_id IN ({_literals(names)}) ORDER BY ts, event_id
+        """
     )
     return {"call": call, "family": family, "events": events}
+
+
+def _by_id(store: LogStore, call_id: str) -> dict[str, Any] | None:
+    """One call's row: around the time its id says, else (ids of another shape) the whole log."""
+    for margin in (60_000_000, HOUR_US, DAY_US):  # an id is made when its call starts
+        around = win.id_window(call_id, margin_us=margin)
+        if around is None:
+            break
+        rows = _find(store, "call_id = $id", {"id": call_id}, *around)
+        if rows:
+            return rows[0]
+    rows = _find(store, "call_id = $id", {"id": call_id}, None, None)
+    return rows[0] if rows else None
+
+
+def _literals(values: list[str]) -> str:
+    """SQL string literals: a literal ``IN`` list is checked against row-group statistics."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
 def call_exists(store: LogStore, call_id: str) -> bool:
