@@ -23,8 +23,12 @@ def _value(n: int) -> dict[str, object]:
     rate = ArmRate(0.25, 3.0, 12.0, 7, 0.1, 0.5)
     return {
         "lo": 1,
-        "routes": {"chat": {"rates": {(None, "baseline", "thumbs_up_rate"): rate}, "share": [(3600, 5.0, 1, 20)]}},
-        "series": {(3600 * k, "candidate", "error_rate"): ArmRate(None, 0.0, 0.0, 0, None, None) for k in range(3)},
+        "routes": {
+            "chat": {"rates": {(None, "baseline", "thumbs_up_rate"): rate}, "share": [(3600, 5.0, 1, 20)]}
+        },
+        "series": {
+            (3600 * k, "candidate", "error_rate"): ArmRate(None, 0.0, 0.0, 0, None, None) for k in range(3)
+        },
         "table": [{"route": "chat", "p50_ms": float("nan"), "cost": float("inf"), "n": n}],
         "~odd": "a key that looks like a tag",
     }
@@ -94,10 +98,13 @@ def test_only_a_snapshot_of_the_same_inputs_is_used(tmp_path, caplog):
     assert snaps.load(("dashboard", "24h", (("chat", "session"),))) is None  # other inputs
     assert snaps.load(("dashboard", "7d")) is None
     (path,) = [os.path.join(log, "review", f) for f in os.listdir(os.path.join(log, "review"))]
-    doc = json.loads(open(path).read())
-    open(path, "w").write(json.dumps({**doc, "version": 0}))
+    with open(path) as f:
+        doc = json.loads(f.read())
+    with open(path, "w") as f:
+        f.write(json.dumps({**doc, "version": 0}))
     assert snaps.load(("dashboard", "24h", (("chat", "user"),))) is None  # another version
-    open(path, "w").write("{half a fil")
+    with open(path, "w") as f:
+        f.write("{half a fil")
     assert snaps.load(("dashboard", "24h", (("chat", "user"),))) is None  # broken: a warning, no error
     assert "not used" in caplog.text
 
