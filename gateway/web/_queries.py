@@ -164,7 +164,7 @@ def attach_outcomes(store: LogStore, rows: list[dict[str, Any]], lo_us: int) -> 
         FROM {win.source(store, "events", lo_us, None)} e
         LEFT JOIN (SELECT unnest($rids) AS response_id, unnest($rcids) AS call_id) m
           ON e.call_id = m.response_id
-        WHERE list_contains($ids, e.call_id) OR list_contains($rids, e.call_id)
+        WHERE e.call_id IN (SELECT unnest($ids || $rids))
     """
     sql = OUTCOMES_SQL.replace("FROM events_resolved", f"FROM ({resolved})")
     found = {o["call_id"]: o for o in store.sql(sql, {"ids": ids, "rids": rids, "rcids": rcids})}
