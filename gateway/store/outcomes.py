@@ -122,6 +122,8 @@ ux AS (
   WHERE {custom}
   GROUP BY ALL
 ),
+wa AS (SELECT * FROM w{whole:w}),
+uxa AS (SELECT * FROM ux{whole:ux}),
 pw AS (
   SELECT c.unit, {sums}
   FROM c_all c LEFT JOIN o USING (call_id)
@@ -160,6 +162,12 @@ WIDE = (
 )
 """The built-in metrics, each a column of a unit's sums (``w``, ``pw``) and the column of its ``n``."""
 _CTE = _CTE.replace("{sums}", _SUMS)
+_W_SUMS = ", ".join(f"sum({c}) AS {c}" for c in re.findall(r" AS (\w+)", _SUMS))
+_WHOLE = {  # ``run(..., whole=True)``: the buckets' units summed again over the whole window
+    "{whole:w}": f" UNION ALL SELECT {{top}} AS grp, period, variant, unit, {_W_SUMS} FROM w GROUP BY ALL",
+    "{whole:ux}": " UNION ALL SELECT {top} AS grp, period, variant, unit, metric, sum(y) AS y, sum(n) AS n"
+    " FROM ux GROUP BY ALL",
+}
 
 # The built-in metrics are summed wide (a unit's row in ``w`` has them all) and unpivoted only
 # once aggregated: a long table of units x metrics was 3/4 of the query's time. Custom metrics
@@ -168,7 +176,7 @@ _WIDE_KINDS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, st
     # kind: (FROM clause, its grouping, the columns it gives, the aliases that must have
     #        the metric, the sums over units)
     "cells": (
-        "w u",
+        "wa u",
         "u.grp, u.period, u.variant",
         "grp, period, variant, m.metric, m.k AS units",
         ("u",),
@@ -181,7 +189,7 @@ _WIDE_KINDS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, st
         ),
     ),
     "cross": (
-        "w a JOIN w b ON a.unit = b.unit AND a.grp IS NOT DISTINCT FROM b.grp"
+        "wa a JOIN wa b ON a.unit = b.unit AND a.grp IS NOT DISTINCT FROM b.grp"
         " AND (a.period < b.period OR (a.period = b.period AND a.variant < b.variant))"
         " WHERE a.unit NOT LIKE 'call:%'",
         "a.grp, a.period, a.variant, b.period, b.variant",
@@ -190,7 +198,7 @@ _WIDE_KINDS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, st
         (("yy", "a.{y} * b.{y}"), ("yn", "a.{y} * b.{n}"), ("ny", "a.{n} * b.{y}"), ("nn", "a.{n} * b.{n}")),
     ),
     "pre_cells": (
-        "w u JOIN pw p USING (unit)",
+        "wa u JOIN pw p USING (unit)",
         "u.grp, u.period, u.variant",
         "grp, period, variant, m.metric, m.k AS units",
         ("u", "p"),
@@ -203,7 +211,7 @@ _WIDE_KINDS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, st
         ),
     ),
     "pre_cross": (
-        "w a JOIN w b ON a.unit = b.unit AND a.grp IS NOT DISTINCT FROM b.grp JOIN pw p ON p.unit = a.unit",
+        "wa a JOIN wa b ON a.unit = b.unit AND a.grp IS NOT DISTINCT FROM b.grp JOIN pw p ON p.unit = a.unit",
         "a.grp, a.period, a.variant, b.period, b.variant",
         "grp, m.metric, pa, va, pb, vb",
         ("a", "b", "p"),
@@ -253,7 +261,7 @@ CELLS_SQL = (
 {custom:UNION ALL
 SELECT grp, period, variant, metric, count(*) AS units,
        sum(y) AS y, sum(n) AS n, sum(y * y) AS yy, sum(n * n) AS nn, sum(y * n) AS yn
-FROM ux GROUP BY ALL}
+FROM uxa GROUP BY ALL}
 ORDER BY ALL
 """
 )
@@ -268,7 +276,7 @@ CROSS_SQL = (
 {custom:UNION ALL
 SELECT a.grp, a.metric, a.period AS pa, a.variant AS va, b.period AS pb, b.variant AS vb,
        sum(a.y * b.y) AS yy, sum(a.y * b.n) AS yn, sum(a.n * b.y) AS ny, sum(a.n * b.n) AS nn
-FROM ux a JOIN ux b
+FROM uxa a JOIN uxa b
   ON a.unit = b.unit AND a.metric = b.metric AND a.grp IS NOT DISTINCT FROM b.grp
  AND (a.period < b.period OR (a.period = b.period AND a.variant < b.variant))
 WHERE a.unit NOT LIKE 'call:%'
@@ -285,7 +293,7 @@ PRE_CELLS_SQL = (
 {custom:UNION ALL
 SELECT u.grp, u.period, u.variant, u.metric, count(*) AS units,
        sum(p.y) AS y, sum(p.n) AS n, sum(p.y * p.y) AS yy, sum(p.n * p.n) AS nn, sum(p.y * p.n) AS yn
-FROM ux u JOIN px p USING (unit, metric)
+FROM uxa u JOIN px p USING (unit, metric)
 GROUP BY ALL}
 """
 )
@@ -301,7 +309,7 @@ PRE_CROSS_SQL = (
 SELECT a.grp, a.metric, a.period AS pa, a.variant AS va, b.period AS pb, b.variant AS vb,
        sum(a.y * p.y) AS yy, sum(a.y * p.n) AS yn, sum(a.n * p.y) AS ny, sum(a.n * p.n) AS nn,
        sum(p.y * p.y) AS pyy, sum(p.y * p.n) AS pyn, sum(p.n * p.n) AS pnn
-FROM ux a JOIN ux b
+FROM uxa a JOIN uxa b
   ON a.unit = b.unit AND a.metric = b.metric AND a.grp IS NOT DISTINCT FROM b.grp
 JOIN px p ON p.unit = a.unit AND p.metric = a.metric
 GROUP BY ALL}
@@ -390,12 +398,14 @@ def run(
     bucket_us: int | None = None,
     metrics: Iterable[str] | None = ALL_METRICS,
     pre_lo_us: int | None = None,
+    whole: bool = False,
 ) -> list[dict[str, Any]]:
     """Run one of the ``*_SQL`` queries over a route's served calls in ``[lo_us, hi_us)``.
 
     ``grp`` in the rows is ``epoch_us(ts) // bucket_us`` (None without buckets). With a list of
     routes (one scan for all, as the dashboard asks), ``grp`` is ``"<route>|<bucket or empty>"``.
-    ``pre_lo_us`` opens the pre-period ``[pre_lo_us, lo_us)`` that `PRE_CELLS_SQL` and
+    ``whole`` (with ``bucket_us``): the whole window's rows too, with the ``grp`` of no bucket
+    (one pass over the calls and events for a chart and its total). ``pre_lo_us`` opens the pre-period ``[pre_lo_us, lo_us)`` that `PRE_CELLS_SQL` and
     `PRE_CROSS_SQL` read (the other queries count only ``[lo_us, hi_us)`` either way).
     """
     hi = hi_us if hi_us is not None else 2**62
@@ -406,7 +416,13 @@ def run(
     group = f"epoch_us(ts) // {int(bucket_us)}" if bucket_us else "NULL::BIGINT"
     if isinstance(route, list):
         group = f"route || '|' || coalesce(CAST({group} AS VARCHAR), '')"
+    top = (
+        ("regexp_replace(grp, '[^|]*$', '')" if isinstance(route, list) else "NULL::BIGINT")
+        if whole and bucket_us
+        else ""
+    )
     filled = {
+        **{k: v.replace("{top}", top) if top else "" for k, v in _WHOLE.items()},
         "{calls}": windows.source(store, "calls", plo, hi_us),
         "{events}": windows.source(store, "events", plo, None),
         "{group}": group,

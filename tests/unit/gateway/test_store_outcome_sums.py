@@ -172,3 +172,23 @@ def test_asking_for_some_metrics_gives_those_only(logged):
                 k: v for k, v in want.items() if k not in SUMS
             }
             assert [r[k] for k in SUMS] == pytest.approx([want[k] for k in SUMS], rel=1e-12)
+
+
+@pytest.mark.parametrize("template", ["CELLS_SQL", "CROSS_SQL"])
+@pytest.mark.parametrize("routes", ["chat", ["chat", "other"]])
+def test_the_whole_window_comes_with_the_buckets_in_one_pass(logged, template, routes):
+    store, _ = logged
+    lo, hi, sql = int(T0 * 1e6), int((T0 + 86400) * 1e6), getattr(oq, template)
+    stats = ("y", "n", "yy", "nn", "yn", "ny")
+
+    def keyed(rows):
+        return {tuple((k, v) for k, v in sorted(r.items()) if k not in stats): r for r in rows}
+
+    alone = keyed(
+        oq.run(store, sql, routes, lo, hi) + oq.run(store, sql, routes, lo, hi, bucket_us=int(2 * H * 1e6))
+    )
+    both = keyed(oq.run(store, sql, routes, lo, hi, bucket_us=int(2 * H * 1e6), whole=True))
+    assert both.keys() == alone.keys() and len({r["grp"] for r in both.values()}) > 2
+    for key, r in both.items():
+        names = [k for k in stats if k in r]
+        assert [r[k] for k in names] == pytest.approx([alone[key][k] for k in names], rel=1e-12)
