@@ -233,24 +233,19 @@ def _find(
 def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
     """The call, its family (the served call and its shadow/fallback siblings) and its events.
 
-    A call id made by `new_id` says when the call was made: the row group around that time is
-    read first (a minute, then an hour, then a day), the whole log only if the call is not
-    there. The family's ids come from the id columns of the hour after the root call (shadow
-    and fallback calls follow at once), and their rows from around their own ids.
+    A call id made by `new_id` says when the call was made: the family's ids come from the id
+    columns of the hour around it (shadow and fallback calls follow their root at once), then
+    their rows in one read of the row group they share. For an id of another shape (or a row
+    not where its id says), the call is looked up wider (`_by_id`) and its family around it.
     """
-    call = _by_id(store, call_id)
-    if call is None:
-        return None
-    root = call["parent_call_id"] or call["call_id"]
-    lo, hi = call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US
-    ids = store.sql(
-        f"SELECT call_id FROM {win.source(store, 'calls', lo, hi)} "
-        "WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) "
-        "AND (call_id = $root OR parent_call_id = $root)",
-        {"root": root, "lo": lo, "hi": hi},
-    )
-    family = [call] + [r for r in (_by_id(store, i["call_id"]) for i in ids if i["call_id"] != call_id) if r]
+    family = _family_rows(store, call_id, win.id_window(call_id, margin_us=HOUR_US))
+    if not family:
+        call = _by_id(store, call_id)
+        if call is None:
+            return None
+        family = _family_rows(store, call_id, (call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US)) or [call]
     family.sort(key=lambda r: (not r["served"], r["variant"] or "", r["ts_us"]))
+    call = next(r for r in family if r["call_id"] == call_id)
     since = min(r["ts_us"] for r in family)
     attach_outcomes(store, family, since)
     names = [call_id] + ([call["response_id"]] if call.get("response_id") else [])
@@ -262,6 +257,30 @@ def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
         """
     )
     return {"call": call, "family": family, "events": events}
+
+
+def _family_rows(store: LogStore, call_id: str, around: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The rows of ``call_id``'s family in ``around`` (empty when the call is not there)."""
+    if around is None:
+        return []
+    lo, hi = around
+    ids = store.sql(
+        f"""
+        WITH src AS (
+          SELECT call_id, parent_call_id, ts FROM {win.source(store, "calls", lo, hi)}
+          WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi)
+        ),
+        me AS (SELECT coalesce(parent_call_id, call_id) AS root FROM src WHERE call_id = $id LIMIT 1)
+        SELECT call_id, epoch_us(ts) AS ts_us FROM src, me
+        WHERE src.call_id = me.root OR src.parent_call_id = me.root OR src.call_id = $id
+        """,
+        {"id": call_id, "lo": lo, "hi": hi},
+    )
+    if not any(r["call_id"] == call_id for r in ids):
+        return []
+    ts = [r["ts_us"] for r in ids]
+    names = _literals([r["call_id"] for r in ids])
+    return _find(store, f"call_id IN ({names})", {}, min(ts), max(ts) + 1)
 
 
 def _by_id(store: LogStore, call_id: str) -> dict[str, Any] | None:
