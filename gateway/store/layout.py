@@ -58,6 +58,11 @@ DEFAULT_LOG_DIR = "./shadowtune-data"
 WAL_SUFFIX = ".wal.ndjson"
 STORE_FILE = "store.json"
 LAYOUT_VERSION = 2
+ROW_GROUP_ROWS = 32_768
+"""Rows per Parquet row group of the files `write_parquet` writes (and compaction, `gateway.store.table`).
+
+Row groups are what a query skips by their ``ts`` statistics (a file is in about ``ts`` order): one
+call's page reads the row group around its id's time, not a whole segment's bodies."""
 """1: loose Parquet files; 2: Delta Lake tables (`gateway.store.table`)."""
 
 
@@ -120,6 +125,13 @@ def judge_cache_path(log_dir: str) -> str:
 def drift_dir(log_dir: str) -> str:
     """``<log_dir>/drift``: drift reports by route (and the classifier's calibration cache)."""
     return os.path.join(local_path(log_dir), "drift")
+
+
+def review_snapshot_path(log_dir: str, name: str) -> str:
+    """``<log_dir>/review/<name>.json`` (in the log's own filesystem, object storage too): the review
+    pages' last computed aggregates, shown while they are recomputed after a restart."""
+    _, root = filesystem(log_dir)
+    return f"{root}/review/{name}.json"
 
 
 def controller_dir(log_dir: str) -> str:
@@ -226,10 +238,10 @@ def write_parquet(log_dir: str, table: str, day: str, stem: str, data: pa.Table)
     if is_remote(log_dir):  # object stores publish an object atomically when it is closed
         fs.create_dir(folder, recursive=True)
         with fs.open_output_stream(final) as out:
-            pq.write_table(data, out, compression="zstd")
+            pq.write_table(data, out, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         return final
     with atomic_file(final) as f:  # fsync'd, renamed into place, no temporary file left on error
-        pq.write_table(data, f, compression="zstd")
+        pq.write_table(data, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return final
 
 

@@ -114,6 +114,8 @@ class LogStore:
         self._logs: dict[str, DeltaLog] = {}
         self.data_files: dict[str, list[DataFile]] = {}
         """Per table, the snapshot's data files (path, day partition, rows)."""
+        self._views: dict[str, str] = {}
+        """The SQL of each view made by the last `refresh`: one whose files did not change is kept."""
         self.refresh()
 
     @classmethod
@@ -129,6 +131,7 @@ class LogStore:
         """Take a new snapshot of the files (Parquet and unflushed WAL)."""
         live_stems = layout.wal_stems(self.wal_dir)
         tails = self._read_tail(live_stems)  # before the table snapshot: see the module docstring
+        changed = not self._views
         for table, schema in TABLES.items():
             log = self._logs.setdefault(table, DeltaLog.for_log(self.log_dir, table))
             snapshot = log.load() if log.exists() else None
@@ -168,15 +171,19 @@ class LogStore:
                 if source
                 else f"SELECT * FROM _{table}_tail"
             )
-            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+            if self._views.get(table) != body:  # (the tail is found by name: re-registered above)
+                self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+                self._views[table] = body
+                changed = True
         self._extra_views()
-        self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
-        self.con.execute(f"CREATE OR REPLACE VIEW user_events AS {USER_EVENTS_SQL}")
-        self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
-        self.con.execute(
-            "CREATE OR REPLACE VIEW calls_with_outcomes AS "
-            "SELECT c.*, o.* EXCLUDE (call_id) FROM calls c LEFT JOIN outcomes o USING (call_id)"
-        )
+        if changed:  # creating a view binds it: every file's footer, for each view over calls
+            self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
+            self.con.execute(f"CREATE OR REPLACE VIEW user_events AS {USER_EVENTS_SQL}")
+            self.con.execute(f"CREATE OR REPLACE VIEW outcomes AS {OUTCOMES_SQL}")
+            self.con.execute(
+                "CREATE OR REPLACE VIEW calls_with_outcomes AS "
+                "SELECT c.*, o.* EXCLUDE (call_id) FROM calls c LEFT JOIN outcomes o USING (call_id)"
+            )
 
     def _extra_views(self) -> None:
         """Views over result files other tools keep next to the log (local logs only), when present."""
@@ -184,12 +191,14 @@ class LogStore:
             return
         root = layout.local_path(self.log_dir)
         for view, pattern in EXTRA_VIEWS.items():
-            if glob.glob(os.path.join(root, pattern)):
+            found = sorted(glob.glob(os.path.join(root, pattern)))
+            if found and self._views.get(view) != repr(found):
                 path = os.path.join(root, pattern).replace("'", "''")
                 self.con.execute(
                     f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM "
                     f"read_parquet('{path}', union_by_name = true, filename = true)"
                 )
+                self._views[view] = repr(found)
 
     def _read_tail(self, live_stems: set[str]) -> dict[str, list[dict[str, Any]]]:
         """The records of each unflushed WAL segment, by segment stem."""

@@ -35,6 +35,7 @@ from gateway.edge import cross_origin
 from gateway.errors import Forbidden, InvalidRequest, Unauthorized
 from gateway.store import SCHEMA_VERSION, LogStore
 from gateway.store.ids import new_id
+from gateway.web._snapshot import Snapshots
 from gateway.web._store import Cached, SharedStore
 
 COOKIE = "shadowtune_review"
@@ -202,7 +203,7 @@ def cache(request: Request) -> Cached:
     state = request.app.state
     found: Cached | None = getattr(state, "review_cache", None)
     if found is None:
-        found = state.review_cache = Cached()
+        found = state.review_cache = Cached(snapshots=Snapshots(state.ctx.settings.store.log_dir))
     return found
 
 

@@ -62,11 +62,10 @@ class CallFilter:
         elif self.status == "error":
             clauses.append(ERROR_SQL)
         if self.q:
-            clauses.append(
-                "(call_id = $q_raw OR contains(lower(coalesce(output_text, '')), $q)"
-                " OR contains(lower(coalesce(request, '')), $q))"
+            clauses.append(  # ILIKE: no lower-cased copy of every body (a third faster)
+                "(call_id = $q_raw OR output_text ILIKE $q ESCAPE '\\' OR request ILIKE $q ESCAPE '\\')"
             )
-            params["q"] = self.q.lower()
+            params["q"] = "%" + "".join("\\" + ch if ch in "%_\\" else ch for ch in self.q) + "%"
             params["q_raw"] = self.q
         if self.served:
             clauses.append("served")
@@ -165,7 +164,7 @@ def attach_outcomes(store: LogStore, rows: list[dict[str, Any]], lo_us: int) -> 
         FROM {win.source(store, "events", lo_us, None)} e
         LEFT JOIN (SELECT unnest($rids) AS response_id, unnest($rcids) AS call_id) m
           ON e.call_id = m.response_id
-        WHERE list_contains($ids, e.call_id) OR list_contains($rids, e.call_id)
+        WHERE e.call_id IN (SELECT unnest($ids || $rids))
     """
     sql = OUTCOMES_SQL.replace("FROM events_resolved", f"FROM ({resolved})")
     found = {o["call_id"]: o for o in store.sql(sql, {"ids": ids, "rids": rids, "rcids": rcids})}
@@ -234,37 +233,72 @@ def _find(
 def call_detail(store: LogStore, call_id: str) -> dict[str, Any] | None:
     """The call, its family (the served call and its shadow/fallback siblings) and its events.
 
-    A call id made by `new_id` says when the call was made: the partitions within a day of
-    that are read first, the whole log only if the call is not there.
+    A call id made by `new_id` says when the call was made: the family's ids come from the id
+    columns of the hour around it (shadow and fallback calls follow their root at once), then
+    their rows in one read of the row group they share. For an id of another shape (or a row
+    not where its id says), the call is looked up wider (`_by_id`) and its family around it.
     """
-    rows: list[dict[str, Any]] = []
-    for margin in (HOUR_US, DAY_US):  # an id is made when its call starts: its row is right there
-        around = win.id_window(call_id, margin_us=margin)
-        if around is not None and not rows:
-            rows = _find(store, "call_id = $id", {"id": call_id}, *around)
-    if not rows:  # an id of another shape (imported logs): the whole log
-        rows = _find(store, "call_id = $id", {"id": call_id}, None, None)
-    if not rows:
-        return None
-    call = rows[0]
-    root = call["parent_call_id"] or call["call_id"]
-    lo, hi = call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US  # shadow and fallback calls follow at once
-    family = _find(store, "call_id = $root OR parent_call_id = $root", {"root": root}, lo, hi)
-    if not any(r["call_id"] == call_id for r in family):
-        family.append(call)
+    family = _family_rows(store, call_id, win.id_window(call_id, margin_us=HOUR_US))
+    if not family:
+        call = _by_id(store, call_id)
+        if call is None:
+            return None
+        family = _family_rows(store, call_id, (call["ts_us"] - HOUR_US, call["ts_us"] + HOUR_US)) or [call]
     family.sort(key=lambda r: (not r["served"], r["variant"] or "", r["ts_us"]))
+    call = next(r for r in family if r["call_id"] == call_id)
     since = min(r["ts_us"] for r in family)
     attach_outcomes(store, family, since)
-    call = next(r for r in family if r["call_id"] == call_id)
+    names = [call_id] + ([call["response_id"]] if call.get("response_id") else [])
     events = store.sql(
         f"""
         SELECT event_id, epoch_us(ts) AS ts_us, kind, value, value_num, comment, "user", source, reviewer
         FROM {win.source(store, "events", since, None)}
-        WHERE call_id = $id OR (call_id = $rid AND $rid IS NOT NULL) ORDER BY ts, event_id
-        """,
-        {"id": call_id, "rid": call.get("response_id")},
+        WHERE call_id IN ({_literals(names)}) ORDER BY ts, event_id
+        """
     )
     return {"call": call, "family": family, "events": events}
+
+
+def _family_rows(store: LogStore, call_id: str, around: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The rows of ``call_id``'s family in ``around`` (empty when the call is not there)."""
+    if around is None:
+        return []
+    lo, hi = around
+    ids = store.sql(
+        f"""
+        WITH src AS (
+          SELECT call_id, parent_call_id, ts FROM {win.source(store, "calls", lo, hi)}
+          WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi)
+        ),
+        me AS (SELECT coalesce(parent_call_id, call_id) AS root FROM src WHERE call_id = $id LIMIT 1)
+        SELECT call_id, epoch_us(ts) AS ts_us FROM src, me
+        WHERE src.call_id = me.root OR src.parent_call_id = me.root OR src.call_id = $id
+        """,
+        {"id": call_id, "lo": lo, "hi": hi},
+    )
+    if not any(r["call_id"] == call_id for r in ids):
+        return []
+    ts = [r["ts_us"] for r in ids]
+    names = _literals([r["call_id"] for r in ids])
+    return _find(store, f"call_id IN ({names})", {}, min(ts), max(ts) + 1)
+
+
+def _by_id(store: LogStore, call_id: str) -> dict[str, Any] | None:
+    """One call's row: around the time its id says, else (ids of another shape) the whole log."""
+    for margin in (60_000_000, HOUR_US, DAY_US):  # an id is made when its call starts
+        around = win.id_window(call_id, margin_us=margin)
+        if around is None:
+            break
+        rows = _find(store, "call_id = $id", {"id": call_id}, *around)
+        if rows:
+            return rows[0]
+    rows = _find(store, "call_id = $id", {"id": call_id}, None, None)
+    return rows[0] if rows else None
+
+
+def _literals(values: list[str]) -> str:
+    """SQL string literals: a literal ``IN`` list is checked against row-group statistics."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
 def call_exists(store: LogStore, call_id: str) -> bool:

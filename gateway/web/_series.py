@@ -89,13 +89,30 @@ def unrouted(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
 
 
 def outcome_rates(
-    store: LogStore, routes: list[str], lo: int, hi: int, bucket: int | None, sticky_key: str | None
+    store: LogStore,
+    routes: list[str],
+    lo: int,
+    hi: int,
+    bucket: int | None,
+    sticky_key: str | None,
+    *,
+    whole: bool = False,
 ) -> dict[str, dict[tuple[int | None, str, str], oq.ArmRate]]:
-    """Per route ``{(bucket start or None, variant, metric): ArmRate}`` of its served calls (one scan)."""
+    """Per route ``{(bucket start or None, variant, metric): ArmRate}`` of its served calls (one scan).
+
+    ``whole``: with the buckets, the whole window's rates too (bucket start None), in the same pass."""
     if not routes:
         return {}
     rows = oq.run(
-        store, oq.CELLS_SQL, routes, lo, hi, sticky_key=sticky_key, bucket_us=bucket, metrics=RATE_METRICS
+        store,
+        oq.CELLS_SQL,
+        routes,
+        lo,
+        hi,
+        sticky_key=sticky_key,
+        bucket_us=bucket,
+        metrics=RATE_METRICS,
+        whole=whole,
     )
     cells: dict[tuple[str, int | None, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -151,11 +168,11 @@ def dashboard(
     groups = [[r for r in routes if sticky_keys.get(r, "user") == k] for k in sorted(keys, key=str)]
     for group in groups:  # one scan per sticky key (usually one for all routes)
         key = sticky_keys.get(group[0], "user")
-        whole = outcome_rates(store, group, lo, hi, None, key)
-        per_bucket = outcome_rates(store, group, lo, hi, bucket, key)
+        rates = outcome_rates(store, group, lo, hi, bucket, key, whole=True)
         for route in group:
-            out["routes"][route]["rates"] = whole.get(route, {})
-            out["routes"][route]["rate_series"] = per_bucket.get(route, {})
+            arms = rates.get(route, {})
+            out["routes"][route]["rates"] = {k: v for k, v in arms.items() if k[0] is None}
+            out["routes"][route]["rate_series"] = {k: v for k, v in arms.items() if k[0] is not None}
     out["unrouted"] = unrouted(store, lo, hi)
     out["judge"] = judge_days(store, lo, hi)
     return out

@@ -10,7 +10,9 @@ relabel on the next page. DuckDB connections are not safe across threads: reads 
 `Cached` keeps a page's computed result for ``ttl`` seconds and recomputes it in the
 background when it gets old (stale-while-revalidate): the dashboard's aggregates over a
 week of calls cost seconds at 10M calls, and a dashboard 30 s old is what an on-call reader
-expects of a time series; the page says how old its numbers are.
+expects of a time series; the page says how old its numbers are. With `Snapshots`, each
+computed value is also kept next to the log and read back by a process that has none yet,
+so a restart shows the last numbers (with their age) while new ones are computed.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
 from gateway.errors import Overloaded
 from gateway.store import LogStore
+
+if TYPE_CHECKING:
+    from gateway.web._snapshot import Snapshots
 
 T = TypeVar("T")
 
@@ -88,26 +93,41 @@ class Cached:
     cold 7-day dashboard over 10M calls never holds a request for a minute.
     """
 
-    def __init__(self, ttl: float = 60.0, max_entries: int = 64) -> None:
+    def __init__(
+        self, ttl: float = 60.0, max_entries: int = 64, *, snapshots: Snapshots | None = None
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.snapshots = snapshots
+        """Where computed values are kept across restarts (None: in memory only)."""
+        self._loaded: set[Hashable] = set()
         self._items: dict[Hashable, tuple[float, Any]] = {}
         self._pending: dict[Hashable, asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
 
     async def get(
-        self, key: Hashable, compute: Callable[[], T], *, wait: float = 5.0
+        self, key: Hashable, compute: Callable[[], T], *, wait: float = 5.0, keep: bool = False
     ) -> tuple[T, float] | None:
-        """``(value, computed_at)``, or None while a first value is still being computed."""
+        """``(value, computed_at)``, or None while a first value is still being computed.
+
+        ``keep``: the value is kept across restarts too (`snapshots`)."""
+        snapshots = self.snapshots if keep else None
         now = time.time()
         with self._lock:
             hit = self._items.get(key)
+        if hit is None and snapshots is not None and key not in self._loaded:
+            self._loaded.add(key)  # once per process: after that, memory has the newer value
+            kept = await asyncio.to_thread(snapshots.load, key)
+            if kept is not None:
+                hit = (kept[1], kept[0])
+                with self._lock:
+                    self._items.setdefault(key, hit)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1], hit[0]
         future = self._pending.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
-            future = self._pending[key] = loop.run_in_executor(None, compute)
+            future = self._pending[key] = loop.run_in_executor(None, _computed, key, compute, snapshots)
             future.add_done_callback(functools.partial(self._done, key))
         if hit is not None:
             return hit[1], hit[0]  # stale while revalidating
@@ -129,3 +149,11 @@ class Cached:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+def _computed(key: Hashable, compute: Callable[[], T], snapshots: Snapshots | None) -> T:
+    """``compute()`` (in a worker thread), kept in ``snapshots`` when given."""
+    value = compute()
+    if snapshots is not None:
+        snapshots.save(key, value, time.time())
+    return value

@@ -98,7 +98,8 @@ async def dashboard(request: Request) -> Response:
     def compute() -> dict[str, Any]:
         return store.run(on)
 
-    got = await web.cache(request).get(("dashboard", period), compute)
+    key = ("dashboard", period, tuple(sorted(sticky.items())), tuple(sorted(price.items())))  # its inputs
+    got = await web.cache(request).get(key, compute, keep=True)
     if got is None:
         return web.page(
             request, who, "computing.html", nav="dashboard", period=period, periods=list(q.PERIODS)
