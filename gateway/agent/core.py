@@ -220,8 +220,9 @@ class LogAgent:
             try:
                 if self.convert():
                     _release_freed_memory()
-                if self._store_ready and self.stats.consecutive_failures == 0:
-                    self.converter.housekeeping()
+                ready = self._store_ready and self.stats.consecutive_failures == 0
+                if ready and self.converter.housekeeping():
+                    _release_freed_memory()  # a compaction's batches
             except Exception as exc:  # the converter must survive anything
                 self._error(f"agent: conversion round failed: {exc!r}")
 

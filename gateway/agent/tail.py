@@ -16,6 +16,7 @@ read again by the conversion (`Parsed.complete` is false).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -204,6 +205,18 @@ class WalTailer:
             kept.add([], [], [(0, line)], [], 1)
 
     def _emit(self, chunk: bytes, path: str | None = None) -> int:
+        """Parse, derive and hand on one chunk of whole lines, with the cyclic GC paused: the
+        chunk's records are tens of thousands of acyclic dicts, which would otherwise trigger
+        collections that scan every live object (about a tenth of the tail's CPU)."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._emit_chunk(chunk, path)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _emit_chunk(self, chunk: bytes, path: str | None) -> int:
         kept = self._parsed.get(path) if path is not None else None
         keep = kept is not None and kept.complete
         bad: list[tuple[int, bytes]] = []
@@ -223,7 +236,7 @@ class WalTailer:
                 if table == "calls" and not self.full_records and not keep:
                     row = derive_for_telemetry(rec)
                 else:
-                    row = derive(table, rec)
+                    row = derive(table, rec, copy=False)  # parsed here: nothing else holds it
             except Exception as exc:  # a record that cannot be derived still counts as seen
                 log.debug("tail: cannot derive a %s record: %r", table, exc)
                 rejected.append((n, table, f"{type(exc).__name__}: {exc}"[:500]))
