@@ -85,6 +85,12 @@ def main() -> None:
         default=600.0,
         help="store.compact_interval (s): compaction within a short run",
     )
+    ap.add_argument(
+        "--detect-interval",
+        type=float,
+        default=30.0,
+        help="signals.detect_interval_s (0: regeneration detection off)",
+    )
     ap.add_argument("--json-out")
     args = ap.parse_args()
     run = Path(tempfile.mkdtemp(prefix="st-rssbench-", dir=os.environ.get("BENCH_DIR")))
@@ -110,6 +116,7 @@ def main() -> None:
             f"""server: {{host: 127.0.0.1, port: {port}, auth: open, workers: {args.workers}}}
 store: {{log_dir: "{run}/log", compact_interval: {args.compact_interval}}}
 telemetry: {{prometheus: true}}
+signals: {{detect_interval_s: {args.detect_interval}}}
 upstreams:
   bench-model: {{base_url: "http://127.0.0.1:{up_port}/v1", retries: 0}}
   bench-model-stream: {{base_url: "http://127.0.0.1:{up_port}/stream/v1", retries: 0}}
