@@ -60,7 +60,7 @@ def without_pandas() -> None:
     second of CPU that the agent never uses (nothing in `gateway` uses pandas). Call before
     pyarrow is first used; a no-op when pandas is already imported."""
     if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoPandas())  # type: ignore[arg-type]
+        sys.meta_path.insert(0, _NoPandas())
 
 
 def main() -> None:
