@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from log_bench import realistic_record
 
 from gateway.agent.app import build_agent
+from gateway.agent.process import without_pandas
 from gateway.config import Settings
 from gateway.store import LogStore
 from gateway.store.wal import WalAppender
@@ -105,7 +106,13 @@ def run(
     }
 
 
+AGENT_ENV = {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"}  # what `serve` gives the agent
+
+
 def main() -> None:
+    if any(os.environ.get(k) != v for k, v in AGENT_ENV.items()):  # the agent's allocators: from the start
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AGENT_ENV})
+    without_pandas()  # as the agent process does (gateway.agent.process.main), before pyarrow is used
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=300_000)
     ap.add_argument("--writers", type=int, default=2)

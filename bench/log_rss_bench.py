@@ -79,6 +79,18 @@ def main() -> None:
     ap.add_argument(
         "--max-s", type=float, default=0, help="stop after this long even short of --calls (0: never)"
     )
+    ap.add_argument(
+        "--compact-interval",
+        type=float,
+        default=600.0,
+        help="store.compact_interval (s): compaction within a short run",
+    )
+    ap.add_argument(
+        "--detect-interval",
+        type=float,
+        default=30.0,
+        help="signals.detect_interval_s (0: regeneration detection off)",
+    )
     ap.add_argument("--json-out")
     args = ap.parse_args()
     run = Path(tempfile.mkdtemp(prefix="st-rssbench-", dir=os.environ.get("BENCH_DIR")))
@@ -102,8 +114,9 @@ def main() -> None:
         cfg = run / "shadowtune.yaml"
         cfg.write_text(
             f"""server: {{host: 127.0.0.1, port: {port}, auth: open, workers: {args.workers}}}
-store: {{log_dir: "{run}/log"}}
+store: {{log_dir: "{run}/log", compact_interval: {args.compact_interval}}}
 telemetry: {{prometheus: true}}
+signals: {{detect_interval_s: {args.detect_interval}}}
 upstreams:
   bench-model: {{base_url: "http://127.0.0.1:{up_port}/v1", retries: 0}}
   bench-model-stream: {{base_url: "http://127.0.0.1:{up_port}/stream/v1", retries: 0}}
@@ -126,7 +139,14 @@ routes:
         agent = int(r.json()["store"]["agent_pid"])
         workers = [p for p in children(gw.pid) if p != agent]
         print(f"gateway pid {gw.pid}: workers {workers}, agent {agent}; run dir {run}", flush=True)
-        samples: list[dict[str, float]] = []
+        time.sleep(2)
+        samples: list[dict[str, float]] = [{"calls": 0, "agent_mib": rss_mib(agent)}]  # at start, idle
+        for i, w in enumerate(workers):
+            samples[0][f"worker{i}_mib"] = rss_mib(w)
+        print(
+            "at start: " + ", ".join(f"{k} {v:.0f}" for k, v in samples[0].items() if k != "calls"),
+            flush=True,
+        )
         cpu0 = {p: cpu_s(p) for p in (*workers, agent)}
         total = 0
         mode = 0

@@ -36,6 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway import __version__, tracectx
 from gateway.config import TelemetryConfig
+from gateway.histograms import BatchHistogram, HistogramCollector
 from gateway.tracectx import span_id_of, trace_id_of
 
 log = logging.getLogger("shadowtune.telemetry")
@@ -53,6 +54,10 @@ _METRIC_KEYS = (
     "shadowtune.served",
     "gen_ai.provider.name",
 )
+_SCOPE = "shadowtune.gateway"  # the meter's instrumentation scope
+_DURATION_DOC = "GenAI operation duration"
+_TTFT_DOC = "Time to the first chunk of a streamed answer"
+_TOKENS_DOC = "Input and output tokens per call, by gen_ai.token.type"
 _VALUE_KINDS = frozenset(("thumbs", "choice", "flag", "regeneration"))  # kinds whose value is a small set
 _CALL_MAP_SIZE = 60_000  # call and response ids -> (route, variant), for outcome events on recent calls
 Resolver = Callable[[list[str]], dict[str, tuple[str, str]]]
@@ -106,6 +111,19 @@ class _CallIds(IdGenerator):
         return ids[1] if ids else self._random.generate_trace_id()
 
 
+class _CallCounts:
+    """One batch of calls, counted per attribute key before the instruments see it."""
+
+    __slots__ = ("calls", "cost", "errors", "points")
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[Any, ...], int] = {}
+        self.errors: dict[tuple[Any, ...], int] = {}
+        self.cost: dict[tuple[Any, ...], float] = {}
+        self.points: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        """Batch histogram points: duration, time to first chunk, tokens (`Telemetry._batch_points`)."""
+
+
 class Telemetry:
     def __init__(
         self,
@@ -124,6 +142,7 @@ class Telemetry:
             readers.append(PrometheusMetricReader(disable_target_info=True, registry=self.registry))
         self._ids = _CallIds()
         self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._items_cache: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
         self.tracer_provider: TracerProvider | None = None
         exporters: list[tuple[SpanExporter, bool]] = []
         if span_exporter is not None:
@@ -141,35 +160,53 @@ class Telemetry:
                 proc = SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter)
                 self.tracer_provider.add_span_processor(proc)
             self.tracer = self.tracer_provider.get_tracer("shadowtune.gateway", __version__)
+        # the call histograms: per point in the SDK for its other readers, else per batch (`gateway.histograms`)
+        self._sdk_histograms = bool(readers) and (len(readers) > 1 or not config.prometheus)
+        self._batch: tuple[BatchHistogram, BatchHistogram, BatchHistogram] | None = None
+        if config.prometheus and not self._sdk_histograms:
+            self._batch = (
+                BatchHistogram("gen_ai.client.operation.duration", "s", _DURATION_DOC, _LATENCY_BUCKETS),
+                BatchHistogram(
+                    "gen_ai.client.operation.time_to_first_chunk", "s", _TTFT_DOC, _LATENCY_BUCKETS
+                ),
+                BatchHistogram("gen_ai.client.token.usage", "{token}", _TOKENS_DOC, _TOKEN_BUCKETS),
+            )
+            scope = {
+                "otel_scope_name": _SCOPE,
+                "otel_scope_schema_url": "",
+                "otel_scope_version": __version__,
+            }
+            self.registry.register(HistogramCollector(self._batch, scope))
         self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         self._instruments()
 
     def _instruments(self) -> None:
-        m = self.meter_provider.get_meter("shadowtune.gateway", __version__)
+        m = self.meter_provider.get_meter(_SCOPE, __version__)
         self.calls = m.create_counter(
             "shadowtune.calls", unit="{call}", description="Upstream calls by route and variant"
         )
         self.errors = m.create_counter(
             "shadowtune.errors", unit="{call}", description="Calls that ended in an error"
         )
-        self.duration = m.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-        )
-        self.ttft = m.create_histogram(
-            "gen_ai.client.operation.time_to_first_chunk",
-            unit="s",
-            description="Time to the first chunk of a streamed answer",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-        )
-        self.tokens = m.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Input and output tokens per call, by gen_ai.token.type",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
-        )
+        if self._sdk_histograms:
+            self.duration = m.create_histogram(
+                "gen_ai.client.operation.duration",
+                unit="s",
+                description=_DURATION_DOC,
+                explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            )
+            self.ttft = m.create_histogram(
+                "gen_ai.client.operation.time_to_first_chunk",
+                unit="s",
+                description=_TTFT_DOC,
+                explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            )
+            self.tokens = m.create_histogram(
+                "gen_ai.client.token.usage",
+                unit="{token}",
+                description=_TOKENS_DOC,
+                explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            )
         self.feedback = m.create_counter(
             "shadowtune.feedback",
             unit="{event}",
@@ -261,56 +298,72 @@ class Telemetry:
     def on_records(self, table: str, records: list[dict[str, Any]]) -> None:
         """Metrics and spans for a batch of records just appended to the WAL (the agent's tail thread).
 
-        Counters (calls, errors, cost) are summed per attribute set and added once per batch;
-        the histograms (duration, time to first chunk, token usage) take one point per call,
-        since the SDK has no batch API.
+        Counters (calls, errors, cost) are summed per attribute set and added once per batch.
+        The histograms (duration, time to first chunk, token usage) are aggregated here per
+        batch when Prometheus is the only reader (`gateway.histograms`); for other readers
+        they take one SDK point per call, since the SDK has no batch API.
         """
         if table == "events":
             self._on_events(records)
             return
         if table != "calls":
             return
-        calls: dict[tuple[Any, ...], int] = {}
-        errors: dict[tuple[Any, ...], int] = {}
-        cost: dict[tuple[Any, ...], float] = {}
+        acc = _CallCounts()
         tracing = self.tracer_provider is not None
-        call_map = self._call_map
+        sdk, batch = self._sdk_histograms, self._batch is not None
         for rec in records:
             try:
-                route, variant = rec.get("route") or "", rec.get("variant") or "baseline"
-                key = (
-                    _OPERATION.get(rec.get("endpoint") or "", "chat"),
-                    route,
-                    route,
-                    variant,
-                    rec.get("mode") or "off",
-                    bool(rec.get("served")),
-                    rec.get("provider") or "openai",
-                )
-                call_map[rec["call_id"]] = (route, variant)
-                if rec.get("response_id"):
-                    call_map[rec["response_id"]] = (route, variant)
-                status = rec.get("status") or 0
-                calls[(*key, status)] = calls.get((*key, status), 0) + 1
-                error_type = None
-                if status >= 400 or rec.get("error_type"):
-                    error_type = rec.get("error_type") or str(status)
-                    ekey = (*key, error_type)
-                    errors[ekey] = errors.get(ekey, 0) + 1
-                if rec.get("cost_usd"):
-                    cost[key] = cost.get(key, 0.0) + rec["cost_usd"]
-                self._call_histograms(rec, key, error_type)
+                key, error_type = self._count_call(rec, acc)
+                if sdk:
+                    self._call_histograms(rec, key, error_type)
+                elif batch:
+                    self._batch_points(rec, key, error_type, acc.points)
                 if tracing:
                     self._span(rec, self._attributes(rec))
             except Exception as exc:  # telemetry must never break the log agent
                 log.warning("telemetry for %s failed: %r", rec.get("call_id"), exc)
-        while len(call_map) > _CALL_MAP_SIZE:
-            call_map.popitem(last=False)
-        for ckey, n in calls.items():
+        self._add_counts(acc)
+
+    def _count_call(self, rec: dict[str, Any], acc: _CallCounts) -> tuple[tuple[Any, ...], str | None]:
+        """One call into the batch's counts (and the call map); returns its attribute key and error type."""
+        route, variant = rec.get("route") or "", rec.get("variant") or "baseline"
+        key = (
+            _OPERATION.get(rec.get("endpoint") or "", "chat"),
+            route,
+            route,
+            variant,
+            rec.get("mode") or "off",
+            bool(rec.get("served")),
+            rec.get("provider") or "openai",
+        )
+        self._call_map[rec["call_id"]] = (route, variant)
+        if rec.get("response_id"):
+            self._call_map[rec["response_id"]] = (route, variant)
+        status = rec.get("status") or 0
+        ckey = (*key, status)
+        acc.calls[ckey] = acc.calls.get(ckey, 0) + 1
+        error_type = None
+        if status >= 400 or rec.get("error_type"):
+            error_type = rec.get("error_type") or str(status)
+            ekey = (*key, error_type)
+            acc.errors[ekey] = acc.errors.get(ekey, 0) + 1
+        if rec.get("cost_usd"):
+            acc.cost[key] = acc.cost.get(key, 0.0) + rec["cost_usd"]
+        return key, error_type
+
+    def _add_counts(self, acc: _CallCounts) -> None:
+        """A batch's counts into the counters, its points into the batch histograms."""
+        while len(self._call_map) > _CALL_MAP_SIZE:
+            self._call_map.popitem(last=False)
+        if self._batch is not None:
+            for histogram, points in zip(self._batch, acc.points, strict=True):
+                if points:
+                    histogram.observe_many(points)
+        for ckey, n in acc.calls.items():
             self.calls.add(n, self._metric_attrs(ckey[:-1], "http.response.status_code", ckey[-1]))
-        for ekey, n in errors.items():
+        for ekey, n in acc.errors.items():
             self.errors.add(n, self._metric_attrs(ekey[:-1], "error.type", ekey[-1]))
-        for key, usd in cost.items():
+        for key, usd in acc.cost.items():
             self.cost.add(usd, self._metric_attrs(key))
 
     def _call_histograms(self, rec: dict[str, Any], key: tuple[Any, ...], error_type: str | None) -> None:
@@ -325,6 +378,34 @@ class Telemetry:
             self.duration.record(rec["latency_ms"] / 1000, attrs)
         if rec.get("ttft_ms") is not None:
             self.ttft.record(rec["ttft_ms"] / 1000, self._metric_attrs(key))
+
+    def _batch_points(
+        self, rec: dict[str, Any], key: tuple[Any, ...], error_type: str | None, points: tuple[list[Any], ...]
+    ) -> None:
+        """`_call_histograms` for the batch histograms: the same points, into ``points``
+        (duration, time to first chunk, tokens), each ``(attribute items, value)``."""
+        items = self._attr_items
+        if (n := rec.get("input_tokens")) is not None:
+            points[2].append((items(key, "gen_ai.token.type", "input"), n))
+        if (n := rec.get("output_tokens")) is not None:
+            points[2].append((items(key, "gen_ai.token.type", "output"), n))
+        if (ms := rec.get("latency_ms")) is not None:
+            attrs = items(key, "error.type", error_type) if error_type else items(key)
+            points[0].append((attrs, ms / 1000))
+        if (ms := rec.get("ttft_ms")) is not None:
+            points[1].append((items(key), ms / 1000))
+
+    def _attr_items(
+        self, key: tuple[Any, ...], extra: str | None = None, value: Any = None
+    ) -> tuple[tuple[str, Any], ...]:
+        """`_metric_attrs` as a hashable tuple of items (the batch histograms' series key), cached."""
+        cache_key = (key, extra, value, None)
+        items = self._items_cache.get(cache_key)
+        if items is None:
+            items = tuple(self._metric_attrs(key, extra, value).items())
+            if len(self._items_cache) < 10_000:
+                self._items_cache[cache_key] = items
+        return items
 
     def _on_events(self, records: list[dict[str, Any]]) -> None:
         """Outcome events by the route and variant of their call (``unknown`` when not found)."""

@@ -138,11 +138,17 @@ class LogAgent:
         )
         self.own = own
         # one parse per record: the tail's derived rows feed telemetry, the feedback index and conversion
-        self.tailer = WalTailer(self.wal_dir, full_records=settings.telemetry.capture_content, keep_rows=True)
+        self.tailer = WalTailer(
+            self.wal_dir,
+            full_records=settings.telemetry.capture_content,
+            keep_rows=True,
+            hold=self._hold_tail,
+        )
         self.host = HostStats()
         self.stats = AgentStats()
         self._convert_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._store_ready = False
         self._stopped = False
@@ -175,6 +181,7 @@ class LogAgent:
             return 0
         self._stopped = True
         self._stop.set()
+        self._wake.set()
         for t in self._threads:
             t.join(timeout=30)
         if self.own is not None:
@@ -188,6 +195,14 @@ class LogAgent:
                 break
             time.sleep(0.1)
         return rows
+
+    def _hold_tail(self) -> bool:
+        """The tail's budget of kept rows is full: while conversions succeed, it waits for the next
+        one (started now) rather than read ahead and have those segments parsed twice."""
+        if self.stats.consecutive_failures:
+            return False  # the store refuses writes: the tail reads on, for telemetry
+        self._wake.set()
+        return True
 
     def _ensure_store(self) -> bool:
         if not self._store_ready:
@@ -216,12 +231,17 @@ class LogAgent:
                 self._first_round()
             except Exception as exc:  # the converter must survive anything
                 self._error(f"agent: conversion round failed: {exc!r}")
-        while not self._stop.wait(self.flush_interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)  # or sooner, when the tail waits for a conversion
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 if self.convert():
                     _release_freed_memory()
-                if self._store_ready and self.stats.consecutive_failures == 0:
-                    self.converter.housekeeping()
+                ready = self._store_ready and self.stats.consecutive_failures == 0
+                if ready and self.converter.housekeeping():
+                    _release_freed_memory()  # a compaction's batches
             except Exception as exc:  # the converter must survive anything
                 self._error(f"agent: conversion round failed: {exc!r}")
 

@@ -45,7 +45,26 @@ def watch_parent(server: Any, fd_env: str = ENV_PARENT_FD, *, hard_exit_after: f
     threading.Thread(target=watch, name="shadowtune-parent-watch", daemon=True).start()
 
 
+class _NoPandas:
+    """A meta path finder that refuses ``pandas`` (see `without_pandas`)."""
+
+    @staticmethod
+    def find_spec(name: str, *_: object) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"{name} is kept out of the log agent", name=name)
+
+
+def without_pandas() -> None:
+    """Keep pandas out of this process: pyarrow imports it on its first ``pa.array`` or
+    ``pa.table`` call when it is installed (to check for DataFrames), about 46 MiB of RSS and a
+    second of CPU that the agent never uses (nothing in `gateway` uses pandas). Call before
+    pyarrow is first used; a no-op when pandas is already imported."""
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
 def main() -> None:
+    without_pandas()
     import uvicorn
 
     from gateway.agent.app import ClientFromHeader, create_agent_app

@@ -16,9 +16,11 @@ read again by the conversion (`Parsed.complete` is false).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +98,13 @@ class WalTailer:
         full_records: bool = False,
         keep_rows: bool = False,
         max_kept_bytes: int = 64 * 2**20,
+        hold: Callable[[], bool] | None = None,
+        max_hold_s: float = 2.0,
     ) -> None:
+        """``hold``: when the kept tables reach ``max_kept_bytes`` and it returns True (the agent:
+        while its conversions succeed, so they will free them), the tail waits up to ``max_hold_s``
+        for the conversion instead of reading ahead and dropping what it keeps (each segment it
+        dropped is parsed a second time by the conversion: under a backlog, most of them)."""
         self.wal_dir = wal_dir
         self.full_records = full_records  # every derived column (prompt/completion text in spans)
         self.keep_rows = keep_rows
@@ -107,6 +115,9 @@ class WalTailer:
         self._offsets: dict[str, int] = {}
         self._parsed: dict[str, Parsed] = {}
         self._kept_bytes = 0
+        self.hold = hold
+        self.max_hold_s = max_hold_s
+        self._held_since: float | None = None
         self._lock = threading.Lock()
 
     def poll(self) -> int:
@@ -160,12 +171,28 @@ class WalTailer:
             self._kept_bytes -= kept.nbytes
             self._parsed[path] = Parsed(complete=False)
 
+    def _holding(self, path: str) -> bool:
+        """True: do not read ``path`` ahead now (its rows are kept, the budget is full, and the
+        conversion is expected to free it soon: see ``hold``)."""
+        if self._kept_bytes <= self.max_kept_bytes:
+            self._held_since = None
+            return False
+        kept = self._parsed.get(path)
+        if self.hold is None or kept is None or not kept.complete or not self.hold():
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since < self.max_hold_s
+
     def _read(self, path: str, *, final: bool) -> int:
         offset = self._offsets.get(path, 0)
         if self.keep_rows and path not in self._parsed:
             self._parsed[path] = Parsed(complete=offset == 0)
         total = 0
         while True:
+            if not final and self._holding(path):
+                break
             try:
                 with open(path, "rb") as f:
                     f.seek(offset)
@@ -184,7 +211,7 @@ class WalTailer:
                     self._torn(path, data, giant=len(data) >= MAX_READ)
                 break
             offset += end
-            total += self._emit(data[:end], path)
+            total += self._emit(data[:end], path, final=final)
             if len(data) < MAX_READ:
                 if final and end < len(data):
                     offset += len(data) - end
@@ -203,7 +230,19 @@ class WalTailer:
         else:
             kept.add([], [], [(0, line)], [], 1)
 
-    def _emit(self, chunk: bytes, path: str | None = None) -> int:
+    def _emit(self, chunk: bytes, path: str | None = None, *, final: bool = False) -> int:
+        """Parse, derive and hand on one chunk of whole lines, with the cyclic GC paused: the
+        chunk's records are tens of thousands of acyclic dicts, which would otherwise trigger
+        collections that scan every live object (about a tenth of the tail's CPU)."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._emit_chunk(chunk, path, final)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _emit_chunk(self, chunk: bytes, path: str | None, final: bool) -> int:
         kept = self._parsed.get(path) if path is not None else None
         keep = kept is not None and kept.complete
         bad: list[tuple[int, bytes]] = []
@@ -223,7 +262,7 @@ class WalTailer:
                 if table == "calls" and not self.full_records and not keep:
                     row = derive_for_telemetry(rec)
                 else:
-                    row = derive(table, rec)
+                    row = derive(table, rec, copy=False)  # parsed here: nothing else holds it
             except Exception as exc:  # a record that cannot be derived still counts as seen
                 log.debug("tail: cannot derive a %s record: %r", table, exc)
                 rejected.append((n, table, f"{type(exc).__name__}: {exc}"[:500]))
@@ -232,7 +271,8 @@ class WalTailer:
             rows.append(row)
             at.append(n)
         if kept is not None and kept.complete:
-            if not keep or self._kept_bytes > self.max_kept_bytes:
+            # a segment drained for its conversion stays kept past the budget: it is converted next
+            if not keep or (self._kept_bytes > self.max_kept_bytes and not (final and self.hold)):
                 assert path is not None
                 self._incomplete(path)
             else:

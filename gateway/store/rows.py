@@ -99,29 +99,38 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             resp = None
     if isinstance(resp, dict):
-        # the upstream's body is not ours either: each value must fit its column, or is left out
-        rec.setdefault("response_id", _text(resp.get("id")))
-        model = resp.get("model")
-        rec["_response_model"] = model if isinstance(model, str) else None  # not a column: telemetry
-        if rec.get("endpoint") in ("responses", "completions"):
-            surfaces.derive(rec, resp)
-        choices = resp.get("choices") or ()
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            first = choices[0]
-            msg = first.get("message") or {}
-            if (
-                rec.get("output_text") is None
-                and isinstance(msg, dict)
-                and isinstance(msg.get("content"), str)
-            ):
-                rec["output_text"] = msg["content"]
-            rec.setdefault("finish_reason", _text(first.get("finish_reason")))
-        usage = resp.get("usage") or {}
-        if isinstance(usage, dict):
-            if rec.get("input_tokens") is None:
-                rec["input_tokens"] = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
-            if rec.get("output_tokens") is None:
-                rec["output_tokens"] = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+        _response_fields(rec, resp)
+    _cost(rec)
+    return rec
+
+
+def _response_fields(rec: dict[str, Any], resp: dict[str, Any]) -> None:
+    """The columns taken from the upstream's answer (id, output text, finish reason, tokens).
+
+    The upstream's body is not ours either: each value must fit its column, or is left out.
+    """
+    rec.setdefault("response_id", _text(resp.get("id")))
+    model = resp.get("model")
+    rec["_response_model"] = model if isinstance(model, str) else None  # not a column: telemetry
+    if rec.get("endpoint") in ("responses", "completions"):
+        surfaces.derive(rec, resp)
+    choices = resp.get("choices") or ()
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        first = choices[0]
+        msg = first.get("message") or {}
+        if rec.get("output_text") is None and isinstance(msg, dict) and isinstance(msg.get("content"), str):
+            rec["output_text"] = msg["content"]
+        rec.setdefault("finish_reason", _text(first.get("finish_reason")))
+    usage = resp.get("usage") or {}
+    if isinstance(usage, dict):
+        if rec.get("input_tokens") is None:
+            rec["input_tokens"] = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        if rec.get("output_tokens") is None:
+            rec["output_tokens"] = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+
+
+def _cost(rec: dict[str, Any]) -> None:
+    """``cost_usd`` from the route's prices (USD per million tokens), unless the record has one."""
     price_in = rec.pop("price_in", None)
     price_out = rec.pop("price_out", None)
     if rec.get("cost_usd") is None and (price_in is not None or price_out is not None):
@@ -129,7 +138,6 @@ def _derive_call(rec: dict[str, Any]) -> dict[str, Any]:
             (rec.get("input_tokens") or 0) * (price_in or 0.0)
             + (rec.get("output_tokens") or 0) * (price_out or 0.0)
         ) / 1e6
-    return rec
 
 
 def _text(value: Any) -> str | None:
@@ -146,6 +154,21 @@ def _ts(us: Any) -> dt.datetime:
     return dt.datetime.fromisoformat(str(us))
 
 
+_US_PER_DAY = 86_400_000_000
+_EPOCH_DAY = dt.date(1970, 1, 1)
+_DAYS: dict[int, str] = {}
+
+
+def _day(n: int) -> str:
+    """``YYYY-MM-DD`` of day ``n`` since the epoch (UTC), cached: a log spans few days."""
+    day = _DAYS.get(n)
+    if day is None:
+        day = (_EPOCH_DAY + dt.timedelta(days=n)).isoformat()  # OverflowError out of range
+        if len(_DAYS) < 4096:
+            _DAYS[n] = day
+    return day
+
+
 def _ts_us(value: Any) -> int:
     if isinstance(value, int):
         return value
@@ -156,15 +179,21 @@ def _ts_us(value: Any) -> int:
     return int(dt.datetime.fromisoformat(str(value)).timestamp() * 1_000_000)
 
 
-def derive(table: str, rec: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a WAL record with its derived columns filled (see the module docstring)."""
-    return _derive_call(dict(rec)) if table == "calls" else rec
+def derive(table: str, rec: dict[str, Any], *, copy: bool = True) -> dict[str, Any]:
+    """A copy of a WAL record with its derived columns filled (see the module docstring);
+    ``copy=False``: the record itself, filled in place (a record nothing else holds)."""
+    if table != "calls":
+        return rec
+    return _derive_call(dict(rec) if copy else rec)
 
 
 def to_table(table: str, records: Iterable[dict[str, Any]], *, derived: bool = False) -> pa.Table:
     """Build an Arrow table of ``table``'s schema from WAL records (derived columns filled)."""
     schema = TABLES[table]
     rows = list(records) if derived else [derive(table, r) for r in records]
+    fast = _struct_table(table, rows)
+    if fast is not None:
+        return fast
     cols: dict[str, Any] = {}
     for name in schema.names:
         if name == "ts":
@@ -174,6 +203,33 @@ def to_table(table: str, records: Iterable[dict[str, Any]], *, derived: bool = F
         else:
             cols[name] = [r.get(name) for r in rows]
     return pa.Table.from_pydict(cols, schema=schema)
+
+
+_STRUCTS = {
+    name: pa.struct([f for f in schema if f.name != "schema_version"]) for name, schema in TABLES.items()
+}
+_REQUIRED = {
+    name: [f.name for f in schema if not f.nullable and f.name != "schema_version"]
+    for name, schema in TABLES.items()
+}
+
+
+def _struct_table(table: str, rows: list[dict[str, Any]]) -> pa.Table | None:
+    """`to_table` in one conversion of the rows as Arrow structs (the columns read from each dict
+    in C++, about 3x faster than a Python list per column); None when the rows need the general
+    path: a ``ts`` that is not epoch microseconds, a ``schema_version`` of their own, a missing
+    required value, or a value the struct conversion refuses (the general path then says why)."""
+    for r in rows:
+        if type(r.get("ts")) is not int or "schema_version" in r:
+            return None
+    try:
+        data = pa.Table.from_struct_array(pa.array(rows, type=_STRUCTS[table]))
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    if any(data.column(name).null_count for name in _REQUIRED[table]):
+        return None
+    version = pa.array([SCHEMA_VERSION] * len(rows), type=pa.int16())
+    return data.add_column(0, TABLES[table].field("schema_version"), version)
 
 
 Rejected = tuple[dict[str, Any], str]
@@ -196,7 +252,8 @@ def group_by_table_and_date(
                 rejected.append((rec, f"unknown table {table!r}"))
             continue
         try:
-            day = _ts(rec["ts"]).date().isoformat()
+            ts = rec["ts"]
+            day = _day(ts // _US_PER_DAY) if type(ts) is int else _ts(ts).date().isoformat()
         except Exception as exc:  # missing, of the wrong type, out of range
             if rejected is not None:
                 rejected.append((rec, f"bad ts: {_reason(exc)}"))

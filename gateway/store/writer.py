@@ -305,9 +305,10 @@ class LogWriter:
         """
         return self._convert_segment(seg, strict_tail=True, parsed=parsed)
 
-    def housekeeping(self) -> None:
-        """Compaction and retention, when their interval has passed (the log agent calls this)."""
-        self._housekeeping()
+    def housekeeping(self) -> bool:
+        """Compaction and retention, when their interval has passed (the log agent calls this);
+        True when they ran."""
+        return self._housekeeping()
 
     def replay(self) -> int:
         """Convert the segments of writers that are gone (exactly once); returns rows replayed.
@@ -366,7 +367,7 @@ class LogWriter:
                 os.unlink(os.path.join(self.wal_dir, f"{owner}.lock"))
             os.close(self._adopted.pop(owner))
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self) -> bool:
         now = time.monotonic()
         due = now - self._last_compact >= self.compact_interval
         many = self.stats.parquet_files - self._files_at_compact >= COMPACT_AFTER_FILES
@@ -378,6 +379,8 @@ class LogWriter:
             if due and self.retention_days:
                 cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=self.retention_days)
                 layout.prune(self.log_dir, cutoff)
+            return True
+        return False
 
     def _error(self, message: str) -> None:
         self.stats.last_error = message

@@ -194,6 +194,12 @@ def test_workers_import_no_pyarrow_duckdb_or_otel_sdk_and_exit_when_the_supervis
             assert loaded == [], f"worker {pid} imported {loaded[:5]}"
         agent_pid = agent_status(proc.url)["agent_pid"]
         assert agent_pid not in seen
+        deadline = time.monotonic() + 30  # once the agent converted (Arrow used), pandas is still not loaded
+        while agent_status(proc.url)["flushed_rows"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        maps = Path(f"/proc/{agent_pid}/maps").read_text()
+        assert "/pyarrow/" in maps
+        assert "/pandas/" not in maps, "the log agent loaded pandas (pyarrow does on its first pa.array)"
 
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGKILL)  # the supervisor only

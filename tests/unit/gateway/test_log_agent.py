@@ -276,13 +276,16 @@ def test_each_record_is_parsed_once_and_what_cannot_be_a_row_is_quarantined_by_l
     from gateway.agent import tail
     from gateway.store import conversion
 
-    for kept in (True, False):
-        log_dir = str(tmp_path / f"log-{kept}")
+    for mode in ("kept", "dropped", "held"):
+        kept = mode != "dropped"
+        log_dir = str(tmp_path / f"log-{mode}")
         agent = LogAgent(settings(log_dir))
         agent.start()
         seen = tailed(agent)
-        if not kept:
-            agent.tailer.max_kept_bytes = -1  # nothing kept: the conversion reads the segment again
+        if mode != "kept":
+            agent.tailer.max_kept_bytes = -1  # the budget is spent before the segment is read
+        if mode == "dropped":
+            agent.tailer.hold = None  # read ahead anyway (the store failing): the conversion reads it again
         dead = WalAppender(agent.wal_dir, rotate_interval=60)
         dead.start()
         dead.append("calls", record(0, status=200))
@@ -301,9 +304,10 @@ def test_each_record_is_parsed_once_and_what_cannot_be_a_row_is_quarantined_by_l
             m.setattr(conversion, "parse_lines", lambda *a, **kw: pytest.fail("the conversion parsed again"))
             agent.tailer.poll()
             polls = len(parses)
+            assert polls == (0 if mode == "held" else 1)  # held: the tail waits for the conversion
             assert (agent.tailer.parsed(str(seg)) is not None) is kept
             assert agent.convert() == 2
-            assert len(parses) == polls + (0 if kept else 1)  # read again only when nothing was kept
+            assert len(parses) == polls + (0 if mode == "kept" else 1)  # dropped: read twice; held: once
         agent.stop()
         entries = sorted(quarantined(agent.wal_dir), key=lambda e: e["line"])
         assert [(e["line"], e["segment"]) for e in entries] == [
