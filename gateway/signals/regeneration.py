@@ -48,17 +48,17 @@ _RULE_ORDER = {"explicit": 0, "retry": 1, "rephrase": 2}
 _STICKY = (("u", "user"), ("s", "session_id"), ("k", "client_key"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Turn:
     call_id: str
     ts_us: int
     key: tuple[str, str]  # (route, sticky key)
-    prefix: str  # hash of messages up to and including the last user turn
-    history: str  # hash of messages before the last user turn
-    history_trimmed: str | None  # ... minus one trailing assistant message, if there is one
-    full: str  # hash of all messages
-    tail: tuple[str, ...]  # hashes of the messages after the last user turn
-    last_user: str
+    prefix: bytes  # digest of messages up to and including the last user turn
+    history: bytes  # digest of messages before the last user turn
+    history_trimmed: bytes | None  # ... minus one trailing assistant message, if there is one
+    full: bytes  # digest of all messages
+    tail: tuple[bytes, ...]  # digests of the messages after the last user turn
+    last_user: str  # the last user message's text (rephrase only: empty otherwise)
     ok: bool  # answered without an error
 
 
@@ -82,12 +82,15 @@ def detect_regenerations(
     since_us = epoch_us(since)
     until_us = epoch_us(until) if until is not None else None
     lookback = max(window_s, rephrase_window_s if rephrase else 0.0)
-    rows = cast(
-        "list[dict[str, Any]]", queries.regeneration_inputs(store, since_us - int(lookback * 1e6), until_us)
-    )
-    marks = _Marks(queries.regenerated_call_ids(store))
-    _mark_explicit(marks, rows, since_us)
-    turns = [t for t in (_turn(r) for r in rows) if t is not None]
+    lo_us = since_us - int(lookback * 1e6)
+    marks = _Marks(queries.regenerated_call_ids(store, lo_us))
+    _mark_explicit(marks, queries.explicit_regenerations(store, lo_us, until_us, since_us))
+    turns = [
+        t
+        for batch in queries.regeneration_inputs(store, lo_us, until_us)
+        for t in (_turn(cast("dict[str, Any]", r), keep_text=rephrase) for r in batch)
+        if t is not None
+    ]
     _mark_retries(marks, turns, since_us, int(window_s * 1e6))
     if rephrase:
         _mark_rephrases(marks, turns, since_us, int(rephrase_window_s * 1e6), rephrase_similarity)
@@ -131,16 +134,11 @@ def _event(call_id: str, rule: str, ts_us: int, data: dict[str, Any]) -> dict[st
     }
 
 
-def _mark_explicit(marks: _Marks, rows: list[dict[str, Any]], since_us: int) -> None:
+def _mark_explicit(marks: _Marks, named: Iterable[queries.ExplicitRegeneration]) -> None:
     """``explicit``: a call names the one it regenerates (by call id or response id)."""
-    by_response = {r["response_id"]: r["call_id"] for r in rows if r["response_id"]}
-    ts_of = {r["call_id"]: r["ts_us"] for r in rows}
-    for r in rows:
-        target = r["regenerate_of"]
-        if target and r["ts_us"] >= since_us:
-            target = by_response.get(target, target)
-            gap = r["ts_us"] - ts_of[target] if target in ts_of else None
-            marks.mark("explicit", target, r["call_id"], r["ts_us"], gap)
+    for r in named:
+        gap = r["ts_us"] - r["target_ts_us"] if r["target_ts_us"] is not None else None
+        marks.mark("explicit", r["target"], r["call_id"], r["ts_us"], gap)
 
 
 def _mark_retries(marks: _Marks, turns: list[_Turn], since_us: int, window_us: int) -> None:
@@ -196,7 +194,7 @@ def _group(turns: list[_Turn], key: Any) -> dict[Any, list[_Turn]]:
     return groups
 
 
-def _turn(row: dict[str, Any]) -> _Turn | None:
+def _turn(row: dict[str, Any], *, keep_text: bool = True) -> _Turn | None:
     sticky = next((f"{tag}:{row[col]}" for tag, col in _STICKY if row[col]), None)
     if sticky is None or not row["request"]:
         return None
@@ -228,10 +226,10 @@ def _turn(row: dict[str, Any]) -> _Turn | None:
         history_trimmed=_hash(trimmed) if trimmed is not None else None,
         full=_hash(messages),
         tail=tuple(_hash(m) for m in messages[last + 1 :]),
-        last_user=message_text(messages[last].get("content")),
+        last_user=message_text(messages[last].get("content")) if keep_text else "",
         ok=not row["error_type"] and (status is None or status < 400),
     )
 
 
-def _hash(value: Any) -> str:
-    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+def _hash(value: Any) -> bytes:
+    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()

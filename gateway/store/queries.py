@@ -16,7 +16,8 @@ Functions:
 `shadow_pairs`            served baseline calls joined with their successful shadow candidate
 `call_exists`             is there a call with this id
 `call_routes`             route and variant of calls, by call id or response id
-`regeneration_inputs`     served calls in a window, with what the regeneration detector reads
+`regeneration_inputs`     keyed served calls in a window, in batches, with what the regeneration detector reads
+`explicit_regenerations`  calls that name the call they regenerate, with the call named
 `regenerated_call_ids`    calls already marked as regenerated
 `orphan_events`           feedback events older than a cutoff that name no logged call
 `training_calls`          the calls a dataset build starts from (with their outcomes)
@@ -31,7 +32,10 @@ The outcome rates per arm (``eval outcomes``, the controller, the review page) a
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+from gateway.store import windows
 
 if TYPE_CHECKING:
     from gateway.store.reader import LogStore, Params
@@ -46,6 +50,7 @@ __all__ = [
     "call_exists",
     "call_routes",
     "count_served",
+    "explicit_regenerations",
     "in_window",
     "orphan_events",
     "regenerated_call_ids",
@@ -206,34 +211,85 @@ def call_routes(store: LogStore, ids: list[str]) -> list[CallRoute]:
 # -- what the signals read ----------------------------------------------------------------------
 class RegenerationInput(TypedDict):
     call_id: str
-    response_id: str | None
     ts_us: int
     route: str | None
     user: str | None
     session_id: str | None
     client_key: str | None
     request: str | None
-    regenerate_of: str | None
     status: int | None
     error_type: str | None
 
 
-def regeneration_inputs(store: LogStore, lo_us: int, hi_us: int | None) -> list[RegenerationInput]:
-    """Served calls with ``lo_us <= ts < hi_us`` (epoch microseconds; no upper end when None),
-    in time order, with the columns the regeneration detector compares."""
-    query = """
-        SELECT call_id, response_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
-               request, regenerate_of, status, error_type
-        FROM calls
-        WHERE served AND epoch_us(ts) >= $lo AND ($hi IS NULL OR epoch_us(ts) < $hi)
+class ExplicitRegeneration(TypedDict):
+    call_id: str  # the later call, which names the one it regenerates
+    ts_us: int
+    target: str  # the call id it names (a response id resolved to its call)
+    target_ts_us: int | None  # when that call was made, if it is in the window
+
+
+_SERVED_IN = "served AND ts >= make_timestamptz($lo) AND ($hi IS NULL OR ts < make_timestamptz($hi))"
+_KEYED = "(coalesce(\"user\", '') <> '' OR coalesce(session_id, '') <> '' OR coalesce(client_key, '') <> '')"
+
+
+def regeneration_inputs(
+    store: LogStore, lo_us: int, hi_us: int | None, *, batch_rows: int = 20_000
+) -> Iterator[list[RegenerationInput]]:
+    """Served calls with a sticky key (``user``, ``session_id`` or ``client_key``) and
+    ``lo_us <= ts < hi_us`` (epoch microseconds; no upper end when None), in time order, with the
+    columns the regeneration detector compares, ``batch_rows`` at a time: the detector keeps a
+    digest of each, never the window's request bodies at once."""
+    query = f"""
+        SELECT call_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
+               request, status, error_type
+        FROM {windows.source(store, "calls", lo_us, hi_us)}
+        WHERE {_SERVED_IN} AND {_KEYED}
         ORDER BY ts, call_id
         """
-    return cast("list[RegenerationInput]", _rows(store, query, {"lo": lo_us, "hi": hi_us}))
+    for batch in store.batches(query, {"lo": lo_us, "hi": hi_us}, rows=batch_rows):
+        yield cast("list[RegenerationInput]", batch)
 
 
-def regenerated_call_ids(store: LogStore) -> set[str]:
-    """Calls that already have a ``regeneration`` event."""
-    rows = _rows(store, "SELECT DISTINCT call_id FROM events WHERE kind = 'regeneration'")
+def explicit_regenerations(
+    store: LogStore, lo_us: int, hi_us: int | None, since_us: int
+) -> list[ExplicitRegeneration]:
+    """Served calls from ``since_us`` on that name an earlier call in ``regenerate_of`` (its call
+    id or response id), with the call named: calls of ``[lo_us, hi_us)`` resolve response ids and
+    give the earlier call's time."""
+    query = f"""
+        WITH w AS (
+            SELECT call_id, response_id, epoch_us(ts) AS ts_us, regenerate_of
+            FROM {windows.source(store, "calls", lo_us, hi_us)} WHERE {_SERVED_IN}
+        ),
+        later AS (SELECT * FROM w WHERE regenerate_of IS NOT NULL AND ts_us >= $since),
+        by_response AS (SELECT response_id, arg_max(call_id, ts_us) AS call_id FROM w
+                        WHERE response_id IN (SELECT regenerate_of FROM later) GROUP BY response_id),
+        resolved AS (
+            SELECT l.call_id, l.ts_us, coalesce(r.call_id, l.regenerate_of) AS target
+            FROM later l LEFT JOIN by_response r ON r.response_id = l.regenerate_of
+        )
+        SELECT x.call_id, x.ts_us, x.target, t.ts_us AS target_ts_us
+        FROM resolved x
+        LEFT JOIN (SELECT call_id, min(ts_us) AS ts_us FROM w GROUP BY call_id) t ON t.call_id = x.target
+        ORDER BY x.ts_us, x.call_id
+        """
+    return cast(
+        "list[ExplicitRegeneration]", _rows(store, query, {"lo": lo_us, "hi": hi_us, "since": since_us})
+    )
+
+
+def regenerated_call_ids(store: LogStore, lo_us: int | None = None) -> set[str]:
+    """Calls that already have a ``regeneration`` event (marked from ``lo_us`` on, when given: a mark
+    is never older than the call it marks)."""
+    if lo_us is None:
+        rows = _rows(store, "SELECT DISTINCT call_id FROM events WHERE kind = 'regeneration'")
+    else:
+        rows = _rows(
+            store,
+            f"SELECT DISTINCT call_id FROM {windows.source(store, 'events', lo_us, None)} "
+            "WHERE kind = 'regeneration' AND ts >= make_timestamptz($lo)",
+            {"lo": lo_us},
+        )
     return {r["call_id"] for r in rows}
 
 

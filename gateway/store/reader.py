@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -217,6 +217,15 @@ class LogStore:
         cur = self._execute(query, params)
         cols = [d[0] for d in cur.description or ()]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def batches(
+        self, query: str, params: Params = None, *, rows: int = 20_000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Run a read-only query; its rows as dicts, ``rows`` at a time (the Python rows held stay bounded)."""
+        cur = self._execute(query, params)
+        cols = [d[0] for d in cur.description or ()]
+        while chunk := cur.fetchmany(rows):
+            yield [dict(zip(cols, row, strict=True)) for row in chunk]
 
     def arrow(self, query: str, params: Params = None) -> pa.Table:
         """Run a read-only query; an Arrow table."""

@@ -156,20 +156,46 @@ def test_single_call_lookups_by_call_id_and_response_id(log_dir, log):
 
 def test_signal_queries(log_dir, log):
     with LogStore.open(log_dir) as store:
-        inputs = queries.regeneration_inputs(store, log["t0"], log["t0"] + 50)
-        assert [r["call_id"] for r in inputs] == [
-            log["ok"][0],
-            log["failed"],
-            log["bad_shadow"],
-            log["embedding"],
-            log["other"],
-        ]
-        assert all(isinstance(r["ts_us"], int) for r in inputs)
-        assert len(queries.regeneration_inputs(store, log["t0"], None)) == len(log["ok"]) + 2  # served only
+        assert [r for b in queries.regeneration_inputs(store, log["t0"], None) for r in b] == []  # no sticky key
         assert queries.regenerated_call_ids(store) == {log["ok"][1]}
+        assert queries.regenerated_call_ids(store, NOW_US) == set()  # marks older than the window left out
         orphans = queries.orphan_events(store, NOW_US)
         assert [o["call_id"] for o in orphans] == ["call_nobody"]
         assert queries.orphan_events(store, log["t0"]) == []  # nothing older than the cutoff
+
+
+def test_regeneration_inputs_are_keyed_served_calls_in_bounded_batches(tmp_path):
+    t0 = NOW_US - HOUR_US
+    keyed = [_call("support", ts=t0 + i, user=f"u{i % 3}") for i in range(7)]
+    keyed[1]["response_id"] = "chatcmpl-x"
+    others = [
+        _call("support", ts=t0 + 10),  # no sticky key: never a retry
+        _call("support", ts=t0 + 11, user="u1", served=False, variant="candidate"),  # shadow
+        _call("support", ts=t0 + 12, session_id=""),  # an empty key is no key
+        _call("support", ts=t0 + 13, client_key="key_a"),
+        _call("support", ts=t0 - 2 * HOUR_US, user="u1"),  # before the window
+    ]
+    named = [
+        _call("support", ts=t0 + 20, user="u1", regenerate_of="chatcmpl-x"),
+        _call("support", ts=t0 + 21, user="u1", regenerate_of=keyed[2]["call_id"]),
+        _call("support", ts=t0 + 22, regenerate_of="call_from_long_ago"),
+    ]
+    with LogWriter(str(tmp_path)) as w:
+        for rec in keyed + others + named:
+            w.append("calls", rec)
+    with LogStore.open(str(tmp_path)) as store:
+        batches = list(queries.regeneration_inputs(store, t0, None, batch_rows=4))
+        assert [len(b) for b in batches] == [4, 4, 2]
+        ids = [r["call_id"] for b in batches for r in b]
+        assert ids == [r["call_id"] for r in keyed] + [others[3]["call_id"]] + [r["call_id"] for r in named[:2]]
+        assert all(isinstance(r["ts_us"], int) for b in batches for r in b)
+        found = queries.explicit_regenerations(store, t0, None, t0 + 15)
+        assert [(r["call_id"], r["target"], r["target_ts_us"]) for r in found] == [
+            (named[0]["call_id"], keyed[1]["call_id"], t0 + 1),  # a response id resolves to its call
+            (named[1]["call_id"], keyed[2]["call_id"], t0 + 2),
+            (named[2]["call_id"], "call_from_long_ago", None),  # outside the window: no gap
+        ]
+        assert queries.explicit_regenerations(store, t0, None, t0 + 22)[0]["call_id"] == named[2]["call_id"]
 
 
 def test_training_calls_are_served_baseline_chat_calls_and_a_predicate_narrows_them(log_dir, log):
