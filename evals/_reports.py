@@ -158,36 +158,3 @@ def format_drift_report(r: Mapping[str, Any]) -> str:
     for name, why in (r.get("skipped") or {}).items():
         lines.append(f"  skip  {name}: {why}")
     return "\n".join(lines)
-
-
-def format_trigger_status(entries: Sequence[Mapping[str, Any]]) -> str:
-    if not entries:
-        return "no trigger policies (write <log_dir>/triggers/policies.yaml)"
-    lines = []
-    for e in entries:
-        sig = e.get("signals") or {}
-        last = e.get("last_run") or {}
-        fire = "FIRE" if e.get("would_fire") else "idle"
-        lines.append(
-            f"{e['route']}: {fire}  drift streak {sig.get('drift_streak', '-')}  new examples "
-            f"{sig.get('new_examples', '-')}  last training {sig.get('last_training_at') or 'never'}  "
-            f"runs {e['runs']}" + (f"  last {last.get('run_id')} {last.get('status')}" if last else "")
-        )
-        lines.extend(f"  reason: {r}" for r in e.get("reasons") or ())
-    return "\n".join(lines)
-
-
-def format_trigger_run(r: Mapping[str, Any]) -> str:
-    head = f"{r['route']}: {r['status']}" + (f" ({r['run_id']})" if r.get("run_id") else "")
-    lines = [head]
-    lines.extend(f"  reason: {x}" for x in r.get("reasons") or ["no trigger fired"])
-    for p in r.get("plan") or ():
-        lines.append(
-            f"  would run {p['step']}: {p['target']}"
-            if r.get("would_run")
-            else f"  step {p['step']}: {p['target']}"
-        )
-    for st in r.get("steps") or ():
-        tail = st.get("error") or json.dumps(st.get("result"), default=str)[:120]
-        lines.append(f"  {st['step']:<14} {st['status']:<7} {tail}")
-    return "\n".join(lines)

@@ -313,7 +313,7 @@ def _first(req: ChatRequest, *keys: str, default: Any) -> Any:
     return next((req.get(k) for k in keys if req.get(k) is not None), default)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
