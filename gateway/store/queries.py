@@ -35,8 +35,6 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-from gateway.store import windows
-
 if TYPE_CHECKING:
     from gateway.store.reader import LogStore, Params
 
@@ -239,6 +237,8 @@ def regeneration_inputs(
     ``lo_us <= ts < hi_us`` (epoch microseconds; no upper end when None), in time order, with the
     columns the regeneration detector compares, ``batch_rows`` at a time: the detector keeps a
     digest of each, never the window's request bodies at once."""
+    from gateway.store import windows  # pyarrow: request workers import this module without it
+
     query = f"""
         SELECT call_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
                request, status, error_type
@@ -256,6 +256,8 @@ def explicit_regenerations(
     """Served calls from ``since_us`` on that name an earlier call in ``regenerate_of`` (its call
     id or response id), with the call named: calls of ``[lo_us, hi_us)`` resolve response ids and
     give the earlier call's time."""
+    from gateway.store import windows  # pyarrow: request workers import this module without it
+
     query = f"""
         WITH w AS (
             SELECT call_id, response_id, epoch_us(ts) AS ts_us, regenerate_of
@@ -281,6 +283,8 @@ def explicit_regenerations(
 def regenerated_call_ids(store: LogStore, lo_us: int | None = None) -> set[str]:
     """Calls that already have a ``regeneration`` event (marked from ``lo_us`` on, when given: a mark
     is never older than the call it marks)."""
+    from gateway.store import windows  # pyarrow: request workers import this module without it
+
     if lo_us is None:
         rows = _rows(store, "SELECT DISTINCT call_id FROM events WHERE kind = 'regeneration'")
     else:
