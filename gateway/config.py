@@ -321,6 +321,10 @@ class StoreConfig(_Section):
     """Records held in memory while the WAL cannot be written; beyond it they are dropped and counted."""
     max_backlog_mb: int = 256
     """Unflushed bytes above which ``/readyz`` reports the store degraded."""
+    tail_read_max_mb: Annotated[int, Field(gt=0)] = 64
+    """Most bytes (MiB) of not yet converted WAL the log agent's own readers (regeneration detection, the
+    review pages) parse per snapshot, newest first: when the agent falls behind, the older backlog is seen
+    once converted (oldest first) instead of being parsed into memory on every read."""
     wal_fsync_ms: float = 0.0
     """Group-commit ``fdatasync`` of the WAL every this many milliseconds (0: off). Off, a killed gateway
     loses nothing but a machine crash (power, kernel) can lose the calls of the last seconds; on, it

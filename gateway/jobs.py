@@ -189,7 +189,8 @@ def detect_regenerations(ctx: Any) -> int:
 
     settings = ctx.settings
     signals = settings.signals
-    with LogStore.open(settings.store.log_dir, wal_dir=settings.store.wal_dir) as store:
+    bound = settings.store.tail_read_max_mb * 2**20
+    with LogStore.open(settings.store.log_dir, wal_dir=settings.store.wal_dir, max_tail_bytes=bound) as store:
         since = time.time() - 2 * signals.regeneration_window_s - signals.detect_interval_s
         events = detect(store, since, signals.regeneration_window_s, rephrase=signals.detect_rephrase)
         n = record_regenerations(ctx.writer, events)

@@ -107,9 +107,15 @@ FROM e GROUP BY call_id
 class LogStore:
     """Read-only access to a call log directory (or object-store URI)."""
 
-    def __init__(self, log_dir: str, *, wal_dir: str | None = None) -> None:
+    def __init__(
+        self, log_dir: str, *, wal_dir: str | None = None, max_tail_bytes: int | None = None
+    ) -> None:
         self.log_dir = log_dir
         self.wal_dir = wal_dir or layout.default_wal_dir(log_dir)
+        self.max_tail_bytes = max_tail_bytes
+        """At most this many bytes of unflushed WAL are parsed per snapshot, newest segments first
+        (None: all). Older segments are seen once converted; `tail_skipped_bytes` says how much was left."""
+        self.tail_skipped_bytes = 0
         self.con = duckdb.connect(":memory:")
         self._logs: dict[str, DeltaLog] = {}
         self.data_files: dict[str, list[DataFile]] = {}
@@ -119,13 +125,13 @@ class LogStore:
         self.refresh()
 
     @classmethod
-    def open(cls, log_dir: str, *, wal_dir: str | None = None) -> LogStore:
+    def open(cls, log_dir: str, *, wal_dir: str | None = None, max_tail_bytes: int | None = None) -> LogStore:
         """Open a store; `LogStoreError` when it does not exist or has an unknown schema."""
         fs, root = layout.filesystem(log_dir)
         if fs.get_file_info(root).type == pafs.FileType.NotFound:
             raise LogStoreError(f"no call log at {log_dir} (start the gateway or pass --log-dir)")
         layout.check_version(log_dir)
-        return cls(log_dir, wal_dir=wal_dir)
+        return cls(log_dir, wal_dir=wal_dir, max_tail_bytes=max_tail_bytes)
 
     def refresh(self) -> None:
         """Take a new snapshot of the files (Parquet and unflushed WAL)."""
@@ -201,15 +207,35 @@ class LogStore:
                 self._views[view] = repr(found)
 
     def _read_tail(self, live_stems: set[str]) -> dict[str, list[dict[str, Any]]]:
-        """The records of each unflushed WAL segment, by segment stem."""
+        """The records of each unflushed WAL segment, by segment stem (within `max_tail_bytes`)."""
         out: dict[str, list[dict[str, Any]]] = {}
-        for stem in sorted(live_stems):
-            with (
-                contextlib.suppress(FileNotFoundError),
-                open(os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX), "rb") as f,
-            ):
+        self.tail_skipped_bytes = 0
+        for stem, path in self._tail_segments(live_stems):
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
                 out[stem] = parse_lines(f.read())[0]
         return out
+
+    def _tail_segments(self, live_stems: set[str]) -> list[tuple[str, str]]:
+        """``(stem, path)`` of the segments to read: all, or the newest within `max_tail_bytes`
+        (segments rotate every second, so what is left out is the oldest backlog, converted first)."""
+        paths = [(stem, os.path.join(self.wal_dir, stem + layout.WAL_SUFFIX)) for stem in sorted(live_stems)]
+        if self.max_tail_bytes is None:
+            return paths
+        sized: list[tuple[float, int, str, str]] = []
+        for stem, path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                sized.append((st.st_mtime, st.st_size, stem, path))
+        kept: list[tuple[str, str]] = []
+        budget = self.max_tail_bytes
+        for _, size, stem, path in sorted(sized, reverse=True):
+            if size <= budget:
+                kept.append((stem, path))
+                budget -= size
+            else:
+                budget = -1  # nothing older: the tail stays one contiguous recent stretch
+                self.tail_skipped_bytes += size
+        return sorted(kept)
 
     # -- queries ------------------------------------------------------------------------
     def sql(self, query: str, params: Params = None) -> list[dict[str, Any]]:

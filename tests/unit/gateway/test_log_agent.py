@@ -318,3 +318,34 @@ def test_each_record_is_parsed_once_and_what_cannot_be_a_row_is_quarantined_by_l
         assert agent.status()["quarantined"] == 2
         assert seen == ["call-0", "call-1", "call-2"]  # telemetry saw each parsed record once
         assert logged(log_dir) == ["call-0", "call-2"]
+
+
+def test_a_bounded_reader_parses_only_the_newest_unflushed_segments(log_dir):
+    """A backlog the agent has not converted yet is not parsed whole by its own readers: the newest
+    segments within ``max_tail_bytes``, the older ones once converted."""
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    wal = WalAppender(agent.wal_dir, rotate_interval=60)
+    wal.start()
+    try:
+        for seg in range(3):
+            for i in range(seg * 10, seg * 10 + 10):
+                wal.append("calls", record(i, request="x" * 1000))
+            wal.rotate()
+            t = 1_700_000_000 + seg  # segment times in order, whatever the clock's resolution
+            os.utime(sorted(Path(agent.wal_dir).glob("*.wal.ndjson"))[seg], (t, t))
+        sizes = [p.stat().st_size for p in sorted(Path(agent.wal_dir).glob("*.wal.ndjson"))[:3]]
+        with LogStore.open(log_dir, max_tail_bytes=sizes[1] + sizes[2]) as store:
+            ids = sorted(int(r["call_id"][5:]) for r in store.sql("SELECT call_id FROM calls"))
+            assert ids == list(range(10, 30))  # the two newest segments
+            assert store.tail_skipped_bytes == sizes[0]
+        with LogStore.open(log_dir, max_tail_bytes=sizes[2] - 1) as store:
+            assert store.count() == 0 and store.tail_skipped_bytes == sum(sizes)
+        assert len(logged(log_dir)) == 30  # unbounded: everything
+        agent.tailer.poll()
+        agent.convert()
+        with LogStore.open(log_dir, max_tail_bytes=1) as store:
+            assert store.count() == 30  # converted: in Parquet, whatever the bound
+    finally:
+        wal.close()
+        agent.stop()
