@@ -50,6 +50,8 @@ def serve(log_dir: str, env: dict[str, str] | None = None) -> Iterator[str]:
     cmd += ["--port", str(port), "--log-dir", log_dir, "--log-level", "warning"]
     wal = tempfile.mkdtemp(prefix="st-rb-wal-")
     full_env = {**os.environ, **(env or {}), "SHADOWTUNE_STORE__WAL_DIR": wal}
+    if "://" in log_dir:  # a log in object storage keeps its state in ./shadowtune-state otherwise
+        full_env["SHADOWTUNE_STORE__STATE_DIR"] = os.path.join(wal, "state")
     proc = subprocess.Popen(cmd, env=full_env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
