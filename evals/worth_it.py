@@ -29,7 +29,7 @@ from typing import Any
 
 from evals import _reports
 from evals.online.outcomes import outcomes_report
-from evals.online.outcomes_query import epoch_us
+from gateway.durations import epoch_us
 from gateway.store import usage
 
 QUALITY_RATES = ("thumbs_up_rate", "thumbs_down_rate", "regeneration_rate", "error_rate", "flag_rate")

@@ -58,9 +58,10 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
 
-from evals.online.outcomes_query import Cells, PeriodInfo, epoch_us, query_cells
+from evals.online.outcomes_query import Cells, PeriodInfo, query_cells
 from evals.online.split_checks import route_history, srm_by_version, version_shares
 from evals.online.strata import Cell, Evidence, holm, normal_cdf, pooled_ratio, stratified_difference
+from gateway.durations import epoch_us
 
 _STD_NORMAL = NormalDist()
 

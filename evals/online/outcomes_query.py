@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evals.online.strata import Cell, Cross, pre_period
+from gateway.durations import epoch_us
 from gateway.store import outcomes as oq
 
 DAY_US = 86_400_000_000
@@ -177,11 +178,3 @@ def day(dayn: int | None) -> str | None:
     if dayn is None:
         return None
     return (dt.date(1970, 1, 1) + dt.timedelta(days=int(dayn))).isoformat()
-
-
-def epoch_us(value: dt.datetime | float) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1_000_000)
-    return int(value * 1_000_000)

@@ -185,7 +185,9 @@ def shared(request: Request) -> SharedStore:
     store: SharedStore | None = getattr(state, "review_store", None)
     if store is None:
         cfg = state.ctx.settings.store
-        store = state.review_store = SharedStore(cfg.log_dir, wal_dir=cfg.wal_dir)
+        store = state.review_store = SharedStore(
+            cfg.log_dir, wal_dir=cfg.wal_dir, max_tail_bytes=cfg.tail_read_max_mb * 2**20
+        )
     return store
 
 
@@ -195,7 +197,9 @@ def background(request: Request) -> SharedStore:
     store: SharedStore | None = getattr(state, "review_background_store", None)
     if store is None:
         cfg = state.ctx.settings.store
-        store = state.review_background_store = SharedStore(cfg.log_dir, wal_dir=cfg.wal_dir, max_age=10.0)
+        store = state.review_background_store = SharedStore(
+            cfg.log_dir, wal_dir=cfg.wal_dir, max_age=10.0, max_tail_bytes=cfg.tail_read_max_mb * 2**20
+        )
     return store
 
 

@@ -38,9 +38,17 @@ T = TypeVar("T")
 class SharedStore:
     """A `LogStore` shared by the review pages of one process."""
 
-    def __init__(self, log_dir: str, wal_dir: str | None = None, *, max_age: float = 2.0) -> None:
+    def __init__(
+        self,
+        log_dir: str,
+        wal_dir: str | None = None,
+        *,
+        max_age: float = 2.0,
+        max_tail_bytes: int | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.wal_dir = wal_dir
+        self.max_tail_bytes = max_tail_bytes  # of unconverted WAL parsed per snapshot (`LogStore`)
         self.max_age = max_age
         self._store: LogStore | None = None
         self._taken = 0.0
@@ -54,7 +62,7 @@ class SharedStore:
     def _fresh(self) -> LogStore:
         now = time.monotonic()
         if self._store is None:
-            store = LogStore.open(self.log_dir, wal_dir=self.wal_dir)
+            store = LogStore.open(self.log_dir, wal_dir=self.wal_dir, max_tail_bytes=self.max_tail_bytes)
             store.con.execute("SET enable_object_cache = true")  # Parquet footers, across queries
             self._store, self._taken, self._dirty = store, now, False
         elif self._dirty or now - self._taken >= self.max_age:
