@@ -63,25 +63,6 @@ _CALL_MAP_SIZE = 60_000  # call and response ids -> (route, variant), for outcom
 Resolver = Callable[[list[str]], dict[str, tuple[str, str]]]
 
 
-def log_resolver(log_dir: str, wal_dir: str | None) -> Resolver:
-    """Route and variant of calls by call id or response id, from the log (the agent's DuckDB)."""
-
-    def resolve(ids: list[str]) -> dict[str, tuple[str, str]]:
-        from gateway.store import LogStore, queries
-
-        with LogStore.open(log_dir, wal_dir=wal_dir) as store:
-            rows = queries.call_routes(store, ids)
-        out: dict[str, tuple[str, str]] = {}
-        for r in rows:
-            found = (r["route"] or "", r["variant"] or "baseline")
-            out[r["call_id"]] = found
-            if r["response_id"]:
-                out[r["response_id"]] = found
-        return out
-
-    return resolve
-
-
 def parse_traceparent(value: str | None) -> SpanContext | None:
     parsed = tracectx.parse(value)
     if parsed is None:

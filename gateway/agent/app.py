@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__, jobs
 from gateway.agent import feedback as agent_feedback
-from gateway.agent.core import AgentLog, HostStats, LogAgent
+from gateway.agent.core import AgentLog, HostStats, LogAgent, call_resolver
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.routing.state import RouteStateStore
@@ -83,7 +83,7 @@ def build_agent(settings: Settings, *, span_exporter: Any = None, metric_readers
     ctx.telemetry = telemetry.Telemetry(
         settings.telemetry, ctx, span_exporter=span_exporter, metric_readers=metric_readers
     )
-    ctx.telemetry.resolve_calls = telemetry.log_resolver(store.log_dir, agent.wal_dir)
+    ctx.telemetry.resolve_calls = call_resolver(settings, agent.wal_dir)
     agent.tailer.listeners.append(ctx.telemetry.on_records)
     from gateway.signals.ownership import FeedbackIndex
 

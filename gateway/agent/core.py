@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,3 +441,24 @@ class AgentLog:
     def flush(self) -> int:
         self.own.rotate()
         return self.agent.flush()
+
+
+def call_resolver(settings: Settings, wal_dir: str) -> Callable[[list[str]], dict[str, tuple[str, str]]]:
+    """Route and variant of calls by call id or response id, from the log (telemetry's lookup for
+    outcome events on calls it no longer remembers; at most ``store.tail_read_max_mb`` of WAL parsed)."""
+    log_dir, bound = settings.store.log_dir, settings.store.tail_read_max_mb * 2**20
+
+    def resolve(ids: list[str]) -> dict[str, tuple[str, str]]:
+        from gateway.store import LogStore, queries
+
+        with LogStore.open(log_dir, wal_dir=wal_dir, max_tail_bytes=bound) as store:
+            rows = queries.call_routes(store, ids)
+        out: dict[str, tuple[str, str]] = {}
+        for r in rows:
+            found = (r["route"] or "", r["variant"] or "baseline")
+            out[r["call_id"]] = found
+            if r["response_id"]:
+                out[r["response_id"]] = found
+        return out
+
+    return resolve

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.agent.core import LogAgent
+from gateway.agent.core import LogAgent, call_resolver
 
 
 def embed_agent(ctx: Any, *, span_exporter: Any = None, metric_readers: Any = ()) -> LogAgent:
@@ -20,7 +20,7 @@ def embed_agent(ctx: Any, *, span_exporter: Any = None, metric_readers: Any = ()
     ctx.telemetry = telemetry.Telemetry(
         ctx.settings.telemetry, ctx, span_exporter=span_exporter, metric_readers=metric_readers
     )
-    ctx.telemetry.resolve_calls = telemetry.log_resolver(ctx.settings.store.log_dir, agent.wal_dir)
+    ctx.telemetry.resolve_calls = call_resolver(ctx.settings, agent.wal_dir)
     agent.tailer.listeners.append(ctx.telemetry.on_records)
     ctx.writer.flush_hooks.append(agent.convert)
     return agent
