@@ -156,7 +156,9 @@ def test_single_call_lookups_by_call_id_and_response_id(log_dir, log):
 
 def test_signal_queries(log_dir, log):
     with LogStore.open(log_dir) as store:
-        assert [r for b in queries.regeneration_inputs(store, log["t0"], None) for r in b] == []  # no sticky key
+        assert [
+            r for b in queries.regeneration_inputs(store, log["t0"], None) for r in b
+        ] == []  # no sticky key
         assert queries.regenerated_call_ids(store) == {log["ok"][1]}
         assert queries.regenerated_call_ids(store, NOW_US) == set()  # marks older than the window left out
         orphans = queries.orphan_events(store, NOW_US)
@@ -187,7 +189,9 @@ def test_regeneration_inputs_are_keyed_served_calls_in_bounded_batches(tmp_path)
         batches = list(queries.regeneration_inputs(store, t0, None, batch_rows=4))
         assert [len(b) for b in batches] == [4, 4, 2]
         ids = [r["call_id"] for b in batches for r in b]
-        assert ids == [r["call_id"] for r in keyed] + [others[3]["call_id"]] + [r["call_id"] for r in named[:2]]
+        assert ids == [r["call_id"] for r in keyed] + [others[3]["call_id"]] + [
+            r["call_id"] for r in named[:2]
+        ]
         assert all(isinstance(r["ts_us"], int) for b in batches for r in b)
         found = queries.explicit_regenerations(store, t0, None, t0 + 15)
         assert [(r["call_id"], r["target"], r["target_ts_us"]) for r in found] == [
