@@ -26,6 +26,7 @@ import pytest
 from gateway.store import LogStore, LogWriter
 from gateway.store.ids import new_id
 from tests.e2e.test_review_page import CHROMIUM, CHROMIUM_ARGS
+from tests.support.require import require
 
 HOUR = 3600
 BASE_JSON = '{"date": "2024-03-14", "city": "Paris"}'
@@ -145,10 +146,7 @@ def console(make_settings, start_gateway, log_dir):
 
 
 def browser_or_skip():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"no Chromium at {CHROMIUM} under CI")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    require(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM}", "apt-get install chromium")
     from playwright import sync_api
 
     return sync_api

@@ -17,6 +17,7 @@ import pytest
 from openai import OpenAI
 
 from gateway.store import LogStore
+from tests.support.require import require
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -293,10 +294,7 @@ def test_every_form_post_needs_the_pages_csrf_token(shadow_gateway, log_dir):
 def test_a_reviewer_compares_the_answers_and_relabels_in_a_browser(
     make_settings, start_gateway, log_dir, tmp_path: Path
 ):
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):  # .ci/run installs Chromium: its absence there is a failure, not a skip
-            pytest.fail(f"no Chromium at {CHROMIUM} under CI")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    require(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM}", "apt-get install chromium")
     from playwright import sync_api
 
     gw = start_gateway(shadow_settings(make_settings, server={"admin_token": TOKEN}))

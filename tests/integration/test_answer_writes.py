@@ -7,10 +7,9 @@ import asyncio
 import json
 import os
 
-import pytest
-
 from gateway.coalesce import HeadWithBody
 from tests.support.rawhttp import connect, read_answer
+from tests.support.require import require
 
 BODY = json.dumps({"model": "echo-w", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -33,8 +32,11 @@ def test_an_answer_is_one_write_head_and_body_together(make_settings, start_gate
     line, and the answer — head and body in one write (uvicorn alone makes it two)."""
     gw = start_gateway(make_settings(store={"flush_interval": 30}))  # no WAL rotation meanwhile
     thread = gw.thread.native_id
-    if thread is None or not os.path.exists(f"/proc/self/task/{thread}/io"):
-        pytest.skip("no per-thread I/O accounting on this system")
+    require(
+        thread is not None and os.path.exists(f"/proc/self/task/{thread}/io"),
+        "no per-thread I/O accounting (/proc/self/task/<tid>/io)",
+        "a kernel with CONFIG_TASK_IO_ACCOUNTING",
+    )
     with connect(gw.port) as sock:
 
         def call() -> bytes:

@@ -16,8 +16,7 @@ import tempfile
 import time
 import uuid
 
-import pytest
-
+from tests.support.require import require
 from tests.support.servers import free_port
 
 
@@ -31,10 +30,8 @@ def _bindir() -> str | None:
 
 def require_postgres() -> str:
     bindir = _bindir()
-    if bindir is None:
-        if os.environ.get("CI"):  # .ci/run installs postgresql: its absence there is a failure
-            pytest.fail("no PostgreSQL server binaries (initdb) under CI")
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+    require(bindir is not None, "no PostgreSQL server binaries (initdb)", "apt-get install postgresql")
+    assert bindir is not None
     return bindir
 
 
