@@ -121,3 +121,11 @@ def postgres_server() -> Iterator[Any]:
 @pytest.fixture
 def postgres_url(postgres_server: Any) -> str:
     return str(postgres_server.new_database())
+
+
+@pytest.fixture(params=["files", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A state backend's location, once per backend: a directory, then a PostgreSQL database."""
+    if request.param == "files":
+        return str(tmp_path / "state")
+    return str(request.getfixturevalue("postgres_url"))

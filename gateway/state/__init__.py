@@ -32,12 +32,13 @@ def open_backend(location: str) -> StateBackend:
     with _lock:
         backend = _backends.get(location)
         if backend is None:
-            backend = _make(location)
+            backend = new_backend(location)
             _backends[location] = backend
         return backend
 
 
-def _make(location: str) -> StateBackend:
+def new_backend(location: str) -> StateBackend:
+    """A backend object of its own for ``location`` (as another process would have); `open_backend` shares one."""
     if is_database_url(location):
         from gateway.state.postgres import PostgresBackend
 
@@ -80,6 +81,7 @@ __all__ = [
     "hold",
     "is_database_url",
     "location_of",
+    "new_backend",
     "open_backend",
 ]
 

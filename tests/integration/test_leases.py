@@ -27,13 +27,6 @@ def runs(path: str) -> list[tuple[int, float]]:
         return []
 
 
-@pytest.fixture(params=["files", "postgresql"])
-def location(request, tmp_path):
-    if request.param == "files":
-        return str(tmp_path / "state")
-    return request.getfixturevalue("postgres_url")
-
-
 def test_a_job_runs_once_per_interval_across_processes_and_survives_its_holder(location, tmp_path):
     out = str(tmp_path / "runs.txt")
     cmd = [sys.executable, "-m", "tests.support.lease_worker", location, "job", str(INTERVAL), out]

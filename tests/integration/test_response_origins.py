@@ -10,29 +10,14 @@ import time
 
 import pytest
 
+from gateway.state import new_backend
 from gateway.state.files import FileBackend
 
 ORIGIN = {"route": "bot", "variant": "candidate", "upstream": "cand", "key": "alice"}
 
 
-@pytest.fixture(params=["files", "postgresql"])
-def location(request, tmp_path):
-    if request.param == "files":
-        return str(tmp_path / "state")
-    return request.getfixturevalue("postgres_url")
-
-
-def fresh(location):
-    """A backend object of its own (as another process would have)."""
-    if location.startswith("postgresql://"):
-        from gateway.state.postgres import PostgresBackend
-
-        return PostgresBackend(location)
-    return FileBackend(location)
-
-
 def test_an_id_noted_by_one_process_is_found_by_another(location):
-    one, two = fresh(location), fresh(location)
+    one, two = new_backend(location), new_backend(location)
     try:
         assert two.response_origin("resp_1") is None
         one.note_response("resp_1", ORIGIN, 60)
@@ -48,7 +33,7 @@ def test_an_id_noted_by_one_process_is_found_by_another(location):
 
 
 def test_an_expired_id_is_unknown_and_swept(location):
-    backend = fresh(location)
+    backend = new_backend(location)
     try:
         backend.note_response("resp_short", ORIGIN, 0.2)
         backend.note_response("resp_long", ORIGIN, 600)
@@ -80,7 +65,7 @@ def _count(backend, location) -> int:
 
 @pytest.mark.parametrize("rid", ["resp_\x00nul", "resp_é\ud800", "../../etc/passwd", "x" * 5000, ""])
 def test_hostile_ids_are_harmless(location, rid):
-    backend = fresh(location)
+    backend = new_backend(location)
     try:
         from gateway.responses import valid_id
 
@@ -96,7 +81,7 @@ def test_hostile_ids_are_harmless(location, rid):
 
 
 def test_concurrent_notes_from_many_threads(location):
-    backends = [fresh(location) for _ in range(4)]
+    backends = [new_backend(location) for _ in range(4)]
     try:
 
         def note(k: int) -> None:

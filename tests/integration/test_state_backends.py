@@ -11,24 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.errors import InvalidRequest
-from gateway.state import StateUnavailable, describe, open_backend
-from gateway.state.files import FileBackend
-
-
-@pytest.fixture(params=["files", "postgresql"])
-def location(request, tmp_path):
-    if request.param == "files":
-        return str(tmp_path / "state")
-    return request.getfixturevalue("postgres_url")
-
-
-def fresh(location):
-    """A backend object of its own (as another process would have)."""
-    if location.startswith("postgresql://"):
-        from gateway.state.postgres import PostgresBackend
-
-        return PostgresBackend(location)
-    return FileBackend(location)
+from gateway.state import StateUnavailable, describe, new_backend, open_backend
 
 
 def add_route(name):
@@ -65,7 +48,7 @@ def test_concurrent_writers_lose_no_update(location):
     errors = []
 
     def writer(i):
-        b = fresh(location)
+        b = new_backend(location)
         try:
             for j in range(10):
                 b.change_routes(add_route(f"r{i}-{j}"))
