@@ -15,6 +15,8 @@ import pytest
 
 from gateway.state import open_backend
 
+pytestmark = pytest.mark.real_clock  # the lease holders are subprocesses: they keep the real clock
+
 INTERVAL = 1.0
 INTERVALS = 12
 

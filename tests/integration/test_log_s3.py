@@ -16,6 +16,8 @@ from gateway.store import LogStore, LogStoreError, LogWriter, layout
 from gateway.store.table import DeltaLog
 from tests.support.s3 import SECRET, MotoServer
 
+pytestmark = pytest.mark.real_clock  # moto_server is a subprocess: it keeps the real clock
+
 NOW_US = time.time_ns() // 1000
 DAY_US = 86_400 * 1_000_000
 

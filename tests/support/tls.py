@@ -50,6 +50,11 @@ def _write_cert(cert: x509.Certificate, path: Path) -> str:
     return str(path)
 
 
+# OpenSSL checks validity against the system clock, which `pytest --clock` does not shift: a
+# window of a year either side keeps the certificates valid under a shifted Python clock too
+VALIDITY = dt.timedelta(days=400)
+
+
 def make_authority(folder: Path) -> Authority:
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -59,8 +64,8 @@ def make_authority(folder: Path) -> Authority:
         .issuer_name(_name("shadowtune test CA"))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - VALIDITY)
+        .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -90,8 +95,8 @@ def make_authority(folder: Path) -> Authority:
             .issuer_name(ca.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(now - VALIDITY)
+            .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
