@@ -150,11 +150,15 @@ def main() -> None:
     ap.add_argument("--s3-calls", type=int, default=None)
     ap.add_argument("--only", default="", help="time only the pages whose name contains this")
     ap.add_argument("--s3-only", action="store_true", help="skip the local log (implies --s3)")
+    ap.add_argument(
+        "--s3-uri",
+        help="an S3 log made before (s3://bucket/log; AWS_* from the environment): not generated, kept",
+    )
     a = ap.parse_args()
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     tmp = None
     log_dir = a.log_dir
-    if a.s3_only:
+    if a.s3_only or a.s3_uri:
         a.s3 = True
     else:
         if log_dir is None or not os.path.exists(os.path.join(log_dir, "store.json")):
@@ -170,7 +174,13 @@ def main() -> None:
             time_pages(url, {k: v for k, v in pages(log_dir).items() if a.only in k}, a.repeat)
         with serve(log_dir) as url:
             time_pages(url, restarted(a.only), a.repeat)
-    if a.s3:
+    if a.s3_uri:
+        s3_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        with serve(a.s3_uri, s3_env) as url:
+            time_pages(url, {k: v for k, v in pages(a.s3_uri).items() if a.only in k}, a.repeat)
+        with serve(a.s3_uri, s3_env) as url:
+            time_pages(url, restarted(a.only), a.repeat)
+    elif a.s3:
         from tests.support.s3 import MotoServer
 
         moto = MotoServer().start()

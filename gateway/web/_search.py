@@ -147,7 +147,7 @@ def search(
             for row in store.sql(
                 f"""
                 SELECT {columns} FROM {src}
-                WHERE ts >= make_timestamptz($lo_) AND ts < make_timestamptz($hi_) {keyset} AND ({where}) AND {term}
+                WHERE ts >= make_timestamptz($lo_) AND ts < make_timestamptz($hi_) {keyset} AND ({where}) AND ({term})
                 ORDER BY ts DESC, call_id DESC LIMIT $limit_
                 """,
                 {**args, **term_params, "lo_": lo, "hi_": hi, "limit_": need - len(found.rows)},
