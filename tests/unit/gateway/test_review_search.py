@@ -104,7 +104,7 @@ def test_a_search_with_time_left_fills_its_pages_and_goes_on_after_the_last_call
     expected = brute(store, flt)
     assert shown == expected and len(set(shown)) == len(shown)
     assert all(p.full for p in pages[:-1]) and pages[-1].complete
-    assert len(pages) == len(expected) // q.PAGE_SIZE + 1
+    assert len(pages) == max(1, -(-len(expected) // q.PAGE_SIZE))  # the last one may be a full 50
 
 
 def test_a_call_id_finds_its_call(store):
