@@ -29,6 +29,7 @@ visible on the next page load.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -169,7 +170,7 @@ def _cursor(before: str, before_id: str) -> tuple[int | None, str]:
     """A text search page's start (`gateway.web._search.Cursor`) from the query string."""
     if not before:
         return None, ""
-    if not before.isdigit() or len(before) > 19:
+    if not re.fullmatch(r"[0-9]{1,18}", before):
         raise InvalidRequest("before must be a time in epoch microseconds", param="before")
     if len(before_id) > 200:
         raise InvalidRequest("before_id is too long", param="before_id")

@@ -604,5 +604,6 @@ def test_a_text_search_goes_on_after_its_last_call_and_says_how_far_back_it_look
     assert second == expected[50:]
     assert 'data-complete="true"' in second_html and "Every call of that time was searched" in second_html
     assert 'rel="next"' not in second_html and 'rel="first"' in second_html
-    bad = httpx.get(gw.url + "/review/calls", params={"q": "question", "before": "soon"})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "before"
+    for before in ("soon", "²", "9" * 30, "-5"):
+        bad = httpx.get(gw.url + "/review/calls", params={"q": "question", "before": before})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "before"
