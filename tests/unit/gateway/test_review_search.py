@@ -127,3 +127,45 @@ def test_any_text_is_matched_literally_and_case_blind(small, text):
         assert row["call_id"] == text or any(
             low in (row[c] or "").lower() for c in ("request", "output_text")
         )
+
+
+def test_a_page_that_stopped_on_its_budget_says_how_far_back_it_looked_and_links_on(store):
+    from gateway.web import review
+    from gateway.web._common import env
+
+    flt = q.CallFilter(q="order 12", route="support")
+    found = _search.search(
+        store,
+        *flt.where(text=False),
+        q.LIST_COLUMNS,
+        terms=flt.text_terms(),
+        need=q.PAGE_SIZE + 1,
+        floor_us=q.oldest_us(store),
+        now_us=NOW_US,
+        budget_s=0.0,
+        first_rows=2_000,
+    )
+    assert not found.full and not found.complete
+    rows = found.rows[: q.PAGE_SIZE]
+    q.attach_outcomes(store, rows, min(r["ts_us"] for r in rows))
+    for row in rows:  # (what the page handler adds)
+        row.update(summary=row["request"], is_error=False)
+    view = review._search_view(flt, found, rows)
+    assert view is not None and view["older_url"] == (
+        f"/review/calls?route=support&q=order+12&before={found.searched_from_us}"
+    )
+    html = env.get_template("calls.html").render(
+        f=flt,
+        rows=rows,
+        facets={"routes": [], "variants": []},
+        periods=list(q.PERIODS),
+        search=view,
+        who="local",
+        version="test",
+        csrf="x",
+        nav="calls",
+        here="/review/calls",
+    )
+    assert 'id="search-older"' in html and f"before={found.searched_from_us}" in html
+    assert 'data-complete="false"' in html and f'data-from="{found.searched_from_us}"' in html
+    assert 'rel="next"' not in html  # a page that is not full has no "older" of its own
