@@ -213,7 +213,13 @@ def list_calls(store: LogStore, flt: CallFilter) -> tuple[list[dict[str, Any]], 
     return rows_by_id(store, [k["call_id"] for k in page], lo, hi), len(keys) > offset + PAGE_SIZE
 
 
-def search_calls(store: LogStore, flt: CallFilter) -> _search.Found:
+def search_calls(
+    store: LogStore,
+    flt: CallFilter,
+    *,
+    budget_s: float = _search.BUDGET_S,
+    first_rows: float = _search.FIRST_ROWS,
+) -> _search.Found:
     """One page of a text search (``flt.q``), newest first, bounded (`gateway.web._search`):
     ``rows`` holds the page (with outcomes) and, when ``full``, one more."""
     where, params = flt.where(text=False)
@@ -235,6 +241,8 @@ def search_calls(store: LogStore, flt: CallFilter) -> _search.Found:
         floor_us=floor,
         before=before,
         now_us=now,
+        budget_s=budget_s,
+        first_rows=first_rows,
     )
     if found.rows:
         attach_outcomes(store, found.rows[:PAGE_SIZE], min(r["ts_us"] for r in found.rows[:PAGE_SIZE]))
