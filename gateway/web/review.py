@@ -211,9 +211,10 @@ async def calls(request: Request) -> Response:
 
 
 async def _facets(request: Request) -> dict[str, list[str]]:
-    """The filter drop-downs' routes and variants (the last 30 days, cached; the configured ones meanwhile)."""
+    """The filter drop-downs' routes and variants (the last 30 days, cached; the configured ones
+    until the first are computed: a page does not wait for them)."""
     store = web.background(request)
-    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=0.3)
+    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=0.0)
     if got is not None:
         return got[0]
     return {
