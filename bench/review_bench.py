@@ -100,12 +100,14 @@ def _picked(only: str, name: str) -> bool:
 
 
 def restarted(only: str) -> dict[str, str]:
-    """The dashboards again, on a new server process (after the first one kept its numbers)."""
-    return {
-        k + ", after a restart": v
-        for k, v in {"dashboard 24h": "/review", "dashboard 7d": "/review?period=7d"}.items()
-        if _picked(only, k)
+    """The dashboards and the sample queue again, on a new server process (after the first one
+    kept its numbers and its sample pool)."""
+    kept = {
+        "dashboard 24h": "/review",
+        "dashboard 7d": "/review?period=7d",
+        "queue: random sample": "/review/queues/sample",
     }
+    return {k + ", after a restart": v for k, v in kept.items() if _picked(only, k)}
 
 
 def time_pages(url: str, targets: dict[str, str], repeat: int) -> list[dict[str, object]]:

@@ -6,8 +6,8 @@ bodies of 200 such calls cost what reading the day's bodies costs (measured, 2 c
 400-600 ms, whether the rows are chosen by a hash in the same query, fetched afterwards by
 id -- a literal ``IN`` list becomes a join after the scan -- or by a filter on the hash pushed
 into the scan; reading them by row position from the files' row counts was slower still). So
-the page reads the window once per `POOL_TTL_S` at most, in the background, and draws each
-queue from what it read:
+the page reads the window at most once a minute (the review cache's ttl), in the background,
+and draws each queue from what it read:
 
 * the **pool** of a window ``[lo, until)``: its `POOL` served, routed calls smallest by
   ``hash(call_id || until)`` -- a uniform sample of the window without replacement (DuckDB's
@@ -17,7 +17,8 @@ queue from what it read:
   ``blake2b(call_id, seed)`` -- a uniform sample of the pool, hence of the window.
 
 A queue's URL pins ``until`` and the seed, so the same window gives the same pool and the
-same queue after a restart or an eviction (the pool is recomputed, not remembered). Samples
+same queue after an eviction or a restart (the pool is recomputed from the log; the newest
+one is also kept next to the log, like the dashboard's numbers, so a restart starts warm). Samples
 of two seeds share more calls than independent samples would (both are drawn from the same
 pool of 800): a reload gives another view of the same pool until the next one.
 """
@@ -36,8 +37,6 @@ from gateway.web import _queries as q
 MAX_ITEMS = 200
 POOL = 800
 """Calls per pool (4x a queue)."""
-POOL_TTL_S = 60.0
-"""How old the newest pool may get before the next list page draws from a new one."""
 ANSWER_CHARS = 300
 KEEP_POOLS = 8
 

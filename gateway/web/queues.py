@@ -129,7 +129,8 @@ def pools(request: Request) -> _sample.Pools:
 
 async def newest_pool(request: Request, pin: Pin) -> None:
     """A sample queue opened without ``until`` draws from its period's newest pool (computed in
-    the background, at most `_sample.POOL_TTL_S` old: the cache's ttl); the pin takes its window."""
+    the background, at most the cache's ttl old; kept next to the log like
+    the dashboard's numbers, so a restart starts from the last one); the pin takes its window."""
     if pin.kind != "sample" or pin.pinned:
         return
     store = web.background(request)
@@ -139,7 +140,7 @@ async def newest_pool(request: Request, pin: Pin) -> None:
         until = q.now_us()
         return until, store.run(lambda s: _sample.pool(s, until - seconds * 1_000_000, until))
 
-    got = await web.cache(request).get(("sample-pool", pin.period), compute)
+    got = await web.cache(request).get(("sample-pool", pin.period), compute, keep=True)
     if got is not None:  # (else, after 5 s: this request computes the pool of now itself)
         until, rows = got[0]
         pin.pin_until(until)

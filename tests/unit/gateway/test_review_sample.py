@@ -88,3 +88,14 @@ def test_the_chi_square_rejects_a_per_file_sampler_and_a_newest_first_one(known)
     newest = [r["call_id"] for r in store.sql("SELECT call_id FROM calls ORDER BY ts DESC")]
     newest_first = [c for c in newest if c in file_of][: _sample.MAX_ITEMS] * DRAWS
     assert _pvalue(file_of, newest_first) < 1e-6
+
+
+def test_a_pool_is_kept_next_to_the_log_and_read_back_as_it_was(known):
+    from gateway.web._snapshot import Snapshots
+
+    store, _ = known
+    rows = _sample.pool(store, LO, UNTIL)
+    assert len(rows) == _sample.POOL and all("request" not in r and r["summary"] for r in rows)
+    kept = Snapshots(store.log_dir)
+    kept.save(("sample-pool", "24h"), (UNTIL, rows), 12.5)
+    assert kept.load(("sample-pool", "24h")) == ((UNTIL, rows), 12.5)
