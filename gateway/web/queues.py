@@ -12,7 +12,8 @@ A queue is a list of at most `MAX_ITEMS` calls, newest first, from the period's 
                     the traffic looks like rather than only what went wrong; drawn from a pool
                     of the period's calls read in the background (`gateway.web._sample`)
 
-The URL pins the queue (``until``: the time it was opened; ``seed``), so it does not shift
+The URL pins the queue (``until``: the time it was opened, for the sample the time its pool
+was read; ``seed``), so it does not shift
 under a reviewer working through it: ``/review/queues/<kind>`` lists it (select rows, apply a
 bulk action), ``/review/queues/<kind>/<i>`` shows item ``i`` as the call page does, with
 previous/next, the progress (items this reviewer has acted on) and keyboard shortcuts
