@@ -95,13 +95,19 @@ def pages(log_dir: str) -> dict[str, str]:
     }
 
 
+def _picked(only: str, name: str) -> bool:
+    return any(part in name for part in only.split(","))
+
+
 def restarted(only: str) -> dict[str, str]:
-    """The dashboards again, on a new server process (after the first one kept its numbers)."""
-    return {
-        k + ", after a restart": v
-        for k, v in {"dashboard 24h": "/review", "dashboard 7d": "/review?period=7d"}.items()
-        if only in k
+    """The dashboards and the sample queue again, on a new server process (after the first one
+    kept its numbers and its sample pool)."""
+    kept = {
+        "dashboard 24h": "/review",
+        "dashboard 7d": "/review?period=7d",
+        "queue: random sample": "/review/queues/sample",
     }
+    return {k + ", after a restart": v for k, v in kept.items() if _picked(only, k)}
 
 
 def time_pages(url: str, targets: dict[str, str], repeat: int) -> list[dict[str, object]]:
@@ -148,13 +154,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--s3", action="store_true", help="also on an S3-compatible server (moto)")
     ap.add_argument("--s3-calls", type=int, default=None)
-    ap.add_argument("--only", default="", help="time only the pages whose name contains this")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="time only the pages whose name contains this (or one of these, comma-separated)",
+    )
     ap.add_argument("--s3-only", action="store_true", help="skip the local log (implies --s3)")
+    ap.add_argument(
+        "--s3-uri",
+        help="an S3 log made before (s3://bucket/log; AWS_* from the environment): not generated, kept",
+    )
     a = ap.parse_args()
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     tmp = None
     log_dir = a.log_dir
-    if a.s3_only:
+    if a.s3_only or a.s3_uri:
         a.s3 = True
     else:
         if log_dir is None or not os.path.exists(os.path.join(log_dir, "store.json")):
@@ -167,10 +181,16 @@ def main() -> None:
         print(f"local log: {n:,} calls, {size / 1e6:,.0f} MB on disk ({size / n:.0f} B/call)")
         shutil.rmtree(os.path.join(log_dir, "review"), ignore_errors=True)  # cold: no kept numbers
         with serve(log_dir) as url:
-            time_pages(url, {k: v for k, v in pages(log_dir).items() if a.only in k}, a.repeat)
+            time_pages(url, {k: v for k, v in pages(log_dir).items() if _picked(a.only, k)}, a.repeat)
         with serve(log_dir) as url:
             time_pages(url, restarted(a.only), a.repeat)
-    if a.s3:
+    if a.s3_uri:
+        s3_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        with serve(a.s3_uri, s3_env) as url:
+            time_pages(url, {k: v for k, v in pages(a.s3_uri).items() if _picked(a.only, k)}, a.repeat)
+        with serve(a.s3_uri, s3_env) as url:
+            time_pages(url, restarted(a.only), a.repeat)
+    elif a.s3:
         from tests.support.s3 import MotoServer
 
         moto = MotoServer().start()
@@ -180,7 +200,7 @@ def main() -> None:
             g = generate(uri, a.s3_calls or a.calls)
             print(f"s3 log: generated {g['calls']:,} calls in {g['generate_s']} s")
             with serve(uri, moto.env) as url:
-                time_pages(url, {k: v for k, v in pages(uri).items() if a.only in k}, a.repeat)
+                time_pages(url, {k: v for k, v in pages(uri).items() if _picked(a.only, k)}, a.repeat)
             with serve(uri, moto.env) as url:
                 time_pages(url, restarted(a.only), a.repeat)
         finally:

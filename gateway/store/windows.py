@@ -40,26 +40,26 @@ def days(store: LogStore, table: str) -> list[str]:
     return sorted({f.day for f in store.data_files.get(table, ())})
 
 
-def source(store: LogStore, table: str, lo_us: int | None = None, hi_us: int | None = None) -> str:
+def source(
+    store: LogStore, table: str, lo_us: int | None = None, hi_us: int | None = None, *, tail: bool = True
+) -> str:
     """A parenthesised relation: ``table``'s rows in the day partitions meeting ``[lo_us, hi_us)``.
 
-    ``None`` leaves that side open. The WAL tail (rows not committed yet) is always included.
+    ``None`` leaves that side open. The WAL tail (rows not committed yet) is included unless
+    ``tail`` is false.
     """
     lo_day = day_of(lo_us) if lo_us is not None else ""
     hi_day = day_of(hi_us - 1) if hi_us is not None else "9999-12-31"
     files = [
         f.uri.removeprefix("file://") for f in store.data_files.get(table, ()) if lo_day <= f.day <= hi_day
     ]
-    tail = f"SELECT * FROM _{table}_tail"
+    rest = f" UNION ALL BY NAME SELECT * FROM _{table}_tail" if tail else ""
     if not files:
-        return f"({tail})"
+        return f"(SELECT * FROM _{table}_tail{'' if tail else ' LIMIT 0'})"
     if layout.is_remote(store.log_dir):
-        return f"(SELECT * FROM {_dataset(store, table, files)} UNION ALL BY NAME {tail})"
+        return f"(SELECT * FROM {_dataset(store, table, files)}{rest})"
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return (
-        f"(SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
-        f" UNION ALL BY NAME {tail})"
-    )
+    return f"(SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false){rest})"
 
 
 def _dataset(store: LogStore, table: str, files: list[str]) -> str:

@@ -5,9 +5,10 @@ Every function here blocks (DuckDB); the router calls them through the process's
 
 Every query is bounded: it reads only the day partitions of its time window
 (`gateway.store.windows`), and the calls list walks back from the newest day in growing
-chunks until it has its page, so its cost does not grow with the log. Outcomes (thumbs,
-relabels, ...) are joined to the 50 calls of a page, never to the whole log. The charts'
-aggregates are in `gateway.web._series`.
+chunks until it has its page, so its cost does not grow with the log; a text search also
+stops on a time budget and says how far back it looked (`search_calls`, `gateway.web._search`).
+Outcomes (thumbs, relabels, ...) are joined to the 50 calls of a page, never to the whole
+log. The charts' aggregates are in `gateway.web._series`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store import LogStore
+from gateway.store import LogStore, layout
 from gateway.store import windows as win
 from gateway.store.reader import OUTCOMES_SQL
+from gateway.web import _search
 
 PERIODS: dict[str, int] = {"24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 """The period selector: label -> seconds."""
@@ -45,8 +47,11 @@ class CallFilter:
     served: bool = False
     period: str = ""  # "" (any time) or a key of PERIODS; a text search defaults to 24h
     page: int = 1
+    before: int | None = None  # a text search's page: calls older than this (epoch us) ...
+    before_id: str = ""  # ... or, at that time, with a smaller call id (`gateway.web._search`)
 
-    def where(self) -> tuple[str, dict[str, Any]]:
+    def where(self, *, text: bool = True) -> tuple[str, dict[str, Any]]:
+        """The filters as SQL and its parameters (``text=False``: without the text search's)."""
         clauses: list[str] = []
         params: dict[str, Any] = {}
         if self.route == "(unrouted)":
@@ -61,15 +66,25 @@ class CallFilter:
             clauses.append(f"NOT {ERROR_SQL}")
         elif self.status == "error":
             clauses.append(ERROR_SQL)
-        if self.q:
-            clauses.append(  # ILIKE: no lower-cased copy of every body (a third faster)
-                "(call_id = $q_raw OR output_text ILIKE $q ESCAPE '\\' OR request ILIKE $q ESCAPE '\\')"
-            )
-            params["q"] = "%" + "".join("\\" + ch if ch in "%_\\" else ch for ch in self.q) + "%"
-            params["q_raw"] = self.q
+        if self.q and text:
+            terms = self.text_terms()
+            clauses.append("(" + " OR ".join(sql for sql, _ in terms) + ")")
+            for _, term_params in terms:
+                params |= term_params
         if self.served:
             clauses.append("served")
         return (" AND ".join(clauses) or "TRUE"), params
+
+    def text_terms(self) -> list[tuple[str, dict[str, Any]]]:
+        """The text search's alternatives with their parameters, each on one column (so DuckDB
+        filters it in the scan, before it reads the other columns): the call id, the answer, the
+        request."""
+        like = "%" + "".join("\\" + ch if ch in "%_\\" else ch for ch in self.q) + "%"
+        return [  # ILIKE: no lower-cased copy of every body (a third faster)
+            ("call_id = $q_raw", {"q_raw": self.q}),
+            ("output_text ILIKE $q ESCAPE '\\'", {"q": like}),
+            ("request ILIKE $q ESCAPE '\\'", {"q": like}),
+        ]
 
     def window_s(self) -> int | None:
         if self.period in PERIODS:
@@ -81,6 +96,14 @@ def _day_start(us: int) -> int:
     return (us // DAY_US) * DAY_US
 
 
+def oldest_us(store: LogStore) -> int:
+    """The start of the log's oldest day partition (today's start when it has none)."""
+    days = win.days(store, "calls")
+    if not days:
+        return _day_start(now_us())
+    return int(dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+
+
 def newest_first(
     store: LogStore, where: str, params: dict[str, Any], need: int, *, since_us: int | None = None
 ) -> list[dict[str, Any]]:
@@ -90,12 +113,7 @@ def newest_first(
     ``need`` rows, reaches ``since_us`` or passes the oldest partition: a first page sorts
     the last hour's calls, not the whole log's.
     """
-    days = win.days(store, "calls")
-    oldest = (
-        int(dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
-        if days
-        else _day_start(now_us())
-    )
+    oldest = oldest_us(store)
     hi = now_us() + HOUR_US  # (rows a skewed clock put a little ahead)
     floor = max(oldest, _day_start(since_us)) if since_us is not None else oldest
     out: list[dict[str, Any]] = []
@@ -195,16 +213,74 @@ def list_calls(store: LogStore, flt: CallFilter) -> tuple[list[dict[str, Any]], 
     return rows_by_id(store, [k["call_id"] for k in page], lo, hi), len(keys) > offset + PAGE_SIZE
 
 
-def facets(store: LogStore) -> dict[str, list[str]]:
-    """The routes and variants of the last 30 days, for the filter drop-downs."""
-    lo = now_us() - PERIODS["30d"] * 1_000_000
-    rows = store.sql(
-        f"SELECT DISTINCT route, variant FROM {win.source(store, 'calls', lo, None)} WHERE ts >= make_timestamptz($lo)",
-        {"lo": lo},
+def search_calls(
+    store: LogStore,
+    flt: CallFilter,
+    *,
+    budget_s: float = _search.BUDGET_S,
+    first_rows: float = _search.FIRST_ROWS,
+) -> _search.Found:
+    """One page of a text search (``flt.q``), newest first, bounded (`gateway.web._search`):
+    ``rows`` holds the page (with outcomes) and, when ``full``, one more."""
+    where, params = flt.where(text=False)
+    now = now_us()
+    oldest = oldest_us(store)
+    window = flt.window_s()
+    floor = max(oldest, now - window * 1_000_000) if window else oldest
+    before = _search.Cursor(flt.before, flt.before_id) if flt.before is not None else None
+    terms = flt.text_terms()
+    if layout.is_remote(store.log_dir):  # a pyarrow dataset: no filter inside its scan, one read is cheaper
+        terms = [(" OR ".join(f"({t})" for t, _ in terms), {k: v for _, p in terms for k, v in p.items()})]
+    found = _search.search(
+        store,
+        where,
+        params,
+        LIST_COLUMNS,
+        terms=terms,
+        need=PAGE_SIZE + 1,
+        floor_us=floor,
+        before=before,
+        now_us=now,
+        budget_s=budget_s,
+        first_rows=first_rows,
     )
+    if found.rows:
+        attach_outcomes(store, found.rows[:PAGE_SIZE], min(r["ts_us"] for r in found.rows[:PAGE_SIZE]))
+    return found
+
+
+_FACETS: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, Any]]] = {}
+"""Each day partition's distinct (route, variant), by its file set (`facets`)."""
+
+
+def facets(store: LogStore) -> dict[str, list[str]]:
+    """The routes and variants of the day partitions of the last 30 days, for the filter drop-downs.
+
+    Files are immutable (a compaction writes new ones), so a day's pairs are read once per
+    file set and kept: what is read again is a day whose files changed (today's) and the WAL
+    tail. Reading all 30 days every minute cost 3-4 s on object storage at 10M calls, beside
+    the pages it slowed down.
+    """
+    lo_day = win.day_of(now_us() - PERIODS["30d"] * 1_000_000)
+    by_day: dict[str, list[str]] = {}
+    for f in store.data_files.get("calls", ()):
+        if f.day >= lo_day:
+            by_day.setdefault(f.day, []).append(f.uri)
+    if len(_FACETS) > 4096:
+        _FACETS.clear()
+    pairs = {(r["route"], r["variant"]) for r in store.sql("SELECT DISTINCT route, variant FROM _calls_tail")}
+    for day, uris in sorted(by_day.items()):
+        key = (store.log_dir, day, tuple(sorted(uris)))
+        if key not in _FACETS:
+            start = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+            rel = win.source(store, "calls", start, start + DAY_US, tail=False)
+            _FACETS[key] = [
+                (r["route"], r["variant"]) for r in store.sql(f"SELECT DISTINCT route, variant FROM {rel}")
+            ]
+        pairs.update(_FACETS[key])
     return {
-        "routes": sorted({r["route"] for r in rows if r["route"]}),
-        "variants": sorted({r["variant"] for r in rows if r["variant"]}),
+        "routes": sorted({r for r, _ in pairs if r}),
+        "variants": sorted({v for _, v in pairs if v}),
     }
 
 

@@ -9,9 +9,11 @@ A queue is a list of at most `MAX_ITEMS` calls, newest first, from the period's 
 ``errors``          calls that failed (status >= 400 or an error type), routed ones
 ``relabel_needed``  thumbs-down, flagged or regenerated calls nobody relabelled or excluded yet
 ``sample``          a uniform random sample of served calls (``seed`` in the URL), to see what
-                    the traffic looks like rather than only what went wrong
+                    the traffic looks like rather than only what went wrong; drawn from a pool
+                    of the period's calls read in the background (`gateway.web._sample`)
 
-The URL pins the queue (``until``: the time it was opened; ``seed``), so it does not shift
+The URL pins the queue (``until``: the time it was opened, for the sample the time its pool
+was read; ``seed``), so it does not shift
 under a reviewer working through it: ``/review/queues/<kind>`` lists it (select rows, apply a
 bulk action), ``/review/queues/<kind>/<i>`` shows item ``i`` as the call page does, with
 previous/next, the progress (items this reviewer has acted on) and keyboard shortcuts
@@ -34,10 +36,11 @@ from gateway.store.reader import REVIEWER_SQL
 from gateway.web import _common as web
 from gateway.web import _conversation as conv
 from gateway.web import _queries as q
+from gateway.web import _sample
 
 router = APIRouter()
 
-MAX_ITEMS = 200
+MAX_ITEMS = _sample.MAX_ITEMS
 MAX_BULK = 1000
 QUEUES = {
     "thumbs_down": "Thumbs-down",
@@ -78,8 +81,10 @@ def _event_queue(store: LogStore, lo: int, hi: int, kinds: str, *, unreviewed: b
     return list(dict.fromkeys(ids))
 
 
-def queue_ids(store: LogStore, kind: str, lo: int, hi: int, seed: str) -> list[str]:
-    """The queue's call ids, in order."""
+def queue_ids(
+    store: LogStore, kind: str, lo: int, hi: int, seed: str, pools: _sample.Pools | None = None
+) -> list[str]:
+    """The queue's call ids, in order (``pools``: where the sample's pools are kept)."""
     if kind == "thumbs_down":
         return _event_queue(store, lo, hi, "kind = 'thumbs' AND value = 'down'")
     if kind == "regenerated":
@@ -97,7 +102,8 @@ def queue_ids(store: LogStore, kind: str, lo: int, hi: int, seed: str) -> list[s
         )
         return [r["call_id"] for r in rows]
     if kind == "sample":
-        return [r["call_id"] for r in sample(store, lo, hi, seed, "call_id")]
+        rows = (pools or _sample.Pools()).get(store, lo, hi)
+        return [r["call_id"] for r in _sample.pick(rows, seed)]
     if kind == "judge_lost":
         if not q._has_view(store, "judge_verdicts"):
             return []
@@ -113,20 +119,33 @@ def queue_ids(store: LogStore, kind: str, lo: int, hi: int, seed: str) -> list[s
     raise NotFound(f"no review queue {kind!r}", code="queue_not_found")
 
 
-def sample(store: LogStore, lo: int, hi: int, seed: str, columns: str) -> list[dict[str, Any]]:
-    """A uniform random sample of the period's served calls: the first `MAX_ITEMS` by a seeded hash.
+def pools(request: Request) -> _sample.Pools:
+    """This process's sample pools (`gateway.web._sample`)."""
+    state = request.app.state
+    found: _sample.Pools | None = getattr(state, "review_sample_pools", None)
+    if found is None:
+        found = state.review_sample_pools = _sample.Pools()
+    return found
 
-    With the page's columns in the same query (DuckDB carries only the winners' bodies through
-    the top-N), one scan instead of a second lookup of 200 ids spread over the whole period.
-    """
-    return store.sql(
-        f"""
-        SELECT {columns} FROM {win.source(store, "calls", lo, hi)}
-        WHERE ts >= make_timestamptz($lo) AND ts < make_timestamptz($hi) AND served AND route IS NOT NULL
-        ORDER BY hash(call_id || $seed), call_id LIMIT {MAX_ITEMS}
-        """,
-        {"lo": lo, "hi": hi, "seed": seed},
-    )
+
+async def newest_pool(request: Request, pin: Pin) -> None:
+    """A sample queue opened without ``until`` draws from its period's newest pool (computed in
+    the background, at most the cache's ttl old; kept next to the log like
+    the dashboard's numbers, so a restart starts from the last one); the pin takes its window."""
+    if pin.kind != "sample" or pin.pinned:
+        return
+    store = web.background(request)
+    seconds = q.PERIODS[pin.period]
+
+    def compute() -> tuple[int, list[dict[str, Any]]]:
+        until = q.now_us()
+        return until, store.run(lambda s: _sample.pool(s, until - seconds * 1_000_000, until))
+
+    got = await web.cache(request).get(("sample-pool", pin.period), compute, keep=True)
+    if got is not None:  # (else, after 5 s: this request computes the pool of now itself)
+        until, rows = got[0]
+        pin.pin_until(until)
+        pools(request).put(pin.lo, pin.until, rows)
 
 
 def reviewed(store: LogStore, ids: list[str], lo: int, who: str) -> set[str]:
@@ -152,6 +171,7 @@ class Pin:
         self.period: str = p.get("period") or "24h"
         if self.period not in q.PERIODS:
             self.period = "24h"
+        self.pinned = bool(p.get("until"))
         try:
             self.until = int(p.get("until") or q.now_us())
         except ValueError:
@@ -159,6 +179,10 @@ class Pin:
         seed = p.get("seed") or secrets.token_hex(4)
         self.seed = "".join(ch for ch in seed if ch.isalnum())[:32] or "0"
         self.lo = self.until - q.PERIODS[self.period] * 1_000_000
+
+    def pin_until(self, until: int) -> None:
+        self.until, self.pinned = until, True
+        self.lo = until - q.PERIODS[self.period] * 1_000_000
 
     def query(self) -> str:
         return urlencode({"period": self.period, "until": self.until, "seed": self.seed})
@@ -172,9 +196,11 @@ class Pin:
 async def queues_index(request: Request) -> Response:
     who = web.reviewer(request)
     pins = {k: Pin(request, k) for k in QUEUES}
+    await newest_pool(request, pins["sample"])
+    kept = pools(request)
 
     def read(store: LogStore) -> dict[str, int]:
-        return {k: len(queue_ids(store, k, p.lo, p.until, p.seed)) for k, p in pins.items()}
+        return {k: len(queue_ids(store, k, p.lo, p.until, p.seed, kept)) for k, p in pins.items()}
 
     counts = await web.read(request, read)
     items = [{"kind": k, "title": t, "count": counts[k], "url": pins[k].url()} for k, t in QUEUES.items()]
@@ -195,16 +221,19 @@ async def queues_index(request: Request) -> Response:
 async def queue_list(kind: str, request: Request) -> Response:
     who = web.reviewer(request)
     pin = Pin(request, kind)
+    await newest_pool(request, pin)
+    kept = pools(request)
 
     def read(store: LogStore) -> tuple[list[dict[str, Any]], set[str]]:
         ids = [] if kind == "sample" else queue_ids(store, kind, pin.lo, pin.until, pin.seed)
-        rows = _rows(store, ids, pin)
+        rows = _rows(store, ids, pin, kept)
         ids = [r["call_id"] for r in rows]
         return rows, reviewed(store, ids, pin.lo, who.who)
 
     rows, done = await web.read(request, read)
     for i, row in enumerate(rows):
-        row["summary"] = conv.last_user_text(row.pop("request"))
+        if "summary" not in row:  # (a sample's pool keeps the summary, not the request)
+            row["summary"] = conv.last_user_text(row.pop("request"))
         row["is_error"] = web.is_error(row)
         row["item_url"] = pin.url(i)
         row["reviewed"] = row["call_id"] in done
@@ -224,9 +253,9 @@ async def queue_list(kind: str, request: Request) -> Response:
     )
 
 
-def _rows(store: LogStore, ids: list[str], pin: Pin) -> list[dict[str, Any]]:
+def _rows(store: LogStore, ids: list[str], pin: Pin, kept: _sample.Pools) -> list[dict[str, Any]]:
     if pin.kind == "sample":
-        rows = sample(store, pin.lo, pin.until, pin.seed, q.LIST_COLUMNS)
+        rows = _sample.pick(kept.get(store, pin.lo, pin.until), pin.seed)
         if rows:
             q.attach_outcomes(store, rows, min(r["ts_us"] for r in rows))
         return rows
@@ -239,9 +268,11 @@ async def queue_item(kind: str, index: int, request: Request) -> Response:
 
     who = web.reviewer(request)
     pin = Pin(request, kind)
+    await newest_pool(request, pin)
+    kept = pools(request)
 
     def read(store: LogStore) -> tuple[list[str], set[str]]:
-        ids = queue_ids(store, kind, pin.lo, pin.until, pin.seed)
+        ids = queue_ids(store, kind, pin.lo, pin.until, pin.seed, kept)
         return ids, reviewed(store, ids, pin.lo, who.who)
 
     ids, done = await web.read(request, read)

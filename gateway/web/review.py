@@ -29,6 +29,7 @@ visible on the next page load.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -44,6 +45,7 @@ from gateway.web import _conversation as conv
 from gateway.web import _dashboard as dash
 from gateway.web import _diff as diff
 from gateway.web import _queries as q
+from gateway.web import _search
 from gateway.web import _series as series
 from gateway.web import _worth as worth
 
@@ -150,7 +152,10 @@ def _filter(request: Request) -> q.CallFilter:
         raise InvalidRequest("page must be a whole number", param="page") from None
     if page > MAX_PAGE:
         raise InvalidRequest(f"page must be between 1 and {MAX_PAGE}", param="page")
+    before, before_id = _cursor(params.get("before", ""), params.get("before_id", ""))
     return q.CallFilter(
+        before=before,
+        before_id=before_id,
         route=params.get("route", ""),
         variant=params.get("variant", ""),
         status=params.get("status", "") if params.get("status") in ("ok", "error") else "",
@@ -161,12 +166,28 @@ def _filter(request: Request) -> q.CallFilter:
     )
 
 
+def _cursor(before: str, before_id: str) -> tuple[int | None, str]:
+    """A text search page's start (`gateway.web._search.Cursor`) from the query string."""
+    if not before:
+        return None, ""
+    if not re.fullmatch(r"[0-9]{1,18}", before):
+        raise InvalidRequest("before must be a time in epoch microseconds", param="before")
+    if len(before_id) > 200:
+        raise InvalidRequest("before_id is too long", param="before_id")
+    return int(before), before_id
+
+
 @router.get("/calls")
 async def calls(request: Request) -> Response:
     who = web.reviewer(request)
     flt = _filter(request)
 
-    rows, has_next = await web.read(request, lambda s: q.list_calls(s, flt))
+    found: _search.Found | None = None
+    if flt.q:
+        found = await web.read(request, lambda s: q.search_calls(s, flt))
+        rows, has_next = found.rows[: q.PAGE_SIZE], found.full
+    else:
+        rows, has_next = await web.read(request, lambda s: q.list_calls(s, flt))
     facets = await _facets(request)
     for row in rows:
         row["summary"] = conv.last_user_text(row.pop("request"))
@@ -184,14 +205,16 @@ async def calls(request: Request) -> Response:
         has_next=has_next,
         prev_url=_calls_url(flt, flt.page - 1),
         next_url=_calls_url(flt, flt.page + 1),
+        search=_search_view(flt, found, rows),
         here=str(request.url.path) + ("?" + request.url.query if request.url.query else ""),
     )
 
 
 async def _facets(request: Request) -> dict[str, list[str]]:
-    """The filter drop-downs' routes and variants (the last 30 days, cached; the configured ones meanwhile)."""
+    """The filter drop-downs' routes and variants (the last 30 days, cached; the configured ones
+    until the first are computed: a page does not wait for them)."""
     store = web.background(request)
-    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=0.3)
+    got = await web.cache(request).get(("facets",), lambda: store.run(q.facets), wait=0.0)
     if got is not None:
         return got[0]
     return {
@@ -200,7 +223,7 @@ async def _facets(request: Request) -> dict[str, list[str]]:
     }
 
 
-def _calls_url(flt: q.CallFilter, page: int) -> str:
+def _calls_url(flt: q.CallFilter, page: int = 1, before: _search.Cursor | None = None) -> str:
     query = {
         "route": flt.route,
         "variant": flt.variant,
@@ -213,7 +236,32 @@ def _calls_url(flt: q.CallFilter, page: int) -> str:
         query["served"] = "1"
     if page > 1:
         query["page"] = str(page)
+    if before is not None:
+        query["before"] = str(before.ts_us)
+        if before.call_id:
+            query["before_id"] = before.call_id
     return "/review/calls" + ("?" + urlencode(query) if query else "")
+
+
+def _search_view(
+    flt: q.CallFilter, found: _search.Found | None, rows: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """What the calls page says about a text search: how far back it looked, and where it goes on."""
+    if found is None:
+        return None
+    older = None
+    if found.full:  # after the page's last call
+        older = _calls_url(flt, before=_search.Cursor(rows[-1]["ts_us"], rows[-1]["call_id"]))
+    elif not found.complete:  # the budget ran out: on from where it stopped
+        older = _calls_url(flt, before=_search.Cursor(found.searched_from_us))
+    return {
+        "from_us": found.searched_from_us,
+        "to_us": found.upper_us,
+        "complete": found.complete,
+        "full": found.full,
+        "older_url": older,
+        "newest_url": _calls_url(flt) if flt.before is not None else None,
+    }
 
 
 def compare(family: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ with its audit entry are checked end to end. Screenshots go to ``tmp_path`` (and
 from __future__ import annotations
 
 import datetime as dt
+import html
 import os
 import re
 import shutil
@@ -578,3 +579,31 @@ def test_the_random_sample_is_every_served_call_once_in_a_seeded_order(console):
     assert a == again and sorted(a) == sorted(b) and a != b
     first = httpx.get(f"{gw.url}/review/queues/sample/0", params={"seed": "s1"}).text
     assert f"<code>{a[0]}</code>" in first  # the item pages follow the list's order
+
+
+def test_a_text_search_goes_on_after_its_last_call_and_says_how_far_back_it_looked(console, log_dir):
+    gw, _ = console
+
+    def page(url):
+        text = httpx.get(gw.url + url).text
+        return text, re.findall(r'<tr data-call-id="([^"]+)"', text)
+
+    with LogStore.open(log_dir) as s:
+        expected = [
+            r["call_id"]
+            for r in s.sql(
+                "SELECT call_id FROM calls WHERE request ILIKE '%question%' ORDER BY ts DESC, call_id DESC"
+            )
+        ]
+    assert len(expected) == 61  # 40 baseline, 20 candidate, 1 shadow
+    first_html, first = page("/review/calls?q=QUESTION")
+    assert first == expected[:50]
+    older = re.search(r'<a href="([^"]+)" rel="next">Older', first_html)
+    assert older is not None and "before=" in older.group(1) and "before_id=" in older.group(1)
+    second_html, second = page(html.unescape(older.group(1)))
+    assert second == expected[50:]
+    assert 'data-complete="true"' in second_html and "Every call of that time was searched" in second_html
+    assert 'rel="next"' not in second_html and 'rel="first"' in second_html
+    for before in ("soon", "²", "9" * 30, "-5"):
+        bad = httpx.get(gw.url + "/review/calls", params={"q": "question", "before": before})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "before"
