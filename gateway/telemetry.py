@@ -124,6 +124,7 @@ class Telemetry:
         self._ids = _CallIds()
         self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._items_cache: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
+        self._point_sets: dict[tuple[Any, ...], tuple[tuple[tuple[str, Any], ...], ...]] = {}
         self.tracer_provider: TracerProvider | None = None
         exporters: list[tuple[SpanExporter, bool]] = []
         if span_exporter is not None:
@@ -365,16 +366,25 @@ class Telemetry:
     ) -> None:
         """`_call_histograms` for the batch histograms: the same points, into ``points``
         (duration, time to first chunk, tokens), each ``(attribute items, value)``."""
-        items = self._attr_items
+        sets = self._point_sets.get((key, error_type))
+        if sets is None:  # input, output, duration, ttft attribute items (most calls share a few keys)
+            items = self._attr_items
+            sets = (
+                items(key, "gen_ai.token.type", "input"),
+                items(key, "gen_ai.token.type", "output"),
+                items(key, "error.type", error_type) if error_type else items(key),
+                items(key),
+            )
+            if len(self._point_sets) < 10_000:
+                self._point_sets[(key, error_type)] = sets
         if (n := rec.get("input_tokens")) is not None:
-            points[2].append((items(key, "gen_ai.token.type", "input"), n))
+            points[2].append((sets[0], n))
         if (n := rec.get("output_tokens")) is not None:
-            points[2].append((items(key, "gen_ai.token.type", "output"), n))
+            points[2].append((sets[1], n))
         if (ms := rec.get("latency_ms")) is not None:
-            attrs = items(key, "error.type", error_type) if error_type else items(key)
-            points[0].append((attrs, ms / 1000))
+            points[0].append((sets[2], ms / 1000))
         if (ms := rec.get("ttft_ms")) is not None:
-            points[1].append((items(key), ms / 1000))
+            points[1].append((sets[3], ms / 1000))
 
     def _attr_items(
         self, key: tuple[Any, ...], extra: str | None = None, value: Any = None
