@@ -123,8 +123,8 @@ class Telemetry:
             readers.append(PrometheusMetricReader(disable_target_info=True, registry=self.registry))
         self._ids = _CallIds()
         self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._items_cache: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
         self._point_sets: dict[tuple[Any, ...], tuple[tuple[tuple[str, Any], ...], ...]] = {}
+        """The batch histograms' attribute items per (key, error type): `_batch_points`."""
         self.tracer_provider: TracerProvider | None = None
         exporters: list[tuple[SpanExporter, bool]] = []
         if span_exporter is not None:
@@ -389,14 +389,8 @@ class Telemetry:
     def _attr_items(
         self, key: tuple[Any, ...], extra: str | None = None, value: Any = None
     ) -> tuple[tuple[str, Any], ...]:
-        """`_metric_attrs` as a hashable tuple of items (the batch histograms' series key), cached."""
-        cache_key = (key, extra, value, None)
-        items = self._items_cache.get(cache_key)
-        if items is None:
-            items = tuple(self._metric_attrs(key, extra, value).items())
-            if len(self._items_cache) < 10_000:
-                self._items_cache[cache_key] = items
-        return items
+        """`_metric_attrs` as a hashable tuple of items (the batch histograms' series key)."""
+        return tuple(self._metric_attrs(key, extra, value).items())
 
     def _on_events(self, records: list[dict[str, Any]]) -> None:
         """Outcome events by the route and variant of their call (``unknown`` when not found)."""
