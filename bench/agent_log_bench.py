@@ -70,8 +70,9 @@ def run(
         "log_dir": tmp,
         "flush_interval": flush_interval,
         "compact_interval": 0,
-        "convert_process": convert_process,
     }
+    if convert_process:
+        store_settings["convert_process"] = True
     settings = Settings.model_validate(
         {
             "store": store_settings,
@@ -105,7 +106,8 @@ def run(
         time.sleep(0.02)
     elapsed = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    child_cpu, child_peak = child_usage(agent.child.pid if agent.child is not None else None)
+    child = getattr(agent, "child", None)
+    child_cpu, child_peak = child_usage(child.pid if child is not None else None)
     agent.stop()
     for p in procs:
         p.join()
