@@ -17,9 +17,11 @@ on Linux, and it checks its parent before each segment), so no conversion outliv
 agent's host lock.
 
 The cost, measured in ``docs/benchmarks.md``: every record is parsed twice (once by the tail
-for telemetry, once by the child), about a fifth more CPU per row, and the child's memory
-(its imports and one segment's Arrow tables) comes on top of the agent's, while the agent no
-longer keeps the tail's tables. Off by default: it pays where the host has a core to spare.
+for telemetry, once by the child): a third to a half more CPU per row in all; the child's
+memory (its imports and one segment's Arrow tables, ~170 MiB) comes on top of the agent's,
+which no longer keeps the tail's tables (~235 MiB instead of ~340 in the agent bench). Off by
+default: it can only pay where the host has a core to spare (on the shared 2-core machine of
+``docs/benchmarks.md`` it was slower).
 """
 
 from __future__ import annotations
