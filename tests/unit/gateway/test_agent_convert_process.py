@@ -30,12 +30,12 @@ TS = 1_700_000_000_000_000
 WRITER = "0000000000001-1-dead00"  # a writer whose lock nobody holds: all of its segments are closed
 
 
-def agent_settings(log_dir: str, *, child: bool) -> Settings:
+def agent_settings(log_dir: str, *, child: bool, flush_interval: float = 60) -> Settings:
     return Settings.model_validate(
         {
             "store": {
                 "log_dir": log_dir,
-                "flush_interval": 60,
+                "flush_interval": flush_interval,
                 "compact_interval": 0,
                 "convert_process": child,
             },
@@ -130,7 +130,10 @@ def entries(wal_dir: str, segment: str) -> list[tuple[Any, ...]]:
 def agents(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("convert-process")
     pair = {
-        child: LogAgent(agent_settings(str(root / ("child" if child else "thread")), child=child))
+        # the agents' own threads convert too, every 50 ms: the test's rounds race with theirs
+        child: LogAgent(
+            agent_settings(str(root / ("child" if child else "thread")), child=child, flush_interval=0.05)
+        )
         for child in (False, True)
     }
     for agent in pair.values():
@@ -154,8 +157,7 @@ def test_the_child_converts_exactly_what_the_agents_thread_converts(agents, item
         got = seen[child] = []
         listener = lambda table, rows, got=got: got.extend(str(r.get("call_id")) for r in rows)  # noqa: E731
         agent.tailer.listeners.append(listener)  # before the segment appears: the tail thread may read it
-        Path(agent.wal_dir).mkdir(parents=True, exist_ok=True)
-        (Path(agent.wal_dir) / f"{stem}.wal.ndjson").write_bytes(data)
+        put_segment(Path(agent.wal_dir) / f"{stem}.wal.ndjson", data)
         agent.tailer.poll()
         agent.convert()
         agent.tailer.listeners.remove(listener)
@@ -172,11 +174,18 @@ def test_the_child_converts_exactly_what_the_agents_thread_converts(agents, item
         assert child.status()[key] == thread.status()[key], key
 
 
+def put_segment(path: Path, data: bytes) -> None:
+    """A dead writer's segment, whole at once (the agent's threads may convert it as soon as it appears)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
 def write_segment(wal_dir: str, seq: int, n: int, base: int) -> str:
-    Path(wal_dir).mkdir(parents=True, exist_ok=True)
     path = Path(wal_dir) / f"{WRITER}.{seq:08d}.wal.ndjson"
     recs = [{"_t": "calls", "call_id": f"call-{base + i}", "ts": TS + i, "status": 200} for i in range(n)]
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+    put_segment(path, b"".join(orjson.dumps(r) + b"\n" for r in recs))
     return str(path)
 
 
