@@ -388,6 +388,9 @@ class LogAgent:
         s, c = self.stats, self.converter.stats
         return {
             "agent_pid": os.getpid(),
+            "convert_process": None
+            if self.child is None
+            else {"pid": self.child.pid, "restarts": self.child.restarts},
             "healthy": self.healthy,
             "backlog_bytes": self.backlog_bytes,
             "flushed_rows": c.flushed_rows,

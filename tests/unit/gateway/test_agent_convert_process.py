@@ -214,6 +214,7 @@ def test_a_killed_child_is_replaced_and_every_row_lands_once(tmp_path):
         assert not agent.healthy
         assert agent.convert() == 50  # a new child
         assert agent.healthy
+        assert agent.status()["convert_process"] == {"pid": agent.child.pid, "restarts": 1}
         # killed at whatever moment of a conversion: the next round lands each row once
         write_segment(agent.wal_dir, 2, 20_000, 1000)
         rounds: list[int] = []
