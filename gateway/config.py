@@ -325,6 +325,11 @@ class StoreConfig(_Section):
     """Most bytes (MiB) of not yet converted WAL the log agent's own readers (regeneration detection, the
     review pages) parse per snapshot, newest first: when the agent falls behind, the older backlog is seen
     once converted (oldest first) instead of being parsed into memory on every read."""
+    convert_process: bool = False
+    """Convert closed WAL segments to Parquet in a child process of the log agent, on another core, while
+    the agent's tail keeps reading the WAL for telemetry: for hosts with a core to spare, at a third to a
+    half more CPU per row (each record is parsed twice) and the child's memory (~170 MiB); off, the agent
+    converts in its own thread (docs/benchmarks.md)."""
     wal_fsync_ms: float = 0.0
     """Group-commit ``fdatasync`` of the WAL every this many milliseconds (0: off). Off, a killed gateway
     loses nothing but a machine crash (power, kernel) can lose the calls of the last seconds; on, it

@@ -49,9 +49,14 @@ class BatchHistogram:
 
     def observe_many(self, points: Sequence[tuple[tuple[tuple[str, Any], ...], float]]) -> None:
         """A batch of ``(attributes, value)`` points, under the lock once."""
-        with self.lock:
+        series, bounds, width = self.series, self.boundaries, len(self.boundaries) + 1
+        with self.lock:  # `observe`, inlined (a few points per call, tens of thousands a second)
             for attributes, value in points:
-                self.observe(attributes, value)
+                s = series.get(attributes)
+                if s is None:
+                    s = series[attributes] = [[0] * width, 0.0]
+                s[0][bisect_left(bounds, value)] += 1
+                s[1] += value
 
     def snapshot(self) -> list[tuple[dict[str, Any], list[int], float]]:
         with self.lock:

@@ -123,7 +123,8 @@ class Telemetry:
             readers.append(PrometheusMetricReader(disable_target_info=True, registry=self.registry))
         self._ids = _CallIds()
         self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._items_cache: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
+        self._point_sets: dict[tuple[Any, ...], tuple[tuple[tuple[str, Any], ...], ...]] = {}
+        """The batch histograms' attribute items per (key, error type): `_batch_points`."""
         self.tracer_provider: TracerProvider | None = None
         exporters: list[tuple[SpanExporter, bool]] = []
         if span_exporter is not None:
@@ -365,28 +366,31 @@ class Telemetry:
     ) -> None:
         """`_call_histograms` for the batch histograms: the same points, into ``points``
         (duration, time to first chunk, tokens), each ``(attribute items, value)``."""
-        items = self._attr_items
+        sets = self._point_sets.get((key, error_type))
+        if sets is None:  # input, output, duration, ttft attribute items (most calls share a few keys)
+            items = self._attr_items
+            sets = (
+                items(key, "gen_ai.token.type", "input"),
+                items(key, "gen_ai.token.type", "output"),
+                items(key, "error.type", error_type) if error_type else items(key),
+                items(key),
+            )
+            if len(self._point_sets) < 10_000:
+                self._point_sets[(key, error_type)] = sets
         if (n := rec.get("input_tokens")) is not None:
-            points[2].append((items(key, "gen_ai.token.type", "input"), n))
+            points[2].append((sets[0], n))
         if (n := rec.get("output_tokens")) is not None:
-            points[2].append((items(key, "gen_ai.token.type", "output"), n))
+            points[2].append((sets[1], n))
         if (ms := rec.get("latency_ms")) is not None:
-            attrs = items(key, "error.type", error_type) if error_type else items(key)
-            points[0].append((attrs, ms / 1000))
+            points[0].append((sets[2], ms / 1000))
         if (ms := rec.get("ttft_ms")) is not None:
-            points[1].append((items(key), ms / 1000))
+            points[1].append((sets[3], ms / 1000))
 
     def _attr_items(
         self, key: tuple[Any, ...], extra: str | None = None, value: Any = None
     ) -> tuple[tuple[str, Any], ...]:
-        """`_metric_attrs` as a hashable tuple of items (the batch histograms' series key), cached."""
-        cache_key = (key, extra, value, None)
-        items = self._items_cache.get(cache_key)
-        if items is None:
-            items = tuple(self._metric_attrs(key, extra, value).items())
-            if len(self._items_cache) < 10_000:
-                self._items_cache[cache_key] = items
-        return items
+        """`_metric_attrs` as a hashable tuple of items (the batch histograms' series key)."""
+        return tuple(self._metric_attrs(key, extra, value).items())
 
     def _on_events(self, records: list[dict[str, Any]]) -> None:
         """Outcome events by the route and variant of their call (``unknown`` when not found)."""

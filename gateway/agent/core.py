@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.agent.convert_process import ConvertProcess
 from gateway.agent.tail import WalTailer
 from gateway.config import Settings
 from gateway.store import layout, quarantine
@@ -137,11 +138,17 @@ class LogAgent:
             create_bucket=store.create_bucket,
         )
         self.own = own
+        # in a child process (store.convert_process), or from the rows the tail parsed and derived
+        self.child = (
+            ConvertProcess(store.log_dir, self.wal_dir, self.converter.writer_id)
+            if store.convert_process
+            else None
+        )
         # one parse per record: the tail's derived rows feed telemetry, the feedback index and conversion
         self.tailer = WalTailer(
             self.wal_dir,
             full_records=settings.telemetry.capture_content,
-            keep_rows=True,
+            keep_rows=self.child is None,
             hold=self._hold_tail,
         )
         self.host = HostStats()
@@ -168,6 +175,8 @@ class LogAgent:
         except OSError as exc:  # the writers report it too; the rounds try again
             self._error(f"cannot create the WAL directory {self.wal_dir}: {exc}")
         self._first_round_pending = first_round_in_background
+        if self.child is not None:
+            self.child.start()
         if not first_round_in_background:
             self._first_round()
         for name, target in (("tail", self._tail_loop), ("convert", self._convert_loop)):
@@ -194,6 +203,8 @@ class LogAgent:
             if not self._live_writers_with_data() or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        if self.child is not None:
+            self.child.close()
         return rows
 
     def _hold_tail(self) -> bool:
@@ -239,6 +250,7 @@ class LogAgent:
             try:
                 if self.convert():
                     _release_freed_memory()
+                    self._wake.set()  # more segments may have closed meanwhile: look again at once
                 ready = self._store_ready and self.stats.consecutive_failures == 0
                 if ready and self.converter.housekeeping():
                     _release_freed_memory()  # a compaction's batches
@@ -267,8 +279,7 @@ class LogAgent:
                     for seg in closed:
                         self.tailer.drain(seg)
                         try:
-                            parsed = self.tailer.parsed(seg) or self.tailer.reparse(seg)
-                            rows += self.converter.convert_segment(seg, parsed)
+                            rows += self._convert_one(seg)
                         except FileNotFoundError:
                             pass
                         except OSError as exc:
@@ -293,6 +304,13 @@ class LogAgent:
                 self.stats.last_error = None
             self.stats.last_flush_at = time.time()
             return rows
+
+    def _convert_one(self, seg: str) -> int:
+        """One closed segment (drained by the tail) to the table; returns its rows."""
+        if self.child is not None:
+            return self.converter.count_converted(seg, self.child.convert(seg))
+        parsed = self.tailer.parsed(seg) or self.tailer.reparse(seg)
+        return self.converter.convert_segment(seg, parsed)
 
     @contextlib.contextmanager
     def _host_lock(self) -> Iterator[bool]:
@@ -370,6 +388,9 @@ class LogAgent:
         s, c = self.stats, self.converter.stats
         return {
             "agent_pid": os.getpid(),
+            "convert_process": None
+            if self.child is None
+            else {"pid": self.child.pid, "restarts": self.child.restarts},
             "healthy": self.healthy,
             "backlog_bytes": self.backlog_bytes,
             "flushed_rows": c.flushed_rows,

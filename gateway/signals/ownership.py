@@ -91,6 +91,22 @@ class _WalTail:
             for cid in {posted, call.call_id if call else posted}:
                 self._put(self.events, (cid, str(rec["kind"]), poster_id(rec)), rec)
 
+    def add_calls(self, rows: list[dict[str, Any]]) -> None:
+        """`add` for a batch of derived ``calls`` rows (the agent's tail: tens of thousands a second)."""
+        owners = self.owners
+        for row in rows:
+            call_id = row.get("call_id")
+            if not call_id:
+                continue
+            owner = CallOwner(str(call_id), row.get("client_key"), recent=True)
+            owners[owner.call_id] = owner
+            owners.move_to_end(owner.call_id)
+            if row.get("response_id") and row.get("served") is not False:
+                owners[str(row["response_id"])] = owner
+                owners.move_to_end(str(row["response_id"]))
+        while len(owners) > self.max_entries:
+            owners.popitem(last=False)
+
     def _put(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value
         table.move_to_end(key)
@@ -124,6 +140,9 @@ class FeedbackIndex:
     def on_records(self, table: str, rows: list[dict[str, Any]]) -> None:
         """A listener of the agent's WAL tail: derived rows just appended to the WAL."""
         with self._lock:
+            if table == "calls":
+                self._tail.add_calls(rows)
+                return
             for row in rows:
                 self._tail.add(row if "_t" in row else dict(row, _t=table), derived=True)
 

@@ -79,7 +79,6 @@ class Parsed:
         """Add one chunk of ``lines`` lines: its derived rows (at chunk line ``positions``), the lines
         that did not parse and the records that could not be derived; returns the Arrow bytes added."""
         base = self.lines
-        where = {id(r): base + n for r, n in zip(rows, positions, strict=True)}
         failed: list[Rejected] = []
         added = 0
         for table, day, recs in group_by_table_and_date(rows, failed):
@@ -88,6 +87,7 @@ class Parsed:
                 self.groups.setdefault((table, day), []).append(arrow)
                 self.rows += len(ok)
                 added += arrow.nbytes
+        where = {id(r): base + n for r, n in zip(rows, positions, strict=True)} if failed else {}
         for rec, reason in failed:
             name = rec.get("_t")
             self.rejected.append((where[id(rec)], name if isinstance(name, str) else None, reason))

@@ -273,6 +273,11 @@ class LogWriter:
             valid_len=self.wal.valid_len.get(seg),
             parsed=parsed,
         )
+        return self.count_converted(seg, done)
+
+    def count_converted(self, seg: str, done: conversion.Converted) -> int:
+        """Count what converting ``seg`` did (once, here; also for a conversion done in another
+        process: `gateway.agent.convert_process`); returns its rows."""
         self.stats.parquet_files += done.files
         if done.corrupt:
             self.stats.corrupt_records += done.corrupt

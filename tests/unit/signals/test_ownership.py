@@ -92,3 +92,38 @@ def test_a_worker_asking_an_unreachable_agent_gets_a_503_when_keyed_and_goes_on_
             await link.close()
 
     asyncio.run(run())
+
+
+def test_a_batch_of_calls_from_the_tail_indexes_them_as_one_by_one_adds_would(tmp_path):
+    """`_WalTail.add_calls` (the agent's tail, a batch at a time, trimmed once) leaves the same owners,
+    in the same order, as `add` row by row (trimmed at each put), whatever the ids repeat."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.signals.ownership import _WalTail
+
+    ids = st.sampled_from(["c1", "c2", "c3", "r1", "r2", "", None])
+    rows = st.lists(
+        st.fixed_dictionaries(
+            {
+                "_t": st.just("calls"),
+                "call_id": ids,
+                "client_key": st.sampled_from([None, "alice", "bob"]),
+                "response_id": ids,
+                "served": st.sampled_from([True, False, None]),
+            }
+        ),
+        max_size=20,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(batches=st.lists(rows, max_size=4), max_entries=st.integers(1, 6))
+    def check(batches: list[list[dict[str, object]]], max_entries: int) -> None:
+        one, many = _WalTail(str(tmp_path), max_entries), _WalTail(str(tmp_path), max_entries)
+        for batch in batches:
+            for row in batch:
+                one.add(row, derived=True)
+            many.add_calls(batch)
+        assert list(many.owners.items()) == list(one.owners.items())
+
+    check()
