@@ -236,18 +236,47 @@ def regeneration_inputs(
     """Served calls with a sticky key (``user``, ``session_id`` or ``client_key``) and
     ``lo_us <= ts < hi_us`` (epoch microseconds; no upper end when None), in time order, with the
     columns the regeneration detector compares, ``batch_rows`` at a time: the detector keeps a
-    digest of each, never the window's request bodies at once."""
+    digest of each, never the window's request bodies at once.
+
+    DuckDB materialises a query's whole result (and sorts it in memory) before the first row is
+    fetched, so the window is read in time slices of about ``batch_rows`` calls each, planned from
+    a count per second over narrow columns: what is held at once is one slice's bodies (one
+    second's when a single second holds more), not the window's."""
     from gateway.store import windows  # pyarrow: request workers import this module without it
 
-    query = f"""
-        SELECT call_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
-               request, status, error_type
-        FROM {windows.source(store, "calls", lo_us, hi_us)}
-        WHERE {_SERVED_IN} AND {_KEYED}
-        ORDER BY ts, call_id
-        """
-    for batch in store.batches(query, {"lo": lo_us, "hi": hi_us}, rows=batch_rows):
-        yield cast("list[RegenerationInput]", batch)
+    seconds = _rows(
+        store,
+        f"""SELECT epoch_us(ts) // 1000000 AS s, count(*) AS n
+            FROM {windows.source(store, "calls", lo_us, hi_us)} WHERE {_SERVED_IN} AND {_KEYED}
+            GROUP BY s ORDER BY s""",
+        {"lo": lo_us, "hi": hi_us},
+    )
+    for a, b in _slices([(int(r["s"]), int(r["n"])) for r in seconds], batch_rows, lo_us, hi_us):
+        query = f"""
+            SELECT call_id, epoch_us(ts) AS ts_us, route, "user", session_id, client_key,
+                   request, status, error_type
+            FROM {windows.source(store, "calls", a, b)}
+            WHERE {_SERVED_IN} AND {_KEYED}
+            ORDER BY ts, call_id
+            """
+        for batch in store.batches(query, {"lo": a, "hi": b}, rows=batch_rows):
+            yield cast("list[RegenerationInput]", batch)
+
+
+def _slices(
+    counts: list[tuple[int, int]], rows: int, lo_us: int, hi_us: int | None
+) -> Iterator[tuple[int, int | None]]:
+    """``[a, b)`` bounds (epoch µs) covering ``[lo_us, hi_us)`` in order, each holding about ``rows``
+    calls by ``counts`` (``(second, calls)`` in ascending order), cut at second boundaries."""
+    start, held = lo_us, 0
+    for second, n in counts:
+        if held and held + n > rows:
+            cut = second * 1_000_000
+            yield start, cut
+            start, held = cut, 0
+        held += n
+    if held:
+        yield start, hi_us
 
 
 def explicit_regenerations(

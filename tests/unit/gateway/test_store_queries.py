@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import time
 from typing import Any
@@ -226,3 +227,47 @@ def test_a_hostile_route_name_is_a_parameter_never_sql(log_dir, log, route):
         assert queries.count_served(store, route) == len(expected)
         assert {r["call_id"] for r in queries.served_calls(store, route)} == expected
         assert len(queries.shadow_pairs(store, route)) == (len(log["pairs"]) if route == "support" else 0)
+
+
+def test_regeneration_inputs_read_the_window_in_time_slices_in_order(tmp_path):
+    t0 = NOW_US - HOUR_US
+    # 40 keyed calls over 8 seconds, written out of order, plus one second holding more than a batch
+    calls = [_call("support", ts=t0 + (i % 8) * 1_000_000 + i, user=f"u{i % 5}") for i in range(40)]
+    calls += [_call("support", ts=t0 + 9_000_000 + i, user="heavy") for i in range(7)]
+    with LogWriter(str(tmp_path)) as w:
+        for rec in reversed(calls):
+            w.append("calls", rec)
+    with LogStore.open(str(tmp_path)) as store:
+        batches = list(queries.regeneration_inputs(store, t0, None, batch_rows=6))
+    got = [(r["ts_us"], r["call_id"]) for b in batches for r in b]
+    assert got == sorted((c["ts"], c["call_id"]) for c in calls)  # every call once, in time order
+    assert max(len(b) for b in batches) <= 6
+    assert len(batches) >= 8  # sliced, not one query over the window
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 30), max_size=40),
+    st.integers(1, 50),
+    st.integers(0, 999_999),
+    st.booleans(),
+)
+def test_time_slices_cover_the_window_in_order_each_about_a_batch(ns, rows, offset, open_end):
+    lo = 1_700_000_000 * 1_000_000 + offset
+    counts = [(1_700_000_000 + 2 * k, n) for k, n in enumerate(ns)]
+    hi = None if open_end else (counts[-1][0] + 1) * 1_000_000 if counts else lo + 1
+    slices = list(queries._slices(counts, rows, lo, hi))
+    if not counts:
+        assert slices == []
+        return
+    assert slices[0][0] == lo and slices[-1][1] == hi
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))  # contiguous
+
+    def within(s: int, a: int, b: int | None) -> bool:  # a second's calls are at lo or later
+        t = max(s * 1_000_000, lo)
+        return a <= t and (b is None or t < b)
+
+    for a, b in slices:
+        held = [n for s, n in counts if within(s, a, b)]
+        assert held and (sum(held) <= rows or len(held) == 1)  # a batch, or one second over it
+    assert sorted(s for a, b in slices for s, _ in counts if within(s, a, b)) == [s for s, _ in counts]
