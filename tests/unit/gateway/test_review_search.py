@@ -10,6 +10,7 @@ fill its pages -- shows every matching call exactly once, newest first, and no o
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,20 +26,23 @@ NOW = time.time()
 NOW_US = int(NOW * 1e6)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    log = str(tmp_path_factory.mktemp("search") / "log")
-    generate(log, 30_000, days=3.0, now=NOW, batch=7_000)
+def _log(
+    factory: pytest.TempPathFactory, name: str, calls: int, days: float, batch: int
+) -> Iterator[LogStore]:
+    log = str(factory.mktemp(name) / "log")
+    generate(log, calls, days=days, now=NOW, batch=batch)
     with LogStore.open(log) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory):
-    log = str(tmp_path_factory.mktemp("search-small") / "log")
-    generate(log, 1_500, days=2.0, now=NOW, batch=400)
-    with LogStore.open(log) as s:
-        yield s
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogStore]:
+    yield from _log(tmp_path_factory, "search", 30_000, 3.0, 7_000)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogStore]:
+    yield from _log(tmp_path_factory, "search-small", 1_500, 2.0, 400)
 
 
 def brute(store: LogStore, flt: q.CallFilter) -> list[str]:
