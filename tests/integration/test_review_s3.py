@@ -18,6 +18,8 @@ from gateway.web import _queries as q
 from gateway.web import _sample
 from tests.support.s3 import MotoServer
 
+pytestmark = pytest.mark.real_clock  # moto_server is a subprocess: it keeps the real clock
+
 NOW = time.time()
 
 
