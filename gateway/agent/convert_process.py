@@ -27,7 +27,6 @@ default: it can only pay where the host has a core to spare (on the shared 2-cor
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import ctypes
 import ctypes.util
 import multiprocessing as mp
@@ -36,6 +35,7 @@ import signal
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from gateway.agent.process import release_freed_memory
 from gateway.store.conversion import Converted
 
 _PR_SET_PDEATHSIG = 1
@@ -75,13 +75,8 @@ def _convert(log_dir: str, wal_dir: str, writer_id: str, seg: str) -> Converted:
     done = conversion.convert_segment(log_dir, wal_dir, writer_id, seg, parsed=parsed)
     done.batches = []  # the agent's listeners had the rows from its tail: only counts go back
     del parsed
-    _trim()  # the segment's tables are freed: give the heap back (glibc keeps it otherwise)
+    release_freed_memory()  # the segment's tables are freed
     return done
-
-
-def _trim() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def _warm() -> int:

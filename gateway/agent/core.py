@@ -19,8 +19,6 @@ drops) into one view for the host's metrics.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import threading
@@ -31,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.agent.convert_process import ConvertProcess
+from gateway.agent.process import release_freed_memory
 from gateway.agent.tail import WalTailer
 from gateway.config import Settings
 from gateway.store import layout, quarantine
@@ -249,11 +248,11 @@ class LogAgent:
                 break
             try:
                 if self.convert():
-                    _release_freed_memory()
+                    release_freed_memory()
                     self._wake.set()  # more segments may have closed meanwhile: look again at once
                 ready = self._store_ready and self.stats.consecutive_failures == 0
                 if ready and self.converter.housekeeping():
-                    _release_freed_memory()  # a compaction's batches
+                    release_freed_memory()  # a compaction's batches
             except Exception as exc:  # the converter must survive anything
                 self._error(f"agent: conversion round failed: {exc!r}")
 
@@ -415,22 +414,6 @@ class LogAgent:
         if message != self.stats.last_error:
             log.error("call log: %s", message)
         self.stats.last_error = message
-
-
-def _release_freed_memory() -> None:
-    """Give the heap freed by a conversion round back to the OS (glibc keeps it otherwise: the
-    agent's RSS would stay at the high-water mark of its largest batch)."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 class AgentLog:

@@ -8,6 +8,8 @@ and converts what they left.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -98,3 +100,19 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def release_freed_memory() -> None:
+    """Give the heap freed by a conversion round (or by a conversion process's segment) back to the
+    OS (glibc keeps it otherwise: the RSS would stay at the high-water mark of the largest batch)."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None

@@ -80,11 +80,7 @@ class _WalTail:
     def add(self, rec: dict[str, Any], *, derived: bool = False) -> None:
         table = rec.get("_t")
         if table == "calls" and rec.get("call_id"):
-            row = rec if derived else derive("calls", rec)
-            owner = CallOwner(str(row["call_id"]), row.get("client_key"), recent=True)
-            self._put(self.owners, owner.call_id, owner)
-            if row.get("response_id") and row.get("served") is not False:
-                self._put(self.owners, str(row["response_id"]), owner)
+            self.add_calls([rec if derived else derive("calls", rec)])
         elif table == "events" and rec.get("call_id") and rec.get("kind"):
             posted = str(rec["call_id"])
             call = self.owners.get(posted)

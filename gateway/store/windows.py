@@ -35,6 +35,11 @@ def day_of(us: int) -> str:
     return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=us)).date().isoformat()
 
 
+def day_start_us(day: str) -> int:
+    """The start of a ``date=`` partition (``YYYY-MM-DD``, UTC) in epoch microseconds: `day_of`'s inverse."""
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+
+
 def days(store: LogStore, table: str) -> list[str]:
     """The day partitions the snapshot has for ``table``, oldest first."""
     return sorted({f.day for f in store.data_files.get(table, ())})

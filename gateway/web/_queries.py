@@ -13,7 +13,6 @@ log. The charts' aggregates are in `gateway.web._series`.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +100,7 @@ def oldest_us(store: LogStore) -> int:
     days = win.days(store, "calls")
     if not days:
         return _day_start(now_us())
-    return int(dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+    return win.day_start_us(days[0])
 
 
 def newest_first(
@@ -272,7 +271,7 @@ def facets(store: LogStore) -> dict[str, list[str]]:
     for day, uris in sorted(by_day.items()):
         key = (store.log_dir, day, tuple(sorted(uris)))
         if key not in _FACETS:
-            start = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+            start = win.day_start_us(day)
             rel = win.source(store, "calls", start, start + DAY_US, tail=False)
             _FACETS[key] = [
                 (r["route"], r["variant"]) for r in store.sql(f"SELECT DISTINCT route, variant FROM {rel}")
