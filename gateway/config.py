@@ -325,6 +325,17 @@ class StoreConfig(_Section):
     """Most bytes (MiB) of not yet converted WAL the log agent's own readers (regeneration detection, the
     review pages) parse per snapshot, newest first: when the agent falls behind, the older backlog is seen
     once converted (oldest first) instead of being parsed into memory on every read."""
+    query_memory_mb: Annotated[int, Field(ge=0)] = 512
+    """Most memory (MiB) DuckDB may hold for one log agent's queries of the log (the review pages'
+    dashboards, the controller, the scheduled jobs); past it a query spills to ``query_temp_dir``, and
+    one that cannot spill fails with an error instead of growing the agent until the host or the pod's
+    limit kills it (a cold 7-day dashboard over 10M calls held 3.7 GB unbounded). 0: DuckDB's default,
+    80 % of the machine's memory. CLI commands (``logs sql``, ``eval``, ``train``) are not bounded."""
+    query_threads: Annotated[int, Field(ge=0)] = 0
+    """Threads DuckDB uses for one of the agent's queries (0: one per core). 1 keeps a background
+    dashboard from taking the request workers' cores, at about 1.3x its time."""
+    query_temp_dir: str | None = None
+    """Where those queries spill (default ``<system temp dir>/shadowtune-duckdb``; local disk)."""
     convert_process: bool = False
     """Convert closed WAL segments to Parquet in a child process of the log agent, on another core, while
     the agent's tail keeps reading the WAL for telemetry: for hosts with a core to spare, at a third to a

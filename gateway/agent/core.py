@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from gateway.agent.tail import WalTailer
 from gateway.config import Settings
 from gateway.store import layout, quarantine
 from gateway.store.fileio import try_lock
+from gateway.store.reader import QueryLimits, limit_queries
 from gateway.store.wal import WalAppender, default_wal_dir
 from gateway.store.writer import LogWriter
 
@@ -114,6 +116,13 @@ class HostStats:
         }
 
 
+def query_limits_of(settings: Settings) -> QueryLimits:
+    """The bounds of the agent process's DuckDB queries (``store.query_*``)."""
+    store = settings.store
+    temp = store.query_temp_dir or os.path.join(tempfile.gettempdir(), "shadowtune-duckdb")
+    return QueryLimits(memory_mb=store.query_memory_mb, threads=store.query_threads, temp_dir=temp)
+
+
 class LogAgent:
     """See the module docstring. ``own`` is the agent's own appender (review page, detectors)."""
 
@@ -122,6 +131,7 @@ class LogAgent:
     ) -> None:
         store = settings.store
         self.settings = settings
+        limit_queries(query_limits_of(settings))  # the review pages' and jobs' queries in this process
         self.log_dir = store.log_dir
         self.wal_dir = store.wal_dir or default_wal_dir(store.log_dir)
         self.flush_interval = store.flush_interval

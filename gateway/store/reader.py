@@ -33,6 +33,7 @@ import contextlib
 import glob
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -44,6 +45,33 @@ from gateway.store.layout import LogStoreError
 from gateway.store.rows import convert, parse_lines, to_table
 from gateway.store.schema import TABLES
 from gateway.store.table import DataFile, DeltaLog, split_stem
+
+
+@dataclass
+class QueryLimits:
+    """What DuckDB may use for the queries of every `LogStore` a process opens (`limit_queries`)."""
+
+    memory_mb: int = 0
+    """0: DuckDB's default (80 % of the machine's memory)."""
+    threads: int = 0
+    """0: DuckDB's default (one per core)."""
+    temp_dir: str | None = None
+    """Where a query past ``memory_mb`` spills (None: DuckDB's default, ``.tmp`` in the working
+    directory; ``""``: nowhere, so such a query fails)."""
+
+
+_limits = QueryLimits()
+
+
+def limit_queries(limits: QueryLimits) -> None:
+    """Bound every `LogStore` this process opens from now on (the log agent: `gateway.agent.core`)."""
+    global _limits
+    _limits = limits
+
+
+def query_limits() -> QueryLimits:
+    return _limits
+
 
 Params = Sequence[object] | Mapping[str, object] | None
 """Query parameters: positional (``?``, ``$1``) or named (``$name``)."""
@@ -104,6 +132,17 @@ FROM e GROUP BY call_id
 """
 
 
+def _duckdb_config(limits: QueryLimits) -> dict[str, str | bool | int | float | list[str]]:
+    config: dict[str, str | bool | int | float | list[str]] = {}
+    if limits.memory_mb:
+        config["memory_limit"] = f"{limits.memory_mb}MiB"
+    if limits.threads:
+        config["threads"] = limits.threads
+    if limits.temp_dir is not None:  # "": no spilling
+        config["temp_directory"] = limits.temp_dir
+    return config
+
+
 class LogStore:
     """Read-only access to a call log directory (or object-store URI)."""
 
@@ -116,7 +155,7 @@ class LogStore:
         """At most this many bytes of unflushed WAL are parsed per snapshot, newest segments first
         (None: all). Older segments are seen once converted; `tail_skipped_bytes` says how much was left."""
         self.tail_skipped_bytes = 0
-        self.con = duckdb.connect(":memory:")
+        self.con = duckdb.connect(":memory:", config=_duckdb_config(_limits))
         self._logs: dict[str, DeltaLog] = {}
         self.data_files: dict[str, list[DataFile]] = {}
         """Per table, the snapshot's data files (path, day partition, rows)."""
