@@ -73,6 +73,34 @@ def serve(log_dir: str, env: dict[str, str] | None = None) -> Iterator[str]:
         shutil.rmtree(wal, ignore_errors=True)
 
 
+def wait_warm(url: str, timeout: float = 300) -> float | None:
+    """Wait until the server's review pages have warmed up (`gateway.web._warm`); their seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            took = httpx.get(url + "/admin/status", timeout=5).json().get("review_warm_s")
+            if took is not None:
+                return float(took)
+        time.sleep(0.3)
+    return None
+
+
+def warmed(only: str) -> dict[str, str]:
+    """The first pages a reviewer opens after a restart, once the process has warmed up."""
+    first = {
+        "calls, first page": "/review/calls",
+        "queue: random sample": "/review/queues/sample",
+        "dashboard 24h": "/review",
+    }
+    return {k + ", after a restart and its warm-up": v for k, v in first.items() if _picked(only, k)}
+
+
+def restarted_warm(url: str, only: str, repeat: int) -> None:
+    took = wait_warm(url)
+    print(f"  warm-up took {took} s" if took is not None else "  no warm-up reported")
+    time_pages(url, warmed(only), repeat)
+
+
 def pages(log_dir: str) -> dict[str, str]:
     """The pages to time, with real ids from the log."""
     with LogStore.open(log_dir) as s:
@@ -184,12 +212,16 @@ def main() -> None:
             time_pages(url, {k: v for k, v in pages(log_dir).items() if _picked(a.only, k)}, a.repeat)
         with serve(log_dir) as url:
             time_pages(url, restarted(a.only), a.repeat)
+        with serve(log_dir) as url:
+            restarted_warm(url, a.only, a.repeat)
     if a.s3_uri:
         s3_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
         with serve(a.s3_uri, s3_env) as url:
             time_pages(url, {k: v for k, v in pages(a.s3_uri).items() if _picked(a.only, k)}, a.repeat)
         with serve(a.s3_uri, s3_env) as url:
             time_pages(url, restarted(a.only), a.repeat)
+        with serve(a.s3_uri, s3_env) as url:
+            restarted_warm(url, a.only, a.repeat)
     elif a.s3:
         from tests.support.s3 import MotoServer
 
@@ -203,6 +235,8 @@ def main() -> None:
                 time_pages(url, {k: v for k, v in pages(uri).items() if _picked(a.only, k)}, a.repeat)
             with serve(uri, moto.env) as url:
                 time_pages(url, restarted(a.only), a.repeat)
+            with serve(uri, moto.env) as url:
+                restarted_warm(url, a.only, a.repeat)
         finally:
             moto.stop()
     if tmp:

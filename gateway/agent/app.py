@@ -104,6 +104,8 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
         # the backlog a restarted agent finds is converted in its thread: the workers reach it at once
         await asyncio.to_thread(ctx.agent.start, first_round_in_background=True)
         ctx.background = jobs.start(ctx)
+        # the review pages' stores, facets and sample pool, before the first reviewer needs them
+        ctx.background.append(asyncio.create_task(warm_up(api.state)))
         try:
             yield
         finally:
@@ -120,6 +122,7 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
     _install_error_handlers(api)
     from gateway.api.admin import _admin
     from gateway.web import review
+    from gateway.web._warm import warm_up
 
     api.include_router(review.router)
 
@@ -136,6 +139,8 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
             "store": ctx.agent.status(),
             "shadow": {"depth": host.depth, "in_flight": host.in_flight, "workers": host.workers},
             "routes_version": ctx.routes.snapshot.version,
+            # seconds the review pages' warm-up took (`gateway.web._warm`); None while it runs
+            "review_warm_s": getattr(request.app.state, "review_warm_s", None),
         }
 
     @api.post("/admin/flush")

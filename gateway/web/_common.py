@@ -181,7 +181,10 @@ def page(
 # -- the store ---------------------------------------------------------------------------
 def shared(request: Request) -> SharedStore:
     """This process's `SharedStore` (made on first use)."""
-    state = request.app.state
+    return shared_of(request.app.state)
+
+
+def shared_of(state: Any) -> SharedStore:
     store: SharedStore | None = getattr(state, "review_store", None)
     if store is None:
         cfg = state.ctx.settings.store
@@ -193,7 +196,10 @@ def shared(request: Request) -> SharedStore:
 
 def background(request: Request) -> SharedStore:
     """A second store for the cached aggregates, so their minutes never queue the other pages."""
-    state = request.app.state
+    return background_of(request.app.state)
+
+
+def background_of(state: Any) -> SharedStore:
     store: SharedStore | None = getattr(state, "review_background_store", None)
     if store is None:
         cfg = state.ctx.settings.store
@@ -204,7 +210,10 @@ def background(request: Request) -> SharedStore:
 
 
 def cache(request: Request) -> Cached:
-    state = request.app.state
+    return cache_of(request.app.state)
+
+
+def cache_of(state: Any) -> Cached:
     found: Cached | None = getattr(state, "review_cache", None)
     if found is None:
         found = state.review_cache = Cached(snapshots=Snapshots(state.ctx.settings.store.log_dir))

@@ -134,18 +134,26 @@ async def newest_pool(request: Request, pin: Pin) -> None:
     the dashboard's numbers, so a restart starts from the last one); the pin takes its window."""
     if pin.kind != "sample" or pin.pinned:
         return
-    store = web.background(request)
-    seconds = q.PERIODS[pin.period]
+    got = await newest_pool_of(request.app.state, pin.period)
+    if got is not None:  # (else, after 5 s: this request computes the pool of now itself)
+        until, rows = got[0]
+        pin.pin_until(until)
+        pools(request).put(pin.lo, pin.until, rows)
+
+
+async def newest_pool_of(
+    state: Any, period: str, *, wait: float = 5.0
+) -> tuple[tuple[int, list[dict[str, Any]]], float] | None:
+    """The period's newest sample pool ``((until, rows), computed at)`` of this process
+    (`newest_pool`), or None while it is first computed (for longer than ``wait`` seconds)."""
+    store = web.background_of(state)
+    seconds = q.PERIODS[period]
 
     def compute() -> tuple[int, list[dict[str, Any]]]:
         until = q.now_us()
         return until, store.run(lambda s: _sample.pool(s, until - seconds * 1_000_000, until))
 
-    got = await web.cache(request).get(("sample-pool", pin.period), compute, keep=True)
-    if got is not None:  # (else, after 5 s: this request computes the pool of now itself)
-        until, rows = got[0]
-        pin.pin_until(until)
-        pools(request).put(pin.lo, pin.until, rows)
+    return await web.cache_of(state).get(("sample-pool", period), compute, keep=True, wait=wait)
 
 
 def reviewed(store: LogStore, ids: list[str], lo: int, who: str) -> set[str]:

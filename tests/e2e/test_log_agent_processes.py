@@ -145,6 +145,8 @@ def test_metrics_with_two_workers_equal_the_logs_counts(fake_upstream, log_dir):
             time.sleep(0.2)
             found = samples(proc.url)
         scrapes = [calls_metric(samples(proc.url)) for _ in range(6)]  # whichever worker takes the scrape
+        warm = httpx.get(proc.url + "/admin/status", headers={"Connection": "close"}, timeout=10).json()
+        assert warm["review_warm_s"] is not None  # the review pages warmed up as the agent started
         page = httpx.get(proc.url + "/review/calls?route=echo-a", headers={"Connection": "close"}, timeout=30)
         assert page.status_code == 200  # the review page reads the log in the agent, through a worker
         assert any(call_id in page.text for call_id, model in ids.items() if model == "echo-a")
