@@ -325,6 +325,11 @@ class StoreConfig(_Section):
     """Most bytes (MiB) of not yet converted WAL the log agent's own readers (regeneration detection, the
     review pages) parse per snapshot, newest first: when the agent falls behind, the older backlog is seen
     once converted (oldest first) instead of being parsed into memory on every read."""
+    tail_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between the log agent's reads of the WAL as it grows (what metrics and spans are made
+    from; at most ``flush_interval``). Shorter gives fresher metrics at a cost to the request workers'
+    tail latency on a small host: at one connection on 2 cores, p99 0.82-2.1 ms at 0.2 s against
+    0.50-0.59 ms at 1 s (docs/benchmarks.md), the same CPU in more, shorter bursts."""
     query_memory_mb: Annotated[int, Field(ge=0)] = 512
     """Most memory (MiB) DuckDB may hold for one log agent's queries of the log (the review pages'
     dashboards, the controller, the scheduled jobs); past it a query spills to ``query_temp_dir``, and

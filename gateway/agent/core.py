@@ -2,7 +2,7 @@
 
 Two threads, so that a slow or failing object store never delays telemetry:
 
-* the tail thread (`WalTailer.poll`, every ``tail_interval``) reads every segment of every
+* the tail thread (`WalTailer.poll`, every ``store.tail_interval``) reads every segment of every
   writer as it grows and hands the records to the listeners (`gateway.telemetry`);
 * the convert thread (every ``store.flush_interval``) converts closed segments with
   `LogWriter.convert_segment`: every segment of a writer but its newest (its open one), and
@@ -126,16 +126,14 @@ def query_limits_of(settings: Settings) -> QueryLimits:
 class LogAgent:
     """See the module docstring. ``own`` is the agent's own appender (review page, detectors)."""
 
-    def __init__(
-        self, settings: Settings, *, own: WalAppender | None = None, tail_interval: float = 0.2
-    ) -> None:
+    def __init__(self, settings: Settings, *, own: WalAppender | None = None) -> None:
         store = settings.store
         self.settings = settings
         limit_queries(query_limits_of(settings))  # the review pages' and jobs' queries in this process
         self.log_dir = store.log_dir
         self.wal_dir = store.wal_dir or default_wal_dir(store.log_dir)
         self.flush_interval = store.flush_interval
-        self.tail_interval = min(tail_interval, store.flush_interval)
+        self.tail_interval = min(store.tail_interval, store.flush_interval)
         self.max_backlog_bytes = store.max_backlog_mb * 2**20
         self.converter = LogWriter(
             store.log_dir,

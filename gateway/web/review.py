@@ -79,18 +79,15 @@ def _decisions(request: Request, routes: list[str]) -> dict[str, list[dict[str, 
     return out
 
 
-@router.get("")
-async def dashboard(request: Request) -> Response:
-    who = web.reviewer(request)
-    period = request.query_params.get("period", "24h")
-    if period not in q.PERIODS:
-        period = "24h"
-    snap = request.app.state.ctx.routes.snapshot
-    routes = [state.public() for _, state in sorted(snap.routes.items())]
+async def dashboard_numbers(
+    state: Any, period: str, *, wait: float = 5.0
+) -> tuple[dict[str, Any], float] | None:
+    """The dashboard's numbers for ``period`` and when they were computed (kept a minute, and next
+    to the log across restarts: `gateway.web._store.Cached`); None while first computed."""
+    routes = [r.public() for _, r in sorted(state.ctx.routes.snapshot.routes.items())]
     sticky = {r["route"]: r.get("sticky_key") or "user" for r in routes}
-    store = web.background(request)
-
-    price = worth.prices(request.app.state.ctx.settings.upstreams)
+    store = web.background_of(state)
+    price = worth.prices(state.ctx.settings.upstreams)
 
     def on(s: LogStore) -> dict[str, Any]:
         data = series.dashboard(s, period, q.now_us(), sticky)
@@ -101,7 +98,19 @@ async def dashboard(request: Request) -> Response:
         return store.run(on)
 
     key = ("dashboard", period, tuple(sorted(sticky.items())), tuple(sorted(price.items())))  # its inputs
-    got = await web.cache(request).get(key, compute, keep=True)
+    return await web.cache_of(state).get(key, compute, keep=True, wait=wait)
+
+
+@router.get("")
+async def dashboard(request: Request) -> Response:
+    who = web.reviewer(request)
+    period = request.query_params.get("period", "24h")
+    if period not in q.PERIODS:
+        period = "24h"
+    snap = request.app.state.ctx.routes.snapshot
+    routes = [state.public() for _, state in sorted(snap.routes.items())]
+    store = web.background(request)
+    got = await dashboard_numbers(request.app.state, period)
     if got is None:
         return web.page(
             request, who, "computing.html", nav="dashboard", period=period, periods=list(q.PERIODS)

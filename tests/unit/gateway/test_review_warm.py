@@ -1,5 +1,5 @@
 """The review pages warm up as the log agent starts (`gateway.web._warm`): the stores are open,
-the facets and the 24h sample pool computed, before the first reviewer opens a page."""
+the facets, the 24h sample pool and the 24h dashboard computed, before the first reviewer opens a page."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from gateway.web._warm import warm_up
 
 def state_for(log_dir: str) -> SimpleNamespace:
     settings = Settings.model_validate({"store": {"log_dir": log_dir}, "server": {"auth": "open"}})
-    return SimpleNamespace(ctx=SimpleNamespace(settings=settings))
+    routes = SimpleNamespace(snapshot=SimpleNamespace(routes={}))  # no configured routes: the log's
+    return SimpleNamespace(ctx=SimpleNamespace(settings=settings, routes=routes))
 
 
 def test_warm_up_opens_the_stores_and_computes_the_facets_and_the_sample_pool(tmp_path: Path) -> None:
@@ -33,6 +34,24 @@ def test_warm_up_opens_the_stores_and_computes_the_facets_and_the_sample_pool(tm
     until, pool = items[("sample-pool", "24h")][1]
     assert abs(until - q.now_us()) < 600e6
     assert 0 < len(pool) <= 800 and all(r["served"] for r in pool)
+    (numbers,) = [v for k, (_, v) in items.items() if k[0] == "dashboard" and k[1] == "24h"]
+    assert {r["route"] for r in numbers["table"]} == set(facets["routes"])
+    assert numbers["hi"] - numbers["lo"] == 86_400_000_000
+    assert (
+        sum(r["calls"] for r in numbers["table"]) == routed_calls_24h(state, numbers["lo"], numbers["hi"]) > 0
+    )
+
+
+def routed_calls_24h(state: SimpleNamespace, lo: int, hi: int) -> int:
+    """Routed calls in the dashboard's window (its bounds: `gateway.web._series.window`)."""
+    rows = state.review_store.run(
+        lambda s: s.sql(
+            "SELECT count(*) AS n FROM calls WHERE route IS NOT NULL "
+            "AND epoch_us(ts) >= $lo AND epoch_us(ts) < $hi",
+            {"lo": lo, "hi": hi},
+        )
+    )
+    return int(rows[0]["n"])
 
 
 def generated_routes(state: SimpleNamespace) -> list[dict[str, str]]:
