@@ -329,7 +329,7 @@ class StoreConfig(_Section):
     """Seconds between the log agent's reads of the WAL as it grows (what metrics and spans are made
     from; at most ``flush_interval``). Shorter gives fresher metrics at a cost to the request workers'
     tail latency on a small host: at one connection on 2 cores, p99 0.82-2.1 ms at 0.2 s against
-    0.50-0.59 ms at 1 s (docs/benchmarks.md), the same CPU in more, shorter bursts."""
+    0.50-0.71 ms at 1 s in six runs of seven (docs/benchmarks.md): the same CPU in more, shorter bursts."""
     query_memory_mb: Annotated[int, Field(ge=0)] = 512
     """Most memory (MiB) DuckDB may hold for one log agent's queries of the log (the review pages'
     dashboards, the controller, the scheduled jobs); past it a query spills to ``query_temp_dir``, and
