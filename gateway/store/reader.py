@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,14 +65,59 @@ class QueryLimits:
 _limits = QueryLimits()
 
 
+_instances = itertools.count()
+
+
 def limit_queries(limits: QueryLimits) -> None:
-    """Bound every `LogStore` this process opens from now on (the log agent: `gateway.agent.core`)."""
+    """Bound every `LogStore` this process opens from now on (the log agent: `gateway.agent.core`),
+    and remove what processes that are gone left in ``temp_dir`` (a kill -9 skips DuckDB's cleanup)."""
     global _limits
     _limits = limits
+    if limits.temp_dir:
+        remove_stale_temp_dirs(limits.temp_dir)
 
 
 def query_limits() -> QueryLimits:
     return _limits
+
+
+def instance_temp_dir(temp_dir: str) -> str:
+    """``<temp_dir>/<pid>-<n>``: each DuckDB instance spills into a directory of its own.
+
+    DuckDB before 2.0 named the spill files of instances sharing a directory alike, and one
+    instance's cleanup deleted the other's (duckdb/duckdb#15173: "could not read enough bytes");
+    2.0 names them by process and instance. A directory per instance keeps either way apart, and
+    what a killed process left is found by its pid (`remove_stale_temp_dirs`).
+    """
+    with contextlib.suppress(OSError):  # DuckDB makes the instance's directory, not its parents
+        os.makedirs(temp_dir, exist_ok=True)
+    return os.path.join(temp_dir, f"{os.getpid()}-{next(_instances)}")
+
+
+def remove_stale_temp_dirs(temp_dir: str) -> int:
+    """Remove the ``<pid>-<n>`` directories of ``temp_dir`` whose process is gone; returns how many."""
+    try:
+        names = os.listdir(temp_dir)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        pid, dash, n = name.partition("-")
+        if not (dash and pid.isdigit() and n.isdigit()) or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(temp_dir, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's): not ours to judge
+        return True
+    return True
 
 
 Params = Sequence[object] | Mapping[str, object] | None
@@ -138,8 +185,10 @@ def _duckdb_config(limits: QueryLimits) -> dict[str, str | bool | int | float | 
         config["memory_limit"] = f"{limits.memory_mb}MiB"
     if limits.threads:
         config["threads"] = limits.threads
-    if limits.temp_dir is not None:  # "": no spilling
-        config["temp_directory"] = limits.temp_dir
+    if limits.temp_dir == "":  # no spilling
+        config["temp_directory"] = ""
+    elif limits.temp_dir is not None:
+        config["temp_directory"] = instance_temp_dir(limits.temp_dir)
     return config
 
 

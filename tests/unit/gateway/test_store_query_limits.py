@@ -7,6 +7,10 @@ a query past the limit spills to the temp directory, and one that cannot is an e
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pytest
 from gateway.agent.core import LogAgent
 from gateway.config import Settings
 from gateway.store import LogStore, LogStoreError, layout
-from gateway.store.reader import QueryLimits, limit_queries, query_limits
+from gateway.store.reader import QueryLimits, limit_queries, query_limits, remove_stale_temp_dirs
 
 # ~100 MB of hash table: 1M string keys with their sums (0.1-1 s)
 BIG_GROUP_BY = (
@@ -51,10 +55,13 @@ def test_a_store_opened_after_limit_queries_has_its_bounds(tmp_path: Path) -> No
     log_dir = empty_log(tmp_path)
     spill = str(tmp_path / "spill")
     limit_queries(QueryLimits(memory_mb=64, threads=1, temp_dir=spill))
-    with LogStore.open(log_dir) as store:
+    with LogStore.open(log_dir) as store, LogStore.open(log_dir) as other:
         assert current(store, "memory_limit") == "64.0 MiB"
         assert current(store, "threads") == 1
-        assert current(store, "temp_directory") == spill
+        mine, theirs = str(current(store, "temp_directory")), str(current(other, "temp_directory"))
+        # a directory of its own per DuckDB instance, named by the process
+        assert os.path.dirname(mine) == os.path.dirname(theirs) == spill
+        assert mine != theirs and os.path.basename(mine).startswith(f"{os.getpid()}-")
 
 
 def test_the_agent_bounds_its_process_from_its_settings(tmp_path: Path) -> None:
@@ -74,6 +81,38 @@ def test_a_query_past_the_bound_spills_and_answers(tmp_path: Path) -> None:
     limit_queries(QueryLimits(memory_mb=32, threads=1, temp_dir=str(tmp_path / "spill")))
     with LogStore.open(log_dir) as store:
         assert store.sql(BIG_GROUP_BY) == [{"n": 1_000_000}]
+
+
+def test_two_stores_spill_at_once_and_both_answer(tmp_path: Path) -> None:
+    log_dir = empty_log(tmp_path)
+    spill = tmp_path / "spill"
+    limit_queries(QueryLimits(memory_mb=32, threads=1, temp_dir=str(spill)))
+    answers: list[object] = []
+    with LogStore.open(log_dir) as a, LogStore.open(log_dir) as b:
+        threads = [threading.Thread(target=lambda s=s: answers.append(s.sql(BIG_GROUP_BY))) for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert answers == [[{"n": 1_000_000}]] * 2
+    assert list(spill.iterdir()) == []  # each instance removed its own directory as it closed
+
+
+def test_what_a_killed_process_left_is_removed_when_the_next_agent_starts(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = spill / f"{int(gone.stdout)}-0"
+    live = spill / f"{os.getpid()}-99"
+    other = spill / "not-ours"
+    for d in (dead, live, other):
+        d.mkdir(parents=True)
+        (d / "duckdb_temp_block-1.block").write_bytes(b"x")
+    limit_queries(QueryLimits(memory_mb=64, temp_dir=str(spill)))
+    assert not dead.exists()
+    assert live.exists() and other.exists()
+    assert remove_stale_temp_dirs(str(spill)) == 0
 
 
 def test_the_bound_is_real_a_query_that_cannot_spill_fails_instead_of_growing(tmp_path: Path) -> None:
