@@ -141,6 +141,7 @@ def create_agent_app(settings: Settings, **telemetry_sinks: Any) -> FastAPI:
             "routes_version": ctx.routes.snapshot.version,
             # seconds the review pages' warm-up took (`gateway.web._warm`); None while it runs
             "review_warm_s": getattr(request.app.state, "review_warm_s", None),
+            "review_dashboards_s": getattr(request.app.state, "review_dashboards_s", None),
         }
 
     @api.post("/admin/flush")

@@ -6,10 +6,11 @@ on local disk, ~0.9 s on object storage), the filter drop-downs' facets, and the
 queue's pool (0.4 s locally, 2.4 s on S3; docs/benchmarks.md). `warm_up` does them once in the
 background as the log agent starts, so a page opened a few seconds later finds them ready; a
 page opened sooner waits for the store being opened, as it would have opened it itself.
-The 24-hour dashboard is computed too (2-4 s of background CPU at 10M calls) when no kept numbers
-exist (a brand-new deployment), or read back and refreshed in the background; the longer periods
-are not (half a minute and more at 10M calls): they are computed when first asked for, and kept
-next to the log, so a restarted process shows the last ones at once.
+The 24-hour and 7-day dashboards are computed too when no numbers are kept for them (a brand-new
+deployment, or new routes or prices): 2-4 s and ~33 s of background work at 10M calls, under the
+agent's query bounds (`gateway.store.reader.limit_queries`), once; then they are kept next to the
+log, and a restarted process shows the last ones at once (and recomputes them when a page asks).
+The 30-day one is computed when first asked for.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from gateway.web import queues, review
 
 log = logging.getLogger("shadowtune.review")
 
+WARM_DASHBOARDS = ("24h", "7d")
+"""Periods whose dashboard the warm-up computes when no numbers are kept (30d: when first asked)."""
+
 
 async def warm_up(state: Any) -> None:
-    """Open the review stores, compute the facets, the 24h sample pool and dashboard (``state.review_warm_s``:
-    the seconds it took, once done).
-
-    Never raises: a log that cannot be read now is the pages' to report when asked.
-    """
+    """Open the review stores, compute the facets and the 24h sample pool (then
+    ``state.review_warm_s`` says how long that took), then the dashboards nothing has computed
+    yet (then ``state.review_dashboards_s``). Never raises: a log that cannot be read now is the
+    pages' to report when asked."""
     t0 = time.monotonic()
     try:
         await asyncio.to_thread(web.shared_of(state).run, lambda store: None)
@@ -39,9 +42,19 @@ async def warm_up(state: Any) -> None:
         await asyncio.to_thread(background.run, lambda store: None)
         await web.cache_of(state).get(("facets",), lambda: background.run(q.facets), wait=600)
         await queues.newest_pool_of(state, "24h", wait=600)
-        # the default dashboard: on a brand-new deployment nothing is kept yet (seconds at 10M calls);
-        # after a restart the kept numbers are read back, and recomputed in the background if old
-        await review.dashboard_numbers(state, "24h", wait=600)
     except Exception as exc:  # the pages open their stores themselves, and say why they cannot
         log.info("review pages: warm-up at start failed: %r", exc)
+        state.review_warm_s = state.review_dashboards_s = time.monotonic() - t0
+        return
     state.review_warm_s = time.monotonic() - t0
+    try:
+        # the dashboards nothing has computed yet (a brand-new deployment, new routes or prices):
+        # seconds (24h) to half a minute (7d) at 10M calls; kept ones are read when a page asks
+        kept = web.cache_of(state).snapshots
+        for period in WARM_DASHBOARDS:
+            key, _ = review.dashboard_job(state, period)
+            if kept is None or await asyncio.to_thread(kept.load, key) is None:
+                await review.dashboard_numbers(state, period, wait=3600)
+    except Exception as exc:  # the page computes it when asked, and says why it cannot
+        log.info("review pages: a dashboard's warm-up failed: %r", exc)
+    state.review_dashboards_s = time.monotonic() - t0

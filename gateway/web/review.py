@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -84,6 +85,12 @@ async def dashboard_numbers(
 ) -> tuple[dict[str, Any], float] | None:
     """The dashboard's numbers for ``period`` and when they were computed (kept a minute, and next
     to the log across restarts: `gateway.web._store.Cached`); None while first computed."""
+    key, compute = dashboard_job(state, period)
+    return await web.cache_of(state).get(key, compute, keep=True, wait=wait)
+
+
+def dashboard_job(state: Any, period: str) -> tuple[tuple[Any, ...], Callable[[], dict[str, Any]]]:
+    """The dashboard's cache key for ``period`` (its inputs) and the function that computes it."""
     routes = [r.public() for _, r in sorted(state.ctx.routes.snapshot.routes.items())]
     sticky = {r["route"]: r.get("sticky_key") or "user" for r in routes}
     store = web.background_of(state)
@@ -97,8 +104,7 @@ async def dashboard_numbers(
     def compute() -> dict[str, Any]:
         return store.run(on)
 
-    key = ("dashboard", period, tuple(sorted(sticky.items())), tuple(sorted(price.items())))  # its inputs
-    return await web.cache_of(state).get(key, compute, keep=True, wait=wait)
+    return ("dashboard", period, tuple(sorted(sticky.items())), tuple(sorted(price.items()))), compute
 
 
 @router.get("")

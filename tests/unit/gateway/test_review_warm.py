@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from bench.review_gen import generate
 from gateway.config import Settings
 from gateway.web import _queries as q
+from gateway.web import review
 from gateway.web._warm import warm_up
 
 
@@ -25,7 +26,7 @@ def test_warm_up_opens_the_stores_and_computes_the_facets_and_the_sample_pool(tm
     generate(log_dir, 2_000, days=1.0, now=time.time(), batch=700)
     state = state_for(log_dir)
     asyncio.run(warm_up(state))
-    assert state.review_warm_s > 0
+    assert state.review_dashboards_s >= state.review_warm_s > 0
     assert state.review_store._store is not None  # the calls pages' store, open
     assert state.review_background_store._store is not None  # the aggregates' store, open
     items = state.review_cache._items
@@ -34,15 +35,37 @@ def test_warm_up_opens_the_stores_and_computes_the_facets_and_the_sample_pool(tm
     until, pool = items[("sample-pool", "24h")][1]
     assert abs(until - q.now_us()) < 600e6
     assert 0 < len(pool) <= 800 and all(r["served"] for r in pool)
-    (numbers,) = [v for k, (_, v) in items.items() if k[0] == "dashboard" and k[1] == "24h"]
-    assert {r["route"] for r in numbers["table"]} == set(facets["routes"])
-    assert numbers["hi"] - numbers["lo"] == 86_400_000_000
-    assert (
-        sum(r["calls"] for r in numbers["table"]) == routed_calls_24h(state, numbers["lo"], numbers["hi"]) > 0
-    )
+    for period, seconds in (("24h", 86_400), ("7d", 7 * 86_400)):  # nothing kept yet: both computed
+        (numbers,) = [v for k, (_, v) in items.items() if k[0] == "dashboard" and k[1] == period]
+        assert {r["route"] for r in numbers["table"]} == set(facets["routes"])
+        assert numbers["hi"] - numbers["lo"] == seconds * 1_000_000
+        calls = routed_calls(state, numbers["lo"], numbers["hi"])
+        assert sum(r["calls"] for r in numbers["table"]) == calls > 0
+    assert not any(k[0] == "dashboard" and k[1] == "30d" for k in items)  # computed when first asked
 
 
-def routed_calls_24h(state: SimpleNamespace, lo: int, hi: int) -> int:
+def test_a_restart_reads_the_kept_dashboards_instead_of_computing_them(tmp_path: Path) -> None:
+    log_dir = str(tmp_path / "log")
+    generate(log_dir, 1_000, days=1.0, now=time.time(), batch=500)
+    asyncio.run(warm_up(state_for(log_dir)))
+    again = state_for(log_dir)  # a new process on the same log: the numbers are kept next to it
+    computed: list[str] = []
+    real = review.dashboard_numbers
+
+    async def counting(state: SimpleNamespace, period: str, **kw: float) -> object:
+        computed.append(period)
+        return await real(state, period, **kw)
+
+    review.dashboard_numbers = counting  # type: ignore[assignment]
+    try:
+        asyncio.run(warm_up(again))
+    finally:
+        review.dashboard_numbers = real  # type: ignore[assignment]
+    assert computed == []
+    assert again.review_background_store._store is not None
+
+
+def routed_calls(state: SimpleNamespace, lo: int, hi: int) -> int:
     """Routed calls in the dashboard's window (its bounds: `gateway.web._series.window`)."""
     rows = state.review_store.run(
         lambda s: s.sql(
