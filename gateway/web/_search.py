@@ -3,8 +3,9 @@
 A text search reads the bodies of every call it looks at (``ILIKE`` over ``request`` and
 ``output_text``), so its cost grows with how far back it looks. `search` walks back from its
 upper end in chunks sized by the partitions' row counts (`rows_between`, from the Delta
-log's ``numRecords``: no file is opened to plan), the first small, each next one sized to the
-time left, and stops at the first of:
+log's ``numRecords``: no file is opened to plan) and the newest call's time (`newest_us`: the
+first chunk starts there, and the newest partition's rows are spread up to it, not to now), the
+first small, each next one sized to the time left, and stops at the first of:
 
 * the page is full (``need`` matches: the page and one more, so the pager knows there is more);
 * the floor: the start of the period, or of the log;
@@ -74,6 +75,19 @@ def day_rows(store: LogStore) -> Counter[str]:
     return per_day
 
 
+def newest_us(store: LogStore, per_day: Counter[str], now_us: int) -> int:
+    """The newest call's time: a scan of the ``ts`` of the newest day partition with calls and of
+    the WAL tail (a few milliseconds); ``now_us`` when the log has none."""
+    days = [day for day, rows in per_day.items() if rows]
+    lo = win.day_start_us(max(days)) if days else now_us - win.DAY_US
+    rows = store.sql(
+        f"SELECT epoch_us(max(ts)) AS m FROM {win.source(store, 'calls', lo, None)} WHERE ts >= make_timestamptz($lo)",
+        {"lo": lo},
+    )
+    newest = rows[0]["m"] if rows else None
+    return int(newest) if newest is not None else now_us
+
+
 def rows_between(per_day: Counter[str], lo_us: int, hi_us: int, now_us: int) -> float:
     """Estimated calls with ``lo_us <= ts < hi_us``: each day partition's row count (`day_rows`)
     spread evenly over its day (today's over the part of it that has passed)."""
@@ -130,6 +144,12 @@ def search(
     hi = before.ts_us + 1 if before is not None else now_us + HOUR_US  # (a skewed clock's rows)
     found = Found(upper_us=now_us if before is None else before.ts_us, searched_from_us=hi)
     per_day = day_rows(store)
+    # the chunks are planned from the newest call, not from now: a log whose calls stop some hours
+    # before now (a quiet night, a bench log) would otherwise count the empty hours as calls, take
+    # the first chunk's speed for a rate, and size the next chunk four times too large
+    last_call_us = newest_us(store, per_day, now_us)
+    plan_us = min(now_us, last_call_us)
+    hi = min(hi, last_call_us + 1)  # nothing in this snapshot is newer: the first chunk starts at its newest call
     keyset = ""
     args = dict(params)
     if before is not None:
@@ -140,7 +160,7 @@ def search(
         if hi <= floor_us:
             found.complete = True
             break
-        lo = max(floor_us, hi - _span_for(per_day, hi, floor_us, target, now_us))
+        lo = max(floor_us, hi - _span_for(per_day, hi, floor_us, target, plan_us))
         src = win.source(store, "calls", lo, hi)
         merged: dict[str, dict[str, Any]] = {}
         for term, term_params in terms:
@@ -157,7 +177,7 @@ def search(
         rows = newest[: need - len(found.rows)]
         found.rows += rows
         found.chunks += 1
-        scanned += rows_between(per_day, lo, hi, now_us)
+        scanned += rows_between(per_day, lo, hi, plan_us)
         hi = found.searched_from_us = lo
         if len(found.rows) >= need:
             found.full = True  # what is older than the page's last call is the next page's
@@ -166,7 +186,7 @@ def search(
         elapsed = time.monotonic() - started
         left = budget_s - elapsed
         target = min(target * 4, scanned / max(elapsed, 1e-3) * left)
-        rest = rows_between(per_day, floor_us, hi, now_us)
+        rest = rows_between(per_day, floor_us, hi, plan_us)
         if rest > 0 and (left <= 0 or (target < MIN_ROWS and rest > target)):
             break  # the budget is spent: the page links to the rest
     return found

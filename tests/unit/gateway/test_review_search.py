@@ -45,6 +45,15 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogStore]:
     yield from _log(tmp_path_factory, "search-small", 1_500, 2.0, 400)
 
 
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogStore]:
+    """A log whose calls stopped 20 hours before now (a quiet night; a benchmark's log, hours later)."""
+    log = str(tmp_path_factory.mktemp("search-quiet") / "log")
+    generate(log, 6_000, days=2.0, now=NOW - 20 * 3600, batch=2_000)
+    with LogStore.open(log) as s:
+        yield s
+
+
 def brute(store: LogStore, flt: q.CallFilter) -> list[str]:
     """Every matching call id, newest first (one query over the whole log, no pruning)."""
     where, params = flt.where()
@@ -109,6 +118,36 @@ def test_a_search_with_time_left_fills_its_pages_and_goes_on_after_the_last_call
     assert shown == expected and len(set(shown)) == len(shown)
     assert all(p.full for p in pages[:-1]) and pages[-1].complete
     assert len(pages) == max(1, -(-len(expected) // q.PAGE_SIZE))  # the last one may be a full 50
+
+
+def test_chunks_are_planned_from_the_newest_call_not_from_now(quiet):
+    """Planned from now, the empty hours count as calls: a chunk reached back until its estimate was
+    met and held several times the calls it was sized for (at 10M calls, a 250 ms page)."""
+    newest = _search.newest_us(quiet, _search.day_rows(quiet), NOW_US)
+    assert newest == quiet.sql("SELECT epoch_us(max(ts)) AS m FROM calls")[0]["m"] < NOW_US - 19 * 3600e6
+    flt = q.CallFilter(q="nothing like this")  # no match: the page is the first chunk, whole
+    where, params = flt.where(text=False)
+    found = _search.search(
+        quiet,
+        where,
+        params,
+        q.LIST_COLUMNS,
+        terms=flt.text_terms(),
+        need=q.PAGE_SIZE + 1,
+        floor_us=q.oldest_us(quiet),
+        now_us=NOW_US,
+        budget_s=0.0,
+        first_rows=200,
+    )
+    assert found.chunks == 1 and not found.rows and found.upper_us == NOW_US
+    held = quiet.sql(
+        "SELECT count(*) AS n FROM calls WHERE epoch_us(ts) >= $lo", {"lo": found.searched_from_us}
+    )[0]["n"]
+    assert 200 <= held <= 2 * 200  # sized for 200 calls, from the newest one
+    for text in ("order 1", "nothing like this"):  # and page after page, nothing missed
+        flt = q.CallFilter(q=text)
+        shown, _ = walk(quiet, flt, budget_s=0.0, first_rows=200)
+        assert shown == brute(quiet, flt)
 
 
 def test_a_call_id_finds_its_call(store):
