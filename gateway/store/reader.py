@@ -65,6 +65,10 @@ class QueryLimits:
 _limits = QueryLimits()
 
 
+class QueryMemoryError(LogStoreError):
+    """A query ran out of the memory its process allows (`limit_queries`) and could not spill."""
+
+
 _instances = itertools.count()
 
 
@@ -352,6 +356,11 @@ class LogStore:
         except duckdb.IOException:
             self.refresh()  # a file went away under us (vacuum): new snapshot, once
             return self.con.execute(query, params)
+        except duckdb.OutOfMemoryException as exc:
+            raise QueryMemoryError(
+                f"the query needs more memory than this process allows its queries "
+                f"({_limits.memory_mb or 'DuckDB default'} MiB, store.query_memory_mb): {str(exc).splitlines()[0]}"
+            ) from exc
         except duckdb.Error as exc:
             raise LogStoreError(str(exc).splitlines()[0]) from exc
 

@@ -149,7 +149,9 @@ def search(
     # the first chunk's speed for a rate, and size the next chunk four times too large
     last_call_us = newest_us(store, per_day, now_us)
     plan_us = min(now_us, last_call_us)
-    hi = min(hi, last_call_us + 1)  # nothing in this snapshot is newer: the first chunk starts at its newest call
+    hi = min(
+        hi, last_call_us + 1
+    )  # nothing in this snapshot is newer: the first chunk starts at its newest call
     keyset = ""
     args = dict(params)
     if before is not None:

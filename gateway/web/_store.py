@@ -28,6 +28,7 @@ import duckdb
 
 from gateway.errors import Overloaded
 from gateway.store import LogStore
+from gateway.store.reader import QueryMemoryError
 
 if TYPE_CHECKING:
     from gateway.web._snapshot import Snapshots
@@ -77,6 +78,10 @@ class SharedStore:
             for attempt in range(3):  # a compaction may remove a file between listing and reading it
                 try:
                     return fn(self._fresh())
+                except QueryMemoryError as exc:  # the agent's bound held (store.query_memory_mb): say so
+                    raise Overloaded(
+                        f"{exc}; raise store.query_memory_mb or look at a shorter period", code="query_memory"
+                    ) from exc
                 except duckdb.IOException:
                     self._dirty = True
                     if attempt == 2:
@@ -110,6 +115,9 @@ class Cached:
         """Where computed values are kept across restarts (None: in memory only)."""
         self._loaded: set[Hashable] = set()
         self._items: dict[Hashable, tuple[float, Any]] = {}
+        self._failed: dict[Hashable, tuple[float, Overloaded]] = {}
+        """Computations that ran out of their memory bound, kept ``ttl`` seconds: not tried again
+        on every request (each try is the whole computation)."""
         self._pending: dict[Hashable, asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
 
@@ -132,6 +140,9 @@ class Cached:
                     self._items.setdefault(key, hit)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1], hit[0]
+        failed = self._failed.get(key)
+        if hit is None and failed is not None and now - failed[0] < self.ttl:
+            raise failed[1]
         future = self._pending.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
@@ -147,12 +158,19 @@ class Cached:
 
     def _done(self, key: Hashable, future: asyncio.Future[Any]) -> None:
         self._pending.pop(key, None)
-        if future.cancelled() or future.exception() is not None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, Overloaded) and exc.code == "query_memory":
+            with self._lock:
+                self._failed[key] = (time.time(), exc)
+        if exc is not None:
             return  # the stale value (if any) stays; the next request tries again
         with self._lock:
             if len(self._items) >= self.max_entries and key not in self._items:
                 self._items.pop(next(iter(self._items)))
             self._items[key] = (time.time(), future.result())
+            self._failed.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:

@@ -129,3 +129,41 @@ def test_no_bound_by_default_in_other_processes(tmp_path: Path) -> None:
     with LogStore.open(log_dir) as store:
         assert current(store, "memory_limit") != "512.0 MiB"
         assert store.sql(BIG_GROUP_BY) == [{"n": 1_000_000}]
+
+
+def test_the_review_pages_say_a_query_ran_out_of_its_bound_and_do_not_retry_it_on_every_request(
+    tmp_path: Path,
+) -> None:
+    """A dashboard past the bound (the object-store path cannot spill some of its reads: docs/benchmarks.md)
+    answers 503 with the setting to raise, in the error shape, and is not recomputed on every request."""
+    import asyncio
+
+    from gateway.errors import Overloaded
+    from gateway.web._store import Cached, SharedStore
+
+    log_dir = empty_log(tmp_path)
+    limit_queries(QueryLimits(memory_mb=32, threads=1, temp_dir=""))
+    shared = SharedStore(log_dir)
+    runs: list[int] = []
+
+    def compute() -> object:
+        runs.append(1)
+        return shared.run(lambda s: s.sql(BIG_GROUP_BY))
+
+    cache = Cached(ttl=60)
+
+    async def twice() -> list[BaseException]:
+        errors = []
+        for _ in range(2):
+            try:
+                await cache.get(("dashboard", "7d"), compute, wait=60)
+            except Overloaded as exc:
+                errors.append(exc)
+            await asyncio.sleep(0.05)  # the failed computation's callback has run
+        return errors
+
+    errors = asyncio.run(twice())
+    shared.close()
+    assert len(errors) == 2 and runs == [1]  # the second request got the kept failure
+    assert errors[0].status == 503 and errors[0].code == "query_memory"
+    assert "store.query_memory_mb" in str(errors[0]) and "32 MiB" in str(errors[0])
