@@ -61,25 +61,32 @@ def brute(store: LogStore, flt: q.CallFilter) -> list[str]:
     return [r["call_id"] for r in rows]
 
 
+def search_page(
+    store: LogStore, flt: q.CallFilter, before: _search.Cursor | None = None, **kw: Any
+) -> _search.Found:
+    """One page of ``flt``'s search at `NOW_US`, older than ``before``, down to the log's start."""
+    where, params = flt.where(text=False)
+    return _search.search(
+        store,
+        where,
+        params,
+        q.LIST_COLUMNS,
+        terms=flt.text_terms(),
+        need=q.PAGE_SIZE + 1,
+        floor_us=q.oldest_us(store),
+        before=before,
+        now_us=NOW_US,
+        **kw,
+    )
+
+
 def walk(store: LogStore, flt: q.CallFilter, **kw: Any) -> tuple[list[str], list[_search.Found]]:
     """Follow a search's pages the way the page's links do, to the floor (the log's start)."""
-    where, params = flt.where(text=False)
     before: _search.Cursor | None = None
     shown: list[str] = []
     pages: list[_search.Found] = []
     for _ in range(2000):
-        found = _search.search(
-            store,
-            where,
-            params,
-            q.LIST_COLUMNS,
-            terms=flt.text_terms(),
-            need=q.PAGE_SIZE + 1,
-            floor_us=q.oldest_us(store),
-            before=before,
-            now_us=NOW_US,
-            **kw,
-        )
+        found = search_page(store, flt, before, **kw)
         pages.append(found)
         page = found.rows[: q.PAGE_SIZE]
         shown += [r["call_id"] for r in page]
@@ -126,19 +133,7 @@ def test_chunks_are_planned_from_the_newest_call_not_from_now(quiet):
     newest = _search.newest_us(quiet, _search.day_rows(quiet), NOW_US)
     assert newest == quiet.sql("SELECT epoch_us(max(ts)) AS m FROM calls")[0]["m"] < NOW_US - 19 * 3600e6
     flt = q.CallFilter(q="nothing like this")  # no match: the page is the first chunk, whole
-    where, params = flt.where(text=False)
-    found = _search.search(
-        quiet,
-        where,
-        params,
-        q.LIST_COLUMNS,
-        terms=flt.text_terms(),
-        need=q.PAGE_SIZE + 1,
-        floor_us=q.oldest_us(quiet),
-        now_us=NOW_US,
-        budget_s=0.0,
-        first_rows=200,
-    )
+    found = search_page(quiet, flt, budget_s=0.0, first_rows=200)
     assert found.chunks == 1 and not found.rows and found.upper_us == NOW_US
     held = quiet.sql(
         "SELECT count(*) AS n FROM calls WHERE epoch_us(ts) >= $lo", {"lo": found.searched_from_us}
@@ -177,17 +172,7 @@ def test_a_page_that_stopped_on_its_budget_says_how_far_back_it_looked_and_links
     from gateway.web._common import env
 
     flt = q.CallFilter(q="order 12", route="support")
-    found = _search.search(
-        store,
-        *flt.where(text=False),
-        q.LIST_COLUMNS,
-        terms=flt.text_terms(),
-        need=q.PAGE_SIZE + 1,
-        floor_us=q.oldest_us(store),
-        now_us=NOW_US,
-        budget_s=0.0,
-        first_rows=2_000,
-    )
+    found = search_page(store, flt, budget_s=0.0, first_rows=2_000)
     assert not found.full and not found.complete
     rows = found.rows[: q.PAGE_SIZE]
     q.attach_outcomes(store, rows, min(r["ts_us"] for r in rows))
