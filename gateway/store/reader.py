@@ -208,7 +208,9 @@ class LogStore:
         """At most this many bytes of unflushed WAL are parsed per snapshot, newest segments first
         (None: all). Older segments are seen once converted; `tail_skipped_bytes` says how much was left."""
         self.tail_skipped_bytes = 0
-        self.con = duckdb.connect(":memory:", config=_duckdb_config(_limits))
+        self.limits = _limits
+        """The bounds of this store's queries (`limit_queries` when it was opened)."""
+        self.con = duckdb.connect(":memory:", config=_duckdb_config(self.limits))
         self._logs: dict[str, DeltaLog] = {}
         self.data_files: dict[str, list[DataFile]] = {}
         """Per table, the snapshot's data files (path, day partition, rows)."""
@@ -359,7 +361,8 @@ class LogStore:
         except duckdb.OutOfMemoryException as exc:
             raise QueryMemoryError(
                 f"the query needs more memory than this process allows its queries "
-                f"({_limits.memory_mb or 'DuckDB default'} MiB, store.query_memory_mb): {str(exc).splitlines()[0]}"
+                f"({self.limits.memory_mb or 'DuckDB default'} MiB, store.query_memory_mb): "
+                f"{str(exc).splitlines()[0]}"
             ) from exc
         except duckdb.Error as exc:
             raise LogStoreError(str(exc).splitlines()[0]) from exc

@@ -141,17 +141,16 @@ def search(
     every column of every row was read.
     """
     started = time.monotonic()
-    hi = before.ts_us + 1 if before is not None else now_us + HOUR_US  # (a skewed clock's rows)
-    found = Found(upper_us=now_us if before is None else before.ts_us, searched_from_us=hi)
     per_day = day_rows(store)
     # the chunks are planned from the newest call, not from now: a log whose calls stop some hours
     # before now (a quiet night, a bench log) would otherwise count the empty hours as calls, take
-    # the first chunk's speed for a rate, and size the next chunk four times too large
+    # the first chunk's speed for a rate, and size the next chunk four times too large; and the
+    # first chunk starts at that call (nothing in this snapshot is newer)
     last_call_us = newest_us(store, per_day, now_us)
     plan_us = min(now_us, last_call_us)
-    hi = min(
-        hi, last_call_us + 1
-    )  # nothing in this snapshot is newer: the first chunk starts at its newest call
+    hi = before.ts_us + 1 if before is not None else now_us + HOUR_US  # (a skewed clock's rows)
+    hi = min(hi, last_call_us + 1)
+    found = Found(upper_us=now_us if before is None else before.ts_us, searched_from_us=hi)
     keyset = ""
     args = dict(params)
     if before is not None:
