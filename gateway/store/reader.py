@@ -36,7 +36,7 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -47,6 +47,9 @@ from gateway.store.layout import LogStoreError
 from gateway.store.rows import convert, parse_lines, to_table
 from gateway.store.schema import TABLES
 from gateway.store.table import DataFile, DeltaLog, split_stem
+
+if TYPE_CHECKING:
+    from gateway.store.objectfs import SnapshotFS
 
 
 @dataclass
@@ -211,6 +214,15 @@ class LogStore:
         self.limits = _limits
         """The bounds of this store's queries (`limit_queries` when it was opened)."""
         self.con = duckdb.connect(":memory:", config=_duckdb_config(self.limits))
+        self.objectfs: SnapshotFS | None = None
+        """A log in object storage: what DuckDB reads its files through (`gateway.store.objectfs`)."""
+        if layout.is_remote(log_dir):
+            from gateway.store.objectfs import SnapshotFS  # fsspec: only for object storage
+
+            self.objectfs = SnapshotFS(layout.filesystem(log_dir)[0])
+            self.con.register_filesystem(self.objectfs)
+            # footers kept across queries: a request less per file and query (the files never change)
+            self.con.execute("SET parquet_metadata_cache = true")
         self._logs: dict[str, DeltaLog] = {}
         self.data_files: dict[str, list[DataFile]] = {}
         """Per table, the snapshot's data files (path, day partition, rows)."""
@@ -232,12 +244,13 @@ class LogStore:
         live_stems = layout.wal_stems(self.wal_dir)
         tails = self._read_tail(live_stems)  # before the table snapshot: see the module docstring
         changed = not self._views
-        for table, schema in TABLES.items():
+        for table in TABLES:
             log = self._logs.setdefault(table, DeltaLog.for_log(self.log_dir, table))
             snapshot = log.load() if log.exists() else None
             data_files = log.files(snapshot) if snapshot is not None else []
             self.data_files[table] = data_files  # with their day partition: `gateway.store.windows`
-            files = [f.uri.removeprefix("file://") for f in data_files]
+            if self.objectfs is not None:  # before a view binds them
+                self.objectfs.know((f.uri, f.size) for f in data_files)
             committed: dict[str, int] = {}
             recs: list[dict[str, Any]] = []
             for stem, stem_recs in tails.items():
@@ -252,20 +265,7 @@ class LogStore:
             arrow, _ = convert(table, recs, [])
             tail = arrow if arrow is not None else to_table(table, [])
             self.con.register(f"_{table}_tail", tail)
-            if files and layout.is_remote(self.log_dir):
-                import pyarrow.dataset as ds
-
-                fs, _ = layout.filesystem(self.log_dir)
-                paths = [f.split("://", 1)[-1] for f in files]
-                self.con.register(
-                    f"_{table}_files", ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
-                )
-                source = f"SELECT * FROM _{table}_files"
-            elif files:
-                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                source = f"SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
-            else:
-                source = None
+            source = f"SELECT * FROM {self.parquet(data_files)}" if data_files else None
             body = (
                 f"{source} UNION ALL BY NAME SELECT * FROM _{table}_tail"
                 if source
@@ -275,6 +275,8 @@ class LogStore:
                 self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
                 self._views[table] = body
                 changed = True
+        if self.objectfs is not None:
+            self.objectfs.forget(f.uri for files in self.data_files.values() for f in files)
         self._extra_views()
         if changed:  # creating a view binds it: every file's footer, for each view over calls
             self.con.execute(f"CREATE OR REPLACE VIEW events_resolved AS {EVENTS_RESOLVED_SQL}")
@@ -284,6 +286,15 @@ class LogStore:
                 "CREATE OR REPLACE VIEW calls_with_outcomes AS "
                 "SELECT c.*, o.* EXCLUDE (call_id) FROM calls c LEFT JOIN outcomes o USING (call_id)"
             )
+
+    def parquet(self, files: Sequence[DataFile]) -> str:
+        """``read_parquet`` over snapshot files (DuckDB's reader, local or object storage alike)."""
+        if self.objectfs is not None:
+            paths = [self.objectfs.duckdb_path(f.uri) for f in files]
+        else:
+            paths = [f.uri.removeprefix("file://") for f in files]
+        listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        return f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
     def _extra_views(self) -> None:
         """Views over result files other tools keep next to the log (local logs only), when present."""
@@ -354,8 +365,11 @@ class LogStore:
     def _execute(self, query: str, params: Params) -> duckdb.DuckDBPyConnection:
         check_read_only(query)
         try:
-            return self.con.execute(query, params)
-        except duckdb.IOException:
+            try:
+                return self.con.execute(query, params)
+            except duckdb.Error as exc:
+                if not _file_gone(exc):
+                    raise
             self.refresh()  # a file went away under us (vacuum): new snapshot, once
             return self.con.execute(query, params)
         except duckdb.OutOfMemoryException as exc:
@@ -365,7 +379,7 @@ class LogStore:
                 f"{str(exc).splitlines()[0]}"
             ) from exc
         except duckdb.Error as exc:
-            raise LogStoreError(str(exc).splitlines()[0]) from exc
+            raise LogStoreError(_message(exc)) from exc
 
     def count(self, table: str = "calls") -> int:
         return int(self.sql(f"SELECT count(*) AS n FROM {table}")[0]["n"])
@@ -378,6 +392,26 @@ class LogStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _file_gone(exc: duckdb.Error) -> bool:
+    """A snapshot file could not be read: DuckDB's own IOException, or any error the Python
+    filesystem of a log in object storage (`gateway.store.objectfs`) raised inside DuckDB (an
+    object that vacuum deleted, or a failed request: worth a new snapshot and one more try)."""
+    if isinstance(exc, duckdb.IOException):
+        return True
+    return type(exc) is duckdb.Error and str(exc).startswith("Traceback")
+
+
+def _message(exc: duckdb.Error) -> str:
+    """One line for the caller: DuckDB's own, or for an error a Python filesystem raised inside
+    DuckDB (a traceback), that error's own line."""
+    lines = str(exc).splitlines()
+    if lines and lines[0].startswith("Traceback"):
+        raised = [ln for ln in lines if ln and not ln.startswith((" ", "Traceback", "LINE ")) and ": " in ln]
+        if raised:
+            return raised[-1]
+    return lines[0] if lines else type(exc).__name__
 
 
 def check_read_only(query: str) -> None:

@@ -17,17 +17,14 @@ reads the partitions around that time only (`id_window`).
 from __future__ import annotations
 
 import datetime as dt
-import weakref
 from typing import TYPE_CHECKING
 
-from gateway.store import layout
 from gateway.store.ids import id_time
 
 if TYPE_CHECKING:
     from gateway.store.reader import LogStore
 
 DAY_US = 86_400_000_000
-_REGISTERED: weakref.WeakKeyDictionary[LogStore, dict[tuple[str, ...], str]] = weakref.WeakKeyDictionary()
 
 
 def day_of(us: int) -> str:
@@ -55,38 +52,11 @@ def source(
     """
     lo_day = day_of(lo_us) if lo_us is not None else ""
     hi_day = day_of(hi_us - 1) if hi_us is not None else "9999-12-31"
-    files = [
-        f.uri.removeprefix("file://") for f in store.data_files.get(table, ()) if lo_day <= f.day <= hi_day
-    ]
+    files = [f for f in store.data_files.get(table, ()) if lo_day <= f.day <= hi_day]
     rest = f" UNION ALL BY NAME SELECT * FROM _{table}_tail" if tail else ""
     if not files:
         return f"(SELECT * FROM _{table}_tail{'' if tail else ' LIMIT 0'})"
-    if layout.is_remote(store.log_dir):
-        return f"(SELECT * FROM {_dataset(store, table, files)}{rest})"
-    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return f"(SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false){rest})"
-
-
-def _dataset(store: LogStore, table: str, files: list[str]) -> str:
-    """A pyarrow dataset over ``files`` registered on the store's connection (once per file set)."""
-    import pyarrow.dataset as ds
-
-    from gateway.store.schema import TABLES
-
-    cache = _REGISTERED.setdefault(store, {})
-    key = (table, *files)
-    name = cache.get(key)
-    if name is None:
-        if len(cache) > 256:  # file sets change as the log grows: forget the old ones
-            for old in cache.values():
-                store.con.unregister(old)
-            cache.clear()
-        name = f"_w{len(cache)}_{table}"
-        fs, _ = layout.filesystem(store.log_dir)
-        paths = [f.split("://", 1)[-1] for f in files]
-        store.con.register(name, ds.dataset(paths, schema=TABLES[table], filesystem=fs, format="parquet"))
-        cache[key] = name
-    return name
+    return f"(SELECT * FROM {store.parquet(files)}{rest})"
 
 
 def id_window(call_id: str, *, margin_us: int = DAY_US) -> tuple[int, int] | None:

@@ -228,7 +228,7 @@ def search_calls(
     floor = max(oldest, now - window * 1_000_000) if window else oldest
     before = _search.Cursor(flt.before, flt.before_id) if flt.before is not None else None
     terms = flt.text_terms()
-    if layout.is_remote(store.log_dir):  # a pyarrow dataset: no filter inside its scan, one read is cheaper
+    if layout.is_remote(store.log_dir):  # one query: each term's would read the text over the network again
         terms = [(" OR ".join(f"({t})" for t, _ in terms), {k: v for _, p in terms for k, v in p.items()})]
     found = _search.search(
         store,

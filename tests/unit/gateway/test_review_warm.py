@@ -12,7 +12,7 @@ from bench.review_gen import generate
 from gateway.config import Settings
 from gateway.web import _queries as q
 from gateway.web import review
-from gateway.web._warm import warm_periods, warm_up
+from gateway.web._warm import warm_up
 
 
 def state_for(log_dir: str) -> SimpleNamespace:
@@ -88,8 +88,3 @@ def test_warm_up_never_raises_on_a_log_that_is_not_there(tmp_path: Path) -> None
     asyncio.run(warm_up(state))  # no exception: the pages report it when asked
     assert state.review_warm_s >= 0
     assert state.review_store._store is None
-
-
-def test_a_log_in_object_storage_warms_only_the_24h_dashboard(tmp_path: Path) -> None:
-    assert warm_periods("s3://bucket/log") == ("24h",)  # a week over the network: when first asked
-    assert warm_periods(str(tmp_path / "log")) == ("24h", "7d")
