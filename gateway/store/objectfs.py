@@ -24,6 +24,7 @@ Parquet metadata cache keeps the footers across queries.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import threading
 from collections.abc import Iterable
@@ -57,11 +58,6 @@ class SnapshotFS(ArrowFSWrapper):  # type: ignore[misc]  # fsspec is untyped
         self._sizes: dict[str, int] = {}
         self._handles: dict[str, pa.NativeFile] = {}
         self._lock = threading.Lock()
-
-    @staticmethod
-    def duckdb_path(uri: str) -> str:
-        """`duckdb_path`."""
-        return duckdb_path(uri)
 
     def know(self, files: Iterable[tuple[str, int]]) -> None:
         """Add files (``bucket/key`` or any URI of them, and their size in bytes) to the known ones."""
@@ -105,8 +101,6 @@ class SnapshotFS(ArrowFSWrapper):  # type: ignore[misc]  # fsspec is untyped
         return size if size is not None else int(super().size(path))
 
     def modified(self, path: str) -> Any:
-        import datetime as dt
-
         if self._size_of(path) is not None:
             return dt.datetime.fromtimestamp(_MTIME, dt.UTC)
         return super().modified(path)
@@ -165,9 +159,9 @@ class _RangeFile(io.RawIOBase):
         n = self._size - self._pos if size is None or size < 0 else min(size, self._size - self._pos)
         if n <= 0:
             return b""
-        data = self._handle.read_at(n, self._pos)
+        data: bytes = self._handle.read_at(n, self._pos)
         self._pos += len(data)
-        return bytes(data)
+        return data
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))

@@ -290,7 +290,9 @@ class LogStore:
     def parquet(self, files: Sequence[DataFile]) -> str:
         """``read_parquet`` over snapshot files (DuckDB's reader, local or object storage alike)."""
         if self.objectfs is not None:
-            paths = [self.objectfs.duckdb_path(f.uri) for f in files]
+            from gateway.store.objectfs import duckdb_path
+
+            paths = [duckdb_path(f.uri) for f in files]
         else:
             paths = [f.uri.removeprefix("file://") for f in files]
         listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
