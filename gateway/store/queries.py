@@ -284,29 +284,55 @@ def explicit_regenerations(
 ) -> list[ExplicitRegeneration]:
     """Served calls from ``since_us`` on that name an earlier call in ``regenerate_of`` (its call
     id or response id), with the call named: calls of ``[lo_us, hi_us)`` resolve response ids and
-    give the earlier call's time."""
+    give the earlier call's time.
+
+    Two reads: the naming calls first (one narrow column, the recent files only), and, only when
+    there are any, the window's calls with one of the named ids. The detector asks every 30 s
+    over a window of ~20 minutes, and few calls name another: reading every id of the window to
+    join them cost ~0.3 µs of CPU per call in it, each time (~12 µs per served call in all).
+    """
     from gateway.store import windows  # pyarrow: request workers import this module without it
 
-    query = f"""
-        WITH w AS (
-            SELECT call_id, response_id, epoch_us(ts) AS ts_us, regenerate_of
-            FROM {windows.source(store, "calls", lo_us, hi_us)} WHERE {_SERVED_IN}
-        ),
-        later AS (SELECT * FROM w WHERE regenerate_of IS NOT NULL AND ts_us >= $since),
-        by_response AS (SELECT response_id, arg_max(call_id, ts_us) AS call_id FROM w
-                        WHERE response_id IN (SELECT regenerate_of FROM later) GROUP BY response_id),
-        resolved AS (
-            SELECT l.call_id, l.ts_us, coalesce(r.call_id, l.regenerate_of) AS target
-            FROM later l LEFT JOIN by_response r ON r.response_id = l.regenerate_of
-        )
-        SELECT x.call_id, x.ts_us, x.target, t.ts_us AS target_ts_us
-        FROM resolved x
-        LEFT JOIN (SELECT call_id, min(ts_us) AS ts_us FROM w GROUP BY call_id) t ON t.call_id = x.target
-        ORDER BY x.ts_us, x.call_id
-        """
-    return cast(
-        "list[ExplicitRegeneration]", _rows(store, query, {"lo": lo_us, "hi": hi_us, "since": since_us})
+    start = max(lo_us, since_us)
+    later = _rows(
+        store,
+        f"SELECT call_id, epoch_us(ts) AS ts_us, regenerate_of "
+        f"FROM {windows.source(store, 'calls', start, hi_us)} "
+        f"WHERE regenerate_of IS NOT NULL AND {_SERVED_IN} ORDER BY ts_us, call_id",
+        {"lo": start, "hi": hi_us},
     )
+    if not later:
+        return []
+    names = sorted({r["regenerate_of"] for r in later})
+    named = _rows(
+        store,
+        f"""SELECT call_id, response_id, epoch_us(ts) AS ts_us
+            FROM {windows.source(store, "calls", lo_us, hi_us)}
+            WHERE {_SERVED_IN}
+              AND (call_id IN (SELECT unnest($names)) OR response_id IN (SELECT unnest($names)))""",
+        {"lo": lo_us, "hi": hi_us, "names": names},
+    )
+    by_response: dict[str, tuple[int, str]] = {}  # response id -> its latest call
+    first: dict[str, int] = {}  # call id -> when it was first made
+    for r in named:
+        if r["response_id"] in names and (r["ts_us"], r["call_id"]) > by_response.get(
+            r["response_id"], (-1, "")
+        ):
+            by_response[r["response_id"]] = (r["ts_us"], r["call_id"])
+        first[r["call_id"]] = min(r["ts_us"], first.get(r["call_id"], r["ts_us"]))
+    out: list[ExplicitRegeneration] = []
+    for r in later:
+        found = by_response.get(r["regenerate_of"])
+        target = found[1] if found is not None else r["regenerate_of"]
+        out.append(
+            {
+                "call_id": r["call_id"],
+                "ts_us": r["ts_us"],
+                "target": target,
+                "target_ts_us": first.get(target),
+            }
+        )
+    return out
 
 
 def regenerated_call_ids(store: LogStore, lo_us: int | None = None) -> set[str]:

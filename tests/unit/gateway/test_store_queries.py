@@ -271,3 +271,60 @@ def test_time_slices_cover_the_window_in_order_each_about_a_batch(ns, rows, offs
         held = [n for s, n in counts if within(s, a, b)]
         assert held and (sum(held) <= rows or len(held) == 1)  # a batch, or one second over it
     assert sorted(s for a, b in slices for s, _ in counts if within(s, a, b)) == [s for s, _ in counts]
+
+
+def _explicit_by_hand(calls: list[dict[str, Any]], lo: int, hi: int | None, since: int) -> list[tuple]:
+    """`queries.explicit_regenerations` computed over the records themselves (the oracle)."""
+    window = [c for c in calls if c["served"] and c["ts"] >= lo and (hi is None or c["ts"] < hi)]
+    out = []
+    for c in sorted(window, key=lambda c: (c["ts"], c["call_id"])):
+        if c.get("regenerate_of") is None or c["ts"] < since:
+            continue
+        answering = [w for w in window if w.get("response_id") == c["regenerate_of"]]
+        target = (
+            max(answering, key=lambda w: (w["ts"], w["call_id"]))["call_id"]
+            if answering
+            else c["regenerate_of"]
+        )
+        made = [w["ts"] for w in window if w["call_id"] == target]
+        out.append((c["call_id"], c["ts"], target, min(made) if made else None))
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spec=st.lists(
+        st.tuples(
+            st.integers(0, 40),  # ts offset (s)
+            st.booleans(),  # served
+            st.sampled_from([None, "chatcmpl-a", "chatcmpl-b", "chatcmpl-c"]),  # response id
+            st.one_of(
+                st.none(), st.integers(0, 30), st.sampled_from(["chatcmpl-a", "chatcmpl-b", "call_gone"])
+            ),
+        ),
+        max_size=25,
+    ),
+    bounds=st.tuples(st.integers(0, 20), st.one_of(st.none(), st.integers(10, 45)), st.integers(0, 40)),
+)
+def test_explicit_regenerations_equal_a_brute_force_reading_of_the_records(tmp_path_factory, spec, bounds):
+    """Whatever names what (call ids, response ids answered by several calls, ids outside the
+    window or never seen, calls not served), the two-step query finds what the records say."""
+    t0 = NOW_US - HOUR_US
+    calls: list[dict[str, Any]] = []
+    for off, served, response_id, of in spec:
+        rec = _call("support", ts=t0 + off * 1_000_000, served=served, response_id=response_id)
+        if isinstance(of, int):  # names an earlier record by its call id
+            of = calls[of]["call_id"] if of < len(calls) else None
+        rec["regenerate_of"] = of
+        calls.append(rec)
+    lo, hi, since = (t0 + b * 1_000_000 if b is not None else None for b in bounds)
+    assert lo is not None and since is not None
+    log_dir = str(tmp_path_factory.mktemp("log"))
+    with LogWriter(log_dir) as w:
+        for rec in calls:
+            w.append("calls", rec)
+    with LogStore.open(log_dir) as store:
+        found = queries.explicit_regenerations(store, lo, hi, since)
+    assert [(r["call_id"], r["ts_us"], r["target"], r["target_ts_us"]) for r in found] == _explicit_by_hand(
+        calls, lo, hi, since
+    )
