@@ -35,7 +35,7 @@ from gateway.agent.tail import WalTailer
 from gateway.config import Settings
 from gateway.store import layout, quarantine
 from gateway.store.fileio import try_lock
-from gateway.store.reader import QueryLimits, limit_queries
+from gateway.store.reader import QueryLimits, limit_queries, share_tail
 from gateway.store.wal import WalAppender, default_wal_dir
 from gateway.store.writer import LogWriter
 
@@ -167,6 +167,7 @@ class LogAgent:
         self._store_ready = False
         self._stopped = False
         self._first_round_pending = False
+        self._unshare: Callable[[], None] = lambda: None
 
     @staticmethod
     def wal_dir_of(settings: Settings) -> str:
@@ -184,6 +185,8 @@ class LogAgent:
         self._first_round_pending = first_round_in_background
         if self.child is not None:
             self.child.start()
+        else:  # the stores of this process (jobs, review pages) read the tail the tailer has parsed
+            self._unshare = share_tail(self.wal_dir, self.tailer.shared)
         if not first_round_in_background:
             self._first_round()
         for name, target in (("tail", self._tail_loop), ("convert", self._convert_loop)):
@@ -212,6 +215,7 @@ class LogAgent:
             time.sleep(0.1)
         if self.child is not None:
             self.child.close()
+        self._unshare()
         return rows
 
     def _hold_tail(self) -> bool:

@@ -152,6 +152,20 @@ class WalTailer:
             kept = self._parsed.get(path)
             return kept if kept is not None and kept.complete else None
 
+    def shared(self, path: str) -> tuple[dict[str, list[Any]], int] | None:
+        """The Arrow tables kept for ``path`` per table, and the offset they end at; None when
+        nothing complete is kept (`gateway.store.reader.share_tail`: the stores of this process
+        read the unflushed tail from here instead of parsing and deriving it again)."""
+        path = os.path.join(self.wal_dir, os.path.basename(path))  # as `poll` names it
+        with self._lock:
+            kept = self._parsed.get(path)
+            if kept is None or not kept.complete:
+                return None
+            tables: dict[str, list[Any]] = {}
+            for (table, _day), chunks in kept.groups.items():
+                tables.setdefault(table, []).extend(chunks)
+            return tables, self._offsets.get(path, 0)
+
     def reparse(self, path: str) -> Parsed | None:
         """A closed segment read again into Arrow, chunk by chunk (no listeners: they had it);
         for a segment whose tables were not kept (`Parsed.complete` false)."""

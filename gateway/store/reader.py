@@ -34,7 +34,7 @@ import glob
 import itertools
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,37 @@ class QueryMemoryError(LogStoreError):
 
 
 _instances = itertools.count()
+
+
+SharedTail = Callable[[str], "tuple[dict[str, list[pa.Table]], int] | None"]
+"""What a process that tails the WAL already holds of a segment: its rows as Arrow tables per
+table, and the byte offset they end at; None when it holds nothing complete for it."""
+
+_shared_tails: dict[str, SharedTail] = {}
+
+
+def share_tail(wal_dir: str, source: SharedTail) -> Callable[[], None]:
+    """Let every `LogStore` of this process over ``wal_dir`` take the unflushed tail from
+    ``source`` (the log agent's `WalTailer`, which has parsed and derived it already), reading
+    from the WAL only what was written after it; returns the function that stops it."""
+    key = os.path.realpath(wal_dir)
+    _shared_tails[key] = source
+
+    def unshare() -> None:
+        if _shared_tails.get(key) is source:
+            del _shared_tails[key]
+
+    return unshare
+
+
+@dataclass
+class _Tail:
+    """One unflushed WAL segment as a store reads it."""
+
+    tables: dict[str, list[pa.Table]]
+    """Rows already in Arrow (`share_tail`), per table."""
+    records: list[dict[str, Any]]
+    """Records parsed from the segment itself (all of it, or what follows the shared rows)."""
 
 
 def limit_queries(limits: QueryLimits) -> None:
@@ -252,18 +283,22 @@ class LogStore:
             if self.objectfs is not None:  # before a view binds them
                 self.objectfs.know((f.uri, f.size) for f in data_files)
             committed: dict[str, int] = {}
+            parts: list[pa.Table] = []
             recs: list[dict[str, Any]] = []
-            for stem, stem_recs in tails.items():
+            for stem, seg in tails.items():
                 writer_id, seq = split_stem(stem)
                 if writer_id not in committed:
                     committed[writer_id] = (
                         log.committed_seq(writer_id, snapshot) if snapshot is not None else 0
                     )
                 if seq > committed[writer_id]:
-                    recs.extend(r for r in stem_recs if r.get("_t") == table)
+                    parts.extend(seg.tables.get(table, ()))
+                    recs.extend(r for r in seg.records if r.get("_t") == table)
             # a record that cannot become a row is left out here; the writer quarantines it
             arrow, _ = convert(table, recs, [])
-            tail = arrow if arrow is not None else to_table(table, [])
+            if arrow is not None:
+                parts.append(arrow)
+            tail = pa.concat_tables(parts) if parts else to_table(table, [])
             self.con.register(f"_{table}_tail", tail)
             source = f"SELECT * FROM {self.parquet(data_files)}" if data_files else None
             body = (
@@ -313,13 +348,19 @@ class LogStore:
                 )
                 self._views[view] = repr(found)
 
-    def _read_tail(self, live_stems: set[str]) -> dict[str, list[dict[str, Any]]]:
-        """The records of each unflushed WAL segment, by segment stem (within `max_tail_bytes`)."""
-        out: dict[str, list[dict[str, Any]]] = {}
+    def _read_tail(self, live_stems: set[str]) -> dict[str, _Tail]:
+        """Each unflushed WAL segment, by segment stem (within `max_tail_bytes`): from what this
+        process's tailer holds of it (`share_tail`) plus the lines written since, or parsed whole."""
+        out: dict[str, _Tail] = {}
         self.tail_skipped_bytes = 0
+        shared = _shared_tails.get(os.path.realpath(self.wal_dir)) if self.wal_dir else None
         for stem, path in self._tail_segments(live_stems):
+            held = shared(path) if shared is not None else None
+            tables, offset = held if held is not None else ({}, 0)
             with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-                out[stem] = parse_lines(f.read())[0]
+                if offset:
+                    f.seek(offset)
+                out[stem] = _Tail(tables, parse_lines(f.read())[0])
         return out
 
     def _tail_segments(self, live_stems: set[str]) -> list[tuple[str, str]]:

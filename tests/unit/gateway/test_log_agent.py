@@ -349,3 +349,51 @@ def test_a_bounded_reader_parses_only_the_newest_unflushed_segments(log_dir):
     finally:
         wal.close()
         agent.stop()
+
+
+def test_the_agents_own_stores_read_the_tail_it_parsed_and_only_what_was_written_since(log_dir, monkeypatch):
+    """A store opened in the agent's process (the regeneration detector, the review pages) takes
+    the rows the tailer holds for each unflushed segment and parses only the lines appended after
+    its last poll: the same rows, derived columns included, as a store that parses it all."""
+    from gateway.store import reader
+
+    registry = reader._shared_tails
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    assert os.path.realpath(agent.wal_dir) in registry
+    wal = WalAppender(agent.wal_dir, rotate_interval=60)
+    wal.start()
+    streamed = {"response_sse": _sse(STREAMS[next(iter(STREAMS))]), "stream": True}
+    try:
+        for i in range(6):
+            wal.append("calls", record(i, status=200, **(streamed if i % 2 else {})))
+        wal.append("calls", record(6, status="not a number"))  # cannot become a row: left out by both
+        wal.append(
+            "events", {"event_id": "e1", "call_id": "call-1", "ts": 1_700_000_000_000_100, "kind": "thumb"}
+        )
+        agent.tailer.poll()
+        for i in range(7, 9):  # after the poll: the store reads these from the segment itself
+            wal.append("calls", record(i, status=200, **streamed))
+        parsed: list[int] = []
+        real = reader.parse_lines
+        monkeypatch.setattr(
+            reader, "parse_lines", lambda data, **kw: parsed.append(data.count(b"\n")) or real(data, **kw)
+        )
+        query = "SELECT * EXCLUDE (schema_version) FROM calls ORDER BY call_id"
+        with LogStore.open(log_dir) as store:
+            shared, events = store.sql(query), store.sql("SELECT event_id FROM events")
+        assert parsed == [2]  # the two lines after the poll, not the eight before it
+        source = registry.pop(os.path.realpath(agent.wal_dir))  # a store that parses it all
+        try:
+            with LogStore.open(log_dir) as store:
+                whole = store.sql(query)
+        finally:
+            registry[os.path.realpath(agent.wal_dir)] = source
+        assert parsed == [2, 10]
+        assert [r["call_id"] for r in shared] == [f"call-{i}" for i in (0, 1, 2, 3, 4, 5, 7, 8)]
+        assert shared == whole and events == [{"event_id": "e1"}]
+        assert shared[1]["output_text"] and shared[1]["output_text"] == shared[7]["output_text"]
+    finally:
+        wal.close()
+        agent.stop()
+    assert os.path.realpath(agent.wal_dir) not in registry  # stopped: nothing shared any more
