@@ -46,17 +46,26 @@ def payloads(sse: str) -> list[Any]:
     Parsed in one ``orjson.loads`` when the stream is plain ``data: {...}`` events (the common
     case), line by line otherwise.
     """
-    body = sse.rstrip()
-    if body.endswith("data: [DONE]"):
-        body = body[:-12].rstrip()
-    if body.startswith("data: "):
+    events = _events_array(sse)
+    if events is not None:
         try:
-            parsed = orjson.loads("[" + body[6:].replace("\n\ndata: ", ",") + "]")
+            parsed = orjson.loads(events)
             if isinstance(parsed, list):
                 return parsed
         except orjson.JSONDecodeError:
             pass
     return _line_payloads(sse)
+
+
+def _events_array(sse: str) -> str | None:
+    """The payloads of a stream of plain ``data: {...}`` events as the text of one JSON array;
+    None for a stream of another framing."""
+    body = sse.rstrip()
+    if body.endswith("data: [DONE]"):
+        body = body[:-12].rstrip()
+    if not body.startswith("data: "):
+        return None
+    return "[" + body[6:].replace("\n\ndata: ", ",") + "]"
 
 
 def _line_payloads(sse: str) -> list[Any]:
@@ -83,8 +92,16 @@ def _objects(sse: str) -> list[dict[str, Any]]:
 def assemble_chat(sse: str) -> dict[str, Any]:
     """Rebuild a ``chat.completion`` object from the SSE text of a streamed completion.
 
-    The common case — one choice, text deltas only — takes a fast path (`_text_stream`).
+    The common case — one choice, text deltas only — takes a fast path: typed chunks
+    (`gateway.protocol.chunks`), else the same over dicts (`_text_stream`).
     """
+    events = _events_array(sse)
+    if events is not None:
+        from gateway.protocol.chunks import text_stream  # msgspec: only where streams are assembled
+
+        typed = text_stream(events)
+        if typed is not None:
+            return _completion(*typed)
     chunks = _objects(sse)
     fast = _text_stream(chunks)
     if fast is not None:
