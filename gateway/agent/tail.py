@@ -119,6 +119,8 @@ class WalTailer:
         self.max_hold_s = max_hold_s
         self._held_since: float | None = None
         self._lock = threading.Lock()
+        self._published: dict[str, tuple[dict[str, list[Any]], int]] = {}
+        self._pub_lock = threading.Lock()
 
     def poll(self) -> int:
         """Read what every segment gained since the last poll; returns the records handed on."""
@@ -153,18 +155,29 @@ class WalTailer:
             return kept if kept is not None and kept.complete else None
 
     def shared(self, path: str) -> tuple[dict[str, list[Any]], int] | None:
-        """The Arrow tables kept for ``path`` per table, and the offset they end at; None when
-        nothing complete is kept (`gateway.store.reader.share_tail`: the stores of this process
-        read the unflushed tail from here instead of parsing and deriving it again)."""
-        path = os.path.join(self.wal_dir, os.path.basename(path))  # as `poll` names it
-        with self._lock:
-            kept = self._parsed.get(path)
-            if kept is None or not kept.complete:
-                return None
-            tables: dict[str, list[Any]] = {}
-            for (table, _day), chunks in kept.groups.items():
-                tables.setdefault(table, []).extend(chunks)
-            return tables, self._offsets.get(path, 0)
+        """The Arrow tables kept for ``path`` per table, and the offset they end at, as of the last
+        read of it; None when nothing complete is kept (`gateway.store.reader.share_tail`: the
+        stores of this process read the unflushed tail from here instead of parsing and deriving
+        it again). Takes only ``_pub_lock``, never the tail's lock: a store may be opened under
+        a listener's lock (the feedback index), which the tail takes while it holds its own."""
+        with self._pub_lock:
+            return self._published.get(os.path.join(self.wal_dir, os.path.basename(path)))
+
+    def _publish(self, path: str) -> None:
+        """After a read of ``path`` (under ``_lock``): what `shared` answers for it."""
+        kept = self._parsed.get(path)
+        if kept is None or not kept.complete:
+            self._unpublish(path)
+            return
+        tables: dict[str, list[Any]] = {}
+        for (table, _day), chunks in kept.groups.items():
+            tables.setdefault(table, []).extend(chunks)
+        with self._pub_lock:
+            self._published[path] = (tables, self._offsets.get(path, 0))
+
+    def _unpublish(self, path: str) -> None:
+        with self._pub_lock:
+            self._published.pop(path, None)
 
     def reparse(self, path: str) -> Parsed | None:
         """A closed segment read again into Arrow, chunk by chunk (no listeners: they had it);
@@ -175,11 +188,13 @@ class WalTailer:
         return kept if kept is not None and kept.complete else None
 
     def _drop_parsed(self, path: str) -> None:
+        self._unpublish(path)
         kept = self._parsed.pop(path, None)
         if kept is not None:
             self._kept_bytes -= kept.nbytes
 
     def _incomplete(self, path: str) -> None:
+        self._unpublish(path)
         kept = self._parsed.get(path)
         if kept is not None and kept.complete:
             self._kept_bytes -= kept.nbytes
@@ -233,6 +248,8 @@ class WalTailer:
                     self._torn(path, data[end:], giant=False)
                 break
         self._offsets[path] = offset
+        if self.keep_rows:
+            self._publish(path)
         return total
 
     def _torn(self, path: str, line: bytes, *, giant: bool) -> None:

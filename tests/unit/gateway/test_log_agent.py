@@ -397,3 +397,43 @@ def test_the_agents_own_stores_read_the_tail_it_parsed_and_only_what_was_written
         wal.close()
         agent.stop()
     assert os.path.realpath(agent.wal_dir) not in registry  # stopped: nothing shared any more
+
+
+def test_a_store_opened_while_the_tail_hands_on_rows_does_not_wait_for_the_tail(log_dir):
+    """The feedback index opens a store under its own lock, which the tail's listener call takes
+    while the tail holds its lock: reading what the tail shares must not need the tail's lock
+    (it deadlocked once: a feedback post hung until the client gave up)."""
+    import threading
+
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    counts: list[int] = []
+
+    def listener(table: str, rows: list[dict[str, Any]]) -> None:
+        with LogStore.open(log_dir) as store:  # as the feedback index does, from inside a poll
+            counts.append(store.count())
+
+    agent.tailer.listeners.append(listener)
+    wal = WalAppender(agent.wal_dir, rotate_interval=60)
+    wal.start()
+    stuck = False
+
+    def poll() -> None:
+        nonlocal stuck
+        t = threading.Thread(target=agent.tailer.poll, daemon=True)
+        t.start()
+        t.join(timeout=20)
+        stuck = t.is_alive()
+        assert not stuck, "the tail's poll waited on itself"
+
+    try:
+        for i in range(3):
+            wal.append("calls", record(i, status=200))
+        poll()  # the first read: the store parses the segment (nothing shared yet)
+        wal.append("calls", record(3, status=200))
+        poll()
+        assert counts == [3, 4]  # the shared rows of the first read, plus the line after them
+    finally:
+        wal.close()
+        if not stuck:  # (a stuck tail holds its lock for good: the agent could not stop)
+            agent.stop()
