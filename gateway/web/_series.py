@@ -126,12 +126,14 @@ def outcome_rates(
 
 
 def judge_days(store: LogStore, lo: int, hi: int) -> list[dict[str, Any]]:
-    """Per route and day: the candidate's wins, losses and ties in the judge's verdicts."""
+    """Per route and day: the candidate's wins, losses and ties in the judge's verdicts, at the
+    day's start, or at ``lo`` for the day the window starts in (a point before ``lo`` is off the
+    chart: a 24-hour window would otherwise lose the verdicts of its calls from before midnight)."""
     if not _has_view(store, "judge_verdicts"):
         return []
     return store.sql(
         f"""
-        SELECT v.route, epoch_us(c.ts) // {win.DAY_US} * {win.DAY_US} AS t,
+        SELECT v.route, greatest(epoch_us(c.ts) // {win.DAY_US} * {win.DAY_US}, $lo) AS t,
                count(*) FILTER (WHERE v.outcome = 'candidate') AS wins,
                count(*) FILTER (WHERE v.outcome = 'baseline') AS losses,
                count(*) FILTER (WHERE v.outcome NOT IN ('candidate', 'baseline')) AS ties

@@ -132,3 +132,41 @@ def test_the_cache_answers_from_memory_and_recomputes_behind():
         assert fresh == 2 and len(calls) == 2
 
     asyncio.run(scenario())
+
+
+def test_the_judges_point_for_the_day_a_window_starts_in_is_on_the_chart(tmp_path):
+    """At 03:00 UTC a 24-hour window starts at 03:00 yesterday: the verdicts on yesterday's calls
+    are drawn at the window's start, not at yesterday's midnight, off the chart (the e2e console
+    test failed every night from 00:00 to 06:00 UTC for this)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gateway.web._dashboard import judge_chart
+    from gateway.web._series import judge_days
+
+    now = int(dt.datetime(2026, 3, 10, 3, tzinfo=dt.UTC).timestamp() * 1e6)
+    lo, hi = now - DAY, now
+    log = str(tmp_path / "log")
+    calls = {"late": now - 6 * 3600 * 10**6, "early": now - 2 * 3600 * 10**6}  # 21:00 yesterday, 01:00 today
+    with LogWriter(log) as w:
+        for name, ts in calls.items():
+            w.append("calls", {"call_id": f"call_{name}", "ts": ts, "route": "bot", "served": True})
+    run = tmp_path / "log" / "evals" / "judge" / "run-1"
+    run.mkdir(parents=True)
+    verdicts = [
+        {"run_id": "run-1", "route": "bot", "item_id": "late", "outcome": "baseline", "call_id": "call_late"},
+        {
+            "run_id": "run-1",
+            "route": "bot",
+            "item_id": "early",
+            "outcome": "candidate",
+            "call_id": "call_early",
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(verdicts), run / "verdicts.parquet")
+    with LogStore.open(log) as s:
+        rows = judge_days(s, lo, hi)
+    today = now // DAY * DAY
+    assert [(r["t"], r["wins"], r["losses"]) for r in rows] == [(lo, 0, 1), (today, 1, 0)]
+    chart = str(judge_chart(rows, (lo, hi)))
+    assert chart.count("<circle") == 2 and "lost 1" in chart and "won 1" in chart
