@@ -164,16 +164,22 @@ class WalTailer:
             return self._published.get(os.path.join(self.wal_dir, os.path.basename(path)))
 
     def _publish(self, path: str) -> None:
-        """After a read of ``path`` (under ``_lock``): what `shared` answers for it."""
+        """After a read of ``path`` (under ``_lock``): what `shared` answers for it (unchanged
+        when the read found nothing new)."""
         kept = self._parsed.get(path)
         if kept is None or not kept.complete:
             self._unpublish(path)
+            return
+        offset = self._offsets.get(path, 0)
+        with self._pub_lock:
+            known = self._published.get(path)
+        if known is not None and known[1] == offset:
             return
         tables: dict[str, list[Any]] = {}
         for (table, _day), chunks in kept.groups.items():
             tables.setdefault(table, []).extend(chunks)
         with self._pub_lock:
-            self._published[path] = (tables, self._offsets.get(path, 0))
+            self._published[path] = (tables, offset)
 
     def _unpublish(self, path: str) -> None:
         with self._pub_lock:

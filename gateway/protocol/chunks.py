@@ -91,16 +91,12 @@ def text_stream(events: str) -> tuple[dict[str, Any], list[dict[str, Any]], Any]
         if ch.finish_reason:
             finish = ch.finish_reason
     text = "".join(texts)
-    first = chunks[0] if chunks else None
-    base = (
-        {
-            "id": first.id,
-            "created": first.created,
-            "model": first.model,
-            "system_fingerprint": first.system_fingerprint,
-        }
-        if first is not None
-        else {}
-    )
+    first = chunks[0] if chunks else _Chunk()  # (every field None: as the dict path's ``{}``)
+    base = {
+        "id": first.id,
+        "created": first.created,
+        "model": first.model,
+        "system_fingerprint": first.system_fingerprint,
+    }
     message = {"role": role or "assistant", "content": text or None}
     return base, ([{"index": 0, "message": message, "finish_reason": finish}] if seen else []), usage

@@ -46,7 +46,11 @@ def payloads(sse: str) -> list[Any]:
     Parsed in one ``orjson.loads`` when the stream is plain ``data: {...}`` events (the common
     case), line by line otherwise.
     """
-    events = _events_array(sse)
+    return _payloads(sse, _events_array(sse))
+
+
+def _payloads(sse: str, events: str | None) -> list[Any]:
+    """`payloads`, given the stream's `_events_array`."""
     if events is not None:
         try:
             parsed = orjson.loads(events)
@@ -84,8 +88,11 @@ def _line_payloads(sse: str) -> list[Any]:
     return out
 
 
-def _objects(sse: str) -> list[dict[str, Any]]:
-    return [c for c in payloads(sse) if isinstance(c, dict)]
+def _objects(sse: str, events: str | None = None) -> list[dict[str, Any]]:
+    """The stream's object payloads (``events``: its `_events_array`, when already built)."""
+    return [
+        c for c in _payloads(sse, events if events is not None else _events_array(sse)) if isinstance(c, dict)
+    ]
 
 
 # -- chat completions ----------------------------------------------------------------------
@@ -102,7 +109,7 @@ def assemble_chat(sse: str) -> dict[str, Any]:
         typed = text_stream(events)
         if typed is not None:
             return _completion(*typed)
-    chunks = _objects(sse)
+    chunks = _objects(sse, events)
     fast = _text_stream(chunks)
     if fast is not None:
         return fast

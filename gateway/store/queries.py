@@ -303,14 +303,14 @@ def explicit_regenerations(
     )
     if not later:
         return []
-    names = sorted({r["regenerate_of"] for r in later})
+    names = {r["regenerate_of"] for r in later}
     named = _rows(
         store,
         f"""SELECT call_id, response_id, epoch_us(ts) AS ts_us
             FROM {windows.source(store, "calls", lo_us, hi_us)}
             WHERE {_SERVED_IN}
               AND (call_id IN (SELECT unnest($names)) OR response_id IN (SELECT unnest($names)))""",
-        {"lo": lo_us, "hi": hi_us, "names": names},
+        {"lo": lo_us, "hi": hi_us, "names": sorted(names)},
     )
     by_response: dict[str, tuple[int, str]] = {}  # response id -> its latest call
     first: dict[str, int] = {}  # call id -> when it was first made
