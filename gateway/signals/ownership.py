@@ -55,7 +55,9 @@ class _WalTail:
         self.wal_dir = wal_dir
         self.max_entries = max_entries
         self.offsets: dict[str, int] = {}
-        self.owners: OrderedDict[str, CallOwner] = OrderedDict()
+        self.owners: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        """Call and response ids -> ``(call_id, client_key)`` (a tuple, not a `CallOwner`: the agent's
+        tail adds tens of thousands a second, and a frozen dataclass costs a microsecond to build)."""
         self.events: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
 
     def poll(self) -> None:
@@ -84,7 +86,7 @@ class _WalTail:
         elif table == "events" and rec.get("call_id") and rec.get("kind"):
             posted = str(rec["call_id"])
             call = self.owners.get(posted)
-            for cid in {posted, call.call_id if call else posted}:
+            for cid in {posted, call[0] if call else posted}:
                 self._put(self.events, (cid, str(rec["kind"]), poster_id(rec)), rec)
 
     def add_calls(self, rows: list[dict[str, Any]]) -> None:
@@ -94,12 +96,16 @@ class _WalTail:
             call_id = row.get("call_id")
             if not call_id:
                 continue
-            owner = CallOwner(str(call_id), row.get("client_key"), recent=True)
-            owners[owner.call_id] = owner
-            owners.move_to_end(owner.call_id)
-            if row.get("response_id") and row.get("served") is not False:
-                owners[str(row["response_id"])] = owner
-                owners.move_to_end(str(row["response_id"]))
+            owner = (str(call_id), row.get("client_key"))
+            if owner[0] in owners:
+                owners.move_to_end(owner[0])
+            owners[owner[0]] = owner
+            response_id = row.get("response_id")
+            if response_id and row.get("served") is not False:
+                response_id = str(response_id)
+                if response_id in owners:
+                    owners.move_to_end(response_id)
+                owners[response_id] = owner
         while len(owners) > self.max_entries:
             owners.popitem(last=False)
 
@@ -172,7 +178,8 @@ class FeedbackIndex:
             self._fresh()
             with self._lock:
                 self._poll_own_locked()
-                found = self._tail.owners.get(call_id)
+                recent = self._tail.owners.get(call_id)
+                found = CallOwner(recent[0], recent[1], recent=True) if recent is not None else None
                 if found is None:
                     rows = self._sql(_OWNER_SQL, {"id": call_id}, newer_than=asked)
                     if rows:
