@@ -43,6 +43,10 @@ log = logging.getLogger("shadowtune.agent")
 
 AGENT_LOCK = "agent.lock"  # not a writer's lock: no segment is ever named after it
 FRESH_S = 5.0  # a worker report older than this no longer counts in gauges
+TRIM_ROWS = 10_000
+"""Rows converted between two `release_freed_memory` calls within a round (and once at its end): a
+round that catches up a backlog converts many segments, and the heap each one freed would otherwise
+stay the process's until the round ends (about 10 ms a call on a 300 MiB heap)."""
 
 
 @dataclass
@@ -260,7 +264,6 @@ class LogAgent:
                 break
             try:
                 if self.convert():
-                    release_freed_memory()
                     self._wake.set()  # more segments may have closed meanwhile: look again at once
                 ready = self._store_ready and self.stats.consecutive_failures == 0
                 if ready and self.converter.housekeeping():
@@ -278,7 +281,7 @@ class LogAgent:
                 self.stats.flush_errors += 1
                 self.stats.consecutive_failures += 1
                 return 0
-            rows = 0
+            rows = trimmed_at = 0
             failed = False
             for owner, segments in self._segments().items():
                 if not segments or failed:
@@ -298,6 +301,9 @@ class LogAgent:
                             failed = True
                             break
                         self.tailer.forget(seg)
+                        if rows - trimmed_at >= TRIM_ROWS:  # a backlog's round converts many segments
+                            release_freed_memory()
+                            trimmed_at = rows
                         self.stats.converted_segments += 1
                         done += 1
                     if lock_fd is not None and done == len(closed):
@@ -314,6 +320,8 @@ class LogAgent:
                 self.stats.consecutive_failures = 0
                 self.stats.last_error = None
             self.stats.last_flush_at = time.time()
+            if rows > trimmed_at:
+                release_freed_memory()
             return rows
 
     def _convert_one(self, seg: str) -> int:

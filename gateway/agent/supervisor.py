@@ -91,7 +91,7 @@ class Supervisor:
         py = sys.executable
         # the agent's RSS stays near its working set (docs/benchmarks.md): few malloc arenas (its threads
         # would each keep the peak of their batches) and Arrow on the system allocator, which
-        # `process.release_freed_memory` trims after each round (the user's own settings win)
+        # `process.release_freed_memory` trims as each round converts (the user's own settings win)
         agent_env = {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system", **env}
         self.agent = Child("log agent", [py, "-m", "gateway.agent"], agent_env, (self._pipe_r,))
         self.workers = [

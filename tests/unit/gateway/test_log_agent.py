@@ -73,6 +73,35 @@ def test_only_closed_segments_are_converted_while_their_writer_lives(log_dir):
     assert logged(log_dir) == [f"call-{i}" for i in range(5)]
 
 
+def test_a_round_that_converts_a_backlog_gives_freed_memory_back_as_it_goes(log_dir, monkeypatch):
+    """A round over many closed segments trims the heap every `TRIM_ROWS` rows and once at its end,
+    not only after the last segment (the peak RSS of a backlog's catch-up); an idle round never."""
+    from gateway.agent import core
+
+    trims: list[int] = []
+    agent = LogAgent(settings(log_dir))
+    monkeypatch.setattr(core, "TRIM_ROWS", 7)
+    monkeypatch.setattr(core, "release_freed_memory", lambda: trims.append(agent.stats.converted_segments))
+    agent.start()
+    wal = WalAppender(agent.wal_dir, rotate_interval=60)
+    wal.start()
+    try:
+        for seg in range(4):  # four closed segments of 3 calls each, then the open one
+            for i in range(3):
+                wal.append("calls", record(seg * 3 + i))
+            wal.rotate()
+        agent.tailer.poll()
+        assert agent.convert() == 12
+        assert trims == [2, 4]  # past 7 rows (at 9: after the third segment), then at the end (12)
+        trims.clear()
+        assert agent.convert() == 0
+        assert trims == []
+    finally:
+        wal.close()
+        agent.stop()
+    assert len(logged(log_dir)) == 12
+
+
 def test_a_killed_writers_segments_are_adopted_exactly_once(log_dir):
     agent = LogAgent(settings(log_dir))
     agent.start()
