@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gateway import __version__, tracectx
 from gateway.config import TelemetryConfig
 from gateway.histograms import BatchHistogram, HistogramCollector
+from gateway.recent import RecentMap
 from gateway.tracectx import span_id_of, trace_id_of
 
 log = logging.getLogger("shadowtune.telemetry")
@@ -200,7 +200,9 @@ class Telemetry:
             description="Ratings given to calls, by route and variant",
             explicit_bucket_boundaries_advisory=_RATING_BUCKETS,
         )
-        self._call_map: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._call_map: RecentMap[str, tuple[str, str]] = RecentMap(_CALL_MAP_SIZE)
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        """The ``(route, variant)`` values of the call map, one object each (not one per call)."""
         self.resolve_calls: Resolver | None = None
         """Looks up calls the map no longer (or never) held; set by the agent."""
         self.cost = m.create_counter("shadowtune.cost", unit="USD", description="Estimated cost of calls")
@@ -318,9 +320,14 @@ class Telemetry:
             bool(rec.get("served")),
             rec.get("provider") or "openai",
         )
-        self._call_map[rec["call_id"]] = (route, variant)
+        pair = self._pairs.get((route, variant))
+        if pair is None:
+            pair = self._pairs[(route, variant)] = (route, variant)
+            if len(self._pairs) > 4096:  # routes and variants are few: a flood of names is not kept
+                self._pairs.clear()
+        self._call_map[rec["call_id"]] = pair
         if rec.get("response_id"):
-            self._call_map[rec["response_id"]] = (route, variant)
+            self._call_map[rec["response_id"]] = pair
         status = rec.get("status") or 0
         ckey = (*key, status)
         acc.calls[ckey] = acc.calls.get(ckey, 0) + 1
@@ -335,8 +342,6 @@ class Telemetry:
 
     def _add_counts(self, acc: _CallCounts) -> None:
         """A batch's counts into the counters, its points into the batch histograms."""
-        while len(self._call_map) > _CALL_MAP_SIZE:
-            self._call_map.popitem(last=False)
         if self._batch is not None:
             for histogram, points in zip(self._batch, acc.points, strict=True):
                 if points:

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from gateway.recent import RecentMap
 from gateway.signals.feedback import CallOwner, poster_id, same_feedback
 from gateway.store import LogStore, layout
 from gateway.store.reader import POSTER_SQL
@@ -55,7 +56,7 @@ class _WalTail:
         self.wal_dir = wal_dir
         self.max_entries = max_entries
         self.offsets: dict[str, int] = {}
-        self.owners: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self.owners: RecentMap[str, tuple[str, str | None]] = RecentMap(max_entries)
         """Call and response ids -> ``(call_id, client_key)`` (a tuple, not a `CallOwner`: the agent's
         tail adds tens of thousands a second, and a frozen dataclass costs a microsecond to build)."""
         self.events: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
@@ -97,17 +98,10 @@ class _WalTail:
             if not call_id:
                 continue
             owner = (str(call_id), row.get("client_key"))
-            if owner[0] in owners:
-                owners.move_to_end(owner[0])
             owners[owner[0]] = owner
             response_id = row.get("response_id")
             if response_id and row.get("served") is not False:
-                response_id = str(response_id)
-                if response_id in owners:
-                    owners.move_to_end(response_id)
-                owners[response_id] = owner
-        while len(owners) > self.max_entries:
-            owners.popitem(last=False)
+                owners[str(response_id)] = owner
 
     def _put(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value

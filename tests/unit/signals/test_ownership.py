@@ -95,8 +95,8 @@ def test_a_worker_asking_an_unreachable_agent_gets_a_503_when_keyed_and_goes_on_
 
 
 def test_a_batch_of_calls_from_the_tail_indexes_them_as_one_by_one_adds_would(tmp_path):
-    """`_WalTail.add_calls` (the agent's tail, a batch at a time, trimmed once) leaves the same owners,
-    in the same order, as `add` row by row (trimmed at each put), whatever the ids repeat."""
+    """`_WalTail.add_calls` (the agent's tail, a batch at a time) leaves the same owners, in the same
+    order, as `add` row by row, whatever the ids repeat, and no more than ``max_entries`` of them."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -125,5 +125,6 @@ def test_a_batch_of_calls_from_the_tail_indexes_them_as_one_by_one_adds_would(tm
                 one.add(row, derived=True)
             many.add_calls(batch)
         assert list(many.owners.items()) == list(one.owners.items())
+        assert len(many.owners) <= max_entries
 
     check()
