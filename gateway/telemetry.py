@@ -320,11 +320,9 @@ class Telemetry:
             bool(rec.get("served")),
             rec.get("provider") or "openai",
         )
-        pair = self._pairs.get((route, variant))
-        if pair is None:
-            pair = self._pairs[(route, variant)] = (route, variant)
-            if len(self._pairs) > 4096:  # routes and variants are few: a flood of names is not kept
-                self._pairs.clear()
+        if len(self._pairs) > 4096:  # routes and variants are few: a flood of names is not kept
+            self._pairs.clear()
+        pair = self._pairs.setdefault((route, variant), (route, variant))
         self._call_map[rec["call_id"]] = pair
         if rec.get("response_id"):
             self._call_map[rec["response_id"]] = pair
