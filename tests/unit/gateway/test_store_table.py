@@ -196,3 +196,34 @@ class TestMigration:
         assert result.exit_code == 0, result.output
         assert json.loads(result.output) == {"registered_files": {"calls": 2, "events": 0}}
         assert ids(log_dir) == ["call_0001", "call_0002", "call_0003"]
+
+
+def test_a_merge_writes_row_groups_within_the_memory_bound_and_keeps_every_row_in_order(
+    tmp_path, monkeypatch
+):
+    """Compaction's memory is bounded by the Arrow bytes of one row group, not by the files' size."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from gateway.store.schema import TABLES
+
+    monkeypatch.setattr(tables, "COMPACT_GROUP_BYTES", 256 * 1024)
+    monkeypatch.setattr(tables, "COMPACT_READ_ROWS", 16)
+    body = "word " * 400  # 2 KB a row, as the log's bodies
+    sources = []
+    for n in range(6):
+        recs = [{**call(n * 100 + i), "request": body, "response": body} for i in range(100)]
+        path = tmp_path / f"src{n}.parquet"
+        pq.write_table(calls_table(recs), path, compression="zstd")
+        sources.append(str(path))
+    target = str(tmp_path / "merged" / "out.parquet")
+    rows = tables._merge(pafs.LocalFileSystem(), sources, target, TABLES["calls"])
+    assert rows == 600
+    f = pq.ParquetFile(target)
+    batch_bytes = f.read_row_group(0).slice(0, 16).nbytes
+    groups = [f.read_row_group(i) for i in range(f.num_row_groups)]
+    assert len(groups) >= 6  # 2.4 MB of bodies: about ten groups of 256 KiB, not one
+    assert all(g.nbytes <= tables.COMPACT_GROUP_BYTES + batch_bytes for g in groups)
+    assert [r for g in groups for r in g.column("call_id").to_pylist()] == [
+        f"call_{n * 100 + i:04d}" for n in range(6) for i in range(100)
+    ]
