@@ -14,6 +14,7 @@ Run with the agent's allocator settings (`MALLOC_ARENA_MAX=2 ARROW_DEFAULT_MEMOR
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import string
@@ -56,8 +57,8 @@ def generate(out: str, files: int, rows: int) -> float:
                     "user": f"u{rnd.randint(0, 999)}",
                     "session_id": f"s{rnd.randint(0, 9999)}",
                     "stream": False,
-                    "request": '{"model":"bot","messages":[{"role":"user","content":"%s"}]}' % q,
-                    "response": '{"choices":[{"message":{"role":"assistant","content":"%s"}}]}' % a,
+                    "request": json.dumps({"model": "bot", "messages": [{"role": "user", "content": q}]}),
+                    "response": json.dumps({"choices": [{"message": {"role": "assistant", "content": a}}]}),
                     "output_text": a,
                     "finish_reason": "stop",
                     "status": 200,
