@@ -15,9 +15,12 @@ from typing import Any
 import httpx
 import uvicorn
 
+from gateway.agent.supervisor import AGENT_STOP_S, WORKER_STOP_S
 from gateway.app import GatewayApp, create_app
 from gateway.config import Settings
 from gateway.server import uvicorn_options
+
+STOP_GRACE_S = WORKER_STOP_S + AGENT_STOP_S + 5  # after SIGTERM, before SIGKILL
 
 
 class GatewayServer:
@@ -116,8 +119,8 @@ class ServeProcess:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
+            try:  # the supervisor's own grace: a gateway still flushing its log is not killed
+                self.proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)

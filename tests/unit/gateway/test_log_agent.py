@@ -466,3 +466,34 @@ def test_a_store_opened_while_the_tail_hands_on_rows_does_not_wait_for_the_tail(
         wal.close()
         if not stuck:  # (a stuck tail holds its lock for good: the agent could not stop)
             agent.stop()
+
+
+def test_a_segment_drained_while_a_poll_lists_the_wal_is_handed_on_once(log_dir, monkeypatch):
+    """The convert thread drains a segment created after the tail thread's poll listed the WAL: the
+    poll must not take it for gone (forgetting its offset), or the next drain hands it on again."""
+    import threading
+
+    from gateway.agent import tail as tail_module
+
+    agent = LogAgent(settings(log_dir))
+    seen = tailed(agent)
+    os.makedirs(agent.wal_dir)
+    seg = Path(agent.wal_dir, "1-1-x.00000001.wal.ndjson")
+    real_listdir = os.listdir
+    drainer: list[threading.Thread] = []
+
+    def listdir_then_a_segment_appears(path: str) -> list[str]:
+        names = real_listdir(path)
+        if not drainer:  # the first listing: the segment appears and is drained right after it
+            seg.write_bytes(b'{"_t":"calls","call_id":"call-a","ts":1}\n')
+            drainer.append(threading.Thread(target=agent.tailer.drain, args=(str(seg),)))
+            drainer[0].start()
+            drainer[0].join(0.5)  # the drain waits for the poll, if the poll holds the tail's lock
+        return names
+
+    monkeypatch.setattr(tail_module.os, "listdir", listdir_then_a_segment_appears)
+    agent.tailer.poll()
+    drainer[0].join(10)
+    monkeypatch.setattr(tail_module.os, "listdir", real_listdir)
+    agent.tailer.drain(str(seg))  # the conversion's drain, before it converts the segment
+    assert seen == ["call-a"]
