@@ -206,8 +206,10 @@ def test_a_client_disconnect_midstream_cancels_the_upstream_call_and_a_healthy_c
         received = resp.iter_raw()  # keep a reference: a collected generator closes the stream
         seen = b""
         # the first text delta's whole event has been relayed (and so logged): the relay passes on
-        # what it reads as it reads it, so under load "stal" can arrive before the rest of its event
-        while b"stal" not in seen or b"\n\n" not in seen[seen.index(b"stal") :]:
+        # what it reads as it reads it, so under load the delta can arrive before the rest of its
+        # event, and the role event before it (whose "model":"stall" also holds "stal")
+        delta = b'"content": "stal"'
+        while delta not in seen or b"\n\n" not in seen[seen.index(delta) :]:
             seen += next(received)
         assert seen.startswith(b"data: ")
         assert wait_until(lambda: fake_upstream.in_flight == 1)
