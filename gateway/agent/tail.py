@@ -125,14 +125,15 @@ class WalTailer:
     def poll(self) -> int:
         """Read what every segment gained since the last poll; returns the records handed on."""
         n = 0
-        with self._lock:  # listed under the lock: a listing older than another thread's read (a
-            # `drain` of a segment created since) would take that segment for gone, forget its
-            # offset, and hand its records to the listeners a second time
+        # listed under the lock: a listing older than another thread's read (a `drain` of a segment
+        # created since) would take that segment for gone, forget its offset, and hand its records
+        # to the listeners a second time
+        with self._lock:
             try:
-                names = sorted(n for n in os.listdir(self.wal_dir) if n.endswith(WAL_SUFFIX))
+                names = os.listdir(self.wal_dir)
             except OSError:  # no WAL (yet), or not a directory: the writers report it
                 return 0
-            paths = {os.path.join(self.wal_dir, name) for name in names}
+            paths = {os.path.join(self.wal_dir, name) for name in names if name.endswith(WAL_SUFFIX)}
             for gone in set(self._offsets) - paths:
                 del self._offsets[gone]  # converted (by us) or removed
                 self._drop_parsed(gone)

@@ -207,7 +207,7 @@ def test_a_client_disconnect_midstream_cancels_the_upstream_call_and_a_healthy_c
         seen = b""
         # the first text delta's whole event has been relayed (and so logged): the relay passes on
         # what it reads as it reads it, so under load the delta can arrive before the rest of its
-        # event, and the role event before it (whose "model":"stall" also holds "stal")
+        # event, and the role event before it (whose "model": "stall" also holds "stal")
         delta = b'"content": "stal"'
         while delta not in seen or b"\n\n" not in seen[seen.index(delta) :]:
             seen += next(received)
