@@ -133,6 +133,8 @@ def run(
         "child_peak_rss_mib": round(child_peak),
         "rows_in_store": stored,
         "tailed": agent.tailer.records,
+        "segments": agent.stats.converted_segments,
+        "reparsed": agent.stats.reparsed_segments,
     }
 
 
@@ -181,7 +183,7 @@ def main() -> None:
         f"last row committed at {out['agent_s']} s), agent CPU {out['agent_cpu_s']} s "
         f"({out['agent_cpu_us_per_row']} µs/row: {1e6 / out['agent_cpu_us_per_row']:,.0f} rows per CPU-second), "
         f"peak RSS {out['agent_peak_rss_mib']} MiB (target <= 300), rows in store {out['rows_in_store']:,}, "
-        f"tailed {out['tailed']:,}"
+        f"tailed {out['tailed']:,}, segments parsed twice {out['reparsed']} of {out['segments']}"
     )
     if args.convert_process:
         print(

@@ -52,6 +52,7 @@ stay the process's until the round ends (about 10 ms a call on a 300 MiB heap)."
 @dataclass
 class AgentStats:
     converted_segments: int = 0
+    reparsed_segments: int = 0  # converted from a second read: the tail had not kept their rows
     flush_errors: int = 0
     consecutive_failures: int = 0
     adopted_writers: int = 0
@@ -328,7 +329,10 @@ class LogAgent:
         """One closed segment (drained by the tail) to the table; returns its rows."""
         if self.child is not None:
             return self.converter.count_converted(seg, self.child.convert(seg))
-        parsed = self.tailer.parsed(seg) or self.tailer.reparse(seg)
+        parsed = self.tailer.parsed(seg)
+        if parsed is None:  # the tail did not keep it whole: read and parse it a second time
+            self.stats.reparsed_segments += 1
+            parsed = self.tailer.reparse(seg)
         return self.converter.convert_segment(seg, parsed)
 
     @contextlib.contextmanager
@@ -416,6 +420,7 @@ class LogAgent:
             "parquet_files": c.parquet_files,
             "corrupt_records": c.corrupt_records,
             "converted_segments": s.converted_segments,
+            "reparsed_segments": s.reparsed_segments,
             "adopted_writers": s.adopted_writers,
             "flush_errors": s.flush_errors,
             "tailed_records": self.tailer.records,

@@ -102,9 +102,11 @@ class WalTailer:
         max_hold_s: float = 2.0,
     ) -> None:
         """``hold``: when the kept tables reach ``max_kept_bytes`` and it returns True (the agent:
-        while its conversions succeed, so they will free them), the tail waits up to ``max_hold_s``
-        for the conversion instead of reading ahead and dropping what it keeps (each segment it
-        dropped is parsed a second time by the conversion: under a backlog, most of them)."""
+        while its conversions succeed, so they will free them), the tail waits for the conversion
+        instead of reading ahead and dropping what it keeps (each segment it dropped is parsed a
+        second time by the conversion: under a backlog, most of them). The wait lasts while the
+        conversion makes progress: ``max_hold_s`` from the last kept segment it freed, after which
+        the tail reads on (telemetry then stays current at the price of the second parse)."""
         self.wal_dir = wal_dir
         self.full_records = full_records  # every derived column (prompt/completion text in spans)
         self.keep_rows = keep_rows
@@ -201,6 +203,8 @@ class WalTailer:
         kept = self._parsed.pop(path, None)
         if kept is not None:
             self._kept_bytes -= kept.nbytes
+            if kept.nbytes:
+                self._held_since = None  # a conversion freed what it kept: the wait starts again
 
     def _incomplete(self, path: str) -> None:
         self._unpublish(path)

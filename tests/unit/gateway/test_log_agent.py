@@ -497,3 +497,50 @@ def test_a_segment_drained_while_a_poll_lists_the_wal_is_handed_on_once(log_dir,
     monkeypatch.setattr(tail_module.os, "listdir", real_listdir)
     agent.tailer.drain(str(seg))  # the conversion's drain, before it converts the segment
     assert seen == ["call-a"]
+
+
+def test_under_a_backlog_the_tail_waits_for_a_conversion_that_makes_progress(log_dir, monkeypatch):
+    """Past its budget of kept rows, the tail holds off reading ahead while the conversion frees
+    segments: a round converting a backlog for longer than ``max_hold_s`` in all must not make the
+    tail read the later segments ahead, drop their rows and have them parsed a second time."""
+    from gateway.agent import tail
+    from gateway.agent.tail import WalTailer
+
+    wal_dir = os.path.join(log_dir, "wal")
+    appender = WalAppender(wal_dir, rotate_interval=60)
+    appender.start()
+    for k in range(3):
+        for i in range(5):
+            appender.append("calls", record(10 * k + i, status=200))
+        appender.rotate()
+    appender.close()
+    a, b, c = sorted(str(p) for p in Path(wal_dir).glob("*.wal.ndjson") if p.stat().st_size)
+    now = [0.0]
+    monkeypatch.setattr(tail.time, "monotonic", lambda: now[0])
+    tailer = WalTailer(wal_dir, keep_rows=True, max_kept_bytes=1, hold=lambda: True, max_hold_s=2.0)
+    seen: list[str] = []
+    tailer.listeners.append(lambda table, rows: seen.extend(r["call_id"] for r in rows))
+    tailer.drain(a)  # the conversion round takes A: kept past the budget
+    tailer.poll()  # B and C wait (from t=0)
+    assert len(seen) == 5
+    now[0] = 1.5
+    os.unlink(a)  # A converted (and deleted): progress
+    tailer.forget(a)
+    tailer.drain(b)
+    now[0] = 3.0  # 3 s since the tail began to wait, 1.5 s since the conversion last freed a segment
+    tailer.poll()
+    assert len(seen) == 10  # C still waits for the conversion
+    os.unlink(b)
+    tailer.forget(b)
+    tailer.drain(c)
+    assert tailer.parsed(c) is not None  # kept whole: its conversion does not read it again
+    assert sorted(seen) == sorted(f"call-{10 * k + i}" for k in range(3) for i in range(5))
+    now[0] = 10.0  # no progress for longer than max_hold_s: the tail reads ahead (telemetry goes on)
+    appender = WalAppender(wal_dir, rotate_interval=60)
+    appender.start()
+    appender.append("calls", record(99, status=200))
+    appender.close()
+    tailer.poll()
+    now[0] = 12.5
+    tailer.poll()
+    assert "call-99" in seen
