@@ -337,6 +337,7 @@ def test_each_record_is_parsed_once_and_what_cannot_be_a_row_is_quarantined_by_l
             assert (agent.tailer.parsed(str(seg)) is not None) is kept
             assert agent.convert() == 2
             assert len(parses) == polls + (0 if mode == "kept" else 1)  # dropped: read twice; held: once
+            assert agent.status()["reparsed_segments"] == (0 if kept else 1)
         agent.stop()
         entries = sorted(quarantined(agent.wal_dir), key=lambda e: e["line"])
         assert [(e["line"], e["segment"]) for e in entries] == [
