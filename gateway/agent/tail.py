@@ -34,6 +34,10 @@ log = logging.getLogger("shadowtune.agent")
 
 Listener = Callable[[str, list[dict[str, Any]]], None]
 MAX_READ = 4 * 2**20  # bytes read from one segment at a time (bounds the records held at once)
+# Arrow bytes of parsed rows the tail keeps for the conversion. 48 MiB, measured with the agent bench
+# (docs/benchmarks.md round 10): peak RSS 276-287 MiB in 7 runs against 299-310 in 5 at 64 MiB, no
+# segment parsed twice (the tail waits for a conversion that makes progress), CPU a row within the spread
+MAX_KEPT_BYTES = 48 * 2**20
 
 
 TELEMETRY_FIELDS = (
@@ -97,7 +101,7 @@ class WalTailer:
         *,
         full_records: bool = False,
         keep_rows: bool = False,
-        max_kept_bytes: int = 64 * 2**20,
+        max_kept_bytes: int = MAX_KEPT_BYTES,
         hold: Callable[[], bool] | None = None,
         max_hold_s: float = 2.0,
     ) -> None:
