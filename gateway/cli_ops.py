@@ -66,14 +66,10 @@ def logs_status(log_dir: str, as_json: bool) -> None:
     row = store.sql("SELECT min(ts) AS oldest, max(ts) AS newest FROM calls")[0]
     out["oldest"], out["newest"] = row["oldest"], row["newest"]
     wal_dir = store.wal_dir
-    segs = (
-        [os.path.join(wal_dir, n) for n in os.listdir(wal_dir) if n.endswith(layout.WAL_SUFFIX)]
-        if os.path.isdir(wal_dir)
-        else []
-    )
-    out["wal"] = {"segments": len(segs), "bytes": sum(os.path.getsize(s) for s in segs if os.path.exists(s))}
-    oldest_seg = min((os.path.getmtime(s) for s in segs if os.path.getsize(s) > 0), default=None)
-    out["writer_lag_s"] = round(dt.datetime.now().timestamp() - oldest_seg, 3) if oldest_seg else 0.0
+    wal = layout.wal_summary(wal_dir)  # while the gateway runs: segments come and go
+    out["wal"] = {"segments": wal.segments, "bytes": wal.bytes}
+    oldest = wal.oldest_mtime
+    out["writer_lag_s"] = round(dt.datetime.now().timestamp() - oldest, 3) if oldest else 0.0
     q = quarantine.scan(wal_dir)
     out["quarantine"] = {k: q[k] for k in ("records", "by_reason", "latest")} | {
         "dir": quarantine.directory(wal_dir)

@@ -388,13 +388,7 @@ class LogAgent:
     @property
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet in Parquet (every writer), plus what workers hold in memory."""
-        total = 0
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.wal_dir):
-                if name.endswith(layout.WAL_SUFFIX):
-                    with contextlib.suppress(OSError):
-                        total += os.path.getsize(os.path.join(self.wal_dir, name))
-        return total + self.host.pending_bytes()
+        return layout.wal_summary(self.wal_dir).bytes + self.host.pending_bytes()
 
     def dropped(self) -> dict[str, int]:
         total = self.host.dropped()

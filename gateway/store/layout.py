@@ -45,7 +45,7 @@ import datetime as dt
 import json
 import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -259,6 +259,37 @@ def wal_segments_by_owner(wal_dir: str) -> dict[str, list[str]]:
         elif name.endswith(".lock"):
             owners.setdefault(name[: -len(".lock")], [])
     return dict(owners)
+
+
+class WalSummary(NamedTuple):
+    """What the WAL holds: segments, their bytes, and the oldest last-write time of a non-empty one."""
+
+    segments: int
+    bytes: int
+    oldest_mtime: float | None
+
+
+def wal_summary(wal_dir: str) -> WalSummary:
+    """`WalSummary` of ``wal_dir`` (of every writer), read while writers append and the agent deletes:
+    each segment is looked at once, and one that is gone by then is not counted."""
+    segments = size = 0
+    oldest: float | None = None
+    try:
+        entries = list(os.scandir(wal_dir))
+    except OSError:  # no WAL (yet), or not a directory
+        return WalSummary(0, 0, None)
+    for entry in entries:
+        if not entry.name.endswith(WAL_SUFFIX):
+            continue
+        try:
+            st = entry.stat()
+        except OSError:  # converted and deleted since the listing
+            continue
+        segments += 1
+        size += st.st_size
+        if st.st_size and (oldest is None or st.st_mtime < oldest):
+            oldest = st.st_mtime
+    return WalSummary(segments, size, oldest)
 
 
 def wal_stems(wal_dir: str) -> set[str]:
