@@ -13,7 +13,10 @@ Layout (the same files earlier versions wrote, so an existing directory keeps wo
 
 Every change happens under an exclusive ``flock`` on a lock file next to what it changes,
 so several processes on one host are serialised. Readers never lock: files are replaced
-atomically. Over NFS neither the locks nor the change detection (mtime) are reliable:
+atomically. Workers poll for changes by reading the file's bytes and comparing them with what
+they last parsed, not by its mtime: a file system's clock tick (a few milliseconds on many
+kernels, seconds on some) can give two quick changes one mtime, and a worker would then keep
+the first (a split set twice, a key added then revoked). Over NFS the locks are not reliable:
 use PostgreSQL (``store.state_url: postgresql://...``) for several hosts.
 """
 
@@ -44,7 +47,7 @@ class FileBackend:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.health = Health(self.kind, self.root)
-        self._routes_cache: tuple[int, int, dict[str, Any]] | None = None  # mtime, version, doc
+        self._routes_cache: tuple[bytes, int, dict[str, Any]] | None = None  # the file, version, doc
         self._notes = 0
 
     # -- helpers ---------------------------------------------------------------------------
@@ -70,6 +73,14 @@ class FileBackend:
         self.health.success()
 
     @staticmethod
+    def _read_bytes(path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    @staticmethod
     def _read_json(path: str) -> Any:
         try:
             with open(path) as f:
@@ -79,20 +90,21 @@ class FileBackend:
 
     # -- routes ----------------------------------------------------------------------------
     def routes_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
-        path = self._p("routes", "state.json")
         try:
-            mtime = os.stat(path).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
+            raw = self._read_bytes(self._p("routes", "state.json"))
+        except OSError:
+            return None  # unreadable for now: the backend's health says so when writes fail too
+        if raw is None:
             return None
         cache = self._routes_cache
-        if cache is None or cache[0] != mtime:
+        if cache is None or cache[0] != raw:  # the bytes, not the mtime (see the module docstring)
             try:
-                data = self._read_json(path)
-            except (OSError, ValueError):
+                data = json.loads(raw)
+            except ValueError:
                 return None  # half-written by a foreign tool; the next poll will see the final file
             if not isinstance(data, dict):
                 return None
-            cache = self._routes_cache = (mtime, int(data.get("version", 0)), data)
+            cache = self._routes_cache = (raw, int(data.get("version", 0)), data)
         return (cache[1], cache[2]) if cache[1] > version else None
 
     def change_routes(self, fn: RouteChange) -> int:
@@ -140,13 +152,14 @@ class FileBackend:
         return list(data["keys"]) if isinstance(data, dict) else []
 
     def keys_if_changed(self, marker: Any) -> tuple[Any, list[dict[str, Any]]] | None:
-        try:
-            mtime: int | None = os.stat(self._p("keys.json")).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
-            mtime = None
-        if marker is not None and mtime == marker:
+        """``(marker, keys)`` unless the file is still what ``marker`` (a digest of its bytes: see the
+        module docstring) says it was; None then."""
+        raw = self._read_bytes(self._p("keys.json"))
+        digest = hashlib.blake2b(raw, digest_size=16).digest() if raw is not None else None
+        if marker is not None and digest == marker:
             return None
-        return mtime, self._keys()
+        data = json.loads(raw) if raw is not None else None
+        return digest, (list(data["keys"]) if isinstance(data, dict) else [])
 
     def add_key(self, record: dict[str, Any]) -> None:
         with self._locked("keys.lock"):
@@ -306,7 +319,7 @@ class FileBackend:
 
     # -- notifications ---------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str], None]) -> None:
-        """No push on one host: workers poll (``mtime`` checks are cheap)."""
+        """No push on one host: workers poll (a small file read and compared)."""
 
     def close(self) -> None:
         pass

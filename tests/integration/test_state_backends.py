@@ -5,6 +5,7 @@ concurrent writers, a refused change leaves nothing behind, keys, documents and 
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -66,6 +67,31 @@ def test_concurrent_writers_lose_no_update(location):
     version, doc = open_backend(location).routes_if_newer(0)
     assert version == 60 and len(doc["routes"]) == 60
     assert sorted(h["version"] for h in open_backend(location).history(limit=1000)) == list(range(1, 61))
+
+
+def test_the_file_backend_sees_two_changes_made_within_one_mtime_tick(tmp_path):
+    """Workers poll the files: two quick changes that a coarse file system clock gives one mtime
+    (forced here with ``os.utime``) are both seen, the second split and the revoked key included."""
+    writer, reader = new_backend(str(tmp_path)), new_backend(str(tmp_path))
+    writer.change_routes(add_route("a"))
+    assert reader.routes_if_newer(0)[0] == 1
+    routes = tmp_path / "routes" / "state.json"
+    tick = routes.stat().st_mtime_ns
+    writer.change_routes(add_route("b"))
+    os.utime(routes, ns=(tick, tick))
+    version, doc = reader.routes_if_newer(1)
+    assert version == 2 and set(doc["routes"]) == {"a", "b"}
+
+    writer.add_key({"name": "app", "hash": "h1", "prefix": "sk-st-x", "created": 1.0, "revoked": None})
+    marker, keys = reader.keys_if_changed(None)
+    assert [k["revoked"] for k in keys] == [None] and reader.keys_if_changed(marker) is None
+    keys_file = tmp_path / "keys.json"
+    tick = keys_file.stat().st_mtime_ns
+    writer.revoke_key("app", 5.0)
+    os.utime(keys_file, ns=(tick, tick))
+    found = reader.keys_if_changed(marker)
+    assert found is not None and [k["revoked"] for k in found[1]] == [5.0]
+    assert reader.keys_if_changed(found[0]) is None
 
 
 def test_keys_documents_and_records(location):
