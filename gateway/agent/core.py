@@ -375,8 +375,10 @@ class LogAgent:
         rows = self.convert()
         waiting = set()
         for _, segments in self._segments().items():
-            if segments and os.path.getsize(segments[-1]) > 0:
-                waiting.add(segments[-1])
+            # a segment listed here can be converted and deleted by the convert loop meanwhile
+            with contextlib.suppress(OSError):
+                if segments and os.path.getsize(segments[-1]) > 0:
+                    waiting.add(segments[-1])
         deadline = time.monotonic() + (timeout if timeout is not None else 2 * self.flush_interval + 1)
         while waiting and time.monotonic() < deadline:
             time.sleep(min(0.05, self.flush_interval))

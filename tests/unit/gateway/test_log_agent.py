@@ -170,6 +170,28 @@ def test_two_agents_on_one_wal_never_convert_at_the_same_time(log_dir):
     agent.stop()
 
 
+def test_a_flush_does_not_fail_on_a_segment_deleted_while_it_lists_the_wal(log_dir):
+    """`LogAgent.flush` (``POST /flush``) lists the WAL while the convert loop deletes what it
+    converted: a segment gone by the time it is looked at (here a name whose file is gone) is not
+    waited for, and the flush converts the rest."""
+    agent = LogAgent(settings(log_dir))
+    agent.start()
+    wal = WalAppender(agent.wal_dir, rotate_interval=60)
+    wal.start()
+    try:
+        wal.append("calls", record(1))
+        wal.rotate()
+        wal.append("calls", record(2))
+        ghost = Path(agent.wal_dir) / "1700000000000-1-dead.00000001.wal.ndjson"
+        ghost.symlink_to(Path(agent.wal_dir) / "converted-meanwhile")
+        assert agent.flush(timeout=0.2) == 1  # the closed segment; the open one waits for its writer
+        assert logged(log_dir) == ["call-1", "call-2"]
+    finally:
+        wal.close()
+        agent.stop()
+    assert logged(log_dir) == ["call-1", "call-2"]
+
+
 def test_the_tail_takes_only_complete_lines(log_dir):
     agent = LogAgent(settings(log_dir))
     seen = tailed(agent)
