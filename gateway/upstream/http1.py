@@ -19,6 +19,23 @@ async iterator of body chunks, as they arrive.
   ``Proxy-Authorization``. Only ``http://`` proxies.
 * TLS per upstream (`TLSFiles`): a private CA (``ca_file``) and a client certificate for mTLS
   (``cert_file``, ``key_file``); connections with different TLS settings are never shared.
+* Interim answers (``100 Continue``, ``103 Early Hints``) are skipped for the final one; bytes
+  on an idle connection (a ``408`` sent before closing it) retire it; an IPv6 host keeps its
+  brackets in ``Host``.
+
+What it lacks, by choice (its tests: ``tests/integration/test_http1_client.py``):
+
+* HTTP/2 and HTTP/3, and pipelining: one exchange per connection at a time, so concurrency
+  means connections (up to 256 idle ones kept per upstream; no cap on open ones).
+* A total deadline: a stream that sends a byte within every ``timeout`` never times out here
+  (the caller going away ends it).
+* Redirects (a 3xx is the upstream's answer), cookies, request bodies streamed in pieces,
+  ``Expect: 100-continue``, trailers (read and dropped), decompression (`gateway.upstream.
+  encoding` decodes bodies), ``https://`` and SOCKS proxies, proxy settings changed after start.
+* Retries beyond the one resend above: failures go to the caller's retry policy
+  (`gateway.upstream.openai_compat`), which knows whether the call may be repeated.
+* Its own expiry of idle connections: one is used until the server closes it, and a request
+  that finds it closed unanswered is sent again once.
 """
 
 from __future__ import annotations
@@ -71,9 +88,9 @@ _Key = tuple[str, str, int, TLSFiles | None]
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "_chunks", "_done", "_error", "_ev", "_has_length", "_headers_fut", "_idle_handle", "_last", "_loop",
-        "_paused", "_timeout", "answered", "closed", "headers", "keep_alive", "key", "parser", "status",
-        "transport",
+        "_chunks", "_done", "_error", "_ev", "_has_length", "_headers_fut", "_idle_handle", "_interim", "_last",
+        "_loop", "_paused", "_timeout", "answered", "closed", "headers", "keep_alive", "key", "parser",
+        "status", "transport",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: _Key) -> None:
@@ -92,6 +109,7 @@ class _Conn(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._ev: asyncio.Future[None] | None = None
         self._done = False
+        self._interim = False
         self.answered = False
         self.keep_alive = True
         self._paused = False
@@ -105,6 +123,12 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._headers_fut is None:
+            # bytes while no request is in flight (a server's "408" on an idle keep-alive connection,
+            # a server that speaks first): the connection is out of step, never to be used; parsed,
+            # they would leave it "answered" and complete before the next request was even sent
+            self.close()
+            return
         self.answered = True
         self._last = self._loop.time()
         try:
@@ -136,7 +160,15 @@ class _Conn(asyncio.Protocol):
         self.headers.append((lname, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # an interim answer (100 Continue, 103 Early Hints): the final one follows on this
+            # connection (RFC 9110 15.2: a client must read and skip them)
+            self._interim = True
+            self.headers = []
+            self._has_length = False
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         fut = self._headers_fut
         if fut is not None and not fut.done():
@@ -147,6 +179,9 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._done = True
         self._wake()
 
@@ -177,6 +212,8 @@ class _Conn(asyncio.Protocol):
 
     async def request(self, head: bytes, body: bytes, timeout: float) -> None:
         """Send a request; returns when the status line and headers are in."""
+        if self.closed:  # lost (or refused, above) since it was pooled or opened: nothing was sent
+            raise UpstreamClosed("connection to the upstream closed before the request", False)
         self._headers_fut = self._loop.create_future()
         self._timeout = timeout
         self._last = self._loop.time()
@@ -426,7 +463,8 @@ def _target(url: str) -> tuple[tuple[str, str, int], str, str]:
     if parts.query:
         path += "?" + parts.query
     default_port = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
-    host_header = host if default_port else f"{host}:{port}"
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets (RFC 9112 3.2)
+    host_header = name if default_port else f"{name}:{port}"
     out = ((scheme, host, port), path, host_header)
     if len(_TARGETS) < 1024:
         _TARGETS[url] = out
