@@ -118,6 +118,7 @@ class Periodic:
         self.ttl = 3 * self.tick
         self.runs = 0
         self._running: asyncio.Task[Any] | None = None
+        self._error: str | None = None  # the last unexpected backend error, logged once
 
     async def run(self) -> None:
         try:
@@ -137,6 +138,10 @@ class Periodic:
             )
         except StateUnavailable:
             return self.tick
+        except Exception as exc:  # any other error must not end the loop: the job would never run again here
+            self._failed(exc)
+            return self.tick
+        self._error = None
         if not lease.held:
             return self.tick
         if self._running is not None and not self._running.done():
@@ -152,11 +157,20 @@ class Periodic:
             )
         except StateUnavailable:
             return self.tick
+        except Exception as exc:  # as above
+            self._failed(exc)
+            return self.tick
         if started is None:  # lost the lease meanwhile, or someone else ran it
             return self.tick
         self.runs += 1
         self._running = asyncio.get_running_loop().create_task(self._run_job())
         return min(self.tick, self.interval)
+
+    def _failed(self, exc: Exception) -> None:
+        """Log an unexpected backend error once per streak (the loop retries every tick)."""
+        if self._error is None:
+            log.error("background job %s: lease check failed (retrying every tick): %r", self.name, exc)
+        self._error = repr(exc)
 
     async def _run_job(self) -> None:
         try:

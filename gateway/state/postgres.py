@@ -144,9 +144,23 @@ class PostgresBackend:
             timeout=self.timeout,
             open=False,
             check=ConnectionPool.check_connection,  # a connection broken by a restart is never handed out
+            configure=self._configure,
         )
         pool.open(wait=False)
         return pool
+
+    def _configure(self, conn: Any) -> None:
+        """Session limits of every pooled connection. Without them a row lock held by a session
+        whose host froze or was cut off mid-transaction (its socket stays open: the server notices
+        after hours) hangs every other worker's lease and route calls; now they are refused within
+        ``timeout`` (`StateUnavailable`) and the server ends such a session, releasing its locks,
+        after a few timeouts (our transactions are never idle for long)."""
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            (f"{max(1, int(self.timeout * 1000))}ms", f"{max(1, int(4 * self.timeout * 1000))}ms"),
+        )
+        conn.commit()
 
     def _recover(self) -> None:
         """While the database is down: one direct connection says whether it is back (fast refusal
@@ -182,6 +196,7 @@ class PostgresBackend:
 
     def migrate(self) -> None:
         with self._tx() as conn:
+            conn.execute("SET LOCAL lock_timeout = 0")  # wait for a worker applying the migrations
             conn.execute("SELECT pg_advisory_xact_lock(727311)")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -395,15 +410,10 @@ class PostgresBackend:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.health.listening = True
                     delay = 0.2
-                    for cb in list(self._callbacks):  # changes made while we were not listening
-                        cb("reconnected")
+                    self._deliver("reconnected")  # changes made while we were not listening
                     while not self._closed.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            for cb in list(self._callbacks):
-                                try:
-                                    cb(note.payload)
-                                except Exception as exc:  # a callback's failure must not stop listening
-                                    log.error("state notification handler failed: %r", exc)
+                            self._deliver(note.payload)
                         conn.execute("SELECT 1")  # notices a dead server within a second
             except psycopg.Error as exc:
                 self.health.failure(exc)
@@ -414,6 +424,13 @@ class PostgresBackend:
                 self.health.listening = False
             self._closed.wait(delay)
             delay = min(delay * 2, 2.0)
+
+    def _deliver(self, what: str) -> None:
+        for cb in list(self._callbacks):
+            try:
+                cb(what)
+            except Exception as exc:  # a callback's failure must not end the listener (nor its reconnects)
+                log.error("state notification handler failed: %r", exc)
 
     def close(self) -> None:
         self._closed.set()

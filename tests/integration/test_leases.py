@@ -85,3 +85,103 @@ def test_leases_have_one_owner_expire_and_keep_their_last_run(location):
     assert not backend.acquire_lease("l", "a", 0.5).held
     backend.release_lease("l", "b")
     assert backend.acquire_lease("l", "a", 0.5).held
+
+
+def test_a_periodic_job_survives_an_unexpected_backend_error(location):
+    """Any error from the backend (not only `StateUnavailable`: an unreadable lease file, a table
+    renamed by a rolling upgrade's migration) is retried on the next tick: the job's loop must not
+    end, or this process would never run the job again (and every process hit at once: nobody)."""
+    import asyncio
+    import contextlib
+
+    from gateway.jobs import Periodic
+
+    backend = open_backend(location)
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        def sabotage(broken: bool) -> None:
+            old, new = ("leases", "leases_moved") if broken else ("leases_moved", "leases")
+            with psycopg.connect(location, autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+    else:
+
+        def sabotage(broken: bool) -> None:
+            path = os.path.join(location, "leases.json")
+            if broken:
+                os.makedirs(path)  # reading it: IsADirectoryError
+            else:
+                os.rmdir(path)
+
+    ran: list[float] = []
+    job = Periodic(backend, "job", 0.5, lambda: ran.append(time.time()))
+
+    async def scenario() -> None:
+        sabotage(True)
+        task = asyncio.get_running_loop().create_task(job.run())
+        try:
+            await asyncio.sleep(1.0)  # a few ticks against the failing backend
+            sabotage(False)
+            deadline = time.monotonic() + 10
+            while not ran:
+                assert not task.done(), f"the job's loop ended: {task.exception()!r}"
+                assert time.monotonic() < deadline, "the job never ran after the backend recovered"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    asyncio.run(scenario())
+
+
+def test_a_session_frozen_in_a_transaction_does_not_hang_the_other_holders(postgres_url):
+    """A host that stops mid-transaction (frozen, partitioned: its socket stays open) keeps its row
+    locks. The others' lease calls must be refused within the timeout (never hang on the lock), and
+    the frozen session must be ended by the server, so that the lease can be taken over."""
+    import threading
+
+    from gateway.state import StateUnavailable
+    from gateway.state.postgres import PostgresBackend
+
+    frozen, other = PostgresBackend(postgres_url, timeout=1.0), PostgresBackend(postgres_url, timeout=1.0)
+    assert frozen.acquire_lease("job", "a", 0.5).held
+    locked, thaw = threading.Event(), threading.Event()
+
+    def freeze() -> None:
+        try:
+            with frozen._tx() as conn:
+                conn.execute("SELECT * FROM leases WHERE name = 'job' FOR UPDATE")
+                locked.set()
+                thaw.wait(60)  # the host is frozen here, in its transaction
+        except StateUnavailable:
+            pass  # its session was ended meanwhile
+
+    outcomes: list[object] = []
+
+    def take() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                outcomes.append(other.acquire_lease("job", "b", 5).held)
+                return
+            except StateUnavailable:
+                outcomes.append(round(time.monotonic() - started, 1))  # how long the refusal took
+
+    freezer = threading.Thread(target=freeze, daemon=True)
+    freezer.start()
+    try:
+        assert locked.wait(10)
+        time.sleep(0.6)  # the frozen holder's lease has expired
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        taker.join(15)
+        assert not taker.is_alive(), "acquire_lease hangs on the row lock of a frozen session"
+        assert outcomes and outcomes[-1] is True, outcomes  # taken over
+        assert all(o is True or float(o) < 5 for o in outcomes), outcomes  # refusals came fast
+    finally:
+        thaw.set()
+        freezer.join(10)
+        frozen.close()
+        other.close()

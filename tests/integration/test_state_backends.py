@@ -141,3 +141,36 @@ def test_config_show_masks_the_state_url_password(tmp_path):
     res = CliRunner().invoke(main, ["config", "show", "--config", str(cfg)])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["store"]["state_url"] == "postgresql://app:***@db:5432/shadowtune"
+
+
+def test_a_failing_reconnect_handler_does_not_stop_the_change_notifications(postgres_url):
+    """A subscriber that raises on the listener's ``reconnected`` call (a bad route document, a
+    bug) must not end the listener thread: later changes are still pushed to every subscriber."""
+    import time
+
+    listener, writer = new_backend(postgres_url), new_backend(postgres_url)
+    got = []
+    seen = threading.Event()
+
+    def flaky(what):
+        if what == "reconnected":
+            raise RuntimeError("a subscriber's bug")
+
+    def record(what):
+        got.append(what)
+        if what == "routes":
+            seen.set()
+
+    try:
+        listener.subscribe(flaky)
+        listener.subscribe(record)
+        deadline = time.monotonic() + 10
+        while not listener.health.listening:
+            assert time.monotonic() < deadline, "the listener never connected"
+            time.sleep(0.05)
+        time.sleep(0.3)  # past the reconnect call
+        writer.change_routes(add_route("a"))
+        assert seen.wait(5), f"no notification after a subscriber failed (got {got})"
+    finally:
+        listener.close()
+        writer.close()
