@@ -106,10 +106,12 @@ def read_state(location: str, route: str) -> dict[str, Any]:
 
 
 def write_state(location: str, route: str, state: dict[str, Any]) -> None:
+    """Write the controller's own fields of ``state``; the pause stays as stored (an operator who
+    paused the route while a check ran keeps the pause: `gateway.state.pause.keep_pause`)."""
     from gateway.state import StateUnavailable
 
     try:
-        _backend(location).put_doc("controller", route, state)
+        _backend(location).update_doc("controller", route, pause.keep_pause(state))
     except StateUnavailable as exc:
         raise ControllerError(f"cannot write controller state of {route}: {exc.message}") from exc
 
@@ -239,7 +241,12 @@ class CanaryController:
             arms={a.variant: {"calls": a.calls, "units": a.units} for a in (obs.baseline, obs.candidate)},
         )
         record["applied"] = False
-        if decision.action in ("rollback", "advance"):
+        if decision.action in ("rollback", "advance") and (
+            late := pause.pause_of(read_state(self.state, self.route))
+        ):
+            # paused while this check observed: the operator's word wins over a decision made before it
+            record.update(action="paused", reason=f"paused by {late['by'] or 'an operator'} during the check")
+        elif decision.action in ("rollback", "advance"):
             try:
                 changes = {
                     "mode": decision.mode_to,
@@ -256,7 +263,7 @@ class CanaryController:
                 state.update(step_share=decision.share_to, step_started_at=now)
                 if decision.action == "rollback" or decision.mode_to == "primary":
                     state.update(canary_started_at=None)
-        state.update(route=self.route, last_check_at=now, last_action=decision.action)
+        state.update(route=self.route, last_check_at=now, last_action=record["action"])
         write_state(self.state, self.route, state)
         record_decision(self.state, record)
         log.info("controller %s: %s", self.route, decision.reason)

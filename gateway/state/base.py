@@ -127,6 +127,13 @@ class StateBackend(Protocol):
 
     def put_doc(self, kind: str, name: str, doc: dict[str, Any]) -> None: ...
 
+    def update_doc(
+        self, kind: str, name: str, fn: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Read, change and write one document with no other `update_doc` of it in between: ``fn``
+        gets the stored document (None: none yet) and returns the one to store, which is returned.
+        For documents two writers change in part (the controller's fields, an operator's pause)."""
+
     def list_docs(self, kind: str) -> list[dict[str, Any]]:
         """Every document of ``kind``, ordered by name."""
 

@@ -192,6 +192,15 @@ class FileBackend:
     def put_doc(self, kind: str, name: str, doc: dict[str, Any]) -> None:
         self._write_json(self._doc_path(kind, name), doc)
 
+    def update_doc(
+        self, kind: str, name: str, fn: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        path = self._doc_path(kind, name)
+        with self._locked(os.path.relpath(path[: -len(".json")] + ".lock", self.root)):
+            doc = fn(self.get_doc(kind, name))
+            self._write_json(path, doc)
+            return doc
+
     def list_docs(self, kind: str) -> list[dict[str, Any]]:
         folder = self._p(_DOC_DIRS.get(kind, kind))
         try:

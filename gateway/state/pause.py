@@ -14,13 +14,16 @@ layer they both reach.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from gateway.state.base import StateBackend
 
 KIND = "controller"
 """The state documents' kind: one document per route."""
+FIELDS = ("paused", "paused_by", "paused_reason", "paused_at")
+"""The pause's fields of the document. Only `set_paused` writes them: the controller writes its own
+fields with `keep_pause`, so a pause set while a check runs is never overwritten by that check."""
 
 
 class Pause(TypedDict):
@@ -38,17 +41,14 @@ def set_paused(
 
     Raises `gateway.state.StateUnavailable` when the backend cannot be read or written.
     """
-    state = backend.get_doc(KIND, route) or {}
-    state.update(
-        {
-            "route": route,
-            "paused": paused,
-            "paused_by": actor if paused else None,
-            "paused_reason": reason if paused else None,
-            "paused_at": time.time() if paused else None,
-        }
-    )
-    backend.put_doc(KIND, route, state)
+    fields = {
+        "route": route,
+        "paused": paused,
+        "paused_by": actor if paused else None,
+        "paused_reason": reason if paused else None,
+        "paused_at": time.time() if paused else None,
+    }
+    state = backend.update_doc(KIND, route, lambda stored: {**(stored or {}), **fields})
     backend.append_record(
         "decisions",
         {
@@ -60,6 +60,17 @@ def set_paused(
         },
     )
     return state
+
+
+def keep_pause(state: Mapping[str, Any]) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    """For `StateBackend.update_doc`: the controller's ``state`` with the pause as stored now."""
+
+    def merge(stored: dict[str, Any] | None) -> dict[str, Any]:
+        out = {k: v for k, v in state.items() if k not in FIELDS}
+        out.update({k: v for k, v in (stored or {}).items() if k in FIELDS})
+        return out
+
+    return merge
 
 
 def pause_of(state: Mapping[str, Any]) -> Pause | None:

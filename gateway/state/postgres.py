@@ -310,6 +310,26 @@ class PostgresBackend:
                 (kind, name, self._json(doc)),
             )
 
+    def update_doc(
+        self, kind: str, name: str, fn: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        with self._tx() as conn:
+            # the row exists (an empty placeholder, rolled back with the rest if ``fn`` fails), so
+            # that two first writers also wait for each other on its lock
+            conn.execute(
+                "INSERT INTO documents (kind, name, doc) VALUES (%s, %s, %s) ON CONFLICT (kind, name) DO NOTHING",
+                (kind, name, self._json({})),
+            )
+            row = conn.execute(
+                "SELECT doc FROM documents WHERE kind = %s AND name = %s FOR UPDATE", (kind, name)
+            ).fetchone()
+            doc = fn(dict(row[0]) if row and row[0] else None)
+            conn.execute(
+                "UPDATE documents SET doc = %s, updated_at = now() WHERE kind = %s AND name = %s",
+                (self._json(doc), kind, name),
+            )
+            return doc
+
     def list_docs(self, kind: str) -> list[dict[str, Any]]:
         with self._tx() as conn:
             rows = conn.execute("SELECT doc FROM documents WHERE kind = %s ORDER BY name", (kind,)).fetchall()

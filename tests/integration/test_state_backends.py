@@ -94,6 +94,43 @@ def test_the_file_backend_sees_two_changes_made_within_one_mtime_tick(tmp_path):
     assert reader.keys_if_changed(found[0]) is None
 
 
+def test_document_updates_from_concurrent_writers_lose_nothing(location):
+    """`update_doc` reads, changes and writes one document with no other update in between: six
+    writers (own backends) adding to one field and setting their own keep every change."""
+    errors = []
+
+    def writer(i):
+        b = new_backend(location)
+        try:
+            for _ in range(10):
+                b.update_doc(
+                    "controller",
+                    "org/model",
+                    lambda d: {**(d or {}), "n": (d or {}).get("n", 0) + 1, f"w{i}": 1},
+                )
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            b.close()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    doc = open_backend(location).get_doc("controller", "org/model")
+    assert doc == {"n": 60, **{f"w{i}": 1 for i in range(6)}}
+
+    def refused(doc):
+        raise InvalidRequest("no")
+
+    with pytest.raises(InvalidRequest):
+        open_backend(location).update_doc("controller", "new", refused)
+    assert open_backend(location).get_doc("controller", "new") is None  # nothing left behind
+    assert [d.get("n") for d in open_backend(location).list_docs("controller")] == [60]
+
+
 def test_keys_documents_and_records(location):
     b = open_backend(location)
     assert b.keys_if_changed(None)[1] == []

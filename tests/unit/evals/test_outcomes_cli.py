@@ -14,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from click.testing import CliRunner
 
-from evals.online.controller import read_decisions, read_state
+from evals.online.controller import CanaryController, read_decisions, read_state, set_paused
+from evals.online.decision import CanaryPolicy
 from evals.outcomes_cli import controller, outcomes, parse_since
+from gateway.admin_client import AdminClient
 from gateway.store import LogWriter
 
 
@@ -225,6 +227,35 @@ def test_controller_advances_an_equal_candidate(log_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.startswith("advance: advance 5% -> 25%")
     assert [(p["mode"], p["share"]) for p in admin.patches] == [("canary", 25.0)]
+
+
+def test_a_pause_set_while_a_check_observes_stops_its_advance_and_is_kept(log_dir, tmp_path):
+    """An operator pauses the route while a check reads the log (here at the moment it has decided):
+    the check applies nothing, and its write of the controller's state keeps the pause."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY)
+    policy = CanaryPolicy.from_file(str(policy_file), "chat")
+
+    def operator_pauses_now(decision, *_):
+        set_paused(log_dir, "chat", True, actor="operator:bo", reason="incident 9")
+        return decision
+
+    with FakeAdmin(share=5.0) as admin:
+        empty_log(log_dir)
+        run_once(admin, log_dir, tmp_path)
+        canary_traffic(log_dir, n_base=9500, n_cand=500)
+        with AdminClient(admin.url, "secret") as client:
+            record = CanaryController(policy, client, log_dir, "chat", hold=operator_pauses_now).check()
+    assert admin.patches == []  # the advance this traffic earns was not applied
+    assert (record["action"], record["applied"]) == ("paused", False)
+    assert record["reason"] == "paused by operator:bo during the check"
+    state = read_state(log_dir, "chat")
+    assert (state["paused"], state["paused_by"], state["paused_reason"]) == (
+        True,
+        "operator:bo",
+        "incident 9",
+    )
+    assert state["last_action"] == "paused" and state["canary_started_at"] is not None
 
 
 def test_paused_controller_does_not_act(log_dir, tmp_path):
