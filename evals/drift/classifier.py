@@ -11,6 +11,7 @@ from typing import Any
 
 from evals.drift.report import Check, DriftConfig
 from evals.errors import DriftError
+from gateway.store.fileio import write_json_atomic
 
 _CALIBRATION: dict[str, list[float]] = {}
 
@@ -42,6 +43,15 @@ def _cv_auc(a: Sequence[str], b: Sequence[str], folds: int, seed: int) -> tuple[
     return float(roc_auc_score(y, proba)), proba, vec, x
 
 
+def _read_cache(path: Path) -> list[float] | None:
+    """A cached calibration, or None when missing or unreadable (then it is recomputed)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [float(x) for x in data]
+    except (OSError, ValueError, TypeError):  # missing, half-written (JSONDecodeError), not a list
+        return None
+
+
 def _calibrate(
     reference: Sequence[str], n_r: int, n_c: int, config: DriftConfig, rounds: int, cache_dir: Path | None
 ) -> list[float]:
@@ -55,9 +65,8 @@ def _calibrate(
     if key in _CALIBRATION:
         return _CALIBRATION[key]
     path = cache_dir / f"{key}.json" if cache_dir else None
-    if path is not None and path.exists():
-        null = [float(x) for x in json.loads(path.read_text())]
-    else:
+    null = _read_cache(path) if path is not None else None
+    if null is None:
         rng = np.random.default_rng(config.seed + 1)
         null = []
         for b in range(rounds):
@@ -67,7 +76,9 @@ def _calibrate(
             null.append(_cv_auc(pseudo_ref, pseudo_cur, config.folds, config.seed + b)[0])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(null))
+            # whole or not at all: a crash mid-write, or a second worker reading while this one
+            # writes, must never see a truncated file
+            write_json_atomic(path, null, indent=None)
     _CALIBRATION[key] = null
     return null
 

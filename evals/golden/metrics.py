@@ -62,7 +62,8 @@ def parse_json(text: str | None) -> tuple[bool, Any]:
     body = m.group(1) if m else text
     try:
         return (True, json.loads(body))
-    except (json.JSONDecodeError, TypeError):
+    except (json.JSONDecodeError, TypeError, RecursionError):
+        # RecursionError: a model looping on "[" or '{"a":' nests past Python's limit; not JSON, not a crash
         return (False, None)
 
 

@@ -453,9 +453,26 @@ def run(
         pid=os.getpid(),
         host=socket.gethostname(),
     )
-    since = _parse_time(ev.signals.get("last_training_at"))
-    ctx = PipelineContext(policy.route, policy, log_dir, run_id, "; ".join(reasons), since)
     with _route_lock(loc, policy.route):
+        if not force:
+            # decide again under the lease: another worker may have run this route (and moved its
+            # last training time or set a back-off) between the look above and taking the lease
+            ev = evaluate(policy, log_dir, store, state_at=loc)
+            if not ev.fire:
+                return {
+                    "route": policy.route,
+                    "reasons": list(ev.reasons),
+                    "forced": False,
+                    "signals": ev.signals,
+                    "steps": [],
+                    "status": "not_triggered",
+                    "would_run": False,
+                    "plan": pipeline.describe(),
+                }
+            record.update(reasons=list(ev.reasons), signals=ev.signals)
+            reasons = list(ev.reasons)
+        since = _parse_time(ev.signals.get("last_training_at"))
+        ctx = PipelineContext(policy.route, policy, log_dir, run_id, "; ".join(reasons), since)
         save_run(loc, record)
         try:
             _run_steps(pipeline, ctx, record, loc)
@@ -464,10 +481,11 @@ def run(
         record["finished_at"] = _iso(_now())
         record["duration_s"] = round((_now() - started).total_seconds(), 1)
         save_run(loc, record)
-    update_state(
-        loc, policy.route, last_run_id=run_id, last_run_status=record["status"], last_reason=ctx.reason
-    )
-    after_run(loc, policy.route, record["status"], policy.backoff_s)
+        # recorded before the lease goes: a worker waiting for it must see this run's back-off
+        update_state(
+            loc, policy.route, last_run_id=run_id, last_run_status=record["status"], last_reason=ctx.reason
+        )
+        after_run(loc, policy.route, record["status"], policy.backoff_s)
     return record
 
 

@@ -151,3 +151,50 @@ def test_latest_year_and_durations():
     assert parse_duration("30m").total_seconds() == 1800
     with pytest.raises(DriftError):
         parse_duration("yesterday")
+
+
+def test_a_logged_output_of_runaway_brackets_is_not_json_and_does_not_crash_the_check(log_dir):
+    """A small model stuck writing ``[[[[...`` until max_tokens is ordinary log content: the
+    JSON parse hits Python's recursion limit, which must read as "not JSON", not end the check."""
+    import datetime as dt
+
+    from evals_traffic import call_row
+
+    from evals.drift import load_window
+    from gateway.store import LogStore, LogWriter
+
+    now = dt.datetime.now(dt.UTC)
+    hour_us = 3_600_000_000
+    now_us = int(now.timestamp() * 1e6)
+    with LogWriter(log_dir) as w:
+        for i, text in enumerate(traffic(120, seed=11)):
+            answer = "[" * 5000 if i % 10 == 0 else json.dumps({"status": "open", "n": i % 4})
+            ts = now_us - (3 * hour_us if i < 80 else hour_us // 2) + i
+            w.append("calls", call_row(route="support", prompt=text, answer=answer, ts=ts))
+    with LogStore.open(log_dir) as store:
+        ref = load_window(store, "support", now - dt.timedelta(hours=4), now - dt.timedelta(hours=1))
+        cur = load_window(store, "support", now - dt.timedelta(hours=1), now)
+    assert len(ref) == 80 and len(cur) == 40
+    report = check_drift(ref, cur, CONFIG, route="support")
+    assert report.check("output_length").p_value is not None
+    assert not report.check("output.status").drifted
+
+
+def test_a_half_written_calibration_cache_is_recomputed_not_a_crash(tmp_path, monkeypatch):
+    """The classifier's calibration is cached on disk; a worker killed while writing it (or a
+    second worker reading while the first writes) leaves a truncated file, which later checks
+    of that reference must recompute instead of failing on for good."""
+    from evals.drift import classifier
+
+    reference, current = samples(traffic(300, seed=1)), samples(traffic(150, seed=2))
+    cache = tmp_path / "_calibration"
+    monkeypatch.setattr(classifier, "_CALIBRATION", {})  # earlier tests' in-memory copies would skip the file
+    first = check_drift(reference, current, CONFIG, cache_dir=cache)
+    (cached,) = cache.glob("*.json")
+    text = cached.read_text()
+    cached.write_text(text[: len(text) // 2])  # what a crash mid-write leaves
+    monkeypatch.setattr(classifier, "_CALIBRATION", {})  # a fresh process: no in-memory copy
+    again = check_drift(reference, current, CONFIG, cache_dir=cache)
+    assert again.check("domain_classifier").threshold == first.check("domain_classifier").threshold
+    assert json.loads(cached.read_text()) == json.loads(text)  # the cache is whole again
+    assert not list(cache.glob("*.tmp*"))

@@ -71,3 +71,12 @@ def test_a_trainer_dataset_reads_its_latest_version_and_only_its_examples(tmp_pa
     assert v2.splits["test"] != v1.splits["test"]
     assert len(read_dataset(log_dir, "orders", split="test")) == v2.splits["test"]
     assert len(read_dataset(log_dir, "orders@v1", split="test")) == v1.splits["test"]
+
+
+def test_json_metrics_score_runaway_brackets_as_invalid_instead_of_raising():
+    from evals.golden.metrics import compute_metrics
+
+    runaway = "[" * 5000  # a model looping on "[" until max_tokens
+    scores = compute_metrics(["json_valid", "json_fields"], [runaway, '{"a": 1}'], ['{"a": 1}', '{"a": 1}'])
+    assert scores["json_valid"]["json_valid"] == 0.5
+    assert scores["json_fields"]["recall"] == 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 
 import pytest
 from evals_traffic import call_row
@@ -217,3 +218,43 @@ def test_admin_deploy_puts_the_new_model_in_shadow_through_the_real_gateway(
     ctx.results["register"] = "not-an-upstream"
     with pytest.raises(TriggerError, match="HTTP 400"):
         AdminDeploy(gw.url, "admin-secret")(ctx)
+
+
+def test_a_second_worker_that_decided_before_the_first_ran_does_not_train_again(log_dir):
+    """Two schedulers evaluate the same route; the first takes the lease, trains, deploys and
+    lets go; the second, which decided to fire before that, must decide again under the lease
+    instead of training a second model on the same evidence."""
+    import threading
+
+    add_calls(log_dir, "support", 5)
+    guard = os.path.join(log_dir, "evals", "guard.json")
+    os.makedirs(os.path.dirname(guard))
+    os.mkfifo(guard)  # holds the second worker inside its evaluation, after it counted 5 new calls
+    policy = TriggerPolicy("support", drift_windows=None, new_examples=5, guardrail_file=guard, steps=GOOD)
+    second: dict[str, object] = {}
+
+    def worker() -> None:
+        second.update(run(policy, log_dir, Pipeline.from_policy(policy)))
+
+    thread = threading.Thread(target=worker, daemon=True)  # never holds up the run if this test fails
+    thread.start()
+    gate = None
+    for _ in range(1000):  # the second worker has opened the guardrail file: it has decided to fire
+        try:
+            gate = os.open(guard, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            time.sleep(0.01)
+    assert gate is not None
+    plain = guard + ".plain"
+    with open(plain, "w") as f:
+        f.write("{}")
+    os.replace(plain, guard)  # every later read is a plain file
+    first = run(policy, log_dir, Pipeline.from_policy(policy))
+    assert first["status"] == "deployed"
+    os.write(gate, b"{}")
+    os.close(gate)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert second["status"] == "not_triggered", second.get("reasons")
+    assert [r["status"] for r in load_runs(log_dir, "support")] == ["deployed"]
