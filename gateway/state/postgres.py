@@ -186,7 +186,14 @@ class PostgresBackend:
                 self._recover()
             with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
                 yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+        except (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            PoolTimeout,
+            # a server that became a read-only standby (a failover that moved the address, or the old
+            # primary come back): unavailable for writes, and the pool is replaced to reach the new one
+            psycopg.errors.ReadOnlySqlTransaction,
+        ) as exc:
             self.health.failure(exc)
             raise StateUnavailable(
                 f"the state database ({self.health.location}) is unavailable; nothing was changed: "

@@ -211,3 +211,40 @@ def test_a_failing_reconnect_handler_does_not_stop_the_change_notifications(post
     finally:
         listener.close()
         writer.close()
+
+
+def test_a_server_turned_read_only_is_unavailable_not_an_error(postgres_url):
+    """After a failover the address can lead to a read-only server (a standby, the old primary
+    back as one): a change is refused as `StateUnavailable` (a 503 at the admin API, reported by
+    the backend's health), not an unexpected error (a 500, health still green)."""
+    import psycopg
+
+    from gateway.state import StateUnavailable
+
+    b = new_backend(postgres_url)
+    try:
+        b.change_routes(add_route("a"))
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            db = admin.execute("SELECT current_database()").fetchone()[0]
+            admin.execute(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+            admin.execute(  # the pool's connections are new ones from here on: read-only sessions
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(
+            StateUnavailable, match="unavailable; nothing was changed: ReadOnlySqlTransaction"
+        ):
+            for _ in range(5):  # the first try may meet a connection the termination broke
+                try:
+                    b.change_routes(add_route("b"))
+                except StateUnavailable as exc:
+                    if "ReadOnlySqlTransaction" in str(exc):
+                        raise
+        assert not b.health.ok
+        assert b.routes_if_newer(0)[0] == 1  # reads still answer; nothing was changed
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            db = admin.execute("SELECT current_database()").fetchone()[0]
+            admin.execute("SET default_transaction_read_only = off")  # this session began read-only
+            admin.execute(f'ALTER DATABASE "{db}" RESET default_transaction_read_only')
+        b.close()
