@@ -63,9 +63,16 @@ def parse_call(row: dict[str, Any]) -> SourceCall | None:
     """The call of a row, or None when its logged request has no messages to learn from."""
     try:
         request = json.loads(row["request"]) if row["request"] else None
-        response = json.loads(row["response"]) if row["response"] else None
     except json.JSONDecodeError:
         return None
+    try:
+        response = json.loads(row["response"]) if row["response"] else None
+    except json.JSONDecodeError:
+        # An upstream's 2xx garbage (HTML, a truncated body) is logged raw as a 502: the call has
+        # no served answer, but a relabel of it is exactly the hard case to keep.
+        response = None
+    if not isinstance(response, dict):
+        response = None
     if (
         not isinstance(request, dict)
         or not isinstance(request.get("messages"), list)
@@ -73,8 +80,9 @@ def parse_call(row: dict[str, Any]) -> SourceCall | None:
     ):
         return None
     served = None
-    if isinstance(response, dict) and response.get("choices"):
-        msg = (response["choices"][0] or {}).get("message")
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):  # any other shape: no answer
+        msg = choices[0].get("message")
         if isinstance(msg, dict):
             served = assistant_message(msg)
     if served is None and row.get("output_text") is not None:

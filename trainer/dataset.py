@@ -40,6 +40,7 @@ version, and two builds never take the same number.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -53,6 +54,7 @@ from gateway.protocol.transform import RequestTransform
 from gateway.store import LogStore, LogStoreError, LogWriter, queries
 from gateway.store.ids import new_id
 from gateway.store.layout import is_remote, local_path
+from trainer._dedup import similar_pairs
 from trainer._examples import (
     EXAMPLES_SCHEMA,
     MANIFEST_VERSION,
@@ -221,7 +223,10 @@ def build_dataset(
         report=report,
     )
     sel.removed_by.update(report.removed)
-    pairs = _preferences(sel.calls, redactor, test_fraction, salt, excluded=sel.excluded, sides=_sides(final))
+    sides = _sides(final)
+    pairs = _preferences(sel.calls, redactor, test_fraction, salt, excluded=sel.excluded, sides=sides)
+    if group_threshold is not None:
+        pairs = _near_sides(pairs, final, sides, group_threshold)
     golden_inputs = {e.input_hash for e in final if e.split == "golden"}
     pairs = [p for p in pairs if _hash_of(p) not in golden_inputs]
     manifest: dict[str, Any] = {
@@ -385,7 +390,22 @@ def _redact_message(m: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     out = dict(m)
     if "content" in out:
         out["content"] = map_text(out["content"], redactor)
+    if isinstance(out.get("tool_calls"), list):  # arguments are text too (an address, a key passed on)
+        out["tool_calls"] = [_redact_tool_call(c, redactor) for c in out["tool_calls"]]
     return out
+
+
+def _redact_tool_call(call: Any, redactor: Redactor) -> Any:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    return {**call, "function": {**fn, "arguments": redactor(fn["arguments"])}}
+
+
+def _choice_message(choice: Any) -> dict[str, Any]:
+    """A response choice's message; empty for a choice (or message) of another shape."""
+    msg = choice.get("message") if isinstance(choice, dict) else None
+    return msg if isinstance(msg, dict) else {}
 
 
 def _sides(examples: Sequence[Example]) -> dict[str, str]:
@@ -395,6 +415,32 @@ def _sides(examples: Sequence[Example]) -> dict[str, str]:
         out[split_key(e.messages)] = e.split
     for e in examples:
         out[e.call_id] = e.split
+    return out
+
+
+def _near_sides(
+    pairs: list[PreferencePair], examples: Sequence[Example], sides: dict[str, str], threshold: float
+) -> list[PreferencePair]:
+    """Pairs whose call left no example (a near variant of a golden input, a near duplicate
+    dropped, a filtered call) take the side of the examples their input is near, as
+    `assign_splits` would have put it: golden first, then test. Their own hash could put a
+    variant of a golden or test input in the DPO train split."""
+    loose = [p for p in pairs if p.call_id not in sides and split_key(p.messages) not in sides]
+    if not loose:
+        return pairs
+    by_id = {e.example_id: e.split for e in examples}
+    tag = {f"\0pair:{p.pair_id}": p for p in loose}  # never an example id
+    items = [(e.example_id, e.messages) for e in examples] + [(k, p.messages) for k, p in tag.items()]
+    near: dict[str, set[str]] = {}
+    for a, b, _ in similar_pairs(items, threshold):
+        for x, y in ((a, b), (b, a)):
+            if x in tag and y in by_id:
+                near.setdefault(tag[x].pair_id, set()).add(by_id[y])
+    rank = ("golden", "test", "train")
+    out = []
+    for p in pairs:
+        found = near.get(p.pair_id)
+        out.append(dataclasses.replace(p, split=min(found, key=rank.index)) if found else p)
     return out
 
 
@@ -437,8 +483,9 @@ def _preferences(
             ):
                 raw.append((earlier, c.served, earlier.served, "regeneration"))
         choice = c.row.get("choice")
-        if choice in ("a", "b") and c.response and len(c.response.get("choices") or []) >= 2:
-            options = [assistant_message((ch or {}).get("message") or {}) for ch in c.response["choices"][:2]]
+        two = (c.response or {}).get("choices")
+        if choice in ("a", "b") and isinstance(two, list) and len(two) >= 2:
+            options = [assistant_message(_choice_message(ch)) for ch in two[:2]]
             idx = 0 if choice == "a" else 1
             if options[0] != options[1]:
                 raw.append((c, options[idx], options[1 - idx], "choice"))

@@ -334,3 +334,54 @@ class TestStorage:
             load_dataset(log_dir, "ex", 9)
         with pytest.raises(DatasetError, match="no dataset named 'nope'"):
             load_dataset(log_dir, "nope")
+
+
+def test_a_relabelled_call_whose_logged_answer_is_not_json_is_kept(log_dir):
+    # An upstream's 2xx HTML (or truncated JSON) is logged raw with status 502: a reviewer's
+    # relabel of it is a hard case, not a call without a body.
+    ok = call_record(user("an easy question"), "easy answer", ts_us=START)
+    bad = call_record(user("a hard question"), None, status=502, ts_us=START + 1)
+    bad["response"] = "<html><body>502 Bad Gateway</body></html>"
+    write_log(log_dir, [ok, bad], [event_record(bad["call_id"], "relabel", "the right answer")])
+    dv = build_dataset(log_dir, "ex", warn=False)
+    by_call = {e.call_id: e for e in dv.examples()}
+    assert by_call[bad["call_id"]].answer == "the right answer"
+    assert by_call[bad["call_id"]].label_source == "relabel"
+    assert dv.manifest["removed"]["no_body"] == 0
+
+
+def test_answers_whose_choices_are_not_objects_are_skipped_not_a_crash(log_dir):
+    good = call_record(user("a normal question"), "a normal answer", ts_us=START)
+    odd = []
+    for n, choices in enumerate((["just text"], {"0": {"message": {}}}, "abc", [None, "x"], ["a", "b"])):
+        rec = call_record(user(f"odd answer {n}"), "x", ts_us=START + 1 + n)
+        rec["response"] = json.dumps({"object": "chat.completion", "choices": choices})
+        odd.append(rec)
+    events = [event_record(r["call_id"], "choice", "a") for r in odd]
+    write_log(log_dir, [good, *odd], events)
+    dv = build_dataset(log_dir, "ex", warn=False)
+    assert [e.call_id for e in dv.examples()] == [good["call_id"]]
+    assert dv.manifest["removed"]["errors"] == len(odd)  # no usable answer, reported as such
+
+
+def test_tool_call_arguments_are_redacted_like_the_text(log_dir):
+    args = json.dumps({"to": "jo@example.com", "api": "sk-abcdefghijklmnopqrstuvwxyz123456"})
+    tool_call = {"id": "c1", "type": "function", "function": {"name": "send_mail", "arguments": args}}
+    history = [
+        *user("mail jo please"),
+        {"role": "assistant", "content": None, "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sent"},
+        {"role": "user", "content": "and again"},
+    ]
+    rec = call_record(history, None, ts_us=START)
+    answer = {"role": "assistant", "content": None, "tool_calls": [tool_call]}
+    rec["response"] = json.dumps(
+        {"choices": [{"index": 0, "message": answer, "finish_reason": "tool_calls"}]}
+    )
+    write_log(log_dir, [rec])
+    (e,) = build_dataset(log_dir, "ex", redact="pii", warn=False).examples()
+    written = json.dumps([e.messages, e.completion])
+    assert "jo@example.com" not in written and "sk-abcdefghijklmnopqrstuvwxyz123456" not in written
+    label_args = json.loads(e.completion["tool_calls"][0]["function"]["arguments"])
+    assert label_args == {"to": "[EMAIL]", "api": "[API_KEY]"}  # still JSON
+    assert json.loads(e.messages[2]["tool_calls"][0]["function"]["arguments"]) == label_args

@@ -8,7 +8,7 @@ import random
 
 from click.testing import CliRunner
 
-from tests.support.tiny_model import call_record, write_log
+from tests.support.tiny_model import call_record, event_record, write_log
 from trainer._dedup import conversation_text, jaccard, shingles
 from trainer.cli import dataset
 from trainer.dataset import build_dataset
@@ -159,3 +159,20 @@ def test_the_build_prints_what_each_step_removed_and_why(log_dir):
     assert "  exact_duplicates 1: the same input and the same label as an example kept" in out.output
     assert "  near_duplicates 1: a near duplicate" in out.output
     assert "  errors 1: the call failed" in out.output
+
+
+def test_preference_pairs_of_a_near_golden_variant_never_reach_train(log_dir):
+    # The variant's example is left out (near_golden), but its relabel still makes a DPO pair:
+    # that pair must not land in train (or test) by its own hash.
+    rng = random.Random(5)
+    base = text(rng)
+    golden = call_record(msgs(SYSTEM_A, base), "the golden answer", ts_us=START)
+    rows, events = [golden], []
+    for i in range(20):
+        v = call_record(msgs(SYSTEM_A, f"{base} Attempt {i}."), f"served {i}", ts_us=START + 1 + i)
+        rows.append(v)
+        events.append(event_record(v["call_id"], "relabel", f"corrected {i}"))
+    write_log(log_dir, rows, events)
+    dv = build_dataset(log_dir, "ex", golden_call_ids=[golden["call_id"]], warn=False)
+    assert dv.manifest["removed"]["near_golden"] == 20
+    assert dv.preferences("train") == [] and dv.preferences("test") == []
