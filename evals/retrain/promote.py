@@ -73,8 +73,6 @@ def maybe_promote(
     api_key: str | None = None,
 ) -> dict[str, Any] | None:
     """One look at ``policy.route``'s shadow candidate; returns the record (None when not asked to)."""
-    from gateway.admin_client import AdminClient, AdminError
-
     if not policy.auto_canary:
         return None
     cfg = {**DEFAULTS, **dict(policy.auto_canary)}
@@ -87,6 +85,34 @@ def maybe_promote(
         return {**record, "status": "idle", "reason": "no deployed candidate yet"}
     if state.get("promoted_model") == model:
         return {**record, "status": "idle", "reason": f"{model} already moved to canary"}
+    from evals.retrain.triggers import RunBusy, _route_lock
+
+    try:
+        # one look per route at a time, and never during a retraining run of the route (which
+        # deploys a newer candidate): the route's lease, as `triggers.run` takes it
+        with _route_lock(loc, route):
+            if load_state(loc).get(route, {}).get("promoted_model") == model:  # another look, just done
+                return {**record, "status": "idle", "reason": f"{model} already moved to canary"}
+            return _promote(record, route, model, state, cfg, log_dir, loc, admin_url, admin_token, api_key)
+    except RunBusy as exc:
+        return {**record, "status": "busy", "reason": str(exc)}
+
+
+def _promote(
+    record: dict[str, Any],
+    route: str,
+    model: str,
+    state: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    log_dir: str,
+    loc: str,
+    admin_url: str,
+    admin_token: str | None,
+    api_key: str | None,
+) -> dict[str, Any]:
+    """`maybe_promote` under the route's lease: pairs, the judge, and the canary if not worse."""
+    from gateway.admin_client import AdminClient, AdminError
+
     with AdminClient(admin_url, admin_token, timeout=30) as admin:
         try:
             info = admin.get_route(route)
@@ -130,10 +156,24 @@ def maybe_promote(
                 f"{summary['losses']} losses)"
             )
             try:
-                admin.set_route(route, {"mode": "canary", "share": float(cfg["share"]), "reason": reason})
+                # the judge took a while: an operator (or the controller) may have moved the route since
+                # the look above, and a canary at ``share`` would undo what they did
+                current = admin.get_route(route)
+                moved = current.get("mode") != "shadow" or current.get("candidate") != model
+                if not moved:
+                    admin.set_route(route, {"mode": "canary", "share": float(cfg["share"]), "reason": reason})
             except AdminError as exc:
                 record.update(status="failed", reason=f"admin API refused the canary: {exc.message}")
             else:
+                if moved:
+                    record.update(
+                        status="idle",
+                        reason=f"not worse, but the route moved to {current.get('mode')} with {current.get('candidate')} "
+                        "while the judge ran: left as it is",
+                    )
+                    record["finished_at"] = _iso(_now())
+                    save_run(loc, record)
+                    return record
                 record.update(status="canary", reason=reason, share=float(cfg["share"]))
                 update_state(
                     loc,

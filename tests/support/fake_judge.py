@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -41,6 +42,7 @@ class FakeJudge:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.on_request: Callable[[dict[str, Any]], None] | None = None  # a test's act while judging
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     def calls(self, model: str | None = None) -> int:
@@ -51,6 +53,8 @@ class FakeJudge:
         body = await request.json()
         with self.lock:
             self.requests.append(body)
+        if self.on_request is not None:
+            self.on_request(body)
         model = str(body.get("model"))
         user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         if model == "judge-down":

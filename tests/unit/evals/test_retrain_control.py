@@ -181,6 +181,55 @@ def test_a_shadow_candidate_the_judge_finds_not_worse_moves_to_canary(
     assert [r["kind"] for r in load_runs(log_dir, "orders")] == ["promote"]
 
 
+def test_a_route_moved_while_the_judge_runs_is_left_as_it_is(
+    make_settings, start_gateway, log_dir, fake_judge
+):
+    """The judge takes a while; an operator who moves the route meanwhile (here: off, at the first
+    judge call) is not overridden by a canary decided on what the route was before."""
+    provider, judge_url = fake_judge
+    gw = _shadow_route(make_settings, start_gateway, log_dir, lambda i: f"answer numero {i}")
+    moved = []
+
+    def operator_acts(body):
+        if not moved:
+            moved.append(
+                gw.ctx.routes.update("orders", {"mode": "off"}, actor="operator", reason="incident 3")
+            )
+
+    policy = TriggerPolicy(
+        "orders", auto_canary={"judges": ["judge-tie"], "judge_url": judge_url, "min_pairs": 30, "share": 5}
+    )
+    provider.on_request = operator_acts
+    try:
+        rec = maybe_promote(policy, log_dir, log_dir, admin_url=gw.url)
+    finally:
+        provider.on_request = None  # the judge is the session's
+    assert moved and rec["verdict"] == "not_worse"
+    assert rec["status"] == "idle" and "moved to off" in rec["reason"], rec["reason"]
+    assert gw.ctx.routes.get("orders").mode == "off"
+    assert [h["actor"] for h in gw.ctx.routes.history("orders", 10)] == ["operator"]
+
+
+def test_no_look_at_the_candidate_while_a_run_holds_the_route(
+    make_settings, start_gateway, log_dir, fake_judge
+):
+    """A retraining run of the route (which deploys a newer candidate) or another look holds the
+    route's lease: the look waits for the next round instead of judging and promoting meanwhile."""
+    from evals.retrain.triggers import _route_lock
+
+    provider, judge_url = fake_judge
+    gw = _shadow_route(make_settings, start_gateway, log_dir, lambda i: f"answer numero {i}")
+    policy = TriggerPolicy(
+        "orders", auto_canary={"judges": ["judge-tie"], "judge_url": judge_url, "min_pairs": 30, "share": 5}
+    )
+    before = provider.calls()  # (the judge serves every test of this module)
+    with _route_lock(log_dir, "orders"):
+        rec = maybe_promote(policy, log_dir, log_dir, admin_url=gw.url)
+    assert rec["status"] == "busy" and "in progress" in rec["reason"], rec
+    assert provider.calls() == before and gw.ctx.routes.get("orders").mode == "shadow"
+    assert maybe_promote(policy, log_dir, log_dir, admin_url=gw.url)["status"] == "canary"  # next round
+
+
 def test_a_shadow_candidate_the_judge_finds_worse_stays_in_shadow(
     make_settings, start_gateway, log_dir, fake_judge
 ):
