@@ -165,7 +165,9 @@ def deploy_version(
         "at": dt.datetime.now(dt.UTC).isoformat(),
         "route_state": route_state,
     }
-    registry.update(version, deployments=[*mv.deployments, deployment])
+    # Appended to the record as it is now, under its lock: ``mv`` was read before the admin calls,
+    # and a deploy to another route meanwhile would be lost if its copy were written back.
+    registry.update(version, lambda fresh: fresh.deployments.append(deployment))
     return deployment
 
 

@@ -21,13 +21,15 @@ The test and golden splits never appear in a training file; every export writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import yaml
 
+from gateway.store.fileio import atomic_file, write_atomic
 from trainer.dataset import DatasetVersion, Example, PreferencePair
 from trainer.errors import ExportError
 
@@ -68,13 +70,25 @@ def _clean(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [_clean_one(m) for m in messages]
 
 
-def _write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+def _jsonl(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    return (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+# What an export may write; a re-export removes those of them it does not write again.
+_OURS = ("train.jsonl", "test.jsonl", "golden.jsonl", "axolotl.yaml", "README.md")
+
+
+def _previous_files(out_dir: str) -> set[str]:
+    """The files the export already in ``out_dir`` wrote (by its ``export.json``), ours only."""
+    try:
+        with open(os.path.join(out_dir, "export.json")) as f:
+            meta = json.load(f)
+        names = set(meta.get("files") or {})
+        if meta.get("format") in ("hf", "axolotl"):
+            names.add("README.md")
+    except (OSError, ValueError, TypeError, AttributeError):
+        names = set()
+    return names & set(_OURS)  # never a path an edited export.json names
 
 
 def export_dataset(
@@ -87,17 +101,21 @@ def export_dataset(
     """Write ``dataset`` in format ``fmt`` into ``out_dir``; returns lines written per file.
 
     ``base_model`` fills ``base_model`` in the Axolotl config (a placeholder otherwise).
+
+    A previous export in ``out_dir`` is replaced: the files it wrote that this one does not
+    (an old ``golden.jsonl``) are removed. Each file is written whole or not at all, and
+    ``export.json`` goes last, so it describes exactly the files beside it; an export that
+    fails (no training examples, a kill) leaves the previous one as it was, or no ``export.json``.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    os.makedirs(out_dir, exist_ok=True)
+    files: dict[str, Iterable[str]] = {}  # name -> its text, in pieces, written once all is checked
     written: dict[str, int] = {}
     if fmt == "openai-dpo":
         for split in ("train", "test"):
             pairs = dataset.preferences(split)
-            written[f"{split}.jsonl"] = _write_jsonl(
-                os.path.join(out_dir, f"{split}.jsonl"), map(dpo_record, pairs)
-            )
+            files[f"{split}.jsonl"] = _jsonl(map(dpo_record, pairs))
+            written[f"{split}.jsonl"] = len(pairs)
         if written["train.jsonl"] == 0:
             raise ExportError(
                 f"{dataset.ref} has no preference pairs in its train split "
@@ -109,33 +127,37 @@ def export_dataset(
             examples = dataset.examples(split)
             if split == "golden" and not examples:
                 continue
-            written[f"{split}.jsonl"] = _write_jsonl(
-                os.path.join(out_dir, f"{split}.jsonl"), map(chat_record, examples)
-            )
+            files[f"{split}.jsonl"] = _jsonl(map(chat_record, examples))
+            written[f"{split}.jsonl"] = len(examples)
         if written["train.jsonl"] == 0:
             raise ExportError(f"{dataset.ref} has no training examples")
         if fmt in ("hf", "axolotl"):
-            _write_card(dataset, out_dir)
+            files["README.md"] = [_card(dataset)]
         if fmt == "axolotl":
-            with open(os.path.join(out_dir, "axolotl.yaml"), "w") as f:
-                yaml.safe_dump(axolotl_config(dataset, base_model), f, sort_keys=False)
+            files["axolotl.yaml"] = [yaml.safe_dump(axolotl_config(dataset, base_model), sort_keys=False)]
             written["axolotl.yaml"] = 1
-    with open(os.path.join(out_dir, "export.json"), "w") as f:
-        json.dump(
-            {
-                "dataset": dataset.name,
-                "version": dataset.version,
-                "content_hash": dataset.manifest.get("content_hash"),
-                "format": fmt,
-                "files": written,
-            },
-            f,
-            indent=2,
-        )
+    os.makedirs(out_dir, exist_ok=True)
+    for name in sorted(_previous_files(out_dir) - set(files)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(out_dir, name))
+    with contextlib.suppress(FileNotFoundError):  # until the new files are all there
+        os.unlink(os.path.join(out_dir, "export.json"))
+    for name, pieces in files.items():
+        with atomic_file(os.path.join(out_dir, name)) as f:
+            for piece in pieces:
+                f.write(piece.encode("utf-8"))
+    meta = {
+        "dataset": dataset.name,
+        "version": dataset.version,
+        "content_hash": dataset.manifest.get("content_hash"),
+        "format": fmt,
+        "files": written,
+    }
+    write_atomic(os.path.join(out_dir, "export.json"), json.dumps(meta, indent=2))
     return written
 
 
-def _write_card(dataset: DatasetVersion, out_dir: str) -> None:
+def _card(dataset: DatasetVersion) -> str:
     front = {
         "configs": [
             {
@@ -156,8 +178,7 @@ def _write_card(dataset: DatasetVersion, out_dir: str) -> None:
         f"Content hash `{m.get('content_hash')}`.\n\n"
         'Each line is `{"messages": [...]}` in TRL\'s conversational format; the last message is the label.\n'
     )
-    with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
+    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
 
 
 def axolotl_config(dataset: DatasetVersion, base_model: str | None) -> dict[str, Any]:

@@ -205,19 +205,19 @@ def refresh_hosted(
 
 
 def _apply(registry: Registry, mv: ModelVersion, job: dict[str, Any]) -> ModelVersion:
-    status = _STATUS.get(str(job.get("status")), mv.status)
-    metrics = dict(mv.metrics)
-    for key in ("trained_tokens", "result_files", "estimated_finish", "finished_at"):
-        if job.get(key) is not None:
-            metrics[key] = job[key]
     error = (job.get("error") or {}).get("message") if isinstance(job.get("error"), dict) else None
-    return registry.update(
-        mv.version,
-        status=status,
-        hosted_model=job.get("fine_tuned_model") or mv.hosted_model,
-        metrics=metrics,
-        error=error,
-    )
+
+    def change(fresh: ModelVersion) -> None:
+        # On the record as it is now (``mv`` may be a poll interval old): other processes'
+        # metrics and deployments are kept.
+        fresh.status = _STATUS.get(str(job.get("status")), fresh.status)
+        fresh.hosted_model = job.get("fine_tuned_model") or fresh.hosted_model
+        for key in ("trained_tokens", "result_files", "estimated_finish", "finished_at"):
+            if job.get(key) is not None:
+                fresh.metrics[key] = job[key]
+        fresh.error = error
+
+    return registry.update(mv.version, change)
 
 
 def _wait(

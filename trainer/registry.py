@@ -8,7 +8,9 @@
 
 A version is named ``<name>-v<N>`` (``extract-lora-v3``); ``N`` counts per name and a new
 version takes its directory with an atomic ``mkdir``, so two runs never share one. The
-record is rewritten atomically (temporary file, then rename) on every change of status.
+record is rewritten atomically (temporary file, then rename) on every change of status;
+`Registry.update` does its read-modify-write under the version's lock (``model.json.lock``),
+so two processes changing one record (a hosted job's poll, a deploy) never undo each other.
 Statuses: ``training`` -> ``ready`` | ``failed``; hosted jobs go ``queued`` -> ``training``
 -> ``ready`` | ``failed`` | ``cancelled``. A ``ready`` version that lost its fast eval in a
 retraining run becomes ``rejected`` (it is never deployed; `metrics.fast_eval` says why).
@@ -20,11 +22,11 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from gateway.store.fileio import write_json_atomic
+from gateway.store.fileio import locked, write_json_atomic
 from gateway.store.layout import is_remote, models_root
 from trainer.errors import RegistryError
 
@@ -120,7 +122,10 @@ class Registry:
     def get(self, version: str) -> ModelVersion:
         try:
             with open(os.path.join(self.path(version), "model.json")) as f:
-                return ModelVersion.from_dict(json.load(f))
+                data = json.load(f)
+            if not isinstance(data, dict):  # `[]`, `null`: an edited file, not a record
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            return ModelVersion.from_dict(data)
         except FileNotFoundError:
             raise RegistryError(
                 f"no model version {version!r} in {self.root} (see `shadowtune models list`)"
@@ -128,13 +133,26 @@ class Registry:
         except (json.JSONDecodeError, TypeError) as exc:
             raise RegistryError(f"the record of {version!r} is unreadable: {exc}") from exc
 
-    def update(self, version: str, **changes: Any) -> ModelVersion:
-        mv = self.get(version)
-        for key, value in changes.items():
-            if not hasattr(mv, key):
-                raise RegistryError(f"unknown model field {key!r}")
-            setattr(mv, key, value)
-        return self.save(mv)
+    def update(
+        self, version: str, change: Callable[[ModelVersion], None] | None = None, **changes: Any
+    ) -> ModelVersion:
+        """Set ``changes`` on the record (and call ``change`` on it), then save it.
+
+        The record is read, changed and written under the version's lock, so concurrent updates
+        of one version (other processes too) are applied one after the other, none lost. A change
+        that depends on the record (append to ``deployments``, merge into ``metrics``) must be
+        the ``change`` function, which sees the freshly read record, not a copy read earlier.
+        """
+        self.get(version)  # a missing version is an error, before its folder gets a lock file
+        with locked(os.path.join(self.path(version), "model.json.lock"), mode=0o644):
+            mv = self.get(version)
+            for key, value in changes.items():
+                if not hasattr(mv, key):
+                    raise RegistryError(f"unknown model field {key!r}")
+                setattr(mv, key, value)
+            if change is not None:
+                change(mv)
+            return self.save(mv)
 
     def list(self) -> list[ModelVersion]:
         """Every version with a record, oldest first."""

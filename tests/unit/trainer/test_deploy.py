@@ -164,3 +164,78 @@ def test_a_version_that_is_not_ready_is_not_deployed(log_dir):
     )
     with pytest.raises(ServeError, match="wip-v1 is training, not ready"):
         deploy_version(log_dir, "wip-v1", "extract", serve_url="http://x/v1")
+
+
+class _HeldAdmin:
+    """A stand-in for the gateway's admin API on loopback whose ``PATCH`` of a route named in
+    ``hold`` waits for ``release``: a deploy stuck there has read its record, not yet written it."""
+
+    def __init__(self, hold: str) -> None:
+        import http.server
+        import threading
+
+        self.hold, self.release, self.held = hold, threading.Event(), threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer({"candidate_transform": None})
+
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self._answer({})
+
+            def do_PATCH(self) -> None:
+                change = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                route = self.path.rsplit("/", 1)[1]
+                if route == outer.hold:
+                    outer.held.set()
+                    outer.release.wait(30)
+                self._answer({"route": route, **change})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_concurrent_deploys_of_a_version_keep_every_deployment(version, log_dir):
+    import threading
+
+    admin = _HeldAdmin(hold="first")
+    try:
+        errors: list[BaseException] = []
+
+        def deploy_first() -> None:
+            try:
+                deploy_version(log_dir, version.version, "first", url=admin.url, serve_url="http://x/v1")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        slow = threading.Thread(target=deploy_first)
+        slow.start()
+        assert admin.held.wait(30)  # the first deploy has read the record and waits on the gateway
+        deploy_version(log_dir, version.version, "second", url=admin.url, serve_url="http://x/v1")
+        admin.release.set()
+        slow.join(30)
+        assert not errors
+    finally:
+        admin.stop()
+    routes = sorted(d["route"] for d in Registry(log_dir).get(version.version).deployments)
+    assert routes == ["first", "second"]

@@ -117,3 +117,36 @@ def test_axolotl_config_points_at_the_splits(dataset, tmp_path):
 def test_unknown_format(dataset, tmp_path):
     with pytest.raises(ExportError, match="unknown export format 'csv'"):
         export_dataset(dataset, "csv", str(tmp_path))
+
+
+def test_a_re_export_leaves_no_file_of_the_previous_one(dataset, log_dir, tmp_path):
+    out = str(tmp_path / "out")
+    export_dataset(dataset, "axolotl", out)
+    export_dataset(dataset, "openai", out)
+    assert os.path.exists(f"{out}/golden.jsonl")
+    assert not os.path.exists(f"{out}/axolotl.yaml") and not os.path.exists(f"{out}/README.md")
+    plain = build_dataset(log_dir, "plain", golden_tag="none-such")  # no golden split this time
+    written = export_dataset(plain, "openai", out)
+    assert sorted(os.listdir(out)) == ["export.json", "test.jsonl", "train.jsonl"]
+    assert json.loads(Path(f"{out}/export.json").read_text())["files"] == written
+
+
+def test_a_failed_export_leaves_the_previous_one_as_it_was(dataset, tmp_path):
+    out = str(tmp_path / "out")
+    written = export_dataset(dataset, "openai-dpo", out)
+    before = {n: Path(out, n).read_bytes() for n in os.listdir(out)}
+    other_log = str(tmp_path / "other-log")  # a log without relabels: no preference pairs
+    log_extraction_task(other_log, 30)
+    with pytest.raises(ExportError, match="no preference pairs"):
+        export_dataset(build_dataset(other_log, "plain"), "openai-dpo", out)
+    assert {n: Path(out, n).read_bytes() for n in os.listdir(out)} == before
+    assert len(read_jsonl(f"{out}/train.jsonl")) == written["train.jsonl"]
+
+
+def test_an_edited_export_json_never_removes_other_files(dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "precious.txt").write_text("mine")
+    (out / "export.json").write_text(json.dumps({"format": "hf", "files": {"../precious.txt": 1}}))
+    export_dataset(dataset, "openai", str(out))
+    assert (tmp_path / "precious.txt").read_text() == "mine"

@@ -128,3 +128,24 @@ def test_cli_runs_a_hosted_job(log_dir, provider, dataset):
     )
     assert failed.exit_code == 1
     assert "Error: file upload failed (401): Incorrect API key provided" in failed.output
+
+
+def test_polls_keep_what_others_wrote_on_the_record_meanwhile(log_dir, provider, dataset):
+    registry = Registry(log_dir)
+
+    def meanwhile(line: str) -> None:  # between two polls, another writer annotates the version
+        if line.startswith("job ftjob-1: ") and not line.endswith("succeeded"):
+            (mv,) = registry.list()
+            registry.update(mv.version, lambda fresh: fresh.metrics.update(note="kept"))
+
+    mv = train_hosted(
+        log_dir,
+        "gpt-4o-mini",
+        "ex",
+        base_url=provider.base_url,
+        api_key="sk-fake",
+        poll_interval=0.01,
+        on_progress=meanwhile,
+    )
+    assert mv.status == "ready" and mv.metrics["trained_tokens"] == 4242
+    assert mv.metrics["note"] == "kept" == registry.get(mv.version).metrics["note"]

@@ -121,3 +121,67 @@ def test_a_fine_tune_inherits_its_base_models_family_along_the_lineage(tmp_path)
     assert local.version not in fams and "local-lora" not in fams  # unknown: left out, never guessed
     assert fams[recorded.version] == fams["tagged-lora"] == "qwen"
     assert reg.families({}) == {recorded.version: "qwen", "tagged-lora": "qwen"}
+
+
+def _bump_own_field(log_dir: str, version: str, key: str, rounds: int, start, regressions) -> None:
+    """Set the field ``key`` to "1".."rounds"; count the times a re-read shows an older value."""
+    registry = Registry(log_dir)
+    start.wait()
+    for i in range(1, rounds + 1):
+        registry.update(version, **{key: str(i)})
+        if int(getattr(registry.get(version), key) or 0) < i:  # only this process writes `key`
+            with regressions.get_lock():
+                regressions.value += 1
+
+
+def test_concurrent_updates_from_processes_lose_nothing(log_dir):
+    import multiprocessing
+
+    registry = Registry(log_dir)
+    mv = registry.save(ModelVersion(version=registry.allocate("m"), kind="lora", base_model="b"))
+    ctx = multiprocessing.get_context("fork")
+    start, regressions = ctx.Event(), ctx.Value("i", 0)
+    keys = ["error", "family", "provider", "job_id"]  # each process changes its own field
+    procs = [
+        ctx.Process(target=_bump_own_field, args=(log_dir, mv.version, k, 60, start, regressions))
+        for k in keys
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert regressions.value == 0
+    final = registry.get(mv.version)
+    assert [getattr(final, k) for k in keys] == ["60"] * 4
+
+
+def test_update_applies_a_change_to_the_record_as_it_is_now(log_dir):
+    registry = Registry(log_dir)
+    mv = registry.save(ModelVersion(version=registry.allocate("m"), kind="lora", base_model="b"))
+    registry.update(mv.version, metrics={"a": 1})  # another process, after `mv` was read
+    done = registry.update(mv.version, lambda fresh: fresh.metrics.update(b=2), status="ready")
+    stored = registry.get(mv.version)
+    assert (done.metrics, done.status) == ({"a": 1, "b": 2}, "ready") == (stored.metrics, stored.status)
+
+
+def test_update_of_a_missing_version_leaves_no_folder(log_dir):
+    registry = Registry(log_dir)
+    registry.allocate("m")
+    with pytest.raises(RegistryError, match="no model version 'm-v7'"):
+        registry.update("m-v7", status="ready")
+    assert not os.path.exists(registry.path("m-v7"))
+    assert registry.allocate("m") == "m-v2"
+
+
+def test_a_record_that_is_not_an_object_is_a_registry_error(log_dir):
+    registry = Registry(log_dir)
+    for n, text in enumerate(["[]", "null", '"x"']):
+        version = registry.allocate("bad")
+        with open(os.path.join(registry.path(version), "model.json"), "w") as f:
+            f.write(text)
+        with pytest.raises(RegistryError, match=f"the record of 'bad-v{n + 1}' is unreadable"):
+            registry.get(version)
+    result = CliRunner().invoke(models, ["show", "bad-v1", "--log-dir", log_dir])
+    assert result.exit_code == 1 and "Error: the record of 'bad-v1' is unreadable" in result.output
