@@ -20,6 +20,7 @@ smaller adapter, then the faster answer) deploys in one command:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import json
 import math
@@ -113,7 +114,9 @@ def run_sweep(
         train_s = time.perf_counter() - t0
         row = _measure(mv, test[:eval_limit], train_s, run, (price_per_1k_calls or {}).get(run.base))
         lineage = {"id": sweep_id, "dataset": dv.ref, "base": run.base, "params": run.params}
-        registry.update(mv.version, metrics={**mv.metrics, "sweep": lineage, "sweep_eval": row["quality"]})
+        # merged into the record as it is now (`Registry.update`), not a copy read before training ended
+        notes = {"sweep": lineage, "sweep_eval": row["quality"]}
+        registry.update(mv.version, functools.partial(_merge_metrics, notes))
         rows.append(row)
     labels = [e.label_source for e in test[:eval_limit]]
     baseline_k = sum(1 for s in labels if s == "served")
@@ -133,6 +136,10 @@ def run_sweep(
     }
     _save(log_dir, table)
     return table
+
+
+def _merge_metrics(notes: dict[str, Any], mv: Any) -> None:
+    mv.metrics.update(notes)
 
 
 def _measure(

@@ -123,8 +123,9 @@ def evaluate(ctx: Any) -> dict[str, Any]:
     }
     if not wins:  # never deployed: `models list` says rejected, and why
         why = f"fast eval: {metric} {new_score:.3f} vs {current_score:.3f} ({current_label}), floor {floor:g}"
-        metrics = {**registry.get(new.version).metrics, "fast_eval": result}
-        registry.update(new.version, status="rejected", error=why, metrics=metrics)
+        registry.update(  # merged into the record as it is now, under its lock
+            new.version, lambda m: m.metrics.update(fast_eval=result), status="rejected", error=why
+        )
     return result
 
 
